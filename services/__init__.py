@@ -1,0 +1,1 @@
+"""whaleid services: the embedded stack, the identification core and the streaming chain."""

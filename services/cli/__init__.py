@@ -1,0 +1,1 @@
+"""The `whaleid` command line."""

@@ -1,0 +1,61 @@
+"""`whaleid`: one console script; each stage registers its own sub-commands.
+
+Each module listed in COMMAND_MODULES exposes `register(subparsers)`, which adds its sub-commands with
+`parser.set_defaults(func=callable)`. The callable receives the parsed arguments and returns an exit code.
+Command modules import their heavy dependencies (TensorFlow, Faust, ...) inside the callables, so that
+`whaleid --help` and light commands stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from services.errors import WhaleIdError
+
+COMMAND_MODULES = (
+    "services.stack.cli",           # whaleid stack up|status|down|env
+    "training.cli",                 # whaleid synth | train | export
+    "services.identification.cli",  # whaleid score | evaluate | predict
+    "services.model_repo.cli",      # whaleid model-repo build | bench triton
+    "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
+    "services.operations.cli",      # whaleid reindex | gallery ...
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whaleid",
+        description="Photo-identification of whales and dolphins (Happywhale-style Elastic ArcFace + FAISS).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except WhaleIdError as exc:
+        print(f"whaleid {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

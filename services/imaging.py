@@ -1,0 +1,112 @@
+"""Image decoding, validation, cropping and the model's deterministic preprocessing (numpy + Pillow only).
+
+This is the one implementation of the eval-time preprocessing: training's evaluation path, the Triton
+`preprocess` model and the worker all call these functions, so offline and served embeddings agree.
+
+Model input contract: float32, NHWC, RGB, values in [0, 255] (Keras EfficientNet rescales and normalises
+inside the network), resized to size x size with Pillow's bilinear filter (aspect ratio not preserved).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from services.errors import DataError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageRejected(DataError):
+    """The bytes are not an acceptable image; `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode and fully validate an uploaded image; returns uint8 RGB (H, W, 3).
+
+    Checks, in order: not empty; a recognised format (JPEG, PNG, WebP); the pixel count from the header is at
+    most `max_pixels` (decompression bombs are refused before decoding); the whole file decodes (truncated
+    files are refused).
+    """
+    if not data:
+        raise ImageRejected("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not_an_image", "the bytes are not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile headers
+        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise ImageRejected("unsupported_format", f"{image.format}; accepted: {', '.join(ACCEPTED_FORMATS)}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageRejected("not_an_image", f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+    try:
+        image.load()
+        rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected("truncated", f"the image does not decode fully: {exc}") from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_image_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    with open(path, "rb") as fh:
+        return decode_image(fh.read(), max_pixels=max_pixels)
+
+
+def validate_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """Clamp a [x0, y0, x1, y1] pixel box to the image; refuse boxes that are empty or not finite."""
+    if box is None or len(box) != 4:
+        raise DataError(f"crop box must be [x0, y0, x1, y1], got {box!r}")
+    values = np.asarray(box, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DataError(f"crop box has non-finite values: {box!r}")
+    x0, y0, x1, y1 = values
+    x0, x1 = int(np.clip(np.floor(x0), 0, width)), int(np.clip(np.ceil(x1), 0, width))
+    y0, y1 = int(np.clip(np.floor(y0), 0, height)), int(np.clip(np.ceil(y1), 0, height))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        raise DataError(f"crop box {box!r} is empty inside a {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def crop(image: np.ndarray, box=None) -> np.ndarray:
+    """Crop uint8 (H, W, 3) to a pixel box; the whole image when box is None."""
+    if box is None:
+        return image
+    x0, y0, x1, y1 = validate_box(box, image.shape[1], image.shape[0])
+    return image[y0:y1, x0:x1]
+
+
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (size, size, 3) in [0, 255], Pillow bilinear."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    resized = Image.fromarray(image).resize((size, size), Image.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
+def preprocess(image: np.ndarray, size: int, box=None) -> np.ndarray:
+    """The eval-time model input of one image: crop (optional) then resize."""
+    return resize_for_model(crop(image, box), size)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless encoding used to ship a crop to Triton (decodes to the identical pixels)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,184 @@
+"""One typed settings object for every service and command.
+
+Layers, later wins:
+  1. the defaults below (dataclass fields);
+  2. the profile's overrides (`local`: the embedded stack with the Tansu/Faust workarounds; `production`: real
+     Kafka/S3/Triton/Redis, Faust's own defaults);
+  3. an optional TOML file (`WHALEID_CONFIG=path`, or `load_settings(config_file=...)`), flat keys = field names;
+  4. environment variables `WHALEID_<FIELD>` (upper case), e.g. `WHALEID_KAFKA_BOOTSTRAP=host:9092`;
+  5. local profile only: server addresses still empty are read from the embedded stack's state file
+     (`<run_dir>/state.json`, written by `whaleid stack up`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from services.errors import ConfigError
+
+ENV_PREFIX = "WHALEID_"
+PROFILES = ("local", "production")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- which set of defaults
+    profile: str = "local"
+    # --- embedded stack (local profile)
+    run_dir: Path = Path(".whaleid/stack")  # state file, logs and data of `whaleid stack`
+    model_repository: Path = Path(".whaleid/model_repository")  # Triton model repository served by the stack
+    # --- Kafka
+    kafka_bootstrap: str = ""  # host:port[,host:port]
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512
+    kafka_username: str = ""
+    kafka_password: str = field(default="", repr=False)
+    # --- S3 (sightings and the model store) and the upload-event queue
+    s3_endpoint: str = ""  # empty: the AWS default endpoint
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = field(default="", repr=False)
+    sightings_bucket: str = "whaleid-sightings"
+    models_bucket: str = "whaleid-models"
+    upload_events_queue: str = "whaleid-upload-events"  # SQS queue receiving the bucket's event notifications
+    # --- Redis
+    redis_url: str = ""  # redis://host:port/0
+    # --- Triton
+    triton_grpc_url: str = ""  # host:port
+    triton_http_url: str = ""  # host:port
+    triton_model: str = "ensemble"
+    triton_timeout_s: float = 10.0
+    # --- Prometheus (only for the embedded stack and tests; services expose /metrics themselves)
+    prometheus_url: str = ""
+    # --- Faust (Tansu needs short sessions and unbatched producers; production uses Faust's defaults)
+    faust_broker_session_timeout: float = 60.0
+    faust_broker_heartbeat_interval: float = 3.0
+    faust_producer_max_batch_size: int = 16384
+    faust_store: str = "memory://"
+    faust_web_port_base: int = 6066
+    # --- gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    gateway_token: str = field(default="", repr=False)
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    # --- identification
+    gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
+    metrics_port_base: int = 9400
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        return dataclasses.replace(self, **_coerce_all(overrides))
+
+
+PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "local": {
+        "faust_broker_session_timeout": 6.0,
+        "faust_broker_heartbeat_interval": 1.0,
+        "faust_producer_max_batch_size": 1,  # Tansu's ListOffsets quirk (see ENVIRONMENT.md); never in production
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "gateway_token": "local-dev-token",
+    },
+    "production": {},
+}
+
+# Addresses filled from the embedded stack's state file (local profile only): field -> (server, key).
+STATE_ADDRESSES = {
+    "kafka_bootstrap": ("kafka", "bootstrap"),
+    "s3_endpoint": ("s3", "endpoint"),
+    "redis_url": ("redis", "url"),
+    "triton_grpc_url": ("triton", "grpc"),
+    "triton_http_url": ("triton", "http"),
+    "prometheus_url": ("prometheus", "url"),
+}
+
+
+def _field_types() -> dict[str, type]:
+    hints = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+    return {f.name: hints[str(f.type)] for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    types = _field_types()
+    if name not in types:
+        raise ConfigError(f"unknown setting {name!r} (known: {', '.join(sorted(types))})")
+    kind = types[name]
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r}: cannot read {value!r} as {kind.__name__}") from None
+
+
+def _coerce_all(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _coerce(k, v) for k, v in values.items()}
+
+
+def read_stack_state(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "state.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the stack state file {path}: {exc}") from None
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings from defaults, profile, file, environment and (local) the stack state file."""
+    env = os.environ if environ is None else environ
+    profile = profile or env.get(ENV_PREFIX + "PROFILE", "local")
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {"profile": profile, **PROFILE_OVERRIDES[profile]}
+
+    config_file = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read settings file {config_file}: {exc}") from None
+
+    known = _field_types()
+    for name in known:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            values[name] = env[key]
+    values.update(overrides)
+    values.pop("config", None)
+    settings = Settings(**_coerce_all(values))
+
+    if settings.profile == "local":
+        state = read_stack_state(settings.run_dir)
+        if state:
+            filled = {}
+            for name, (server, key) in STATE_ADDRESSES.items():
+                if not getattr(settings, name) and key in state.get("servers", {}).get(server, {}):
+                    filled[name] = state["servers"][server][key]
+            settings = dataclasses.replace(settings, **filled)
+    return settings
+
+
+def describe_settings() -> list[tuple[str, str, Any]]:
+    """(name, environment variable, default) for every setting; used by the README table test."""
+    return [(f.name, ENV_PREFIX + f.name.upper(), f.default) for f in fields(Settings)]
