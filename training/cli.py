@@ -1,5 +1,8 @@
-"""Sub-commands of this stage (filled in by its issue)."""
+"""`whaleid synth | train | export`."""
+
+from training import data_cli, train_cli
 
 
 def register(subparsers) -> None:
-    """Add this stage's sub-commands to `whaleid`."""
+    data_cli.register(subparsers)  # synth
+    train_cli.register(subparsers)  # train, export

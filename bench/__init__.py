@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each `bench/bench_*.py` module has `main(argv) -> dict` and prints its figures."""
