@@ -64,7 +64,11 @@ def timed(histogram, **labels):
         (histogram.labels(**labels) if labels else histogram).observe(time.perf_counter() - start)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose /metrics of this process (port 0 = none)."""
+def serve_metrics(port: int, host: str | None = None) -> None:
+    """Expose /metrics of this process (port 0 = none) on `host` (default: settings.metrics_host)."""
     if port:
+        if host is None:
+            from services.settings import load_settings
+
+            host = load_settings().metrics_host
         start_http_server(port, addr=host)

@@ -68,9 +68,23 @@ class Settings:
     gateway_token: str = field(default="", repr=False)
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    upload_url_expires_s: int = 900  # lifetime of a presigned upload URL (issue #6)
+    # --- bridge: S3 upload events (SQS) -> Kafka (issue #6)
+    upload_events_endpoint: str = ""  # SQS endpoint of the upload-event queue; empty: s3_endpoint (or AWS)
+    bridge_poll_wait_s: int = 2  # SQS long-poll wait; also bounds how fast the bridge notices SIGTERM
+    bridge_dedupe_ttl_s: int = 7 * 24 * 3600  # how long a produced (key, etag) is remembered against redelivery
+    bridge_claim_ttl_s: int = 120  # an in-flight claim on a (key, etag) expires after this (crashed bridge)
     # --- identification
     gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
     metrics_port_base: int = 9400
+    metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 in Kubernetes so Prometheus can scrape (#7)
+    # --- streaming chain: worker and matcher (issue #6)
+    worker_batch_size: int = 16  # sightings per Triton call (the worker takes what is waiting, up to this)
+    worker_batch_wait_s: float = 0.02  # how long the worker waits to fill a batch
+    retry_backoff_initial_s: float = 0.2  # first pause after a transient failure (Triton/S3 down); doubles
+    retry_backoff_max_s: float = 5.0  # longest pause between retries (retries never give up: nothing is lost)
+    triton_detector_model: str = "detector"  # crop detector in the Triton repository, used when it is loaded
+    matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))

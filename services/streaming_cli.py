@@ -1,5 +1,63 @@
-"""Sub-commands of this stage (filled in by its issue)."""
+"""`whaleid serve gateway|bridge|worker|matcher` and `whaleid demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SERVICES = ("gateway", "bridge", "worker", "matcher")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.settings import load_settings
+
+    settings = load_settings(config_file=args.config)
+    if args.service == "gateway":
+        from services.gateway import run_gateway
+
+        return int(run_gateway(settings) or 0)
+    if args.service == "bridge":
+        from services.bridge import run_bridge
+
+        return int(run_bridge(settings) or 0)
+    if args.service == "worker":
+        from services.worker.agent import run_worker
+
+        return run_worker(settings, args.index, args.web_port, args.metrics_port)
+    from services.matcher.agent import run_matcher
+
+    return run_matcher(settings, args.index, args.web_port, args.metrics_port)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from services.demo.run import DemoOptions, run_demo
+
+    options = DemoOptions(
+        individuals=args.individuals, workdir=args.workdir, keep_up=args.keep_up, as_json=args.json,
+        config=args.config,
+    )
+    return run_demo(options)
 
 
 def register(subparsers) -> None:
     """Add this stage's sub-commands to `whaleid`."""
+    serve = subparsers.add_parser("serve", help="run one service of the streaming chain")
+    serve.add_argument("service", choices=SERVICES, help="which service")
+    serve.add_argument("--config", help="settings TOML file (else WHALEID_CONFIG / environment / stack state)")
+    serve.add_argument("--index", type=int, default=0,
+                       help="instance number of a worker/matcher: its default ports are base + 10 * index")
+    serve.add_argument("--web-port", type=int, default=None, help="worker/matcher Faust web port (default: derived)")
+    serve.add_argument("--metrics-port", type=int, default=None,
+                       help="worker/matcher /metrics port (default: metrics_port_base + stage offset; 0 = none)")
+    serve.set_defaults(func=_serve)
+
+    demo = subparsers.add_parser(
+        "demo", help="the whole story on the embedded stack: data, tiny model, gallery, stack, services, uploads",
+    )
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
+    demo.add_argument("--individuals", type=int, default=12, help="individuals in the synthetic data set")
+    demo.add_argument("--workdir", type=Path, default=Path(".whaleid/demo"),
+                      help="where data, model, cache and logs go (the trained model is cached here)")
+    demo.add_argument("--keep-up", action="store_true", help="leave the stack and services running at the end")
+    demo.add_argument("--config", help="settings TOML file")
+    demo.set_defaults(func=_demo)

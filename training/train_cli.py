@@ -1,5 +1,45 @@
-"""Sub-commands (filled in by issue #3)."""
+"""`whaleid train --config NAME --data DIR --out RUN [--fold K] [--epochs E] [--set k=v ...] [--resume]`."""
+
+from __future__ import annotations
+
+import json
+import logging
 
 
 def register(subparsers) -> None:
     """Add the sub-commands to `whaleid`."""
+    from training.config import available_configs
+
+    parser = subparsers.add_parser(
+        "train", help="train an embedder (EfficientNet + Elastic ArcFace) on a Happywhale-layout data set",
+        description="Train one fold; writes RUN/config.yaml, folds.csv, lr_schedule.png, history.csv, state.json "
+                    "and checkpoints/epoch_NNN.weights.h5. Configs: " + ", ".join(available_configs()) + " (or a "
+                    "YAML path), merged over default.yaml.")
+    parser.add_argument("--config", default="b0-tiny", help="config name or YAML file (default: b0-tiny)")
+    parser.add_argument("--data", required=True, help="data set directory (train.csv, train_images/, boxes*.csv)")
+    parser.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    parser.add_argument("--fold", type=int, help="validation fold (-1: train on all individuals)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (with --resume: the new total)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set image_size=96 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue RUN from its last snapshot")
+    parser.add_argument("--progress", choices=("bar", "epoch", "none"), default="bar",
+                        help="Keras progress display: a bar per epoch, one line per epoch, or none")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from training.config import load_config, parse_set_options
+    from training.train import train
+
+    overrides = parse_set_options(args.overrides)
+    if args.fold is not None:
+        overrides["fold"] = args.fold
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    config = load_config(args.config, overrides)
+    verbose = {"bar": 1, "epoch": 2, "none": 0}[args.progress]
+    result = train(config, args.data, args.out, resume=args.resume, verbose=verbose)
+    logging.getLogger("whaleid.train").info("done: %s", json.dumps(result))
+    print(json.dumps(result, indent=2))
+    return 0

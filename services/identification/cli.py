@@ -1,5 +1,80 @@
-"""Sub-commands of this stage (filled in by its issue)."""
+"""`whaleid score | evaluate | predict` (TensorFlow is imported only inside evaluate/predict, by training)."""
+
+from __future__ import annotations
+
+import argparse
+import json
 
 
 def register(subparsers) -> None:
     """Add this stage's sub-commands to `whaleid`."""
+    score = subparsers.add_parser("score", help="MAP@5 of a Kaggle submission against a truth file",
+                                  description="MAP@5 (Kaggle Happywhale) overall and per species.")
+    score.add_argument("submission", help="CSV with columns image,predictions (up to five space-separated ids)")
+    score.add_argument("--truth", required=True, help="CSV with columns image,individual_id[,species]")
+    score.add_argument("--json", action="store_true", help='print {"map5": ..., "per_species": {...}}')
+    score.set_defaults(func=run_score)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="out-of-fold MAP@5 of trained run(s); tunes the new_individual threshold(s) and weights",
+        description="Embeds the training images with each run's model, ranks each validation fold against a gallery "
+                    "of the other images, tunes the new_individual threshold (global and per species) and, for "
+                    "several runs, the blend weights; writes RUN/tuning.json and RUN/threshold_curve.png.")
+    evaluate.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
+    evaluate.add_argument("--run", required=True, action="append", dest="runs",
+                          help="training run directory (repeat to blend several models; the first gets the files)")
+    evaluate.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
+    evaluate.add_argument("--folds", type=int, nargs="+", default=None,
+                          help="folds to evaluate (default: the runs' validation fold)")
+    evaluate.add_argument("--k", type=int, default=50, help="nearest neighbours per query (default 50)")
+    evaluate.add_argument("--no-per-species", action="store_true", help="tune only the global threshold")
+    evaluate.add_argument("--flip-tta", action="store_true", help="average each image's and its mirror's embedding")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(func=run_evaluate)
+
+    predict = subparsers.add_parser(
+        "predict", help="Kaggle submission for every image of test_images/ (gallery: all training images)",
+        description="Embeds train and test images with the run(s), identifies every test image with the run's "
+                    "tuning.json (threshold(s), blend weights, flip TTA) and writes image,predictions.")
+    predict.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
+    predict.add_argument("--run", required=True, action="append", dest="runs",
+                         help="training run directory (repeat for a blend; tuning.json is read from the first)")
+    predict.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
+    predict.add_argument("--out", required=True, help="submission CSV to write")
+    predict.add_argument("--tuning", default=None, help="tuning.json to use (default: FIRST_RUN/tuning.json)")
+    predict.add_argument("--new-share", type=float, default=None,
+                         help="instead of the tuned threshold: one threshold putting new_individual first for "
+                              "this share of the test images (binary search)")
+    predict.add_argument("--truth", default=None, help="also score the submission against this truth file")
+    predict.set_defaults(func=run_predict)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from services.identification.submission import score_submission
+
+    result = score_submission(args.submission, args.truth)
+    if args.json:
+        print(json.dumps({"map5": result["map5"], "per_species": result["per_species"]}, indent=2))
+    else:
+        print(format_scores(result["map5"], result["per_species"], result["count"]))
+    return 0
+
+
+def format_scores(map5: float, per_species: dict[str, float], count: int | None = None) -> str:
+    lines = [f"MAP@5 {map5:.4f}" + (f" ({count} images)" if count is not None else "")]
+    if per_species:
+        width = max(len(s) for s in per_species)
+        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in per_species.items()]
+    return "\n".join(lines)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from services.identification.commands import evaluate_command
+
+    return evaluate_command(args)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from services.identification.commands import predict_command
+
+    return predict_command(args)

@@ -1,5 +1,137 @@
-"""Sub-commands of this stage (filled in by its issue)."""
+"""`whaleid model-repo build|validate|push|pull` and `whaleid bench triton`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from services.model_repo.configs import TARGETS, BuildOptions
+
+BENCH_RESULTS = Path("bench/results")
 
 
 def register(subparsers) -> None:
     """Add this stage's sub-commands to `whaleid`."""
+    repo = subparsers.add_parser("model-repo", help="build, validate, push or pull the Triton model repository")
+    commands = repo.add_subparsers(dest="model_repo_command", metavar="COMMAND", required=True)
+    defaults = BuildOptions()
+
+    build = commands.add_parser("build", help="write a Triton repository from exports and the tuning file",
+                                description="preprocess + one embedder per export + blend + ensemble; refuses "
+                                            "missing models, checksum mismatches and wrong shapes")
+    build.add_argument("--exports", required=True, type=Path, help="exports directory (whaleid export --out)")
+    build.add_argument("--tuning", type=Path, help="tuning.json with blend weights (default: equal weights)")
+    build.add_argument("--out", type=Path, help="repository directory (default: settings.model_repository)")
+    build.add_argument("--target", choices=TARGETS, default=defaults.target,
+                       help="cpu: python backend + onnxruntime; gpu: Triton's onnxruntime_onnx platform")
+    build.add_argument("--tensorrt", action="store_true", help="gpu target: TensorRT FP16 accelerator")
+    build.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    build.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us,
+                       help="dynamic batching delay of the members")
+    build.add_argument("--embedder-instances", type=int, default=defaults.embedder_instances)
+    build.add_argument("--preprocess-instances", type=int, default=defaults.preprocess_instances)
+    build.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads,
+                       help="onnxruntime threads per cpu embedder instance (0: onnxruntime's default)")
+    build.set_defaults(func=_build)
+
+    validate = commands.add_parser("validate", help="check a built repository (files, checksums, shapes)")
+    validate.add_argument("repository", nargs="?", type=Path, help="default: settings.model_repository")
+    validate.set_defaults(func=_validate)
+
+    for name, verb in (("push", "upload a built repository to"), ("pull", "download a repository from")):
+        store = commands.add_parser(name, help=f"{verb} the model store (S3)")
+        store.add_argument("repository", nargs="?", type=Path, help="default: settings.model_repository")
+        store.add_argument("--bucket", help="default: settings.models_bucket")
+        store.add_argument("--prefix", default="model_repository", help="key prefix (default model_repository)")
+        store.set_defaults(func=_push if name == "push" else _pull)
+
+    bench = _bench_parser(subparsers).add_parser(
+        "triton", help="in-process onnxruntime ensemble vs Triton over gRPC (batch 1 and concurrent clients)")
+    bench.add_argument("--repository", type=Path, help="a built repository (default: build one)")
+    bench.add_argument("--exports", type=Path, help="exports to build the repository from (default: untrained tiny models)")
+    bench.add_argument("--url", help="a Triton already serving --repository (default: start one)")
+    bench.add_argument("--requests", type=int, default=120, help="requests per measurement (default 120)")
+    bench.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported (default 3)")
+    bench.add_argument("--plot", type=Path, default=BENCH_RESULTS / "triton.png", help="PNG of the comparison")
+    bench.add_argument("--json", action="store_true", help="print only the JSON result")
+    bench.set_defaults(func=_bench)
+
+
+def _bench_parser(subparsers):
+    """The `whaleid bench` group (shared with other stages that add their own benchmarks)."""
+    existing = subparsers.choices.get("bench")
+    if existing is not None and hasattr(existing, "bench_commands"):
+        return existing.bench_commands
+    parser = subparsers.add_parser("bench", help="benchmarks (also run by `make bench`)")
+    parser.bench_commands = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    return parser.bench_commands
+
+
+def _repository(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    from services.settings import load_settings
+
+    return load_settings().model_repository
+
+
+def _build(args: argparse.Namespace) -> int:
+    from services.model_repo.builder import build_repository
+
+    options = BuildOptions(target=args.target, tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
+                           max_queue_delay_us=args.max_queue_delay_us, embedder_instances=args.embedder_instances,
+                           preprocess_instances=args.preprocess_instances, intra_op_threads=args.intra_op_threads,
+                           max_pixels=_max_pixels())
+    out = _repository(args.out)
+    record = build_repository(args.exports, out, args.tuning, options)
+    print(f"{out}: build {record['build_id']} ({record['target']}), models: {', '.join(record['models'])}; "
+          f"{record['weights_source']}")
+    return 0
+
+
+def _max_pixels() -> int:
+    from services.settings import load_settings
+
+    return load_settings().max_image_pixels
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from services.model_repo.validation import validate_repository
+
+    repository = _repository(args.repository)
+    record = validate_repository(repository)
+    print(f"{repository}: valid (build {record['build_id']}, {len(record['embedders'])} embedder(s))")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from services.model_repo.store import push
+
+    repository = _repository(args.repository)
+    uri = push(repository, args.bucket, args.prefix)
+    print(f"{repository} -> {uri}")
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from services.model_repo.store import pull
+
+    repository = _repository(args.repository)
+    record = pull(repository, args.bucket, args.prefix)
+    print(f"{repository}: pulled build {record['build_id']}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from services.errors import ConfigError
+    from services.model_repo.bench import benchmark
+
+    if args.url and not args.repository:
+        raise ConfigError("--url needs --repository: the repository that Triton serves (for the direct baseline)")
+    result = benchmark(args.repository, args.exports, args.url, plot_path=args.plot, requests=args.requests,
+                       concurrency=args.concurrency, rounds=args.rounds)
+    text = json.dumps(result, indent=None if args.json else 2)
+    print(text)
+    return 0

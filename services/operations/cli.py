@@ -1,5 +1,156 @@
-"""Sub-commands of this stage (filled in by its issue)."""
+"""`whaleid reindex [--dry-run] [--json]`, `whaleid gallery list|current|rollback|publish`,
+`whaleid model-store pull --prefix P --dest DIR`, `whaleid confirmations show SIGHTING`."""
+
+from __future__ import annotations
+
+import json
+import time
 
 
 def register(subparsers) -> None:
-    """Add this stage's sub-commands to `whaleid`."""
+    p = subparsers.add_parser("reindex", help="add confirmed sightings to a new gallery version and serve it")
+    p.add_argument("--dry-run", action="store_true", help="report what would be added; write nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_reindex)
+
+    g = subparsers.add_parser("gallery", help="gallery versions in the model store")
+    gsub = g.add_subparsers(dest="gallery_command", metavar="ACTION", required=True)
+    for name, func, text in (("list", _list, "list complete versions (the served one is marked *)"),
+                             ("current", _current, "show the `current` pointer"),
+                             ("rollback", _rollback, "point back to the previous version")):
+        sp = gsub.add_parser(name, help=text)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(func=func)
+    sp = gsub.add_parser("publish", help="upload a saved gallery directory (with tuning.json) as a new version")
+    sp.add_argument("directory", help="directory written by Gallery.save, containing tuning.json")
+    sp.add_argument("--no-switch", action="store_true", help="upload only; do not move the pointer")
+    sp.set_defaults(func=_publish)
+
+    m = subparsers.add_parser("model-store", help="the model store bucket (settings.models_bucket)")
+    msub = m.add_subparsers(dest="model_store_command", metavar="ACTION", required=True)
+    sp = msub.add_parser("pull", help="download every object under a prefix (Triton's initContainer uses it)")
+    sp.add_argument("--prefix", required=True, help="key prefix in the models bucket, e.g. model_repository")
+    sp.add_argument("--dest", required=True, help="local directory to fill")
+    sp.set_defaults(func=_pull)
+
+    c = subparsers.add_parser("confirmations", help="researchers' confirmations")
+    csub = c.add_subparsers(dest="confirmations_command", metavar="ACTION", required=True)
+    sp = csub.add_parser("show", help="a sighting's confirmation and its audit trail")
+    sp.add_argument("sighting_id")
+    sp.set_defaults(func=_show_confirmation)
+
+
+def _settings():
+    from services.settings import load_settings
+
+    return load_settings()
+
+
+def _store(settings):
+    from services.operations.model_store import GalleryStore
+
+    return GalleryStore.from_settings(settings)
+
+
+def _redis(settings):
+    import redis
+
+    from services.errors import ConfigError
+
+    if not settings.redis_url:
+        raise ConfigError("redis_url is not set (WHALEID_REDIS_URL, or `whaleid stack up` for the local stack)")
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def _stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds)) if seconds else "-"
+
+
+def _reindex(args) -> int:
+    from services.operations.reindex import reindex
+
+    settings = _settings()
+    report = reindex(_store(settings), _redis(settings), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        verb = "would add" if args.dry_run else "added"
+        print(f"{report.previous_version} -> {report.new_version or '(unchanged)'}: {verb} {len(report.added)} "
+              f"confirmed sighting(s), {len(report.new_individuals)} new individual(s); "
+              f"{report.size} embeddings, {report.individuals} individuals")
+        for sighting_id, reason in report.skipped.items():
+            print(f"  skipped {sighting_id}: {reason}")
+    return 1 if report.skipped else 0
+
+
+def _list(args) -> int:
+    store = _store(_settings())
+    versions = store.list_versions()
+    current = store.current_version()
+    if args.json:
+        print(json.dumps({"current": current, "versions": versions}, indent=2))
+        return 0
+    if not versions:
+        print("no gallery versions")
+    for v in versions:
+        mark = "*" if v["version"] == current else " "
+        print(f"{mark} {v['version']}  {_stamp(v.get('created_at', 0))}  size={v.get('size')} "
+              f"individuals={v.get('individuals')} +{len(v.get('added_sightings', []))} parent={v.get('parent')}")
+    return 0
+
+
+def _print_pointer(pointer, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(pointer.__dict__, indent=2))
+    else:
+        print(f"current: {pointer.version} (since {_stamp(pointer.updated_at)}, {pointer.reason}); "
+              f"last re-index {_stamp(pointer.reindexed_at)}; previous: {', '.join(pointer.history[:3]) or '-'}")
+
+
+def _current(args) -> int:
+    from services.operations.model_store import ModelStoreError
+
+    pointer = _store(_settings()).pointer()
+    if pointer is None:
+        raise ModelStoreError("no gallery version is published yet")
+    _print_pointer(pointer, args.json)
+    return 0
+
+
+def _rollback(args) -> int:
+    _print_pointer(_store(_settings()).rollback(), args.json)
+    return 0
+
+
+def _publish(args) -> int:
+    from pathlib import Path
+
+    from services.identification.gallery import Gallery
+    from services.operations.publish import TUNING_FILE, publish_gallery
+
+    directory = Path(args.directory)
+    store = _store(_settings())
+    gallery = Gallery.load(directory)
+    version = publish_gallery(store, gallery, directory / TUNING_FILE, reason=f"published from {directory}",
+                              parent=store.current_version(), move_pointer=not args.no_switch)
+    print(f"published {version} ({len(gallery)} embeddings){'' if args.no_switch else '; now current'}")
+    return 0
+
+
+def _pull(args) -> int:
+    from services.operations.model_store import download_prefix, s3_client
+
+    settings = _settings()
+    count = download_prefix(s3_client(settings), settings.models_bucket, args.prefix, args.dest)
+    print(f"pulled {count} objects from s3://{settings.models_bucket}/{args.prefix.strip('/')}/ into {args.dest}")
+    return 0
+
+
+def _show_confirmation(args) -> int:
+    from services.operations.confirmations import audit_trail, stored_confirmation
+
+    redis = _redis(_settings())
+    conf = stored_confirmation(redis, args.sighting_id)
+    print(json.dumps({"confirmation": conf.asdict() if conf else None,
+                      "audit": audit_trail(redis, args.sighting_id)}, indent=2))
+    return 0 if conf else 1

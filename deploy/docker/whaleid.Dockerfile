@@ -1,0 +1,27 @@
+# image: whaleid
+# One image for every Python service: `whaleid serve gateway|bridge|worker|matcher`, `whaleid reindex`
+# (the nightly CronJob) and `whaleid model-store pull` (Triton's initContainer). Triton itself runs the NGC image.
+# Build from the repository root:  docker build -f deploy/docker/whaleid.Dockerfile -t whaleid:0.1.0 .
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+RUN python -m venv /opt/whaleid
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY training ./training
+RUN /opt/whaleid/bin/pip install --no-cache-dir --upgrade pip \
+ && /opt/whaleid/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --create-home --uid 10001 whaleid
+COPY --from=build /opt/whaleid /opt/whaleid
+ENV PATH=/opt/whaleid/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    WHALEID_PROFILE=production \
+    WHALEID_GATEWAY_HOST=0.0.0.0 \
+    WHALEID_METRICS_HOST=0.0.0.0
+USER 10001
+# gateway HTTP (+ /metrics), bridge/worker/matcher /metrics (settings.metrics_port_base + stage offset)
+EXPOSE 8080 9401 9402 9403
+ENTRYPOINT ["whaleid"]
+CMD ["--help"]

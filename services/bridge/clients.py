@@ -1,0 +1,61 @@
+"""The bridge's connections: the SQS upload-event queue and an acks=all Kafka producer."""
+
+from __future__ import annotations
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.errors import ConfigError, WhaleIdError
+from services.settings import Settings
+
+
+class BridgeUnavailable(WhaleIdError):
+    """A server the bridge needs at start (SQS queue, Kafka) cannot be reached."""
+
+
+def sqs_client(settings: Settings):
+    endpoint = settings.upload_events_endpoint or settings.s3_endpoint or None
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.aws_access_key_id or None,
+        aws_secret_access_key=settings.aws_secret_access_key or None,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=3,
+                      read_timeout=settings.bridge_poll_wait_s + 10),
+    )
+
+
+def upload_queue_url(sqs, settings: Settings) -> str:
+    try:
+        return sqs.get_queue_url(QueueName=settings.upload_events_queue)["QueueUrl"]
+    except (BotoCoreError, ClientError) as exc:
+        raise BridgeUnavailable(
+            f"cannot find the upload-event queue {settings.upload_events_queue!r} at "
+            f"{settings.upload_events_endpoint or settings.s3_endpoint or 'AWS'}: {exc} "
+            "(start the stack with `whaleid stack up`, or set WHALEID_UPLOAD_EVENTS_QUEUE)"
+        ) from None
+
+
+def kafka_producer(settings: Settings):
+    """kafka-python producer: acks=all, idempotent retries; the bridge flushes before deleting a message."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    if not settings.kafka_bootstrap:
+        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
+    options = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "acks": "all",
+        "retries": 5,
+        "security_protocol": settings.kafka_security_protocol,
+        "client_id": "whaleid-bridge",
+    }
+    if settings.kafka_sasl_mechanism:
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                       sasl_plain_password=settings.kafka_password)
+    try:
+        return KafkaProducer(**options)
+    except KafkaError as exc:
+        raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None

@@ -1,0 +1,44 @@
+"""Produce each upload once although S3/SQS deliver its event more than once (multipart, redelivery).
+
+A (key, etag) is first *claimed* (SET NX with a short TTL) while its record is produced, then marked *done*
+(long TTL) once Kafka acknowledged it. A second delivery finds `done` (a duplicate: skip it) or `claimed`
+(another bridge, or one that crashed, is on it: leave the message in the queue and look again later), so an
+event is never skipped before its record is safely in Kafka.
+"""
+
+from __future__ import annotations
+
+import enum
+
+CLAIMED = b"claimed"
+DONE = b"done"
+
+
+class Claim(enum.Enum):
+    NEW = "new"  # ours to produce
+    DUPLICATE = "duplicate"  # already produced
+    IN_FLIGHT = "in_flight"  # someone else holds the claim: retry later
+
+
+def seen_key(key: str, token: str) -> str:
+    return f"bridge:seen:{key}:{token}"
+
+
+class Deduplicator:
+    def __init__(self, redis, claim_ttl_s: int, done_ttl_s: int):
+        self.redis = redis
+        self.claim_ttl_s = claim_ttl_s
+        self.done_ttl_s = done_ttl_s
+
+    def claim(self, key: str, token: str) -> Claim:
+        name = seen_key(key, token)
+        if self.redis.set(name, CLAIMED, nx=True, ex=self.claim_ttl_s):
+            return Claim.NEW
+        return Claim.DUPLICATE if self.redis.get(name) == DONE else Claim.IN_FLIGHT
+
+    def done(self, key: str, token: str) -> None:
+        self.redis.set(seen_key(key, token), DONE, ex=self.done_ttl_s)
+
+    def release(self, key: str, token: str) -> None:
+        """Give a claim back after a failure, so the redelivered event is produced."""
+        self.redis.delete(seen_key(key, token))

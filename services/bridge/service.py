@@ -1,0 +1,44 @@
+"""`run_bridge(settings)`: the bridge as a long-running process (stops cleanly on SIGTERM / SIGINT)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from services.bridge.bridge import UploadBridge
+from services.bridge.clients import kafka_producer, sqs_client, upload_queue_url
+from services.metrics import serve_metrics
+from services.settings import Settings
+from services.worker.faust_app import default_port
+from services.worker.markers import redis_client
+
+log = logging.getLogger(__name__)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only; the caller sets `stop` itself
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def run_bridge(settings: Settings, stop: threading.Event | None = None, metrics_port: int | None = None) -> int:
+    """Consume the upload-event queue until SIGTERM/SIGINT (or `stop`); returns the exit code."""
+    stop = stop or threading.Event()
+    redis = redis_client(settings.redis_url)
+    sqs = sqs_client(settings)
+    queue_url = upload_queue_url(sqs, settings)
+    producer = kafka_producer(settings)
+    metrics_port = default_port(settings.metrics_port_base, "bridge", 0) if metrics_port is None else metrics_port
+    if metrics_port:
+        serve_metrics(metrics_port, settings.metrics_host)
+        log.info("bridge metrics on %s:%s/metrics", settings.metrics_host, metrics_port)
+    _stop_on_signals(stop)
+    try:
+        UploadBridge(settings, sqs, queue_url, redis, producer).run(stop)
+    finally:
+        producer.close(timeout=10)
+        redis.close()
+        log.info("bridge stopped")
+    return 0

@@ -1,0 +1,26 @@
+"""What every route module of the gateway shares: settings, the async Redis client, the upload signer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from services.gateway.presign import UploadSigner
+from services.settings import Settings
+
+
+@dataclass
+class GatewayContext:
+    settings: Settings
+    redis: object  # redis.asyncio.Redis
+    signer: UploadSigner
+
+
+CTX = web.AppKey("gateway_ctx", GatewayContext)
+
+
+def not_found(message: str) -> web.HTTPNotFound:
+    """A 404 with a JSON body {"error": message}, as every gateway error."""
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")

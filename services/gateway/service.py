@@ -1,0 +1,22 @@
+"""`run_gateway(settings)`: serve the gateway until SIGTERM / SIGINT (aiohttp's run_app handles both)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from services.gateway.app import build_app
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_gateway(settings: Settings) -> int:
+    app = build_app(settings)
+    log.info("gateway on http://%s:%s (S3 %s, bucket %s)", settings.gateway_host, settings.gateway_port,
+             settings.s3_endpoint or "AWS", settings.sightings_bucket)
+    web.run_app(app, host=settings.gateway_host, port=settings.gateway_port, print=None,
+                access_log=logging.getLogger("whaleid.gateway.access"), shutdown_timeout=10)
+    log.info("gateway stopped")
+    return 0

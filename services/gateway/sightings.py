@@ -1,0 +1,83 @@
+"""Routes `POST /v1/sightings` (create a sighting, get its upload URL) and `GET /v1/sightings/{id}`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+
+from services.gateway.context import CTX, not_found
+from services.gateway.store import (
+    decode_hash,
+    identification_key,
+    new_sighting_id,
+    read_json_value,
+    sighting_key,
+    sighting_metadata,
+    sighting_status,
+    upload_key,
+)
+from services.gateway.validation import InvalidSighting, parse_sighting_request
+from services.metrics import UPLOADS
+from services.worker.markers import failure_key
+
+
+async def create_sighting(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidSighting(["the body is not valid JSON"]) from None
+    sighting = parse_sighting_request(body, ctx.settings.max_upload_bytes)
+    sighting_id = new_sighting_id()
+    key = upload_key(sighting_id, sighting.content_type)
+    record = {
+        "metadata": json.dumps(sighting.metadata.asdict()),
+        "content_type": sighting.content_type,
+        "bucket": ctx.settings.sightings_bucket,
+        "key": key,
+        "declared_size": "" if sighting.size is None else sighting.size,
+        "created_at": time.time(),
+    }
+    await ctx.redis.hset(sighting_key(sighting_id), mapping=record)
+    url, headers = ctx.signer.put_url(key, sighting.content_type, sighting.size)
+    UPLOADS.labels(outcome="created").inc()
+    return web.json_response(
+        {"sighting_id": sighting_id, "upload_url": url, "upload_method": "PUT", "upload_headers": headers,
+         "key": key, "expires_in": ctx.signer.expires_s},
+        status=201,
+    )
+
+
+async def get_sighting(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    sighting_id = request.match_info["sighting_id"]
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(sighting_key(sighting_id))
+        pipe.get(identification_key(sighting_id))
+        pipe.get(failure_key(sighting_id))
+        raw_sighting, raw_identification, raw_failure = await pipe.execute()
+    if not raw_sighting:
+        raise not_found(f"unknown sighting {sighting_id!r}")
+    sighting = decode_hash(raw_sighting)
+    identification = read_json_value(raw_identification)
+    failure = read_json_value(raw_failure)
+    answer = {
+        "sighting_id": sighting_id,
+        "status": sighting_status(identification, failure),
+        "metadata": sighting_metadata(sighting),
+        "key": sighting.get("key", ""),
+        "created_at": float(sighting.get("created_at") or 0),
+        "uploaded_at": float(sighting["uploaded_at"]) if sighting.get("uploaded_at") else None,
+    }
+    if identification is not None:
+        answer["identification"] = identification
+    if failure is not None:
+        answer["failure"] = failure
+    return web.json_response(answer)
+
+
+def add_routes(app: web.Application, ctx) -> None:
+    app.router.add_post("/v1/sightings", create_sighting, name="create_sighting")
+    app.router.add_get("/v1/sightings/{sighting_id}", get_sighting, name="get_sighting")

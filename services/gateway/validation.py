@@ -1,0 +1,124 @@
+"""Validation of the JSON body of `POST /v1/sightings` (types and ranges); every problem is reported by name."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from services.errors import DataError
+from services.gateway.store import EXTENSIONS
+from services.topics import SightingMetadata
+
+REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")
+OPTIONAL = ("crop_box", "species_hint", "size")
+MAX_TEXT = 200
+CLOCK_SKEW = timedelta(days=1)  # a photo may not be taken later than now + this
+
+
+class InvalidSighting(DataError):
+    """The sighting request is invalid; `problems` lists every reason (one per field)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid sighting: " + "; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class SightingRequest:
+    metadata: SightingMetadata
+    content_type: str
+    size: int | None  # declared byte size: signed into the upload URL, so S3 accepts exactly this length
+
+
+def _number(body: dict, name: str, low: float, high: float, problems: list[str]) -> float | None:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        problems.append(f"{name} must be a finite number, got {value!r}")
+        return None
+    if not low <= value <= high:
+        problems.append(f"{name} must be within [{low:g}, {high:g}], got {value!r}")
+        return None
+    return float(value)
+
+
+def _text(body: dict, name: str, problems: list[str], required: bool) -> str:
+    value = body.get(name, None if required else "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        problems.append(f"{name} must be a non-empty string" if required else f"{name} must be a string")
+        return ""
+    if len(value) > MAX_TEXT:
+        problems.append(f"{name} is longer than {MAX_TEXT} characters")
+        return ""
+    return value.strip()
+
+
+def _taken_at(body: dict, problems: list[str], now: datetime) -> str:
+    value = body.get("taken_at")
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        problems.append(f"taken_at must be an ISO 8601 date-time, got {value!r}")
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if moment > now + CLOCK_SKEW:
+        problems.append(f"taken_at {value!r} is in the future")
+        return ""
+    return moment.isoformat()
+
+
+def _crop_box(body: dict, problems: list[str]) -> list[float] | None:
+    box = body.get("crop_box")
+    if box is None:
+        return None
+    numbers_ok = isinstance(box, list) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    if not numbers_ok:
+        problems.append(f"crop_box must be [x0, y0, x1, y1] (four finite numbers), got {box!r}")
+        return None
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if min(x0, y0) < 0 or x1 <= x0 or y1 <= y0:
+        problems.append(f"crop_box must have 0 <= x0 < x1 and 0 <= y0 < y1, got {box!r}")
+        return None
+    return [x0, y0, x1, y1]
+
+
+def _size(body: dict, max_bytes: int, problems: list[str]) -> int | None:
+    size = body.get("size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        problems.append(f"size must be a positive integer (bytes), got {size!r}")
+        return None
+    if size > max_bytes:
+        problems.append(f"size {size} bytes is over the upload limit of {max_bytes} bytes")
+        return None
+    return size
+
+
+def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | None = None) -> SightingRequest:
+    """The validated request, or InvalidSighting naming every bad field."""
+    if not isinstance(body, dict):
+        raise InvalidSighting([f"the body must be a JSON object, got {type(body).__name__}"])
+    now = now or datetime.now(timezone.utc)
+    problems = [f"missing field {name}" for name in REQUIRED if name not in body]
+    problems += [f"unknown field {name}" for name in sorted(set(body) - set(REQUIRED) - set(OPTIONAL))]
+    if problems:
+        raise InvalidSighting(problems)
+    taken_at = _taken_at(body, problems, now)
+    latitude = _number(body, "latitude", -90.0, 90.0, problems)
+    longitude = _number(body, "longitude", -180.0, 180.0, problems)
+    observer = _text(body, "observer", problems, required=True)
+    species_hint = _text(body, "species_hint", problems, required=False)
+    crop_box = _crop_box(body, problems)
+    size = _size(body, max_upload_bytes, problems)
+    content_type = body.get("content_type")
+    if content_type not in EXTENSIONS:
+        problems.append(f"content_type must be one of {', '.join(EXTENSIONS)}, got {content_type!r}")
+    if problems:
+        raise InvalidSighting(problems)
+    metadata = SightingMetadata(observer=observer, taken_at=taken_at, latitude=latitude, longitude=longitude,
+                                species_hint=species_hint, crop_box=crop_box)
+    return SightingRequest(metadata=metadata, content_type=content_type, size=size)

@@ -1,0 +1,211 @@
+"""Tuning on validation queries: the new_individual threshold(s) and the models' blend weights.
+
+`Tuning` is saved as `tuning.json`; the matcher, `predict` and the Triton blend model read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from services.errors import DataError
+from services.identification.ranking import Candidates, average_precisions
+
+log = logging.getLogger(__name__)
+
+TUNING_FILE = "tuning.json"
+TUNING_VERSION = 1
+DEFAULT_GRID = tuple(np.round(np.linspace(-0.2, 1.0, 121), 3))
+MIN_SPECIES_QUERIES = 20  # fewer validation queries of a species: it keeps the global threshold
+
+
+@dataclass
+class Tuning:
+    """Everything the identification needs besides the gallery."""
+
+    threshold: float = 0.5  # new_individual goes before candidates scoring below it
+    per_species: dict[str, float] = field(default_factory=dict)  # species -> threshold
+    weights: dict[str, float] = field(default_factory=dict)  # model_id -> blend weight (sum 1)
+    flip_tta: bool = False  # average the embeddings of an image and of its mirror image
+    k: int = 50  # nearest neighbours searched per query
+    validation: dict[str, Any] = field(default_factory=dict)  # MAP@5 figures measured when tuning
+
+    def __post_init__(self):
+        if not np.isfinite(self.threshold):
+            raise DataError(f"tuning: threshold must be finite, got {self.threshold}")
+        if int(self.k) < 1:
+            raise DataError(f"tuning: k must be >= 1, got {self.k}")
+        self.threshold = float(self.threshold)
+        self.k = int(self.k)
+        self.per_species = {str(s): float(t) for s, t in self.per_species.items()}
+        self.weights = {str(m): float(w) for m, w in self.weights.items()}
+
+    def save(self, path: str | Path) -> Path:
+        path = _tuning_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"format_version": TUNING_VERSION, **dataclasses.asdict(self)}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tuning":
+        """From a tuning.json file or a directory holding one."""
+        path = _tuning_path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"no tuning file at {path} (run `whaleid evaluate` to write one)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read the tuning file {path}: {exc}") from None
+        version = data.pop("format_version", None)
+        if version != TUNING_VERSION:
+            raise DataError(f"tuning file {path}: format version {version} not supported (expected {TUNING_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(f"tuning file {path}: unknown keys {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _tuning_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path / TUNING_FILE if path.is_dir() or path.suffix != ".json" else path
+
+
+@dataclass
+class ThresholdSweep:
+    """MAP@5 at each threshold of a sweep; `best` is the threshold with the highest MAP@5."""
+
+    thresholds: np.ndarray
+    map5: np.ndarray
+
+    @property
+    def best_index(self) -> int:
+        return int(np.argmax(self.map5))  # the first (lowest) threshold among ties
+
+    @property
+    def best(self) -> float:
+        return round(float(self.thresholds[self.best_index]), 6)
+
+    @property
+    def best_map5(self) -> float:
+        return float(self.map5[self.best_index])
+
+    def at(self, threshold: float) -> float:
+        return float(self.map5[int(np.argmin(np.abs(self.thresholds - threshold)))])
+
+
+def sweep_threshold(candidates: Candidates, truths: Sequence[str],
+                    grid: Sequence[float] = DEFAULT_GRID) -> ThresholdSweep:
+    """MAP@5 of the validation queries for every threshold of `grid`."""
+    if len(candidates) == 0:
+        raise DataError("threshold sweep: no validation queries")
+    grid = np.asarray(grid, dtype=np.float32)
+    return ThresholdSweep(grid, average_precisions(candidates, truths, grid).mean(axis=1))
+
+
+def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Sequence[str], global_threshold: float,
+                     grid: Sequence[float] = DEFAULT_GRID,
+                     min_queries: int = MIN_SPECIES_QUERIES) -> dict[str, float]:
+    """A threshold per species with at least `min_queries` validation queries (others keep the global one)."""
+    species = np.asarray(species, dtype=object)
+    truths = np.asarray(truths, dtype=object)
+    if species.shape[0] != len(candidates):
+        raise DataError(f"per-species tuning: {len(candidates)} queries but {species.shape[0]} species")
+    result = {}
+    for name in sorted(set(species.tolist())):
+        rows = np.flatnonzero(species == name)
+        if rows.size < min_queries:
+            log.info("species %s: %d validation queries < %d, keeps the global threshold", name, rows.size,
+                     min_queries)
+            continue
+        sweep = sweep_threshold(candidates.subset(rows), truths[rows], grid)
+        result[str(name)] = sweep.best if sweep.best_map5 > sweep.at(global_threshold) else float(global_threshold)
+    return result
+
+
+def map5_with_thresholds(candidates: Candidates, truths: Sequence[str], thresholds) -> float:
+    """MAP@5 with one threshold per query."""
+    return float(average_precisions(candidates, truths, np.asarray(thresholds, np.float32)[None, :]).mean())
+
+
+def optimise_blend_weights(
+    model_ids: Sequence[str],
+    objective: Callable[[Mapping[str, float]], float],
+    steps: int = 10,
+    rounds: int = 2,
+) -> tuple[dict[str, float], float]:
+    """Coordinate search on the simplex: each model's weight in turn tried at 0, 1/steps, ..., 1 (the others
+    rescaled to fill the rest), keeping the best; `objective(weights)` is the validation MAP@5."""
+    model_ids = list(model_ids)
+    if not model_ids:
+        raise DataError("blend weights: no models")
+    weights = {m: 1.0 / len(model_ids) for m in model_ids}
+    best = objective(weights)
+    log.info("blend weights %s: MAP@5 %.4f", _fmt(weights), best)
+    if len(model_ids) == 1:
+        return weights, best
+    for round_ in range(rounds):
+        improved = False
+        for model in model_ids:
+            for value in np.linspace(0.0, 1.0, steps + 1):
+                trial = _with_weight(weights, model, float(value))
+                if trial is None or all(abs(trial[m] - weights[m]) < 1e-9 for m in model_ids):
+                    continue
+                score = objective(trial)
+                if score > best + 1e-12:
+                    weights, best, improved = trial, score, True
+                    log.info("blend round %d: weights %s: MAP@5 %.4f", round_ + 1, _fmt(weights), best)
+        if not improved:
+            break
+    return weights, best
+
+
+def _with_weight(weights: dict[str, float], model: str, value: float) -> dict[str, float] | None:
+    others = {m: w for m, w in weights.items() if m != model}
+    rest = sum(others.values())
+    if rest <= 0:
+        if value >= 1.0:
+            return None
+        others = {m: 1.0 / len(others) for m in others}
+        rest = 1.0
+    trial = {m: (1.0 - value) * w / rest for m, w in others.items()}
+    trial[model] = value
+    return {m: round(trial[m], 6) for m in weights}
+
+
+def _fmt(weights: Mapping[str, float]) -> str:
+    return ", ".join(f"{m}={w:.2f}" for m, w in weights.items())
+
+
+def plot_threshold_curve(sweep: ThresholdSweep, path: str | Path, title: str = "new_individual threshold",
+                         extra: Mapping[str, ThresholdSweep] | None = None) -> Path:
+    """MAP@5 against the threshold (and optional further curves, e.g. per fold) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, other in (extra or {}).items():
+        ax.plot(other.thresholds, other.map5, lw=1, alpha=0.6, label=label)
+    ax.plot(sweep.thresholds, sweep.map5, lw=2.2, color="black", label="all")
+    ax.axvline(sweep.best, color="tab:red", ls="--", lw=1)
+    ax.annotate(f"best {sweep.best:.2f}: MAP@5 {sweep.best_map5:.3f}", (sweep.best, sweep.best_map5),
+                textcoords="offset points", xytext=(6, -14), color="tab:red")
+    ax.set_xlabel("threshold (cosine similarity)")
+    ax.set_ylabel("MAP@5")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,169 @@
+"""The matcher's Faust agent: sightings.embedded -> rank against the gallery -> Redis + identifications topics.
+
+Why Faust (not a kafka-python loop): the same consumer-group, commit and retry semantics as the worker
+(shared `ChainStage`), a timer for polling the gallery pointer, and a web page (`POST /gallery/reload/` on the
+stage's Faust web port) for re-indexing to ask for an immediate hot swap.
+
+Exactly once, per sighting: the embedding is stored (`embedding:<id>`, idempotent overwrite); the result is
+written with SET NX (a re-delivered event finds the first result and re-uses it); topics and the Redis stream
+are announced only while `announced:<id>` is absent (the stream entry and the marker are one atomic script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust.web
+
+from services import topics
+from services.matcher import results
+from services.matcher.matching import Matcher
+from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
+from services.settings import Settings
+from services.worker import markers
+from services.worker.failures import PermanentFailure
+from services.worker.faust_app import decode_original, default_port, make_app, raw_topic, run_app
+from services.worker.stage import ChainStage
+
+log = logging.getLogger(__name__)
+STAGE = "matcher"
+
+
+class SightingMatcher(ChainStage):
+    """Handles batches of raw sightings.embedded events (the agent's body)."""
+
+    stage = STAGE
+
+    def __init__(self, settings: Settings, matcher: Matcher, redis_client, identifications_topic, new_topic, dead_topic):
+        super().__init__(settings, redis_client, dead_topic)
+        self.matcher = matcher
+        self.identifications_topic = identifications_topic
+        self.new_topic = new_topic
+
+    async def handle_batch(self, raws: list[bytes]) -> None:
+        records = []
+        for raw in raws:
+            try:
+                records.append(_parse(raw))
+            except PermanentFailure as exc:
+                original = decode_original(raw)
+                sighting_id = original.get("sighting_id", "") if isinstance(original, dict) else ""
+                await self.dead_letter(exc, original, str(sighting_id))
+        fresh, seen = [], set()
+        for record in records:
+            await self.in_thread("store embedding", results.store_embedding, self.redis, record)
+            if record.sighting_id in seen or await self.in_thread(
+                "check result", results.is_announced, self.redis, record.sighting_id,
+            ):
+                EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
+                log.info("sighting %s: already identified, skipping the duplicate", record.sighting_id)
+            else:
+                seen.add(record.sighting_id)
+                fresh.append(record)
+        if fresh:
+            await self._identify_and_publish(fresh)
+
+    async def _identify_and_publish(self, records: list[topics.SightingEmbedded]) -> None:
+        try:
+            with self.timed_step("search"):
+                identified = self.matcher.identify(records)
+        except PermanentFailure as exc:
+            if len(records) == 1:
+                await self.dead_letter(exc, records[0].asdict(), records[0].sighting_id)
+                return
+            for record in records:  # isolate the one that cannot be ranked
+                await self._identify_and_publish([record])
+            return
+        for identification in identified:
+            with self.timed_step("publish"):
+                stored = await self.in_thread("store result", results.store_identification, self.redis, identification)
+                await self.send(self.identifications_topic, stored.sighting_id, stored)
+                if stored.new_individual:
+                    await self.send(self.new_topic, stored.sighting_id, _new_individual(stored))
+                announced = await self.in_thread("announce", results.announce, self.redis, stored)
+            if announced:
+                IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
+                if stored.uploaded_at:
+                    END_TO_END_LATENCY.observe(max(0.0, stored.identified_at - stored.uploaded_at))
+            EVENTS.labels(stage=STAGE, outcome="identified").inc()
+
+
+def _parse(raw: bytes) -> topics.SightingEmbedded:
+    try:
+        record = topics.SightingEmbedded.from_json(raw)
+    except Exception as exc:  # noqa: BLE001
+        raise PermanentFailure("malformed_event", f"not a SightingEmbedded record: {exc}") from None
+    if not record.sighting_id or not record.embedding:
+        raise PermanentFailure("malformed_event", "sighting_id and embedding are required")
+    return record
+
+
+def _new_individual(identification: topics.Identification) -> topics.NewIndividual:
+    known = [c for c in identification.candidates if c["individual_id"] != "new_individual"]
+    best = known[0] if known else {"individual_id": "", "score": 0.0}
+    return topics.NewIndividual(
+        sighting_id=identification.sighting_id, best_known_id=best["individual_id"],
+        best_known_score=float(best["score"]), gallery_version=identification.gallery_version,
+        identified_at=identification.identified_at,
+    )
+
+
+def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None = None):
+    """The matcher's Faust app: the agent, the gallery-pointer timer and the reload page."""
+    from services.operations.model_store import GalleryStore
+
+    if matcher is None:
+        matcher = Matcher(settings, GalleryStore.from_settings(settings))
+        matcher.reload()  # a matcher without a gallery cannot work: fail at start with the reason
+    app = make_app(settings, STAGE, web_port)
+    embedded = raw_topic(app, topics.SIGHTINGS_EMBEDDED)
+    handler = SightingMatcher(
+        settings, matcher, markers.redis_client(settings.redis_url),
+        raw_topic(app, topics.IDENTIFICATIONS), raw_topic(app, topics.NEW_INDIVIDUALS), raw_topic(app, topics.DEAD_LETTER),
+    )
+
+    @app.agent(embedded)
+    async def identify_sightings(stream):
+        async for raws in stream.take(settings.worker_batch_size, within=settings.worker_batch_wait_s):
+            await handler.handle_batch(list(raws))
+
+    async def reload_now() -> bool:
+        try:
+            return await asyncio.to_thread(matcher.reload)
+        except Exception as exc:  # noqa: BLE001 - keep serving the current version
+            log.warning("matcher: gallery reload failed, still serving %s: %s",
+                        matcher.state.version if matcher.state else "nothing", exc)
+            return False
+
+    @app.timer(interval=settings.matcher_reload_interval_s)
+    async def poll_gallery_pointer():
+        await reload_now()
+
+    def served() -> str | None:
+        return matcher.state.version if matcher.state else None
+
+    @app.page("/gallery/reload/")
+    class GalleryReload(faust.web.View):
+        """GET: the served version; POST: re-read the pointer now and hot-swap when it moved."""
+
+        async def get(self, request):
+            return self.json({"version": served()})
+
+        async def post(self, request):
+            swapped = await reload_now()
+            return self.json({"swapped": swapped, "version": served()})
+
+    app.whaleid_matcher = matcher
+    return app
+
+
+def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None, metrics_port: int | None = None) -> int:
+    web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
+    metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
+    app = build_matcher_app(settings, web_port)
+    serve_metrics(metrics_port)
+    log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d",
+             index, settings.kafka_bootstrap, settings.redis_url, web_port, metrics_port)
+    run_app(app)
+    return 0

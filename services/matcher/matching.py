@@ -1,0 +1,117 @@
+"""The matcher's model state (gallery + tuning of one version) and the ranking of embedded sightings.
+
+`Matcher.reload()` builds the new Gallery + Identifier off to the side and swaps one reference, so a search in
+progress keeps the state it started with (hot swap without locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services import topics
+from services.errors import ConfigError
+from services.identification import NEW_INDIVIDUAL
+from services.metrics import GALLERY_BUILT, GALLERY_INDIVIDUALS, GALLERY_SIZE, GALLERY_VERSION, SEARCH_LATENCY
+from services.settings import Settings
+from services.worker.failures import PermanentFailure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    version: str
+    gallery: object  # services.identification.Gallery
+    identifier: object  # services.identification.Identifier
+    embedding_size: int
+    built_at: float  # when the version was published (version.json created_at)
+
+
+def load_state(directory: Path, version: str, built_at: float = 0.0) -> ModelState:
+    """Gallery (Gallery.save files) + tuning.json of one version, with its Identifier and a built index."""
+    from services.identification import Gallery, Identifier, Tuning
+
+    gallery = Gallery.load(directory)
+    tuning = Tuning.load(directory)
+    gallery.index  # noqa: B018 - build the FAISS index now, not in the first search
+    return ModelState(version, gallery, Identifier(gallery, tuning), gallery.dimension, built_at or time.time())
+
+
+class Matcher:
+    """Serves one gallery version at a time from the model store (services.operations.model_store)."""
+
+    def __init__(self, settings: Settings, store):
+        self.settings = settings
+        self.store = store  # GalleryStore
+        self.state: ModelState | None = None
+        self._reload_lock = threading.Lock()
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the version `current` names when it differs from the served one; True when it swapped."""
+        with self._reload_lock:
+            version = self.store.current_version()
+            if version is None:
+                raise ConfigError(
+                    f"no gallery in the model store (s3://{self.settings.models_bucket}/"
+                    f"{self.settings.gallery_prefix}/current): run `whaleid demo` or publish one"
+                )
+            if self.state is not None and self.state.version == version and not force:
+                return False
+            directory = Path(tempfile.mkdtemp(prefix=f"gallery-{version}-"))
+            try:
+                built_at = float(self.store.version_info(version).get("created_at", 0.0))
+                state = load_state(self.store.download(version, directory), version, built_at)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+            previous, self.state = self.state, state  # the swap: one reference assignment
+            _export_gallery_metrics(state, previous)
+            log.info("matcher: serving gallery %s (%d embeddings)", version, len(state.gallery))
+            return True
+
+    def identify(self, records: list[topics.SightingEmbedded]) -> list[topics.Identification]:
+        """Rank a batch of embedded sightings against the served gallery (one Identifier call)."""
+        state = self.state
+        if state is None:
+            raise ConfigError("the matcher has no gallery loaded")
+        for record in records:
+            if len(record.embedding) != state.embedding_size:
+                raise PermanentFailure(
+                    "embedding_mismatch",
+                    f"sighting {record.sighting_id}: {len(record.embedding)} values, gallery has {state.embedding_size}",
+                )
+        embeddings = np.asarray([r.embedding for r in records], dtype=np.float32)
+        species = [((r.metadata or {}).get("species_hint") or None) for r in records]
+        start = time.perf_counter()
+        ranked = state.identifier.identify(embeddings, species=species if any(species) else None)
+        SEARCH_LATENCY.observe((time.perf_counter() - start) / max(1, len(records)))
+        identified_at = topics.now()
+        return [
+            topics.Identification(
+                sighting_id=record.sighting_id,
+                candidates=[{"individual_id": str(i), "score": round(float(s), 6)} for i, s in candidates],
+                new_individual=bool(candidates) and candidates[0][0] == NEW_INDIVIDUAL,
+                model_version=record.model_version,
+                gallery_version=state.version,
+                uploaded_at=record.uploaded_at,
+                identified_at=identified_at,
+            )
+            for record, candidates in zip(records, ranked, strict=True)
+        ]
+
+
+def _export_gallery_metrics(state: ModelState, previous: ModelState | None) -> None:
+    ids = list(state.gallery.individual_ids)
+    GALLERY_SIZE.set(len(ids))
+    GALLERY_INDIVIDUALS.set(len(set(ids)))
+    if previous is not None and previous.version != state.version:
+        GALLERY_VERSION.remove(previous.version)
+    GALLERY_VERSION.labels(version=state.version).set(1)
+    GALLERY_BUILT.set(state.built_at)

@@ -1,0 +1,158 @@
+"""`whaleid model-repo build`: a complete Triton repository from training's exports and the tuning file.
+
+    OUT/preprocess[_<size>]/   python backend: encoded crop -> eval-path pixels (one per input size)
+    OUT/embedder_<model_id>/   1/model.onnx + (cpu) python backend running it / (gpu) onnxruntime_onnx platform
+    OUT/blend/                 python backend: weighted sum of the embeddings (tuning weights), re-normalised
+    OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING
+    OUT/repository.json        what was built (models, checksums, weights, build id), read by validation
+
+The repository is written next to OUT, validated, and only then swapped into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from services.model_repo import configs
+from services.model_repo.errors import RepositoryError
+from services.model_repo.exports import ONNX_FILE, Export, load_exports
+from services.model_repo.validation import RECORD, validate_repository
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_repo"  # python-backend sources (model_repo/ in git)
+
+
+def resolve_weights(model_ids: Sequence[str], tuning_file: Path | None) -> tuple[list[float], str]:
+    """Blend weights in `model_ids` order (summing to 1) and where they came from."""
+    equal = [1.0 / len(model_ids)] * len(model_ids)
+    if tuning_file is None:
+        note = "no tuning file given: equal weights"
+        log.warning("%s for %d model(s)", note, len(model_ids))
+        return equal, note
+    from services.identification.tuning import Tuning
+
+    weights = Tuning.load(tuning_file).weights
+    missing = [m for m in model_ids if m not in weights]
+    if missing:
+        note = f"tuning file {tuning_file} has no weight for {', '.join(missing)}: equal weights"
+        log.warning("%s for all %d model(s)", note, len(model_ids))
+        return equal, note
+    ignored = sorted(set(weights) - set(model_ids))
+    if ignored:
+        log.warning("tuning file %s: weights of %s ignored (not among the exports)", tuning_file, ", ".join(ignored))
+    values = [float(weights[m]) for m in model_ids]
+    bad = [m for m, w in zip(model_ids, values) if not w >= 0]
+    if bad or sum(values) <= 0:
+        raise RepositoryError(f"tuning file {tuning_file}: blend weights must be >= 0 and not all zero; "
+                              f"got {dict(zip(model_ids, values))}")
+    total = sum(values)
+    return [w / total for w in values], f"weights from {tuning_file}"
+
+
+def embedder_name(model_id: str) -> str:
+    return f"embedder_{model_id}"
+
+
+def _copy_template(template: str, model_dir: Path) -> None:
+    source = TEMPLATES / template / "1" / "model.py"
+    if not source.is_file():
+        raise RepositoryError(f"python-backend source {source} is missing (is the project checkout complete?)")
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, model_dir / "1" / "model.py")
+
+
+def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float]) -> str:
+    parts = [target] + [f"{e.model_id}:{e.onnx_sha256}:{w:.6f}" for e, w in zip(exports, weights)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[float], note: str,
+                     options: configs.BuildOptions) -> dict[str, Any]:
+    sizes = sorted({e.image_size for e in exports})
+    preprocess = {s: "preprocess" if len(sizes) == 1 else f"preprocess_{s}" for s in sizes}
+    dim = exports[0].embedding_size
+    for size, name in preprocess.items():
+        _copy_template("preprocess", root / name)
+        (root / name / "config.pbtxt").write_text(configs.preprocess_config(name, size, options))
+
+    embedders = []
+    for index, (export, weight) in enumerate(zip(exports, weights), 1):
+        name = embedder_name(export.model_id)
+        log.info("[%d/%d] %s: copying %s (%.1f MB)", index, len(exports), name, export.onnx_path,
+                 export.onnx_path.stat().st_size / 1e6)
+        (root / name / "1").mkdir(parents=True)
+        shutil.copy2(export.onnx_path, root / name / "1" / ONNX_FILE)
+        if options.target == "cpu":
+            _copy_template("embedder_onnx", root / name)
+        config = configs.embedder_config(name, export.image_size, dim, options, export.model_id)
+        (root / name / "config.pbtxt").write_text(config)
+        embedders.append({"name": name, "model_id": export.model_id, "image_size": export.image_size,
+                          "embedding_size": dim, "sha256": export.onnx_sha256, "weight": weight,
+                          "export": str(export.directory.resolve()), "backbone": export.manifest.get("backbone"),
+                          "fold": export.manifest.get("fold"), "epoch": export.manifest.get("epoch")})
+
+    model_ids = [e.model_id for e in exports]
+    _copy_template("blend", root / "blend")
+    (root / "blend" / "config.pbtxt").write_text(configs.blend_config(model_ids, weights, dim, options))
+
+    build_id = _build_id(options.target, exports, weights)
+    ensemble_parameters = {"build_id": build_id, "model_ids": json.dumps(model_ids),
+                           "weights": json.dumps([round(w, 6) for w in weights])}
+    (root / "ensemble" / "1").mkdir(parents=True)  # an ensemble needs an (empty) version folder
+    (root / "ensemble" / "config.pbtxt").write_text(configs.ensemble_config(
+        preprocess, [(e["name"], e["image_size"]) for e in embedders], dim, options, ensemble_parameters))
+
+    record = {
+        "build_id": build_id,
+        "target": options.target,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "embedding_size": dim,
+        "weights_source": note,
+        "preprocess": {str(s): n for s, n in preprocess.items()},
+        "embedders": embedders,
+        "models": sorted([*preprocess.values(), *(e["name"] for e in embedders), "blend", "ensemble"]),
+        "options": dataclasses.asdict(options),
+    }
+    (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None = None,
+                     options: configs.BuildOptions = configs.BuildOptions()) -> dict[str, Any]:
+    """Check the exports, write the repository to a staging folder, validate it, then move it to `out_dir`."""
+    if options.target not in configs.TARGETS:
+        raise RepositoryError(f"unknown target {options.target!r}; use one of {', '.join(configs.TARGETS)}")
+    if options.max_batch_size < 1:
+        raise RepositoryError("max_batch_size must be >= 1 (the ensemble batches requests)")
+    exports = load_exports(Path(exports_dir))
+    log.info("%d export(s) checked: %s", len(exports), ", ".join(e.model_id for e in exports))
+    weights, note = resolve_weights([e.model_id for e in exports], tuning_file)
+    kept = [(e, w) for e, w in zip(exports, weights) if w > 0]
+    if len(kept) < len(exports):
+        log.info("weight 0: %s left out of the ensemble", ", ".join(e.model_id for e, w in zip(exports, weights) if w <= 0))
+    exports, weights = [e for e, _ in kept], [w for _, w in kept]
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        record = write_repository(staging, exports, weights, note, options)
+        validate_repository(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("repository %s built (%s target, build %s): %s", out_dir, options.target, record["build_id"],
+             ", ".join(record["models"]))
+    return record

@@ -1,0 +1,87 @@
+"""Checks of a built repository before Triton starts: every model's config parses, python-backend sources are
+present, each embedder's model.onnx exists with the recorded checksum and the shapes its config declares, and
+all embedders give one embedding size. Every refusal names the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from services.model_repo.errors import RepositoryError
+from services.model_repo.exports import ONNX_FILE
+from services.model_repo.files import sha256_file
+from services.model_repo.onnx_io import embedder_signature_problems
+
+RECORD = "repository.json"
+
+
+def read_config(model_dir: Path):
+    """config.pbtxt parsed into Triton's ModelConfig message (a syntax error is refused here, not by Triton)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        raise RepositoryError(f"model {model_dir.name}: {path} is missing")
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"model {model_dir.name}: {path} does not parse: {exc}") from None
+
+
+def _dims(tensors, name: str) -> list[int]:
+    for tensor in tensors:
+        if tensor.name == name:
+            return list(tensor.dims)
+    return []
+
+
+def check_embedder(root: Path, entry: dict[str, Any], dim: int) -> None:
+    name, size = entry["name"], int(entry["image_size"])
+    config = read_config(root / name)
+    if _dims(config.input, "image") != [size, size, 3]:
+        raise RepositoryError(f"model {name}: config input 'image' dims {_dims(config.input, 'image')} are not "
+                              f"NHWC 3-channel [{size}, {size}, 3]")
+    if _dims(config.output, "embedding") != [dim]:
+        raise RepositoryError(f"model {name}: config output 'embedding' dims {_dims(config.output, 'embedding')}, "
+                              f"expected [{dim}] like the other embedders")
+    onnx_path = root / name / "1" / ONNX_FILE
+    if not onnx_path.is_file():
+        raise RepositoryError(f"model {name}: {onnx_path} is missing (rebuild with `whaleid model-repo build` or "
+                              "pull it with `whaleid model-repo pull`)")
+    if sha256_file(onnx_path) != entry["sha256"]:
+        raise RepositoryError(f"model {name}: checksum mismatch for {onnx_path}: not the exported model "
+                              f"{entry['model_id']}")
+    problems = embedder_signature_problems(onnx_path, size, dim)
+    if problems:
+        raise RepositoryError(f"model {name}: {onnx_path}: {'; '.join(problems)}")
+    if config.backend == "python" and not (root / name / "1" / "model.py").is_file():
+        raise RepositoryError(f"model {name}: python backend without 1/model.py")
+
+
+def validate_repository(root: Path) -> dict[str, Any]:
+    """Validate a repository written by `whaleid model-repo build`; returns its record (repository.json)."""
+    root = Path(root)
+    try:
+        record = json.loads((root / RECORD).read_text())
+    except FileNotFoundError:
+        raise RepositoryError(f"{root} is not a repository built by `whaleid model-repo build` (no {RECORD})") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"cannot read {root / RECORD}: {exc}") from None
+    dim = int(record["embedding_size"])
+    for name in record["models"]:
+        config = read_config(root / name)
+        if config.name != name:
+            raise RepositoryError(f"model {name}: config.pbtxt names it {config.name!r}")
+        if config.backend == "python" and not (root / name / "1" / "model.py").is_file():
+            raise RepositoryError(f"model {name}: python backend without 1/model.py")
+    for entry in record["embedders"]:
+        if int(entry["embedding_size"]) != dim:
+            raise RepositoryError(f"model {entry['name']}: embedding size {entry['embedding_size']} differs from "
+                                  f"the repository's {dim}")
+        check_embedder(root, entry, dim)
+    ensemble = read_config(root / "ensemble")
+    if _dims(ensemble.output, "EMBEDDING") != [dim] or _dims(ensemble.input, "IMAGE") != [1]:
+        raise RepositoryError(f"model ensemble: expected IMAGE [1] -> EMBEDDING [{dim}]")
+    return record

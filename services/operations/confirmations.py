@@ -1,0 +1,234 @@
+"""Researchers' confirmations: validated, stored durably in Redis with an audit trail, one decision per sighting.
+
+Redis (the embedded stack's, or production's with AOF `appendfsync everysec` + replicas; a relational store
+such as PostgreSQL would be the production system of record for curation, with this Redis layout as its cache):
+
+    confirmation:<id>      hash: action, individual_id, researcher, predicted (JSON), confirmed_at,
+                           gallery_version, published (1 once announced on the `confirmations` topic)
+    confirmations:index    sorted set: sighting id by confirmed_at (what re-indexing reads)
+    confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
+    confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why
+
+Actions: `confirm` (into an id of the current gallery or a previously assigned new id), `new` (the system
+assigns `whale-<8 hex>`), `reject` (the predicted id — by default the top candidate — is wrong). A sighting
+takes one decision; repeating the same decision is answered with the stored one; a different decision is
+refused, except that a `reject` may be followed by `confirm`/`new` naming another individual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import redis as redis_lib
+
+from services.errors import WhaleIdError
+from services.metrics import CONFIRMATIONS
+from services.operations import records
+from services.topics import Confirmation
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("confirm", "new", "reject")
+NEW_INDIVIDUAL = "new_individual"
+CONFIRMATION_KEY = "confirmation:{}"
+INDEX_KEY = "confirmations:index"
+NEW_IDS_KEY = "confirmations:new-ids"
+AUDIT_STREAM = "confirmations:audit"
+NEW_ID_PREFIX = "whale-"
+
+
+class ConfirmationRefused(WhaleIdError):
+    """A confirmation that cannot be accepted; `status` is the HTTP status, `code` a short reason."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class KnownIndividuals:
+    """Ids a confirmation may name: those of the served gallery version (+ its name)."""
+
+    version: str
+    ids: frozenset[str]
+
+
+def new_individual_id() -> str:
+    return f"{NEW_ID_PREFIX}{uuid.uuid4().hex[:8]}"
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stored_confirmation(redis, sighting_id: str) -> Confirmation | None:
+    raw = redis.hgetall(CONFIRMATION_KEY.format(sighting_id))
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return Confirmation(sighting_id=sighting_id, action=fields["action"], individual_id=fields["individual_id"],
+                        researcher=fields.get("researcher", ""), predicted=json.loads(fields.get("predicted") or "null"),
+                        confirmed_at=float(fields.get("confirmed_at", 0.0)))
+
+
+def confirmed_sightings(redis, since: float = 0.0) -> list[tuple[Confirmation, str]]:
+    """(confirmation, gallery_version at the time) of every `confirm`/`new`, oldest first."""
+    out = []
+    for member in redis.zrangebyscore(INDEX_KEY, since, "+inf"):
+        sighting_id = _text(member)
+        conf = stored_confirmation(redis, sighting_id)
+        if conf is not None and conf.action in ("confirm", "new"):
+            version = _text(redis.hget(CONFIRMATION_KEY.format(sighting_id), "gallery_version") or "")
+            out.append((conf, version))
+    return out
+
+
+class ConfirmationService:
+    """Validates and records confirmations. `known` returns the served gallery's individuals."""
+
+    def __init__(self, redis, known: Callable[[], KnownIndividuals]):
+        self.redis = redis
+        self.known = known
+
+    # --- the one entry point
+    def submit(self, sighting_id: str, body: dict[str, Any]) -> tuple[Confirmation, bool]:
+        """Returns (the stored confirmation, True when this call created it). Raises ConfirmationRefused."""
+        action = str(body.get("action", "")) if isinstance(body, dict) else ""
+        try:
+            conf, created = self._submit(sighting_id, body)
+        except ConfirmationRefused as exc:
+            CONFIRMATIONS.labels(action=action if action in ACTIONS else "invalid", outcome=exc.code).inc()
+            self._audit(sighting_id, body if isinstance(body, dict) else {}, outcome=exc.code, reason=str(exc))
+            raise
+        CONFIRMATIONS.labels(action=conf.action, outcome="accepted" if created else "repeated").inc()
+        return conf, created
+
+    def mark_published(self, sighting_id: str) -> None:
+        self.redis.hset(CONFIRMATION_KEY.format(sighting_id), "published", "1")
+
+    def is_published(self, sighting_id: str) -> bool:
+        return _text(self.redis.hget(CONFIRMATION_KEY.format(sighting_id), "published") or "0") == "1"
+
+    # --- steps
+    def _submit(self, sighting_id: str, body: Any) -> tuple[Confirmation, bool]:
+        action, individual_id, researcher = self._parse(body)
+        if not records.sighting_exists(self.redis, sighting_id):
+            raise ConfirmationRefused(404, "unknown_sighting", f"unknown sighting {sighting_id!r}")
+        identification = records.read_identification(self.redis, sighting_id)
+        predicted = (identification or {}).get("candidates")
+        if action in ("confirm", "new") and not self.redis.exists(records.EMBEDDING_KEY.format(sighting_id)):
+            raise ConfirmationRefused(409, "no_embedding",
+                                      f"sighting {sighting_id} has no stored embedding yet (not processed, or "
+                                      "failed); it cannot enter the gallery")
+        known = self.known()
+        if action == "confirm":
+            self._check_known(individual_id, known)
+        elif action == "reject":
+            individual_id = individual_id or self._top_prediction(sighting_id, predicted)
+        return self._store(sighting_id, action, individual_id, researcher, predicted, known.version)
+
+    @staticmethod
+    def _parse(body: Any) -> tuple[str, str, str]:
+        if not isinstance(body, dict):
+            raise ConfirmationRefused(400, "invalid", "the body must be a JSON object")
+        unknown = sorted(set(body) - {"action", "individual_id", "researcher"})
+        if unknown:
+            raise ConfirmationRefused(400, "invalid", f"unknown field(s): {', '.join(unknown)}")
+        action = body.get("action")
+        if action not in ACTIONS:
+            raise ConfirmationRefused(400, "invalid", f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        individual_id = body.get("individual_id") or ""
+        researcher = body.get("researcher") or ""
+        if not isinstance(individual_id, str) or not isinstance(researcher, str):
+            raise ConfirmationRefused(400, "invalid", "individual_id and researcher must be strings")
+        if not researcher.strip():
+            raise ConfirmationRefused(400, "invalid", "researcher is required (who confirms)")
+        if action == "confirm" and not individual_id:
+            raise ConfirmationRefused(400, "invalid", "action 'confirm' needs an individual_id")
+        if action == "new" and individual_id:
+            raise ConfirmationRefused(400, "invalid", "action 'new' takes no individual_id: the system assigns one")
+        if individual_id == NEW_INDIVIDUAL:
+            raise ConfirmationRefused(400, "invalid", f"{NEW_INDIVIDUAL!r} is not an individual; use action 'new'")
+        return action, individual_id.strip(), researcher.strip()
+
+    def _check_known(self, individual_id: str, known: KnownIndividuals) -> None:
+        if individual_id in known.ids or self.redis.sismember(NEW_IDS_KEY, individual_id):
+            return
+        raise ConfirmationRefused(409, "unknown_individual",
+                                  f"individual {individual_id!r} is neither in gallery version {known.version} nor "
+                                  "among previously confirmed new individuals")
+
+    @staticmethod
+    def _top_prediction(sighting_id: str, predicted) -> str:
+        for cand in predicted or []:
+            if cand.get("individual_id") and cand["individual_id"] != NEW_INDIVIDUAL:
+                return cand["individual_id"]
+        raise ConfirmationRefused(409, "nothing_to_reject",
+                                  f"sighting {sighting_id} has no predicted individual to reject; name one")
+
+    def _store(self, sighting_id, action, individual_id, researcher, predicted, version):
+        key = CONFIRMATION_KEY.format(sighting_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    existing = stored_confirmation(pipe, sighting_id)
+                    if existing is not None:
+                        if self._same(existing, action, individual_id):
+                            pipe.unwatch()
+                            return existing, False
+                        if not (existing.action == "reject" and action != "reject"
+                                and individual_id != existing.individual_id):
+                            pipe.unwatch()
+                            raise ConfirmationRefused(
+                                409, "conflict",
+                                f"sighting {sighting_id} was already decided: {existing.action} "
+                                f"{existing.individual_id!r} by {existing.researcher} at "
+                                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(existing.confirmed_at))}")
+                    assigned = new_individual_id() if action == "new" else individual_id
+                    conf = Confirmation(sighting_id=sighting_id, action=action, individual_id=assigned,
+                                        researcher=researcher, predicted=predicted, confirmed_at=time.time())
+                    pipe.multi()
+                    pipe.hset(key, mapping={
+                        "action": action, "individual_id": assigned, "researcher": researcher,
+                        "predicted": json.dumps(predicted), "confirmed_at": repr(conf.confirmed_at),
+                        "gallery_version": version, "published": "0"})
+                    pipe.zadd(INDEX_KEY, {sighting_id: conf.confirmed_at})
+                    if action == "new":
+                        pipe.sadd(NEW_IDS_KEY, assigned)
+                    pipe.xadd(AUDIT_STREAM, self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version))
+                    pipe.execute()
+                    log.info("confirmation %s: %s %s by %s", sighting_id, action, assigned, researcher)
+                    return conf, True
+                except redis_lib.WatchError:
+                    continue
+
+    @staticmethod
+    def _same(existing: Confirmation, action: str, individual_id: str) -> bool:
+        return existing.action == action and (action == "new" or existing.individual_id == individual_id)
+
+    @staticmethod
+    def _audit_fields(sighting_id, body, outcome, reason, version="") -> dict[str, str]:
+        return {"sighting_id": sighting_id, "action": str(body.get("action", "")),
+                "individual_id": str(body.get("individual_id", "")), "researcher": str(body.get("researcher", "")),
+                "predicted": json.dumps(body.get("predicted")), "outcome": outcome, "reason": reason,
+                "gallery_version": version, "at": repr(time.time())}
+
+    def _audit(self, sighting_id, body, outcome, reason) -> None:
+        self.redis.xadd(AUDIT_STREAM, self._audit_fields(sighting_id, body, outcome, reason))
+
+
+def audit_trail(redis, sighting_id: str | None = None, count: int = 1000) -> list[dict[str, str]]:
+    """The audit stream's entries (oldest first), optionally only those of one sighting."""
+    entries = []
+    for entry_id, fields in redis.xrange(AUDIT_STREAM, count=count):
+        row = {_text(k): _text(v) for k, v in fields.items()}
+        if sighting_id is None or row["sighting_id"] == sighting_id:
+            entries.append({"id": _text(entry_id), **row})
+    return entries

@@ -1,0 +1,123 @@
+"""Re-indexing: the current gallery version + confirmed sightings -> a new version, then move the pointer.
+
+Nothing is recomputed: each confirmed sighting enters with the embedding the matcher stored at ingest
+(`embedding:<id>`). A sighting is in a gallery when its image id `sighting/<id>` is, so re-running is
+idempotent and "since that version" is exact. Sightings that cannot enter (embedding missing or of another
+dimension) are reported with the reason, never silently dropped; the run still publishes the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from services.errors import DataError
+from services.metrics import REINDEX_LAST_SUCCESS
+from services.operations import records
+from services.operations.confirmations import confirmed_sightings
+from services.operations.model_store import GalleryStore, ModelStoreError
+from services.operations.publish import TUNING_FILE, publish_gallery
+
+log = logging.getLogger(__name__)
+
+IMAGE_PREFIX = "sighting/"
+UNKNOWN_SPECIES = "unknown"
+
+
+@dataclass
+class ReindexReport:
+    previous_version: str
+    new_version: str | None  # None: nothing new (dry run, or no confirmed sighting to add)
+    added: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # sighting id -> reason
+    size: int = 0
+    individuals: int = 0
+    new_individuals: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sighting_image(sighting_id: str) -> str:
+    return IMAGE_PREFIX + sighting_id
+
+
+def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexReport:
+    from services.identification.gallery import Gallery
+
+    start = time.perf_counter()
+    pointer = store.pointer()
+    if pointer is None:
+        raise ModelStoreError("no gallery version to re-index from: publish a first one "
+                              "(`whaleid gallery publish DIR`, or `whaleid demo` does it)")
+    with tempfile.TemporaryDirectory(prefix="whaleid-reindex-") as tmp:
+        log.info("re-index: downloading gallery version %s", pointer.version)
+        current_dir = store.download(pointer.version, Path(tmp) / "current")
+        gallery = Gallery.load(current_dir)
+        tuning_path = current_dir / TUNING_FILE
+        if not tuning_path.is_file():
+            raise ModelStoreError(f"gallery version {pointer.version} has no {TUNING_FILE}")
+        report = ReindexReport(previous_version=pointer.version, new_version=None, dry_run=dry_run)
+        rows = _pending_rows(gallery, redis, report)
+        report.size = len(gallery) + len(report.added)
+        report.individuals = len(set(gallery.individual_ids) | set(rows[1] if rows else []))
+        if rows and not dry_run:
+            embeddings, ids, species, images, metadata = rows
+            gallery = gallery.add(np.stack(embeddings), ids, species, images, metadata)
+            report.new_version = publish_gallery(
+                store, gallery, tuning_path, parent=pointer.version, added_sightings=report.added,
+                reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s)")
+        elif not dry_run:
+            store.set_current(pointer.version, reason="reindex: no new confirmed sightings", reindexed=True)
+    report.seconds = round(time.perf_counter() - start, 3)
+    if not dry_run:
+        REINDEX_LAST_SUCCESS.set(time.time())
+    log.info("re-index %s: %s -> %s, %d added, %d skipped, %d embeddings, %d individuals",
+             "(dry run)" if dry_run else "done", report.previous_version, report.new_version or "(unchanged)",
+             len(report.added), len(report.skipped), report.size, report.individuals)
+    return report
+
+
+def _pending_rows(gallery, redis, report: ReindexReport):
+    """The confirmed sightings not yet in `gallery`, as rows to add (None when there are none)."""
+    included = set(gallery.images)
+    species_of = {}
+    for ind, sp in zip(gallery.individual_ids, gallery.species, strict=True):
+        species_of.setdefault(ind, sp)
+    confirmed = [(c, v) for c, v in confirmed_sightings(redis) if sighting_image(c.sighting_id) not in included]
+    log.info("re-index: %d confirmed sighting(s) not yet in version %s", len(confirmed), report.previous_version)
+    embeddings, ids, species, images, metadata = [], [], [], [], []
+    for number, (conf, version_at_confirmation) in enumerate(confirmed, 1):
+        try:
+            vector = records.read_embedding(redis, conf.sighting_id)
+        except DataError as exc:
+            report.skipped[conf.sighting_id] = str(exc)
+            continue
+        if vector.shape[0] != gallery.dimension:
+            report.skipped[conf.sighting_id] = (f"embedding dimension {vector.shape[0]} != gallery dimension "
+                                                f"{gallery.dimension} (embedded by another model)")
+            continue
+        kind = species_of.get(conf.individual_id) or records.read_species_hint(redis, conf.sighting_id) \
+            or UNKNOWN_SPECIES
+        species_of.setdefault(conf.individual_id, kind)
+        embeddings.append(vector)
+        ids.append(conf.individual_id)
+        species.append(kind)
+        images.append(sighting_image(conf.sighting_id))
+        metadata.append({"sighting_id": conf.sighting_id, "action": conf.action, "researcher": conf.researcher,
+                         "confirmed_at": conf.confirmed_at, "confirmed_against": version_at_confirmation})
+        report.added.append(conf.sighting_id)
+        if conf.action == "new" and conf.individual_id not in report.new_individuals:
+            report.new_individuals.append(conf.individual_id)
+        if number % 500 == 0:
+            log.info("re-index: read %d / %d confirmed embeddings", number, len(confirmed))
+    for sighting_id, reason in report.skipped.items():
+        log.error("re-index: sighting %s not added: %s", sighting_id, reason)
+    return (embeddings, ids, species, images, metadata) if ids else None

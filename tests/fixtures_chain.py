@@ -1,0 +1,240 @@
+"""Helpers for the streaming-chain tests: a small deterministic Triton model, chain services as subprocesses,
+hostile uploads, and waiting on Redis.
+
+The "toy" model repository holds a real python-backend model named `ensemble` with the ensemble's contract
+(IMAGE bytes -> EMBEDDING 512 floats): the pixels of the crop resized to 13x13, centred, L2-normalised. Served
+by a real Triton, it lets the worker/matcher tests run without a trained network; the end-to-end test uses the
+trained tiny model instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from services import topics
+from services.stack.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOY_CONFIG = """name: "ensemble"
+backend: "python"
+max_batch_size: 16
+input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 512 ] } ]
+parameters: { key: "build_id" value: { string_value: "toy" } }
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+TOY_MODEL = '''
+import io
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+
+def embed(data):
+    image = Image.open(io.BytesIO(data)).convert("RGB").resize((13, 13), Image.BILINEAR)
+    values = np.asarray(image, dtype=np.float32).reshape(-1)
+    values = values - values.mean()
+    out = np.zeros(512, dtype=np.float32)
+    out[: values.size] = values
+    return out / max(float(np.linalg.norm(out)), 1e-6)
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            try:
+                rows = np.stack([embed(bytes(item[0])) for item in images])
+            except Exception as exc:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad image: {exc}")))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", rows)]))
+        return responses
+'''
+
+
+def write_toy_repository(root: Path) -> Path:
+    model = Path(root) / "ensemble"
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    (model / "config.pbtxt").write_text(TOY_CONFIG)
+    (model / "1" / "model.py").write_text(TOY_MODEL)
+    return Path(root)
+
+
+# --------------------------------------------------------------------------- photos, good and hostile
+def photo(seed: int, size: tuple[int, int] = (96, 72)) -> np.ndarray:
+    """A smooth random colour pattern, distinct per seed (uint8 H x W x 3)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def truncated_jpeg(seed: int = 99) -> bytes:
+    data = jpeg_bytes(photo(seed, (160, 120)))
+    return data[: len(data) // 2]
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header announcing width x height pixels with a tiny body (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- chain services as subprocesses
+class ServiceProcess:
+    """`whaleid serve <service>` in a subprocess with its log in `log_dir`."""
+
+    def __init__(self, service: str, env: dict[str, str], log_dir: Path, name: str | None = None):
+        self.service = service
+        self.name = name or service
+        self.env = env
+        self.log_path = Path(log_dir) / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.web_port = 0
+
+    def start(self) -> "ServiceProcess":
+        argv = [sys.executable, "-m", "services.cli.main", "serve", self.service]
+        if self.service in ("worker", "matcher"):
+            self.web_port = free_port()
+            argv += ["--web-port", str(self.web_port), "--metrics-port", self.env.get("TEST_METRICS_PORT", "0")]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 90.0, after: int = 0) -> None:
+        """Wait until `text` appears in the log (after character `after`); fail with the log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text()[after:]:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no {text!r} in the log after {timeout:.0f} s:\n{self.log_text()[-3000:]}")
+
+    def wait_ready(self, timeout: float = 120.0) -> "ServiceProcess":
+        # Faust logs "[^Worker]: Ready" once the consumer group has its partitions.
+        self.wait_log("Ready", timeout, after=getattr(self, "_ready_from", 0))
+        return self
+
+    def restart(self) -> "ServiceProcess":
+        self._ready_from = len(self.log_text())
+        return self.start()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def chain_env(stack_state: dict, run_dir: Path, triton_grpc: str | None = None, **settings) -> dict[str, str]:
+    """The environment of a chain service: the stack's addresses, a private run dir, extra WHALEID_ settings."""
+    servers = stack_state["servers"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WHALEID_")}
+    env.update({
+        "WHALEID_PROFILE": "local",
+        "WHALEID_RUN_DIR": str(run_dir),
+        "WHALEID_KAFKA_BOOTSTRAP": servers["kafka"]["bootstrap"],
+        "WHALEID_S3_ENDPOINT": servers["s3"]["endpoint"],
+        "WHALEID_REDIS_URL": servers["redis"]["url"],
+        "WHALEID_TRITON_GRPC_URL": triton_grpc or servers["triton"]["grpc"],
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({f"WHALEID_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+# --------------------------------------------------------------------------- events and results
+def uploaded_event(sighting_id: str, bucket: str, key: str, metadata: dict | None = None) -> bytes:
+    return topics.SightingUploaded(
+        sighting_id=sighting_id, bucket=bucket, key=key, metadata=metadata, uploaded_at=time.time(),
+        event_name="ObjectCreated:Put",
+    ).to_json()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def identification(redis_client, sighting_id: str) -> dict | None:
+    raw = redis_client.get(f"identification:{sighting_id}")
+    return None if raw is None else json.loads(raw)
+
+
+def failure(redis_client, sighting_id: str) -> dict | None:
+    raw = redis_client.get(f"failure:{sighting_id}")
+    return None if raw is None else json.loads(raw)
+
+
+def stream_counts(redis_client, stream: str = "identifications") -> dict[str, int]:
+    """How many stream entries each sighting has."""
+    counts: dict[str, int] = {}
+    for _, fields in redis_client.xrange(stream):
+        sighting = fields[b"sighting_id"].decode()
+        counts[sighting] = counts.get(sighting, 0) + 1
+    return counts
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 2.0) -> list[tuple[str, dict]]:
+    """Every (key, JSON value) on a topic from the beginning (a fresh consumer, no group)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
+    try:
+        return [((m.key or b"").decode(), json.loads(m.value)) for m in consumer]
+    finally:
+        consumer.close()

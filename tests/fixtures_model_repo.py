@@ -1,0 +1,111 @@
+"""Shared set-up of tests/test_export.py and tests/test_model_repo.py, built once per session.
+
+`snapshot_run`: a run directory in `whaleid train`'s layout (config.yaml, labels.json, checkpoints/) with two
+snapshots of the b0-tiny model (64 px) initialised with different seeds. Export and serving are about carrying
+*whatever* weights a snapshot has faithfully to Triton, so no training is needed (it would cost minutes).
+`exported`: both snapshots exported by training.export (SavedModel + ONNX + manifest), ~30 s each.
+`crops`: encoded crops (JPEG and PNG) of varied sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+EPOCHS = (1, 2)
+NUM_CLASSES, SPECIES = 8, ["beluga", "humpback_whale"]
+_CACHE: dict[tuple[str, str], object] = {}
+
+
+def _cached(tmp_path_factory, name: str, build):
+    key = (str(tmp_path_factory.getbasetemp()), name)
+    if key not in _CACHE:
+        _CACHE[key] = build(tmp_path_factory.mktemp(name))
+    return _CACHE[key]
+
+
+def snapshot_run(tmp_path_factory) -> Path:
+    def build(root: Path) -> Path:
+        import keras
+
+        from training.config import load_config, save_config
+        from training.embed import CHECKPOINT_DIR, LABELS_FILE, checkpoint_name
+        from training.model import build_models
+
+        config = load_config("b0-tiny")
+        save_config(config, root / "config.yaml")
+        (root / LABELS_FILE).write_text(json.dumps({"classes": [f"id{i}" for i in range(NUM_CLASSES)],
+                                                    "species": SPECIES}))
+        (root / CHECKPOINT_DIR).mkdir()
+        for epoch in EPOCHS:
+            keras.utils.set_random_seed(epoch)
+            train_model, _ = build_models(config, NUM_CLASSES, len(SPECIES))
+            train_model.save_weights(root / CHECKPOINT_DIR / checkpoint_name(epoch))
+        return root
+
+    return _cached(tmp_path_factory, "snapshot_run", build)
+
+
+def exported(tmp_path_factory) -> Path:
+    """EXPORTS dir with both snapshots of `snapshot_run` exported."""
+    def build(root: Path) -> Path:
+        from training.export import export_run
+
+        logging.getLogger("training.export").setLevel(logging.INFO)
+        export_run(snapshot_run(tmp_path_factory), root, [f"epoch_{e:03d}" for e in EPOCHS])
+        return root
+
+    return _cached(tmp_path_factory, "exports", build)
+
+
+def crops(count: int = 6) -> list[bytes]:
+    """Encoded crops: JPEGs of different sizes (the bench's images) and PNGs (lossless, as the worker sends)."""
+    from services.imaging import encode_png
+    from services.model_repo.bench import bench_images
+
+    rng = np.random.default_rng(7)
+    jpegs = bench_images(count // 2, seed=3, size=(200, 150)) + bench_images(1, seed=4, size=(90, 300))
+    pngs = [encode_png(rng.integers(0, 256, (40 + 30 * i, 120, 3), dtype=np.uint8)) for i in range(count - len(jpegs))]
+    return jpegs + pngs
+
+
+def tiny_onnx(path: Path, image_size: int, dim: int, layout: str = "NHWC", seed: int = 0) -> Path:
+    """A small real ONNX embedder (mean colour -> linear -> L2 norm) with the export's names: for repository
+    tests that need many exports of chosen shapes without converting EfficientNets."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nhwc = layout == "NHWC"
+    shape = ["batch", image_size, image_size, 3] if nhwc else ["batch", 3, image_size, image_size]
+    weights = np.random.default_rng(seed).normal(size=(3, dim)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2] if nhwc else [2, 3], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["z"]),
+         helper.make_node("LpNormalization", ["z"], ["embedding"], axis=1, p=2)],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def fake_export(exports: Path, model_id: str, image_size: int = 64, dim: int = 512, layout: str = "NHWC",
+                seed: int = 0) -> Path:
+    """EXPORTS/<model_id>/{model.onnx, manifest.json} as training.export writes them, around `tiny_onnx`."""
+    from services.model_repo.files import sha256_file
+    from training.export import MANIFEST, build_manifest
+
+    folder = exports / model_id
+    onnx_path = tiny_onnx(folder / "model.onnx", image_size, dim, layout, seed)
+    info = {"model_id": model_id, "backbone": "tiny", "image_size": image_size, "embedding_size": dim, "fold": 0,
+            "epoch": 1, "eval_box_source": ""}
+    manifest = build_manifest(info, {"model.onnx": sha256_file(onnx_path)}, 0.0, "test")
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return folder

@@ -1,0 +1,67 @@
+"""Helpers for the operations tests: synthetic galleries with known clusters, seeded sightings.
+
+Embeddings are synthetic (512-d, one random centre per individual plus small noise), so "a new photo of the
+confirmed individual" is a fresh noisy sample around that individual's centre, and new_individual is what the
+default threshold (0.5) gives for a centre the gallery has never seen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from services.identification import Tuning, build_gallery
+from services.operations.model_store import GalleryStore
+from services.operations.publish import publish_gallery
+
+DIM = 512
+NOISE = 0.02
+
+
+class Clusters:
+    """One random unit centre per individual; `sample(name)` is a new photo's embedding of that individual."""
+
+    def __init__(self, seed: int = 7):
+        self.rng = np.random.default_rng(seed)
+        self.centres: dict[str, np.ndarray] = {}
+
+    def centre(self, name: str) -> np.ndarray:
+        if name not in self.centres:
+            v = self.rng.normal(size=DIM).astype(np.float32)
+            self.centres[name] = v / np.linalg.norm(v)
+        return self.centres[name]
+
+    def sample(self, name: str) -> np.ndarray:
+        v = self.centre(name) + self.rng.normal(scale=NOISE, size=DIM).astype(np.float32)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def publish_initial_gallery(store: GalleryStore, clusters: Clusters, individuals: list[str], tmp: Path,
+                            per_individual: int = 3) -> str:
+    rows = [(ind, clusters.sample(ind)) for ind in individuals for _ in range(per_individual)]
+    gallery = build_gallery(np.stack([v for _, v in rows]), [i for i, _ in rows], ["humpback_whale"] * len(rows),
+                            [f"train-{n}.jpg" for n in range(len(rows))])
+    tuning = Tuning(threshold=0.5).save(tmp / f"tuning-{uuid.uuid4().hex[:6]}.json")
+    return publish_gallery(store, gallery, tuning, reason="initial gallery (test)")
+
+
+def seed_sighting(client: redis.Redis, embedding: np.ndarray | None, candidates: list[tuple[str, float]] | None,
+                  species_hint: str = "", gallery_version: str = "v-test") -> str:
+    """Store what the gateway and the matcher would have stored for one processed sighting."""
+    sighting_id = uuid.uuid4().hex
+    client.hset(f"sighting:{sighting_id}", mapping={
+        "metadata": json.dumps({"observer": "test", "species_hint": species_hint}), "created_at": time.time()})
+    if embedding is not None:
+        client.set(f"embedding:{sighting_id}", json.dumps({
+            "sighting_id": sighting_id, "model_version": "toy", "embedding": [float(x) for x in embedding]}))
+    if candidates is not None:
+        client.set(f"identification:{sighting_id}", json.dumps({
+            "sighting_id": sighting_id, "candidates": [{"individual_id": i, "score": s} for i, s in candidates],
+            "new_individual": bool(candidates) and candidates[0][0] == "new_individual",
+            "gallery_version": gallery_version}))
+    return sighting_id

@@ -1,0 +1,352 @@
+"""Operations (#7) against real servers: gallery versions + pointer + rollback in S3 (moto), confirmations through
+the real gateway (aiohttp server, Redis, Kafka), re-indexing into a version the real matcher serves, a hot swap
+during a running stream (`whaleid serve matcher` subprocess), and a real Prometheus scraping services.metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from aiohttp.test_utils import TestClient, TestServer
+from fixtures_chain import ServiceProcess, chain_env, read_topic, stream_counts, wait_until
+from fixtures_operations import Clusters, publish_initial_gallery, seed_sighting
+from kafka import KafkaProducer
+from prometheus_client import REGISTRY
+
+from services import topics
+from services.cli.main import main as whaleid
+from services.operations.confirmations import ConfirmationService, audit_trail, stored_confirmation
+from services.operations.known import CurrentGalleryIndividuals
+from services.operations.model_store import GalleryStore, ModelStoreError
+from services.operations.reindex import reindex
+from services.stack.binaries import on_path
+from services.stack.ports import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+INDIVIDUALS = [f"ind-{i}" for i in range(6)]
+_db_numbers = iter(range(11, 16))  # a Redis database of its own per test (flushed first)
+
+
+@pytest.fixture(scope="module")
+def ops(stack):
+    """The session's embedded stack (tests/conftest.py): (Stack, Settings with every address filled)."""
+    return stack.stack, stack.settings
+
+
+@pytest.fixture
+def env(ops, tmp_path, monkeypatch):
+    """Per test: its own gallery prefix and Redis database, exported as WHALEID_* for the CLI."""
+    stack, base = ops
+    db = next(_db_numbers)
+    settings = base.with_overrides(gallery_prefix=f"galleries-{uuid.uuid4().hex[:6]}",
+                                   redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
+                                   gateway_token="ops-test-token")
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    for name in ("run_dir", "gallery_prefix", "redis_url", "s3_endpoint", "kafka_bootstrap"):
+        monkeypatch.setenv(f"WHALEID_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setenv("WHALEID_PROFILE", "local")
+    store = GalleryStore.from_settings(settings)
+    yield settings, store, client
+    client.close()
+
+
+def _sample(metric: str, **labels) -> float:
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+# --------------------------------------------------------------------------- versions, pointer, rollback
+def test_versions_pointer_and_one_command_rollback(env, tmp_path, capsys):
+    settings, store, _ = env
+    clusters = Clusters()
+    assert store.pointer() is None
+    v1 = publish_initial_gallery(store, clusters, INDIVIDUALS[:3], tmp_path)
+    v2 = publish_initial_gallery(store, clusters, INDIVIDUALS, tmp_path)
+    pointer = store.pointer()
+    assert (pointer.version, pointer.history) == (v2, [v1])
+    assert store.individuals(v2) == set(INDIVIDUALS)
+    # a half-uploaded version (no version.json, no manifest) is never listed nor pointed to
+    store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/vbroken/embeddings.npy", Body=b"x")
+    assert [v["version"] for v in store.list_versions()] == [v1, v2]
+    with pytest.raises(ModelStoreError, match="incomplete"):
+        store.set_current("vbroken", reason="test")
+
+    assert whaleid(["gallery", "rollback"]) == 0
+    assert store.current_version() == v1
+    assert f"current: {v1}" in capsys.readouterr().out
+    assert whaleid(["gallery", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["current"] == v1 and [v["version"] for v in listing["versions"]] == [v1, v2]
+    assert whaleid(["gallery", "rollback"]) == 2  # nothing older: a clear error, exit code 2
+    assert "no previous version" in capsys.readouterr().err
+
+    # a plain-text pointer written by another tool is understood
+    store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/current", Body=v2.encode())
+    assert store.current_version() == v2
+
+
+# --------------------------------------------------------------------------- confirmations via the gateway
+def _gateway_calls(settings, calls):
+    """POST each (sighting_id, body[, token]) to the real gateway app; returns [(status, json)]."""
+    from services.gateway.app import build_app
+
+    async def run():
+        server = TestServer(build_app(settings), host="127.0.0.1", port=free_port())
+        async with TestClient(server) as client:
+            out = []
+            for sighting_id, body, *token in calls:
+                headers = {"Authorization": f"Bearer {token[0] if token else settings.gateway_token}"}
+                response = await client.post(f"/v1/sightings/{sighting_id}/confirmation", json=body, headers=headers)
+                out.append((response.status, await response.json()))
+            got = await client.get(f"/v1/sightings/{calls[0][0]}/confirmation",
+                                   headers={"Authorization": f"Bearer {settings.gateway_token}"})
+            out.append((got.status, await got.json()))
+            return out
+
+    return asyncio.run(run())
+
+
+def test_confirmations_accepted_refused_and_audited(env, tmp_path):
+    settings, store, client = env
+    clusters = Clusters()
+    version = publish_initial_gallery(store, clusters, INDIVIDUALS, tmp_path)
+    a = seed_sighting(client, clusters.sample("ind-0"), [("ind-0", 0.91), ("new_individual", 0.5)])
+    b = seed_sighting(client, clusters.sample("new-whale"), [("new_individual", 0.5), ("ind-3", 0.1)])
+    c = seed_sighting(client, clusters.sample("new-whale"), [("new_individual", 0.5), ("ind-3", 0.1)])
+    r = seed_sighting(client, clusters.sample("ind-1"), [("ind-2", 0.7), ("new_individual", 0.5)])
+    no_embedding = seed_sighting(client, None, None)
+    refused_before = _sample("whaleid_confirmations_total", action="confirm", outcome="unknown_individual")
+
+    me = {"researcher": "dr-fluke"}
+    results = _gateway_calls(settings, [
+        (a, {"action": "confirm", "individual_id": "ind-0", **me}),           # 0 accepted
+        (a, {"action": "confirm", "individual_id": "ind-0", **me}),           # 1 the same again: 200, stored one
+        (a, {"action": "confirm", "individual_id": "ind-4", **me}),           # 2 conflicting
+        (a, {"action": "new", **me}),                                         # 3 conflicting
+        (b, {"action": "confirm", "individual_id": "ind-99", **me}),          # 4 unknown individual
+        (b, {"action": "new", **me}),                                         # 5 new id assigned
+        (no_embedding, {"action": "new", **me}),                              # 6 no embedding
+        ("nope", {"action": "confirm", "individual_id": "ind-0", **me}),      # 7 unknown sighting
+        (b, {"action": "maybe", **me}),                                       # 8 bad action
+        (b, {"action": "confirm", "individual_id": "ind-1"}),                 # 9 no researcher
+        (r, {"action": "reject", **me}),                                      # 10 reject the top prediction
+        (a, {"action": "confirm", "individual_id": "ind-0", **me}, "wrong"),  # 11 wrong token
+    ])
+    statuses = [status for status, _ in results]
+    assert statuses == [201, 200, 409, 409, 409, 201, 409, 404, 400, 400, 201, 401, 200], results
+    assert results[1][1]["created"] is False
+    assert "already decided: confirm 'ind-0' by dr-fluke" in results[2][1]["error"]
+    assert f"neither in gallery version {version}" in results[4][1]["error"]
+    assert "no stored embedding" in results[6][1]["error"]
+    assert results[10][1]["confirmation"]["individual_id"] == "ind-2"  # the rejected top candidate
+    new_id = results[5][1]["confirmation"]["individual_id"]
+    assert re.fullmatch(r"whale-[0-9a-f]{8}", new_id)
+    assert results[-1][1]["confirmation"]["researcher"] == "dr-fluke"
+
+    # a previously assigned new id is a valid target; the predicted candidates are kept for the audit
+    service = ConfirmationService(client, CurrentGalleryIndividuals(store))
+    conf, created = service.submit(c, {"action": "confirm", "individual_id": new_id, "researcher": "dr-tail"})
+    assert created and conf.predicted[0]["individual_id"] == "new_individual"
+    assert stored_confirmation(client, a).predicted[0] == {"individual_id": "ind-0", "score": 0.91}
+
+    trail = audit_trail(client)
+    outcomes = [(e["sighting_id"], e["outcome"]) for e in trail]
+    assert (a, "accepted") in outcomes and (a, "conflict") in outcomes and (b, "unknown_individual") in outcomes
+    assert ("nope", "unknown_sighting") in outcomes and (no_embedding, "no_embedding") in outcomes
+    assert all(e["at"] for e in trail)
+    assert _sample("whaleid_confirmations_total", action="confirm",
+                   outcome="unknown_individual") == refused_before + 1
+
+    # every accepted HTTP confirmation is on the topic exactly once (the repeat is not announced again)
+    announced = [(k, v) for k, v in read_topic(settings.kafka_bootstrap, topics.CONFIRMATIONS, timeout_s=2)
+                 if k in (a, b, r)]
+    assert sorted(k for k, _ in announced) == sorted([a, b, r])
+    assert {k: v["action"] for k, v in announced} == {a: "confirm", b: "new", r: "reject"}
+
+
+# --------------------------------------------------------------------------- confirm -> reindex -> identified
+def test_confirm_reindex_identifies_then_rollback(env, tmp_path, capsys):
+    from services.matcher.matching import Matcher
+
+    settings, store, client = env
+    clusters = Clusters()
+    v1 = publish_initial_gallery(store, clusters, INDIVIDUALS, tmp_path)
+    matcher = Matcher(settings, store)
+    matcher.reload()
+
+    def identify(embedding) -> list[dict]:
+        record = topics.SightingEmbedded(sighting_id=uuid.uuid4().hex, embedding=[float(x) for x in embedding],
+                                         model_version="toy")
+        return matcher.identify([record])[0].candidates
+
+    assert identify(clusters.sample("fresh-whale"))[0]["individual_id"] == "new_individual"
+    service = ConfirmationService(client, CurrentGalleryIndividuals(store))
+    s_new = seed_sighting(client, clusters.sample("fresh-whale"), [("new_individual", 0.5)], species_hint="orca")
+    s_known = seed_sighting(client, clusters.sample("ind-2"), [("ind-2", 0.9)])
+    s_lost = seed_sighting(client, clusters.sample("ind-3"), [("ind-3", 0.9)])
+    new_id = service.submit(s_new, {"action": "new", "researcher": "dr-fluke"})[0].individual_id
+    service.submit(s_known, {"action": "confirm", "individual_id": "ind-2", "researcher": "dr-fluke"})
+    service.submit(s_lost, {"action": "confirm", "individual_id": "ind-3", "researcher": "dr-fluke"})
+    client.delete(f"embedding:{s_lost}")  # e.g. expired: reported, not silently dropped
+
+    dry = reindex(store, client, dry_run=True)
+    assert dry.new_version is None and store.current_version() == v1 and sorted(dry.added) == sorted([s_new, s_known])
+
+    capsys.readouterr()
+    assert whaleid(["reindex", "--json"]) == 1  # 1: some confirmed sightings could not be added
+    report = json.loads(capsys.readouterr().out)
+    assert "no stored embedding" in report["skipped"][s_lost] and report["new_individuals"] == [new_id]
+    v2 = store.current_version()
+    info = store.version_info(v2)
+    assert v2 != v1 and info["parent"] == v1 and sorted(info["added_sightings"]) == sorted([s_new, s_known])
+    assert info["size"] == len(INDIVIDUALS) * 3 + 2 and new_id in store.individuals(v2)
+    assert store.pointer().reindexed_at > 0 and store.pointer().history == [v1]
+
+    assert matcher.reload() is True
+    top = identify(clusters.sample("fresh-whale"))[0]
+    assert top["individual_id"] == new_id and top["score"] > 0.5
+    assert identify(clusters.sample("ind-2"))[0]["individual_id"] == "ind-2"
+
+    again = reindex(store, client)  # idempotent: nothing new, same version, fresher re-index time
+    assert again.new_version is None and again.added == [] and store.current_version() == v2
+    assert s_lost in again.skipped and "no stored embedding" in again.skipped[s_lost]
+
+    assert whaleid(["gallery", "rollback"]) == 0
+    assert matcher.reload() is True
+    assert identify(clusters.sample("fresh-whale"))[0]["individual_id"] == "new_individual"
+
+
+# --------------------------------------------------------------------------- hot swap during a stream
+def test_hot_swap_during_stream_loses_and_duplicates_nothing(env, ops, tmp_path):
+    settings, store, client = env
+    stack, _ = ops
+    clusters = Clusters(seed=11)
+    v1 = publish_initial_gallery(store, clusters, INDIVIDUALS, tmp_path)
+    service = ConfirmationService(client, CurrentGalleryIndividuals(store))
+    seed = seed_sighting(client, clusters.sample("swap-whale"), [("new_individual", 0.5)])
+    new_id = service.submit(seed, {"action": "new", "researcher": "dr-fluke"})[0].individual_id
+
+    matcher = ServiceProcess("matcher", chain_env(stack.state, tmp_path, triton_grpc="127.0.0.1:1",
+                                                  redis_url=settings.redis_url,
+                                                  gallery_prefix=settings.gallery_prefix,
+                                                  matcher_reload_interval_s=0.5), tmp_path)
+    matcher.start()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=0)
+    sent: list[str] = []
+    try:
+        matcher.wait_ready(timeout=90)
+
+        def send(n: int) -> None:
+            for _ in range(n):
+                sighting_id = uuid.uuid4().hex
+                record = topics.SightingEmbedded(
+                    sighting_id=sighting_id, embedding=[float(x) for x in clusters.sample("swap-whale")],
+                    model_version="toy", uploaded_at=time.time(), embedded_at=time.time())
+                producer.send(topics.SIGHTINGS_EMBEDDED, key=sighting_id.encode(), value=record.to_json())
+                sent.append(sighting_id)
+                time.sleep(0.02)
+            producer.flush()
+
+        send(30)
+        v2 = reindex(store, client).new_version  # the pointer moves while the stream runs
+        send(30)
+        wait_until(lambda: "serving gallery " + v2 in matcher.log_text(), 30, "the matcher to swap to " + v2)
+        send(20)
+        wait_until(lambda: all(client.exists(f"identification:{s}") for s in sent), 60, "every identification")
+    finally:
+        producer.close()
+        matcher.stop()
+    results = {s: json.loads(client.get(f"identification:{s}")) for s in sent}
+    counts = stream_counts(client)
+    assert all(counts.get(s) == 1 for s in sent), "each sighting announced exactly once"
+    on_topic = [k for k, _ in read_topic(settings.kafka_bootstrap, topics.IDENTIFICATIONS) if k in set(sent)]
+    assert sorted(on_topic) == sorted(sent), "each sighting on the identifications topic exactly once"
+    by_time = sorted(results.values(), key=lambda r: r["identified_at"])
+    versions = [r["gallery_version"] for r in by_time]
+    assert versions[0] == v1 and versions[-1] == v2 and set(versions) == {v1, v2}
+    assert versions == sorted(versions, key=lambda v: v != v1), "one switch from v1 to v2, never back"
+    for s in sent:
+        top = results[s]["candidates"][0]["individual_id"]
+        assert top == (new_id if results[s]["gallery_version"] == v2 else "new_individual")
+
+
+# --------------------------------------------------------------------------- Prometheus
+EXPORTER = textwrap.dedent("""
+    import sys, time
+    from services import metrics as m
+    m.STEP_LATENCY.labels(stage="worker", step="embed").observe(0.04)
+    m.END_TO_END_LATENCY.observe(0.8)
+    m.TRITON_LATENCY.observe(0.03)
+    m.SEARCH_LATENCY.observe(0.002)
+    m.EVENTS.labels(stage="matcher", outcome="identified").inc(5)
+    m.DEAD_LETTERS.labels(stage="worker", reason="not_an_image").inc()
+    m.IDENTIFICATIONS.labels(result="new_individual").inc(2)
+    m.IDENTIFICATIONS.labels(result="known").inc(8)
+    m.GALLERY_SIZE.set(20)
+    m.GALLERY_INDIVIDUALS.set(7)
+    m.GALLERY_VERSION.labels(version="v-test").set(1)
+    m.GALLERY_BUILT.set(time.time() - 60)
+    m.CONSUMER_OFFSET.labels(stage="matcher", topic="sightings.embedded", partition="0").set(41)
+    m.UPLOADS.labels(outcome="accepted").inc(3)
+    m.CONFIRMATIONS.labels(action="new", outcome="accepted").inc()
+    m.REINDEX_LAST_SUCCESS.set(time.time() - 3600)
+    m.TRITON_RETRIES.inc()
+    m.serve_metrics(int(sys.argv[1]))
+    print("serving", flush=True)
+    time.sleep(120)
+""")
+
+
+def _dashboard_and_alert_expressions() -> list[str]:
+    import yaml
+
+    dashboard = json.loads((DEPLOY / "grafana" / "whaleid.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return [e.replace("$__rate_interval", "1m") for e in exprs]
+
+
+@pytest.mark.skipif(not on_path("prometheus"), reason="prometheus not installed (make install installs it)")
+def test_prometheus_scrapes_services_metrics_and_evaluates_dashboard(ops, tmp_path):
+    stack, settings = ops
+    port = free_port()
+    exporter = subprocess.Popen([sys.executable, "-c", EXPORTER, str(port)], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert exporter.stdout.readline().strip() == b"serving"
+        stack.add_scrape_target("whaleid-ops-test", f"127.0.0.1:{port}")
+        api = settings.prometheus_url + "/api/v1/query"
+
+        def query(expr: str) -> dict:
+            body = requests.get(api, params={"query": expr}, timeout=5).json()
+            assert body["status"] == "success", (expr, body)
+            return body["data"]
+
+        key_series = ["whaleid_reindex_last_success_timestamp_seconds", "whaleid_confirmations_total",
+                      "whaleid_gallery_size", "whaleid_step_latency_seconds_bucket", "whaleid_dead_letters_total",
+                      "whaleid_consumer_committed_offset", "whaleid_gallery_version_info"]
+        wait_until(lambda: all(query(f'{name}{{job="whaleid-ops-test"}}')["result"] for name in key_series),
+                   40, "Prometheus to scrape the key series", interval=0.5)
+        assert query('up{job="whaleid-ops-test"}')["result"][0]["value"][1] == "1"
+        confirmations = query('whaleid_confirmations_total{job="whaleid-ops-test"}')["result"][0]
+        assert confirmations["metric"]["action"] == "new" and confirmations["value"][1] == "1"
+        age = float(query('time() - whaleid_reindex_last_success_timestamp_seconds{job="whaleid-ops-test"}')
+                    ["result"][0]["value"][1])
+        assert 3500 < age < 3800
+        for expr in _dashboard_and_alert_expressions():  # every panel and alert is valid PromQL on real data
+            query(expr)
+    finally:
+        stack.remove_scrape_target("whaleid-ops-test")
+        exporter.kill()
+        exporter.wait()

@@ -1,0 +1,226 @@
+"""The Faust worker on real servers (session stack: Kafka, S3, Redis) with a dedicated Triton serving the toy
+ensemble (tests/fixtures_chain.py) and a real matcher behind it: hostile uploads, duplicates, the crop step,
+a SIGKILLed worker, Triton down and back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import boto3
+import numpy as np
+import pytest
+import redis
+from fixtures_chain import (
+    ServiceProcess,
+    chain_env,
+    failure,
+    identification,
+    jpeg_bytes,
+    photo,
+    png_bomb,
+    png_bytes,
+    read_topic,
+    stream_counts,
+    truncated_jpeg,
+    uploaded_event,
+    wait_until,
+    write_toy_repository,
+)
+from kafka import KafkaProducer
+
+from services import topics
+
+KNOWN = 6  # gallery individuals (toy photos 0..5)
+MAX_UPLOAD = 300_000
+
+
+@pytest.fixture(scope="module")
+def chain(stack, tmp_path_factory):
+    """Toy Triton + gallery of the toy photos + `whaleid serve worker` and `matcher` subprocesses."""
+    from services.identification import Tuning, build_gallery
+    from services.operations.model_store import GalleryStore
+    from services.stack.triton import launch_triton
+    from services.triton_client import EmbeddingClient
+
+    root = tmp_path_factory.mktemp("chain-worker")
+    repository = write_toy_repository(root / "repo")
+    triton = launch_triton(repository, root / "triton")
+    services: list[ServiceProcess] = []
+    handle = None
+    try:
+        triton.wait_healthy(90)
+        settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}",
+                                                 triton_grpc_url=triton.grpc, max_upload_bytes=MAX_UPLOAD)
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=settings.models_bucket)
+        with EmbeddingClient(triton.grpc) as client:
+            client.wait_ready(60)
+            embeddings = client.embed([png_bytes(photo(i)) for i in range(KNOWN)])
+        gallery = build_gallery(embeddings, [f"whale-{i}" for i in range(KNOWN)], ["humpback_whale"] * KNOWN,
+                                [f"g{i}.jpg" for i in range(KNOWN)])
+        gallery.save(root / "gallery")
+        Tuning(threshold=0.9).save(root / "gallery" / "tuning.json")
+        store = GalleryStore.from_settings(settings)
+        version = store.publish(root / "gallery", parent=None, added_sightings=[], individuals=gallery.individual_ids,
+                                size=len(gallery))
+        store.set_current(version, "test_worker")
+
+        env = chain_env(stack.state, root / "run", triton.grpc, models_bucket=settings.models_bucket,
+                        max_upload_bytes=MAX_UPLOAD, retry_backoff_max_s=1.0)
+        worker = ServiceProcess("worker", env, root / "logs").start()
+        matcher = ServiceProcess("matcher", env, root / "logs").start()
+        services += [worker, matcher]
+        worker.wait_ready()
+        matcher.wait_ready()
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        handle = Chain(settings, s3, producer, redis.Redis.from_url(settings.redis_url), worker, matcher, triton,
+                       repository, root)
+        yield handle
+        producer.close()
+    finally:
+        for service in services:
+            service.stop()
+        triton.stop()
+        if handle is not None and handle.triton is not triton:  # restarted by the Triton test
+            handle.triton.stop()
+
+
+class Chain:
+    def __init__(self, settings, s3, producer, redis_client, worker, matcher, triton, repository, root):
+        self.settings, self.s3, self.producer, self.redis = settings, s3, producer, redis_client
+        self.worker, self.matcher, self.triton, self.repository, self.root = worker, matcher, triton, repository, root
+
+    def upload(self, data: bytes, content_type: str = "image/jpeg", metadata: dict | None = None,
+               put: bool = True, sighting_id: str | None = None) -> str:
+        """Put the object in S3 and produce its sightings.uploaded event (as the bridge would)."""
+        sighting_id = sighting_id or uuid.uuid4().hex
+        key = f"uploads/{sighting_id}.jpg"
+        if put:
+            self.s3.put_object(Bucket=self.settings.sightings_bucket, Key=key, Body=data, ContentType=content_type)
+        self.send(uploaded_event(sighting_id, self.settings.sightings_bucket, key, metadata), sighting_id)
+        return sighting_id
+
+    def send(self, value: bytes, key: str = "x") -> None:
+        self.producer.send(topics.SIGHTINGS_UPLOADED, key=key.encode(), value=value)
+        self.producer.flush()
+
+    def wait_identified(self, sighting_ids, timeout: float = 60.0) -> None:
+        wait_until(lambda: all(identification(self.redis, s) for s in sighting_ids), timeout,
+                   f"{len(sighting_ids)} identifications")
+
+
+def test_good_uploads_are_identified_with_the_full_record(chain):
+    ids = [chain.upload(jpeg_bytes(photo(i))) for i in range(3)]
+    unknown = chain.upload(jpeg_bytes(photo(1000)))
+    chain.wait_identified(ids + [unknown])
+    for i, sighting_id in enumerate(ids):
+        result = identification(chain.redis, sighting_id)
+        assert result["candidates"][0]["individual_id"] == f"whale-{i}"
+        assert len(result["candidates"]) == 5
+        scores = [c["score"] for c in result["candidates"] if c["individual_id"] != "new_individual"]
+        assert scores == sorted(scores, reverse=True)
+        assert result["new_individual"] is False
+        assert result["model_version"] == "ensemble:1:toy"
+        assert result["gallery_version"].startswith("v")
+        assert 0 < result["uploaded_at"] <= result["identified_at"]
+    assert identification(chain.redis, unknown)["new_individual"] is True
+    stored = chain.redis.get(f"embedding:{ids[0]}")
+    embedding = np.asarray(topics.SightingEmbedded.from_json(stored).embedding)
+    assert embedding.shape == (512,) and abs(np.linalg.norm(embedding) - 1) < 1e-4
+    new_individuals = {key for key, _ in read_topic(chain.settings.kafka_bootstrap, topics.NEW_INDIVIDUALS)}
+    assert unknown in new_individuals and not set(ids) & new_individuals
+
+
+def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
+    good = chain.upload(jpeg_bytes(photo(2)))
+    hostile = {
+        "not_an_image": chain.upload(b"#!/bin/sh\necho this is not a photo\n", "application/octet-stream"),
+        "truncated": chain.upload(truncated_jpeg()),
+        "empty": chain.upload(b""),
+        "too_many_pixels": chain.upload(png_bomb(), "image/png"),
+        "wrong_content_type": chain.upload(jpeg_bytes(photo(3)), "text/html"),
+        "missing_object": chain.upload(b"", put=False),
+        "too_large": chain.upload(np.random.default_rng(0).bytes(MAX_UPLOAD + 1)),
+        "bad_box": chain.upload(jpeg_bytes(photo(4)), metadata={"crop_box": [500, 500, 900, 900]}),
+    }
+    chain.send(b"{not json", key="garbage")
+    chain.wait_identified([good])
+    wait_until(lambda: all(failure(chain.redis, s) for s in hostile.values()), 60, "every hostile upload's failure")
+    for reason, sighting_id in hostile.items():
+        assert failure(chain.redis, sighting_id)["reason"] == reason, sighting_id
+        assert identification(chain.redis, sighting_id) is None
+    letters = read_topic(chain.settings.kafka_bootstrap, topics.DEAD_LETTER)
+    by_id = {value["sighting_id"]: value for _, value in letters}
+    for reason, sighting_id in hostile.items():
+        assert by_id[sighting_id]["reason"] == reason
+        assert by_id[sighting_id]["stage"] == "worker"
+        assert by_id[sighting_id]["original"]["event"]["sighting_id"] == sighting_id
+    assert any(v["reason"] == "malformed_event" and v["original"]["event"] == "{not json" for _, v in letters)
+    assert identification(chain.redis, good)["candidates"][0]["individual_id"] == "whale-2"
+
+
+def test_duplicate_events_give_one_identification(chain):
+    sighting_id = chain.upload(jpeg_bytes(photo(5)))
+    event = uploaded_event(sighting_id, chain.settings.sightings_bucket, f"uploads/{sighting_id}.jpg")
+    for _ in range(3):
+        chain.send(event, sighting_id)
+    chain.wait_identified([sighting_id])
+    first = identification(chain.redis, sighting_id)
+    chain.send(event, sighting_id)  # a late re-delivery after the result exists
+    marker = chain.upload(jpeg_bytes(photo(0)))  # events are handled in order per partition: wait for a later one
+    chain.wait_identified([marker])
+    time.sleep(1.0)
+    assert identification(chain.redis, sighting_id) == first
+    assert stream_counts(chain.redis)[sighting_id] == 1
+    embedded = [k for k, _ in read_topic(chain.settings.kafka_bootstrap, topics.SIGHTINGS_EMBEDDED) if k == sighting_id]
+    identified = [k for k, _ in read_topic(chain.settings.kafka_bootstrap, topics.IDENTIFICATIONS) if k == sighting_id]
+    assert len(identified) == 1, f"{len(identified)} identifications from {len(embedded)} embedded events"
+    assert len(embedded) == 1
+
+
+def test_the_uploaders_crop_box_is_used(chain):
+    image = photo(1, (200, 150))
+    scene = np.zeros((300, 400, 3), dtype=np.uint8)
+    scene[100:250, 150:350] = image
+    sighting_id = chain.upload(jpeg_bytes(scene), metadata={"crop_box": [150, 100, 350, 250]})
+    whole = chain.upload(jpeg_bytes(scene))
+    chain.wait_identified([sighting_id, whole])
+    record = topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting_id}"))
+    assert record.crop_source == "uploader" and record.crop_box == [150.0, 100.0, 350.0, 250.0]
+    assert topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{whole}")).crop_source == "full"
+    cropped = identification(chain.redis, sighting_id)["candidates"][0]
+    assert cropped["individual_id"] == "whale-1" and cropped["score"] > 0.95
+
+
+def test_a_killed_worker_restarts_and_every_sighting_is_identified_once(chain):
+    ids = [chain.upload(jpeg_bytes(photo(i % KNOWN)), sighting_id=f"kill-{i:03d}-{uuid.uuid4().hex[:6]}")
+           for i in range(60)]
+    wait_until(lambda: sum(identification(chain.redis, s) is not None for s in ids) >= 3, 60, "the first results")
+    chain.worker.kill()
+    done_at_kill = sum(identification(chain.redis, s) is not None for s in ids)
+    chain.worker.restart().wait_ready()
+    chain.wait_identified(ids, timeout=120)
+    counts = stream_counts(chain.redis)
+    assert all(counts[s] == 1 for s in ids)
+    assert done_at_kill < len(ids), "the kill came after the stream ended: the test needs more events"
+    for i, sighting_id in enumerate(ids):
+        assert identification(chain.redis, sighting_id)["candidates"][0]["individual_id"] == f"whale-{i % KNOWN}"
+
+
+def test_triton_down_then_back_drains_the_backlog(chain):
+    from services.stack.triton import TritonServer
+
+    ports = (chain.triton.http_port, chain.triton.grpc_port, chain.triton.metrics_port)
+    chain.triton.stop()
+    ids = [chain.upload(jpeg_bytes(photo(i % KNOWN))) for i in range(8)]
+    time.sleep(4.0)
+    assert all(identification(chain.redis, s) is None and failure(chain.redis, s) is None for s in ids)
+    assert "transient failure" in chain.worker.log_text() or "Triton call" in chain.worker.log_text()
+    chain.triton = TritonServer(chain.root / "triton2", owner=f"{chain.root}#triton2",
+                                model_repository=chain.repository, ports=ports).start()
+    chain.triton.wait_healthy(90)
+    chain.wait_identified(ids, timeout=90)
+    assert all(failure(chain.redis, s) is None for s in ids)
+    assert all(stream_counts(chain.redis)[s] == 1 for s in ids)

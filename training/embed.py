@@ -1,0 +1,152 @@
+"""Load a trained embedder from a run directory and embed images with the server's preprocessing.
+
+`load_embedding_model(run_dir, snapshot=None)` -> (keras.Model, info): the model maps float32 NHWC images in
+[0, 255] to L2-normalised embeddings. `Embedder.from_run(run_dir)` wraps it with services.imaging.preprocess.
+Snapshots: None = the last checkpoint; an epoch number (3), a file name (epoch_003.weights.h5) or a path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from services import imaging
+from services.errors import ConfigError
+from training.config import read_saved_config
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"epoch_(\d{3,})\.weights\.h5$")
+LABELS_FILE = "labels.json"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.weights.h5"
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """{epoch: path} of the run's snapshots, in epoch order."""
+    found = {}
+    for path in (Path(run_dir) / CHECKPOINT_DIR).glob("epoch_*.weights.h5"):
+        match = CHECKPOINT_PATTERN.search(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def resolve_snapshot(run_dir: str | Path, snapshot: int | str | Path | None = None) -> tuple[int, Path]:
+    """(epoch, checkpoint path) for a snapshot spec; a clear error when the run has no such snapshot."""
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if snapshot is None or snapshot == "last":
+        if not checkpoints:
+            raise ConfigError(f"run {run_dir} has no checkpoints in {run_dir / CHECKPOINT_DIR}")
+        epoch = max(checkpoints)
+        return epoch, checkpoints[epoch]
+    text = str(snapshot)
+    if text.isdigit():
+        epoch = int(text)
+        if epoch not in checkpoints:
+            raise ConfigError(f"run {run_dir} has no snapshot of epoch {epoch} (has: {sorted(checkpoints) or 'none'})")
+        return epoch, checkpoints[epoch]
+    match = CHECKPOINT_PATTERN.search(text)
+    path = Path(text) if Path(text).is_file() else run_dir / CHECKPOINT_DIR / Path(text).name
+    if not match or not path.is_file():
+        raise ConfigError(f"snapshot {snapshot!r} not found in run {run_dir} (has epochs {sorted(checkpoints)})")
+    return int(match.group(1)), path
+
+
+def read_labels(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / LABELS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"run {run_dir}: cannot read {LABELS_FILE} ({exc}); is it a `whaleid train` run?") from None
+
+
+def model_id(config: dict[str, Any], epoch: int) -> str:
+    fold = config["fold"]
+    return f"{config['name']}-{'all' if fold < 0 else f'f{fold}'}-e{epoch:03d}"
+
+
+def load_embedding_model(run_dir: str | Path, snapshot: int | str | Path | None = None):
+    """(embedding keras.Model, info) of one snapshot of a training run."""
+    from training.model import build_models
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not a training run: no config.yaml")
+    config = read_saved_config(config_path)
+    labels = read_labels(run_dir)
+    epoch, checkpoint = resolve_snapshot(run_dir, snapshot)
+    config = {**config, "weights": "none"}  # the checkpoint holds every weight
+    train_model, embedding_model = build_models(config, len(labels["classes"]), len(labels["species"]))
+    try:
+        train_model.load_weights(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - h5py/keras raise many kinds on a mismatched file
+        raise ConfigError(f"cannot load {checkpoint} into the run's model: {type(exc).__name__}: {exc}") from None
+    info = {
+        "model_id": model_id(config, epoch),
+        "backbone": config["backbone"],
+        "image_size": config["image_size"],
+        "embedding_size": config["embedding_size"],
+        "fold": config["fold"],
+        "epoch": epoch,
+        "eval_box_source": config["eval_box_source"],
+        "checkpoint": str(checkpoint),
+        "run": str(run_dir),
+        "config": config,
+    }
+    return embedding_model, info
+
+
+class Embedder:
+    """Embeds uint8 RGB images (or files) exactly as the server does: crop, Pillow resize, model."""
+
+    def __init__(self, model, info: dict[str, Any]):
+        self.model = model
+        self.info = info
+        self.model_id: str = info["model_id"]
+        self.image_size: int = int(info["image_size"])
+        self.embedding_size: int = int(info["embedding_size"])
+        self.eval_box_source: str = info.get("eval_box_source", "")
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, snapshot: int | str | Path | None = None) -> "Embedder":
+        return cls(*load_embedding_model(run_dir, snapshot))
+
+    def embed_arrays(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Preprocessed float32 (N, size, size, 3) in [0, 255] -> (N, D) L2-normalised float32."""
+        if len(batch) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        chunks = [np.asarray(self.model(batch[i:i + batch_size], training=False))
+                  for i in range(0, len(batch), batch_size)]
+        return np.concatenate(chunks).astype(np.float32)
+
+    def embed_images(self, images: Sequence[np.ndarray], boxes: Sequence | None = None,
+                     batch_size: int = 32) -> np.ndarray:
+        """uint8 (H, W, 3) images, optional [x0, y0, x1, y1] box per image (None = whole image) -> (N, D)."""
+        boxes = list(boxes) if boxes is not None else [None] * len(images)
+        if len(boxes) != len(images):
+            raise ConfigError(f"embed_images: {len(images)} images but {len(boxes)} boxes")
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([imaging.preprocess(image, self.image_size, box) for image, box in
+                              zip(images[start:start + batch_size], boxes[start:start + batch_size], strict=True)])
+            out.append(self.embed_arrays(batch, batch_size))
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_size), dtype=np.float32)
+
+    def embed_files(self, paths: Sequence[str | Path], boxes: Sequence | None = None,
+                    batch_size: int = 32) -> np.ndarray:
+        boxes = list(boxes) if boxes is not None else [None] * len(paths)
+        if len(boxes) != len(paths):
+            raise ConfigError(f"embed_files: {len(paths)} files but {len(boxes)} boxes")
+        out = []
+        for start in range(0, len(paths), batch_size):
+            images = [imaging.load_image_file(p) for p in paths[start:start + batch_size]]
+            out.append(self.embed_images(images, boxes[start:start + batch_size], batch_size))
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_size), dtype=np.float32)

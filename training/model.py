@@ -1,0 +1,146 @@
+"""The embedder: EfficientNet backbone -> avg/GeM pooling -> multi-sample dropout + Dense(512) -> BatchNorm.
+
+`build_models(config, num_classes, num_species)` returns (train_model, embedding_model) sharing their layers:
+- embedding_model: float32 NHWC images in [0, 255] -> L2-normalised embeddings (Keras EfficientNet rescales and
+  normalises inside the network, so the input is the output of services.imaging.preprocess);
+- train_model: {"image", "label"} -> {"arcface": Elastic ArcFace logits, "species": species logits (optional)}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+from keras import ops
+
+from services.errors import ConfigError
+from training.arcface import ElasticArcFace
+
+
+class GeMPooling(keras.layers.Layer):
+    """Generalised-mean pooling over H and W with a trainable power p (p=1: average, p->inf: max)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.initial_p = float(p)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.initial_p),
+                                 trainable=True)
+
+    def call(self, x):
+        x = ops.maximum(ops.cast(x, "float32"), self.eps)
+        p = ops.cast(self.p, "float32")
+        return ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.initial_p, "eps": self.eps}
+
+
+class MultiSampleDropout(keras.layers.Layer):
+    """`samples` dropout masks on the input, each through one shared Dense, outputs averaged.
+
+    At inference (training false) no mask is applied: the output is exactly Dense(x).
+    """
+
+    def __init__(self, units: int, rate: float = 0.2, samples: int = 5, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.rate, self.samples, self.seed = int(units), float(rate), int(samples), seed
+        self.dense = keras.layers.Dense(self.units, name="dense")
+        self.dropouts = [keras.layers.Dropout(self.rate, seed=None if seed is None else seed + i)
+                         for i in range(self.samples)]
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return self.dense(x)
+        outputs = [self.dense(dropout(x, training=True)) for dropout in self.dropouts]
+        return ops.mean(ops.stack(outputs, axis=0), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "rate": self.rate, "samples": self.samples,
+                "seed": self.seed}
+
+
+class L2Normalize(keras.layers.Layer):
+    def call(self, x):
+        return ops.normalize(ops.cast(x, "float32"), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def backbone_weights(weights: str):
+    """'none' -> None, 'imagenet' -> 'imagenet', anything else must be a readable local file."""
+    if weights in ("none", "", None):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config weights: {weights!r} is not none, imagenet or an existing weights file")
+    return str(path)
+
+
+def build_backbone(config: Mapping[str, Any]) -> keras.Model:
+    size = config["image_size"]
+    factory = getattr(keras.applications, config["backbone"])
+    weights = backbone_weights(config["weights"])
+    try:
+        backbone = factory(include_top=False, weights=weights, input_shape=(size, size, 3))
+    except Exception as exc:  # noqa: BLE001 - download errors, shape mismatches of a local file, ...
+        hint = (" (ImageNet weights are downloaded by Keras: offline, pass a local no-top weights file with "
+                "--set weights=PATH or use weights=none)") if weights == "imagenet" else ""
+        raise ConfigError(f"cannot build {config['backbone']} with weights={config['weights']}: "
+                          f"{type(exc).__name__}: {exc}{hint}") from None
+    set_batchnorm_momentum(backbone, config["bn_momentum"])
+    return backbone
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer (short runs need ~0.9); returns how many."""
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+    return count
+
+
+def build_models(config: Mapping[str, Any], num_classes: int, num_species: int = 0):
+    """(train_model, embedding_model) for `num_classes` training individuals and `num_species` species."""
+    if num_classes < 2:
+        raise ConfigError(f"training needs at least 2 individuals, got {num_classes}")
+    size = config["image_size"]
+    seed = config["seed"]
+    image = keras.Input((size, size, 3), name="image", dtype="float32")
+    label = keras.Input((), name="label", dtype="int32")
+    features = build_backbone(config)(image)
+    if config["pooling"] == "gem":
+        pooled = GeMPooling(config["gem_p"], name="gem_pooling")(features)
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pooling")(features)
+    embedding = MultiSampleDropout(config["embedding_size"], config["msd_rate"], config["msd_samples"],
+                                   seed=seed, name="msd_embedding")(pooled)
+    embedding = keras.layers.BatchNormalization(momentum=config["bn_momentum"], name="embedding_bn",
+                                                dtype="float32")(embedding)
+    normalised = L2Normalize(name="embedding", dtype="float32")(embedding)
+    embedding_model = keras.Model(image, normalised, name="embedder")
+
+    outputs = {"arcface": ElasticArcFace(num_classes, config["arcface_s"], config["arcface_m"],
+                                         config["arcface_sigma"], config["arcface_easy_margin"], seed=seed,
+                                         name="arcface", dtype="float32")([embedding, label])}
+    if config["species_head"] and num_species > 1:
+        outputs["species"] = keras.layers.Dense(num_species, name="species", dtype="float32")(normalised)
+    train_model = keras.Model({"image": image, "label": label}, outputs, name="trainer")
+    return train_model, embedding_model

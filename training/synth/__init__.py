@@ -1,0 +1,15 @@
+"""Synthetic Happywhale data (`whaleid synth`): individuals with persistent markings photographed at sea.
+
+    species.py      species names, body shapes, colours
+    shapes.py       canonical outlines with the marked (notched) edge
+    individuals.py  persistent markings of one individual
+    render.py       one photo: pose, sea, occlusion, light, blur, noise
+    boxes.py        simulated detectors (fullbody: tight; yolov5: loose, sometimes missing)
+    plan.py         photos per individual (long tail) and the train/test split with new individuals
+    writer.py       generate(): the Kaggle layout on disk
+"""
+
+from training.synth.render import Nuisance
+from training.synth.writer import NEW_INDIVIDUAL, generate
+
+__all__ = ["generate", "Nuisance", "NEW_INDIVIDUAL"]

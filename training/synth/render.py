@@ -1,0 +1,175 @@
+"""Drawing: an individual in its canonical frame, then one photo of it at sea under random nuisance.
+
+The nuisance (pose, scale, position, foreshortening, sea background, waves, waterline and foam occlusion,
+lighting, colour cast, blur, sensor noise) is drawn fresh for every photo from the photo's own random generator;
+the identity (outline notches, patches, scars) comes unchanged from the individual.
+
+Mirroring is off by default (`flip_share=0`): a mirrored photo would show the notches of the trailing edge
+on the other side of the fin, which a small model trained without flip augmentation cannot match from one or
+two examples. Raise `flip_share` to simulate photos of both sides of the animal (the notched outline is then
+seen mirrored; patches too, as if both flanks carried the same pattern).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from training.synth import shapes
+from training.synth.individuals import Individual
+
+SUPERSAMPLE = 3
+SEA_COLOURS = ((20, 55, 90), (28, 82, 92), (70, 92, 86), (98, 110, 116), (16, 32, 48), (44, 70, 110))
+
+
+@dataclass(frozen=True)
+class Nuisance:
+    """Ranges of the per-photo variation (configuration as data; `generate(..., nuisance=Nuisance(...))`)."""
+
+    animal_width: tuple[float, float] = (0.45, 0.85)  # fraction of the image width
+    rotation_deg: float = 12.0  # +- degrees
+    foreshortening: tuple[float, float] = (0.78, 1.0)  # horizontal squash (viewing angle)
+    flip_share: float = 0.0  # share of mirrored photos (see the module docstring)
+    brightness: tuple[float, float] = (0.65, 1.3)
+    colour_cast: float = 0.14  # +- per channel gain
+    light_gradient: float = 0.3  # +- illumination change across the image
+    blur_radius: tuple[float, float] = (0.0, 1.1)
+    noise_sigma: tuple[float, float] = (2.0, 7.0)
+    body_visibility: float = 1.0  # 0: the whole frame in view; 1: the waterline and sides vary over the
+    # full ranges of the body shape (shapes.Outline.waterline_rows / side_cut)
+    foam_blobs: tuple[int, int] = (0, 7)
+    sky_share: float = 0.3  # share of photos with a strip of sky at the top
+
+
+def _polygon(draw: ImageDraw.ImageDraw, points, fill) -> None:
+    draw.polygon([(float(x) * SUPERSAMPLE, float(y) * SUPERSAMPLE) for x, y in points], fill=fill)
+
+
+def _ellipse_points(centre, radii, angle, n: int = 36) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = radii[0] * np.cos(t), radii[1] * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([centre[0] + c * x - s * y, centre[1] + s * x + c * y], 1)
+
+
+def canonical_rgba(individual: Individual) -> Image.Image:
+    """The animal with its markings, RGBA in the canonical frame (transparent outside the body)."""
+    size = (shapes.FRAME_W * SUPERSAMPLE, shapes.FRAME_H * SUPERSAMPLE)
+    mask = Image.new("L", size, 0)
+    draw_mask = ImageDraw.Draw(mask)
+    for polygon in shapes.polygons(individual.outline(), individual.notches):
+        _polygon(draw_mask, polygon, 255)
+    shade = np.linspace(1.15, 0.8, size[1])[:, None, None]  # lit from above
+    body = np.clip(np.asarray(individual.species.body, dtype=np.float64) * shade * np.ones((1, size[0], 1)), 0, 255)
+    colour = Image.fromarray(body.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(colour)
+    for patch in individual.patches:
+        _polygon(draw, _ellipse_points(patch.centre, patch.radii, patch.angle), patch.colour)
+    for scar in individual.scars:
+        draw.line([(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in scar.points], fill=scar.colour,
+                  width=scar.width * SUPERSAMPLE, joint="curve")
+    animal = colour.convert("RGBA")
+    animal.putalpha(mask)
+    return animal.resize((shapes.FRAME_W, shapes.FRAME_H), Image.LANCZOS)
+
+
+def _sea(rng: np.random.Generator, width: int, height: int, nuisance: Nuisance) -> np.ndarray:
+    picks = rng.choice(len(SEA_COLOURS), size=2)
+    top = np.asarray(SEA_COLOURS[picks[0]], dtype=np.float64) + rng.uniform(-18, 18, 3)
+    bottom = np.asarray(SEA_COLOURS[picks[1]], dtype=np.float64) + rng.uniform(-18, 18, 3)
+    ramp = np.linspace(0, 1, height)[:, None, None]
+    sea = (1 - ramp) * top + ramp * bottom + np.zeros((1, width, 1))
+    coarse = rng.normal(0, 1, (max(2, height // 12), max(2, width // 12)))
+    blotches = Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8))
+    blotches = np.asarray(blotches.resize((width, height), Image.BICUBIC), dtype=np.float64) / 255 - 0.5
+    sea += blotches[:, :, None] * rng.uniform(15, 40)
+    if rng.random() < nuisance.sky_share:
+        horizon = int(rng.uniform(0.05, 0.25) * height)
+        sky = np.asarray((175, 190, 205), dtype=np.float64) + rng.uniform(-30, 30, 3)
+        sea[:horizon] = sky
+    image = Image.fromarray(np.clip(sea, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(6, 18))):  # wave crests
+        y0, amplitude, period = rng.uniform(0, height), rng.uniform(1, 4), rng.uniform(12, 40)
+        xs = np.arange(0, width + 8, 4)
+        ys = y0 + amplitude * np.sin(xs / period * 2 * np.pi + rng.uniform(0, 6.3))
+        light = int(rng.uniform(25, 70))
+        crest = tuple(int(min(255, c + light)) for c in bottom.astype(int))
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=crest, width=int(rng.integers(1, 3)))
+    return np.asarray(image)
+
+
+def _place_animal(rng, animal: Image.Image, width: int, height: int, nuisance: Nuisance):
+    if rng.random() < nuisance.flip_share:
+        animal = ImageOps.mirror(animal)
+    target_w = rng.uniform(*nuisance.animal_width) * width
+    scale = target_w / shapes.FRAME_W
+    squash = rng.uniform(*nuisance.foreshortening)
+    layer = animal.resize((max(4, int(round(shapes.FRAME_W * scale * squash))),
+                           max(4, int(round(shapes.FRAME_H * scale)))), Image.BILINEAR)
+    layer = layer.rotate(float(rng.uniform(-nuisance.rotation_deg, nuisance.rotation_deg)),
+                         resample=Image.BICUBIC, expand=True)
+    layer = layer.crop(layer.getchannel("A").getbbox())
+    if layer.width > width or layer.height > height:
+        shrink = min(width / layer.width, height / layer.height)
+        layer = layer.resize((max(4, int(layer.width * shrink)), max(4, int(layer.height * shrink))), Image.BILINEAR)
+    x = int(rng.integers(0, width - layer.width + 1))
+    y = int(rng.integers(0, height - layer.height + 1))
+    return layer, (x, y)
+
+
+def _visible_part(rng, animal: Image.Image, outline: shapes.Outline, nuisance: Nuisance) -> Image.Image:
+    """Hide what the sea covers (below a wavy waterline) and what is out of view at the sides."""
+    low, high = outline.waterline_rows
+    level = shapes.FRAME_H - (shapes.FRAME_H - rng.uniform(low, high)) * nuisance.body_visibility
+    left = rng.uniform(0, outline.side_cut * nuisance.body_visibility)
+    right = shapes.FRAME_W - rng.uniform(0, outline.side_cut * nuisance.body_visibility)
+    xs = np.linspace(left, right, 32)
+    ys = level + rng.uniform(1, 4) * np.sin(xs / rng.uniform(6, 16) + rng.uniform(0, 6.3))
+    view = Image.new("L", animal.size, 0)
+    ImageDraw.Draw(view).polygon([(left, -1.0)] + list(zip(xs.tolist(), ys.tolist())) + [(right, -1.0)], fill=255)
+    alpha = np.minimum(np.asarray(animal.getchannel("A")), np.asarray(view))
+    visible = animal.copy()
+    visible.putalpha(Image.fromarray(alpha))
+    return visible
+
+
+def _foam(rng, image: Image.Image, box, nuisance: Nuisance) -> Image.Image:
+    x0, y0, x1, y1 = box
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for _ in range(int(rng.integers(*nuisance.foam_blobs))):
+        cx, cy = rng.uniform(x0, x1), rng.uniform(y1 - 0.3 * (y1 - y0), y1 + 4)
+        rx, ry = rng.uniform(3, 12), rng.uniform(1.5, 5)
+        grey = int(rng.uniform(200, 250))
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=(grey, grey, grey, int(rng.uniform(110, 230))))
+    layer = layer.filter(ImageFilter.GaussianBlur(1.0))
+    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
+def _light(rng, pixels: np.ndarray, nuisance: Nuisance) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    gain = rng.uniform(*nuisance.brightness) * (1 + rng.uniform(-nuisance.colour_cast, nuisance.colour_cast, 3))
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:height, 0:width]
+    ramp = (np.cos(angle) * (xx / width - 0.5) + np.sin(angle) * (yy / height - 0.5))
+    gradient = 1 + rng.uniform(-nuisance.light_gradient, nuisance.light_gradient) * ramp
+    return pixels.astype(np.float64) * gain * gradient[:, :, None]
+
+
+def render_photo(rng: np.random.Generator, animal: Image.Image, outline: shapes.Outline, width: int, height: int,
+                 nuisance: Nuisance = Nuisance()) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """One photo of the animal (canonical_rgba, its outline) and the tight box (x0, y0, x1, y1) of the visible part."""
+    sea = Image.fromarray(_sea(rng, width, height, nuisance))
+    layer, (x, y) = _place_animal(rng, _visible_part(rng, animal, outline, nuisance), width, height, nuisance)
+    box = (x, y, x + layer.width, y + layer.height)
+    photo = sea.copy()
+    photo.paste(layer, (x, y), layer)
+    photo = _foam(rng, photo, box, nuisance)
+    pixels = _light(rng, np.asarray(photo), nuisance)
+    photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    photo = photo.filter(ImageFilter.GaussianBlur(float(rng.uniform(*nuisance.blur_radius))))
+    noisy = np.asarray(photo, dtype=np.float64) + rng.normal(0, rng.uniform(*nuisance.noise_sigma), (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB"), box
