@@ -56,7 +56,9 @@ def stack(tmp_path_factory):
     running = Stack(settings)
     state = running.up(timeout=120)
     try:
-        filled = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=model_repository)
+        filled = load_settings(
+            profile="local", environ={}, run_dir=run_dir, model_repository=model_repository
+        )
         yield RunningStack(stack=running, settings=filled, state=state, model_repository=model_repository)
     finally:
         running.down()

@@ -12,10 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -25,9 +22,7 @@ import numpy as np
 from PIL import Image
 
 from services import topics
-from services.stack.ports import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from services.demo.processes import ServiceProcess  # noqa: F401 - re-exported for the chain tests
 
 TOY_CONFIG = """name: "ensemble"
 backend: "python"
@@ -114,67 +109,6 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 # --------------------------------------------------------------------------- chain services as subprocesses
-class ServiceProcess:
-    """`whaleid serve <service>` in a subprocess with its log in `log_dir`."""
-
-    def __init__(self, service: str, env: dict[str, str], log_dir: Path, name: str | None = None):
-        self.service = service
-        self.name = name or service
-        self.env = env
-        self.log_path = Path(log_dir) / f"{self.name}.log"
-        self.proc: subprocess.Popen | None = None
-        self.web_port = 0
-
-    def start(self) -> "ServiceProcess":
-        argv = [sys.executable, "-m", "services.cli.main", "serve", self.service]
-        if self.service in ("worker", "matcher"):
-            self.web_port = free_port()
-            argv += ["--web-port", str(self.web_port), "--metrics-port", self.env.get("TEST_METRICS_PORT", "0")]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_log(self, text: str, timeout: float = 90.0, after: int = 0) -> None:
-        """Wait until `text` appears in the log (after character `after`); fail with the log tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log_text()[after:]:
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name}: no {text!r} in the log after {timeout:.0f} s:\n{self.log_text()[-3000:]}")
-
-    def wait_ready(self, timeout: float = 120.0) -> "ServiceProcess":
-        # Faust logs "[^Worker]: Ready" once the consumer group has its partitions.
-        self.wait_log("Ready", timeout, after=getattr(self, "_ready_from", 0))
-        return self
-
-    def restart(self) -> "ServiceProcess":
-        self._ready_from = len(self.log_text())
-        return self.start()
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-
 def chain_env(stack_state: dict, run_dir: Path, triton_grpc: str | None = None, **settings) -> dict[str, str]:
     """The environment of a chain service: the stack's addresses, a private run dir, extra WHALEID_ settings."""
     servers = stack_state["servers"]

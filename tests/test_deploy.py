@@ -227,10 +227,12 @@ def test_triton_runs_on_gpu_nodes_with_the_repository_pulled_from_s3():
     triton = next(d for d in _all_manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "triton")
     pod = triton["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    assert init["args"][:2] == ["model-store", "pull"] and "/models" in init["args"]
+    assert init["args"] == ["model-repo", "pull", "/repository/models"]
+    assert init["volumeMounts"] == [{"name": "models", "mountPath": "/repository"}]
     (server,) = pod["containers"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--model-repository=/models" in server["args"]
+    assert "--model-repository=/repository/models" in server["args"]
+    assert {"name": "models", "mountPath": "/repository"} in server["volumeMounts"]
     assert {p["containerPort"] for p in server["ports"]} == {8000, 8001, 8002}
     settings = {k: v for d in _docs(DEPLOY / "k8s" / "settings.yaml") for k, v in (d.get("data") or {}).items()}
     assert settings["WHALEID_TRITON_GRPC_URL"] == "triton:8001"

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 from aiohttp.test_utils import TestClient, TestServer
-from fixtures_chain import ServiceProcess, chain_env, read_topic, stream_counts, wait_until
+from fixtures_chain import ServiceProcess, chain_env, identification, read_topic, stream_counts, wait_until
 from fixtures_operations import Clusters, publish_initial_gallery, seed_sighting
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
@@ -260,8 +260,12 @@ def test_hot_swap_during_stream_loses_and_duplicates_nothing(env, ops, tmp_path)
 
         send(30)
         v2 = reindex(store, client).new_version  # the pointer moves while the stream runs
-        send(30)
-        wait_until(lambda: "serving gallery " + v2 in matcher.log_text(), 30, "the matcher to swap to " + v2)
+
+        def swapped() -> bool:  # keep the stream going until results come from the new version
+            send(5)
+            return any((identification(client, s) or {}).get("gallery_version") == v2 for s in sent)
+
+        wait_until(swapped, 40, f"results from gallery {v2}", interval=0.2)
         send(20)
         wait_until(lambda: all(client.exists(f"identification:{s}") for s in sent), 60, "every identification")
     finally:

@@ -14,7 +14,9 @@ from services.settings import Settings, describe_settings, load_settings
 
 def write_state(run_dir: Path, **servers) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "state.json").write_text(json.dumps({"run_dir": str(run_dir), "started_at": 0.0, "servers": servers}))
+    (run_dir / "state.json").write_text(
+        json.dumps({"run_dir": str(run_dir), "started_at": 0.0, "servers": servers})
+    )
 
 
 def test_defaults_then_profile():
@@ -30,15 +32,23 @@ def test_defaults_then_profile():
 
 def test_file_beats_profile_env_beats_file_keywords_beat_env(tmp_path):
     config = tmp_path / "whaleid.toml"
-    config.write_text('faust_broker_session_timeout = 8.0\ngateway_port = 9000\nsightings_bucket = "from-file"\n')
+    config.write_text(
+        'faust_broker_session_timeout = 8.0\ngateway_port = 9000\nsightings_bucket = "from-file"\n'
+    )
     from_file = load_settings(profile="local", environ={"WHALEID_CONFIG": str(config)})
     assert (from_file.faust_broker_session_timeout, from_file.gateway_port) == (8.0, 9000)
     assert from_file.faust_producer_max_batch_size == 1  # untouched profile value stays
 
-    env = {"WHALEID_CONFIG": str(config), "WHALEID_GATEWAY_PORT": "9100", "WHALEID_FAUST_BROKER_SESSION_TIMEOUT": "5"}
+    env = {
+        "WHALEID_CONFIG": str(config),
+        "WHALEID_GATEWAY_PORT": "9100",
+        "WHALEID_FAUST_BROKER_SESSION_TIMEOUT": "5",
+    }
     from_env = load_settings(profile="local", environ=env)
     assert from_env.gateway_port == 9100 and isinstance(from_env.gateway_port, int)
-    assert from_env.faust_broker_session_timeout == 5.0 and isinstance(from_env.faust_broker_session_timeout, float)
+    assert from_env.faust_broker_session_timeout == 5.0 and isinstance(
+        from_env.faust_broker_session_timeout, float
+    )
     assert from_env.sightings_bucket == "from-file"
 
     keywords = load_settings(profile="local", environ=env, gateway_port=9200)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 from services.settings import load_settings
 from services.stack import ServerStartError, Stack, launch_triton
 from services.stack.ports import free_ports, port_in_use
-from services.stack.process import pid_alive
+from services.stack.process import ServerProcess, pid_alive, stop_pid
 
 WHALEID = str(Path(sys.executable).parent / "whaleid")
 STATE_KEYS = {
@@ -146,7 +147,9 @@ def test_s3_upload_notifies_the_queue_with_the_url_decoded_key(stack):
 
     def our_event():
         # other tests share this queue: leave their messages visible, delete only ours
-        reply = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0)
+        reply = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=0
+        )
         for message in reply.get("Messages", []):
             body = json.loads(message["Body"])
             if body.get("Event") == "s3:TestEvent":
@@ -161,7 +164,9 @@ def test_s3_upload_notifies_the_queue_with_the_url_decoded_key(stack):
     assert record["eventName"].startswith("ObjectCreated:")
     assert record["s3"]["bucket"]["name"] == s.sightings_bucket
     assert record["s3"]["object"]["key"] != key  # it arrives URL-encoded...
-    assert s3.get_object(Bucket=s.sightings_bucket, Key=unquote_plus(record["s3"]["object"]["key"]))  # ...and decodes
+    assert s3.get_object(
+        Bucket=s.sightings_bucket, Key=unquote_plus(record["s3"]["object"]["key"])
+    )  # ...and decodes
 
 
 def test_models_bucket_exists(stack):
@@ -254,6 +259,7 @@ def test_prometheus_scrapes_the_stack_and_added_targets(stack):
     stack.stack.add_scrape_target(job, f"127.0.0.1:{port}")
     url = stack.settings.prometheus_url
     try:
+
         def targets_up():
             with urllib.request.urlopen(f"{url}/api/v1/targets?state=active", timeout=2) as response:
                 active = json.load(response)["data"]["activeTargets"]
@@ -274,6 +280,34 @@ def test_prometheus_scrapes_the_stack_and_added_targets(stack):
         server.shutdown()
 
 
+def test_scrape_targets_are_file_sd_json_and_bad_ones_are_refused(tmp_path):
+    from services.errors import ConfigError
+    from services.stack.prometheus import prometheus_config
+    from services.stack.scrape_targets import read_targets, remove_target, write_target
+
+    path = write_target(tmp_path, "worker", ["127.0.0.1:9401", "127.0.0.1:9402"])
+    assert json.loads(path.read_text()) == [
+        {"targets": ["127.0.0.1:9401", "127.0.0.1:9402"], "labels": {"job": "worker"}}
+    ]
+    write_target(tmp_path, "matcher", "127.0.0.1:9403")
+    assert read_targets(tmp_path) == {
+        "matcher": ["127.0.0.1:9403"],
+        "worker": ["127.0.0.1:9401", "127.0.0.1:9402"],
+    }
+    remove_target(tmp_path, "worker")
+    assert read_targets(tmp_path) == {"matcher": ["127.0.0.1:9403"]}
+    with pytest.raises(ConfigError, match="not host:port"):
+        write_target(tmp_path, "worker", "localhost")
+    with pytest.raises(ConfigError, match="job name"):
+        write_target(tmp_path, "../escape", "127.0.0.1:1")
+
+    config = prometheus_config("127.0.0.1:9090", {"triton": "127.0.0.1:8002"}, "/run/targets/*.json")
+    jobs = {c["job_name"]: c for c in config["scrape_configs"]}
+    assert config["global"]["scrape_interval"] == "1s"
+    assert jobs["triton"]["static_configs"] == [{"targets": ["127.0.0.1:8002"]}]
+    assert jobs["services"]["file_sd_configs"][0]["files"] == ["/run/targets/*.json"]
+
+
 # --------------------------------------------------------------------------- failures and down
 def test_a_taken_port_fails_with_an_error_naming_the_server_and_stops_the_others(tmp_path):
     kafka_port, taken = free_ports(2)
@@ -288,6 +322,26 @@ def test_a_taken_port_fails_with_an_error_naming_the_server_and_stops_the_others
     assert "redis failed to start" in str(info.value) and "Address already in use" in str(info.value)
     assert not port_in_use(kafka_port)  # the broker that did start was stopped again
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_a_server_ignoring_sigterm_is_killed_with_its_children_but_only_by_its_owner(tmp_path):
+    script = "trap '' TERM; sleep 60 & echo $! > child.pid; wait"
+    proc = ServerProcess(
+        "stubborn", ["bash", "-c", script], tmp_path / "stubborn.log", owner="t#stubborn", cwd=tmp_path
+    )
+    proc.start()
+    child_file = tmp_path / "child.pid"
+    child = int(
+        wait_for(lambda: child_file.exists() and child_file.read_text().strip(), 5, "the child's pid")
+    )
+
+    assert not stop_pid(proc.pid, "another-run#stubborn")  # a different owner marker: not signalled
+    assert proc.alive() and pid_alive(child)
+
+    began = time.monotonic()
+    assert stop_pid(proc.pid, "t#stubborn", grace=0.5)
+    assert time.monotonic() - began < 5
+    assert not proc.alive() and not pid_alive(child)
 
 
 def test_down_stops_exactly_its_own_processes(tmp_path):
@@ -337,6 +391,13 @@ def test_cli_up_status_env_down_leaves_nothing_running(tmp_path):
         shell = subprocess.run(["bash", "-c", exports + "\necho $WHALEID_KAFKA_BOOTSTRAP $WHALEID_RUN_DIR"],
                                capture_output=True, text=True, check=True)  # fmt: skip
         assert shell.stdout.split() == [state["servers"]["kafka"]["bootstrap"], str(run_dir)]
+
+        redis_pid = state["servers"]["redis"]["pid"]
+        os.kill(redis_pid, signal.SIGTERM)
+        wait_for(lambda: not pid_alive(redis_pid), 10, "redis to exit")
+        broken = whaleid("status")
+        assert broken.returncode == 1
+        assert "redis" in broken.stdout and "UNHEALTHY (process is not running)" in broken.stdout
     finally:
         down = whaleid("down")
     assert down.returncode == 0, down.stderr

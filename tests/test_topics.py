@@ -9,23 +9,65 @@ import pytest
 from services import topics
 
 SAMPLES = [
-    topics.SightingMetadata(observer="Ana", taken_at="2026-11-27T10:00:00Z", latitude=-33.9, longitude=18.4,
-                            species_hint="humpback_whale", crop_box=[1.0, 2.0, 30.5, 40.0]),  # fmt: skip
-    topics.SightingUploaded(sighting_id="s1", bucket="whaleid-sightings", key="uploads/a b+c.jpg", size=1234,
-                            event_name="ObjectCreated:Put", event_time="2026-11-27T10:00:01Z",
-                            metadata={"observer": "Ana", "crop_box": [1, 2, 3, 4]}, uploaded_at=1.5),  # fmt: skip
-    topics.SightingEmbedded(sighting_id="s1", embedding=[0.6, 0.8], model_version="b0-tiny-f0-e003",
-                            crop_box=None, crop_source="full", metadata=None, uploaded_at=1.5, embedded_at=2.5),  # fmt: skip
+    topics.SightingMetadata(
+        observer="Ana",
+        taken_at="2026-11-27T10:00:00Z",
+        latitude=-33.9,
+        longitude=18.4,
+        species_hint="humpback_whale",
+        crop_box=[1.0, 2.0, 30.5, 40.0],
+    ),  # fmt: skip
+    topics.SightingUploaded(
+        sighting_id="s1",
+        bucket="whaleid-sightings",
+        key="uploads/a b+c.jpg",
+        size=1234,
+        event_name="ObjectCreated:Put",
+        event_time="2026-11-27T10:00:01Z",
+        metadata={"observer": "Ana", "crop_box": [1, 2, 3, 4]},
+        uploaded_at=1.5,
+    ),  # fmt: skip
+    topics.SightingEmbedded(
+        sighting_id="s1",
+        embedding=[0.6, 0.8],
+        model_version="b0-tiny-f0-e003",
+        crop_box=None,
+        crop_source="full",
+        metadata=None,
+        uploaded_at=1.5,
+        embedded_at=2.5,
+    ),  # fmt: skip
     topics.Candidate(individual_id="whale-7", score=0.91),
-    topics.Identification(sighting_id="s1", candidates=[{"individual_id": "new_individual", "score": 0.5},
-                                                        {"individual_id": "whale-7", "score": 0.42}],
-                          new_individual=True, model_version="m1", gallery_version="g3", uploaded_at=1.5,
-                          identified_at=3.0),  # fmt: skip
-    topics.NewIndividual(sighting_id="s1", best_known_id="whale-7", best_known_score=0.42, gallery_version="g3",
-                         identified_at=3.0),  # fmt: skip
-    topics.Confirmation(sighting_id="s1", action="confirm", individual_id="whale-7", researcher="ana",
-                        predicted=[{"individual_id": "whale-7", "score": 0.42}], confirmed_at=4.0),  # fmt: skip
-    topics.DeadLetter(stage="bridge", reason="not an S3 event", original={"raw": "x"}, sighting_id="", failed_at=5.0),
+    topics.Identification(
+        sighting_id="s1",
+        candidates=[
+            {"individual_id": "new_individual", "score": 0.5},
+            {"individual_id": "whale-7", "score": 0.42},
+        ],
+        new_individual=True,
+        model_version="m1",
+        gallery_version="g3",
+        uploaded_at=1.5,
+        identified_at=3.0,
+    ),  # fmt: skip
+    topics.NewIndividual(
+        sighting_id="s1",
+        best_known_id="whale-7",
+        best_known_score=0.42,
+        gallery_version="g3",
+        identified_at=3.0,
+    ),  # fmt: skip
+    topics.Confirmation(
+        sighting_id="s1",
+        action="confirm",
+        individual_id="whale-7",
+        researcher="ana",
+        predicted=[{"individual_id": "whale-7", "score": 0.42}],
+        confirmed_at=4.0,
+    ),  # fmt: skip
+    topics.DeadLetter(
+        stage="bridge", reason="not an S3 event", original={"raw": "x"}, sighting_id="", failed_at=5.0
+    ),
 ]
 
 

@@ -150,3 +150,43 @@ class Embedder:
             images = [imaging.load_image_file(p) for p in paths[start:start + batch_size]]
             out.append(self.embed_images(images, boxes[start:start + batch_size], batch_size))
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), dtype=np.float32)
+
+
+def untrained_embedder(config: dict[str, Any], num_classes: int = 2) -> Embedder:
+    """A randomly initialised embedder of `config` (the yardstick a trained one must beat)."""
+    from training.model import build_models
+
+    _, model = build_models({**config, "weights": "none"}, num_classes, 0)
+    info = {"model_id": f"{config['name']}-untrained", "backbone": config["backbone"],
+            "image_size": config["image_size"], "embedding_size": config["embedding_size"], "fold": config["fold"],
+            "epoch": 0, "eval_box_source": config["eval_box_source"], "config": config}
+    return Embedder(model, info)
+
+
+def heldout_map5(embedder: Embedder, data) -> dict[str, Any]:
+    """MAP@5 on a data set's test split (needs test_truth.csv): gallery = every train image, queries = the test
+    images, identification core ranking. `map5`: new_individual never first; `map5_tuned`: at the best
+    new_individual threshold of a sweep over these queries (as the pixel baseline reports it)."""
+    from services.errors import DataError
+    from services.identification import build_gallery, map_at_5, rank_candidates
+    from services.identification.ranking import insert_new_individual
+    from services.identification.tuning import sweep_threshold
+
+    if not data.truth:
+        raise DataError(f"{data.root}: held-out MAP@5 needs test_truth.csv")
+    source = embedder.eval_box_source
+    train_images = [r.image for r in data.train]
+    test_images = [r.image for r in data.truth]
+    truths = [r.individual_id for r in data.truth]
+    gallery_embeddings = embedder.embed_files([data.image_path(i) for i in train_images],
+                                              [data.eval_box(i, source) for i in train_images])
+    query_embeddings = embedder.embed_files([data.image_path(i) for i in test_images],
+                                            [data.eval_box(i, source) for i in test_images])
+    gallery = build_gallery(gallery_embeddings, [r.individual_id for r in data.train],
+                            [r.species for r in data.train], train_images)
+    candidates = rank_candidates(gallery, query_embeddings, 50)
+    never_new = insert_new_individual(candidates, -np.inf)
+    sweep = sweep_threshold(candidates, truths)
+    return {"model_id": embedder.model_id, "queries": len(truths),
+            "map5": round(map_at_5([[i for i, _ in p] for p in never_new], truths), 4),
+            "map5_tuned": round(sweep.best_map5, 4), "tuned_threshold": sweep.best}

@@ -1,6 +1,6 @@
 # image: whaleid
 # One image for every Python service: `whaleid serve gateway|bridge|worker|matcher`, `whaleid reindex`
-# (the nightly CronJob) and `whaleid model-store pull` (Triton's initContainer). Triton itself runs the NGC image.
+# (the nightly CronJob) and `whaleid model-repo pull` (Triton's initContainer). Triton itself runs the NGC image.
 # Build from the repository root:  docker build -f deploy/docker/whaleid.Dockerfile -t whaleid:0.1.0 .
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

@@ -31,7 +31,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 ENTRIES_FILE = "entries.jsonl"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
-INDEX_KINDS = ("flat", "hnsw", "ivfpq")
+INDEX_KINDS = ("flat", "hnsw", "ivfflat", "ivfpq")
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,9 @@ class IndexConfig:
     """Which FAISS index a gallery uses; `exact_max_size` and below always get the exact IndexFlatIP."""
 
     exact_max_size: int = 100_000
-    approximate: str = "hnsw"  # "hnsw" | "ivfpq" | "flat" (always exact)
+    approximate: str = "hnsw"  # "hnsw" | "ivfflat" | "ivfpq" | "flat" (always exact)
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 64
+    hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 256
     ivf_nlist: int = 0  # 0: about 4 * sqrt(N)
     ivf_pq_bytes: int = 64  # PQ sub-quantisers per vector; must divide the dimension
@@ -68,14 +68,16 @@ def build_index(embeddings: np.ndarray, config: IndexConfig) -> faiss.Index:
         index.hnsw.efConstruction = config.hnsw_ef_construction
         index.hnsw.efSearch = config.hnsw_ef_search
     else:
-        if dim % config.ivf_pq_bytes:
-            raise DataError(f"IVF-PQ: ivf_pq_bytes={config.ivf_pq_bytes} does not divide the dimension {dim}")
         nlist = config.ivf_nlist or max(1, int(4 * np.sqrt(n)))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, config.ivf_pq_bytes, config.ivf_pq_bits,
-                                 faiss.METRIC_INNER_PRODUCT)
-        sample = embeddings[np.random.default_rng(0).permutation(n)[: max(nlist * 64, 256 * 64)]]
-        index.train(sample)
+        if kind == "ivfflat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if dim % config.ivf_pq_bytes:
+                raise DataError(f"IVF-PQ: ivf_pq_bytes={config.ivf_pq_bytes} does not divide the dimension {dim}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, config.ivf_pq_bytes, config.ivf_pq_bits,
+                                     faiss.METRIC_INNER_PRODUCT)
+        index.train(embeddings[np.random.default_rng(0).permutation(n)[: max(nlist * 40, 256 * 40)]])
         index.nprobe = min(config.ivf_nprobe, nlist)
     _add_in_chunks(index, embeddings)
     if kind != "flat":

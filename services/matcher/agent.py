@@ -162,7 +162,7 @@ def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None,
     web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
     metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
     app = build_matcher_app(settings, web_port)
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, settings.metrics_host)
     log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d",
              index, settings.kafka_bootstrap, settings.redis_url, web_port, metrics_port)
     run_app(app)

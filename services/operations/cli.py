@@ -1,5 +1,5 @@
 """`whaleid reindex [--dry-run] [--json]`, `whaleid gallery list|current|rollback|publish`,
-`whaleid model-store pull --prefix P --dest DIR`, `whaleid confirmations show SIGHTING`."""
+`whaleid confirmations show SIGHTING`."""
 
 from __future__ import annotations
 
@@ -25,13 +25,6 @@ def register(subparsers) -> None:
     sp.add_argument("directory", help="directory written by Gallery.save, containing tuning.json")
     sp.add_argument("--no-switch", action="store_true", help="upload only; do not move the pointer")
     sp.set_defaults(func=_publish)
-
-    m = subparsers.add_parser("model-store", help="the model store bucket (settings.models_bucket)")
-    msub = m.add_subparsers(dest="model_store_command", metavar="ACTION", required=True)
-    sp = msub.add_parser("pull", help="download every object under a prefix (Triton's initContainer uses it)")
-    sp.add_argument("--prefix", required=True, help="key prefix in the models bucket, e.g. model_repository")
-    sp.add_argument("--dest", required=True, help="local directory to fill")
-    sp.set_defaults(func=_pull)
 
     c = subparsers.add_parser("confirmations", help="researchers' confirmations")
     csub = c.add_subparsers(dest="confirmations_command", metavar="ACTION", required=True)
@@ -134,15 +127,6 @@ def _publish(args) -> int:
     version = publish_gallery(store, gallery, directory / TUNING_FILE, reason=f"published from {directory}",
                               parent=store.current_version(), move_pointer=not args.no_switch)
     print(f"published {version} ({len(gallery)} embeddings){'' if args.no_switch else '; now current'}")
-    return 0
-
-
-def _pull(args) -> int:
-    from services.operations.model_store import download_prefix, s3_client
-
-    settings = _settings()
-    count = download_prefix(s3_client(settings), settings.models_bucket, args.prefix, args.dest)
-    print(f"pulled {count} objects from s3://{settings.models_bucket}/{args.prefix.strip('/')}/ into {args.dest}")
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import redis as redis_lib
 
 from services.errors import WhaleIdError
+from services.identification import NEW_INDIVIDUAL
 from services.metrics import CONFIRMATIONS
 from services.operations import records
 from services.topics import Confirmation
@@ -34,7 +35,6 @@ from services.topics import Confirmation
 log = logging.getLogger(__name__)
 
 ACTIONS = ("confirm", "new", "reject")
-NEW_INDIVIDUAL = "new_individual"
 CONFIRMATION_KEY = "confirmation:{}"
 INDEX_KEY = "confirmations:index"
 NEW_IDS_KEY = "confirmations:new-ids"

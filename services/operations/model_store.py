@@ -268,23 +268,3 @@ class GalleryStore:
             raise ModelStoreError(f"cannot list s3://{self.bucket}/{prefix}: {exc}") from None
         return keys
 
-
-def download_prefix(client, bucket: str, prefix: str, dest: Path) -> int:
-    """Copy every object under s3://bucket/prefix/ into dest (e.g. Triton's model repository); returns the count."""
-    prefix = prefix.strip("/") + "/"
-    dest = Path(dest)
-    count = 0
-    try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                target = dest / item["Key"][len(prefix):]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file(bucket, item["Key"], str(target))
-                count += 1
-                if count % 20 == 0:
-                    log.info("pulled %d objects from s3://%s/%s", count, bucket, prefix)
-    except (ClientError, BotoCoreError) as exc:
-        raise ModelStoreError(f"cannot pull s3://{bucket}/{prefix}: {exc}") from None
-    if not count:
-        raise ModelStoreError(f"nothing under s3://{bucket}/{prefix}")
-    return count

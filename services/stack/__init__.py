@@ -1,6 +1,6 @@
 """The embedded stack of real servers (`whaleid stack up|status|down|env`).
 
-    from services.stack import Stack, ServerStartError, launch_triton
+from services.stack import Stack, ServerStartError, launch_triton
 """
 
 from services.stack.errors import ServerStartError, StackError

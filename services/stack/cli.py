@@ -13,30 +13,42 @@ def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--run-dir", type=Path, help="state file, logs and data (default: setting run_dir)")
 
-    stack = subparsers.add_parser("stack", help="the embedded stack: Kafka, S3+SQS, Redis, Triton, Prometheus")
+    stack = subparsers.add_parser(
+        "stack", help="the embedded stack: Kafka, S3+SQS, Redis, Triton, Prometheus"
+    )
     sub = stack.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start the servers, wait until healthy, write the state")
     up.add_argument("--model-repository", type=Path, help="Triton model repository (default: setting)")
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
-    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for all servers (default 90)")
+    up.add_argument(
+        "--timeout", type=float, default=90.0, help="seconds to wait for all servers (default 90)"
+    )
     up.set_defaults(func=cmd_up)
 
-    status = sub.add_parser("status", parents=[common], help="health of each server (exit 0 only if all healthy)")
+    status = sub.add_parser(
+        "status", parents=[common], help="health of each server (exit 0 only if all healthy)"
+    )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     status.set_defaults(func=cmd_status)
 
-    down = sub.add_parser("down", parents=[common], help="stop exactly the recorded servers, remove the state")
+    down = sub.add_parser(
+        "down", parents=[common], help="stop exactly the recorded servers, remove the state"
+    )
     down.set_defaults(func=cmd_down)
 
-    env = sub.add_parser("env", parents=[common], help="print `export WHALEID_...` lines: eval $(whaleid stack env)")
+    env = sub.add_parser(
+        "env", parents=[common], help="print `export WHALEID_...` lines: eval $(whaleid stack env)"
+    )
     env.set_defaults(func=cmd_env)
 
 
 def _settings(args):
     from services.settings import load_settings
 
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # quiet health checks
+    logging.getLogger("kafka").setLevel(
+        max(logging.WARNING, logging.getLogger().level)
+    )  # quiet health checks
     overrides = {"run_dir": args.run_dir} if args.run_dir else {}
     return load_settings(**overrides)
 
@@ -45,13 +57,19 @@ def cmd_up(args) -> int:
     from services.stack import Stack
 
     settings = _settings(args)
-    stack = Stack(settings, model_repository=args.model_repository, with_prometheus=False if args.no_prometheus else None)
+    stack = Stack(
+        settings,
+        model_repository=args.model_repository,
+        with_prometheus=False if args.no_prometheus else None,
+    )
     state = stack.up(timeout=args.timeout)
     for name, entry in state["servers"].items():
         address = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("pid", "log"))
         print(f"{name:<11} pid {entry['pid']:<7} ready in {stack.timings[name]:5.2f} s  {address}")
     print(f"stack up in {stack.timings['total']:.1f} s; state: {stack.state_path}")
-    print(f"use it from a shell: eval $(whaleid stack env --run-dir {stack.run_dir}); stop it: whaleid stack down")
+    print(
+        f"use it from a shell: eval $(whaleid stack env --run-dir {stack.run_dir}); stop it: whaleid stack down"
+    )
     return 0
 
 

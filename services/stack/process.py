@@ -97,7 +97,9 @@ def log_tail(path: Path, lines: int = 25, error_lines: int = 8, width: int = 300
         return ""
     tail = all_lines[-lines:]
     errors = [
-        line for line in all_lines[:-lines] if ERROR_LINE.search(line) and not any(h in line for h in HARMLESS)
+        line
+        for line in all_lines[:-lines]
+        if ERROR_LINE.search(line) and not any(h in line for h in HARMLESS)
     ][-error_lines:]
     parts = errors + (["..."] if errors else []) + tail
     return "\n".join(parts).rstrip()

@@ -28,7 +28,11 @@ def prometheus_config(self_address: str, static_jobs: dict[str, str], file_sd_gl
         {"job_name": "services", "file_sd_configs": [{"files": [file_sd_glob], "refresh_interval": "1s"}]}
     )
     return {
-        "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "global": {
+            "scrape_interval": SCRAPE_INTERVAL,
+            "scrape_timeout": SCRAPE_INTERVAL,
+            "evaluation_interval": SCRAPE_INTERVAL,
+        },
         "scrape_configs": scrape_configs,
     }
 
@@ -36,7 +40,9 @@ def prometheus_config(self_address: str, static_jobs: dict[str, str], file_sd_gl
 class PrometheusServer(ManagedServer):
     name = "prometheus"
 
-    def __init__(self, log_dir: Path, owner: str, port: int, run_dir: Path, static_jobs: dict[str, str]) -> None:
+    def __init__(
+        self, log_dir: Path, owner: str, port: int, run_dir: Path, static_jobs: dict[str, str]
+    ) -> None:
         super().__init__(log_dir, owner)
         self.port = port
         self.url = f"http://{LOOPBACK}:{port}"
@@ -52,7 +58,9 @@ class PrometheusServer(ManagedServer):
         shutil.rmtree(data, ignore_errors=True)  # a fresh TSDB every run
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.home / "prometheus.yml"
-        config = prometheus_config(f"{LOOPBACK}:{self.port}", self.static_jobs, str(self.targets_dir / "*.json"))
+        config = prometheus_config(
+            f"{LOOPBACK}:{self.port}", self.static_jobs, str(self.targets_dir / "*.json")
+        )
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         return [
             str(binary), f"--config.file={config_path}", f"--storage.tsdb.path={data}",

@@ -31,7 +31,11 @@ class S3Server(ManagedServer):
 
     def _credentials(self) -> dict[str, str]:
         s = self.settings
-        return {"region": s.s3_region, "key": s.aws_access_key_id or "testing", "secret": s.aws_secret_access_key or "testing"}
+        return {
+            "region": s.s3_region,
+            "key": s.aws_access_key_id or "testing",
+            "secret": s.aws_secret_access_key or "testing",
+        }
 
     def check(self) -> None:
         check_s3(self.endpoint, **self._credentials())
@@ -49,12 +53,18 @@ class S3Server(ManagedServer):
             if creds["region"] == "us-east-1":
                 s3.create_bucket(Bucket=bucket)
             else:
-                s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": creds["region"]})
+                s3.create_bucket(
+                    Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": creds["region"]}
+                )
         self.queue_url = sqs.create_queue(QueueName=self.settings.upload_events_queue)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         s3.put_bucket_notification_configuration(
             Bucket=self.settings.sightings_bucket,
-            NotificationConfiguration={"QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]},
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
         )
         log.info(
             "s3: buckets %s, %s; uploads to %s notify %s",

@@ -62,7 +62,9 @@ class Stack:
             raise StackError(f"unknown server(s) {', '.join(sorted(unknown))}; known: {', '.join(SERVERS)}")
         unknown_ports = set(ports or ()) - set(PORT_NAMES)
         if unknown_ports:
-            raise StackError(f"unknown port name(s) {', '.join(sorted(unknown_ports))}; known: {', '.join(PORT_NAMES)}")
+            raise StackError(
+                f"unknown port name(s) {', '.join(sorted(unknown_ports))}; known: {', '.join(PORT_NAMES)}"
+            )
         self.with_prometheus = with_prometheus
         self.requested = tuple(servers) if servers else None
         self.ports = dict(ports or {})
@@ -84,11 +86,15 @@ class Stack:
         """The stack recorded in `run_dir` (for status/down/env from another process)."""
         run_dir = Path(run_dir).resolve()
         if read_stack_state(run_dir) is None:
-            raise StackError(f"no stack is up in {run_dir} (no {STATE_FILE}); start one with `whaleid stack up`")
+            raise StackError(
+                f"no stack is up in {run_dir} (no {STATE_FILE}); start one with `whaleid stack up`"
+            )
         settings = settings or load_settings(run_dir=run_dir)
         stack = cls(settings.with_overrides(run_dir=run_dir))
         stack.model_repository = Path(
-            read_stack_state(run_dir)["servers"].get("triton", {}).get("model_repository", stack.model_repository)
+            read_stack_state(run_dir)["servers"]
+            .get("triton", {})
+            .get("model_repository", stack.model_repository)
         )
         return stack
 
@@ -110,14 +116,21 @@ class Stack:
     def _selected(self) -> list[str]:
         names = list(self.requested or SERVERS)
         installed = on_path("prometheus") is not None
-        if self.with_prometheus is False or (self.with_prometheus is None and self.requested is None and not installed):
+        if self.with_prometheus is False or (
+            self.with_prometheus is None and self.requested is None and not installed
+        ):
             if "prometheus" in names:
                 names.remove("prometheus")
-                log.info("prometheus %s; the stack runs without it", "disabled" if self.with_prometheus is False else "is not installed")
+                log.info(
+                    "prometheus %s; the stack runs without it",
+                    "disabled" if self.with_prometheus is False else "is not installed",
+                )
         elif self.with_prometheus and "prometheus" not in names:
             names.append("prometheus")
         if "prometheus" in names and not installed:
-            raise StackError("prometheus was asked for but is not on PATH (`make install` installs it as root)")
+            raise StackError(
+                "prometheus was asked for but is not on PATH (`make install` installs it as root)"
+            )
         return names
 
     def _build(self, names: list[str]) -> list[ManagedServer]:
@@ -146,7 +159,9 @@ class Stack:
         live = self.live_pids()
         if live:
             pids = ", ".join(f"{n} pid {p}" for n, p in live.items())
-            raise StackError(f"a stack is already up in {self.run_dir} ({pids}); stop it with `whaleid stack down --run-dir {self.run_dir}`")
+            raise StackError(
+                f"a stack is already up in {self.run_dir} ({pids}); stop it with `whaleid stack down --run-dir {self.run_dir}`"
+            )
         if self.state is not None:
             log.warning("removing the stale state of a stack that is no longer running in %s", self.run_dir)
             self.state_path.unlink()
@@ -184,7 +199,9 @@ class Stack:
             try:
                 server.provision()
             except Exception as exc:  # noqa: BLE001 - reported with the server's name and log
-                raise ServerStartError(server.name, f"setting it up failed: {exc}", server.log_tail()) from exc
+                raise ServerStartError(
+                    server.name, f"setting it up failed: {exc}", server.log_tail()
+                ) from exc
 
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:
             futures = [pool.submit(ready, server) for server in servers]
@@ -268,4 +285,3 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.down()
-

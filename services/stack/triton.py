@@ -77,7 +77,9 @@ class TritonServer(ManagedServer):
     ) -> None:
         super().__init__(log_dir, owner)
         if model_control not in MODEL_CONTROL_FLAGS:
-            raise StackError(f"unknown Triton model control {model_control!r}; use one of {', '.join(MODEL_CONTROL_FLAGS)}")
+            raise StackError(
+                f"unknown Triton model control {model_control!r}; use one of {', '.join(MODEL_CONTROL_FLAGS)}"
+            )
         self.model_repository = Path(model_repository).resolve()
         self.model_control = model_control
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3)
@@ -108,12 +110,19 @@ class TritonServer(ManagedServer):
         check_triton(self.http)
 
     def entry(self) -> dict[str, Any]:
-        return {"grpc": self.grpc, "http": self.http, "metrics": self.metrics, "model_repository": str(self.model_repository)}
+        return {
+            "grpc": self.grpc,
+            "http": self.http,
+            "metrics": self.metrics,
+            "model_repository": str(self.model_repository),
+        }
 
 
 def launch_triton(model_repository: Path, log_dir: Path, *, model_control: str = "explicit") -> TritonServer:
     """Start a standalone Triton serving `model_repository` (logs and backend dir under `log_dir`).
     Returns at once: call `.wait_healthy(timeout)` before using it and `.stop()` (or use `with`) after."""
     log_dir = Path(log_dir).resolve()
-    server = TritonServer(log_dir, owner=f"{log_dir}#triton", model_repository=model_repository, model_control=model_control)
+    server = TritonServer(
+        log_dir, owner=f"{log_dir}#triton", model_repository=model_repository, model_control=model_control
+    )
     return server.start()

@@ -162,7 +162,7 @@ def build_worker_app(settings: Settings, web_port: int):
 def run_worker(settings: Settings, index: int = 0, web_port: int | None = None, metrics_port: int | None = None) -> int:
     web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
     metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
-    serve_metrics(metrics_port)
+    serve_metrics(metrics_port, settings.metrics_host)
     log.info("worker %d: Kafka %s, Triton %s, web port %d, metrics port %d",
              index, settings.kafka_bootstrap, settings.triton_grpc_url, web_port, metrics_port)
     run_app(build_worker_app(settings, web_port))

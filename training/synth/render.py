@@ -29,7 +29,8 @@ class Nuisance:
     """Ranges of the per-photo variation (configuration as data; `generate(..., nuisance=Nuisance(...))`)."""
 
     animal_width: tuple[float, float] = (0.45, 0.85)  # fraction of the image width
-    rotation_deg: float = 12.0  # +- degrees
+    rotation_deg: float = 20.0  # +- degrees
+    shear: float = 0.25  # +- horizontal shear (x shifts by shear * y): oblique views
     foreshortening: tuple[float, float] = (0.78, 1.0)  # horizontal squash (viewing angle)
     flip_share: float = 0.0  # share of mirrored photos (see the module docstring)
     brightness: tuple[float, float] = (0.65, 1.3)
@@ -109,6 +110,10 @@ def _place_animal(rng, animal: Image.Image, width: int, height: int, nuisance: N
     squash = rng.uniform(*nuisance.foreshortening)
     layer = animal.resize((max(4, int(round(shapes.FRAME_W * scale * squash))),
                            max(4, int(round(shapes.FRAME_H * scale)))), Image.BILINEAR)
+    shear = float(rng.uniform(-nuisance.shear, nuisance.shear))
+    offset = shear * layer.height if shear > 0 else 0.0
+    layer = layer.transform((layer.width + int(np.ceil(abs(shear) * layer.height)), layer.height), Image.AFFINE,
+                            (1.0, shear, -offset, 0.0, 1.0, 0.0), resample=Image.BILINEAR)
     layer = layer.rotate(float(rng.uniform(-nuisance.rotation_deg, nuisance.rotation_deg)),
                          resample=Image.BICUBIC, expand=True)
     layer = layer.crop(layer.getchannel("A").getbbox())

@@ -76,7 +76,7 @@ def outline(species: Species, tip_offset: tuple[float, float] = (0.0, 0.0)) -> O
             plain=(), head=arc[:20], edge=arc[20:-20], tail=np.concatenate([arc[-20:], [[FRAME_W + 14.0, FRAME_H + 2.0],
                                                                                         [-14.0, FRAME_H + 2.0]]]),
             inside=(100.0, 140.0), notch_range=((0.1, 0.9),), marking_rows=(84, 138),
-            waterline_rows=(122.0, 162.0), side_cut=40.0,
+            waterline_rows=(118.0, 162.0), side_cut=0.0,
         )
     raise ValueError(f"unknown body shape {species.shape!r}")
 

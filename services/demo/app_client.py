@@ -1,0 +1,88 @@
+"""What a citizen-science app does: create a sighting at the gateway, PUT the photo to the presigned URL,
+poll the sighting until it is identified or failed (stdlib HTTP only)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from services.errors import WhaleIdError
+
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+
+
+class GatewayError(WhaleIdError):
+    """The gateway refused a request or could not be reached."""
+
+
+@dataclass
+class Upload:
+    sighting_id: str
+    name: str  # image file name (or a label for hostile uploads)
+    sent_at: float  # when the photo's PUT completed (epoch seconds)
+
+
+class AppClient:
+    def __init__(self, base_url: str, token: str, timeout_s: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+
+    def _request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None):
+        request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise GatewayError(f"{method} {url}: {exc}") from None
+
+    def _api(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        body = None
+        if payload is not None:
+            body = json.dumps(payload).encode()
+            headers["Content-Type"] = "application/json"
+        status, raw = self._request(method, self.base_url + path, body, headers)
+        try:
+            return status, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return status, {"error": raw.decode(errors="replace")}
+
+    def healthy(self) -> bool:
+        try:
+            status, _ = self._api("GET", "/healthz")
+            return status == 200
+        except GatewayError:
+            return False
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise GatewayError(f"the gateway at {self.base_url} did not answer /healthz within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def upload(self, data: bytes, name: str, content_type: str, metadata: dict[str, Any]) -> Upload:
+        """Create the sighting and PUT the bytes to its presigned URL."""
+        status, created = self._api("POST", "/v1/sightings", {**metadata, "content_type": content_type,
+                                                              "size": len(data)})
+        if status != 201:
+            raise GatewayError(f"creating a sighting for {name} failed ({status}): {created}")
+        headers = dict(created.get("upload_headers") or {})
+        headers.setdefault("Content-Type", content_type)
+        put_status, answer = self._request(created.get("upload_method", "PUT"), created["upload_url"], data, headers)
+        if put_status not in (200, 204):
+            raise GatewayError(f"the upload of {name} was refused ({put_status}): {answer[:300]!r}")
+        return Upload(created["sighting_id"], name, time.time())
+
+    def sighting(self, sighting_id: str) -> dict[str, Any]:
+        status, answer = self._api("GET", f"/v1/sightings/{sighting_id}")
+        if status != 200:
+            raise GatewayError(f"reading sighting {sighting_id} failed ({status}): {answer}")
+        return answer

@@ -1,0 +1,164 @@
+"""The demo's model artefacts, each step cached in `<workdir>/cache/<key>/` (key: config + data parameters):
+synthetic data -> tiny training run -> ONNX export -> gallery + tuned threshold -> Triton model repository,
+plus the offline predictions of the same model on the test photos (the reference for the live MAP@5)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+DONE = ".done"
+
+
+@dataclass
+class DemoModel:
+    data_dir: Path
+    run_dir: Path
+    exports_dir: Path
+    gallery_dir: Path  # Gallery.save files + tuning.json: what gets published to the model store
+    repository: Path  # Triton model repository
+    offline: dict  # {"map5", "predictions": {image: [ids]}, "model_id"}
+
+
+def cache_key(config: dict, individuals: int, seed: int) -> str:
+    text = json.dumps({"config": config, "individuals": individuals, "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cached_step(path: Path, what: str, build: Callable[[Path], None], progress: Callable[[str], None]) -> Path:
+    """Run `build(path)` unless `path` holds a finished result (`<path>.done`, written after success)."""
+    marker = path.with_name(path.name + DONE)
+    if marker.exists():
+        progress(f"{what}: cached in {path}")
+        return path
+    progress(f"{what} ...")
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    build(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text("ok\n")
+    return path
+
+
+def read_folds(run_dir: Path) -> dict[str, int]:
+    with open(run_dir / "folds.csv", newline="") as fh:
+        return {row["individual_id"]: int(row["fold"]) for row in csv.DictReader(fh)}
+
+
+def embed_data(embedder, data, images: list[str], box_source: str | None) -> np.ndarray:
+    paths = [data.image_path(image) for image in images]
+    boxes = [data.eval_box(image, box_source) for image in images]
+    return embedder.embed_files(paths, boxes)
+
+
+def build_gallery_dir(embedder, data, run_dir: Path, out: Path, progress: Callable[[str], None]) -> None:
+    """Tune the new_individual threshold out of fold on the train images, then save the gallery of all train
+    images and tuning.json to `out`."""
+    from services.identification import build_gallery
+    from services.identification.evaluation import LabelledImages, evaluate_out_of_fold
+
+    images = [row.image for row in data.train]
+    ids = [row.individual_id for row in data.train]
+    species = [row.species for row in data.train]
+    progress(f"embedding {len(images)} train images for the gallery and the threshold")
+    embeddings = embed_data(embedder, data, images, embedder.eval_box_source)
+    folds_by_id = read_folds(run_dir)
+    folds = np.array([folds_by_id.get(i, 0) for i in ids])
+    fold = int(embedder.info.get("config", {}).get("fold", 0))
+    fold = fold if fold in set(folds.tolist()) else int(folds[0])
+    evaluation = evaluate_out_of_fold({embedder.model_id: embeddings}, LabelledImages(images, ids, species, folds), [fold])
+    progress(f"threshold tuned out of fold {fold}: {evaluation.tuning.threshold:.3f} "
+             f"(validation MAP@5 {evaluation.report['map5']:.3f})")
+    gallery = build_gallery(embeddings, ids, species, images, model_ids=[embedder.model_id])
+    gallery.save(out)
+    evaluation.tuning.save(out / "tuning.json")
+
+
+def offline_predictions(embedder, data, gallery_dir: Path, box_source: str | None) -> dict:
+    """Top-five ids per test photo from the Keras embedder + Identifier (the same code the matcher runs)."""
+    from services.identification import Gallery, Identifier, Tuning, map_at_5
+
+    images = list(data.test_images)
+    embeddings = embed_data(embedder, data, images, box_source)
+    identifier = Identifier(Gallery.load(gallery_dir), Tuning.load(gallery_dir / "tuning.json"))
+    ranked = identifier.identify(embeddings)
+    predictions = {image: [i for i, _ in candidates] for image, candidates in zip(images, ranked, strict=True)}
+    result = {"model_id": embedder.model_id, "predictions": predictions}
+    if data.truth:
+        truth = {row.image: row.individual_id for row in data.truth}
+        result["map5"] = map_at_5([predictions[i] for i in images], [truth[i] for i in images])
+    return result
+
+
+def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, progress: Callable[[str], None]) -> DemoModel:
+    from training.config import load_config
+
+    config = load_config(config_name)
+    root = Path(workdir) / "cache" / cache_key(config, individuals, seed)
+    progress(f"model cache {root}")
+
+    def synth(out: Path) -> None:
+        from training.synth import generate
+
+        generate(out, individuals=individuals, seed=seed, overwrite=True, preview=False)
+
+    def train(out: Path) -> None:
+        from training.train import train as train_run
+
+        train_run(config, data_dir, out, verbose=2)
+
+    def export(out: Path) -> None:
+        from training.export import export_run
+
+        export_run(run_dir, out)
+
+    def gallery(out: Path) -> None:
+        build_gallery_dir(embedder(), data(), run_dir, out, progress)
+
+    def offline(out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        result = offline_predictions(embedder(), data(), gallery_dir, embedder().eval_box_source)
+        (out / "offline.json").write_text(json.dumps(result, indent=1))
+        if "map5" in result:
+            progress(f"offline MAP@5 of {result['model_id']} on {len(result['predictions'])} test photos: "
+                     f"{result['map5']:.4f}")
+
+    def repository(out: Path) -> None:
+        from services.model_repo.builder import build_repository
+
+        build_repository(exports_dir, out, gallery_dir / "tuning.json")
+
+    loaded: dict = {}
+
+    def embedder():
+        if "embedder" not in loaded:
+            from training.embed import Embedder
+
+            loaded["embedder"] = Embedder.from_run(run_dir)
+        return loaded["embedder"]
+
+    def data():
+        if "data" not in loaded:
+            from training.data import load_dataset
+
+            loaded["data"] = load_dataset(data_dir)
+        return loaded["data"]
+
+    data_dir = cached_step(root / "data", f"synthesising {individuals} individuals (seed {seed})", synth, progress)
+    run_dir = cached_step(root / "run", f"training {config_name} ({config.get('epochs')} epochs)", train, progress)
+    exports_dir = cached_step(root / "exports", "exporting to ONNX", export, progress)
+    gallery_dir = cached_step(root / "gallery", "building the gallery and tuning the threshold", gallery, progress)
+    offline_dir = cached_step(root / "offline", "offline predictions on the test photos", offline, progress)
+    repo = cached_step(root / "model_repository", "building the Triton model repository", repository, progress)
+    return DemoModel(data_dir, run_dir, exports_dir, gallery_dir, repo,
+                     json.loads((offline_dir / "offline.json").read_text()))

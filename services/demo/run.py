@@ -1,0 +1,266 @@
+"""`whaleid demo`: prepare (or reuse) the tiny model, bring the embedded stack up, start the four services,
+upload the test photos through the gateway as an app would, wait for the identifications, report, tear down."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.demo.app_client import CONTENT_TYPES, AppClient, Upload
+from services.demo.processes import ServiceProcess, service_env
+from services.errors import WhaleIdError
+from services.worker.faust_app import default_port
+
+log = logging.getLogger(__name__)
+SERVICES = ("worker", "matcher", "bridge", "gateway")  # start order: consumers first
+
+
+class DemoError(WhaleIdError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+@dataclass
+class DemoOptions:
+    individuals: int = 12
+    workdir: Path = Path(".whaleid/demo")
+    keep_up: bool = False
+    as_json: bool = False
+    config: str | None = None  # settings TOML
+    seed: int = 0
+    model_config: str = "b0-tiny"
+    result_timeout_s: float = 300.0
+    hostile: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Progress:
+    """Numbered step lines with elapsed time (stderr when stdout carries the JSON)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[demo {time.monotonic() - self.started:6.1f}s] {message}", file=self.stream, flush=True)
+
+
+def hostile_uploads(data_dir: Path) -> list[tuple[str, bytes, str]]:
+    """(label, bytes, declared content type): uploads the worker must dead-letter."""
+    photo = next(iter(sorted((data_dir / "test_images").glob("*.jpg"))))
+    data = photo.read_bytes()
+    return [
+        ("hostile:text-file", b"Dear whale researchers, this is not a photo.\n" * 20, "image/jpeg"),
+        ("hostile:truncated-jpeg", data[: len(data) // 2], "image/jpeg"),
+    ]
+
+
+def read_truth(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "test_truth.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as fh:
+        return {row["image"]: row["individual_id"] for row in csv.DictReader(fh)}
+
+
+def free_port_block(count: int = 4) -> int:
+    """A base port with `count` consecutive free ports (metrics of gateway, bridge, worker, matcher)."""
+    from services.stack.ports import free_port, port_in_use
+
+    for _ in range(50):
+        base = free_port()
+        if base + count < 65535 and not any(port_in_use(base + i) for i in range(count)):
+            return base
+    raise DemoError("no block of free ports for the services' metrics")
+
+
+def app_metadata(data, image: str, box_source: str | None, index: int) -> dict[str, Any]:
+    """What the app sends with a photo: time, place, observer and the crop box the model evaluates with."""
+    box = data.eval_box(image, box_source)
+    metadata = {"taken_at": "2026-11-27T08:00:00Z", "latitude": 64.1 + index * 1e-3, "longitude": -21.9,
+                "observer": "whaleid-demo"}
+    if box is not None:
+        metadata["crop_box"] = [float(v) for v in box]
+    return metadata
+
+
+def wait_for_results(client: AppClient, uploads: list[Upload], timeout_s: float, progress) -> dict[str, dict]:
+    """Poll GET /v1/sightings/{id} until every upload is identified or failed (or the timeout)."""
+    answers: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    last_report = 0.0
+    while len(answers) < len(uploads) and time.monotonic() < deadline:
+        for upload in uploads:
+            if upload.sighting_id in answers:
+                continue
+            answer = client.sighting(upload.sighting_id)
+            if answer["status"] != "pending":
+                answer["seen_at"] = time.time()
+                answers[upload.sighting_id] = answer
+        if time.monotonic() - last_report > 3:
+            progress(f"results: {len(answers)}/{len(uploads)}")
+            last_report = time.monotonic()
+        time.sleep(0.2)
+    return answers
+
+
+def result_row(upload: Upload, answer: dict | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": upload.name, "sighting_id": upload.sighting_id}
+    if answer is None:
+        return {**row, "status": "pending"}
+    row["status"] = answer["status"]
+    if answer["status"] == "identified":
+        identification = answer["identification"]
+        row["predictions"] = [c["individual_id"] for c in identification["candidates"]]
+        row["scores"] = [c["score"] for c in identification["candidates"]]
+        row["latency_s"] = max(0.0, identification["identified_at"] - upload.sent_at)
+        row["gallery_version"] = identification["gallery_version"]
+        row["model_version"] = identification["model_version"]
+    else:
+        row["reason"] = answer.get("failure", {}).get("reason", "")
+    return row
+
+
+def run_demo(options: DemoOptions) -> int:
+    from services.demo.model import prepare_model
+
+    progress = Progress(sys.stderr if options.as_json else sys.stdout)
+    workdir = Path(options.workdir).resolve()
+    progress(f"whaleid demo in {workdir} ({options.individuals} individuals, config {options.model_config})")
+    model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
+    run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    chain = DemoChain(options, model, run_dir, progress)
+    try:
+        chain.start()
+        summary, rows = chain.upload_and_collect()
+    except KeyboardInterrupt:
+        progress("interrupted: bringing everything down")
+        raise
+    finally:
+        if options.keep_up and chain.started:
+            progress(f"--keep-up: services and stack stay up (stop with `whaleid stack down` and the PIDs in {run_dir})")
+        else:
+            chain.stop()
+    chain.print_report(summary, rows)
+    return 0 if summary["identified"] and not summary["pending"] else 1
+
+
+class DemoChain:
+    """The stack and the four services of one demo run (logs under `run_dir`)."""
+
+    def __init__(self, options: DemoOptions, model, run_dir: Path, progress):
+        self.options, self.model, self.run_dir, self.progress = options, model, run_dir, progress
+        self.stack = None
+        self.services: list[ServiceProcess] = []
+        self.started = False
+        self.settings = None
+
+    def start(self) -> None:
+        from services.operations.model_store import GalleryStore
+        from services.settings import load_settings
+        from services.stack import Stack
+        from services.stack.ports import free_port
+        from services.triton_client import EmbeddingClient
+
+        stack_dir = self.run_dir / "stack"
+        overrides = {"run_dir": stack_dir, "model_repository": self.model.repository, "gateway_port": free_port(),
+                     "metrics_port_base": free_port_block()}
+        base = load_settings(config_file=self.options.config, **overrides)
+        self.progress(f"bringing the embedded stack up in {stack_dir}")
+        self.stack = Stack(base)
+        self.stack.up(timeout=180)
+        self.started = True
+        self.settings = load_settings(config_file=self.options.config, **overrides)  # now with the addresses
+        with EmbeddingClient.from_settings(self.settings) as client:
+            client.wait_ready(120)
+            self.progress(f"Triton serves {client.model_version()}")
+
+        store = GalleryStore.from_settings(self.settings)
+        gallery_dir = self.model.gallery_dir
+        from services.identification import Gallery
+
+        gallery = Gallery.load(gallery_dir)
+        version = store.publish(gallery_dir, parent=None, added_sightings=[], individuals=gallery.individual_ids,
+                                size=len(gallery))
+        store.set_current(version, "whaleid demo")
+        self.progress(f"gallery {version} published ({len(gallery)} embeddings of "
+                      f"{len(set(gallery.individual_ids))} individuals)")
+
+        env = service_env(stack_dir, **{k: str(v) for k, v in overrides.items()}, **self.options.extra_env)
+        logs = self.run_dir / "logs"
+        for name in SERVICES:  # worker/matcher/bridge metrics on their default ports above the free base
+            self.services.append(ServiceProcess(name, env, logs, metrics_port=None).start())
+            port = overrides["gateway_port"] if name == "gateway" else default_port(overrides["metrics_port_base"], name, 0)
+            self.stack.add_scrape_target(f"whaleid-{name}", f"127.0.0.1:{port}")
+        self.progress(f"started {', '.join(SERVICES)} (logs in {logs}); waiting until they are ready")
+        for service in self.services:
+            service.wait_ready(180)
+        self.client = AppClient(f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
+                                self.settings.gateway_token)
+        self.client.wait_healthy(60)
+        self.progress("all services ready")
+
+    def upload_and_collect(self) -> tuple[dict, list[dict]]:
+        from services.demo.report import summarise
+        from training.data import load_dataset
+
+        data = load_dataset(self.model.data_dir)
+        box_source = _box_source(self.model)
+        uploads = []
+        for index, image in enumerate(sorted(data.test_images)):
+            path = data.image_path(image)
+            uploads.append(self.client.upload(path.read_bytes(), image, CONTENT_TYPES[path.suffix.lower()],
+                                              app_metadata(data, image, box_source, index)))
+            if (index + 1) % 20 == 0:
+                self.progress(f"uploaded {index + 1}/{len(data.test_images)} photos")
+        hostile = []
+        if self.options.hostile:
+            for label, payload, content_type in hostile_uploads(self.model.data_dir):
+                hostile.append(self.client.upload(payload, label, content_type, app_metadata(data, "", None, 0)))
+        self.progress(f"uploaded {len(uploads)} test photos and {len(hostile)} hostile files; waiting for results")
+        answers = wait_for_results(self.client, uploads + hostile, self.options.result_timeout_s, self.progress)
+        rows = [result_row(u, answers.get(u.sighting_id)) for u in uploads]
+        hostile_rows = [{"name": u.name, **result_row(u, answers.get(u.sighting_id))} for u in hostile]
+        truth = read_truth(self.model.data_dir)
+        summary = summarise(rows, truth, self.model.offline["predictions"], hostile_rows)
+        summary["offline_map5_all_test_photos"] = self.model.offline.get("map5")
+        summary["model_version"] = next((r["model_version"] for r in rows if "model_version" in r), None)
+        summary["run_dir"] = str(self.run_dir)
+        (self.run_dir / "results.json").write_text(json.dumps({"summary": summary, "rows": rows,
+                                                               "hostile": hostile_rows}, indent=1))
+        self.truth = truth
+        return summary, rows
+
+    def print_report(self, summary: dict, rows: list[dict]) -> None:
+        from services.demo.report import plot_latency, table
+
+        plot = plot_latency(rows, self.run_dir / "latency.png")
+        if plot:
+            summary["latency_plot"] = str(plot)
+        if self.options.as_json:
+            print(json.dumps(summary, indent=2))
+            return
+        print()
+        print(table(rows, self.truth))
+        print()
+        for key, value in summary.items():
+            print(f"{key:>30}: {value}")
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        if self.stack is not None:
+            self.stack.down()
+            self.progress("stack and services stopped")
+
+
+def _box_source(model) -> str | None:
+    manifest = next(iter(sorted(Path(model.exports_dir).glob("*/manifest.json"))), None)
+    if manifest is None:
+        return None
+    return json.loads(manifest.read_text()).get("preprocessing", {}).get("eval_box_source") or None

@@ -1,0 +1,26 @@
+"""A small synthetic data set shared by the data tests (generated once per session and parameter set)."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.synth import generate
+
+_CACHE: dict[tuple, tuple] = {}
+
+SMALL = {"individuals": 80, "seed": 5, "misspelt_share": 0.25}
+
+
+def synth_dataset(tmp_path_factory, **options):
+    """(data_dir, summary) of `training.synth.generate(**SMALL, **options)`, cached for the session."""
+    arguments = {**SMALL, **options}
+    key = tuple(sorted(arguments.items()))
+    if key not in _CACHE:
+        out = tmp_path_factory.mktemp("synth")
+        _CACHE[key] = (out, generate(out, preview=False, **arguments))
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory):
+    return synth_dataset(tmp_path_factory)

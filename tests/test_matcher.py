@@ -1,0 +1,188 @@
+"""The matcher on real servers (session stack: Kafka, S3, Redis): `whaleid serve matcher` ranks
+sightings.embedded events against the gallery in the model store; no Triton needed (embeddings are given)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import boto3
+import numpy as np
+import pytest
+import redis
+from fixtures_chain import (
+    ServiceProcess,
+    chain_env,
+    failure,
+    identification,
+    read_topic,
+    stream_counts,
+    wait_until,
+)
+from kafka import KafkaProducer
+
+from services import topics
+from services.stack.ports import free_port
+
+DIM = 512
+KNOWN = 8
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+CENTRES = unit(np.random.default_rng(3).normal(size=(KNOWN + 4, DIM)))
+
+
+def publish(store, root, labels: list[str], threshold: float = 0.6) -> str:
+    from services.identification import Tuning, build_gallery
+
+    gallery = build_gallery(CENTRES[:KNOWN], labels, ["beluga"] * KNOWN, [f"g{i}.jpg" for i in range(KNOWN)])
+    folder = root / f"gallery-{uuid.uuid4().hex[:6]}"
+    gallery.save(folder)
+    Tuning(threshold=threshold).save(folder / "tuning.json")
+    version = store.publish(folder, parent=store.current_version(), added_sightings=[], individuals=labels,
+                            size=KNOWN)
+    store.set_current(version, "test_matcher")
+    return version
+
+
+@pytest.fixture(scope="module")
+def matcher(stack, tmp_path_factory):
+    from services.operations.model_store import GalleryStore
+
+    root = tmp_path_factory.mktemp("chain-matcher")
+    settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3.create_bucket(Bucket=settings.models_bucket)
+    store = GalleryStore.from_settings(settings)
+    first = publish(store, root, [f"beluga-{i}" for i in range(KNOWN)])
+    env = chain_env(stack.state, root / "run", "127.0.0.1:1", models_bucket=settings.models_bucket,
+                    matcher_reload_interval_s=3600)
+    metrics_port = free_port()
+    service = ServiceProcess("matcher", env, root / "logs", metrics_port=metrics_port).start()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        service.wait_ready()
+        yield Matcher(settings, store, service, producer, redis.Redis.from_url(settings.redis_url), root, first,
+                      metrics_port, env)
+    finally:
+        producer.close()
+        service.stop()
+
+
+class Matcher:
+    def __init__(self, settings, store, service, producer, redis_client, root, first_version, metrics_port, env):
+        self.settings, self.store, self.service, self.producer = settings, store, service, producer
+        self.redis, self.root, self.first_version, self.metrics_port, self.env = (
+            redis_client, root, first_version, metrics_port, env)
+
+    def send(self, embedding, metadata=None, sighting_id=None) -> str:
+        sighting_id = sighting_id or uuid.uuid4().hex
+        record = topics.SightingEmbedded(sighting_id=sighting_id, embedding=[float(v) for v in embedding],
+                                         model_version="test-model", metadata=metadata, uploaded_at=time.time(),
+                                         embedded_at=time.time())
+        self.send_raw(record.to_json(), sighting_id)
+        return sighting_id
+
+    def send_raw(self, value: bytes, key: str) -> None:
+        self.producer.send(topics.SIGHTINGS_EMBEDDED, key=key.encode(), value=value)
+        self.producer.flush()
+
+    def web(self, method: str) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.service.web_port}/gallery/reload/", method=method,
+                                         data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+
+def near(index: int, seed: int) -> np.ndarray:
+    noise = np.random.default_rng(seed).normal(size=DIM) * 0.02
+    return unit(CENTRES[index] + noise)
+
+
+def test_results_in_redis_stream_and_topics(matcher):
+    known = [matcher.send(near(i, 100 + i)) for i in range(3)]
+    unseen = matcher.send(CENTRES[KNOWN + 1])
+    wait_until(lambda: all(identification(matcher.redis, s) for s in known + [unseen]), 30, "identifications")
+    for i, sighting_id in enumerate(known):
+        result = identification(matcher.redis, sighting_id)
+        assert [c["individual_id"] for c in result["candidates"]][0] == f"beluga-{i}"
+        assert result["candidates"][0]["score"] > 0.9 and len(result["candidates"]) == 5
+        assert result["new_individual"] is False
+        assert result["model_version"] == "test-model"
+        assert result["gallery_version"] == matcher.first_version
+        assert result["uploaded_at"] <= result["identified_at"]
+        stored = topics.SightingEmbedded.from_json(matcher.redis.get(f"embedding:{sighting_id}"))
+        assert np.allclose(stored.embedding, near(i, 100 + i), atol=1e-6)
+    new = identification(matcher.redis, unseen)
+    assert new["new_individual"] is True and new["candidates"][0]["individual_id"] == "new_individual"
+    assert all(stream_counts(matcher.redis)[s] == 1 for s in known + [unseen])
+    announced = {k: v for k, v in read_topic(matcher.settings.kafka_bootstrap, topics.IDENTIFICATIONS)}
+    assert set(known + [unseen]) <= set(announced)
+    new_individuals = dict(read_topic(matcher.settings.kafka_bootstrap, topics.NEW_INDIVIDUALS))
+    assert unseen in new_individuals and not set(known) & set(new_individuals)
+    assert new_individuals[unseen]["best_known_id"].startswith("beluga-")
+
+
+def test_redelivered_events_keep_the_first_result(matcher):
+    sighting_id = matcher.send(near(4, 7))
+    wait_until(lambda: identification(matcher.redis, sighting_id), 30, "the first result")
+    first = identification(matcher.redis, sighting_id)
+    for _ in range(3):
+        matcher.send(near(4, 8), sighting_id=sighting_id)
+    later = matcher.send(near(5, 9))
+    wait_until(lambda: identification(matcher.redis, later), 30, "a later result")
+    assert identification(matcher.redis, sighting_id) == first
+    assert stream_counts(matcher.redis)[sighting_id] == 1
+
+
+def test_bad_events_are_dead_lettered_and_good_ones_still_identified(matcher):
+    good = matcher.send(near(6, 1))
+    short = matcher.send(np.ones(16) / 4.0)
+    matcher.send_raw(b"\x00\x01 not json", "garbage")
+    wait_until(lambda: identification(matcher.redis, good) and failure(matcher.redis, short), 30, "results")
+    assert failure(matcher.redis, short)["reason"] == "embedding_mismatch"
+    assert failure(matcher.redis, short)["stage"] == "matcher"
+    assert identification(matcher.redis, short) is None
+    letters = [v for _, v in read_topic(matcher.settings.kafka_bootstrap, topics.DEAD_LETTER)]
+    assert any(v["stage"] == "matcher" and v["reason"] == "malformed_event" for v in letters)
+    assert any(v["sighting_id"] == short and v["reason"] == "embedding_mismatch" for v in letters)
+
+
+def test_reload_page_hot_swaps_the_gallery(matcher):
+    assert matcher.web("GET") == {"version": matcher.first_version}
+    assert matcher.web("POST") == {"swapped": False, "version": matcher.first_version}
+    second = publish(matcher.store, matcher.root, [f"renamed-{i}" for i in range(KNOWN)])
+    assert matcher.web("POST") == {"swapped": True, "version": second}
+    sighting_id = matcher.send(near(2, 42))
+    wait_until(lambda: identification(matcher.redis, sighting_id), 30, "a result from the new gallery")
+    result = identification(matcher.redis, sighting_id)
+    assert result["gallery_version"] == second
+    assert result["candidates"][0]["individual_id"] == "renamed-2"
+
+
+def test_metrics_are_exposed(matcher):
+    with urllib.request.urlopen(f"http://127.0.0.1:{matcher.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert f"whaleid_gallery_size {float(KNOWN)}" in text
+    assert 'whaleid_identifications_total{result="known"}' in text
+    assert "whaleid_search_latency_seconds_count" in text
+    assert 'whaleid_dead_letters_total{reason="embedding_mismatch",stage="matcher"}' in text
+
+
+def test_serve_matcher_without_a_gallery_says_so(matcher):
+    bucket = f"empty-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=matcher.settings.s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    env = {**matcher.env, "WHALEID_MODELS_BUCKET": bucket}
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "matcher", "--metrics-port", "0",
+                           "--web-port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no gallery in the model store" in done.stderr
