@@ -8,7 +8,7 @@ from training.synth import generate
 
 _CACHE: dict[tuple, tuple] = {}
 
-SMALL = {"individuals": 80, "seed": 5, "misspelt_share": 0.25}
+SMALL = {"individuals": 50, "seed": 5, "misspelt_share": 0.25}
 
 
 def synth_dataset(tmp_path_factory, **options):

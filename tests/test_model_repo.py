@@ -16,7 +16,9 @@ from fixtures_model_repo import EPOCHS, crops, exported, fake_export, snapshot_r
 from services.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
 from services.triton_client import EmbeddingClient, InvalidEmbeddingInput, TritonRequestError, TritonUnavailable
 
-WEIGHTS = {f"b0-tiny-f0-e{EPOCHS[0]:03d}": 0.7, f"b0-tiny-f0-e{EPOCHS[1]:03d}": 0.3}
+REAL = f"b0-tiny-f0-e{EPOCHS[-1]:03d}"  # the exported EfficientNet snapshot
+PROBE = "probe"  # a small second embedder (fixtures_model_repo.tiny_onnx), so the ensemble blends two models
+WEIGHTS = {REAL: 0.7, PROBE: 0.3}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +30,11 @@ def run_dir(tmp_path_factory):
 def repository(tmp_path_factory):
     from services.identification.tuning import Tuning
 
-    exports = exported(tmp_path_factory)
     root = tmp_path_factory.mktemp("model_repo")
+    exports = root / "exports"
+    exports.mkdir()
+    (exports / REAL).symlink_to(exported(tmp_path_factory) / REAL)
+    fake_export(exports, PROBE, seed=5)
     tuning = Tuning(weights=WEIGHTS).save(root / "tuning.json")
     build_repository(exports, root / "repository", tuning)
     return root / "repository"
@@ -53,17 +58,22 @@ def client(triton):
 
 # ----------------------------------------------------------------------------- served == offline
 def test_served_embeddings_equal_the_offline_blend(client, run_dir, repository):
+    """Offline: training.embed for the snapshot, onnxruntime on services.imaging.preprocess pixels for the
+    probe, the identification core's blend with the tuning weights."""
+    import onnxruntime as ort
+
     from services.identification.vectors import blend
-    from services.imaging import decode_image
+    from services.imaging import decode_image, preprocess
     from training.embed import Embedder
 
     images = crops()
     served = client.embed(images)
     decoded = [decode_image(b) for b in images]
-    per_model = {}
-    for epoch in EPOCHS:
-        embedder = Embedder.from_run(run_dir, epoch)
-        per_model[embedder.model_id] = embedder.embed_images(decoded)
+    probe = ort.InferenceSession(str(repository / f"embedder_{PROBE}" / "1" / "model.onnx"))
+    per_model = {
+        REAL: Embedder.from_run(run_dir, EPOCHS[-1]).embed_images(decoded),
+        PROBE: probe.run(["embedding"], {"image": np.stack([preprocess(image, 64) for image in decoded])})[0],
+    }
     offline = blend(per_model, WEIGHTS)
     assert served.shape == (len(images), 512) and served.dtype == np.float32
     assert np.max(np.abs(served - offline)) <= 1e-4
@@ -89,7 +99,7 @@ def test_ready_and_served_versions(client, repository):
     assert client.ready()
     versions = client.model_versions()
     assert set(versions) == set(record["models"]) == {
-        "preprocess", "blend", "ensemble", *(f"embedder_b0-tiny-f0-e{e:03d}" for e in EPOCHS)}
+        "preprocess", "blend", "ensemble", f"embedder_{REAL}", f"embedder_{PROBE}"}
     assert all(v == ["1"] for v in versions.values())
     assert client.model_version() == f"ensemble:1:{record['build_id']}"
     assert EmbeddingClient(client.url, model="no_such_model").ready() is False
@@ -145,7 +155,7 @@ def test_repository_with_a_missing_or_changed_model_file_is_refused(repository, 
 
     broken = tmp_path / "repository"
     shutil.copytree(repository, broken)
-    name = f"embedder_b0-tiny-f0-e{EPOCHS[1]:03d}"
+    name = f"embedder_{REAL}"
     with open(broken / name / "1" / "model.onnx", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(RepositoryError, match=f"model {name}: checksum mismatch"):

@@ -5,6 +5,7 @@ during a running stream (`whaleid serve matcher` subprocess), and a real Prometh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -35,7 +36,7 @@ from services.stack.ports import free_port
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 INDIVIDUALS = [f"ind-{i}" for i in range(6)]
-_db_numbers = iter(range(11, 16))  # a Redis database of its own per test (flushed first)
+_db_numbers = itertools.cycle(range(11, 16))  # a Redis database of its own per test (flushed first)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from services.errors import DataError
 from fixtures_synth import small_synth  # noqa: F401 - session fixture
 from training.synth import NEW_INDIVIDUAL, generate
 from training.synth.individuals import make_individual
+from training.synth.plan import plan
 from training.synth.render import canonical_rgba
 from training.synth.species import SPECIES, species_by_name
 
@@ -31,9 +32,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
-    first = generate(tmp_path / "a", individuals=12, seed=42)
-    generate(tmp_path / "b", individuals=12, seed=42)
-    generate(tmp_path / "c", individuals=12, seed=43)
+    first = generate(tmp_path / "a", individuals=8, seed=42, max_photos=3)
+    generate(tmp_path / "b", individuals=8, seed=42, max_photos=3)
+    generate(tmp_path / "c", individuals=8, seed=43, max_photos=3)
     a, b, c = (_files(tmp_path / name) for name in "abc")
     assert first["train_images"] + first["test_images"] == len([n for n in a if n.endswith(".jpg")])
     assert a == b
@@ -64,18 +65,15 @@ def test_layout_and_columns_follow_the_interfaces(small_synth):
         assert image.format == "JPEG" and image.size == (192, 128)
 
 
-def test_photos_per_individual_are_long_tailed(tmp_path_factory):
-    from fixtures_synth import synth_dataset
-
-    root, _ = synth_dataset(tmp_path_factory, individuals=150, seed=9)
-    _, train = _rows(root / "train.csv")
-    _, truth = _rows(root / "test_truth.csv")
-    per_individual = Counter(r["individual_id"] for r in train)
-    per_individual.update(r["individual_id"] for r in truth if r["individual_id"] != NEW_INDIVIDUAL)
-    counts = np.array(list(per_individual.values()))
+def test_photos_per_individual_are_long_tailed():
+    planned = plan(np.random.default_rng(9), 400, SPECIES, max_photos=12, test_new_share=0.3, zipf_a=1.8)
+    counts = np.array([p.train_photos + p.test_photos for p in planned])
     assert np.mean(counts <= 2) >= 0.5  # many with one or two photos
-    assert counts.max() >= 6  # a few with many
-    assert len({r["species"] for r in truth}) >= 4
+    assert counts.max() >= 10 and np.sum(counts >= 6) >= 10  # a few with many
+    assert len({p.species.name for p in planned}) == len(SPECIES)
+    seen = [p for p in planned if not p.is_new]
+    assert all(p.train_photos >= 1 for p in seen)
+    assert all(p.test_photos <= 2 for p in planned if p.is_new)
 
 
 def test_both_detectors_give_valid_boxes_of_different_tightness(small_synth):

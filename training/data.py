@@ -141,15 +141,17 @@ def fix_species(species: str, counts: Counter) -> str:
     return fixed
 
 
-def _load_train(root: Path, problems: _Problems, fixes: Counter) -> list[TrainRow]:
+def _load_train(root: Path, problems: _Problems, fixes: Counter) -> tuple[list[TrainRow], set[str]]:
+    """The valid rows, and every image named in train.csv (so that a bad row does not also fail its boxes)."""
     path = root / "train.csv"
     if not path.exists():
         problems.add("train.csv", "file not found")
-        return []
+        return [], set()
     files = _list_dir(root / "train_images")
-    rows, seen = [], {}
+    rows, seen, named = [], {}, set()
     for line, row in _read_csv(path, TRAIN_COLUMNS, problems):
         where = f"train.csv line {line}"
+        named.add(row.get("image", ""))
         empty = [c for c in TRAIN_COLUMNS if not row.get(c)]
         if empty:
             problems.add(where, f"empty {', '.join(empty)}")
@@ -161,7 +163,7 @@ def _load_train(root: Path, problems: _Problems, fixes: Counter) -> list[TrainRo
         if row["image"] not in files:
             problems.add(where, f"image file train_images/{row['image']} not found")
         rows.append(TrainRow(row["image"], fix_species(row["species"], fixes), row["individual_id"]))
-    return rows
+    return rows, named
 
 
 def _load_test_images(root: Path, problems: _Problems) -> list[str]:
@@ -224,9 +226,9 @@ def _parse_box(row: dict[str, str]) -> tuple[Box | None, str]:
     return values, ""
 
 
-def _load_boxes(root: Path, train: list[TrainRow], test_images: list[str], problems: _Problems,
+def _load_boxes(root: Path, train_images: set[str], test_images: list[str], problems: _Problems,
                 check_bounds: bool) -> dict[str, dict[str, Box]]:
-    splits = {row.image: "train_images" for row in train}
+    splits = {image: "train_images" for image in train_images}
     splits.update({image: "test_images" for image in test_images})
     sizes: dict[str, tuple[int, int] | None] = {}
     boxes: dict[str, dict[str, Box]] = {}
@@ -268,13 +270,13 @@ def load_dataset(data_dir, check_box_bounds: bool = True) -> HappywhaleData:
     if not root.is_dir():
         raise DataError(f"data set directory {root} not found")
     problems, fixes = _Problems(), Counter()
-    train = _load_train(root, problems, fixes)
+    train, named_train = _load_train(root, problems, fixes)
     test_images = _load_test_images(root, problems)
     overlap = sorted({row.image for row in train} & set(test_images))
     for image in overlap[:MAX_REPORTED]:
         problems.add("sample_submission.csv", f"image {image} is also a train image")
     truth = _load_truth(root, test_images, problems, fixes)
-    boxes = _load_boxes(root, train, test_images, problems, check_box_bounds)
+    boxes = _load_boxes(root, named_train, test_images, problems, check_box_bounds)
     problems.raise_if_any(root)
     if fixes:
         log.info("species label fixes: %s", ", ".join(f"{k}: {v} row(s)" for k, v in sorted(fixes.items())))

@@ -71,7 +71,33 @@ def write_saved_model(model, path: Path) -> None:
 
 
 def convert_to_onnx(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """tf2onnx's command line on the SavedModel (the route measured to work, max diff ~1e-7)."""
+    """tf2onnx on the SavedModel (the route measured to work, max diff ~1e-7): what
+    `python -m tf2onnx.convert --saved-model DIR --opset 17 --rename-inputs image --rename-outputs embedding`
+    does, run in this process (TensorFlow is already loaded); the command line is the fallback."""
+    try:
+        import tensorflow as tf
+        from tf2onnx import tf_loader
+        from tf2onnx.convert import _convert_common
+    except ImportError:
+        return convert_to_onnx_cli(saved_model, onnx_path, opset)
+    try:
+        graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
+            str(saved_model), None, None, None, None, None, False,
+            return_initialized_tables=True, return_tensors_to_rename=True)
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ExportError(f"{saved_model}: expected one input and one output, got {inputs} -> {outputs}")
+        renames.update({inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME})
+        with tf.device("/cpu:0"):
+            _convert_common(graph_def, name=str(saved_model), opset=opset, input_names=inputs, output_names=outputs,
+                            tensors_to_rename=renames, initialized_tables=tables, output_path=str(onnx_path))
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises many kinds on unsupported graphs
+        raise ExportError(f"tf2onnx failed on {saved_model}: {type(exc).__name__}: {exc}") from None
+
+
+def convert_to_onnx_cli(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """The same conversion through tf2onnx's command line (a separate process)."""
     argv = [
         sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--opset", str(opset),
         "--output", str(onnx_path), "--rename-inputs", INPUT_NAME, "--rename-outputs", OUTPUT_NAME,

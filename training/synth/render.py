@@ -63,8 +63,8 @@ def canonical_rgba(individual: Individual) -> Image.Image:
     for polygon in shapes.polygons(individual.outline(), individual.notches):
         _polygon(draw_mask, polygon, 255)
     shade = np.linspace(1.15, 0.8, size[1])[:, None, None]  # lit from above
-    body = np.clip(np.asarray(individual.species.body, dtype=np.float64) * shade * np.ones((1, size[0], 1)), 0, 255)
-    colour = Image.fromarray(body.astype(np.uint8), "RGB")
+    column = np.clip(np.asarray(individual.species.body, dtype=np.float64) * shade, 0, 255).astype(np.uint8)
+    colour = Image.fromarray(column, "RGB").resize(size, Image.NEAREST)
     draw = ImageDraw.Draw(colour)
     for patch in individual.patches:
         _polygon(draw, _ellipse_points(patch.centre, patch.radii, patch.angle), patch.colour)

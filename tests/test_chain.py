@@ -1,0 +1,122 @@
+"""End to end on real servers: app -> gateway -> presigned PUT to S3 -> SQS event -> bridge -> Kafka -> worker
+(S3, validate, crop, Triton ensemble built from an exported b0-tiny snapshot) -> matcher (gallery from the model
+store) -> Redis -> gateway GET. The live predictions must equal the offline ones of the same model
+(training.embed.Embedder + services.identification.Identifier) on the same photos."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+import redis
+from fixtures_chain import ServiceProcess, chain_env, stream_counts
+from fixtures_model_repo import exported, snapshot_run
+from fixtures_synth import synth_dataset
+
+from services.demo.app_client import AppClient
+from services.demo.run import app_metadata, hostile_uploads, read_truth, result_row, wait_for_results
+from services.stack.ports import free_port
+
+TOKEN = "chain-test-token"
+SNAPSHOT = 1  # epoch of the snapshot served and evaluated
+
+
+@pytest.fixture(scope="module")
+def e2e(stack, tmp_path_factory):
+    from services.demo.model import offline_predictions
+    from services.identification import Gallery, Tuning, build_gallery
+    from services.model_repo.builder import build_repository
+    from services.operations.model_store import GalleryStore
+    from services.stack.triton import launch_triton
+    from training.data import load_dataset
+    from training.embed import Embedder
+
+    root = tmp_path_factory.mktemp("chain-e2e")
+    data_dir, _ = synth_dataset(tmp_path_factory, individuals=10, seed=21, misspelt_share=0.0)
+    data = load_dataset(data_dir)
+    run = snapshot_run(tmp_path_factory)
+    embedder = Embedder.from_run(run, snapshot=SNAPSHOT)
+    one_export = root / "exports"
+    shutil.copytree(exported(tmp_path_factory) / embedder.model_id, one_export / embedder.model_id)
+    repository = root / "model_repository"
+    build_repository(one_export, repository)
+
+    # the gallery: every train image, embedded offline by the same snapshot; a threshold inside the score range
+    images = [row.image for row in data.train]
+    embeddings = embedder.embed_files([data.image_path(i) for i in images],
+                                      [data.eval_box(i, embedder.eval_box_source) for i in images])
+    gallery = build_gallery(embeddings, [r.individual_id for r in data.train], [r.species for r in data.train],
+                            images, model_ids=[embedder.model_id])
+    gallery_dir = root / "gallery"
+    gallery.save(gallery_dir)
+    top = gallery.search(embeddings[:10], 2)[0][:, 1]  # nearest other image: a realistic score level
+    Tuning(threshold=float(sorted(top)[len(top) // 2])).save(gallery_dir / "tuning.json")
+    offline = offline_predictions(embedder, data, gallery_dir, embedder.eval_box_source)
+
+    settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")
+    import boto3
+
+    boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=settings.models_bucket)
+    store = GalleryStore.from_settings(settings)
+    store.set_current(store.publish(gallery_dir, parent=None, added_sightings=[], individuals=gallery.individual_ids,
+                                    size=len(Gallery.load(gallery_dir))), "test_chain")
+
+    triton = launch_triton(repository, root / "triton")
+    services: list[ServiceProcess] = []
+    try:
+        triton.wait_healthy(120)
+        port = free_port()
+        env = chain_env(stack.state, root / "run", triton.grpc, models_bucket=settings.models_bucket,
+                        gateway_port=port, gateway_token=TOKEN)
+        for name in ("worker", "matcher", "bridge", "gateway"):
+            services.append(ServiceProcess(name, env, root / "logs").start())
+        for service in services:
+            service.wait_ready()
+        client = AppClient(f"http://127.0.0.1:{port}", TOKEN)
+        client.wait_healthy(60)
+        yield {"client": client, "data": data, "data_dir": data_dir, "offline": offline, "embedder": embedder,
+               "redis": redis.Redis.from_url(settings.redis_url), "services": services}
+    finally:
+        for service in reversed(services):
+            service.stop()
+        triton.stop()
+
+
+def upload_test_photos(e2e):
+    data, client = e2e["data"], e2e["client"]
+    uploads = []
+    for index, image in enumerate(sorted(data.test_images)):
+        metadata = app_metadata(data, image, e2e["embedder"].eval_box_source, index)
+        uploads.append(client.upload(data.image_path(image).read_bytes(), image, "image/jpeg", metadata))
+    return uploads
+
+
+def test_uploads_through_the_gateway_are_identified_as_offline(e2e):
+    uploads = upload_test_photos(e2e)
+    answers = wait_for_results(e2e["client"], uploads, 180, lambda message: None)
+    rows = [result_row(u, answers.get(u.sighting_id)) for u in uploads]
+    assert [r["status"] for r in rows] == ["identified"] * len(uploads)
+    live = {r["image"]: r["predictions"] for r in rows}
+    assert live == {image: e2e["offline"]["predictions"][image] for image in live}
+
+    from services.demo.report import summarise
+
+    summary = summarise(rows, read_truth(e2e["data_dir"]), e2e["offline"]["predictions"], [])
+    assert summary["identified"] == len(uploads)
+    assert summary["live_map5"] == pytest.approx(summary["offline_map5"], abs=1e-9)
+    assert summary["live_map5"] == pytest.approx(e2e["offline"]["map5"], abs=1e-9)
+    assert all(stream_counts(e2e["redis"])[u.sighting_id] == 1 for u in uploads)
+    assert summary["p50_ms"] is not None and summary["p50_ms"] > 0
+
+
+def test_hostile_uploads_through_the_gateway_fail_with_reasons(e2e):
+    client = e2e["client"]
+    hostile = [client.upload(payload, label, content_type, app_metadata(e2e["data"], "", None, 0))
+               for label, payload, content_type in hostile_uploads(e2e["data_dir"])]
+    good = upload_test_photos(e2e)[:2]
+    answers = wait_for_results(client, hostile + good, 120, lambda message: None)
+    reasons = {u.name: answers[u.sighting_id].get("failure", {}).get("reason") for u in hostile}
+    assert reasons == {"hostile:text-file": "not_an_image", "hostile:truncated-jpeg": "truncated"}
+    assert all(answers[u.sighting_id]["status"] == "identified" for u in good)
