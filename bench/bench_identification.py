@@ -25,33 +25,40 @@ DIM = 512
 K = 5
 
 
-def clustered(size: int, queries: int, seed: int, structure: str = "species", photos_per_individual: int = 5,
-              species: int = 30, individual_spread: float = 1.2, photo_noise: float = 1.0):
+def clustered(size: int, queries: int, seed: int, structure: str = "species", latent: int = DIM,
+              photos_per_individual: int = 5, species: int = 30, individual_spread: float = 1.2,
+              photo_noise: float = 1.0):
     """(gallery (size, DIM), queries (queries, DIM)) unit vectors; queries are new photos of gallery animals.
 
     structure "species": individuals scattered around `species` centres (cosine ~0.64 to their species centre,
     ~0.4 between animals of a species), as embeddings of a species-aware model; "uniform": individuals uniformly
-    random on the sphere (no structure above the individual: the worst case for graph and IVF indexes).
-    Photos have cosine ~0.7 to their individual (~0.5 between two photos of one animal).
+    random on the sphere (no structure above the individual). Photos have cosine ~0.7 to their individual (~0.5
+    between two photos of one animal). `latent` < DIM: all of it happens in a random `latent`-dimensional subspace
+    (trained embeddings have a low effective rank); `latent` = DIM: isotropic 512-d noise, the hardest case.
     """
     rng = np.random.default_rng(seed)
+    dim = latent
     individuals = max(1, size // photos_per_individual)
-    centres = rng.standard_normal((individuals, DIM), dtype=np.float32)
+    centres = rng.standard_normal((individuals, dim), dtype=np.float32)
     if structure == "species":
-        tops = _unit(rng.standard_normal((species, DIM), dtype=np.float32))
-        centres = tops[rng.integers(0, species, size=individuals)] + individual_spread / np.sqrt(DIM) * centres
+        tops = _unit(rng.standard_normal((species, dim), dtype=np.float32))
+        centres = tops[rng.integers(0, species, size=individuals)] + individual_spread / np.sqrt(dim) * centres
     elif structure != "uniform":
         raise ValueError(f"unknown structure {structure!r}")
     centres = _unit(centres)
+    basis = None
+    if dim < DIM:  # orthonormal columns: inner products are those of the latent space
+        basis = np.linalg.qr(rng.standard_normal((DIM, dim)))[0].astype(np.float32).T
     gallery = np.empty((size, DIM), dtype=np.float32)
     chunk = 100_000
     for start in range(0, size, chunk):
         rows = np.arange(start, min(start + chunk, size)) % individuals
-        gallery[start:start + len(rows)] = _unit(
-            centres[rows] + photo_noise / np.sqrt(DIM) * rng.standard_normal((len(rows), DIM), dtype=np.float32))
+        part = _unit(centres[rows] + photo_noise / np.sqrt(dim) * rng.standard_normal((len(rows), dim),
+                                                                                      dtype=np.float32))
+        gallery[start:start + len(rows)] = part if basis is None else part @ basis
     picked = rng.integers(0, individuals, size=queries)
-    noise = photo_noise / np.sqrt(DIM) * rng.standard_normal((queries, DIM), dtype=np.float32)
-    return gallery, _unit(centres[picked] + noise)
+    query = _unit(centres[picked] + photo_noise / np.sqrt(dim) * rng.standard_normal((queries, dim), dtype=np.float32))
+    return gallery, np.ascontiguousarray(query if basis is None else query @ basis)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -82,9 +89,9 @@ def recall_at_k(exact: np.ndarray, approximate: np.ndarray) -> float:
     return float(np.mean([len(set(e) & set(a)) / len(e) for e, a in zip(exact, approximate, strict=True)]))
 
 
-def bench_exact(size: int, queries: int, seed: int, structure: str) -> dict:
+def bench_exact(size: int, queries: int, seed: int, structure: str, latent: int) -> dict:
     log.info("exact: %d x %d gallery, %d queries", size, DIM, queries)
-    gallery, query = clustered(size, queries, seed, structure)
+    gallery, query = clustered(size, queries, seed, structure, latent)
     index = faiss.IndexFlatIP(DIM)
     index.add(gallery)
     faiss_batched = per_query_ms(lambda q: index.search(q, K), query)
@@ -93,7 +100,7 @@ def bench_exact(size: int, queries: int, seed: int, structure: str) -> dict:
     numpy_batched = per_query_ms(lambda q: numpy_top_k(gallery, q, K), query)
     same = recall_at_k(index.search(query, K)[1], numpy_top_k(gallery, query, K))
     return {
-        "size": size, "data": structure, "queries": queries, "threads": faiss.omp_get_max_threads(),
+        "size": size, "data": structure, "latent_dim": latent, "queries": queries, "threads": faiss.omp_get_max_threads(),
         "faiss_flat_batched_ms_per_query": round(faiss_batched, 4),
         "faiss_flat_single_ms_per_query": round(faiss_single, 4),
         "numpy_batched_ms_per_query": round(numpy_batched, 4),
@@ -105,10 +112,10 @@ def bench_exact(size: int, queries: int, seed: int, structure: str) -> dict:
 
 
 def bench_approximate(size: int, queries: int, recall_queries: int, seed: int, config: IndexConfig,
-                      search_effort: list[int], structure: str) -> dict:
+                      search_effort: list[int], structure: str, latent: int) -> dict:
     """Build once, then per search effort (HNSW efSearch or IVF nprobe): batched latency and recall@5."""
     log.info("approximate (%s): generating %d x %d", config.approximate, size, DIM)
-    gallery, query = clustered(size, queries, seed + 1, structure)
+    gallery, query = clustered(size, queries, seed + 1, structure, latent)
     config = IndexConfig(**{**config.__dict__, "exact_max_size": min(config.exact_max_size, size - 1)})
     start = time.perf_counter()
     index = build_index(gallery, config)
@@ -131,7 +138,7 @@ def bench_approximate(size: int, queries: int, recall_queries: int, seed: int, c
                        "exact_over_approximate": round(exact_ms / ms, 1)})
     default = next(p for p in points if p["effort"] == default_effort)
     return {
-        "size": size, "data": structure, "kind": config.approximate, "config": config.__dict__, "threads": faiss.omp_get_max_threads(),
+        "size": size, "data": structure, "latent_dim": latent, "kind": config.approximate, "config": config.__dict__, "threads": faiss.omp_get_max_threads(),
         "build_s": round(build_s, 1), "exact_batched_ms_per_query": round(exact_ms, 3),
         "effort_name": "efSearch" if config.approximate == "hnsw" else "nprobe", "sweep": points,
         "default_effort": default_effort, "approximate_batched_ms_per_query": default["ms_per_query"],
@@ -165,6 +172,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-exact", action="store_true", help="only the approximate-index part")
     parser.add_argument("--data", choices=("species", "uniform"), default="species",
                         help="synthetic embedding structure (see clustered())")
+    parser.add_argument("--latent", type=int, default=DIM,
+                        help="effective rank of the synthetic embeddings (default 512: isotropic, the hardest case)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -175,9 +184,9 @@ def main(argv: list[str]) -> dict:
     args = parse(argv)
     config = IndexConfig(approximate=args.approximate, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.ef_construction,
                          hnsw_ef_search=args.ef_search, ivf_nlist=args.nlist, ivf_nprobe=args.nprobe)
-    result = {} if args.skip_exact else {"exact": bench_exact(args.exact_size, args.queries, args.seed, args.data)}
+    result = {} if args.skip_exact else {"exact": bench_exact(args.exact_size, args.queries, args.seed, args.data, args.latent)}
     result["approximate"] = bench_approximate(args.size, args.queries, args.recall_queries, args.seed, config,
-                                              args.effort, args.data)
+                                              args.effort, args.data, args.latent)
     return result
 
 

@@ -8,6 +8,7 @@ points at real ones (`whaleid export --out DIR`). Options as for `whaleid bench 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -24,5 +25,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:  # progress lines when run by `python -m bench`
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return benchmark(args.repository, args.exports and Path(args.exports), plot_path=RESULTS / "triton.png",
                      requests=args.requests, concurrency=args.concurrency, rounds=args.rounds)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from training.synth import generate
 
 _CACHE: dict[tuple, tuple] = {}
@@ -20,7 +18,3 @@ def synth_dataset(tmp_path_factory, **options):
         _CACHE[key] = (out, generate(out, preview=False, **arguments))
     return _CACHE[key]
 
-
-@pytest.fixture(scope="session")
-def small_synth(tmp_path_factory):
-    return synth_dataset(tmp_path_factory)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from fixtures_model_repo import EPOCHS, crops, exported, snapshot_run
 
 

@@ -14,7 +14,12 @@ import pytest
 from fixtures_model_repo import EPOCHS, crops, exported, fake_export, snapshot_run
 
 from services.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
-from services.triton_client import EmbeddingClient, InvalidEmbeddingInput, TritonRequestError, TritonUnavailable
+from services.triton_client import (
+    EmbeddingClient,
+    InvalidEmbeddingInput,
+    TritonRequestError,
+    TritonUnavailable,
+)
 
 REAL = f"b0-tiny-f0-e{EPOCHS[-1]:03d}"  # the exported EfficientNet snapshot
 PROBE = "probe"  # a small second embedder (fixtures_model_repo.tiny_onnx), so the ensemble blends two models
@@ -122,7 +127,7 @@ def test_wrong_dtype_and_shape_are_refused_by_the_server_with_the_reason(client)
     with pytest.raises(TritonRequestError, match="data-type is 'FP32', but model 'ensemble' expects 'BYTES'") as info:
         client.infer({"IMAGE": np.zeros((2, 1), np.float32)})
     assert info.value.status == "StatusCode.INVALID_ARGUMENT"
-    with pytest.raises(TritonRequestError, match=r"unexpected shape for input 'IMAGE'.*expected \[-1,1\]"):
+    with pytest.raises(TritonRequestError, match=r"unexpected shape for input 'IMAGE'.*Expected \[-1,1\], got \[1,2\]"):
         client.infer({"IMAGE": np.array([[b"a", b"b"]], dtype=np.object_)})
 
 
@@ -181,7 +186,7 @@ def test_exports_with_wrong_shapes_or_files_are_refused_naming_the_model(tmp_pat
     mismatch = tmp_path / "mismatch"
     fake_export(mismatch, "m512")
     fake_export(mismatch, "m256", dim=256)
-    refused(mismatch, "embedding size mismatch: model.s. m256 give 256-d embeddings but m512 gives 512-d")
+    refused(mismatch, r"embedding size mismatch between the exports \(model m256 gives 256-d, model m512 gives 512-d\)")
 
     nchw = tmp_path / "nchw"
     fake_export(nchw, "nchw", layout="NCHW")  # the manifest claims NHWC, the file is NCHW

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_synth import synth_dataset
 from PIL import Image
 
 from services.cli.main import main as whaleid
 from services.errors import DataError
-from fixtures_synth import small_synth  # noqa: F401 - session fixture
 from training.synth import NEW_INDIVIDUAL, generate
 from training.synth.individuals import make_individual
 from training.synth.plan import plan
 from training.synth.render import canonical_rgba
 from training.synth.species import SPECIES, species_by_name
+
+
+@pytest.fixture(scope="module")
+def small_synth(tmp_path_factory):
+    """The SMALL synthetic set (generated once per session, see fixtures_synth)."""
+    return synth_dataset(tmp_path_factory)
 
 
 def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:

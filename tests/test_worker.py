@@ -156,8 +156,9 @@ def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
     for reason, sighting_id in hostile.items():
         assert by_id[sighting_id]["reason"] == reason
         assert by_id[sighting_id]["stage"] == "worker"
-        assert by_id[sighting_id]["original"]["event"]["sighting_id"] == sighting_id
-    assert any(v["reason"] == "malformed_event" and v["original"]["event"] == "{not json" for _, v in letters)
+        assert by_id[sighting_id]["original"]["sighting_id"] == sighting_id
+        assert by_id[sighting_id]["detail"]
+    assert any(v["reason"] == "malformed_event" and v["original"] == "{not json" for _, v in letters)
     assert identification(chain.redis, good)["candidates"][0]["individual_id"] == "whale-2"
 
 

@@ -17,10 +17,10 @@ import time
 import numpy as np
 
 from services.errors import DataError
-from services.imaging import preprocess
 from services.identification import build_gallery, map_at_5, rank_candidates
 from services.identification.ranking import NEW_INDIVIDUAL, insert_new_individual
 from services.identification.tuning import sweep_threshold
+from services.imaging import preprocess
 from training.data import HappywhaleData, load_dataset
 
 log = logging.getLogger(__name__)
@@ -56,20 +56,33 @@ def _features(data: HappywhaleData, images: list[str], box_source: str | None) -
     return {name: np.stack(values).astype(np.float32) for name, values in result.items()}
 
 
-def _score(gallery_features, query_features, data: HappywhaleData, truths: list[str]) -> dict:
-    mean = gallery_features.mean(axis=0, keepdims=True)
-    gallery = build_gallery(gallery_features - mean, [r.individual_id for r in data.train],
+def knn_map5(gallery_features: np.ndarray, query_features: np.ndarray, data: HappywhaleData,
+             centre: bool = False) -> dict:
+    """MAP@5 of cosine nearest neighbours: gallery = data.train rows, queries = data.truth rows (same order).
+
+    Also used to score a trained embedder on the same split, side by side with the baselines.
+    """
+    if not data.truth:
+        raise DataError(f"{data.root}: scoring needs test_truth.csv (image,individual_id,species)")
+    truths = [row.individual_id for row in data.truth]
+    gallery_features = np.asarray(gallery_features, dtype=np.float32)
+    queries = np.asarray(query_features, dtype=np.float32)
+    if len(gallery_features) != len(data.train) or len(queries) != len(truths):
+        raise DataError(f"knn_map5: {len(gallery_features)} gallery rows for {len(data.train)} train images, "
+                        f"{len(queries)} queries for {len(truths)} truths")
+    if centre:
+        mean = gallery_features.mean(axis=0, keepdims=True)
+        gallery_features, queries = gallery_features - mean, queries - mean
+    gallery = build_gallery(gallery_features, [r.individual_id for r in data.train],
                             [r.species for r in data.train], [r.image for r in data.train])
-    queries = query_features - mean
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True) + 1e-12
+    queries = queries / (np.linalg.norm(queries, axis=1, keepdims=True) + 1e-12)
     candidates = rank_candidates(gallery, queries, K_NEIGHBOURS)
-    never_new = insert_new_individual(candidates, -np.inf)
+    never_new = [[i for i, _ in p] for p in insert_new_individual(candidates, -np.inf)]
     sweep = sweep_threshold(candidates, truths)
     seen = [i for i, t in enumerate(truths) if t != NEW_INDIVIDUAL]
     return {
-        "map5": round(map_at_5([[i for i, _ in p] for p in never_new], truths), 4),
-        "map5_seen_only": round(map_at_5([[i for i, _ in never_new[q]] for q in seen], [truths[q] for q in seen]), 4)
-        if seen else None,
+        "map5": round(map_at_5(never_new, truths), 4),
+        "map5_seen_only": round(map_at_5([never_new[q] for q in seen], [truths[q] for q in seen]), 4) if seen else None,
         "map5_tuned": round(sweep.best_map5, 4),
         "tuned_threshold": sweep.best,
     }
@@ -94,7 +107,7 @@ def pixel_baseline_map5(data_dir, box_source: str | None = "fullbody") -> dict:
         "queries": len(query_images), "new_share": round(truths.count(NEW_INDIVIDUAL) / len(truths), 4),
     }
     for name in FEATURES:
-        result[name] = _score(gallery[name], queries[name], data, truths)
+        result[name] = knn_map5(gallery[name], queries[name], data, centre=True)
         log.info("baseline %s: MAP@5 %.4f (tuned new_individual threshold: %.4f)", name, result[name]["map5"],
                  result[name]["map5_tuned"])
     result["seconds"] = round(time.monotonic() - started, 2)

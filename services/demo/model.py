@@ -162,3 +162,41 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
     repo = cached_step(root / "model_repository", "building the Triton model repository", repository, progress)
     return DemoModel(data_dir, run_dir, exports_dir, gallery_dir, repo,
                      json.loads((offline_dir / "offline.json").read_text()))
+
+
+def untrained_repository(workdir: Path, config_name: str, progress: Callable[[str], None]) -> Path:
+    """A Triton repository serving an untrained `config_name` network (same architecture and cost as a trained
+    one), cached in `<workdir>/cache/untrained-<key>/`: what the chain benchmark needs when no demo ran."""
+    from training.config import load_config
+
+    config = load_config(config_name)
+    root = Path(workdir) / "cache" / f"untrained-{cache_key(config, 0, int(config.get('seed', 0)))}"
+
+    def snapshot(out: Path) -> None:
+        import keras
+
+        from training.config import save_config
+        from training.embed import CHECKPOINT_DIR, LABELS_FILE, checkpoint_name
+        from training.model import build_models
+
+        out.mkdir(parents=True)
+        save_config(config, out / "config.yaml")
+        (out / LABELS_FILE).write_text(json.dumps({"classes": ["a", "b"], "species": ["s"]}))
+        (out / CHECKPOINT_DIR).mkdir()
+        train_model, _ = build_models(config, 2, 1)
+        keras.utils.set_random_seed(0)
+        train_model.save_weights(out / CHECKPOINT_DIR / checkpoint_name(1))
+
+    def export(out: Path) -> None:
+        from training.export import export_run
+
+        export_run(run_dir, out)
+
+    def repository(out: Path) -> None:
+        from services.model_repo.builder import build_repository
+
+        build_repository(exports_dir, out)
+
+    run_dir = cached_step(root / "run", f"untrained {config_name} snapshot", snapshot, progress)
+    exports_dir = cached_step(root / "exports", "exporting to ONNX", export, progress)
+    return cached_step(root / "model_repository", "building the Triton model repository", repository, progress)

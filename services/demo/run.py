@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ class DemoError(WhaleIdError):
 
 @dataclass
 class DemoOptions:
-    individuals: int = 12
+    individuals: int = 40
     workdir: Path = Path(".whaleid/demo")
     keep_up: bool = False
     as_json: bool = False
@@ -126,15 +127,22 @@ def result_row(upload: Upload, answer: dict | None) -> dict[str, Any]:
     return row
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_demo(options: DemoOptions) -> int:
     from services.demo.model import prepare_model
 
     progress = Progress(sys.stderr if options.as_json else sys.stdout)
+    for noisy in ("kafka", "botocore", "urllib3", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = Path(options.workdir).resolve()
     progress(f"whaleid demo in {workdir} ({options.individuals} individuals, config {options.model_config})")
     model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     chain = DemoChain(options, model, run_dir, progress)
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM tears down like Ctrl-C
     try:
         chain.start()
         summary, rows = chain.upload_and_collect()
@@ -191,7 +199,8 @@ class DemoChain:
         self.progress(f"gallery {version} published ({len(gallery)} embeddings of "
                       f"{len(set(gallery.individual_ids))} individuals)")
 
-        env = service_env(stack_dir, **{k: str(v) for k, v in overrides.items()}, **self.options.extra_env)
+        env = service_env(stack_dir, **{k: str(v) for k, v in overrides.items() if k != "run_dir"},
+                          **self.options.extra_env)
         logs = self.run_dir / "logs"
         for name in SERVICES:  # worker/matcher/bridge metrics on their default ports above the free base
             self.services.append(ServiceProcess(name, env, logs, metrics_port=None).start())

@@ -67,7 +67,7 @@ class SightingMatcher(ChainStage):
     async def _identify_and_publish(self, records: list[topics.SightingEmbedded]) -> None:
         try:
             with self.timed_step("search"):
-                identified = self.matcher.identify(records)
+                identified = await asyncio.to_thread(self.matcher.identify, records)
         except PermanentFailure as exc:
             if len(records) == 1:
                 await self.dead_letter(exc, records[0].asdict(), records[0].sighting_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -105,9 +106,10 @@ def run_benchmark(repository: Path, grpc_url: str, *, requests: int = 120, concu
         for client in clients:
             client.close()
     medians = {k: round(statistics.median(v), 3) for k, v in rows.items()}
+    throughput_ratio = medians["triton_ips"] / medians["direct_ips"]
     return {
         "latency_ratio": round(medians["triton_p50"] / medians["direct_p50"], 3),
-        "throughput_ratio": round(medians["triton_ips"] / medians["direct_ips"], 3),
+        "throughput_ratio": round(throughput_ratio, 3),
         "max_abs_diff": max_abs_diff,
         "latency_ms": {k: medians[k] for k in ("direct_p50", "triton_p50", "direct_p95", "triton_p95")},
         "throughput_images_per_s": {"direct": medians["direct_ips"], "triton": medians["triton_ips"]},
@@ -117,7 +119,20 @@ def run_benchmark(repository: Path, grpc_url: str, *, requests: int = 120, concu
         "rounds": rounds,
         "models": [e["model_id"] for e in record["embedders"]],
         "image_sizes": sorted({e["image_size"] for e in record["embedders"]}),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "note": limits_note(throughput_ratio, len(record["embedders"])),
     }
+
+
+def limits_note(throughput_ratio: float, embedders: int) -> str:
+    if throughput_ratio >= 0.9:
+        return (f"Triton >= 0.9x direct: dynamic batching merges concurrent requests into one onnxruntime run "
+                f"per embedder and the ensemble runs its {embedders} embedder(s) concurrently, which pays for "
+                "gRPC + the python-backend hops.")
+    return ("Triton < 0.9x direct: per request it adds gRPC (de)serialisation and four python-backend hops "
+            "(shared-memory IPC to the stub processes of preprocess, embedders, blend), and server and clients "
+            "share the same CPU cores; with GPU embedders (native onnxruntime backend) the hops are C++ and batches larger.")
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:

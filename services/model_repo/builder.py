@@ -49,10 +49,10 @@ def resolve_weights(model_ids: Sequence[str], tuning_file: Path | None) -> tuple
     if ignored:
         log.warning("tuning file %s: weights of %s ignored (not among the exports)", tuning_file, ", ".join(ignored))
     values = [float(weights[m]) for m in model_ids]
-    bad = [m for m, w in zip(model_ids, values) if not w >= 0]
+    bad = [m for m, w in zip(model_ids, values, strict=True) if not w >= 0]
     if bad or sum(values) <= 0:
         raise RepositoryError(f"tuning file {tuning_file}: blend weights must be >= 0 and not all zero; "
-                              f"got {dict(zip(model_ids, values))}")
+                              f"got {dict(zip(model_ids, values, strict=True))}")
     total = sum(values)
     return [w / total for w in values], f"weights from {tuning_file}"
 
@@ -70,7 +70,7 @@ def _copy_template(template: str, model_dir: Path) -> None:
 
 
 def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float]) -> str:
-    parts = [target] + [f"{e.model_id}:{e.onnx_sha256}:{w:.6f}" for e, w in zip(exports, weights)]
+    parts = [target] + [f"{e.model_id}:{e.onnx_sha256}:{w:.6f}" for e, w in zip(exports, weights, strict=True)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -84,7 +84,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         (root / name / "config.pbtxt").write_text(configs.preprocess_config(name, size, options))
 
     embedders = []
-    for index, (export, weight) in enumerate(zip(exports, weights), 1):
+    for index, (export, weight) in enumerate(zip(exports, weights, strict=True), 1):
         name = embedder_name(export.model_id)
         log.info("[%d/%d] %s: copying %s (%.1f MB)", index, len(exports), name, export.onnx_path,
                  export.onnx_path.stat().st_size / 1e6)
@@ -126,8 +126,9 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
 
 
 def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None = None,
-                     options: configs.BuildOptions = configs.BuildOptions()) -> dict[str, Any]:
+                     options: configs.BuildOptions | None = None) -> dict[str, Any]:
     """Check the exports, write the repository to a staging folder, validate it, then move it to `out_dir`."""
+    options = options or configs.BuildOptions()
     if options.target not in configs.TARGETS:
         raise RepositoryError(f"unknown target {options.target!r}; use one of {', '.join(configs.TARGETS)}")
     if options.max_batch_size < 1:
@@ -135,9 +136,9 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     exports = load_exports(Path(exports_dir))
     log.info("%d export(s) checked: %s", len(exports), ", ".join(e.model_id for e in exports))
     weights, note = resolve_weights([e.model_id for e in exports], tuning_file)
-    kept = [(e, w) for e, w in zip(exports, weights) if w > 0]
+    kept = [(e, w) for e, w in zip(exports, weights, strict=True) if w > 0]
     if len(kept) < len(exports):
-        log.info("weight 0: %s left out of the ensemble", ", ".join(e.model_id for e, w in zip(exports, weights) if w <= 0))
+        log.info("weight 0: %s left out of the ensemble", ", ".join(e.model_id for e, w in zip(exports, weights, strict=True) if w <= 0))
     exports, weights = [e for e, _ in kept], [w for _, w in kept]
 
     out_dir = Path(out_dir)

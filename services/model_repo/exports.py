@@ -99,9 +99,6 @@ def load_exports(exports_dir: Path) -> list[Export]:
         by_id[export.model_id] = export
     sizes = {e.model_id: e.embedding_size for e in exports}
     if len(set(sizes.values())) > 1:
-        first = exports[0]
-        odd = [m for m, d in sizes.items() if d != first.embedding_size]
-        raise RepositoryError(f"embedding size mismatch: model(s) {', '.join(odd)} give "
-                              f"{sizes[odd[0]]}-d embeddings but {first.model_id} gives {first.embedding_size}-d; "
-                              "a blend needs one size")
+        listing = ", ".join(f"model {m} gives {d}-d" for m, d in sizes.items())
+        raise RepositoryError(f"embedding size mismatch between the exports ({listing}); a blend needs one size")
     return sorted(exports, key=lambda e: e.model_id)

@@ -5,8 +5,9 @@
     client.model_versions()                              # {"ensemble": ["1"], "embedder_...": ["1"], ...}
     client.embed([png_bytes, jpeg_bytes])                # -> float32 (2, 512)
 
-Transient failures (UNAVAILABLE, connection refused/reset) are retried with exponential backoff; every other
-server error is a TritonRequestError carrying the server's message (e.g. which image failed to decode).
+Transient failures (UNAVAILABLE incl. connection refused/reset, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are
+retried with exponential backoff and end in TritonUnavailable; every other server error is a TritonRequestError
+carrying the server's message (e.g. which image failed to decode).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 INPUT = "IMAGE"
 OUTPUT = "EMBEDDING"
-RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE",)
+# transient: the server is down/restarting, the call timed out, or its queues are full
+RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 T = TypeVar("T")
 
 
@@ -112,7 +114,8 @@ class EmbeddingClient:
         items = list(images)
         bad = [i for i, item in enumerate(items) if not isinstance(item, (bytes, bytearray)) or not item]
         if bad:
-            kinds = ", ".join(f"#{i}: {type(items[i]).__name__}" + ("" if items[i] else " (empty)") for i in bad[:5])
+            kinds = ", ".join(f"#{i}: {type(items[i]).__name__}" + (" (empty)" if isinstance(items[i], (bytes, bytearray))
+                                                                     else "") for i in bad[:5])
             raise InvalidEmbeddingInput(f"embed() needs non-empty encoded image bytes; invalid item(s) {kinds}")
         if not items:
             return np.zeros((0, self.embedding_size()), dtype=np.float32)
@@ -186,7 +189,7 @@ class EmbeddingClient:
                                              f"{message} [{status or 'no status'}]", status) from None
                 if attempt == self.retries:
                     raise TritonUnavailable(f"Triton at {self.url} unavailable after {self.retries + 1} "
-                                            f"attempt(s): {message}") from None
+                                            f"attempt(s): {message} [{status}]") from None
                 TRITON_RETRIES.inc()
                 log.warning("Triton at %s unavailable (%s); retry %d/%d in %.2f s", self.url, message,
                             attempt + 1, self.retries, delay)

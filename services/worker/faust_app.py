@@ -78,9 +78,9 @@ async def send_and_wait(topic, key: str, value: bytes) -> None:
     await pending
 
 
-def dead_letter_record(stage: str, reason: str, original, sighting_id: str = "") -> topics.DeadLetter:
+def dead_letter_record(stage: str, reason: str, original, sighting_id: str = "", detail: str = "") -> topics.DeadLetter:
     return topics.DeadLetter(stage=stage, reason=reason, original=original, sighting_id=sighting_id,
-                             failed_at=topics.now())
+                             failed_at=topics.now(), detail=detail)
 
 
 def decode_original(raw: bytes):

@@ -68,7 +68,7 @@ class ChainStage:
 
     async def dead_letter(self, failure: PermanentFailure, original, sighting_id: str) -> None:
         """sightings.dead-letter (reason + original event) and Redis `failure:<id>`."""
-        record = dead_letter_record(self.stage, failure.reason, {"event": original, "detail": failure.detail}, sighting_id)
+        record = dead_letter_record(self.stage, failure.reason, original, sighting_id, failure.detail)
         log.warning("%s: sighting %s dead-lettered: %s", self.stage, sighting_id or "?", failure)
         await self.send(self.dead_topic, sighting_id or "unknown", record)
         if sighting_id:

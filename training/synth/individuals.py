@@ -1,8 +1,9 @@
 """An individual = a species plus persistent markings, all in the canonical frame of shapes.py.
 
 Markings are deliberately coarse and high-contrast so a small CNN can learn them from one or two photos at
-64-96 px: one to three deep notches in the marked edge, two to four large pigment patches at fixed places on
-the fin/fluke/back, up to two pale scars, and a small shift of the fin tip. Everything that varies between
+64-96 px: one to three deep notches in the marked edge, one or two large pigment blotches and two or three
+pigment symbols of distinct shapes (ring, cross, bar, ...: local patterns a CNN finds whatever the pose, a pixel
+template does not) at fixed places on the fin/fluke/back, up to two pale scars, and a small shift of the fin tip. Everything that varies between
 photos of the same animal (pose, scale, light, sea, occlusion) lives in render.py instead.
 """
 
@@ -25,12 +26,16 @@ class Notch:
     profile: str  # "v" or "u"
 
 
+SYMBOLS = ("ring", "cross", "bar", "triangle", "chevron", "dots", "crescent", "square")
+
+
 @dataclass(frozen=True)
 class Patch:
     centre: tuple[float, float]
     radii: tuple[float, float]
     angle: float  # radians
     colour: RGB
+    kind: str = "blotch"  # "blotch" (an ellipse) or one of SYMBOLS (a pigment pattern with a shape)
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,26 @@ def make_individual(rng: np.random.Generator, individual_id: str, species: Speci
     mask[:top] = False
     mask[bottom:] = False
     candidates = np.argwhere(mask)
-    patches = tuple(
+    blotches = [
         Patch(
             centre=_random_point(rng, candidates),
-            radii=(float(rng.uniform(8, 18)), float(rng.uniform(6, 13))),
+            radii=(float(rng.uniform(8, 16)), float(rng.uniform(6, 12))),
             angle=float(rng.uniform(0, np.pi)),
             colour=species.marks[int(rng.integers(len(species.marks)))],
         )
-        for _ in range(int(rng.integers(2, 5)))
-    )
+        for _ in range(int(rng.integers(1, 3)))
+    ]
+    kinds = rng.choice(len(SYMBOLS), size=int(rng.integers(2, 4)), replace=False)
+    symbols: list[Patch] = []
+    for kind in kinds:
+        radius = float(rng.uniform(12, 16))
+        for _ in range(30):  # keep symbols apart so that each stays recognisable
+            centre = _random_point(rng, candidates)
+            if all(np.hypot(centre[0] - p.centre[0], centre[1] - p.centre[1]) > radius + p.radii[0] + 2 for p in symbols):
+                break
+        symbols.append(Patch(centre=centre, radii=(radius, radius), angle=float(rng.uniform(0, 2 * np.pi)),
+                             colour=species.marks[0], kind=SYMBOLS[int(kind)]))
+    patches = tuple(blotches + symbols)
     scars = []
     for _ in range(int(rng.integers(0, 3))):
         start = _random_point(rng, candidates)

@@ -44,6 +44,24 @@ class Nuisance:
     sky_share: float = 0.3  # share of photos with a strip of sky at the top
 
 
+NUISANCE_PRESETS: dict[str, Nuisance] = {
+    # for quick CPU training runs: milder pose and light, the same sea and markings
+    "easy": Nuisance(animal_width=(0.55, 0.85), rotation_deg=8.0, shear=0.1, brightness=(0.8, 1.15), colour_cast=0.08,
+                     light_gradient=0.15, blur_radius=(0.0, 0.6), noise_sigma=(1.0, 4.0), body_visibility=0.5),
+    "normal": Nuisance(),
+    "hard": Nuisance(animal_width=(0.35, 0.85), rotation_deg=30.0, shear=0.35, brightness=(0.5, 1.4), colour_cast=0.2,
+                     light_gradient=0.45, blur_radius=(0.0, 1.5), noise_sigma=(3.0, 10.0), flip_share=0.5),
+}
+
+
+def nuisance_preset(name: str) -> Nuisance:
+    from services.errors import DataError
+
+    if name not in NUISANCE_PRESETS:
+        raise DataError(f"unknown nuisance preset {name!r}; expected one of {', '.join(NUISANCE_PRESETS)}")
+    return NUISANCE_PRESETS[name]
+
+
 def _polygon(draw: ImageDraw.ImageDraw, points, fill) -> None:
     draw.polygon([(float(x) * SUPERSAMPLE, float(y) * SUPERSAMPLE) for x, y in points], fill=fill)
 
@@ -53,6 +71,45 @@ def _ellipse_points(centre, radii, angle, n: int = 36) -> np.ndarray:
     x, y = radii[0] * np.cos(t), radii[1] * np.sin(t)
     c, s = np.cos(angle), np.sin(angle)
     return np.stack([centre[0] + c * x - s * y, centre[1] + s * x + c * y], 1)
+
+
+def _turn(points, centre, radius: float, angle: float) -> np.ndarray:
+    """Unit-square points (x, y in [-1, 1]) scaled by radius, rotated by angle, moved to centre."""
+    points = np.asarray(points, dtype=np.float64) * radius
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([centre[0] + c * points[:, 0] - s * points[:, 1], centre[1] + s * points[:, 0] + c * points[:, 1]], 1)
+
+
+def _draw_patch(draw: ImageDraw.ImageDraw, patch, background) -> None:
+    """A blotch (ellipse) or a symbol: filled shapes in the patch colour, holes in the body colour."""
+    centre, angle, colour = patch.centre, patch.angle, patch.colour
+    r = patch.radii[0]
+    if patch.kind == "blotch":
+        _polygon(draw, _ellipse_points(centre, patch.radii, angle), colour)
+    elif patch.kind in ("ring", "crescent"):
+        _polygon(draw, _ellipse_points(centre, (r, r), 0.0), colour)
+        shift = (0.0, 0.0) if patch.kind == "ring" else (0.45 * r * np.cos(angle), 0.45 * r * np.sin(angle))
+        hole = 0.5 if patch.kind == "ring" else 0.8
+        _polygon(draw, _ellipse_points((centre[0] + shift[0], centre[1] + shift[1]), (hole * r, hole * r), 0.0),
+                 tuple(background))
+    elif patch.kind == "cross":
+        for bar in ([(-1, -0.3), (1, -0.3), (1, 0.3), (-1, 0.3)], [(-0.3, -1), (0.3, -1), (0.3, 1), (-0.3, 1)]):
+            _polygon(draw, _turn(bar, centre, r, angle), colour)
+    elif patch.kind == "bar":
+        _polygon(draw, _turn([(-1, -0.32), (1, -0.32), (1, 0.32), (-1, 0.32)], centre, r, angle), colour)
+    elif patch.kind == "triangle":
+        _polygon(draw, _turn([(0, -1), (0.9, 0.7), (-0.9, 0.7)], centre, r, angle), colour)
+    elif patch.kind == "chevron":
+        _polygon(draw, _turn([(-1, -0.8), (0, 0.2), (1, -0.8), (1, -0.2), (0, 0.8), (-1, -0.2)], centre, r, angle),
+                 colour)
+    elif patch.kind == "dots":
+        for dx, dy in ((0, -0.65), (0.6, 0.45), (-0.6, 0.45)):
+            (x, y), = _turn([(dx, dy)], centre, r, angle)
+            _polygon(draw, _ellipse_points((x, y), (0.33 * r, 0.33 * r), 0.0), colour)
+    elif patch.kind == "square":
+        _polygon(draw, _turn([(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)], centre, r, angle), colour)
+    else:
+        raise ValueError(f"unknown patch kind {patch.kind!r}")
 
 
 def canonical_rgba(individual: Individual) -> Image.Image:
@@ -67,7 +124,7 @@ def canonical_rgba(individual: Individual) -> Image.Image:
     colour = Image.fromarray(column, "RGB").resize(size, Image.NEAREST)
     draw = ImageDraw.Draw(colour)
     for patch in individual.patches:
-        _polygon(draw, _ellipse_points(patch.centre, patch.radii, patch.angle), patch.colour)
+        _draw_patch(draw, patch, individual.species.body)
     for scar in individual.scars:
         draw.line([(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in scar.points], fill=scar.colour,
                   width=scar.width * SUPERSAMPLE, joint="curve")
@@ -98,7 +155,7 @@ def _sea(rng: np.random.Generator, width: int, height: int, nuisance: Nuisance) 
         ys = y0 + amplitude * np.sin(xs / period * 2 * np.pi + rng.uniform(0, 6.3))
         light = int(rng.uniform(25, 70))
         crest = tuple(int(min(255, c + light)) for c in bottom.astype(int))
-        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=crest, width=int(rng.integers(1, 3)))
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=crest, width=int(rng.integers(1, 3)))
     return np.asarray(image)
 
 
@@ -134,7 +191,7 @@ def _visible_part(rng, animal: Image.Image, outline: shapes.Outline, nuisance: N
     xs = np.linspace(left, right, 32)
     ys = level + rng.uniform(1, 4) * np.sin(xs / rng.uniform(6, 16) + rng.uniform(0, 6.3))
     view = Image.new("L", animal.size, 0)
-    ImageDraw.Draw(view).polygon([(left, -1.0)] + list(zip(xs.tolist(), ys.tolist())) + [(right, -1.0)], fill=255)
+    ImageDraw.Draw(view).polygon([(left, -1.0)] + list(zip(xs.tolist(), ys.tolist(), strict=True)) + [(right, -1.0)], fill=255)
     alpha = np.minimum(np.asarray(animal.getchannel("A")), np.asarray(view))
     visible = animal.copy()
     visible.putalpha(Image.fromarray(alpha))

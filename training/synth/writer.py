@@ -30,7 +30,7 @@ from training.synth import boxes as detectors
 from training.synth.individuals import make_individual
 from training.synth.plan import hex_ids, plan
 from training.synth.preview import write_preview
-from training.synth.render import Nuisance, canonical_rgba, render_photo
+from training.synth.render import Nuisance, canonical_rgba, nuisance_preset, render_photo
 from training.synth.species import SPECIES
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,12 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), image_size: int = 192,
              test_new_share: float = 0.3, max_photos: int = 12, misspelt_share: float = 0.05,
-             jpeg_quality: int = 90, zipf_a: float = 1.8, nuisance: Nuisance | None = None,
+             jpeg_quality: int = 90, zipf_a: float = 1.8, nuisance: Nuisance | str = "normal",
              overwrite: bool = False, preview: bool = True, progress_every: int = 250) -> dict:
     """Write a synthetic Happywhale data set to out_dir; returns the counts (also in dataset.json)."""
     _check(individuals, species, image_size, test_new_share, max_photos, misspelt_share, jpeg_quality, zipf_a)
-    nuisance = nuisance or Nuisance()
+    nuisance_name = nuisance if isinstance(nuisance, str) else "custom"
+    nuisance = nuisance_preset(nuisance) if isinstance(nuisance, str) else nuisance
     out = Path(out_dir)
     _prepare(out, overwrite)
     width, height = image_size, int(round(image_size * 2 / 3))
@@ -146,7 +147,8 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
     parameters = {
         "individuals": individuals, "seed": seed, "species": species, "image_size": [width, height],
         "test_new_share": test_new_share, "max_photos": max_photos, "misspelt_share": misspelt_share,
-        "jpeg_quality": jpeg_quality, "zipf_a": zipf_a, "nuisance": dataclasses.asdict(nuisance),
+        "jpeg_quality": jpeg_quality, "zipf_a": zipf_a, "nuisance_preset": nuisance_name,
+        "nuisance": dataclasses.asdict(nuisance),
         "detectors": [dataclasses.asdict(d) for d in detectors.DETECTORS],
     }
     summary = {key: value for key, value in counts.items() if key != "train_photos_per_individual"}

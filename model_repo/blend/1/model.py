@@ -16,7 +16,7 @@ class TritonPythonModel:
     def initialize(self, args):
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.model_ids = json.loads(parameters["model_ids"]["string_value"])
-        self.weights = dict(zip(self.model_ids, json.loads(parameters["weights"]["string_value"])))
+        self.weights = dict(zip(self.model_ids, json.loads(parameters["weights"]["string_value"]), strict=True))
 
     def execute(self, requests):
         responses = []
