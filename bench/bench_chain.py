@@ -4,8 +4,9 @@ Set-up: the embedded stack with a Triton repository of the b0-tiny network (untr
 trained one; cached under `--workdir`), a gallery of random unit vectors, and `whaleid serve bridge|worker|matcher`.
 1. raw: EmbeddingClient.embed straight to Triton, batches of `worker_batch_size` crops, one call at a time (the
    worker's own pattern) -> crops/s.
-2. saturated chain: `--burst` photos PUT to S3 at once (S3 event -> SQS -> bridge -> Kafka -> worker -> Triton
-   -> matcher -> Redis) -> sightings/s from the first PUT to the last identification.
+2. saturated chain: `--burst` photos uploaded as an app does (gateway POST + presigned PUT to S3 -> S3 event ->
+   SQS -> bridge -> Kafka -> worker -> Triton -> matcher -> Redis) -> sightings/s from the first upload to the
+   last identification.
 3. steady chain: photos offered at `--load` x the saturated rate for `--seconds` -> upload->Redis latency
    p50/p95/p99.
 Targets: chain >= 0.8 x raw; p99 <= 2 x p50 below saturation. A PNG (latency histogram + rates) is written next
@@ -20,7 +21,6 @@ import json
 import logging
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -55,22 +55,20 @@ def raw_throughput(client, crops: list[bytes], batch: int, seconds: float) -> fl
 
 
 class Uploader:
-    """PUTs photos to the sightings bucket (the S3 event starts the chain) and waits for their results."""
+    """Uploads photos as an app does (gateway POST + presigned PUT; the S3 event starts the chain) and waits for
+    their results in Redis."""
 
-    def __init__(self, settings, redis_client):
-        from services.operations.model_store import s3_client
+    METADATA = {"taken_at": "2026-11-27T08:00:00Z", "latitude": 64.1, "longitude": -21.9, "observer": "bench"}
 
-        self.settings = settings
-        self.s3 = s3_client(settings)
+    def __init__(self, client, redis_client):
+        self.client = client
         self.redis = redis_client
         self.sent: dict[str, float] = {}
 
     def put(self, data: bytes) -> str:
-        sighting_id = uuid.uuid4().hex
-        self.s3.put_object(Bucket=self.settings.sightings_bucket, Key=f"uploads/{sighting_id}.jpg", Body=data,
-                           ContentType="image/jpeg")
-        self.sent[sighting_id] = time.time()
-        return sighting_id
+        upload = self.client.upload(data, "bench.jpg", "image/jpeg", self.METADATA)
+        self.sent[upload.sighting_id] = upload.sent_at
+        return upload.sighting_id
 
     def wait(self, ids: list[str], timeout: float) -> dict[str, float]:
         """identified_at per sighting (from the results in Redis)."""
@@ -88,24 +86,63 @@ class Uploader:
         return found
 
 
-def saturated(uploader: Uploader, images: list[bytes], timeout: float) -> tuple[float, list[float]]:
+def stage_breakdown(uploader: Uploader, ids: list[str]) -> dict[str, float]:
+    """Median milliseconds per hop from the timestamps the chain records: upload -> bridge (uploaded_at),
+    bridge -> worker produced (embedded_at), worker -> matcher wrote the result (identified_at)."""
+    hops: dict[str, list[float]] = {"upload_to_bridge_ms": [], "bridge_to_embedded_ms": [], "embedded_to_identified_ms": []}
+    for sighting_id in ids:
+        embedded = json.loads(uploader.redis.get(f"embedding:{sighting_id}"))
+        identified = json.loads(uploader.redis.get(f"identification:{sighting_id}"))
+        hops["upload_to_bridge_ms"].append(embedded["uploaded_at"] - uploader.sent[sighting_id])
+        hops["bridge_to_embedded_ms"].append(embedded["embedded_at"] - embedded["uploaded_at"])
+        hops["embedded_to_identified_ms"].append(identified["identified_at"] - embedded["embedded_at"])
+    return {name: pct(values, 50) for name, values in hops.items()}
+
+
+def step_means(port: int) -> dict[str, float]:
+    """Mean milliseconds per step of a service over the whole run, from its /metrics histograms."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    sums, counts = {}, {}
+    for kind, step, value in re.findall(
+        r'whaleid_step_latency_seconds_(sum|count)\{stage="\w+",step="(\w+)"\} ([0-9.e+-]+)', text):
+        (sums if kind == "sum" else counts)[step] = float(value)
+    return {step: round(1000 * sums[step] / counts[step], 1) for step in sums if counts.get(step)}
+
+
+def saturated(uploader: Uploader, images: list[bytes], timeout: float, apps: int = 8):
+    """Upload everything at once from `apps` concurrent clients; sightings/s from the first upload to the last
+    identification."""
+    from concurrent.futures import ThreadPoolExecutor
+
     start = time.time()
-    ids = [uploader.put(image) for image in images]
+    with ThreadPoolExecutor(apps) as pool:
+        ids = list(pool.map(uploader.put, images))
+    uploaded = time.time()
     done = uploader.wait(ids, timeout)
     rate = len(ids) / (max(done.values()) - start)
-    return rate, [done[i] - uploader.sent[i] for i in ids]
+    log.info("saturated: %d uploads took %.1f s, the last identification came %.1f s after the first upload",
+             len(ids), uploaded - start, max(done.values()) - start)
+    return rate, ids, [done[i] - uploader.sent[i] for i in ids], uploaded - start
 
 
-def steady(uploader: Uploader, images: list[bytes], rate: float, seconds: float, timeout: float) -> list[float]:
-    ids, interval = [], 1.0 / rate
+def steady(uploader: Uploader, images: list[bytes], rate: float, seconds: float, timeout: float):
+    """Offer uploads at `rate` per second (each from its own thread at its scheduled time, as independent apps)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    interval, count = 1.0 / rate, int(rate * seconds)
     start = time.monotonic()
-    count = int(rate * seconds)
-    for n in range(count):
-        wake = start + n * interval
-        time.sleep(max(0.0, wake - time.monotonic()))
-        ids.append(uploader.put(images[n % len(images)]))
+
+    def offer(n: int) -> str:
+        time.sleep(max(0.0, start + n * interval - time.monotonic()))
+        return uploader.put(images[n % len(images)])
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(offer, range(count)))
     done = uploader.wait(ids, timeout)
-    return [done[i] - uploader.sent[i] for i in ids]
+    return ids, [done[i] - uploader.sent[i] for i in ids]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -149,18 +186,20 @@ def main(argv: list[str]) -> dict:
 
     import redis
 
+    from services.demo.app_client import AppClient
     from services.demo.model import untrained_repository
     from services.demo.processes import ServiceProcess, service_env
     from services.identification import Tuning, build_gallery
     from services.operations.model_store import GalleryStore
     from services.settings import load_settings
     from services.stack import Stack
+    from services.stack.ports import free_port
     from services.triton_client import EmbeddingClient
 
     progress = lambda message: log.info(message)  # noqa: E731
     repository = untrained_repository(args.workdir.resolve(), args.config, progress)
     root = Path(tempfile.mkdtemp(prefix="bench-chain-"))
-    overrides = {"run_dir": root / "stack", "model_repository": repository}
+    overrides = {"run_dir": root / "stack", "model_repository": repository, "gateway_port": free_port()}
     stack = Stack(load_settings(profile="local", environ={}, **overrides), with_prometheus=False)
     services: list[ServiceProcess] = []
     stack.up(timeout=180)
@@ -185,17 +224,20 @@ def main(argv: list[str]) -> dict:
             raw = raw_throughput(client, crops, settings.worker_batch_size, args.raw_seconds)
         log.info("raw embedder: %.1f crops/s", raw)
 
-        env = service_env(root / "stack")
-        for name in ("worker", "matcher", "bridge"):
-            services.append(ServiceProcess(name, env, root / "logs").start())
+        env = service_env(root / "stack", gateway_port=overrides["gateway_port"])
+        metrics_ports = {"worker": free_port(), "matcher": free_port()}
+        for name in ("worker", "matcher", "bridge", "gateway"):
+            services.append(ServiceProcess(name, env, root / "logs", metrics_port=metrics_ports.get(name, 0)).start())
         for service in services:
             service.wait_ready(180)
-        uploader = Uploader(settings, redis.Redis.from_url(settings.redis_url))
+        client = AppClient(f"http://127.0.0.1:{settings.gateway_port}", settings.gateway_token)
+        client.wait_healthy(60)
+        uploader = Uploader(client, redis.Redis.from_url(settings.redis_url))
         saturated(uploader, images[:16], 120)  # warm up every step once
-        chain_rate, burst_latencies = saturated(uploader, [images[i % len(images)] for i in range(args.burst)], 600)
+        chain_rate, burst_ids, burst_latencies, upload_s = saturated(uploader, [images[i % len(images)] for i in range(args.burst)], 600)
         log.info("chain saturated: %.1f sightings/s", chain_rate)
         offered = max(0.5, args.load * chain_rate)
-        latencies = steady(uploader, images, offered, args.seconds, 300)
+        steady_ids, latencies = steady(uploader, images, offered, args.seconds, 300)
         result = {
             "raw_crops_per_s": round(raw, 1),
             "chain_sightings_per_s": round(chain_rate, 1),
@@ -205,10 +247,14 @@ def main(argv: list[str]) -> dict:
             "steady_sightings": len(latencies),
             "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
             "saturated_p50_ms": pct(burst_latencies, 50),
+            "saturated_upload_rate": round(args.burst / upload_s, 1),
+            "saturated_hops_p50": stage_breakdown(uploader, burst_ids),
+            "steady_hops_p50": stage_breakdown(uploader, steady_ids),
             "batch_size": settings.worker_batch_size,
             "model": args.config,
         }
         result["p99_over_p50"] = round(result["p99_ms"] / result["p50_ms"], 2)
+        result["mean_step_ms"] = {name: step_means(port) for name, port in metrics_ports.items()}
         RESULTS.mkdir(exist_ok=True)
         plot(result, latencies, RESULTS / "chain.png")
         result["plot"] = str(RESULTS / "chain.png")

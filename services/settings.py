@@ -85,6 +85,7 @@ class Settings:
     retry_backoff_max_s: float = 5.0  # longest pause between retries (retries never give up: nothing is lost)
     triton_detector_model: str = "detector"  # crop detector in the Triton repository, used when it is loaded
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
+    faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))
@@ -95,6 +96,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "faust_broker_session_timeout": 6.0,
         "faust_broker_heartbeat_interval": 1.0,
         "faust_producer_max_batch_size": 1,  # Tansu's ListOffsets quirk (see ENVIRONMENT.md); never in production
+        "faust_fetch_max_wait_ms": 100,  # Tansu answers a fetch only when this wait expires (~550 ms per hop at 1500)
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "gateway_token": "local-dev-token",

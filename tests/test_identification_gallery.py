@@ -35,7 +35,7 @@ def test_k_larger_than_the_gallery():
 def test_index_chosen_by_size():
     assert small_gallery(n=12).index_kind == "flat"
     config = IndexConfig(exact_max_size=10)
-    assert small_gallery(n=12, index_config=config).index_kind == "hnsw"
+    assert small_gallery(n=12, index_config=config).index_kind == "ivfflat"
     assert small_gallery(n=12, index_config=IndexConfig(exact_max_size=10, approximate="flat")).index_kind == "flat"
     with pytest.raises(DataError, match="unknown"):
         IndexConfig(approximate="lsh")
@@ -47,6 +47,7 @@ def recall_at_5(exact_rows, approx_rows):
 
 @pytest.mark.parametrize("config, minimum", [
     (IndexConfig(exact_max_size=1000, approximate="hnsw", hnsw_m=16, hnsw_ef_search=64), 0.9),
+    (IndexConfig(exact_max_size=1000, approximate="ivfflat", ivf_nlist=32, ivf_nprobe=16), 0.9),
     (IndexConfig(exact_max_size=1000, approximate="ivfpq", ivf_nlist=32, ivf_pq_bytes=16, ivf_pq_bits=5,
                  ivf_nprobe=16), 0.5),
 ])
@@ -79,12 +80,14 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(loaded.search(gallery.embeddings, 4)[1], gallery.search(gallery.embeddings, 4)[1])
 
 
-def test_save_load_keeps_the_approximate_index(tmp_path):
-    gallery = small_gallery(n=40, index_config=IndexConfig(exact_max_size=10))
+@pytest.mark.parametrize("kind", ["hnsw", "ivfflat"])
+def test_save_load_keeps_the_approximate_index(tmp_path, kind):
+    gallery = small_gallery(n=40, index_config=IndexConfig(exact_max_size=10, approximate=kind, ivf_nlist=4,
+                                                           ivf_nprobe=4))
     gallery.save(tmp_path / "g")
     assert (tmp_path / "g" / "index.faiss").exists()
     loaded = Gallery.load(tmp_path / "g")
-    assert loaded.index_kind == "hnsw" and loaded._index is not None
+    assert loaded.index_kind == kind and loaded._index is not None
     assert np.array_equal(loaded.search(gallery.embeddings, 3)[1], gallery.search(gallery.embeddings, 3)[1])
 
 

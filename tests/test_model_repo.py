@@ -110,6 +110,27 @@ def test_ready_and_served_versions(client, repository):
     assert EmbeddingClient(client.url, model="no_such_model").ready() is False
 
 
+def test_reload_brings_the_ensemble_back_into_the_running_server(client, repository, triton):
+    import time
+
+    import tritonclient.grpc as grpcclient
+
+    from services.model_repo.serving import reload_models
+
+    with grpcclient.InferenceServerClient(triton.grpc) as admin:
+        admin.unload_model("ensemble")
+    deadline = time.monotonic() + 30
+    while client.ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not client.ready()
+    with pytest.raises(TritonRequestError):
+        client.embed([crops()[0]])
+    names = reload_models(repository, triton.grpc)
+    assert names[-1] == "ensemble" and set(names) == set(validate_repository(repository)["models"])
+    client.wait_ready(30)
+    assert client.embed([crops()[0]]).shape == (1, 512)
+
+
 # ----------------------------------------------------------------------------- bad input, server errors
 @pytest.mark.parametrize("bad, message", [
     (b"\x89PNG...", "not a single bytes"),

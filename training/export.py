@@ -2,9 +2,9 @@
 
 Per snapshot, into `OUT/<model_id>/`:
   saved_model/   `model.export(path, format="tf_saved_model")`
-  model.onnx     `python -m tf2onnx.convert --saved-model ... --opset 17`, input "image" (float32 NHWC in
-                 [0, 255]), output "embedding" (L2-normalised). Keras' own ONNX export writes a broken graph,
-                 so it is not used.
+  model.onnx     tf2onnx on the SavedModel, opset 17 (what `python -m tf2onnx.convert --saved-model` does, run
+                 in-process; the command line is the fallback), input "image" (float32 NHWC in [0, 255]),
+                 output "embedding" (L2-normalised). Keras' own ONNX export writes a broken graph: not used.
   manifest.json  backbone, image size, preprocessing, embedding size, fold, epoch, sha256 of every file, and
                  the parity figure: max |onnxruntime - Keras| on a batch, refused above the tolerance.
 The export is written to a hidden staging folder and renamed into place only when everything passed, so a

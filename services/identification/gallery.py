@@ -39,14 +39,14 @@ class IndexConfig:
     """Which FAISS index a gallery uses; `exact_max_size` and below always get the exact IndexFlatIP."""
 
     exact_max_size: int = 100_000
-    approximate: str = "hnsw"  # "hnsw" | "ivfflat" | "ivfpq" | "flat" (always exact)
+    approximate: str = "ivfflat"  # "ivfflat" | "hnsw" | "ivfpq" | "flat" (always exact)
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 40
+    hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 256
     ivf_nlist: int = 0  # 0: about 4 * sqrt(N)
     ivf_pq_bytes: int = 64  # PQ sub-quantisers per vector; must divide the dimension
     ivf_pq_bits: int = 8  # bits per sub-quantiser code
-    ivf_nprobe: int = 32
+    ivf_nprobe: int = 128  # lists searched per query (recall@5 1.000 at 1M x 512, nlist 4096; 0.969 at 64)
 
     def __post_init__(self):
         if self.approximate not in INDEX_KINDS:
@@ -222,6 +222,8 @@ class Gallery:
                                 f"expected {len(gallery)} x {gallery.dimension}")
             if isinstance(index, faiss.IndexHNSW):
                 index.hnsw.efSearch = config.hnsw_ef_search
+            elif isinstance(index, faiss.IndexIVF):
+                index.nprobe = min(config.ivf_nprobe, index.nlist)
             gallery._index = index
         return gallery
 

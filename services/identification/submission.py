@@ -21,6 +21,11 @@ class Truth:
     species: list[str] | None
 
 
+def read_csv_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV file that must have the `required` columns."""
+    return _read_rows(Path(path), required)[1]
+
+
 def _read_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     try:
         with open(path, newline="") as fh:

@@ -86,7 +86,9 @@ class ThresholdSweep:
 
     @property
     def best_index(self) -> int:
-        return int(np.argmax(self.map5))  # the first (lowest) threshold among ties
+        """The best threshold; among ties (a plateau of equal MAP@5) the middle one, the most robust."""
+        tied = np.flatnonzero(self.map5 >= self.map5.max() - 1e-12)
+        return int(tied[len(tied) // 2])
 
     @property
     def best(self) -> float:

@@ -75,18 +75,20 @@ class SightingMatcher(ChainStage):
             for record in records:  # isolate the one that cannot be ranked
                 await self._identify_and_publish([record])
             return
-        for identification in identified:
-            with self.timed_step("publish"):
-                stored = await self.in_thread("store result", results.store_identification, self.redis, identification)
-                await self.send(self.identifications_topic, stored.sighting_id, stored)
-                if stored.new_individual:
-                    await self.send(self.new_topic, stored.sighting_id, _new_individual(stored))
-                announced = await self.in_thread("announce", results.announce, self.redis, stored)
-            if announced:
-                IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
-                if stored.uploaded_at:
-                    END_TO_END_LATENCY.observe(max(0.0, stored.identified_at - stored.uploaded_at))
-            EVENTS.labels(stage=STAGE, outcome="identified").inc()
+        with self.timed_step("publish"):
+            await asyncio.gather(*(self._publish(identification) for identification in identified))
+
+    async def _publish(self, identification: topics.Identification) -> None:
+        """Result (first one wins), topics, then the stream entry (exactly once)."""
+        stored = await self.in_thread("store result", results.store_identification, self.redis, identification)
+        await self.send(self.identifications_topic, stored.sighting_id, stored)
+        if stored.new_individual:
+            await self.send(self.new_topic, stored.sighting_id, _new_individual(stored))
+        if await self.in_thread("announce", results.announce, self.redis, stored):
+            IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
+            if stored.uploaded_at:
+                END_TO_END_LATENCY.observe(max(0.0, stored.identified_at - stored.uploaded_at))
+        EVENTS.labels(stage=STAGE, outcome="identified").inc()
 
 
 def _parse(raw: bytes) -> topics.SightingEmbedded:

@@ -127,9 +127,9 @@ def run_benchmark(repository: Path, grpc_url: str, *, requests: int = 120, concu
 
 def limits_note(throughput_ratio: float, embedders: int) -> str:
     if throughput_ratio >= 0.9:
+        parallel = f" and the ensemble runs its {embedders} embedders concurrently" if embedders > 1 else ""
         return (f"Triton >= 0.9x direct: dynamic batching merges concurrent requests into one onnxruntime run "
-                f"per embedder and the ensemble runs its {embedders} embedder(s) concurrently, which pays for "
-                "gRPC + the python-backend hops.")
+                f"per embedder{parallel}, which pays for gRPC + the python-backend hops.")
     return ("Triton < 0.9x direct: per request it adds gRPC (de)serialisation and four python-backend hops "
             "(shared-memory IPC to the stub processes of preprocess, embedders, blend), and server and clients "
             "share the same CPU cores; with GPU embedders (native onnxruntime backend) the hops are C++ and batches larger.")

@@ -1,4 +1,4 @@
-"""`whaleid model-repo build|validate|push|pull` and `whaleid bench triton`."""
+"""`whaleid model-repo build|validate|reload|push|pull` and `whaleid bench triton`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def register(subparsers) -> None:
     validate = commands.add_parser("validate", help="check a built repository (files, checksums, shapes)")
     validate.add_argument("repository", nargs="?", type=Path, help="default: settings.model_repository")
     validate.set_defaults(func=_validate)
+
+    reload = commands.add_parser("reload", help="(re)load a rebuilt repository into the running Triton")
+    reload.add_argument("repository", nargs="?", type=Path, help="default: settings.model_repository")
+    reload.add_argument("--url", help="Triton gRPC address (default: settings.triton_grpc_url, i.e. the stack)")
+    reload.set_defaults(func=_reload)
 
     for name, verb in (("push", "upload a built repository to"), ("pull", "download a repository from")):
         store = commands.add_parser(name, help=f"{verb} the model store (S3)")
@@ -103,6 +108,19 @@ def _validate(args: argparse.Namespace) -> int:
     repository = _repository(args.repository)
     record = validate_repository(repository)
     print(f"{repository}: valid (build {record['build_id']}, {len(record['embedders'])} embedder(s))")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from services.errors import ConfigError
+    from services.model_repo.serving import reload_models
+    from services.settings import load_settings
+
+    url = args.url or load_settings().triton_grpc_url
+    if not url:
+        raise ConfigError("no Triton address: start the stack (whaleid stack up) or pass --url host:port")
+    names = reload_models(_repository(args.repository), url)
+    print(f"loaded into {url}: {', '.join(names)}")
     return 0
 
 

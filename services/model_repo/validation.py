@@ -85,3 +85,9 @@ def validate_repository(root: Path) -> dict[str, Any]:
     if _dims(ensemble.output, "EMBEDDING") != [dim] or _dims(ensemble.input, "IMAGE") != [1]:
         raise RepositoryError(f"model ensemble: expected IMAGE [1] -> EMBEDDING [{dim}]")
     return record
+
+
+def validate_if_built(root: Path) -> dict[str, Any] | None:
+    """For servers about to start on `root`: validate it when `whaleid model-repo build` wrote it (it has a
+    repository.json); None for other repositories (empty, or hand-made test models)."""
+    return validate_repository(root) if (Path(root) / RECORD).is_file() else None

@@ -126,13 +126,12 @@ class SightingWorker(ChainStage):
                 await self._embed_and_publish([single])
             return
         model_version = await self.in_thread("model version", self.embedder.model_version)
-        for prepared, embedding in zip(batch, embeddings, strict=True):
-            record = embedded_record(prepared, embedding, model_version)
-            sighting_id = prepared.event.sighting_id
-            with self.timed_step("publish"):
-                await self.send(self.embedded_topic, sighting_id, record)
-                await self.in_thread(f"mark {sighting_id}", markers.mark_embedded, self.redis, sighting_id, model_version)
-            EVENTS.labels(stage=STAGE, outcome="embedded").inc()
+        records = [embedded_record(p, e, model_version) for p, e in zip(batch, embeddings, strict=True)]
+        ids = [r.sighting_id for r in records]
+        with self.timed_step("publish"):  # the whole batch: produce all, wait for every ack, then mark
+            await asyncio.gather(*(self.send(self.embedded_topic, r.sighting_id, r) for r in records))
+            await self.in_thread("mark embedded", markers.mark_embedded_many, self.redis, ids, model_version)
+        EVENTS.labels(stage=STAGE, outcome="embedded").inc(len(records))
 
 
 def build_worker_app(settings: Settings, web_port: int):

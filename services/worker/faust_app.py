@@ -40,6 +40,23 @@ def _broker_credentials(settings: Settings):
     return None
 
 
+def limit_fetch_wait(max_wait_ms: int) -> None:
+    """Faust hard-codes aiokafka's fetch_max_wait_ms=1500; a broker that answers fetches only when the wait
+    expires (Tansu) then adds that much latency per hop. Set it on each consumer before it starts."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = getattr(driver.AIOKafkaConsumerThread._create_worker_consumer, "__wrapped__",
+                       driver.AIOKafkaConsumerThread._create_worker_consumer)
+
+    def create_worker_consumer(self, transport):
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    create_worker_consumer.__wrapped__ = original
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
 def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     """A Faust app for `stage` (consumer group `whaleid-<stage>`)."""
     if not settings.kafka_bootstrap:
@@ -62,6 +79,8 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
         autodiscover=False,
         datadir=str(datadir),
     )
+    if settings.faust_fetch_max_wait_ms:
+        limit_fetch_wait(settings.faust_fetch_max_wait_ms)
     credentials = _broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials

@@ -45,6 +45,16 @@ def mark_embedded(client: redis.Redis, sighting_id: str, model_version: str) -> 
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
 
+def mark_embedded_many(client: redis.Redis, sighting_ids: list[str], model_version: str) -> None:
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for sighting_id in sighting_ids:
+                pipe.set(embedded_key(sighting_id), model_version, nx=True, ex=MARKER_TTL_S)
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise TransientFailure(f"Redis unavailable: {exc}") from None
+
+
 def record_failure(client: redis.Redis, sighting_id: str, stage: str, reason: str, detail: str, failed_at: float) -> bool:
     value = json.dumps({"stage": stage, "reason": reason, "detail": detail, "failed_at": failed_at})
     try:

@@ -27,22 +27,26 @@ def _classify(exc: Exception, bucket: str, key: str) -> Exception:
 
 
 def fetch_object(client, bucket: str, key: str, max_bytes: int) -> bytes:
-    """The object's bytes; PermanentFailure for missing, too large or non-image content types."""
+    """The object's bytes (one GET; the body is read only after the size and type checks); PermanentFailure for
+    missing, too large or non-image content types."""
     try:
-        head = client.head_object(Bucket=bucket, Key=key)
+        response = client.get_object(Bucket=bucket, Key=key)
     except Exception as exc:  # noqa: BLE001 - classified below
         raise _classify(exc, bucket, key) from None
-    size = int(head.get("ContentLength", 0))
-    if size > max_bytes:
-        raise PermanentFailure("too_large", f"{size} bytes > limit {max_bytes}")
-    content_type = str(head.get("ContentType", "")).split(";")[0].strip().lower()
-    if content_type not in ACCEPTED_CONTENT_TYPES:
-        raise PermanentFailure("wrong_content_type", f"{content_type!r} is not an image type")
+    body = response["Body"]
     try:
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        data = body.read(max_bytes + 1)
-    except Exception as exc:  # noqa: BLE001
-        raise _classify(exc, bucket, key) from None
+        size = int(response.get("ContentLength", 0))
+        if size > max_bytes:
+            raise PermanentFailure("too_large", f"{size} bytes > limit {max_bytes}")
+        content_type = str(response.get("ContentType", "")).split(";")[0].strip().lower()
+        if content_type not in ACCEPTED_CONTENT_TYPES:
+            raise PermanentFailure("wrong_content_type", f"{content_type!r} is not an image type")
+        try:
+            data = body.read(max_bytes + 1)
+        except Exception as exc:  # noqa: BLE001
+            raise _classify(exc, bucket, key) from None
+    finally:
+        body.close()
     if len(data) > max_bytes:
         raise PermanentFailure("too_large", f"more than {max_bytes} bytes")
     return data

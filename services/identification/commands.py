@@ -1,0 +1,217 @@
+"""`whaleid evaluate` and `whaleid predict`: training's Embedder and data loader + this package's core.
+
+TensorFlow comes in through training (imported here, inside the commands only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from services.errors import ConfigError, DataError
+from services.identification.cli import format_scores
+from services.identification.gallery import build_gallery
+from services.identification.metrics import map_at_5, map_at_5_per_group
+from services.identification.ranking import Identifier
+from services.identification.submission import write_submission
+from services.identification.tuning import TUNING_FILE, Tuning, plot_threshold_curve
+from services.identification.vectors import blend, combine_flip
+
+log = logging.getLogger(__name__)
+
+CURVE_FILE = "threshold_curve.png"
+FOLDS_FILE = "folds.csv"
+PROGRESS_CHUNK = 256
+
+
+# ----------------------------------------------------------------------------- shared steps
+def load_embedders(runs: Sequence[str], snapshot: str | None) -> list:
+    from training.embed import Embedder
+
+    embedders = [Embedder.from_run(run, snapshot) for run in runs]
+    ids = [e.model_id for e in embedders]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"runs give the same model id twice ({', '.join(ids)}); blend different models")
+    sizes = {e.embedding_size for e in embedders}
+    if len(sizes) > 1:
+        raise ConfigError(f"runs have different embedding sizes {sorted(sizes)}; they cannot be blended")
+    return embedders
+
+
+def embed_images(embedder, data, images: Sequence[str], flip_tta: bool) -> np.ndarray:
+    """(N, D) normalised embeddings of data set images with the eval crop; with flip TTA, averaged with the
+    embeddings of the mirrored images (boxes mirrored too). Logs progress."""
+    source = embedder.eval_box_source
+    out, start = [], time.perf_counter()
+    for begin in range(0, len(images), PROGRESS_CHUNK):
+        chunk = images[begin:begin + PROGRESS_CHUNK]
+        boxes = [data.eval_box(image, source) for image in chunk]
+        pixels = [data.load_image(image) for image in chunk]
+        emb = embedder.embed_images(pixels, boxes)
+        if flip_tta:
+            mirrored = [np.ascontiguousarray(p[:, ::-1]) for p in pixels]
+            mirrored_boxes = [None if b is None else mirror_box(b, p.shape[1]) for b, p in zip(boxes, pixels, strict=True)]
+            emb = combine_flip(emb, embedder.embed_images(mirrored, mirrored_boxes))
+        out.append(emb)
+        done = begin + len(chunk)
+        log.info("%s: embedded %d / %d images (%.0f img/s)", embedder.model_id, done, len(images),
+                 done / max(time.perf_counter() - start, 1e-9))
+    if not out:
+        return np.zeros((0, embedder.embedding_size), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def mirror_box(box, width: int):
+    x0, y0, x1, y1 = box
+    return (width - x1, y0, width - x0, y1)
+
+
+def read_folds_file(path: Path) -> dict[str, int]:
+    """RUN/folds.csv (individual_id,fold), checked."""
+    from services.identification.submission import read_csv_rows
+
+    folds, problems = {}, []
+    for line, row in read_csv_rows(path, ("individual_id", "fold")):
+        individual, fold = (row.get("individual_id") or "").strip(), (row.get("fold") or "").strip()
+        if not individual or not fold.lstrip("-").isdigit():
+            problems.append(f"line {line}: bad row {row}")
+        elif individual in folds:
+            problems.append(f"line {line}: individual {individual} appears twice")
+        else:
+            folds[individual] = int(fold)
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems[:10]))
+    return folds
+
+
+def read_run_folds(runs: Sequence[str]) -> dict[str, int]:
+    folds = None
+    for run in runs:
+        path = Path(run) / FOLDS_FILE
+        if not path.is_file():
+            raise ConfigError(f"run {run} has no {FOLDS_FILE}; is it a `whaleid train` run?")
+        these = read_folds_file(path)
+        if folds is not None and these != folds:
+            raise ConfigError(f"runs {runs[0]} and {run} use different folds ({FOLDS_FILE} differ)")
+        folds = these
+    return folds
+
+
+# ----------------------------------------------------------------------------- evaluate
+def evaluate_command(args: argparse.Namespace) -> int:
+    from services.identification.evaluation import LabelledImages, evaluate_out_of_fold
+    from training.data import load_dataset
+
+    data = load_dataset(args.data)
+    folds = read_run_folds(args.runs)
+    missing = sorted({r.individual_id for r in data.train} - set(folds))
+    if missing:
+        raise DataError(f"{len(missing)} individual(s) of {args.data} are not in the run's {FOLDS_FILE} "
+                        f"(another data set?): {', '.join(missing[:10])}")
+    embedders = load_embedders(args.runs, args.snapshot)
+    run_folds = sorted({int(e.info["fold"]) for e in embedders})
+    eval_folds = sorted(set(args.folds)) if args.folds else run_folds
+    if any(f < 0 for f in eval_folds):
+        raise ConfigError("the run was trained on every fold (fold -1): nothing is out of fold; "
+                          "pass --folds to evaluate in-fold anyway")
+    in_fold = [f for f in eval_folds if f not in run_folds]
+    if in_fold:
+        log.warning("folds %s were trained on by the model(s): their MAP@5 is optimistic (in-fold)", in_fold)
+    images = [r.image for r in data.train]
+    embeddings = {e.model_id: embed_images(e, data, images, args.flip_tta) for e in embedders}
+    labelled = LabelledImages(images, [r.individual_id for r in data.train], [r.species for r in data.train],
+                              np.array([folds[r.individual_id] for r in data.train]))
+    evaluation = evaluate_out_of_fold(embeddings, labelled, eval_folds, k=args.k,
+                                      per_species=not args.no_per_species, flip_tta=args.flip_tta)
+    report = {**evaluation.report, "in_fold": in_fold, "runs": [str(r) for r in args.runs]}
+    evaluation.tuning.validation["in_fold"] = in_fold
+    out_dir = Path(args.runs[0])
+    tuning_path = evaluation.tuning.save(out_dir / TUNING_FILE)
+    curve = plot_threshold_curve(evaluation.sweep, out_dir / CURVE_FILE,
+                                 title=f"out-of-fold MAP@5 vs new_individual threshold ({', '.join(embeddings)})",
+                                 extra=evaluation.fold_sweeps)
+    report.update(tuning_file=str(tuning_path), threshold_curve=str(curve))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_evaluation(report))
+    return 0
+
+
+def format_evaluation(report: dict) -> str:
+    lines = [
+        f"out-of-fold MAP@5 {report['map5']:.4f} at threshold {report['threshold']:.2f} "
+        f"({report['queries']} queries, {100 * report['new_individual_share']:.0f}% new individuals)",
+        f"  with per-species thresholds: {report['map5_per_species_thresholds']:.4f}",
+        f"  never new_individual first (threshold 0): {report['map5_threshold_0']:.4f}; "
+        f"always (threshold 1): {report['map5_threshold_1']:.4f}",
+        "  per fold: " + ", ".join(f"{f}: {v:.4f}" for f, v in report["per_fold"].items())
+        + (f" (in-fold: {report['in_fold']})" if report.get("in_fold") else ""),
+    ]
+    if len(report["weights"]) > 1:
+        lines.append("  blend weights: " + ", ".join(f"{m}={w:.2f}" for m, w in report["weights"].items()))
+    if report["per_species"]:
+        width = max(len(name) for name in report["per_species"])
+        lines.append("  per species:")
+        lines += [f"    {name:<{width}}  {value:.4f}" for name, value in report["per_species"].items()]
+    lines += [f"tuning: {report['tuning_file']}", f"threshold curve: {report['threshold_curve']}"]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- predict
+def predict_command(args: argparse.Namespace) -> int:
+    from training.data import load_dataset
+
+    data = load_dataset(args.data)
+    if not data.test_images:
+        raise DataError(f"{args.data}: no test images to predict")
+    tuning = Tuning.load(args.tuning or Path(args.runs[0]) / TUNING_FILE)
+    embedders = load_embedders(args.runs, args.snapshot)
+    model_ids = [e.model_id for e in embedders]
+    weights = tuning.weights if len(embedders) > 1 else {model_ids[0]: 1.0}
+    unknown = sorted(set(model_ids) - set(weights))
+    if unknown:
+        raise ConfigError(f"the tuning file has no blend weight for {', '.join(unknown)} "
+                          f"(it has {', '.join(weights) or 'none'}): run `whaleid evaluate` with these runs")
+    train_images = [r.image for r in data.train]
+    gallery_emb = blend({e.model_id: embed_images(e, data, train_images, tuning.flip_tta) for e in embedders}, weights)
+    test_emb = blend({e.model_id: embed_images(e, data, data.test_images, tuning.flip_tta) for e in embedders},
+                     weights)
+    gallery = build_gallery(gallery_emb, [r.individual_id for r in data.train], [r.species for r in data.train],
+                            train_images, model_ids=model_ids)
+    predictions = Identifier(gallery, tuning).identify(test_emb, new_share=args.new_share)
+    labels = [[label for label, _ in p] for p in predictions]
+    path = write_submission(args.out, data.test_images, labels)
+    new_first = np.mean([p[0] == "new_individual" for p in labels])
+    print(f"wrote {path}: {len(labels)} images, new_individual first for {100 * new_first:.0f}%")
+    truth = truth_of(args, data)
+    if truth is not None:
+        ids, species = truth
+        per_species = map_at_5_per_group(labels, ids, species)
+        print(format_scores(map_at_5(labels, ids), per_species, len(ids)))
+    return 0
+
+
+def truth_of(args: argparse.Namespace, data):
+    """(individual_ids, species) of the test images from --truth, else from the data set's test_truth.csv."""
+    if args.truth:
+        from services.identification.submission import read_truth
+
+        truth = read_truth(args.truth)
+        by_image = dict(zip(truth.images, zip(truth.individual_ids, truth.species or [""] * len(truth.images),
+                                               strict=True), strict=True))
+    elif data.truth is not None:
+        by_image = {row.image: (row.individual_id, row.species) for row in data.truth}
+    else:
+        return None
+    missing = [image for image in data.test_images if image not in by_image]
+    if missing:
+        raise DataError(f"the truth has no row for {len(missing)} test image(s): {', '.join(missing[:10])}")
+    rows = [by_image[image] for image in data.test_images]
+    return [r[0] for r in rows], [r[1] for r in rows]
