@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 from fixtures_chain import ServiceProcess, chain_env, stream_counts
-from fixtures_model_repo import exported, snapshot_run
+from fixtures_model_repo import EPOCHS, exported, snapshot_run
 from fixtures_synth import synth_dataset
 
 from services.demo.app_client import AppClient
@@ -19,7 +19,7 @@ from services.demo.run import app_metadata, hostile_uploads, read_truth, result_
 from services.stack.ports import free_port
 
 TOKEN = "chain-test-token"
-SNAPSHOT = 1  # epoch of the snapshot served and evaluated
+SNAPSHOT = EPOCHS[-1]  # the snapshot `exported` holds: served by Triton and evaluated offline
 
 
 @pytest.fixture(scope="module")

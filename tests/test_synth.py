@@ -134,6 +134,8 @@ def test_markings_are_persistent_and_individual():
 def test_bad_parameters_and_existing_output_are_refused(tmp_path):
     with pytest.raises(DataError, match="individuals must be >= 2.*test_new_share"):
         generate(tmp_path / "x", individuals=1, seed=0, test_new_share=1.5)
+    with pytest.raises(DataError, match="unknown nuisance preset 'wild'; expected one of easy, normal, hard"):
+        generate(tmp_path / "x", individuals=3, seed=0, nuisance="wild")
     generate(tmp_path / "y", individuals=3, seed=0, preview=False)
     with pytest.raises(DataError, match="already holds a data set"):
         generate(tmp_path / "y", individuals=3, seed=0)

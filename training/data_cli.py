@@ -12,7 +12,8 @@ def _synth(args) -> int:
     summary = generate(
         args.out, individuals=args.individuals, seed=args.seed, species=args.species, image_size=args.image_size,
         test_new_share=args.test_new_share, max_photos=args.max_photos, misspelt_share=args.misspelt_share,
-        jpeg_quality=args.jpeg_quality, zipf_a=args.zipf_a, nuisance=args.nuisance, overwrite=args.overwrite, preview=not args.no_preview,
+        jpeg_quality=args.jpeg_quality, zipf_a=args.zipf_a, nuisance=args.nuisance, overwrite=args.overwrite,
+        preview=not args.no_preview,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -49,7 +50,8 @@ def register(subparsers) -> None:
     synth.add_argument("--misspelt-share", type=float, default=0.05,
                        help="share of train labels written with the Kaggle misspellings (fixed by the loader)")
     synth.add_argument("--nuisance", choices=sorted(NUISANCE_PRESETS), default="normal",
-                       help="how much pose, light and view vary between photos (easy: for quick CPU training runs)")
+                       help="how much pose, light and view vary between photos (easy: milder, so even the pixel baseline "
+                            "scores higher; hard: stronger, with mirrored photos)")
     synth.add_argument("--jpeg-quality", type=int, default=90)
     synth.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
     synth.add_argument("--no-preview", action="store_true", help="skip preview.png")

@@ -223,9 +223,9 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
     from training.strategy import choose_strategy, global_batch_size, set_precision
 
     run_dir = Path(run_dir)
+    data = load_dataset(data_dir)
     config = prepare_run(dict(config), run_dir, resume)
     keras.utils.set_random_seed(config["seed"])
-    data = load_dataset(data_dir)
 
     folds_path = run_dir / "folds.csv"
     if resume and folds_path.exists():

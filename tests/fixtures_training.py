@@ -1,0 +1,62 @@
+"""A trained tiny run shared by every test that needs a real model (training, export, Triton parity, demo).
+
+    from tests.fixtures_training import tiny_run
+
+    @pytest.fixture(scope="session")
+    def trained(tmp_path_factory):
+        return tiny_run(tmp_path_factory)   # TinyRun(data_dir, run_dir, summary, config)
+
+The data set and the training run are made once per pytest session (cached here, whatever the caller) with
+`training.synth.generate` and `training.train.train` (config b0-tiny: EfficientNetB0 at 64 px from scratch).
+Treat both directories as read-only: copy the run before changing it (e.g. to resume it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The synthetic set: ~60 individuals, ~220 train and ~85 test images (30% of the test animals are new), with a
+# flatter photos-per-individual tail than the generator's default so that a B0 learns it in ~150 steps.
+SYNTH = {"individuals": 60, "seed": 3, "image_size": 128, "zipf_a": 1.3, "max_photos": 10, "preview": False}
+TRAIN_CONFIG = "b0-tiny"
+TRAIN_OVERRIDES: dict[str, Any] = {"fold": 0, "epochs": 12, "snapshot_every": 4, "validate_every": 4}
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    data_dir: Path
+    run_dir: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+
+_CACHE: dict[str, TinyRun] = {}
+
+
+def tiny_data(tmp_path_factory) -> Path:
+    """The synthetic data set alone (generated once per session)."""
+    if "data" not in _CACHE:
+        from training.synth import generate
+
+        root = tmp_path_factory.mktemp("tiny_synth") / "data"
+        generate(root, **SYNTH)
+        _CACHE["data"] = TinyRun(root, Path(), {}, {})
+    return _CACHE["data"].data_dir
+
+
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """The synthetic data set and a b0-tiny run trained on it (once per session)."""
+    if "run" not in _CACHE:
+        from training.config import load_config
+        from training.train import train
+
+        logging.getLogger("training").setLevel(logging.INFO)
+        data_dir = tiny_data(tmp_path_factory)
+        run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+        config = load_config(TRAIN_CONFIG, TRAIN_OVERRIDES)
+        summary = train(config, data_dir, run_dir, verbose=0)
+        _CACHE["run"] = TinyRun(data_dir, run_dir, summary, config)
+    return _CACHE["run"]
