@@ -41,15 +41,19 @@ def summarise(results: list[dict[str, Any]], truth: dict[str, str], offline: dic
 
 
 def table(results: list[dict[str, Any]], truth: dict[str, str], limit: int = 40) -> str:
-    lines = [f"{'photo':<22} {'truth':<18} {'top candidate':<18} {'score':>6}  {'ok':<3} {'ms':>6}"]
+    """One line per photo: truth, the first prediction, the best known individual and its score, whether the
+    truth is in the top five, and the upload -> identification latency."""
+    lines = [f"{'photo':<20} {'truth':<16} {'prediction':<16} {'best known':<16} {'score':>6} {'top5':<4} {'ms':>6}"]
     for r in results[:limit]:
-        if r["status"] != "identified":
-            lines.append(f"{r['image']:<22} {truth.get(r['image'], '?'):<18} {r['status'] + ': ' + r.get('reason', ''):<30}")
-            continue
-        top, score = r["predictions"][0], r["scores"][0]
         expected = truth.get(r["image"], "?")
-        ok = "yes" if expected in r["predictions"][:5] else "no"
-        lines.append(f"{r['image']:<22} {expected:<18} {top:<18} {score:>6.3f}  {ok:<3} {r['latency_s'] * 1000:>6.0f}")
+        if r["status"] != "identified":
+            lines.append(f"{r['image']:<20} {expected:<16} {r['status']}: {r.get('reason', '')}")
+            continue
+        known = [(i, s) for i, s in zip(r["predictions"], r["scores"], strict=True) if i != "new_individual"]
+        best, score = known[0] if known else ("-", float("nan"))
+        hit = "yes" if expected in r["predictions"][:5] else "no"
+        lines.append(f"{r['image']:<20} {expected:<16} {r['predictions'][0]:<16} {best:<16} {score:>6.3f} {hit:<4} "
+                     f"{r['latency_s'] * 1000:>6.0f}")
     if len(results) > limit:
         lines.append(f"... and {len(results) - limit} more")
     return "\n".join(lines)

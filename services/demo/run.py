@@ -3,6 +3,7 @@ upload the test photos through the gateway as an app would, wait for the identif
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -139,7 +140,9 @@ def run_demo(options: DemoOptions) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = Path(options.workdir).resolve()
     progress(f"whaleid demo in {workdir} ({options.individuals} individuals, config {options.model_config})")
-    model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
+    # with --json, stdout carries only the summary: training's progress (Keras prints) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if options.as_json else contextlib.nullcontext():
+        model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     chain = DemoChain(options, model, run_dir, progress)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM tears down like Ctrl-C

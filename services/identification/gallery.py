@@ -178,7 +178,7 @@ class Gallery:
         np.save(directory / EMBEDDINGS_FILE, self.embeddings)
         with open(directory / ENTRIES_FILE, "w") as fh:
             for image, ind, sp, meta in zip(self.images, self.individual_ids, self.species, self.metadata, strict=True):
-                fh.write(json.dumps({"image": image, "individual_id": ind, "species": sp, "metadata": meta}) + "\n")
+                fh.write(json.dumps({"image": image, "individual_id": ind, "species": sp, "metadata": meta}, default=str) + "\n")
         files = [EMBEDDINGS_FILE, ENTRIES_FILE]
         if self.index_kind != "flat":
             faiss.write_index(self.index, str(directory / INDEX_FILE))
