@@ -8,7 +8,9 @@ trained one; cached under `--workdir`), a gallery of random unit vectors, and `w
    SQS -> bridge -> Kafka -> worker -> Triton -> matcher -> Redis) -> sightings/s from the first upload to the
    last identification.
 3. steady chain: photos offered at `--load` x the saturated rate for `--seconds` -> upload->Redis latency
-   p50/p95/p99.
+   p50/p95/p99, and the median time of each hop (upload -> bridge -> worker -> matcher).
+4. core: worker + matcher alone (events produced straight to sightings.uploaded for objects already in S3)
+   -> sightings/s, to tell the streaming core's capacity from the front's (gateway, S3 events, bridge).
 Targets: chain >= 0.8 x raw; p99 <= 2 x p50 below saturation. A PNG (latency histogram + rates) is written next
 to the JSON result.
 """
@@ -21,6 +23,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +148,33 @@ def steady(uploader: Uploader, images: list[bytes], rate: float, seconds: float,
     return ids, [done[i] - uploader.sent[i] for i in ids]
 
 
+def core_saturated(settings, redis_client, images: list[bytes], count: int, timeout: float) -> float:
+    """Worker + matcher alone: objects put in S3 beforehand, then `count` sightings.uploaded events produced at
+    once (what the bridge would send) -> sightings/s from the first event to the last identification."""
+    from kafka import KafkaProducer
+
+    from services import topics
+    from services.operations.model_store import s3_client
+
+    s3 = s3_client(settings)
+    events = []
+    for n in range(count):
+        sighting_id = uuid.uuid4().hex
+        key = f"bench-core/{sighting_id}.jpg"  # outside uploads/: the bridge does not claim these
+        s3.put_object(Bucket=settings.sightings_bucket, Key=key, Body=images[n % len(images)], ContentType="image/jpeg")
+        events.append(topics.SightingUploaded(sighting_id=sighting_id, bucket=settings.sightings_bucket, key=key,
+                                              uploaded_at=time.time()))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    start = time.time()
+    for event in events:
+        producer.send(topics.SIGHTINGS_UPLOADED, key=event.sighting_id.encode(), value=event.to_json())
+    producer.flush()
+    producer.close()
+    waiter = Uploader(None, redis_client)
+    done = waiter.wait([e.sighting_id for e in events], timeout)
+    return count / (max(done.values()) - start)
+
+
 def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 1)
 
@@ -238,8 +268,15 @@ def main(argv: list[str]) -> dict:
         log.info("chain saturated: %.1f sightings/s", chain_rate)
         offered = max(0.5, args.load * chain_rate)
         steady_ids, latencies = steady(uploader, images, offered, args.seconds, 300)
+        for service in services:
+            if service.service in ("gateway", "bridge"):
+                service.stop()
+        core_rate = core_saturated(settings, uploader.redis, images, args.burst, 600)
+        log.info("worker + matcher alone, saturated: %.1f sightings/s", core_rate)
         result = {
             "raw_crops_per_s": round(raw, 1),
+            "core_sightings_per_s": round(core_rate, 1),
+            "core_over_raw": round(core_rate / raw, 3),
             "chain_sightings_per_s": round(chain_rate, 1),
             "chain_over_raw": round(chain_rate / raw, 3),
             "target_chain_over_raw": 0.8,

@@ -65,11 +65,56 @@ class TritonPythonModel:
 '''
 
 
-def write_toy_repository(root: Path) -> Path:
-    model = Path(root) / "ensemble"
-    (model / "1").mkdir(parents=True, exist_ok=True)
-    (model / "config.pbtxt").write_text(TOY_CONFIG)
-    (model / "1" / "model.py").write_text(TOY_MODEL)
+DETECTOR_CONFIG = """name: "detector"
+backend: "python"
+max_batch_size: 8
+input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "BOX" data_type: TYPE_FP32 dims: [ 4 ] }, { name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+# The toy detector: the bounding box of the pixels that are not (near) black; confident only when that box is
+# smaller than the image (an animal on a dark background), so ordinary photos keep the whole-image crop.
+DETECTOR_MODEL = '''
+import io
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image
+
+
+def detect(data):
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.int32)
+    rows, cols = np.nonzero(pixels > 12)
+    if rows.size == 0:
+        return [0, 0, 0, 0], 0.0
+    box = [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
+    whole = box[2] - box[0] >= pixels.shape[1] - 2 and box[3] - box[1] >= pixels.shape[0] - 2
+    return box, 0.0 if whole else 0.9
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            found = [detect(bytes(item[0])) for item in images]
+            boxes = np.array([b for b, _ in found], dtype=np.float32)
+            scores = np.array([[s] for _, s in found], dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("BOX", boxes), pb_utils.Tensor("SCORE", scores)]))
+        return responses
+'''
+
+
+def write_toy_repository(root: Path, detector: bool = False) -> Path:
+    """The toy `ensemble` (and, with `detector`, the toy crop detector) as a Triton model repository."""
+    models = {"ensemble": (TOY_CONFIG, TOY_MODEL)}
+    if detector:
+        models["detector"] = (DETECTOR_CONFIG, DETECTOR_MODEL)
+    for name, (config, code) in models.items():
+        model = Path(root) / name
+        (model / "1").mkdir(parents=True, exist_ok=True)
+        (model / "config.pbtxt").write_text(config)
+        (model / "1" / "model.py").write_text(code)
     return Path(root)
 
 

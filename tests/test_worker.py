@@ -44,7 +44,7 @@ def chain(stack, tmp_path_factory):
     from services.triton_client import EmbeddingClient
 
     root = tmp_path_factory.mktemp("chain-worker")
-    repository = write_toy_repository(root / "repo")
+    repository = write_toy_repository(root / "repo", detector=True)
     triton = launch_triton(repository, root / "triton")
     services: list[ServiceProcess] = []
     handle = None
@@ -181,18 +181,24 @@ def test_duplicate_events_give_one_identification(chain):
     assert len(embedded) == 1
 
 
-def test_the_uploaders_crop_box_is_used(chain):
-    image = photo(1, (200, 150))
+def test_crop_step_uploader_box_then_detector_then_whole_image(chain):
     scene = np.zeros((300, 400, 3), dtype=np.uint8)
-    scene[100:250, 150:350] = image
-    sighting_id = chain.upload(jpeg_bytes(scene), metadata={"crop_box": [150, 100, 350, 250]})
-    whole = chain.upload(jpeg_bytes(scene))
-    chain.wait_identified([sighting_id, whole])
-    record = topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting_id}"))
-    assert record.crop_source == "uploader" and record.crop_box == [150.0, 100.0, 350.0, 250.0]
-    assert topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{whole}")).crop_source == "full"
-    cropped = identification(chain.redis, sighting_id)["candidates"][0]
-    assert cropped["individual_id"] == "whale-1" and cropped["score"] > 0.95
+    scene[100:250, 150:350] = photo(1, (200, 150))  # the animal on a dark sea
+    boxed = chain.upload(jpeg_bytes(scene), metadata={"crop_box": [150, 100, 350, 250]})
+    detected = chain.upload(jpeg_bytes(scene))
+    plain = chain.upload(jpeg_bytes(photo(3)))
+    chain.wait_identified([boxed, detected, plain])
+
+    def embedded(sighting_id):
+        return topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting_id}"))
+
+    assert embedded(boxed).crop_source == "uploader" and embedded(boxed).crop_box == [150.0, 100.0, 350.0, 250.0]
+    assert embedded(detected).crop_source == "detector"
+    assert np.allclose(embedded(detected).crop_box, [150, 100, 350, 250], atol=3)
+    assert embedded(plain).crop_source == "full" and embedded(plain).crop_box is None
+    for sighting_id in (boxed, detected):
+        best = identification(chain.redis, sighting_id)["candidates"][0]
+        assert best["individual_id"] == "whale-1" and best["score"] > 0.9
 
 
 def test_a_killed_worker_restarts_and_every_sighting_is_identified_once(chain):

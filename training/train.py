@@ -4,7 +4,8 @@ Validation (fold k; config `fold`, -1 = no validation): fold k's individuals are
 are identified the way the service identifies new photos: the gallery is every training image plus, for each
 validation individual with two or more photos, its first photo; the queries are the remaining validation photos
 (truth: their individual, now in the gallery) and the photos of validation individuals with a single photo
-(truth: `new_individual`, as it is not in the gallery). MAP@5 comes from the identification core (nearest
+(truth: `new_individual`, as it is not in the gallery) — services.identification.evaluation.split_fold, the
+same split `whaleid evaluate` uses. MAP@5 comes from the identification core (nearest
 neighbours, best score per individual, `new_individual` inserted by a threshold) at the threshold that is best on
 this validation set (reported as val_threshold), as the Happywhale solutions tuned it.
 

@@ -154,7 +154,11 @@ def run_demo(options: DemoOptions) -> int:
         raise
     finally:
         if options.keep_up and chain.started:
-            progress(f"--keep-up: services and stack stay up (stop with `whaleid stack down` and the PIDs in {run_dir})")
+            pids = {service.name: service.proc.pid for service in chain.services if service.running()}
+            (run_dir / "services.json").write_text(json.dumps(pids, indent=1))
+            progress(f"--keep-up: the stack and the services stay up; stop them with "
+                     f"`whaleid stack down --run-dir {run_dir / 'stack'}` and `kill {' '.join(map(str, pids.values()))}` "
+                     f"(PIDs also in {run_dir / 'services.json'})")
         else:
             chain.stop()
     chain.print_report(summary, rows)

@@ -43,6 +43,10 @@ class EmbeddingService:
     def ready(self) -> bool:
         return self.client.ready()
 
+    def forget_model_version(self) -> None:
+        """After a Triton outage the served model may have changed: ask again."""
+        self._model_version = ""
+
     def model_version(self) -> str:
         """`<model>:<version>[:<build_id>]` of the served ensemble (asked once, then cached)."""
         if not self._model_version:
@@ -106,6 +110,7 @@ class SightingWorker(ChainStage):
                 with self.timed_step("embed"):
                     return await asyncio.to_thread(self.embedder.embed, [p.png for p in batch])
             except Exception as exc:  # noqa: BLE001 - classified by Triton's health below
+                self.embedder.forget_model_version()
                 ready = await asyncio.to_thread(self.embedder.ready)
                 refused = refused + 1 if ready else 0
                 if refused >= FAILURES_WHILE_READY:

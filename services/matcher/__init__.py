@@ -1,0 +1,1 @@
+"""The matcher (`whaleid serve matcher`): sightings.embedded -> gallery ranking -> Redis + identifications topics."""

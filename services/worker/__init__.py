@@ -1,0 +1,1 @@
+"""The Faust worker (`whaleid serve worker`): sightings.uploaded -> S3, validate, crop, Triton -> sightings.embedded."""
