@@ -29,7 +29,7 @@ PROFILES = ("local", "production")
 @dataclass(frozen=True)
 class Settings:
     # --- which set of defaults
-    profile: str = "local"
+    profile: str = "local"  # local (embedded stack, Tansu workarounds) | production
     # --- embedded stack (local profile)
     run_dir: Path = Path(".whaleid/stack")  # state file, logs and data of `whaleid stack`
     model_repository: Path = Path(".whaleid/model_repository")  # Triton model repository served by the stack
@@ -37,37 +37,37 @@ class Settings:
     kafka_bootstrap: str = ""  # host:port[,host:port]
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     kafka_sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512
-    kafka_username: str = ""
-    kafka_password: str = field(default="", repr=False)
+    kafka_username: str = ""  # SASL user (production)
+    kafka_password: str = field(default="", repr=False)  # SASL password (production)
     # --- S3 (sightings and the model store) and the upload-event queue
     s3_endpoint: str = ""  # empty: the AWS default endpoint
-    s3_region: str = "us-east-1"
-    aws_access_key_id: str = ""
-    aws_secret_access_key: str = field(default="", repr=False)
-    sightings_bucket: str = "whaleid-sightings"
-    models_bucket: str = "whaleid-models"
+    s3_region: str = "us-east-1"  # region of the buckets and the queue
+    aws_access_key_id: str = ""  # empty: boto3's default credential chain
+    aws_secret_access_key: str = field(default="", repr=False)  # with aws_access_key_id
+    sightings_bucket: str = "whaleid-sightings"  # uploaded photos (uploads/<sighting_id>.<ext>)
+    models_bucket: str = "whaleid-models"  # the model store: galleries, tuning, model repositories
     upload_events_queue: str = "whaleid-upload-events"  # SQS queue receiving the bucket's event notifications
     # --- Redis
     redis_url: str = ""  # redis://host:port/0
     # --- Triton
     triton_grpc_url: str = ""  # host:port
     triton_http_url: str = ""  # host:port
-    triton_model: str = "ensemble"
-    triton_timeout_s: float = 10.0
+    triton_model: str = "ensemble"  # the ensemble the worker calls
+    triton_timeout_s: float = 10.0  # per Triton request
     # --- Prometheus (only for the embedded stack and tests; services expose /metrics themselves)
-    prometheus_url: str = ""
+    prometheus_url: str = ""  # http://host:port of Prometheus (filled from the stack state locally)
     # --- Faust (Tansu needs short sessions and unbatched producers; production uses Faust's defaults)
-    faust_broker_session_timeout: float = 60.0
-    faust_broker_heartbeat_interval: float = 3.0
-    faust_producer_max_batch_size: int = 16384
-    faust_store: str = "memory://"
-    faust_web_port_base: int = 6066
+    faust_broker_session_timeout: float = 60.0  # Faust consumer session timeout (s)
+    faust_broker_heartbeat_interval: float = 3.0  # Faust consumer heartbeat (s)
+    faust_producer_max_batch_size: int = 16384  # Faust producer batch size (bytes)
+    faust_store: str = "memory://"  # Faust table store (rocksdb:// in production if installed)
+    faust_web_port_base: int = 6066  # Faust web port of the first worker; others add their index
     # --- gateway
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8080
-    gateway_token: str = field(default="", repr=False)
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    gateway_host: str = "127.0.0.1"  # gateway bind address
+    gateway_port: int = 8080  # gateway HTTP port
+    gateway_token: str = field(default="", repr=False)  # bearer token apps must send
+    max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted photo
+    max_image_pixels: int = 40_000_000  # larger images are refused before decoding (bombs)
     upload_url_expires_s: int = 900  # lifetime of a presigned upload URL (issue #6)
     # --- bridge: S3 upload events (SQS) -> Kafka (issue #6)
     upload_events_endpoint: str = ""  # SQS endpoint of the upload-event queue; empty: s3_endpoint (or AWS)
@@ -76,7 +76,7 @@ class Settings:
     bridge_claim_ttl_s: int = 120  # an in-flight claim on a (key, etag) expires after this (crashed bridge)
     # --- identification
     gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
-    metrics_port_base: int = 9400
+    metrics_port_base: int = 9400  # /metrics port of the first service; each service adds its offset
     metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 in Kubernetes so Prometheus can scrape (#7)
     # --- streaming chain: worker and matcher (issue #6)
     worker_batch_size: int = 16  # sightings per Triton call (the worker takes what is waiting, up to this)
