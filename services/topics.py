@@ -115,4 +115,4 @@ class DeadLetter(_JsonRecord):
     original: Any  # the original event (decoded JSON when possible, else the raw text)
     sighting_id: str = ""
     failed_at: float = 0.0
-    detail: str = ""  # human-readable explanation; `reason` then holds only the short code (worker, matcher)
+    detail: str = ""  # human-readable explanation; `reason` then holds only the short code (bridge, worker, matcher)

@@ -139,11 +139,17 @@ def test_malformed_and_refused_events_are_dead_lettered_and_the_stream_goes_on(c
     letters = chain["dead"].matching(
         lambda key, value: marker in json.dumps(value) or value.get("sighting_id") == too_big["sighting_id"],
         expected=5)
-    reasons = sorted(letter["reason"].split(":")[0] for letter in letters)
-    assert reasons == ["bad_key", "missing_field", "not_json", "too_large", "unknown_sighting"], letters
+    by_reason = {letter["reason"]: letter for letter in letters}  # reason: the short code, as worker and matcher
+    assert sorted(by_reason) == ["bad_key", "missing_field", "not_json", "too_large", "unknown_sighting"], letters
     assert all(letter["stage"] == "bridge" for letter in letters)
-    not_json = next(letter for letter in letters if letter["reason"].startswith("not_json"))
-    assert not_json["original"] == f"not json {marker}"
+    assert by_reason["not_json"]["original"] == f"not json {marker}"
+    assert by_reason["not_json"]["detail"].startswith("the message is not JSON")
+    assert by_reason["missing_field"]["detail"] == "record has no s3.bucket.name"
+    assert by_reason["missing_field"]["original"]["marker"] == marker
+    assert f"{MAX_UPLOAD_BYTES + 1} bytes > limit {MAX_UPLOAD_BYTES}" == by_reason["too_large"]["detail"]
+    assert by_reason["unknown_sighting"]["sighting_id"] == marker and marker in by_reason["unknown_sighting"]["detail"]
+    assert by_reason["bad_key"]["original"]["s3"]["object"]["key"] == f"other%2F{marker}.jpg"  # as S3 sent it
+    assert by_reason["bad_key"]["detail"] == f"key 'other/{marker}.jpg' is not under uploads/"
     assert len(chain["uploaded"].matching(_for(good["sighting_id"]), expected=1)) == 1
     assert chain["uploaded"].matching(_for(too_big["sighting_id"]), expected=0, settle=0) == []
 
@@ -194,3 +200,38 @@ def test_kafka_failure_keeps_the_message_until_it_is_produced(chain):
     assert len(records) == 1 and records[0]["size"] == 10
     time.sleep(1.2)  # past the visibility timeout: the message was deleted, nothing comes back
     assert sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0).get("Messages") is None
+
+
+def test_one_receive_is_handled_as_a_batch_with_repeats_and_foreign_claims(chain):
+    """Ten messages at a time: a repeat inside the batch is a duplicate, an upload claimed by another bridge keeps
+    its message in the queue (and only that one), the rest is produced with one flush and deleted together."""
+    settings = chain["settings"].with_overrides(upload_events_queue=f"bridge-batch-{uuid.uuid4().hex[:8]}")
+    sqs = aws(settings, "sqs")
+    queue_url = sqs.create_queue(QueueName=settings.upload_events_queue,
+                                 Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    mine, foreign = create_sighting(chain["url"]), create_sighting(chain["url"])
+    marker = uuid.uuid4().hex
+    other_bridge = Deduplicator(redis_of(settings), claim_ttl_s=60, done_ttl_s=600)
+    assert other_bridge.claim(foreign["key"], "etag-foreign") is Claim.NEW
+    bodies = [_event_body(settings, mine["key"], 10, "etag-mine"), _event_body(settings, mine["key"], 10, "etag-mine"),
+              _event_body(settings, foreign["key"], 10, "etag-foreign"), f"not json {marker}"]
+    sqs.send_message_batch(QueueUrl=queue_url,
+                           Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)])
+
+    bridge = UploadBridge(settings, sqs, queue_url, redis_of(settings), kafka_producer(settings))
+    try:
+        assert bridge.poll_once() == 4
+        assert {k: bridge.totals[k] for k in ("produced", "duplicate", "in_flight", "dead_letter", "messages")} == {
+            "produced": 1, "duplicate": 1, "in_flight": 1, "dead_letter": 1, "messages": 4}
+        assert len(chain["uploaded"].matching(_for(mine["sighting_id"]), expected=1, settle=0.3)) == 1
+        assert chain["dead"].matching(lambda key, value: marker in json.dumps(value), expected=1, settle=0)
+        time.sleep(1.2)  # past the visibility timeout: only the foreign upload's message is back
+        back = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+        assert [json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in back] == [
+            quote_plus(foreign["key"], safe="/")]
+        other_bridge.release(foreign["key"], "etag-foreign")  # the other bridge failed: ours produces it now
+        time.sleep(1.2)
+        assert bridge.poll_once() == 1
+        assert len(chain["uploaded"].matching(_for(foreign["sighting_id"]), expected=1, settle=0.3)) == 1
+    finally:
+        bridge.producer.close()

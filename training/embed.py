@@ -154,8 +154,11 @@ class Embedder:
 
 def untrained_embedder(config: dict[str, Any], num_classes: int = 2) -> Embedder:
     """A randomly initialised embedder of `config` (the yardstick a trained one must beat)."""
+    import keras
+
     from training.model import build_models
 
+    keras.utils.set_random_seed(config["seed"])  # the same random network on every call
     _, model = build_models({**config, "weights": "none"}, num_classes, 0)
     info = {"model_id": f"{config['name']}-untrained", "backbone": config["backbone"],
             "image_size": config["image_size"], "embedding_size": config["embedding_size"], "fold": config["fold"],

@@ -1,10 +1,12 @@
 """S3 upload events (SQS) -> `sightings.uploaded` on Kafka, at least once and without duplicates.
 
-For each SQS message: parse its records; for each new upload attach the uploader's metadata from Redis
-(`sighting:<id>`) and produce a SightingUploaded keyed by sighting id; malformed or refused events become
-DeadLetter records (stage=bridge) with the reason. The producer is flushed (acks=all) before the message is
-deleted, so a crash or a Kafka outage leaves the message in the queue to be delivered again; the (key, etag)
-claims of `dedupe.py` make that redelivery, and the two events of a multipart upload, produce one record.
+The bridge works in batches of up to 10 SQS messages (one receive): it parses their records, claims every new
+upload in one Redis pipeline (`dedupe.py`), reads the uploaders' metadata (`sighting:<id>`) in a second one,
+produces a SightingUploaded keyed by sighting id per new upload (malformed or refused events become DeadLetter
+records, stage=bridge, `reason` = short code, `detail` = text), flushes the producer once (acks=all), marks the
+claims done and deletes the handled messages with one `delete_message_batch`. Nothing is deleted before the
+flush succeeded, so a crash or a Kafka outage leaves the messages in the queue to be delivered again; the
+(key, etag) claims make that redelivery, and the two events of a multipart upload, produce one record.
 """
 
 from __future__ import annotations
@@ -33,22 +35,36 @@ from services.worker.markers import record_failure
 log = logging.getLogger(__name__)
 
 STAGE = "bridge"
-MAX_MESSAGES = 10  # per SQS receive (the SQS maximum)
+MAX_MESSAGES = 10  # per SQS receive (the SQS maximum, also the most one delete_message_batch takes)
 FLUSH_TIMEOUT_S = 30.0
 PROGRESS_EVERY_S = 15.0
 
 
 @dataclass
+class _Upload:
+    """An upload event that passed the checks that need no server, waiting for its claim."""
+
+    message: int  # index of its SQS message in the batch
+    sighting_id: str
+    event: ObjectCreated
+
+    @property
+    def claim_key(self) -> tuple[str, str]:
+        return self.event.key, self.event.dedupe_token
+
+
+@dataclass
 class _Batch:
-    """What one SQS message turns into; applied only after Kafka acknowledged every record."""
+    """What one receive turns into; applied only after Kafka acknowledged every record."""
 
     records: list[tuple[str, str, bytes]] = field(default_factory=list)  # (topic, sighting id or "", JSON)
-    claimed: list[ObjectCreated] = field(default_factory=list)
+    pending: list[_Upload] = field(default_factory=list)
+    claimed: list[_Upload] = field(default_factory=list)
     uploaded: list[tuple[str, ObjectCreated]] = field(default_factory=list)  # (sighting id, event)
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (sighting id, reason, detail)
     dead_reasons: list[str] = field(default_factory=list)
     outcomes: collections.Counter = field(default_factory=collections.Counter)
-    keep_message: bool = False  # an event is claimed by someone else: look at the message again later
+    kept: set[int] = field(default_factory=set)  # messages with an event claimed elsewhere: look again later
 
 
 class UploadBridge:
@@ -63,58 +79,86 @@ class UploadBridge:
         self._last_progress = time.monotonic()
         self._logged_totals: dict = {}
 
-    # --- one message
-    def handle_message(self, message: dict) -> bool:
-        """Process one SQS message; True when it was deleted from the queue (fully handled)."""
-        with timed(STEP_LATENCY, stage=STAGE, step="event"):
+    # --- one batch of messages
+    def handle_messages(self, messages: list[dict]) -> int:
+        """Process up to 10 SQS messages together; the number deleted from the queue (fully handled)."""
+        if not messages:
+            return 0
+        with timed(STEP_LATENCY, stage=STAGE, step="batch"):
             batch = _Batch()
             try:
-                for record in parse_message(message.get("Body", "")):
-                    self._route(record, batch)
+                for index, message in enumerate(messages):
+                    for record in parse_message(message.get("Body", "")):
+                        self._route(index, record, batch)
+                self._claim(batch)
+                self._attach_metadata(batch)
                 self._produce(batch.records)
                 self._commit(batch)
             except Exception:
-                for event in batch.claimed:
-                    self._release_quietly(event)
+                self._release_quietly(batch.claimed)
                 raise
-            if not batch.keep_message:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            deleted = self._delete([m for i, m in enumerate(messages) if i not in batch.kept])
         for outcome, count in batch.outcomes.items():
             EVENTS.labels(stage=STAGE, outcome=outcome).inc(count)
         for reason in batch.dead_reasons:
             DEAD_LETTERS.labels(stage=STAGE, reason=reason).inc()
         self.totals.update(batch.outcomes)
-        self.totals["messages"] += 1
-        return not batch.keep_message
+        self.totals["messages"] += len(messages)
+        return deleted
 
-    def _route(self, record, batch: _Batch) -> None:
+    def handle_message(self, message: dict) -> bool:
+        """Process one SQS message; True when it was deleted from the queue."""
+        return self.handle_messages([message]) == 1
+
+    def _route(self, index: int, record, batch: _Batch) -> None:
+        """The checks that need no server; uploads that pass wait in `batch.pending` for their claims."""
         if isinstance(record, Ignored):
             batch.outcomes[record.kind] += 1
-        elif isinstance(record, Malformed):
+            return
+        if isinstance(record, Malformed):
             self._dead_letter(batch, record.reason, record.detail, record.original)
-        else:
-            self._upload(record, batch)
-
-    def _upload(self, event: ObjectCreated, batch: _Batch) -> None:
+            return
         try:
-            sighting_id, _ext = parse_upload_key(event.key)
+            sighting_id, _ext = parse_upload_key(record.key)
         except BadUploadKey as exc:
-            self._dead_letter(batch, "bad_key", str(exc), event.original)
+            self._dead_letter(batch, "bad_key", str(exc), record.original)
             return
-        if event.bucket != self.settings.sightings_bucket:
-            detail = f"event for bucket {event.bucket!r}, expected {self.settings.sightings_bucket!r}"
-            self._dead_letter(batch, "unexpected_bucket", detail, event.original, sighting_id)
+        if record.bucket != self.settings.sightings_bucket:
+            detail = f"event for bucket {record.bucket!r}, expected {self.settings.sightings_bucket!r}"
+            self._dead_letter(batch, "unexpected_bucket", detail, record.original, sighting_id)
             return
-        claim = self.dedupe.claim(event.key, event.dedupe_token)
-        if claim is Claim.DUPLICATE:
-            batch.outcomes["duplicate"] += 1
-            return
-        if claim is Claim.IN_FLIGHT:
-            batch.outcomes["in_flight"] += 1
-            batch.keep_message = True
-            return
-        batch.claimed.append(event)
-        sighting = decode_hash(self.redis.hgetall(sighting_key(sighting_id)))
+        batch.pending.append(_Upload(index, sighting_id, record))
+
+    def _claim(self, batch: _Batch) -> None:
+        """Claim every distinct (key, etag) of the batch at once; a repeat inside the batch (the second event of
+        a multipart upload, a redelivery) shares the fate of its first occurrence."""
+        first: dict[tuple[str, str], Claim] = {}
+        distinct = list(dict.fromkeys(upload.claim_key for upload in batch.pending))
+        with timed(STEP_LATENCY, stage=STAGE, step="claim"):
+            first.update(zip(distinct, self.dedupe.claim_many(distinct), strict=True))
+        seen: set[tuple[str, str]] = set()
+        for upload in batch.pending:
+            claim, repeat = first[upload.claim_key], upload.claim_key in seen
+            seen.add(upload.claim_key)
+            if claim is Claim.IN_FLIGHT:
+                batch.outcomes["in_flight"] += 1
+                batch.kept.add(upload.message)
+            elif claim is Claim.DUPLICATE or repeat:
+                batch.outcomes["duplicate"] += 1
+            else:
+                batch.claimed.append(upload)
+
+    def _attach_metadata(self, batch: _Batch) -> None:
+        """Read the sightings of the claimed uploads in one pipeline and turn each into its record."""
+        pipe = self.redis.pipeline(transaction=False)
+        for upload in batch.claimed:
+            pipe.hgetall(sighting_key(upload.sighting_id))
+        with timed(STEP_LATENCY, stage=STAGE, step="metadata"):
+            hashes = pipe.execute() if batch.claimed else []
+        for upload, raw in zip(batch.claimed, hashes, strict=True):
+            self._upload(upload.sighting_id, upload.event, decode_hash(raw), batch)
+
+    def _upload(self, sighting_id: str, event: ObjectCreated, sighting: dict, batch: _Batch) -> None:
         if not sighting:
             detail = f"no sighting {sighting_id!r} was created through the gateway for {event.key!r}"
             self._dead_letter(batch, "unknown_sighting", detail, event.original, sighting_id)
@@ -140,14 +184,15 @@ class UploadBridge:
 
     def _dead_letter(self, batch: _Batch, reason: str, detail: str, original, sighting_id: str = "") -> None:
         log.warning("dead-letter (%s) %s: %s", reason, sighting_id or "-", detail)
-        letter = topics.DeadLetter(stage=STAGE, reason=f"{reason}: {detail}", original=original,
+        letter = topics.DeadLetter(stage=STAGE, reason=reason, detail=detail, original=original,
                                    sighting_id=sighting_id, failed_at=time.time())
         batch.records.append((topics.DEAD_LETTER, sighting_id, letter.to_json()))
         batch.dead_reasons.append(reason)
         batch.outcomes["dead_letter"] += 1
 
-    # --- Kafka and Redis, after the decisions
+    # --- Kafka, Redis and SQS, after the decisions
     def _produce(self, records: list[tuple[str, str, bytes]]) -> None:
+        """Send every record of the batch, then one flush; raises unless Kafka acknowledged all of them."""
         if not records:
             return
         with timed(STEP_LATENCY, stage=STAGE, step="produce"):
@@ -161,28 +206,45 @@ class UploadBridge:
                 raise TransientFailure(f"Kafka refused a record: {future.exception}")
 
     def _commit(self, batch: _Batch) -> None:
-        for event in batch.claimed:
-            self.dedupe.done(event.key, event.dedupe_token)
+        """Mark the claims done, the sightings uploaded and the refused ones failed, in one pipeline."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for upload in batch.claimed:
+            self.dedupe.done(*upload.claim_key, client=pipe)
         for sighting_id, event in batch.uploaded:
-            self.redis.hset(sighting_key(sighting_id), mapping={
-                "uploaded_at": time.time(), "size": event.size, "etag": event.etag})
+            pipe.hset(sighting_key(sighting_id), mapping={"uploaded_at": now, "size": event.size, "etag": event.etag})
         for sighting_id, reason, detail in batch.failures:
-            record_failure(self.redis, sighting_id, STAGE, reason, detail, time.time())
+            record_failure(pipe, sighting_id, STAGE, reason, detail, now)
+        with timed(STEP_LATENCY, stage=STAGE, step="commit"):
+            pipe.execute()
 
-    def _release_quietly(self, event: ObjectCreated) -> None:
+    def _delete(self, messages: list[dict]) -> int:
+        """Delete handled messages in one call; one that fails to delete comes back and is a duplicate then."""
+        if not messages:
+            return 0
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        with timed(STEP_LATENCY, stage=STAGE, step="delete"):
+            response = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        failed = response.get("Failed", [])
+        for failure in failed:
+            log.warning("could not delete message %s (it is redelivered and skipped as a duplicate): %s",
+                        failure.get("Id"), failure.get("Message") or failure.get("Code"))
+        return len(messages) - len(failed)
+
+    def _release_quietly(self, uploads: list[_Upload]) -> None:
         try:
-            self.dedupe.release(event.key, event.dedupe_token)
-        except Exception as exc:  # noqa: BLE001 - the claim then expires after bridge_claim_ttl_s
-            log.warning("could not release the claim on %s (it expires by itself): %s", event.key, exc)
+            self.dedupe.release_many([upload.claim_key for upload in uploads])
+        except Exception as exc:  # noqa: BLE001 - the claims then expire after bridge_claim_ttl_s
+            log.warning("could not release %d claim(s) (they expire by themselves): %s", len(uploads), exc)
 
     # --- the loop
     def poll_once(self) -> int:
-        """Receive up to 10 messages (long poll) and handle them; the number received."""
-        response = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=MAX_MESSAGES,
-                                            WaitTimeSeconds=self.settings.bridge_poll_wait_s)
+        """Receive up to 10 messages (long poll) and handle them together; the number received."""
+        with timed(STEP_LATENCY, stage=STAGE, step="receive"):
+            response = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=MAX_MESSAGES,
+                                                WaitTimeSeconds=self.settings.bridge_poll_wait_s)
         messages = response.get("Messages", [])
-        for message in messages:
-            self.handle_message(message)
+        self.handle_messages(messages)
         return len(messages)
 
     def run(self, stop: threading.Event) -> None:
@@ -194,7 +256,7 @@ class UploadBridge:
             try:
                 self.poll_once()
                 backoff.reset()
-            except Exception as exc:  # noqa: BLE001 - the message stays in the queue; retry after a pause
+            except Exception as exc:  # noqa: BLE001 - the messages stay in the queue; retry after a pause
                 delay = backoff.next_delay()
                 EVENTS.labels(stage=STAGE, outcome="retry").inc()
                 self.totals["retries"] += 1

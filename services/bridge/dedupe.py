@@ -31,14 +31,29 @@ class Deduplicator:
         self.done_ttl_s = done_ttl_s
 
     def claim(self, key: str, token: str) -> Claim:
-        name = seen_key(key, token)
-        if self.redis.set(name, CLAIMED, nx=True, ex=self.claim_ttl_s):
-            return Claim.NEW
-        return Claim.DUPLICATE if self.redis.get(name) == DONE else Claim.IN_FLIGHT
+        return self.claim_many([(key, token)])[0]
 
-    def done(self, key: str, token: str) -> None:
-        self.redis.set(seen_key(key, token), DONE, ex=self.done_ttl_s)
+    def claim_many(self, pairs: list[tuple[str, str]]) -> list[Claim]:
+        """`claim` for each (key, token), in one Redis round trip (a pipeline of SET NX + GET per pair)."""
+        if not pairs:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for key, token in pairs:
+            name = seen_key(key, token)
+            pipe.set(name, CLAIMED, nx=True, ex=self.claim_ttl_s)
+            pipe.get(name)
+        replies = pipe.execute()
+        return [Claim.NEW if created else Claim.DUPLICATE if value == DONE else Claim.IN_FLIGHT
+                for created, value in zip(replies[0::2], replies[1::2], strict=True)]
+
+    def done(self, key: str, token: str, client=None) -> None:
+        """Mark a produced (key, token); `client` may be a pipeline of the caller's (default: this Redis)."""
+        (client or self.redis).set(seen_key(key, token), DONE, ex=self.done_ttl_s)
+
+    def release_many(self, pairs: list[tuple[str, str]]) -> None:
+        """Give claims back after a failure, so the redelivered events are produced."""
+        if pairs:
+            self.redis.delete(*(seen_key(key, token) for key, token in pairs))
 
     def release(self, key: str, token: str) -> None:
-        """Give a claim back after a failure, so the redelivered event is produced."""
-        self.redis.delete(seen_key(key, token))
+        self.release_many([(key, token)])
