@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.service == "bridge":
         from services.bridge import run_bridge
 
-        return int(run_bridge(settings) or 0)
+        return int(run_bridge(settings, metrics_port=args.metrics_port) or 0)
     if args.service == "worker":
         from services.worker.agent import run_worker
 
@@ -48,7 +48,8 @@ def register(subparsers) -> None:
                        help="instance number of a worker/matcher: its default ports are base + 10 * index")
     serve.add_argument("--web-port", type=int, default=None, help="worker/matcher Faust web port (default: derived)")
     serve.add_argument("--metrics-port", type=int, default=None,
-                       help="worker/matcher /metrics port (default: metrics_port_base + stage offset; 0 = none)")
+                       help="bridge/worker/matcher /metrics port (default: metrics_port_base + stage offset; 0 = none); "
+                            "the gateway serves /metrics on its own HTTP port")
     serve.set_defaults(func=_serve)
 
     demo = subparsers.add_parser(

@@ -50,9 +50,9 @@ def test_tiny_run_writes_its_run_directory_and_the_loss_falls(trained):
 def test_trained_embedder_learns_and_beats_the_pixel_baseline(trained):
     """Held-out test split (gallery: train images; queries: test images, a third of them new animals).
 
-    Measured on 2 loaded cores: trained e040 0.442-0.447 (tuned 0.627-0.636), its e010 snapshot 0.295, raw pixels
-    0.411 (tuned 0.602), untrained B0 0.278-0.445 depending on its random init (tuned 0.52-0.63). A from-scratch
-    B0 does not reliably beat a lucky random init within the test budget, so that is printed, not asserted."""
+    Measured on 2 loaded cores: trained e040 0.44-0.52 (tuned 0.63-0.69; CPU training is not bit-reproducible),
+    its e010 snapshot 0.30, raw pixels 0.411 (tuned 0.602), the untrained B0 (seed 42) 0.413 (tuned 0.615; other
+    random inits 0.28-0.445). The margins over the untrained net and the pixels are real but small in this budget."""
     from training.baseline import pixel_baseline_map5
     from training.data import load_dataset
     from training.embed import Embedder, heldout_map5, untrained_embedder
@@ -63,8 +63,9 @@ def test_trained_embedder_learns_and_beats_the_pixel_baseline(trained):
     untrained = heldout_map5(untrained_embedder(trained.config), data)
     pixel = pixel_baseline_map5(trained.data_dir, trained.config["eval_box_source"])["pixel"]
     print(f"held-out MAP@5 trained {learned} epoch 10 {early} untrained {untrained} pixel {pixel}")
-    assert learned["map5"] > early["map5"] + 0.08  # training keeps improving identification
+    assert learned["map5"] > early["map5"] + 0.05  # training keeps improving identification
     assert learned["map5"] > pixel["map5"]
+    assert learned["map5"] > untrained["map5"]
     assert learned["map5_tuned"] > pixel["map5_tuned"]
 
 

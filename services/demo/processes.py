@@ -13,7 +13,7 @@ from services.errors import WhaleIdError
 from services.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_TEXT = {"worker": "[^Worker]: Ready", "matcher": "[^Worker]: Ready"}
+READY_TEXT = {"worker": "[^Worker]: Ready", "matcher": "[^Worker]: Ready", "bridge": " -> sightings.uploaded (Kafka"}
 
 
 class ServiceFailed(WhaleIdError):
@@ -39,8 +39,8 @@ class ServiceProcess:
         if self.service in ("worker", "matcher"):
             self.web_port = free_port()
             argv += ["--web-port", str(self.web_port)]
-            if self.metrics_port is not None:
-                argv += ["--metrics-port", str(self.metrics_port)]
+        if self.service != "gateway" and self.metrics_port is not None:
+            argv += ["--metrics-port", str(self.metrics_port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
@@ -73,7 +73,8 @@ class ServiceProcess:
         raise ServiceFailed(f"{self.name} not ready after {timeout:.0f} s; log {self.log_path}:\n{self.tail()}")
 
     def wait_ready(self, timeout: float = 120.0) -> "ServiceProcess":
-        """Worker/matcher: Faust's "Ready" (partitions assigned). Other services: alive after a short while."""
+        """Worker/matcher: Faust's "Ready" (partitions assigned); bridge: its polling line; gateway: see
+        AppClient.wait_healthy."""
         if self.service in READY_TEXT:
             return self.wait_log(READY_TEXT[self.service], timeout)
         return self
