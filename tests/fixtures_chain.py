@@ -208,12 +208,22 @@ def stream_counts(redis_client, stream: str = "identifications") -> dict[str, in
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 2.0) -> list[tuple[str, dict]]:
-    """Every (key, JSON value) on a topic from the beginning (a fresh consumer, no group)."""
+    """Every (key, JSON value) on a topic from the beginning (a fresh consumer, no group).
+
+    The broker is shared by the whole session, and some tests put deliberately malformed records on the chain's
+    topics: a value that is not JSON is returned as None rather than failing the reader."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=int(timeout_s * 1000))
     try:
-        return [((m.key or b"").decode(), json.loads(m.value)) for m in consumer]
+        return [((m.key or b"").decode(errors="replace"), _json_or_none(m.value)) for m in consumer]
     finally:
         consumer.close()
+
+
+def _json_or_none(value: bytes | None):
+    try:
+        return json.loads(value.decode("utf-8")) if value is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None

@@ -151,7 +151,7 @@ def test_bad_events_are_dead_lettered_and_good_ones_still_identified(matcher):
     assert failure(matcher.redis, short)["reason"] == "embedding_mismatch"
     assert failure(matcher.redis, short)["stage"] == "matcher"
     assert identification(matcher.redis, short) is None
-    letters = [v for _, v in read_topic(matcher.settings.kafka_bootstrap, topics.DEAD_LETTER)]
+    letters = [v for _, v in read_topic(matcher.settings.kafka_bootstrap, topics.DEAD_LETTER) if v]
     assert any(v["stage"] == "matcher" and v["reason"] == "malformed_event" for v in letters)
     assert any(v["sighting_id"] == short and v["reason"] == "embedding_mismatch" for v in letters)
 

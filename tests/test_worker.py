@@ -152,7 +152,7 @@ def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
         assert failure(chain.redis, sighting_id)["reason"] == reason, sighting_id
         assert identification(chain.redis, sighting_id) is None
     letters = read_topic(chain.settings.kafka_bootstrap, topics.DEAD_LETTER)
-    by_id = {value["sighting_id"]: value for _, value in letters}
+    by_id = {value["sighting_id"]: value for _, value in letters if value}
     for reason, sighting_id in hostile.items():
         assert by_id[sighting_id]["reason"] == reason
         assert by_id[sighting_id]["stage"] == "worker"
