@@ -100,7 +100,7 @@ def tiny_onnx(path: Path, image_size: int, dim: int, layout: str = "NHWC", seed:
 def fake_export(exports: Path, model_id: str, image_size: int = 64, dim: int = 512, layout: str = "NHWC",
                 seed: int = 0) -> Path:
     """EXPORTS/<model_id>/{model.onnx, manifest.json} as training.export writes them, around `tiny_onnx`."""
-    from services.model_repo.files import sha256_file
+    from services.checksums import sha256_file
     from training.export import MANIFEST, build_manifest
 
     folder = exports / model_id

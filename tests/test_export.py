@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_manifest_follows_the_interface_and_checksums_match(exports, run_dir):
-    from services.model_repo.files import sha256_file
+    from services.checksums import sha256_file
 
     folders = sorted(p.name for p in exports.iterdir())
     assert folders == [f"b0-tiny-f0-e{EPOCHS[-1]:03d}"]  # and no staging folder left behind

@@ -245,7 +245,7 @@ def test_missing_tuning_weights_fall_back_to_equal_weights_and_say_so(tmp_path, 
 
 
 def test_one_onnx_artifact_two_configs_cpu_and_gpu(tmp_path):
-    from services.model_repo.files import sha256_file
+    from services.checksums import sha256_file
     from services.model_repo.validation import read_config
 
     export = fake_export(tmp_path / "exports", "m")

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from services.checksums import sha256_file
 from services.errors import WhaleIdError
-from services.model_repo.files import sha256_file
 from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, embedder_signature_problems
 
 log = logging.getLogger(__name__)

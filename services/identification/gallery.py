@@ -9,7 +9,6 @@ that do not match their manifest.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from typing import Any, Sequence
 import faiss
 import numpy as np
 
+from services.checksums import sha256_file
 from services.errors import DataError
 from services.identification.vectors import as_embeddings, check_normalised, l2_normalise
 
@@ -245,14 +245,6 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         if key not in manifest:
             raise DataError(f"gallery {directory}: {MANIFEST_FILE} lacks {key!r}")
     return manifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_gallery(

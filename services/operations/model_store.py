@@ -17,7 +17,6 @@ first entry of `history`. Readers (matcher, gateway) poll the pointer and compar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,6 +29,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.checksums import sha256_file
 from services.errors import ConfigError, WhaleIdError
 from services.identification.gallery import ENTRIES_FILE, MANIFEST_FILE
 from services.settings import Settings
@@ -63,14 +63,6 @@ def new_version_name(now: float | None = None) -> str:
     """Sortable, unique: `v20261127T032400Z-1a2b3c`."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     return f"v{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -220,7 +212,7 @@ class GalleryStore:
         checksums = {}
         for path in files:
             rel = path.relative_to(local_dir).as_posix()
-            checksums[rel] = _sha256(path)
+            checksums[rel] = sha256_file(path)
             self._call("upload " + rel, self.client.put_object, Key=self._key(version, rel), Body=path.read_bytes())
         self._call("upload individuals", self.client.put_object, Key=self._key(version, INDIVIDUALS_FILE),
                    Body=json.dumps(sorted(set(individuals))).encode())
@@ -242,7 +234,7 @@ class GalleryStore:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self._get_bytes(self._key(version, rel)))
-            if sha is not None and _sha256(target) != sha:
+            if sha is not None and sha256_file(target) != sha:
                 raise ModelStoreError(f"gallery version {version}: {rel} does not match its checksum")
         return dest
 

@@ -1,4 +1,4 @@
-"""Checksums of model files (the export manifest and the built repository record sha256 of each file)."""
+"""sha256 checksums of files (export manifests, built model repositories, gallery versions)."""
 
 from __future__ import annotations
 
