@@ -1,16 +1,8 @@
-"""`python -m services.bridge`: run the bridge with the settings of the environment (WHALEID_*)."""
+"""`python -m services.bridge`: the same as `whaleid serve bridge` (settings from the environment, WHALEID_*)."""
 
-import logging
 import sys
 
-from services.bridge import run_bridge
-from services.errors import WhaleIdError
-from services.settings import load_settings
+from services.cli.main import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        sys.exit(run_bridge(load_settings()))
-    except WhaleIdError as exc:
-        print(f"bridge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main(["serve", "bridge", *sys.argv[1:]]))
