@@ -186,6 +186,11 @@ def test_repository_with_a_missing_or_changed_model_file_is_refused(repository, 
         fh.write(b"\0")
     with pytest.raises(RepositoryError, match=f"model {name}: checksum mismatch"):
         validate_repository(broken)
+    # the stack's Triton refuses to start on it, naming the model, before any server process exists
+    from services.stack import ServerStartError, launch_triton
+
+    with pytest.raises(ServerStartError, match=f"triton failed to start: .*model {name}: checksum mismatch"):
+        launch_triton(broken, tmp_path / "triton")
     (broken / name / "1" / "model.onnx").unlink()
     with pytest.raises(RepositoryError, match=f"model {name}: .*model.onnx is missing"):
         validate_repository(broken)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.stack.binaries import package_dir, package_file
-from services.stack.errors import StackError
+from services.stack.errors import ServerStartError, StackError
 from services.stack.health import check_triton
 from services.stack.ports import LOOPBACK, free_ports
 from services.stack.server import ManagedServer
@@ -90,6 +90,7 @@ class TritonServer(ManagedServer):
 
     def argv(self) -> list[str]:
         self.model_repository.mkdir(parents=True, exist_ok=True)
+        self._validate_repository()
         python_backend_dir(self.backend_dir)
         return [
             str(package_file("pytriton", "tritonserver/bin/tritonserver")),
@@ -102,6 +103,17 @@ class TritonServer(ManagedServer):
             f"--metrics-address={LOOPBACK}", f"--metrics-port={self.metrics_port}",
             "--strict-readiness=true", "--exit-on-error=true", f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         ]  # fmt: skip
+
+    def _validate_repository(self) -> None:
+        """A repository written by `whaleid model-repo build` is checked (files, checksums, shapes) before Triton
+        starts on it, so a broken one is refused with the model's name instead of a half-loaded server."""
+        from services.model_repo.errors import RepositoryError
+        from services.model_repo.validation import validate_if_built
+
+        try:
+            validate_if_built(self.model_repository)
+        except RepositoryError as exc:
+            raise ServerStartError("triton", f"model repository {self.model_repository} refused: {exc}") from None
 
     def env(self) -> dict[str, str]:
         return triton_env()
