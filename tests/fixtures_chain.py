@@ -193,6 +193,19 @@ def identification(redis_client, sighting_id: str) -> dict | None:
     return None if raw is None else json.loads(raw)
 
 
+def announced(redis_client, sighting_id: str) -> bool:
+    """Whether the matcher finished a sighting: its last step adds the stream entry and the `announced:` marker in
+    one atomic script, after the result key and the Kafka topics. Tests that assert on the stream or the topics
+    wait on this, not on the result key (written first)."""
+    return bool(redis_client.exists(f"announced:{sighting_id}"))
+
+
+def wait_announced(redis_client, sighting_ids, timeout: float, what: str = "") -> None:
+    ids = list(sighting_ids)
+    wait_until(lambda: all(announced(redis_client, s) for s in ids), timeout,
+               what or f"{len(ids)} announced identifications")
+
+
 def failure(redis_client, sighting_id: str) -> dict | None:
     raw = redis_client.get(f"failure:{sighting_id}")
     return None if raw is None else json.loads(raw)

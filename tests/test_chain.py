@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import redis
-from fixtures_chain import ServiceProcess, chain_env, stream_counts
+from fixtures_chain import ServiceProcess, chain_env, stream_counts, wait_announced
 from fixtures_model_repo import EPOCHS, exported, snapshot_run
 from fixtures_synth import synth_dataset
 
@@ -107,6 +107,7 @@ def test_uploads_through_the_gateway_are_identified_as_offline(e2e):
     assert summary["identified"] == len(uploads)
     assert summary["live_map5"] == pytest.approx(summary["offline_map5"], abs=1e-9)
     assert summary["live_map5"] == pytest.approx(e2e["offline"]["map5"], abs=1e-9)
+    wait_announced(e2e["redis"], [u.sighting_id for u in uploads], 60)  # the stream entry follows the result
     assert all(stream_counts(e2e["redis"])[u.sighting_id] == 1 for u in uploads)
     assert summary["p50_ms"] is not None and summary["p50_ms"] > 0
 

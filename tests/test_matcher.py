@@ -21,6 +21,7 @@ from fixtures_chain import (
     identification,
     read_topic,
     stream_counts,
+    wait_announced,
     wait_until,
 )
 from kafka import KafkaProducer
@@ -83,12 +84,14 @@ class Matcher:
         self.redis, self.root, self.first_version, self.metrics_port, self.env = (
             redis_client, root, first_version, metrics_port, env)
 
-    def send(self, embedding, metadata=None, sighting_id=None) -> str:
+    def send(self, embedding, metadata=None, sighting_id=None, partition_key=None) -> str:
+        """Produce a sightings.embedded record keyed by its sighting id (or by `partition_key`, to queue it behind
+        another record of the same partition)."""
         sighting_id = sighting_id or uuid.uuid4().hex
         record = topics.SightingEmbedded(sighting_id=sighting_id, embedding=[float(v) for v in embedding],
                                          model_version="test-model", metadata=metadata, uploaded_at=time.time(),
                                          embedded_at=time.time())
-        self.send_raw(record.to_json(), sighting_id)
+        self.send_raw(record.to_json(), partition_key or sighting_id)
         return sighting_id
 
     def send_raw(self, value: bytes, key: str) -> None:
@@ -110,7 +113,7 @@ def near(index: int, seed: int) -> np.ndarray:
 def test_results_in_redis_stream_and_topics(matcher):
     known = [matcher.send(near(i, 100 + i)) for i in range(3)]
     unseen = matcher.send(CENTRES[KNOWN + 1])
-    wait_until(lambda: all(identification(matcher.redis, s) for s in known + [unseen]), 30, "identifications")
+    wait_announced(matcher.redis, known + [unseen], 30)
     for i, sighting_id in enumerate(known):
         result = identification(matcher.redis, sighting_id)
         assert [c["individual_id"] for c in result["candidates"]][0] == f"beluga-{i}"
@@ -133,12 +136,12 @@ def test_results_in_redis_stream_and_topics(matcher):
 
 def test_redelivered_events_keep_the_first_result(matcher):
     sighting_id = matcher.send(near(4, 7))
-    wait_until(lambda: identification(matcher.redis, sighting_id), 30, "the first result")
+    wait_announced(matcher.redis, [sighting_id], 30, "the first result")
     first = identification(matcher.redis, sighting_id)
     for _ in range(3):
         matcher.send(near(4, 8), sighting_id=sighting_id)
-    later = matcher.send(near(5, 9))
-    wait_until(lambda: identification(matcher.redis, later), 30, "a later result")
+    later = matcher.send(near(5, 9), partition_key=sighting_id)  # handled after the re-deliveries
+    wait_announced(matcher.redis, [later], 30, "a later result")
     assert identification(matcher.redis, sighting_id) == first
     assert stream_counts(matcher.redis)[sighting_id] == 1
 

@@ -19,7 +19,15 @@ import pytest
 import redis
 import requests
 from aiohttp.test_utils import TestClient, TestServer
-from fixtures_chain import ServiceProcess, chain_env, identification, read_topic, stream_counts, wait_until
+from fixtures_chain import (
+    ServiceProcess,
+    chain_env,
+    identification,
+    read_topic,
+    stream_counts,
+    wait_announced,
+    wait_until,
+)
 from fixtures_operations import Clusters, publish_initial_gallery, seed_sighting
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
@@ -268,7 +276,7 @@ def test_hot_swap_during_stream_loses_and_duplicates_nothing(env, ops, tmp_path)
 
         wait_until(swapped, 40, f"results from gallery {v2}", interval=0.2)
         send(20)
-        wait_until(lambda: all(client.exists(f"identification:{s}") for s in sent), 60, "every identification")
+        wait_announced(client, sent, 60, "every identification announced")
     finally:
         producer.close()
         matcher.stop()

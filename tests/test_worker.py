@@ -24,6 +24,7 @@ from fixtures_chain import (
     stream_counts,
     truncated_jpeg,
     uploaded_event,
+    wait_announced,
     wait_until,
     write_toy_repository,
 )
@@ -93,13 +94,15 @@ class Chain:
         self.worker, self.matcher, self.triton, self.repository, self.root = worker, matcher, triton, repository, root
 
     def upload(self, data: bytes, content_type: str = "image/jpeg", metadata: dict | None = None,
-               put: bool = True, sighting_id: str | None = None) -> str:
-        """Put the object in S3 and produce its sightings.uploaded event (as the bridge would)."""
+               put: bool = True, sighting_id: str | None = None, partition_key: str | None = None) -> str:
+        """Put the object in S3 and produce its sightings.uploaded event (as the bridge would). The Kafka key is
+        the sighting id unless `partition_key` puts the event behind another one of the same partition."""
         sighting_id = sighting_id or uuid.uuid4().hex
         key = f"uploads/{sighting_id}.jpg"
         if put:
             self.s3.put_object(Bucket=self.settings.sightings_bucket, Key=key, Body=data, ContentType=content_type)
-        self.send(uploaded_event(sighting_id, self.settings.sightings_bucket, key, metadata), sighting_id)
+        self.send(uploaded_event(sighting_id, self.settings.sightings_bucket, key, metadata),
+                  partition_key or sighting_id)
         return sighting_id
 
     def send(self, value: bytes, key: str = "x") -> None:
@@ -107,8 +110,8 @@ class Chain:
         self.producer.flush()
 
     def wait_identified(self, sighting_ids, timeout: float = 60.0) -> None:
-        wait_until(lambda: all(identification(self.redis, s) for s in sighting_ids), timeout,
-                   f"{len(sighting_ids)} identifications")
+        """Until the matcher has finished each sighting: result key, topics, then the stream entry."""
+        wait_announced(self.redis, sighting_ids, timeout, f"{len(sighting_ids)} announced identifications")
 
 
 def test_good_uploads_are_identified_with_the_full_record(chain):
@@ -170,9 +173,10 @@ def test_duplicate_events_give_one_identification(chain):
     chain.wait_identified([sighting_id])
     first = identification(chain.redis, sighting_id)
     chain.send(event, sighting_id)  # a late re-delivery after the result exists
-    marker = chain.upload(jpeg_bytes(photo(0)))  # events are handled in order per partition: wait for a later one
+    # Events are handled in order per partition: a later event with the same key has its result only after the
+    # worker handled the re-delivery.
+    marker = chain.upload(jpeg_bytes(photo(0)), partition_key=sighting_id)
     chain.wait_identified([marker])
-    time.sleep(1.0)
     assert identification(chain.redis, sighting_id) == first
     assert stream_counts(chain.redis)[sighting_id] == 1
     embedded = [k for k, _ in read_topic(chain.settings.kafka_bootstrap, topics.SIGHTINGS_EMBEDDED) if k == sighting_id]
