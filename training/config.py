@@ -16,7 +16,7 @@ from services.errors import ConfigError
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_NAME = "default"
 
-KNOWN_BACKBONES = tuple(f"EfficientNetB{i}" for i in range(8))
+KNOWN_BACKBONES = tuple(f"EfficientNetB{i}" for i in range(8)) + tuple(f"EfficientNetLite{i}" for i in range(3))
 CHOICES = {
     "pooling": ("avg", "gem"),
     "strategy": ("auto", "tpu", "mirrored", "default"),

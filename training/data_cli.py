@@ -13,7 +13,7 @@ def _synth(args) -> int:
         args.out, individuals=args.individuals, seed=args.seed, species=args.species, image_size=args.image_size,
         test_new_share=args.test_new_share, max_photos=args.max_photos, misspelt_share=args.misspelt_share,
         jpeg_quality=args.jpeg_quality, zipf_a=args.zipf_a, nuisance=args.nuisance, overwrite=args.overwrite,
-        preview=not args.no_preview,
+        preview=not args.no_preview, style=args.style,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     """Add `synth` and `baseline` to `whaleid`."""
     from training.synth.render import NUISANCE_PRESETS
     from training.synth.species import SPECIES
+    from training.synth.styles import STYLE_NAMES
 
     synth = subparsers.add_parser(
         "synth", help="write a synthetic Happywhale data set (deterministic by seed)",
@@ -52,6 +53,11 @@ def register(subparsers) -> None:
     synth.add_argument("--nuisance", choices=sorted(NUISANCE_PRESETS), default="normal",
                        help="how much pose, light and view vary between photos (easy: milder, so even the pixel baseline "
                             "scores higher; hard: stronger, with mirrored photos)")
+    synth.add_argument("--style", choices=STYLE_NAMES, default="photo",
+                       help="the look of the photos: sea, sky, colour, camera effects (photo: the original look; "
+                            "grey: grey-scale, strong contrast; overcast: washed-out, hazy, green-brown water, "
+                            "noisy; textured: procedural sea texture and camera effects; random: a style, grey or "
+                            "colour and camera strengths drawn per photo)")
     synth.add_argument("--jpeg-quality", type=int, default=90)
     synth.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
     synth.add_argument("--no-preview", action="store_true", help="skip preview.png")

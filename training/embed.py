@@ -166,6 +166,23 @@ def untrained_embedder(config: dict[str, Any], num_classes: int = 2) -> Embedder
     return Embedder(model, info)
 
 
+def pretrained_embedder(config: dict[str, Any]) -> Embedder:
+    """The config's backbone with its pretrained weights and no training at all, average-pooled and
+    L2-normalised (the yardstick fine-tuning must beat: what ImageNet alone knows)."""
+    import keras
+
+    from training.model import L2Normalize, build_backbone
+
+    size = config["image_size"]
+    image = keras.Input((size, size, 3), name="image", dtype="float32")
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pooling")(build_backbone(config)(image))
+    model = keras.Model(image, L2Normalize(name="embedding", dtype="float32")(pooled), name="pretrained")
+    info = {"model_id": f"{config['backbone'].lower()}-pretrained", "backbone": config["backbone"],
+            "image_size": size, "embedding_size": int(model.output.shape[-1]), "fold": config["fold"],
+            "epoch": 0, "eval_box_source": config["eval_box_source"], "config": config}
+    return Embedder(model, info)
+
+
 def heldout_map5(embedder: Embedder, data) -> dict[str, Any]:
     """MAP@5 on a data set's test split (needs test_truth.csv): gallery = every train image, queries = the test
     images, identification core ranking. `map5`: new_individual never first; `map5_tuned`: at the best

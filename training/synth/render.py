@@ -2,7 +2,8 @@
 
 The nuisance (pose, scale, position, foreshortening, sea background, waves, waterline and foam occlusion,
 lighting, colour cast, blur, sensor noise) is drawn fresh for every photo from the photo's own random generator;
-the identity (outline notches, patches, scars) comes unchanged from the individual.
+the identity (outline notches, patches, scars) comes unchanged from the individual. A style (styles.py) swaps the
+sea (sea.py) and adds colour and camera effects (camera.py) from a generator of its own.
 
 Mirroring is off by default (`flip_share=0`): a mirrored photo would show the notches of the trailing edge
 on the other side of the fin, which a small model trained without flip augmentation cannot match from one or
@@ -18,10 +19,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from training.synth import shapes
+from training.synth.camera import camera, tone
 from training.synth.individuals import Individual
+from training.synth.sea import plain_sea, style_sea
+from training.synth.styles import PHOTO, Style
 
 SUPERSAMPLE = 3
-SEA_COLOURS = ((20, 55, 90), (28, 82, 92), (70, 92, 86), (98, 110, 116), (16, 32, 48), (44, 70, 110))
 
 
 @dataclass(frozen=True)
@@ -133,32 +136,6 @@ def canonical_rgba(individual: Individual) -> Image.Image:
     return animal.resize((shapes.FRAME_W, shapes.FRAME_H), Image.LANCZOS)
 
 
-def _sea(rng: np.random.Generator, width: int, height: int, nuisance: Nuisance) -> np.ndarray:
-    picks = rng.choice(len(SEA_COLOURS), size=2)
-    top = np.asarray(SEA_COLOURS[picks[0]], dtype=np.float64) + rng.uniform(-18, 18, 3)
-    bottom = np.asarray(SEA_COLOURS[picks[1]], dtype=np.float64) + rng.uniform(-18, 18, 3)
-    ramp = np.linspace(0, 1, height)[:, None, None]
-    sea = (1 - ramp) * top + ramp * bottom + np.zeros((1, width, 1))
-    coarse = rng.normal(0, 1, (max(2, height // 12), max(2, width // 12)))
-    blotches = Image.fromarray(((coarse - coarse.min()) / (np.ptp(coarse) + 1e-9) * 255).astype(np.uint8))
-    blotches = np.asarray(blotches.resize((width, height), Image.BICUBIC), dtype=np.float64) / 255 - 0.5
-    sea += blotches[:, :, None] * rng.uniform(15, 40)
-    if rng.random() < nuisance.sky_share:
-        horizon = int(rng.uniform(0.05, 0.25) * height)
-        sky = np.asarray((175, 190, 205), dtype=np.float64) + rng.uniform(-30, 30, 3)
-        sea[:horizon] = sky
-    image = Image.fromarray(np.clip(sea, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(6, 18))):  # wave crests
-        y0, amplitude, period = rng.uniform(0, height), rng.uniform(1, 4), rng.uniform(12, 40)
-        xs = np.arange(0, width + 8, 4)
-        ys = y0 + amplitude * np.sin(xs / period * 2 * np.pi + rng.uniform(0, 6.3))
-        light = int(rng.uniform(25, 70))
-        crest = tuple(int(min(255, c + light)) for c in bottom.astype(int))
-        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=crest, width=int(rng.integers(1, 3)))
-    return np.asarray(image)
-
-
 def _place_animal(rng, animal: Image.Image, width: int, height: int, nuisance: Nuisance):
     if rng.random() < nuisance.flip_share:
         animal = ImageOps.mirror(animal)
@@ -222,16 +199,30 @@ def _light(rng, pixels: np.ndarray, nuisance: Nuisance) -> np.ndarray:
 
 
 def render_photo(rng: np.random.Generator, animal: Image.Image, outline: shapes.Outline, width: int, height: int,
-                 nuisance: Nuisance = Nuisance()) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """One photo of the animal (canonical_rgba, its outline) and the tight box (x0, y0, x1, y1) of the visible part."""
-    sea = Image.fromarray(_sea(rng, width, height, nuisance))
+                 nuisance: Nuisance = Nuisance(), style: Style = PHOTO,
+                 style_rng: np.random.Generator | None = None) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """One photo of the animal (canonical_rgba, its outline) and the tight box (x0, y0, x1, y1) of the visible part.
+
+    `rng` draws the nuisance (pose, waterline, foam, light, blur, noise) exactly as for the `photo` style, so
+    every style shows the animal in the same pose with the same box; `style_rng` draws the style's own sea, tone
+    and camera effects (required unless the style is `photo`).
+    """
+    if style != PHOTO and style_rng is None:
+        raise ValueError(f"style {style.name!r} needs its own random generator (style_rng)")
+    sea = plain_sea(rng, width, height, nuisance.sky_share)  # drawn for every style: keeps the pose draws
+    if style.sea != "photo":
+        sea = style_sea(style_rng, style, width, height, nuisance.sky_share)
+    sea = Image.fromarray(sea)
     layer, (x, y) = _place_animal(rng, _visible_part(rng, animal, outline, nuisance), width, height, nuisance)
     box = (x, y, x + layer.width, y + layer.height)
     photo = sea.copy()
     photo.paste(layer, (x, y), layer)
     photo = _foam(rng, photo, box, nuisance)
     pixels = _light(rng, np.asarray(photo), nuisance)
+    if style != PHOTO:
+        pixels = tone(style_rng, pixels, style)
     photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     photo = photo.filter(ImageFilter.GaussianBlur(float(rng.uniform(*nuisance.blur_radius))))
     noisy = np.asarray(photo, dtype=np.float64) + rng.normal(0, rng.uniform(*nuisance.noise_sigma), (height, width, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB"), box
+    photo = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+    return (photo if style == PHOTO else camera(style_rng, photo, style)), box

@@ -6,11 +6,12 @@
     OUT/sample_submission.csv  image,predictions
     OUT/test_truth.csv         image,individual_id,species   (new_individual for animals not in train)
     OUT/boxes.csv              image,source,x0,y0,x1,y1      (train and test; one row per detector hit)
-    OUT/dataset.json           generation parameters and counts
+    OUT/dataset.json           generation parameters (the style too) and counts (photos per style, grey ones)
     OUT/preview.png            a contact sheet of a few individuals with their boxes
 
 Same arguments and seed -> byte-identical files: every individual and every photo has its own random generator
-derived from (seed, purpose, index), and only numpy + Pillow draw.
+derived from (seed, purpose, index), and only numpy + Pillow draw. A style's draws use a purpose of their own
+(6), so style `photo` writes the images and CSVs it wrote before styles existed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from training.synth.plan import hex_ids, plan
 from training.synth.preview import write_preview
 from training.synth.render import Nuisance, canonical_rgba, nuisance_preset, render_photo
 from training.synth.species import SPECIES
+from training.synth.styles import check_style, pick_style, style_settings
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,14 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), image_size: int = 192,
              test_new_share: float = 0.3, max_photos: int = 12, misspelt_share: float = 0.05,
              jpeg_quality: int = 90, zipf_a: float = 1.8, nuisance: Nuisance | str = "normal",
-             overwrite: bool = False, preview: bool = True, progress_every: int = 250) -> dict:
-    """Write a synthetic Happywhale data set to out_dir; returns the counts (also in dataset.json)."""
+             overwrite: bool = False, preview: bool = True, progress_every: int = 250, style: str = "photo") -> dict:
+    """Write a synthetic Happywhale data set to out_dir; returns the counts (also in dataset.json).
+
+    style: photo | grey | overcast | textured | random (styles.py); each photo's style draws come from their own
+    generator, so the pose, boxes and labels are the same for every style and `photo` gives today's files.
+    """
     _check(individuals, species, image_size, test_new_share, max_photos, misspelt_share, jpeg_quality, zipf_a)
+    check_style(style)
     nuisance_name = nuisance if isinstance(nuisance, str) else "custom"
     nuisance = nuisance_preset(nuisance) if isinstance(nuisance, str) else nuisance
     out = Path(out_dir)
@@ -100,6 +107,8 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
     log.info("synth: %d individuals, %d photos (%dx%d) -> %s", individuals, total, width, height, out)
 
     train_rows, truth_rows, box_rows, samples = [], [], [], {}
+    style_counts: dict[str, int] = {}
+    grey_images = 0
     done = 0
     for individual_plan in planned:
         individual = make_individual(np.random.default_rng([seed, 2, individual_plan.index]),
@@ -109,8 +118,12 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
         for photo in range(individual_plan.train_photos + individual_plan.test_photos):
             split = "train" if photo < individual_plan.train_photos else "test"
             image = f"{next(names)}.jpg"
+            style_rng = np.random.default_rng([seed, 6, individual_plan.index, photo])
+            look = pick_style(style_rng, style)
             picture, tight = render_photo(np.random.default_rng([seed, 3, individual_plan.index, photo]),
-                                          animal, outline, width, height, nuisance)
+                                          animal, outline, width, height, nuisance, look, style_rng)
+            style_counts[look.name] = style_counts.get(look.name, 0) + 1
+            grey_images += look.grey
             picture.save(out / f"{split}_images" / image, format="JPEG", quality=jpeg_quality)
             box_rng = np.random.default_rng([seed, 4, individual_plan.index, photo])
             for detector in detectors.DETECTORS:
@@ -136,6 +149,8 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
     truth_rows.sort()
     box_rows.sort()
     counts = _counts(planned, train_rows, truth_rows, box_rows)
+    counts["styles"] = dict(sorted(style_counts.items()))
+    counts["grey_images"] = grey_images
     _write_csv(out / "train.csv", ["image", "species", "individual_id"], train_rows)
     _write_csv(out / "test_truth.csv", ["image", "individual_id", "species"], truth_rows)
     _write_csv(out / "boxes.csv", ["image", "source", "x0", "y0", "x1", "y1"], box_rows)
@@ -148,7 +163,7 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
         "individuals": individuals, "seed": seed, "species": species, "image_size": [width, height],
         "test_new_share": test_new_share, "max_photos": max_photos, "misspelt_share": misspelt_share,
         "jpeg_quality": jpeg_quality, "zipf_a": zipf_a, "nuisance_preset": nuisance_name,
-        "nuisance": dataclasses.asdict(nuisance),
+        "nuisance": dataclasses.asdict(nuisance), "style": style, "style_settings": style_settings(style),
         "detectors": [dataclasses.asdict(d) for d in detectors.DETECTORS],
     }
     summary = {key: value for key, value in counts.items() if key != "train_photos_per_individual"}

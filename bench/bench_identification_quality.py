@@ -1,0 +1,241 @@
+"""Identification quality on looks that training did not shape, side by side in one run.
+
+Methods (each identifies the queries of every evaluation set against that set's gallery):
+  - `pixel`: raw-pixel cosine kNN (training.baseline), the floor;
+  - `pretrained`: the lite0 config's backbone (EfficientNet-Lite0, ImageNet weights) with no training at all,
+    average-pooled;
+  - `lite0`: `whaleid train --config lite0` on the training set;
+  - `b0-tiny`: `whaleid train --config b0-tiny` (EfficientNetB0 from scratch) on the same set.
+
+Evaluation sets:
+  - `synth-<style>`: Happywhale-layout synthetic sets of *other individuals* (another seed) rendered in each
+    look; the training set's own look is one of them, the others are looks training never saw;
+  - `real-fins`: the real dorsal-fin identity check of ../shared/data/real-photos (when present): gallery =
+    `5412.jpg`, `ind1`-`ind5` and the bottlenose fin crops (each its own individual), queries = `5412.a.jpg`
+    and `5412.b.jpg` (truth `5412`).
+
+MAP@5 is the identification core's (best score per individual, `new_individual` by threshold) with the
+threshold tuned out of sample (`cross_fitted_map5`: two halves by individual, each scored at the threshold
+best on the other); `map5_in_sample` beside it is the optimistic figure. The real check has known queries only,
+so it reports MAP@5 with `new_individual` never first and the rank of the right animal.
+
+`python -m bench identification_quality [--individuals 300] [--heldout-individuals 80] [--quick] [--work DIR]`
+writes bench/results/identification_quality.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+RESULTS = Path(__file__).parent / "results"
+REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-photos"
+TRAIN_STYLE = "photo"
+OTHER_LOOKS = ("grey", "overcast", "textured")
+METHODS = ("pixel", "pretrained", "lite0", "b0-tiny")
+
+
+# ----------------------------------------------------------------------------- data
+def synth_styles() -> tuple[str, ...]:
+    """The looks `whaleid synth` can render here (only `photo` before styles existed)."""
+    try:
+        from training.synth.styles import STYLES
+    except ImportError:
+        return (TRAIN_STYLE,)
+    return tuple(s for s in (TRAIN_STYLE, *OTHER_LOOKS) if s in STYLES)
+
+
+def make_set(root: Path, individuals: int, seed: int, style: str, image_size: int) -> Path:
+    from training.synth import generate
+
+    if (root / "dataset.json").exists():
+        return root
+    extra = {} if style == TRAIN_STYLE and synth_styles() == (TRAIN_STYLE,) else {"style": style}
+    generate(root, individuals=individuals, seed=seed, image_size=image_size, preview=False, **extra)
+    return root
+
+
+def real_fin_check() -> dict | None:
+    """(gallery paths, gallery ids, query paths, query truths) of the real-fin identity check, or None."""
+    fins, crops = REAL_PHOTOS / "finfindr-fins", REAL_PHOTOS / "bottlenose-fin-crops"
+    if not fins.is_dir() or not crops.is_dir():
+        return None
+    gallery = [fins / "5412.jpg", *sorted(fins.glob("ind*.jpg")), *sorted(crops.glob("*.jp*g"))]
+    ids = ["5412"] + [p.stem for p in gallery[1:]]
+    return {"gallery": gallery, "ids": ids, "queries": [fins / "5412.a.jpg", fins / "5412.b.jpg"],
+            "truths": ["5412", "5412"]}
+
+
+# ----------------------------------------------------------------------------- features
+class PixelFeatures:
+    model_id = "pixel"
+
+    def embed(self, paths, boxes) -> np.ndarray:
+        from services.imaging import load_image_file, preprocess
+        from training.baseline import PIXEL_SIZE, pixel_features
+
+        rows = [pixel_features(preprocess(load_image_file(p), PIXEL_SIZE, b)) for p, b in zip(paths, boxes, strict=True)]
+        return np.stack(rows).astype(np.float32)
+
+
+class EmbedderFeatures:
+    def __init__(self, embedder):
+        self.embedder, self.model_id = embedder, embedder.model_id
+
+    def embed(self, paths, boxes) -> np.ndarray:
+        return self.embedder.embed_files(list(paths), list(boxes))
+
+
+def identify(features, gallery_paths, gallery_boxes, gallery_ids, query_paths, query_boxes, centre: bool):
+    from services.identification import build_gallery, rank_candidates
+
+    gallery_x = features.embed(gallery_paths, gallery_boxes)
+    query_x = features.embed(query_paths, query_boxes)
+    if centre:  # raw pixels: centred on the gallery mean, as the baseline does
+        mean = gallery_x.mean(axis=0, keepdims=True)
+        gallery_x, query_x = gallery_x - mean, query_x - mean
+    gallery_x /= np.linalg.norm(gallery_x, axis=1, keepdims=True) + 1e-12
+    query_x /= np.linalg.norm(query_x, axis=1, keepdims=True) + 1e-12
+    gallery = build_gallery(gallery_x, list(gallery_ids), ["unknown"] * len(gallery_ids),
+                            [str(p) for p in gallery_paths])
+    return rank_candidates(gallery, query_x, 50)
+
+
+def score_synth(features, data_dir: Path, centre: bool) -> dict:
+    from services.identification.tuning import cross_fitted_map5
+    from training.data import load_dataset
+
+    data = load_dataset(data_dir)
+    source = getattr(getattr(features, "embedder", None), "eval_box_source", "fullbody") or "fullbody"
+    train, truth = data.train, data.truth
+    candidates = identify(features, [data.image_path(r.image) for r in train],
+                          [data.eval_box(r.image, source) for r in train], [r.individual_id for r in train],
+                          [data.image_path(r.image) for r in truth], [data.eval_box(r.image, source) for r in truth],
+                          centre)
+    truths = [r.individual_id for r in truth]
+    fitted = cross_fitted_map5(candidates, truths, [r.image if r.individual_id == "new_individual"
+                                                    else r.individual_id for r in truth])
+    return {"map5": fitted["map5"], "map5_in_sample": fitted["in_sample"], "queries": len(truths)}
+
+
+def score_real(features, check: dict, centre: bool) -> dict:
+    from services.identification import map_at_5
+    from services.identification.ranking import insert_new_individual
+
+    candidates = identify(features, check["gallery"], [None] * len(check["gallery"]), check["ids"],
+                          check["queries"], [None] * len(check["queries"]), centre)
+    predictions = [[i for i, _ in p] for p in insert_new_individual(candidates, -np.inf)]
+    ranks = [int(np.flatnonzero(candidates.ids[q] == t)[0]) + 1 if t in candidates.ids[q] else None
+             for q, t in enumerate(check["truths"])]
+    return {"map5": round(map_at_5(predictions, check["truths"]), 4), "rank_of_truth": ranks,
+            "gallery": len(check["gallery"])}
+
+
+# ----------------------------------------------------------------------------- training
+def train_run(name: str, data_dir: Path, run_dir: Path, overrides: dict) -> tuple[Path, float]:
+    """Train a config on the training set (a finished run in `run_dir` is reused); returns (run, seconds)."""
+    from training.config import load_config
+    from training.train import read_state, train
+
+    timing = run_dir / "train_seconds.txt"
+    state = read_state(run_dir) if run_dir.exists() else {}
+    if timing.exists() and state.get("epoch") == state.get("epochs"):
+        return run_dir, float(timing.read_text())
+    started = time.perf_counter()
+    train(load_config(name, overrides), data_dir, run_dir, verbose=0)
+    seconds = round(time.perf_counter() - started, 1)
+    timing.write_text(str(seconds))
+    return run_dir, seconds
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(result["sets"])
+    methods = [m for m in METHODS if any(m in result["sets"][s] for s in sets)]
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(sets)), 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        values = [result["sets"][s].get(method, {}).get("map5", 0.0) for s in sets]
+        bars = ax.bar(np.arange(len(sets)) + i * width, values, width, label=method)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(sets)) + width * (len(methods) - 1) / 2, sets)
+    ax.set_ylabel("MAP@5 (threshold tuned out of sample)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"identification quality (trained on synth-{TRAIN_STYLE})")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench identification_quality")
+    parser.add_argument("--individuals", type=int, default=300, help="individuals of the training set")
+    parser.add_argument("--heldout-individuals", type=int, default=80, help="individuals of each evaluation set")
+    parser.add_argument("--image-size", type=int, default=192)
+    parser.add_argument("--quick", action="store_true", help="tiny sets and few epochs (a smoke run)")
+    parser.add_argument("--work", default=str(RESULTS / "identification_quality_work"))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from training.config import load_config
+    from training.embed import Embedder, pretrained_embedder
+
+    work = Path(args.work)
+    individuals, heldout = (40, 24) if args.quick else (args.individuals, args.heldout_individuals)
+    epochs = {"lite0": 2, "b0-tiny": 2} if args.quick else {}
+    train_dir = make_set(work / "train", individuals, 11, TRAIN_STYLE, args.image_size)
+    sets = {f"synth-{style}": make_set(work / f"eval-{style}", heldout, 12, style, args.image_size)
+            for style in synth_styles()}
+    real = real_fin_check()
+
+    features, seconds = {}, {}
+    if "pixel" in args.methods:
+        features["pixel"] = PixelFeatures()
+    if "pretrained" in args.methods:
+        features["pretrained"] = EmbedderFeatures(pretrained_embedder(load_config("lite0", {"image_size": 224})))
+    for name in ("lite0", "b0-tiny"):
+        if name in args.methods:
+            overrides = {"epochs": epochs[name]} if name in epochs else {}
+            run_dir, seconds[name] = train_run(name, train_dir, work / f"run-{name}", overrides)
+            features[name] = EmbedderFeatures(Embedder.from_run(run_dir))
+            log.info("%s trained in %.0f s", name, seconds[name])
+
+    result = {"train_set": {"individuals": individuals, "style": TRAIN_STYLE}, "train_seconds": seconds,
+              "sets": {}, "real_photos": real is not None}
+    for set_name, data_dir in sets.items():
+        result["sets"][set_name] = {m: score_synth(f, data_dir, m == "pixel") for m, f in features.items()}
+        log.info("%s: %s", set_name, {m: r["map5"] for m, r in result["sets"][set_name].items()})
+    if real is not None:
+        result["sets"]["real-fins"] = {m: score_real(f, real, m == "pixel") for m, f in features.items()}
+        log.info("real-fins: %s", {m: r["map5"] for m, r in result["sets"]["real-fins"].items()})
+    RESULTS.mkdir(exist_ok=True)
+    plot(result, RESULTS / "identification_quality.png")
+    (RESULTS / "identification_quality.json").write_text(json.dumps(result, indent=2))
+    print_table(result)
+    return result
+
+
+def print_table(result: dict) -> None:
+    sets = list(result["sets"])
+    methods = [m for m in METHODS if any(m in result["sets"][s] for s in sets)]
+    print(f"{'set':<18}" + "".join(f"{m:>12}" for m in methods))
+    for s in sets:
+        print(f"{s:<18}" + "".join(f"{result['sets'][s].get(m, {}).get('map5', float('nan')):>12.3f}" for m in methods))
+    print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
