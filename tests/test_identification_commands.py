@@ -56,10 +56,11 @@ def pixel_models(monkeypatch):
 def test_evaluate_writes_tuning_and_curve(dataset, pixel_models, capsys):
     data_dir, run, _ = dataset
     assert main(["evaluate", "--data", str(data_dir), "--run", str(run), "--folds", "0", "1", "2", "--k", "20",
-                 "--json"]) == 0
+                 "--json", "--allow-in-fold"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["per_fold"]) == {"0", "1", "2"} and report["in_fold"] == [1, 2]
     assert report["map5"] >= max(report["map5_threshold_0"], report["map5_threshold_1"])
+    assert report["map5"] == report["map5_in_sample"] and 0 <= report["map5_held_out"] <= 1
     tuning = Tuning.load(run)
     assert tuning.threshold == report["threshold"] and tuning.weights == {"pixels-f0-e001": 1.0}
     assert (run / "threshold_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         description="Train one fold; writes RUN/config.yaml, folds.csv, lr_schedule.png, history.csv, state.json "
                     "and checkpoints/epoch_NNN.weights.h5. Configs: " + ", ".join(available_configs()) + " (or a "
                     "YAML path), merged over default.yaml.")
-    parser.add_argument("--config", default="b0-tiny", help="config name or YAML file (default: b0-tiny)")
+    parser.add_argument("--config", default="lite0", help="config name or YAML file (default: lite0, the pretrained CPU model)")
     parser.add_argument("--data", required=True, help="data set directory (train.csv, train_images/, boxes*.csv)")
     parser.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
     parser.add_argument("--fold", type=int, help="validation fold (-1: train on all individuals)")

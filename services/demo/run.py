@@ -35,7 +35,7 @@ class DemoOptions:
     as_json: bool = False
     config: str | None = None  # settings TOML
     seed: int = 0
-    model_config: str = "b0-tiny"
+    model_config: str = "lite0"
     result_timeout_s: float = 300.0
     hostile: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)

@@ -25,7 +25,10 @@ def register(subparsers) -> None:
                           help="training run directory (repeat to blend several models; the first gets the files)")
     evaluate.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
     evaluate.add_argument("--folds", type=int, nargs="+", default=None,
-                          help="folds to evaluate (default: the runs' validation fold)")
+                          help="folds to evaluate (default: the fold every run held out from training; a fold "
+                               "some run trained on is refused)")
+    evaluate.add_argument("--allow-in-fold", action="store_true",
+                          help="evaluate --folds that a run trained on anyway (optimistic, reported as in_fold)")
     evaluate.add_argument("--k", type=int, default=50, help="nearest neighbours per query (default 50)")
     evaluate.add_argument("--no-per-species", action="store_true", help="tune only the global threshold")
     evaluate.add_argument("--flip-tta", action="store_true", help="average each image's and its mirror's embedding")

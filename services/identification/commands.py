@@ -104,6 +104,46 @@ def read_run_folds(runs: Sequence[str]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- evaluate
+def held_out_folds(runs: Sequence[str], embedders: Sequence) -> list[tuple[str, int]]:
+    """(run, the fold its training held out; -1: none) per blended run: `whaleid train` trains on every
+    individual of folds.csv but those of the config's `fold`."""
+    return [(str(run), int(e.info["fold"])) for run, e in zip(runs, embedders, strict=True)]
+
+
+def folds_to_evaluate(run_folds: Sequence[tuple[str, int]], requested: Sequence[int] | None,
+                      allow_in_fold: bool = False) -> tuple[list[int], list[int]]:
+    """(folds to evaluate, those of them some run trained on). A fold is clean for a blend only if EVERY run held
+    it out; asked-for folds that a run trained on are refused unless `allow_in_fold`; by default the folds every
+    run held out."""
+    common = set.intersection(*({held} if held >= 0 else set() for _, held in run_folds))
+    if requested:
+        folds = sorted(set(requested))
+        trained = [(run, held, fold) for fold in folds for run, held in run_folds if fold != held or held < 0]
+        if trained and not allow_in_fold:
+            by_run: dict[tuple[str, int], list[str]] = {}
+            for run, held, fold in trained:
+                by_run.setdefault((run, held), []).append(str(fold))
+            named = "; ".join(f"run {run} was trained on fold {', '.join(f)} (it held out {describe_fold(held)})"
+                              for (run, held), f in by_run.items())
+            clean = f"fold {min(common)}" if common else "none here"
+            raise ConfigError(f"{named}: those queries would be scored by a model trained on them (leakage, an "
+                              f"optimistic MAP@5); evaluate a fold every run held out ({clean}), or pass "
+                              "--allow-in-fold for an in-fold figure")
+        return folds, sorted({fold for _, _, fold in trained})
+    if common:
+        return sorted(common), []
+    if len(run_folds) == 1:
+        raise ConfigError(f"run {run_folds[0][0]} was trained on every fold (fold -1): nothing is held out to "
+                          "validate it on; pass --folds F --allow-in-fold for an optimistic in-fold figure")
+    names = [f"{run} ({describe_fold(held)})" for run, held in run_folds]
+    raise ConfigError(f"runs {', '.join(names[:-1])} and {names[-1]} share no held-out fold: a blend of them cannot "
+                      "be validated without leakage; train them on the same fold or evaluate one run at a time")
+
+
+def describe_fold(held: int) -> str:
+    return f"fold {held}" if held >= 0 else "no fold: fold -1, trained on every fold"
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     from services.identification.evaluation import LabelledImages, evaluate_out_of_fold
     from training.data import load_dataset
@@ -115,12 +155,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise DataError(f"{len(missing)} individual(s) of {args.data} are not in the run's {FOLDS_FILE} "
                         f"(another data set?): {', '.join(missing[:10])}")
     embedders = load_embedders(args.runs, args.snapshot)
-    run_folds = sorted({int(e.info["fold"]) for e in embedders})
-    eval_folds = sorted(set(args.folds)) if args.folds else run_folds
-    if any(f < 0 for f in eval_folds):
-        raise ConfigError("the run was trained on every fold (fold -1): nothing is out of fold; "
-                          "pass --folds to evaluate in-fold anyway")
-    in_fold = [f for f in eval_folds if f not in run_folds]
+    eval_folds, in_fold = folds_to_evaluate(held_out_folds(args.runs, embedders), args.folds,
+                                            args.allow_in_fold)
     if in_fold:
         log.warning("folds %s were trained on by the model(s): their MAP@5 is optimistic (in-fold)", in_fold)
     images = [r.image for r in data.train]
@@ -145,20 +181,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def format_evaluation(report: dict) -> str:
+    tuned = "threshold/weights" if len(report["weights"]) > 1 else "threshold"
     lines = [
-        f"out-of-fold MAP@5 {report['map5']:.4f} at threshold {report['threshold']:.2f} "
+        f"out-of-fold MAP@5 (held out: {tuned} tuned on one half of the queries, split by individual, scored on "
+        f"the other): {report['map5_held_out']:.4f}",
+        f"out-of-fold MAP@5 (in-sample: {tuned} tuned on these queries): {report['map5_in_sample']:.4f} "
+        f"at threshold {report['threshold']:.2f} "
         f"({report['queries']} queries, {100 * report['new_individual_share']:.0f}% new individuals)",
-        f"  with per-species thresholds: {report['map5_per_species_thresholds']:.4f}",
+        f"  with per-species thresholds (in-sample): {report['map5_per_species_thresholds']:.4f}",
         f"  never new_individual first (threshold 0): {report['map5_threshold_0']:.4f}; "
         f"always (threshold 1): {report['map5_threshold_1']:.4f}",
-        "  per fold: " + ", ".join(f"{f}: {v:.4f}" for f, v in report["per_fold"].items())
-        + (f" (in-fold: {report['in_fold']})" if report.get("in_fold") else ""),
+        "  per fold (in-sample threshold): " + ", ".join(f"{f}: {v:.4f}" for f, v in report["per_fold"].items())
+        + (f" (in-fold, trained on: {report['in_fold']})" if report.get("in_fold") else ""),
     ]
     if len(report["weights"]) > 1:
-        lines.append("  blend weights: " + ", ".join(f"{m}={w:.2f}" for m, w in report["weights"].items()))
+        lines.append("  blend weights (tuned on these queries): " + ", ".join(f"{m}={w:.2f}" for m, w in report["weights"].items()))
     if report["per_species"]:
         width = max(len(name) for name in report["per_species"])
-        lines.append("  per species:")
+        lines.append("  per species (in-sample threshold):")
         lines += [f"    {name:<{width}}  {value:.4f}" for name, value in report["per_species"].items()]
     lines += [f"tuning: {report['tuning_file']}", f"threshold curve: {report['threshold_curve']}"]
     return "\n".join(lines)

@@ -6,14 +6,17 @@ Split of one validation fold f (folds are assigned by individual, as in training
   - queries: the other images of those fold-f individuals (truth: their id; known to the gallery but never trained
     on, like an animal added to the gallery after training) and every image of fold-f individuals with a single
     image (truth: `new_individual`).
-The threshold(s) and blend weights are tuned on all out-of-fold queries together.
+The threshold(s) and blend weights are tuned on all out-of-fold queries together, so the MAP@5 at them is
+in-sample (optimistic; `map5` = `map5_in_sample`). `map5_held_out` is cross-fitted: the queries are split in two
+halves by individual (a new_individual query by its image), the threshold (and, for a blend, the weights) are
+tuned on one half and scored on the other, and the other way round.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +34,7 @@ from services.identification.tuning import (
     DEFAULT_GRID,
     ThresholdSweep,
     Tuning,
+    cross_fitted_map5,
     map5_with_thresholds,
     optimise_blend_weights,
     sweep_threshold,
@@ -39,6 +43,8 @@ from services.identification.tuning import (
 from services.identification.vectors import blend
 
 log = logging.getLogger(__name__)
+
+HELD_OUT_PARTS = 2  # halves of the queries for the cross-fitted (held-out) MAP@5
 
 
 @dataclass
@@ -96,11 +102,17 @@ class OutOfFold:
     truths: np.ndarray
     species: np.ndarray
     folds: np.ndarray
+    groups: np.ndarray  # cross-fitting group of each query: its individual, or its image for new_individual
+
+
+def query_groups(data: LabelledImages, split: FoldSplit) -> list[str]:
+    return [truth if truth != NEW_INDIVIDUAL else data.images[row]
+            for row, truth in zip(split.query_rows, split.truths, strict=True)]
 
 
 def rank_out_of_fold(embeddings: np.ndarray, data: LabelledImages, splits: Sequence[FoldSplit], k: int,
                      index_config: IndexConfig | None = None) -> OutOfFold:
-    parts, truths, species, folds = [], [], [], []
+    parts, truths, species, folds, groups = [], [], [], [], []
     for split in splits:
         rows = split.gallery_rows
         gallery = build_gallery(embeddings[rows], [data.individual_ids[r] for r in rows],
@@ -110,9 +122,10 @@ def rank_out_of_fold(embeddings: np.ndarray, data: LabelledImages, splits: Seque
         truths += split.truths
         species += [data.species[r] for r in split.query_rows]
         folds += [split.fold] * len(split.query_rows)
+        groups += query_groups(data, split)
     candidates = Candidates(np.concatenate([p.ids for p in parts]), np.concatenate([p.scores for p in parts]))
     return OutOfFold(candidates, np.asarray(truths, dtype=object), np.asarray(species, dtype=object),
-                     np.asarray(folds))
+                     np.asarray(folds), np.asarray(groups, dtype=object))
 
 
 @dataclass
@@ -134,8 +147,9 @@ def evaluate_out_of_fold(
     index_config: IndexConfig | None = None,
     blend_steps: int = 10,
 ) -> Evaluation:
-    """Out-of-fold MAP@5 (overall, per fold, per species), tuned threshold(s) and, for several models, blend
-    weights. Embeddings are (N, D) per model, rows aligned with `data`."""
+    """Out-of-fold MAP@5 (in-sample and held out; per fold and per species at the in-sample threshold), tuned
+    threshold(s) and, for several models, blend weights. Embeddings are (N, D) per model, rows aligned with
+    `data`."""
     if not folds:
         raise DataError("evaluation: no folds to evaluate")
     splits = [split_fold(data, f) for f in folds]
@@ -144,15 +158,17 @@ def evaluate_out_of_fold(
     def rank(weights: Mapping[str, float]) -> OutOfFold:
         return rank_out_of_fold(blend(embeddings_by_model, weights), data, splits, k, index_config)
 
-    def objective(weights: Mapping[str, float]) -> float:
-        oof = rank(weights)
-        return sweep_threshold(oof.candidates, oof.truths, grid).best_map5
-
     if len(model_ids) > 1:
-        weights, _ = optimise_blend_weights(model_ids, objective, steps=blend_steps)
+        groups = [g for split in splits for g in query_groups(data, split)]
+        scores = BlendScores(rank, group_parts(groups, HELD_OUT_PARTS), HELD_OUT_PARTS, grid)
+        weights, _ = optimise_blend_weights(model_ids, scores.best_map5_of(range(HELD_OUT_PARTS)), steps=blend_steps)
+        held_out = cross_fitted_blend_map5(scores, model_ids, blend_steps)
+        oof = rank(weights)
     else:
         weights = {model_ids[0]: 1.0}
-    oof = rank(weights)
+        oof = rank(weights)
+        fitted = cross_fitted_map5(oof.candidates, oof.truths, oof.groups, parts=HELD_OUT_PARTS, grid=grid)
+        held_out = {"map5": fitted["map5"], "thresholds": fitted["thresholds"]}
     sweep = sweep_threshold(oof.candidates, oof.truths, grid)
     threshold = sweep.best
     species_thresholds = (tune_per_species(oof.candidates, oof.truths, oof.species, threshold, grid)
@@ -165,7 +181,10 @@ def evaluate_out_of_fold(
         fold_sweeps[f"fold {fold}"] = sweep_threshold(oof.candidates.subset(rows), oof.truths[rows], grid)
     ap = average_precisions(oof.candidates, oof.truths, np.asarray([threshold], np.float32))[0]
     report = {
-        "map5": float(ap.mean()),
+        "map5": float(ap.mean()),  # = map5_in_sample, kept for compatibility
+        "map5_in_sample": float(ap.mean()),
+        "map5_held_out": held_out.pop("map5"),
+        "held_out": {"parts": HELD_OUT_PARTS, "split": "by individual", **held_out},
         "map5_per_species_thresholds": map5_with_thresholds(oof.candidates, oof.truths, query_thresholds),
         "map5_threshold_0": sweep_at(oof, 0.0),
         "map5_threshold_1": sweep_at(oof, 1.0),
@@ -181,7 +200,8 @@ def evaluate_out_of_fold(
         "k": k,
     }
     tuning = Tuning(threshold=threshold, per_species=species_thresholds, weights=weights, flip_tta=flip_tta, k=k,
-                    validation={key: report[key] for key in ("map5", "map5_per_species_thresholds", "map5_threshold_0",
+                    validation={key: report[key] for key in ("map5", "map5_in_sample", "map5_held_out",
+                                                             "map5_per_species_thresholds", "map5_threshold_0",
                                                              "map5_threshold_1", "per_fold", "per_species", "queries",
                                                              "new_individual_share", "folds")})
     return Evaluation(tuning, sweep, fold_sweeps, report)
@@ -189,3 +209,58 @@ def evaluate_out_of_fold(
 
 def sweep_at(oof: OutOfFold, threshold: float) -> float:
     return float(average_precisions(oof.candidates, oof.truths, np.asarray([threshold], np.float32)).mean())
+
+
+def group_parts(groups: Sequence[str], parts: int) -> np.ndarray:
+    """The part of each query, split by group exactly as `cross_fitted_map5` splits them."""
+    names = sorted({str(g) for g in groups})
+    part_of = {name: i % parts for i, name in enumerate(np.random.default_rng(0).permutation(names).tolist())}
+    return np.array([part_of[str(g)] for g in groups])
+
+
+class BlendScores:
+    """Per threshold of the grid, the sum of the queries' average precision in each part, for given blend weights;
+    memoised, as the weight searches of the in-sample and of the cross-fitted figures revisit the same weights."""
+
+    def __init__(self, rank: Callable[[Mapping[str, float]], OutOfFold], parts: np.ndarray, part_count: int,
+                 grid: Sequence[float] = DEFAULT_GRID):
+        self.rank, self.parts, self.part_count = rank, np.asarray(parts), part_count
+        self.grid = np.asarray(grid, dtype=np.float32)
+        self._sums: dict[tuple, np.ndarray] = {}
+
+    def sums(self, weights: Mapping[str, float]) -> np.ndarray:
+        """(parts, thresholds) sums of average precision."""
+        key = tuple((m, round(float(w), 6)) for m, w in sorted(weights.items()))
+        if key not in self._sums:
+            oof = self.rank(weights)
+            precisions = average_precisions(oof.candidates, oof.truths, self.grid)  # (T, Q)
+            self._sums[key] = np.stack([precisions[:, self.parts == p].sum(axis=1) for p in range(self.part_count)])
+        return self._sums[key]
+
+    def map5(self, weights: Mapping[str, float], parts: Sequence[int]) -> np.ndarray:
+        """MAP@5 of the queries of `parts` at each threshold of the grid."""
+        count = int(np.isin(self.parts, list(parts)).sum())
+        return self.sums(weights)[list(parts)].sum(axis=0) / max(count, 1)
+
+    def best_map5_of(self, parts: Sequence[int]) -> Callable[[Mapping[str, float]], float]:
+        """The weights' objective: MAP@5 of the queries of `parts` at their best threshold."""
+        return lambda weights: float(self.map5(weights, parts).max())
+
+
+def cross_fitted_blend_map5(scores: BlendScores, model_ids: Sequence[str], steps: int = 10) -> dict:
+    """Held-out MAP@5 of a blend: each part of the queries is scored at the blend weights and the threshold tuned
+    on the other parts (with one model: `cross_fitted_map5`)."""
+    total, thresholds, weights_used = 0.0, [], []
+    for part in range(scores.part_count):
+        others = [p for p in range(scores.part_count) if p != part]
+        if not (scores.parts == part).any():
+            continue
+        if np.isin(scores.parts, others).any():
+            weights, _ = optimise_blend_weights(model_ids, scores.best_map5_of(others), steps=steps)
+            best = int(np.argmax(scores.map5(weights, others)))
+        else:
+            weights, best = {m: 1.0 / len(model_ids) for m in model_ids}, 0
+        total += float(scores.sums(weights)[part, best])
+        thresholds.append(round(float(scores.grid[best]), 3))
+        weights_used.append(weights)
+    return {"map5": round(total / max(len(scores.parts), 1), 4), "thresholds": thresholds, "weights": weights_used}
