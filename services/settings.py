@@ -65,8 +65,12 @@ class Settings:
     # --- gateway
     gateway_host: str = "127.0.0.1"  # gateway bind address
     gateway_port: int = 8080  # gateway HTTP port
-    gateway_token: str = field(default="", repr=False)  # bearer token apps must send
+    gateway_token: str = field(default="", repr=False)  # bearer token of the app named `app` (role app)
+    gateway_app_tokens: str = field(default="", repr=False)  # more apps, name=token[,name=token]: create sightings, read their own without GPS
+    gateway_researcher_tokens: str = field(default="", repr=False)  # name=token[,...]: read every sighting with GPS, confirm as that name
+    gateway_admin_tokens: str = field(default="", repr=False)  # name=token[,...]: gallery pointer and rollback (/v1/gallery)
     max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted photo
+    upload_size_required: bool = True  # sightings must declare `size`: every upload is then a single-use PUT of that length
     max_image_pixels: int = 40_000_000  # larger images are refused before decoding (bombs)
     upload_url_expires_s: int = 900  # lifetime of a presigned upload URL (issue #6)
     # --- bridge: S3 upload events (SQS) -> Kafka (issue #6)
@@ -85,6 +89,7 @@ class Settings:
     retry_backoff_max_s: float = 5.0  # longest pause between retries (retries never give up: nothing is lost)
     triton_detector_model: str = "detector"  # crop detector in the Triton repository, used when it is loaded
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
+    matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
 
     def with_overrides(self, **overrides: Any) -> "Settings":
@@ -100,6 +105,9 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "gateway_token": "local-dev-token",
+        "gateway_researcher_tokens": "local-researcher=local-researcher-token",
+        "gateway_admin_tokens": "local-admin=local-admin-token",
+        "upload_size_required": False,  # apps may omit `size`: a size-bounded POST, replayable until it expires
     },
     "production": {},
 }

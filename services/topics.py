@@ -75,6 +75,10 @@ class SightingEmbedded(_JsonRecord):
     metadata: dict[str, Any] | None = None
     uploaded_at: float = 0.0
     embedded_at: float = 0.0
+    species_scores: dict[str, float] | None = None  # the model's species probabilities by name; None: no species head
+
+
+SPECIES_SOURCES = ("app", "model", "none")  # Identification.species_source
 
 
 class Candidate(_JsonRecord):
@@ -90,6 +94,9 @@ class Identification(_JsonRecord):
     gallery_version: str
     uploaded_at: float = 0.0
     identified_at: float = 0.0
+    species: str = ""  # the species whose new_individual threshold was looked up ("" = none: the global one)
+    species_source: str = "none"  # app (metadata species_hint) | model (its most probable species) | none
+    threshold: float | None = None  # the new_individual threshold applied (None: written before it was recorded)
 
 
 class NewIndividual(_JsonRecord):

@@ -25,14 +25,21 @@ from services.stack.ports import free_port
 from services.topics import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[1]
-TOKEN = "front-test-token"
+TOKEN = "front-test-token"  # the app named `app` (gateway_token)
+OTHER_APP_TOKEN = "front-other-app-token"  # the app named `other-app`
+RESEARCHER_TOKEN = "front-researcher-token"  # the researcher `dr-fluke`
+SECOND_RESEARCHER_TOKEN = "front-second-researcher-token"  # the researcher `dr-tail`
+ADMIN_TOKEN = "front-admin-token"  # the admin `ops-admin`
+ROLE_TOKENS = {"gateway_app_tokens": f"other-app={OTHER_APP_TOKEN}",
+               "gateway_researcher_tokens": f"dr-fluke={RESEARCHER_TOKEN},dr-tail={SECOND_RESEARCHER_TOKEN}",
+               "gateway_admin_tokens": f"ops-admin={ADMIN_TOKEN}"}
 MAX_UPLOAD_BYTES = 200_000  # small, so the bridge's size limit is testable with a small upload
 JPEG_BYTES = b"\xff\xd8\xff\xe0" + b"fake-jpeg-bytes" * 20  # the front never decodes: the worker does
 
 
 def front_settings(stack) -> Settings:
     """The session stack's settings with the front's test token and a small upload limit; topics created."""
-    settings = stack.settings.with_overrides(gateway_token=TOKEN, max_upload_bytes=MAX_UPLOAD_BYTES)
+    settings = stack.settings.with_overrides(gateway_token=TOKEN, max_upload_bytes=MAX_UPLOAD_BYTES, **ROLE_TOKENS)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
         missing = set(ALL_TOPICS) - set(admin.list_topics())
@@ -47,7 +54,9 @@ def service_env(settings: Settings, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WHALEID_")}
     env.update({"WHALEID_PROFILE": "local", "WHALEID_RUN_DIR": str(settings.run_dir),
                 "WHALEID_GATEWAY_TOKEN": settings.gateway_token,
-                "WHALEID_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes)})
+                "WHALEID_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
+                "WHALEID_UPLOAD_SIZE_REQUIRED": str(settings.upload_size_required)})
+    env.update({f"WHALEID_{name.upper()}": getattr(settings, name) for name in ROLE_TOKENS})
     env.update({f"WHALEID_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
@@ -86,9 +95,11 @@ class ServiceProcess:
         return self.proc.returncode
 
 
-def start_gateway(settings: Settings, log_dir: Path) -> tuple[ServiceProcess, str]:
+def start_gateway(settings: Settings, log_dir: Path, **extra) -> tuple[ServiceProcess, str]:
+    """The gateway as its own process; `extra` settings are passed as WHALEID_* variables."""
     port = free_port()
-    gateway = ServiceProcess("services.gateway", service_env(settings, gateway_port=port), log_dir / "gateway.log")
+    gateway = ServiceProcess("services.gateway", service_env(settings, gateway_port=port, **extra),
+                             log_dir / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -129,14 +140,23 @@ def sighting_body(**overrides) -> dict:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def create_sighting(gateway_url: str, **overrides) -> dict:
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create_sighting(gateway_url: str, token: str = TOKEN, **overrides) -> dict:
     response = requests.post(f"{gateway_url}/v1/sightings", json=sighting_body(**overrides),
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+                             headers=bearer(token), timeout=10)
     assert response.status_code == 201, response.text
     return response.json()
 
 
 def upload(created: dict, data: bytes) -> requests.Response:
+    """Send the photo as the gateway said: a PUT with its headers, or a POST form (fields, then the file)."""
+    if created["upload_method"] == "POST":
+        content_type = created["upload_fields"]["Content-Type"]
+        return requests.post(created["upload_url"], data=created["upload_fields"],
+                             files={"file": ("photo", data, content_type)}, timeout=10)
     return requests.put(created["upload_url"], data=data, headers=created["upload_headers"], timeout=10)
 
 

@@ -1,7 +1,8 @@
 """Shared set-up of tests/test_export.py and tests/test_model_repo.py, built once per session.
 
 `snapshot_run`: a run directory in `whaleid train`'s layout (config.yaml, labels.json, checkpoints/) with two
-snapshots of the b0-tiny model (64 px) initialised with different seeds. Export and serving are about carrying
+snapshots of the b0-tiny model (64 px, species head over SPECIES, one of them misspelt as in Kaggle's labels so
+the export's name fixes are exercised) initialised with different seeds. Export and serving are about carrying
 *whatever* weights a snapshot has faithfully to Triton, so no training is needed (it would cost minutes).
 `exported`: the last snapshot exported by training.export (SavedModel + ONNX + manifest, ~30 s: the costliest
 step, so only one EfficientNet is converted; blends pair it with `fake_export`s).
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 EPOCHS = (1, 2)
-NUM_CLASSES, SPECIES = 8, ["beluga", "humpback_whale"]
+NUM_CLASSES, SPECIES = 8, ["beluga", "kiler_whale"]
+SERVED_SPECIES = ["beluga", "killer_whale"]  # SPECIES with training.data.LABEL_FIXES applied (the manifest's names)
 _CACHE: dict[tuple[str, str], object] = {}
 
 
@@ -73,22 +75,29 @@ def crops(count: int = 6) -> list[bytes]:
     return jpegs + pngs
 
 
-def tiny_onnx(path: Path, image_size: int, dim: int, layout: str = "NHWC", seed: int = 0) -> Path:
+def tiny_onnx(path: Path, image_size: int, dim: int, layout: str = "NHWC", seed: int = 0, species: int = 0) -> Path:
     """A small real ONNX embedder (mean colour -> linear -> L2 norm) with the export's names: for repository
-    tests that need many exports of chosen shapes without converting EfficientNets."""
+    tests that need many exports of chosen shapes without converting EfficientNets. `species` > 0 adds the
+    output `species` (softmax of a linear map of the mean colour)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nhwc = layout == "NHWC"
     shape = ["batch", image_size, image_size, 3] if nhwc else ["batch", 3, image_size, image_size]
-    weights = np.random.default_rng(seed).normal(size=(3, dim)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2] if nhwc else [2, 3], keepdims=0),
-         helper.make_node("MatMul", ["mean", "w"], ["z"]),
-         helper.make_node("LpNormalization", ["z"], ["embedding"], axis=1, p=2)],
-        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
-        [numpy_helper.from_array(weights, "w")])
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(3, dim)).astype(np.float32)
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2] if nhwc else [2, 3], keepdims=0),
+             helper.make_node("MatMul", ["mean", "w"], ["z"]),
+             helper.make_node("LpNormalization", ["z"], ["embedding"], axis=1, p=2)]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])]
+    initializers = [numpy_helper.from_array(weights, "w")]
+    if species:
+        initializers.append(numpy_helper.from_array((rng.normal(size=(3, species)) / 40).astype(np.float32), "ws"))
+        nodes += [helper.make_node("MatMul", ["mean", "ws"], ["logits"]),
+                  helper.make_node("Softmax", ["logits"], ["species"], axis=1)]
+        outputs.append(helper.make_tensor_value_info("species", TensorProto.FLOAT, ["batch", species]))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+                              outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -98,15 +107,16 @@ def tiny_onnx(path: Path, image_size: int, dim: int, layout: str = "NHWC", seed:
 
 
 def fake_export(exports: Path, model_id: str, image_size: int = 64, dim: int = 512, layout: str = "NHWC",
-                seed: int = 0) -> Path:
-    """EXPORTS/<model_id>/{model.onnx, manifest.json} as training.export writes them, around `tiny_onnx`."""
+                seed: int = 0, species: list[str] | tuple[str, ...] = ()) -> Path:
+    """EXPORTS/<model_id>/{model.onnx, manifest.json} as training.export writes them, around `tiny_onnx`
+    (with a species output over `species` when given)."""
     from services.checksums import sha256_file
     from training.export import MANIFEST, build_manifest
 
     folder = exports / model_id
-    onnx_path = tiny_onnx(folder / "model.onnx", image_size, dim, layout, seed)
+    onnx_path = tiny_onnx(folder / "model.onnx", image_size, dim, layout, seed, len(species))
     info = {"model_id": model_id, "backbone": "tiny", "image_size": image_size, "embedding_size": dim, "fold": 0,
-            "epoch": 1, "eval_box_source": ""}
-    manifest = build_manifest(info, {"model.onnx": sha256_file(onnx_path)}, 0.0, "test")
+            "epoch": 1, "eval_box_source": "", "species": list(species)}
+    manifest = build_manifest(info, {"model.onnx": sha256_file(onnx_path)}, 0.0, "test", 0.0 if species else None)
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder

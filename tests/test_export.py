@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from fixtures_model_repo import EPOCHS, crops, exported, snapshot_run
+from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, snapshot_run
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,11 @@ def test_manifest_follows_the_interface_and_checksums_match(exports, run_dir):
                                      "range": [0, 255]}
         assert manifest["output"] == {"name": "embedding", "dtype": "float32", "shape": [-1, 512],
                                       "l2_normalised": True}
+        species = manifest["species"]  # the run has a species head: a second output, names spelt right
+        assert {k: species[k] for k in ("name", "dtype", "shape", "probabilities", "names")} == {
+            "name": "species", "dtype": "float32", "shape": [-1, len(SERVED_SPECIES)], "probabilities": True,
+            "names": SERVED_SPECIES}
+        assert 0.0 <= species["parity_max_abs_diff"] <= 1e-4
         assert manifest["preprocessing"]["resize"] == "pillow-bilinear"
         assert "eval_box_source" in manifest["preprocessing"]
         assert 0.0 <= manifest["parity_max_abs_diff"] <= 1e-4

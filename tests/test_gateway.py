@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 
@@ -61,26 +62,60 @@ def test_create_sighting_stores_metadata_and_signs_one_key(front):
     sighting_id = created["sighting_id"]
     assert created["key"] == f"uploads/{sighting_id}.jpg"
     assert created["expires_in"] == settings.upload_url_expires_s
-    assert created["upload_headers"] == {"Content-Type": "image/jpeg", "Content-Length": str(len(JPEG_BYTES))}
+    assert created["upload_method"] == "PUT" and created["upload_max_bytes"] == len(JPEG_BYTES)
+    assert created["upload_headers"] == {"Content-Type": "image/jpeg", "Content-Length": str(len(JPEG_BYTES)),
+                                         "If-None-Match": "*"}
 
     stored = {k.decode(): v.decode() for k, v in redis_of(settings).hgetall(f"sighting:{sighting_id}").items()}
     metadata = json.loads(stored["metadata"])
     assert metadata["crop_box"] == [10.0, 20.0, 300.0, 200.0]
     assert metadata["species_hint"] == "humpback_whale"
     assert metadata["observer"] == "app-user-7" and metadata["latitude"] == -33.9
+    assert stored["owner"] == "app" and stored["upload_method"] == "PUT"
 
     assert upload(created, JPEG_BYTES).status_code == 200
     head = aws(settings, "s3").head_object(Bucket=settings.sightings_bucket, Key=created["key"])
     assert head["ContentType"] == "image/jpeg" and head["ContentLength"] == len(JPEG_BYTES)
 
-    # The signature covers the key, the content type and the length (S3 refuses any other; moto does not check).
+    # The signature covers the key, the content type, the length and If-None-Match (S3 refuses any other
+    # request; moto does not check signatures).
     url_, headers = created["upload_url"], created["upload_headers"]
     assert sigv4_query_signature_valid(url_, "PUT", headers, settings)
     other_key = url_.replace(f"/uploads/{sighting_id}.jpg", "/uploads/someone-else.jpg")
     assert not sigv4_query_signature_valid(other_key, "PUT", headers, settings)
     assert not sigv4_query_signature_valid(url_, "PUT", {**headers, "Content-Type": "image/png"}, settings)
     assert not sigv4_query_signature_valid(url_, "PUT", {**headers, "Content-Length": "999999"}, settings)
+    without_condition = {k: v for k, v in headers.items() if k != "If-None-Match"}
+    assert not sigv4_query_signature_valid(url_, "PUT", without_condition, settings)
     assert not sigv4_query_signature_valid(url_, "GET", headers, settings)
+
+
+def test_an_uploaded_photo_cannot_be_replaced(front):
+    """The PUT is single-use: S3 (and moto) refuse a second write of the key with 412, the first photo stays."""
+    settings, url = front
+    created = create_sighting(url, size=len(JPEG_BYTES))
+    assert upload(created, JPEG_BYTES).status_code == 200
+    replacement = JPEG_BYTES[:-3] + b"bad"
+    second = upload(created, replacement)
+    assert second.status_code == 412 and "PreconditionFailed" in second.text
+    body = aws(settings, "s3").get_object(Bucket=settings.sightings_bucket, Key=created["key"])["Body"].read()
+    assert body == JPEG_BYTES
+
+
+def test_without_a_declared_size_the_upload_is_a_bounded_post(front):
+    """The local profile lets apps omit `size`: they get a POST form whose policy caps the length at
+    max_upload_bytes (S3 enforces it; moto 5.2 does not, so the bridge and worker keep their own limit)."""
+    settings, url = front
+    created = create_sighting(url)
+    assert created["upload_method"] == "POST" and created["upload_max_bytes"] == MAX_UPLOAD_BYTES
+    fields = created["upload_fields"]
+    assert fields["key"] == created["key"] and fields["Content-Type"] == "image/jpeg"
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    assert ["content-length-range", 1, MAX_UPLOAD_BYTES] in policy["conditions"]
+    assert {"key": created["key"]} in policy["conditions"] and {"Content-Type": "image/jpeg"} in policy["conditions"]
+    assert upload(created, JPEG_BYTES).status_code == 200
+    head = aws(settings, "s3").head_object(Bucket=settings.sightings_bucket, Key=created["key"])
+    assert head["ContentType"] == "image/jpeg" and head["ContentLength"] == len(JPEG_BYTES)
 
 
 @pytest.mark.parametrize(

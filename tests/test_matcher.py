@@ -31,6 +31,7 @@ from services.stack.ports import free_port
 
 DIM = 512
 KNOWN = 8
+PER_SPECIES = {"beluga": 0.1, "killer_whale": 0.99}  # tuned per-species thresholds (the global one: 0.6)
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -46,7 +47,7 @@ def publish(store, root, labels: list[str], threshold: float = 0.6) -> str:
     gallery = build_gallery(CENTRES[:KNOWN], labels, ["beluga"] * KNOWN, [f"g{i}.jpg" for i in range(KNOWN)])
     folder = root / f"gallery-{uuid.uuid4().hex[:6]}"
     gallery.save(folder)
-    Tuning(threshold=threshold).save(folder / "tuning.json")
+    Tuning(threshold=threshold, per_species=PER_SPECIES).save(folder / "tuning.json")
     version = store.publish(folder, parent=store.current_version(), added_sightings=[], individuals=labels,
                             size=KNOWN)
     store.set_current(version, "test_matcher")
@@ -84,13 +85,13 @@ class Matcher:
         self.redis, self.root, self.first_version, self.metrics_port, self.env = (
             redis_client, root, first_version, metrics_port, env)
 
-    def send(self, embedding, metadata=None, sighting_id=None, partition_key=None) -> str:
+    def send(self, embedding, metadata=None, sighting_id=None, partition_key=None, species_scores=None) -> str:
         """Produce a sightings.embedded record keyed by its sighting id (or by `partition_key`, to queue it behind
         another record of the same partition)."""
         sighting_id = sighting_id or uuid.uuid4().hex
         record = topics.SightingEmbedded(sighting_id=sighting_id, embedding=[float(v) for v in embedding],
                                          model_version="test-model", metadata=metadata, uploaded_at=time.time(),
-                                         embedded_at=time.time())
+                                         embedded_at=time.time(), species_scores=species_scores)
         self.send_raw(record.to_json(), partition_key or sighting_id)
         return sighting_id
 
@@ -132,6 +133,23 @@ def test_results_in_redis_stream_and_topics(matcher):
     new_individuals = dict(read_topic(matcher.settings.kafka_bootstrap, topics.NEW_INDIVIDUALS))
     assert unseen in new_individuals and not set(known) & set(new_individuals)
     assert new_individuals[unseen]["best_known_id"].startswith("beluga-")
+
+
+def test_threshold_of_the_hinted_or_the_models_species_is_used_and_recorded(matcher):
+    """The same photo (~0.91 to a known whale): the model says killer_whale (threshold 0.99: new individual); the
+    app's hint beluga wins over the model (0.1: known); neither: the global 0.6 (known)."""
+    scores = {"killer_whale": 0.8, "beluga": 0.2}
+    by_model = matcher.send(near(3, 77), species_scores=scores)
+    by_app = matcher.send(near(3, 77), metadata={"species_hint": "beluga"}, species_scores=scores)
+    neither = matcher.send(near(3, 77), species_scores={"killer_whale": 0.4, "beluga": 0.35, "orca": 0.25})
+    wait_announced(matcher.redis, [by_model, by_app, neither], 30)
+    results = {key: identification(matcher.redis, key) for key in (by_model, by_app, neither)}
+    assert [(r["species"], r["species_source"], r["threshold"]) for r in results.values()] == [
+        ("killer_whale", "model", 0.99), ("beluga", "app", 0.1), ("", "none", 0.6)]
+    assert [r["new_individual"] for r in results.values()] == [True, False, False]
+    bad = matcher.send(near(3, 78), species_scores={"beluga": "very"})
+    wait_until(lambda: failure(matcher.redis, bad), 30, "the malformed species scores dead-lettered")
+    assert failure(matcher.redis, bad)["reason"] == "malformed_event"
 
 
 def test_redelivered_events_keep_the_first_result(matcher):

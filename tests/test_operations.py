@@ -34,9 +34,15 @@ from prometheus_client import REGISTRY
 
 from services import topics
 from services.cli.main import main as whaleid
-from services.operations.confirmations import ConfirmationService, audit_trail, stored_confirmation
+from services.operations.confirmations import (
+    AUDIT_STREAM,
+    ConfirmationRefused,
+    ConfirmationService,
+    audit_trail,
+    stored_confirmation,
+)
 from services.operations.known import CurrentGalleryIndividuals
-from services.operations.model_store import GalleryStore, ModelStoreError
+from services.operations.model_store import GalleryStore, ModelStoreError, UnsafePath
 from services.operations.reindex import reindex
 from services.stack.binaries import on_path
 from services.stack.ports import free_port
@@ -45,6 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 INDIVIDUALS = [f"ind-{i}" for i in range(6)]
 _db_numbers = itertools.cycle(range(11, 16))  # a Redis database of its own per test (flushed first)
+APP_TOKEN = "ops-test-token"  # role app: may not confirm
+RESEARCHER_TOKEN = "ops-researcher-token"  # the researcher dr-fluke
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +68,7 @@ def env(ops, tmp_path, monkeypatch):
     db = next(_db_numbers)
     settings = base.with_overrides(gallery_prefix=f"galleries-{uuid.uuid4().hex[:6]}",
                                    redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
-                                   gateway_token="ops-test-token")
+                                   gateway_token=APP_TOKEN, gateway_researcher_tokens=f"dr-fluke={RESEARCHER_TOKEN}")
     client = redis.Redis.from_url(settings.redis_url)
     client.flushdb()
     for name in ("run_dir", "gallery_prefix", "redis_url", "s3_endpoint", "kafka_bootstrap"):
@@ -107,7 +115,8 @@ def test_versions_pointer_and_one_command_rollback(env, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- confirmations via the gateway
 def _gateway_calls(settings, calls):
-    """POST each (sighting_id, body[, token]) to the real gateway app; returns [(status, json)]."""
+    """POST each (sighting_id, body[, token]) to the real gateway app (default: dr-fluke's researcher token);
+    returns [(status, json)], then the GET of the first sighting's confirmation."""
     from services.gateway.app import build_app
 
     async def run():
@@ -115,11 +124,11 @@ def _gateway_calls(settings, calls):
         async with TestClient(server) as client:
             out = []
             for sighting_id, body, *token in calls:
-                headers = {"Authorization": f"Bearer {token[0] if token else settings.gateway_token}"}
+                headers = {"Authorization": f"Bearer {token[0] if token else RESEARCHER_TOKEN}"}
                 response = await client.post(f"/v1/sightings/{sighting_id}/confirmation", json=body, headers=headers)
                 out.append((response.status, await response.json()))
             got = await client.get(f"/v1/sightings/{calls[0][0]}/confirmation",
-                                   headers={"Authorization": f"Bearer {settings.gateway_token}"})
+                                   headers={"Authorization": f"Bearer {RESEARCHER_TOKEN}"})
             out.append((got.status, await got.json()))
             return out
 
@@ -148,12 +157,15 @@ def test_confirmations_accepted_refused_and_audited(env, tmp_path):
         (no_embedding, {"action": "new", **me}),                              # 6 no embedding
         ("nope", {"action": "confirm", "individual_id": "ind-0", **me}),      # 7 unknown sighting
         (b, {"action": "maybe", **me}),                                       # 8 bad action
-        (b, {"action": "confirm", "individual_id": "ind-1"}),                 # 9 no researcher
-        (r, {"action": "reject", **me}),                                      # 10 reject the top prediction
+        (b, {"action": "new", "researcher": "dr-tail"}),                      # 9 not the credential's name
+        (r, {"action": "reject"}),                                            # 10 reject the top prediction
         (a, {"action": "confirm", "individual_id": "ind-0", **me}, "wrong"),  # 11 wrong token
+        (a, {"action": "confirm", "individual_id": "ind-0", **me}, APP_TOKEN),  # 12 an app may not confirm
     ])
     statuses = [status for status, _ in results]
-    assert statuses == [201, 200, 409, 409, 409, 201, 409, 404, 400, 400, 201, 401, 200], results
+    assert statuses == [201, 200, 409, 409, 409, 201, 409, 404, 400, 403, 201, 401, 403, 200], results
+    assert results[9][1]["code"] == "researcher_mismatch" and results[12][1]["code"] == "forbidden"
+    assert results[10][1]["confirmation"]["researcher"] == "dr-fluke"  # from the credential
     assert results[1][1]["created"] is False
     assert "already decided: confirm 'ind-0' by dr-fluke" in results[2][1]["error"]
     assert f"neither in gallery version {version}" in results[4][1]["error"]
@@ -182,6 +194,65 @@ def test_confirmations_accepted_refused_and_audited(env, tmp_path):
                  if k in (a, b, r)]
     assert sorted(k for k, _ in announced) == sorted([a, b, r])
     assert {k: v["action"] for k, v in announced} == {a: "confirm", b: "new", r: "reject"}
+
+
+def test_audit_trail_finds_entries_wherever_they_are_in_the_stream(env):
+    """Past the first 1000 entries: a sighting's own stream, and paging through the global one for entries
+    written before per-sighting streams existed (here: raw XADDs to the global stream only)."""
+    _settings, _store, client = env
+    legacy = uuid.uuid4().hex
+    pipe = client.pipeline(transaction=False)
+    for n in range(1500):
+        target = legacy if n in (3, 1400) else f"other-{n}"
+        pipe.xadd(AUDIT_STREAM, {"sighting_id": target, "action": "confirm", "outcome": "accepted", "n": str(n)})
+    pipe.execute()
+    service = ConfirmationService(client, known=lambda: None)
+    late = uuid.uuid4().hex
+    with pytest.raises(ConfirmationRefused):
+        service.submit(late, {"action": "confirm", "individual_id": "ind-0"}, researcher="dr-fluke")
+
+    (entry,) = audit_trail(client, late)
+    assert (entry["outcome"], entry["researcher"]) == ("unknown_sighting", "dr-fluke")
+    assert [e["n"] for e in audit_trail(client, legacy)] == ["3", "1400"]
+    everything = audit_trail(client)
+    assert len(everything) == 1501 and everything[-1]["sighting_id"] == late
+    assert audit_trail(client, page_size=7) == everything  # the XRANGE cursor neither skips nor repeats
+
+
+# --------------------------------------------------------------------------- hostile model-store manifests
+@pytest.mark.parametrize("path", ["../escaped.txt", "/tmp/absolute.txt", "a/../../escaped.txt", "", "a//b",
+                                  "link/escaped.txt"])
+def test_gallery_download_refuses_paths_outside_the_folder(env, tmp_path, path):
+    _settings, store, _client = env
+    version = "vhostile-" + uuid.uuid4().hex[:6]
+    info = {"version": version, "parent": None, "created_at": 1.0, "size": 1, "individuals": 1,
+            "added_sightings": [], "files": {"manifest.json": "0" * 64, path: "0" * 64}}
+    store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}/{version}/version.json",
+                            Body=json.dumps(info).encode())
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "link").symlink_to(outside)  # a symlink already in the folder must not be followed out of it
+    with pytest.raises(UnsafePath, match="refusing the path"):
+        store.download(version, dest)
+    assert [p.name for p in dest.iterdir()] == ["link"] and list(outside.iterdir()) == []
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize("key", ["../../escaped.txt", "/absolute.txt", "models/../../../escaped.txt"])
+def test_model_repo_pull_refuses_paths_outside_the_repository(env, tmp_path, key):
+    from services.model_repo.errors import RepositoryError
+    from services.model_repo.store import pull
+
+    settings, store, _client = env
+    prefix = "hostile-repo-" + uuid.uuid4().hex[:6]
+    for name in ("repository.json", key):
+        store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/b1/{name}", Body=b"{}")
+    repository = tmp_path / "deep" / "models"
+    repository.parent.mkdir()
+    with pytest.raises(RepositoryError, match="refusing to pull.*refusing the path"):
+        pull(repository, prefix=prefix, build_id="b1", settings=settings)
+    assert list(tmp_path.rglob("*")) == [tmp_path / "deep"]  # nothing written, staging removed
 
 
 # --------------------------------------------------------------------------- confirm -> reindex -> identified

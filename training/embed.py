@@ -74,6 +74,14 @@ def model_id(config: dict[str, Any], epoch: int) -> str:
 
 def load_embedding_model(run_dir: str | Path, snapshot: int | str | Path | None = None):
     """(embedding keras.Model, info) of one snapshot of a training run."""
+    _, embedding_model, info = load_trained_models(run_dir, snapshot)
+    return embedding_model, info
+
+
+def load_trained_models(run_dir: str | Path, snapshot: int | str | Path | None = None):
+    """(train keras.Model, embedding keras.Model, info) of one snapshot: the two share their layers, so the train
+    model's heads (e.g. `species`) apply to the embedding model's output. info["species"]: the species head's
+    class order (labels.json), empty when the run has no species head."""
     from training.model import build_models
 
     run_dir = Path(run_dir)
@@ -100,8 +108,9 @@ def load_embedding_model(run_dir: str | Path, snapshot: int | str | Path | None 
         "checkpoint": str(checkpoint),
         "run": str(run_dir),
         "config": config,
+        "species": list(labels["species"]) if "species" in train_model.output_names else [],
     }
-    return embedding_model, info
+    return train_model, embedding_model, info
 
 
 class Embedder:

@@ -4,9 +4,12 @@ Per snapshot, into `OUT/<model_id>/`:
   saved_model/   `model.export(path, format="tf_saved_model")`
   model.onnx     tf2onnx on the SavedModel, opset 17 (what `python -m tf2onnx.convert --saved-model` does, run
                  in-process; the command line is the fallback), input "image" (float32 NHWC in [0, 255]),
-                 output "embedding" (L2-normalised). Keras' own ONNX export writes a broken graph: not used.
-  manifest.json  backbone, image size, preprocessing, embedding size, fold, epoch, sha256 of every file, and
-                 the parity figure: max |onnxruntime - Keras| on a batch, refused above the tolerance.
+                 output "embedding" (L2-normalised) and, when the run has a species head, a second output
+                 "species" (softmax probabilities over the manifest's species names, Kaggle's misspellings
+                 fixed as training.data does). Keras' own ONNX export writes a broken graph: not used.
+  manifest.json  backbone, image size, preprocessing, embedding size, fold, epoch, sha256 of every file, the
+                 species block (names, shape) and the parity figures: max |onnxruntime - Keras| on a batch for
+                 each output, refused above the tolerance.
 The export is written to a hidden staging folder and renamed into place only when everything passed, so a
 failed export never leaves a half-written model behind.
 """
@@ -28,7 +31,7 @@ import numpy as np
 
 from services.checksums import sha256_file
 from services.errors import WhaleIdError
-from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, embedder_signature_problems
+from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, SPECIES_OUTPUT, embedder_signature_problems
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +55,73 @@ def parity_batch(image_size: int, count: int = PARITY_BATCH, seed: int = 0) -> n
     return np.clip(images, 0.0, 255.0).astype(np.float32)
 
 
+def keras_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{"embedding": ..., ["species": ...]} of a Keras export model (single output: the embedding)."""
+    out = model(images, training=False)
+    out = out if isinstance(out, dict) else {OUTPUT_NAME: out}
+    return {name: np.asarray(value, dtype=np.float32) for name, value in out.items()}
+
+
 def keras_embed(model, images: np.ndarray) -> np.ndarray:
-    return np.asarray(model(images, training=False), dtype=np.float32)
+    return keras_outputs(model, images)[OUTPUT_NAME]
 
 
-def onnx_embed(onnx_path: Path, images: np.ndarray) -> np.ndarray:
+def onnx_outputs(onnx_path: Path, images: np.ndarray, names: Sequence[str] = (OUTPUT_NAME,)) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    return dict(zip(names, session.run(list(names), {INPUT_NAME: images}), strict=True))
+
+
+def onnx_embed(onnx_path: Path, images: np.ndarray) -> np.ndarray:
+    return onnx_outputs(onnx_path, images)[OUTPUT_NAME]
+
+
+# ----------------------------------------------------------------------------- the species head
+def has_species_output(model) -> bool:
+    return isinstance(model.output, dict) and SPECIES_OUTPUT in model.output
+
+
+def serving_species_names(names: Sequence[str]) -> tuple[list[str], np.ndarray | None]:
+    """Kaggle's misspellings fixed (training.data.LABEL_FIXES) -> (unique names in first-seen order, the 0/1
+    (len(names), len(unique)) matrix summing the columns of names that became one; None when none did)."""
+    from training.data import LABEL_FIXES
+
+    fixed = [LABEL_FIXES.get(str(n), str(n)) for n in names]
+    unique = list(dict.fromkeys(fixed))
+    if len(unique) == len(fixed):
+        return unique, None
+    merge = np.zeros((len(fixed), len(unique)), dtype=np.float32)
+    merge[np.arange(len(fixed)), [unique.index(n) for n in fixed]] = 1.0
+    return unique, merge
+
+
+def serving_model(train_model, embedding_model, species: Sequence[str]):
+    """(Keras model to export, species names of its `species` output). With a species head: outputs
+    {"embedding", "species": softmax of the head on the normalised embedding}; without: the embedding model."""
+    import keras
+
+    if not species or "species" not in train_model.output_names:
+        return embedding_model, []
+    names, merge = serving_species_names(species)
+    probabilities = keras.layers.Softmax(name="species_probabilities", dtype="float32")(
+        train_model.get_layer("species").output)
+    if merge is not None:
+        layer = keras.layers.Dense(len(names), use_bias=False, trainable=False, name="species_merge", dtype="float32")
+        probabilities = layer(probabilities)
+        layer.set_weights([merge])
+    model = keras.Model(embedding_model.input, {OUTPUT_NAME: embedding_model.output, SPECIES_OUTPUT: probabilities},
+                        name="serving")
+    return model, names
+
+
+def load_serving_model(run_dir: Path, snapshot: str | None = None):
+    """(export model, info) of one snapshot; info["species"] = the fixed names of its species output ([]: none)."""
+    from training.embed import load_trained_models
+
+    train_model, embedding_model, info = load_trained_models(run_dir, snapshot)
+    model, names = serving_model(train_model, embedding_model, info.get("species") or [])
+    return model, {**info, "species": names}
 
 
 def write_saved_model(model, path: Path) -> None:
@@ -70,23 +131,32 @@ def write_saved_model(model, path: Path) -> None:
         model.export(str(path), format="tf_saved_model")
 
 
-def convert_to_onnx(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET) -> None:
+def convert_to_onnx(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET, species: bool = False) -> None:
     """tf2onnx on the SavedModel (the route measured to work, max diff ~1e-7): what
     `python -m tf2onnx.convert --saved-model DIR --opset 17 --rename-inputs image --rename-outputs embedding`
-    does, run in this process (TensorFlow is already loaded); the command line is the fallback."""
+    does, run in this process (TensorFlow is already loaded); the command line is the fallback. With `species`
+    the model has the dict outputs {"embedding", "species"}, whose names tf2onnx takes from the signature."""
     try:
         import tensorflow as tf
         from tf2onnx import tf_loader
         from tf2onnx.convert import _convert_common
     except ImportError:
-        return convert_to_onnx_cli(saved_model, onnx_path, opset)
+        return convert_to_onnx_cli(saved_model, onnx_path, opset, species)
     try:
         graph_def, inputs, outputs, tables, renames = tf_loader.from_saved_model(
             str(saved_model), None, None, None, None, None, False,
             return_initialized_tables=True, return_tensors_to_rename=True)
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ExportError(f"{saved_model}: expected one input and one output, got {inputs} -> {outputs}")
-        renames.update({inputs[0]: INPUT_NAME, outputs[0]: OUTPUT_NAME})
+        wanted = {OUTPUT_NAME, SPECIES_OUTPUT} if species else {OUTPUT_NAME}
+        if len(inputs) != 1 or len(outputs) != len(wanted):
+            raise ExportError(f"{saved_model}: expected one input and outputs {sorted(wanted)}, got {inputs} -> "
+                              f"{outputs}")
+        renames[inputs[0]] = INPUT_NAME
+        if species:
+            if {renames.get(o) for o in outputs} != wanted:
+                raise ExportError(f"{saved_model}: the signature's outputs are {[renames.get(o) for o in outputs]}, "
+                                  f"expected {sorted(wanted)}")
+        else:
+            renames[outputs[0]] = OUTPUT_NAME
         with tf.device("/cpu:0"):
             _convert_common(graph_def, name=str(saved_model), opset=opset, input_names=inputs, output_names=outputs,
                             tensors_to_rename=renames, initialized_tables=tables, output_path=str(onnx_path))
@@ -96,11 +166,13 @@ def convert_to_onnx(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPS
         raise ExportError(f"tf2onnx failed on {saved_model}: {type(exc).__name__}: {exc}") from None
 
 
-def convert_to_onnx_cli(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET) -> None:
-    """The same conversion through tf2onnx's command line (a separate process)."""
+def convert_to_onnx_cli(saved_model: Path, onnx_path: Path, opset: int = DEFAULT_OPSET, species: bool = False) -> None:
+    """The same conversion through tf2onnx's command line (a separate process); two outputs keep the names of
+    the signature (embedding, species)."""
     argv = [
         sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--opset", str(opset),
-        "--output", str(onnx_path), "--rename-inputs", INPUT_NAME, "--rename-outputs", OUTPUT_NAME,
+        "--output", str(onnx_path), "--rename-inputs", INPUT_NAME,
+        *([] if species else ["--rename-outputs", OUTPUT_NAME]),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     try:
@@ -112,9 +184,10 @@ def convert_to_onnx_cli(saved_model: Path, onnx_path: Path, opset: int = DEFAULT
         raise ExportError(f"tf2onnx failed on {saved_model} (exit {done.returncode}):\n{tail}")
 
 
-def check_onnx_signature(onnx_path: Path, model_id: str, image_size: int, embedding_size: int) -> None:
-    """The ONNX file has exactly input `image` [?, S, S, 3] and output `embedding` [?, D]."""
-    problems = embedder_signature_problems(onnx_path, image_size, embedding_size)
+def check_onnx_signature(onnx_path: Path, model_id: str, image_size: int, embedding_size: int,
+                         species_count: int = 0) -> None:
+    """The ONNX file has exactly input `image` [?, S, S, 3] and output `embedding` [?, D] (+ `species` [?, K])."""
+    problems = embedder_signature_problems(onnx_path, image_size, embedding_size, species_count)
     if problems:
         raise ExportError(f"{model_id}: the converted ONNX model is not servable: {'; '.join(problems)}")
 
@@ -130,9 +203,23 @@ def check_parity(model, onnx_path: Path, images: np.ndarray, tolerance: float, m
     return parity
 
 
-def build_manifest(info: Mapping[str, Any], files: Mapping[str, str], parity: float, run: str) -> dict[str, Any]:
+def check_species_parity(model, onnx_path: Path, images: np.ndarray, tolerance: float, model_id: str) -> float:
+    """max |onnxruntime - Keras| of the species probabilities; an ExportError above `tolerance`."""
+    served = onnx_outputs(onnx_path, images, (SPECIES_OUTPUT,))[SPECIES_OUTPUT]
+    parity = float(np.max(np.abs(served - keras_outputs(model, images)[SPECIES_OUTPUT])))
+    if not parity <= tolerance:
+        raise ExportError(f"{model_id}: ONNX species probabilities differ from Keras by {parity:.3g} "
+                          f"(> tolerance {tolerance:g}) on a batch of {len(images)}; export refused")
+    log.info("%s: species parity max |onnx - keras| = %.2g", model_id, parity)
+    return parity
+
+
+def build_manifest(info: Mapping[str, Any], files: Mapping[str, str], parity: float, run: str,
+                   species_parity: float | None = None) -> dict[str, Any]:
+    """The manifest of docs/interfaces.md; a `species` block when info["species"] names a species output."""
     size, dim = int(info["image_size"]), int(info["embedding_size"])
-    return {
+    species = list(info.get("species") or [])
+    manifest = {
         "model_id": info["model_id"],
         "backbone": info["backbone"],
         "image_size": size,
@@ -142,12 +229,16 @@ def build_manifest(info: Mapping[str, Any], files: Mapping[str, str], parity: fl
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [-1, size, size, 3], "layout": "NHWC",
                   "range": [0, 255]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, dim], "l2_normalised": True},
+        **({"species": {"name": SPECIES_OUTPUT, "dtype": "float32", "shape": [-1, len(species)],
+                        "probabilities": True, "names": species, "parity_max_abs_diff": species_parity}}
+           if species else {}),
         "preprocessing": {"resize": "pillow-bilinear", "eval_box_source": info.get("eval_box_source") or ""},
         "files": dict(files),
         "parity_max_abs_diff": float(parity),
         "run": run,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    return manifest
 
 
 def export_model(
@@ -160,9 +251,12 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     parity_images: np.ndarray | None = None,
 ) -> Path:
-    """Export one Keras embedding model to `out_dir/<model_id>/`; returns that folder."""
+    """Export one Keras embedding model (or a `serving_model` with a species output) to `out_dir/<model_id>/`;
+    returns that folder."""
     model_id = str(info["model_id"])
     size, dim = int(info["image_size"]), int(info["embedding_size"])
+    species = list(info.get("species") or []) if has_species_output(model) else []
+    info = {**info, "species": species}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / model_id
@@ -175,15 +269,17 @@ def export_model(
         log.info("%s: SavedModel written (%.1f s)", model_id, time.perf_counter() - started)
 
         started = time.perf_counter()
-        convert_to_onnx(staging / "saved_model", staging / "model.onnx", opset)
-        check_onnx_signature(staging / "model.onnx", model_id, size, dim)
+        convert_to_onnx(staging / "saved_model", staging / "model.onnx", opset, species=bool(species))
+        check_onnx_signature(staging / "model.onnx", model_id, size, dim, len(species))
         log.info("%s: ONNX (opset %d) written (%.1f s)", model_id, opset, time.perf_counter() - started)
 
         images = parity_batch(size) if parity_images is None else np.asarray(parity_images, dtype=np.float32)
         parity = check_parity(model, staging / "model.onnx", images, tolerance, model_id)
+        species_parity = (check_species_parity(model, staging / "model.onnx", images, tolerance, model_id)
+                          if species else None)
 
         files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = build_manifest(info, files, parity, run)
+        manifest = build_manifest(info, files, parity, run, species_parity)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
@@ -207,7 +303,7 @@ def export_run(
 ) -> list[Path]:
     """Export the chosen snapshots of a training run (default: the last one; ["all"]: every one).
     Snapshot names: epoch_003, 3, epoch_003.weights.h5 or a checkpoint path."""
-    from training.embed import list_checkpoints, load_embedding_model
+    from training.embed import list_checkpoints
 
     run_dir = Path(run_dir)
     if not snapshots:
@@ -222,7 +318,7 @@ def export_run(
     exported = []
     for index, snapshot in enumerate(chosen, 1):
         log.info("[%d/%d] exporting snapshot %s of %s", index, len(chosen), snapshot or "last", run_dir)
-        model, info = load_embedding_model(run_dir, snapshot)
+        model, info = load_serving_model(run_dir, snapshot)
         exported.append(export_model(model, info, out_dir, run=str(run_dir.resolve()), opset=opset,
                                      tolerance=tolerance))
         log.info("[%d/%d] %s -> %s", index, len(chosen), info["model_id"], exported[-1])

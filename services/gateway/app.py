@@ -1,13 +1,13 @@
 """The gateway's aiohttp application: shared middlewares + the routes of each module in ROUTE_MODULES.
 
 A route module exposes `add_routes(app, ctx)` (ctx: services.gateway.context.GatewayContext, also reachable
-in handlers as `request.app[CTX]`). Every route needs `Authorization: Bearer <gateway_token>` except
-PUBLIC_PATHS. WhaleIdError subclasses raised by handlers become 400 answers with the reason.
+in handlers as `request.app[CTX]`). Every route but auth.PUBLIC_PATHS needs `Authorization: Bearer <token>` of a
+credential (credentials.py) whose role the handler allows (auth.py: 401 / 403). With the production profile the
+app refuses to build when a token is unsafe (token_policy.py). DataErrors raised by handlers become 400 answers.
 """
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import logging
 
@@ -16,17 +16,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.errors import ConfigError, DataError
+from services.gateway.auth import auth_middleware
 from services.gateway.context import CTX, GatewayContext
+from services.gateway.credentials import CredentialTable, configured_tokens
 from services.gateway.presign import UploadSigner
+from services.gateway.token_policy import refuse_unsafe_tokens
 from services.metrics import STEP_LATENCY, UPLOADS, timed
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Route groups, in order. A module listed as OPTIONAL is skipped when it does not exist (yet).
-ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.confirmations")
+ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.confirmations", "services.gateway.gallery")
 OPTIONAL_ROUTE_MODULES = frozenset({"services.gateway.confirmations"})
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 def _json_error(status: int, message: str, **extra) -> web.Response:
@@ -53,23 +55,6 @@ async def timing_middleware(request: web.Request, handler):
         return await handler(request)
 
 
-def auth_middleware(token: str):
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check_token(request: web.Request, handler):
-        if request.path not in PUBLIC_PATHS:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                UPLOADS.labels(outcome="unauthorized").inc()
-                reason = "missing bearer token" if not given else "wrong bearer token"
-                return web.json_response({"error": reason}, status=401,
-                                         headers={"WWW-Authenticate": 'Bearer realm="whaleid"'})
-        return await handler(request)
-
-    return check_token
-
-
 async def healthz(request: web.Request) -> web.Response:
     try:
         await request.app[CTX].redis.ping()
@@ -93,13 +78,14 @@ def _route_module(name: str):
 
 
 def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Application:
-    """The gateway application (the caller runs it); refuses to build without a token or Redis."""
-    if not settings.gateway_token:
-        raise ConfigError("the gateway needs a token: set WHALEID_GATEWAY_TOKEN (apps send 'Authorization: Bearer ...')")
+    """The gateway application (the caller runs it); refuses to build without safe tokens or Redis."""
+    tokens = configured_tokens(settings)
+    refuse_unsafe_tokens(settings, tokens)
+    credentials = CredentialTable(tokens)
     if not settings.redis_url:
         raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
     app = web.Application(
-        middlewares=[errors_middleware, timing_middleware, auth_middleware(settings.gateway_token)],
+        middlewares=[errors_middleware, timing_middleware, auth_middleware(credentials)],
         client_max_size=64 * 1024,  # JSON metadata only: photos go straight to S3
     )
     ctx = GatewayContext(settings=settings, redis=aioredis.Redis.from_url(settings.redis_url),

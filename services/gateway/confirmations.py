@@ -1,6 +1,8 @@
-"""`POST /v1/sightings/{id}/confirmation` and `GET /v1/sightings/{id}/confirmation` (token auth by app.py).
+"""`POST /v1/sightings/{id}/confirmation` and `GET /v1/sightings/{id}/confirmation`: role researcher only
+(auth.py answers 401 / 403 before this module runs).
 
-Body: {"action": "confirm" | "new" | "reject", "individual_id": "...", "researcher": "..."}.
+Body: {"action": "confirm" | "new" | "reject", "individual_id": "...", "researcher"?: "..."}. The researcher
+recorded is the credential's name; a body `researcher` that differs is refused (403 researcher_mismatch).
 201: stored and announced on the `confirmations` topic; 200: the same decision was already stored (it is
 announced again if an earlier announcement failed); 400 invalid body; 404 unknown sighting; 409 refused (unknown
 individual, conflicting earlier decision, no stored embedding); 503 model store or Kafka unavailable (a stored
@@ -19,6 +21,8 @@ import redis as redis_lib
 from aiohttp import web
 
 from services.errors import ConfigError
+from services.gateway.auth import CREDENTIAL, allowed
+from services.gateway.credentials import RESEARCHER
 from services.operations.confirmations import ConfirmationRefused, ConfirmationService, stored_confirmation
 from services.operations.known import CurrentGalleryIndividuals
 from services.operations.model_store import GalleryStore, ModelStoreError
@@ -89,6 +93,7 @@ def add_routes(app: web.Application, ctx) -> None:
     app.on_startup.append(start)
     app.on_cleanup.append(close)
 
+    @allowed(RESEARCHER)
     async def post_confirmation(request: web.Request) -> web.Response:
         sighting_id = request.match_info["sighting_id"]
         try:
@@ -96,7 +101,8 @@ def add_routes(app: web.Application, ctx) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "invalid", "the body must be JSON")
         try:
-            conf, created = await asyncio.to_thread(state.service.submit, sighting_id, body)
+            conf, created = await asyncio.to_thread(state.service.submit, sighting_id, body,
+                                                    researcher=request[CREDENTIAL].name)
         except ConfirmationRefused as exc:
             return _error(exc.status, exc.code, str(exc))
         except (ModelStoreError, redis_lib.RedisError) as exc:
@@ -110,6 +116,7 @@ def add_routes(app: web.Application, ctx) -> None:
                               f"the {CONFIRMATIONS} topic ({exc}); repeat the same request")
         return web.json_response({"confirmation": conf.asdict(), "created": created}, status=201 if created else 200)
 
+    @allowed(RESEARCHER)
     async def get_confirmation(request: web.Request) -> web.Response:
         sighting_id = request.match_info["sighting_id"]
         conf = await asyncio.to_thread(stored_confirmation, state.redis, sighting_id)

@@ -1,4 +1,5 @@
-"""Routes `POST /v1/sightings` (create a sighting, get its upload URL) and `GET /v1/sightings/{id}`."""
+"""Routes `POST /v1/sightings` (role app: create a sighting, get its one upload) and `GET /v1/sightings/{id}`
+(role app: its own sightings, without GPS; role researcher: every sighting). See visibility.py and presign.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 
 from aiohttp import web
 
+from services.gateway.auth import CREDENTIAL, allowed
 from services.gateway.context import CTX, not_found
+from services.gateway.credentials import APP, RESEARCHER
 from services.gateway.store import (
     decode_hash,
     identification_key,
@@ -19,55 +22,62 @@ from services.gateway.store import (
     upload_key,
 )
 from services.gateway.validation import InvalidSighting, parse_sighting_request
+from services.gateway.visibility import may_read, visible_metadata
 from services.metrics import UPLOADS
 from services.worker.markers import failure_key
 
 
+@allowed(APP)
 async def create_sighting(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidSighting(["the body is not valid JSON"]) from None
-    sighting = parse_sighting_request(body, ctx.settings.max_upload_bytes)
+    sighting = parse_sighting_request(body, ctx.settings.max_upload_bytes,
+                                      size_required=ctx.settings.upload_size_required)
     sighting_id = new_sighting_id()
     key = upload_key(sighting_id, sighting.content_type)
+    offer = ctx.signer.offer(key, sighting.content_type, sighting.size)
     record = {
         "metadata": json.dumps(sighting.metadata.asdict()),
         "content_type": sighting.content_type,
         "bucket": ctx.settings.sightings_bucket,
         "key": key,
         "declared_size": "" if sighting.size is None else sighting.size,
+        "owner": request[CREDENTIAL].name,
+        "upload_method": offer.method,
         "created_at": time.time(),
     }
     await ctx.redis.hset(sighting_key(sighting_id), mapping=record)
-    url, headers = ctx.signer.put_url(key, sighting.content_type, sighting.size)
     UPLOADS.labels(outcome="created").inc()
     return web.json_response(
-        {"sighting_id": sighting_id, "upload_url": url, "upload_method": "PUT", "upload_headers": headers,
-         "key": key, "expires_in": ctx.signer.expires_s},
+        {"sighting_id": sighting_id, **offer.asdict(), "key": key, "expires_in": ctx.signer.expires_s},
         status=201,
     )
 
 
+@allowed(APP, RESEARCHER)
 async def get_sighting(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
+    credential = request[CREDENTIAL]
     sighting_id = request.match_info["sighting_id"]
     async with ctx.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(sighting_key(sighting_id))
         pipe.get(identification_key(sighting_id))
         pipe.get(failure_key(sighting_id))
         raw_sighting, raw_identification, raw_failure = await pipe.execute()
-    if not raw_sighting:
+    sighting = decode_hash(raw_sighting or {})
+    if not sighting or not may_read(credential, sighting):
         raise not_found(f"unknown sighting {sighting_id!r}")
-    sighting = decode_hash(raw_sighting)
     identification = read_json_value(raw_identification)
     failure = read_json_value(raw_failure)
     answer = {
         "sighting_id": sighting_id,
         "status": sighting_status(identification, failure),
-        "metadata": sighting_metadata(sighting),
+        "metadata": visible_metadata(credential, sighting_metadata(sighting)),
         "key": sighting.get("key", ""),
+        "owner": sighting.get("owner", ""),
         "created_at": float(sighting.get("created_at") or 0),
         "uploaded_at": float(sighting["uploaded_at"]) if sighting.get("uploaded_at") else None,
     }

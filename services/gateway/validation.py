@@ -29,7 +29,7 @@ class InvalidSighting(DataError):
 class SightingRequest:
     metadata: SightingMetadata
     content_type: str
-    size: int | None  # declared byte size: signed into the upload URL, so S3 accepts exactly this length
+    size: int | None  # declared byte size: signed into the PUT URL, so S3 accepts exactly this length
 
 
 def _number(body: dict, name: str, low: float, high: float, problems: list[str]) -> float | None:
@@ -85,9 +85,11 @@ def _crop_box(body: dict, problems: list[str]) -> list[float] | None:
     return [x0, y0, x1, y1]
 
 
-def _size(body: dict, max_bytes: int, problems: list[str]) -> int | None:
+def _size(body: dict, max_bytes: int, required: bool, problems: list[str]) -> int | None:
     size = body.get("size")
     if size is None:
+        if required:
+            problems.append("size (bytes of the photo) is required: the upload URL is signed for exactly that length")
         return None
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         problems.append(f"size must be a positive integer (bytes), got {size!r}")
@@ -98,7 +100,8 @@ def _size(body: dict, max_bytes: int, problems: list[str]) -> int | None:
     return size
 
 
-def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | None = None) -> SightingRequest:
+def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | None = None,
+                           size_required: bool = False) -> SightingRequest:
     """The validated request, or InvalidSighting naming every bad field."""
     if not isinstance(body, dict):
         raise InvalidSighting([f"the body must be a JSON object, got {type(body).__name__}"])
@@ -113,7 +116,7 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     observer = _text(body, "observer", problems, required=True)
     species_hint = _text(body, "species_hint", problems, required=False)
     crop_box = _crop_box(body, problems)
-    size = _size(body, max_upload_bytes, problems)
+    size = _size(body, max_upload_bytes, size_required, problems)
     content_type = body.get("content_type")
     if content_type not in EXTENSIONS:
         problems.append(f"content_type must be one of {', '.join(EXTENSIONS)}, got {content_type!r}")

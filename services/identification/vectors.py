@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -80,6 +80,32 @@ def blend(embeddings_by_model: Mapping[str, np.ndarray], weights: Mapping[str, f
     if not any(float(weights[m]) > 0 for m in embeddings_by_model):
         raise DataError("blend: all weights are zero")
     return l2_normalise(total, "blended embeddings")
+
+
+def blend_probabilities(parts: Sequence[tuple[object, Sequence[str], float]], names: Sequence[str]) -> np.ndarray:
+    """Weighted average of class probabilities given by several models (or views of one image): each part is
+    (probabilities (N, K_part), its K_part class names, weight), mapped onto `names` by name (a class a part does
+    not know counts 0 there); the weights are renormalised over the parts. (N, len(names)) float32. What the
+    Triton blend computes for the species output; flip TTA = the two views of a model at half its weight each."""
+    if not parts:
+        raise DataError("probability blend: no parts given")
+    column = {str(n): i for i, n in enumerate(names)}
+    total_weight = sum(float(w) for _, _, w in parts)
+    if not all(float(w) >= 0 and np.isfinite(float(w)) for _, _, w in parts) or not total_weight > 0:
+        raise DataError(f"probability blend: weights must be finite, >= 0 and not all 0, got {[w for *_, w in parts]}")
+    total = None
+    for values, part_names, weight in parts:
+        array = as_embeddings(values, dimension=len(part_names), what="class probabilities")
+        missing = [str(n) for n in part_names if str(n) not in column]
+        if missing:
+            raise DataError(f"probability blend: classes {', '.join(missing)} are not among {list(names)}")
+        if total is None:
+            total = np.zeros((array.shape[0], len(column)), dtype=np.float64)
+        elif array.shape[0] != total.shape[0]:
+            raise DataError(f"probability blend: {array.shape[0]} rows, other parts {total.shape[0]}")
+        for k, name in enumerate(part_names):
+            total[:, column[str(name)]] += float(weight) / total_weight * array[:, k]
+    return total.astype(np.float32)
 
 
 def _rows(indices: np.ndarray, limit: int = 10) -> str:

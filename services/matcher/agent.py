@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import faust.web
 
@@ -98,7 +99,16 @@ def _parse(raw: bytes) -> topics.SightingEmbedded:
         raise PermanentFailure("malformed_event", f"not a SightingEmbedded record: {exc}") from None
     if not record.sighting_id or not record.embedding:
         raise PermanentFailure("malformed_event", "sighting_id and embedding are required")
+    if not _valid_scores(record.species_scores):
+        raise PermanentFailure("malformed_event", "species_scores must map species names to finite probabilities")
     return record
+
+
+def _valid_scores(scores) -> bool:
+    if scores is None:
+        return True
+    return isinstance(scores, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scores.values())
 
 
 def _new_individual(identification: topics.Identification) -> topics.NewIndividual:

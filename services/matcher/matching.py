@@ -2,6 +2,12 @@
 
 `Matcher.reload()` builds the new Gallery + Identifier off to the side and swaps one reference, so a search in
 progress keeps the state it started with (hot swap without locks).
+
+The species whose tuned `new_individual` threshold applies (`choose_species`): the app's hint (metadata
+`species_hint`) first, else the model's most probable species (the record's `species_scores`, from the Triton
+ensemble's SPECIES output) when its probability is above `species_min_probability` (setting
+`matcher_species_min_probability`, default 0.5), else none (the global threshold). Each Identification records
+the species, its source and the threshold applied.
 """
 
 from __future__ import annotations
@@ -26,6 +32,26 @@ from services.worker.failures import PermanentFailure
 log = logging.getLogger(__name__)
 
 
+
+@dataclass(frozen=True)
+class SpeciesChoice:
+    species: str  # "" = none
+    source: str  # app | model | none (topics.SPECIES_SOURCES)
+
+
+def choose_species(metadata: dict | None, scores: dict[str, float] | None, min_probability: float) -> SpeciesChoice:
+    """The app's species hint, else the model's most probable species when its probability is above
+    `min_probability`, else none."""
+    hint = str((metadata or {}).get("species_hint") or "").strip()
+    if hint:
+        return SpeciesChoice(hint, "app")
+    if scores:
+        name, probability = max(scores.items(), key=lambda item: float(item[1]))
+        if float(probability) > min_probability:
+            return SpeciesChoice(str(name), "model")
+    return SpeciesChoice("", "none")
+
+
 @dataclass(frozen=True)
 class ModelState:
     version: str
@@ -48,9 +74,12 @@ def load_state(directory: Path, version: str, built_at: float = 0.0) -> ModelSta
 class Matcher:
     """Serves one gallery version at a time from the model store (services.operations.model_store)."""
 
-    def __init__(self, settings: Settings, store):
+    def __init__(self, settings: Settings, store, species_min_probability: float | None = None):
         self.settings = settings
         self.store = store  # GalleryStore
+        if species_min_probability is None:
+            species_min_probability = settings.matcher_species_min_probability
+        self.species_min_probability = float(species_min_probability)
         self.state: ModelState | None = None
         self._reload_lock = threading.Lock()
 
@@ -88,9 +117,11 @@ class Matcher:
                     f"sighting {record.sighting_id}: {len(record.embedding)} values, gallery has {state.embedding_size}",
                 )
         embeddings = np.asarray([r.embedding for r in records], dtype=np.float32)
-        species = [((r.metadata or {}).get("species_hint") or None) for r in records]
+        choices = [choose_species(r.metadata, r.species_scores, self.species_min_probability) for r in records]
+        species = [c.species or None for c in choices] if any(c.species for c in choices) else None
         start = time.perf_counter()
-        ranked = state.identifier.identify(embeddings, species=species if any(species) else None)
+        ranked = state.identifier.identify(embeddings, species=species)
+        thresholds = state.identifier.thresholds(len(records), species)
         SEARCH_LATENCY.observe((time.perf_counter() - start) / max(1, len(records)))
         identified_at = topics.now()
         return [
@@ -102,8 +133,11 @@ class Matcher:
                 gallery_version=state.version,
                 uploaded_at=record.uploaded_at,
                 identified_at=identified_at,
+                species=choice.species,
+                species_source=choice.source,
+                threshold=round(float(threshold), 6),
             )
-            for record, candidates in zip(records, ranked, strict=True)
+            for record, candidates, choice, threshold in zip(records, ranked, choices, thresholds, strict=True)
         ]
 
 

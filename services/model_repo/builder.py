@@ -1,10 +1,17 @@
 """`whaleid model-repo build`: a complete Triton repository from training's exports and the tuning file.
 
-    OUT/preprocess[_<size>]/   python backend: encoded crop -> eval-path pixels (one per input size)
-    OUT/embedder_<model_id>/   1/model.onnx + (cpu) python backend running it / (gpu) onnxruntime_onnx platform
-    OUT/blend/                 python backend: weighted sum of the embeddings (tuning weights), re-normalised
-    OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING
-    OUT/repository.json        what was built (models, checksums, weights, build id), read by validation
+    OUT/preprocess[_<size>]/   python backend: encoded crop -> eval-path pixels (one per input size; with flip
+                               TTA also the pixels of the mirrored crop)
+    OUT/embedder_<model_id>/   1/model.onnx + (cpu) python backend running it / (gpu) onnxruntime_onnx platform;
+                               outputs embedding [+ species probabilities when the export has a species head]
+    OUT/blend/                 python backend: per model combine_flip of the two views (flip TTA), then the
+                               weighted sum of the embeddings (tuning weights), re-normalised; species: the
+                               weighted average of the members' probabilities
+    OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING [+ SPECIES]
+    OUT/repository.json        what was built (models, checksums, weights, flip TTA, species, build id)
+
+Flip TTA comes from the tuning file (`flip_tta`, written by `whaleid evaluate --flip-tta`), so the served
+embeddings are those the evaluation scored.
 
 The repository is written next to OUT, validated, and only then swapped into place.
 """
@@ -57,6 +64,20 @@ def resolve_weights(model_ids: Sequence[str], tuning_file: Path | None) -> tuple
     return [w / total for w in values], f"weights from {tuning_file}"
 
 
+def resolve_flip_tta(tuning_file: Path | None) -> bool:
+    """Whether the tuned configuration averages each crop with its mirror image (false without a tuning file)."""
+    if tuning_file is None:
+        return False
+    from services.identification.tuning import Tuning
+
+    return bool(Tuning.load(tuning_file).flip_tta)
+
+
+def species_union(exports: Sequence[Export]) -> list[str]:
+    """The SPECIES output's names: every export's species, in first-seen order (exports sorted by model id)."""
+    return list(dict.fromkeys(name for export in exports for name in export.species))
+
+
 def embedder_name(model_id: str) -> str:
     return f"embedder_{model_id}"
 
@@ -69,19 +90,21 @@ def _copy_template(template: str, model_dir: Path) -> None:
     shutil.copy2(source, model_dir / "1" / "model.py")
 
 
-def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float]) -> str:
+def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], flip_tta: bool = False) -> str:
     parts = [target] + [f"{e.model_id}:{e.onnx_sha256}:{w:.6f}" for e, w in zip(exports, weights, strict=True)]
+    parts += ["flip_tta"] if flip_tta else []  # other embeddings: another build
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
 def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[float], note: str,
-                     options: configs.BuildOptions) -> dict[str, Any]:
+                     options: configs.BuildOptions, flip_tta: bool = False) -> dict[str, Any]:
     sizes = sorted({e.image_size for e in exports})
     preprocess = {s: "preprocess" if len(sizes) == 1 else f"preprocess_{s}" for s in sizes}
     dim = exports[0].embedding_size
+    species = species_union(exports)
     for size, name in preprocess.items():
         _copy_template("preprocess", root / name)
-        (root / name / "config.pbtxt").write_text(configs.preprocess_config(name, size, options))
+        (root / name / "config.pbtxt").write_text(configs.preprocess_config(name, size, options, flip_tta))
 
     embedders = []
     for index, (export, weight) in enumerate(zip(exports, weights, strict=True), 1):
@@ -92,23 +115,25 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         shutil.copy2(export.onnx_path, root / name / "1" / ONNX_FILE)
         if options.target == "cpu":
             _copy_template("embedder_onnx", root / name)
-        config = configs.embedder_config(name, export.image_size, dim, options, export.model_id)
+        config = configs.embedder_config(name, export.image_size, dim, options, export.model_id, len(export.species))
         (root / name / "config.pbtxt").write_text(config)
         embedders.append({"name": name, "model_id": export.model_id, "image_size": export.image_size,
                           "embedding_size": dim, "sha256": export.onnx_sha256, "weight": weight,
+                          "species": list(export.species),
                           "export": str(export.directory.resolve()), "backbone": export.manifest.get("backbone"),
                           "fold": export.manifest.get("fold"), "epoch": export.manifest.get("epoch")})
 
     model_ids = [e.model_id for e in exports]
+    members = [configs.Member(embedder_name(e.model_id), e.model_id, e.image_size, e.species) for e in exports]
     _copy_template("blend", root / "blend")
-    (root / "blend" / "config.pbtxt").write_text(configs.blend_config(model_ids, weights, dim, options))
+    (root / "blend" / "config.pbtxt").write_text(configs.blend_config(members, weights, dim, options, species, flip_tta))
 
-    build_id = _build_id(options.target, exports, weights)
+    build_id = _build_id(options.target, exports, weights, flip_tta)
     ensemble_parameters = {"build_id": build_id, "model_ids": json.dumps(model_ids),
                            "weights": json.dumps([round(w, 6) for w in weights])}
     (root / "ensemble" / "1").mkdir(parents=True)  # an ensemble needs an (empty) version folder
     (root / "ensemble" / "config.pbtxt").write_text(configs.ensemble_config(
-        preprocess, [(e["name"], e["image_size"]) for e in embedders], dim, options, ensemble_parameters))
+        preprocess, members, dim, options, ensemble_parameters, species, flip_tta))
 
     record = {
         "build_id": build_id,
@@ -116,6 +141,8 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "embedding_size": dim,
         "weights_source": note,
+        "flip_tta": flip_tta,
+        "species": species,
         "preprocess": {str(s): n for s, n in preprocess.items()},
         "embedders": embedders,
         "models": sorted([*preprocess.values(), *(e["name"] for e in embedders), "blend", "ensemble"]),
@@ -136,6 +163,7 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     exports = load_exports(Path(exports_dir))
     log.info("%d export(s) checked: %s", len(exports), ", ".join(e.model_id for e in exports))
     weights, note = resolve_weights([e.model_id for e in exports], tuning_file)
+    flip_tta = resolve_flip_tta(tuning_file)
     kept = [(e, w) for e, w in zip(exports, weights, strict=True) if w > 0]
     if len(kept) < len(exports):
         log.info("weight 0: %s left out of the ensemble", ", ".join(e.model_id for e, w in zip(exports, weights, strict=True) if w <= 0))
@@ -147,13 +175,13 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        record = write_repository(staging, exports, weights, note, options)
+        record = write_repository(staging, exports, weights, note, options, flip_tta)
         validate_repository(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("repository %s built (%s target, build %s): %s", out_dir, options.target, record["build_id"],
-             ", ".join(record["models"]))
+    log.info("repository %s built (%s target, build %s, flip TTA %s, %d species): %s", out_dir, options.target,
+             record["build_id"], "on" if flip_tta else "off", len(record["species"]), ", ".join(record["models"]))
     return record

@@ -36,25 +36,35 @@ def _parameters(values: dict[str, str]) -> str:
                      for k, v in values.items())
 
 
-def preprocess_config(name: str, image_size: int, options: BuildOptions) -> str:
+def preprocess_config(name: str, image_size: int, options: BuildOptions, flip_tta: bool = False) -> str:
+    flipped = (f',\n         {{ name: "PIXELS_FLIP" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}'
+               if flip_tta else "")
     return f"""name: "{name}"
 backend: "python"
 max_batch_size: {options.max_batch_size}
 input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "PIXELS" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }} ]
+output [ {{ name: "PIXELS" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}{flipped} ]
 instance_group [ {{ count: {options.preprocess_instances} kind: KIND_CPU }} ]
 {_dynamic_batching(options)}
-{_parameters({"image_size": image_size, "max_pixels": options.max_pixels})}
+{_parameters({"image_size": image_size, "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta)})}
 """
 
 
-def _embedder_io(image_size: int, embedding_size: int) -> str:
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _embedder_io(image_size: int, embedding_size: int, species_count: int = 0) -> str:
+    species = (f',\n         {{ name: "species" data_type: TYPE_FP32 dims: [ {species_count} ] }}'
+               if species_count else "")
     return (f'input [ {{ name: "image" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }} ]\n'
-            f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {embedding_size} ] }} ]')
+            f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}{species} ]')
 
 
-def embedder_config(name: str, image_size: int, embedding_size: int, options: BuildOptions, model_id: str) -> str:
-    head = f'name: "{name}"\nmax_batch_size: {options.max_batch_size}\n{_embedder_io(image_size, embedding_size)}\n'
+def embedder_config(name: str, image_size: int, embedding_size: int, options: BuildOptions, model_id: str,
+                    species_count: int = 0) -> str:
+    head = (f'name: "{name}"\nmax_batch_size: {options.max_batch_size}\n'
+            f'{_embedder_io(image_size, embedding_size, species_count)}\n')
     if options.target == "cpu":
         return head + f"""backend: "python"
 instance_group [ {{ count: {options.embedder_instances} kind: KIND_CPU }} ]
@@ -76,48 +86,92 @@ instance_group [ {{ count: {options.embedder_instances} kind: KIND_GPU }} ]
 """
 
 
-def blend_config(model_ids: Sequence[str], weights: Sequence[float], embedding_size: int, options: BuildOptions) -> str:
-    inputs = ",\n  ".join(f'{{ name: "EMB_{i}" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}'
-                          for i in range(len(model_ids)))
+@dataclass(frozen=True)
+class Member:
+    """One embedder of the ensemble, in blend input order."""
+
+    name: str  # Triton model name
+    model_id: str
+    image_size: int
+    species: tuple[str, ...] = ()  # names of its species output; () = none
+
+
+def views(flip_tta: bool) -> tuple[str, ...]:
+    """Tensor-name suffixes of the views embedded per crop: the crop, and with flip TTA its mirror image."""
+    return ("", "_FLIP") if flip_tta else ("",)
+
+
+def blend_config(members: Sequence[Member], weights: Sequence[float], embedding_size: int, options: BuildOptions,
+                 species: Sequence[str] = (), flip_tta: bool = False) -> str:
+    inputs = [f'{{ name: "EMB{view}_{i}" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}'
+              for i in range(len(members)) for view in views(flip_tta)]
+    inputs += [f'{{ name: "SPC{view}_{i}" data_type: TYPE_FP32 dims: [ {len(m.species)} ] }}'
+               for i, m in enumerate(members) if m.species for view in views(flip_tta)]
+    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
+    if species:
+        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
+    joined = ",\n  ".join(inputs)
+    parameters = {"model_ids": json.dumps([m.model_id for m in members]), "weights": json.dumps([float(w) for w in weights]),
+                  "flip_tta": _flag(flip_tta), "species": json.dumps(list(species)),
+                  "member_species": json.dumps([list(m.species) for m in members])}
     return f"""name: "blend"
 backend: "python"
 max_batch_size: {options.max_batch_size}
 input [
-  {inputs}
+  {joined}
 ]
-output [ {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }} ]
+output [ {", ".join(outputs)} ]
 instance_group [ {{ count: {options.blend_instances} kind: KIND_CPU }} ]
-{_parameters({"model_ids": json.dumps(list(model_ids)), "weights": json.dumps([float(w) for w in weights])})}
+{_parameters(parameters)}
 """
 
 
 def ensemble_config(
     preprocess_by_size: dict[int, str],
-    embedders: Sequence[tuple[str, int]],  # (model name, image size), in blend input order
+    members: Sequence[Member],
     embedding_size: int,
     options: BuildOptions,
     parameters: dict[str, str],
+    species: Sequence[str] = (),
+    flip_tta: bool = False,
 ) -> str:
+    """IMAGE -> preprocess (PIXELS [+ PIXELS_FLIP]) -> each embedder once per view -> blend -> EMBEDDING
+    [+ SPECIES]. An embedder serves both views: two steps of one model."""
     steps = []
     for size, name in sorted(preprocess_by_size.items()):
+        outputs = "\n    ".join(f'output_map {{ key: "PIXELS{view}" value: "pixels{view.lower()}_{size}" }}'
+                                for view in views(flip_tta))
         steps.append(f'{{ model_name: "{name}" model_version: -1\n'
                      f'    input_map {{ key: "IMAGE" value: "IMAGE" }}\n'
-                     f'    output_map {{ key: "PIXELS" value: "pixels_{size}" }} }}')
-    for index, (name, size) in enumerate(embedders):
-        steps.append(f'{{ model_name: "{name}" model_version: -1\n'
-                     f'    input_map {{ key: "image" value: "pixels_{size}" }}\n'
-                     f'    output_map {{ key: "embedding" value: "embedding_{index}" }} }}')
-    blend_inputs = "\n    ".join(f'input_map {{ key: "EMB_{i}" value: "embedding_{i}" }}' for i in range(len(embedders)))
-    steps.append(f'{{ model_name: "blend" model_version: -1\n    {blend_inputs}\n'
-                 f'    output_map {{ key: "EMBEDDING" value: "EMBEDDING" }} }}')
+                     f'    {outputs} }}')
+    blend_inputs = []
+    for index, member in enumerate(members):
+        for view in views(flip_tta):
+            tag = view.lower()
+            maps = [f'output_map {{ key: "embedding" value: "embedding{tag}_{index}" }}']
+            blend_inputs.append(f'input_map {{ key: "EMB{view}_{index}" value: "embedding{tag}_{index}" }}')
+            if member.species:
+                maps.append(f'output_map {{ key: "species" value: "species{tag}_{index}" }}')
+                blend_inputs.append(f'input_map {{ key: "SPC{view}_{index}" value: "species{tag}_{index}" }}')
+            steps.append(f'{{ model_name: "{member.name}" model_version: -1\n'
+                         f'    input_map {{ key: "image" value: "pixels{tag}_{member.image_size}" }}\n'
+                         f'    {" ".join(maps)} }}')
+    blend_outputs = ['output_map { key: "EMBEDDING" value: "EMBEDDING" }']
+    if species:
+        blend_outputs.append('output_map { key: "SPECIES" value: "SPECIES" }')
+    steps.append('{ model_name: "blend" model_version: -1\n    ' + "\n    ".join(blend_inputs) +
+                 f'\n    {" ".join(blend_outputs)} }}')
     joined = ",\n  ".join(steps)
+    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
+    if species:
+        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
     return f"""name: "ensemble"
 platform: "ensemble"
 max_batch_size: {options.max_batch_size}
 input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }} ]
+output [ {", ".join(outputs)} ]
 ensemble_scheduling {{ step [
   {joined}
 ] }}
-{_parameters(parameters)}
+{_parameters({**parameters, "species": json.dumps(list(species)), "flip_tta": _flag(flip_tta)})}
 """

@@ -1,5 +1,6 @@
 """The repository's ensemble computed in-process (no Triton): the same decode/resize (services.imaging), the
-same model.onnx files run by onnxruntime, the same blend (services.identification.vectors.blend).
+same model.onnx files run by onnxruntime, the same flip-TTA combination and blends
+(services.identification.vectors: combine_flip, blend, blend_probabilities).
 
 Used as the baseline of `whaleid bench triton` and to check that Triton serves what the files compute.
 """
@@ -11,10 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
-from services.identification.vectors import blend
+from services.identification.vectors import blend, blend_probabilities, combine_flip
 from services.imaging import decode_image, resize_for_model
 from services.model_repo.exports import ONNX_FILE
-from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME
+from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, SPECIES_OUTPUT
 from services.model_repo.validation import validate_repository
 
 
@@ -28,6 +29,8 @@ class DirectEnsemble:
         self.embedders = record["embedders"]
         self.weights = {e["model_id"]: float(e["weight"]) for e in self.embedders}
         self.max_pixels = int(record["options"]["max_pixels"])
+        self.flip_tta = bool(record.get("flip_tta", False))
+        self.species: list[str] = list(record.get("species") or [])
         self.sizes = sorted({int(e["image_size"]) for e in self.embedders})
         self.sessions = {
             e["model_id"]: ort.InferenceSession(str(Path(repository) / e["name"] / "1" / ONNX_FILE), options,
@@ -35,12 +38,29 @@ class DirectEnsemble:
             for e in self.embedders
         }
 
-    def preprocess(self, images: Sequence[bytes]) -> dict[int, np.ndarray]:
+    def preprocess(self, images: Sequence[bytes]) -> dict[tuple[int, bool], np.ndarray]:
+        """{(size, mirrored): pixels} of each input size, and with flip TTA of the mirrored crops too."""
         decoded = [decode_image(bytes(b), self.max_pixels) for b in images]
-        return {size: np.stack([resize_for_model(image, size) for image in decoded]) for size in self.sizes}
+        views = [False, True] if self.flip_tta else [False]
+        return {(size, mirrored): np.stack([resize_for_model(np.ascontiguousarray(i[:, ::-1]) if mirrored else i, size)
+                                            for i in decoded])
+                for size in self.sizes for mirrored in views}
+
+    def embed_with_species(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(EMBEDDING (N, D), SPECIES (N, S) or None without species outputs), as the ensemble computes them."""
+        pixels = self.preprocess(images)
+        views = [False, True] if self.flip_tta else [False]
+        embeddings, species = {}, []
+        for entry in self.embedders:
+            names = list(entry.get("species") or [])
+            outputs = [OUTPUT_NAME, SPECIES_OUTPUT] if names else [OUTPUT_NAME]
+            runs = [self.sessions[entry["model_id"]].run(outputs, {INPUT_NAME: pixels[(entry["image_size"], m)]})
+                    for m in views]
+            model_id = entry["model_id"]
+            embeddings[model_id] = combine_flip(runs[0][0], runs[1][0]) if self.flip_tta else runs[0][0]
+            species += [(run[1], names, self.weights[model_id] / len(views)) for run in runs if names]
+        blended = blend(embeddings, self.weights)
+        return blended, (blend_probabilities(species, self.species) if self.species else None)
 
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
-        pixels = self.preprocess(images)
-        parts = {e["model_id"]: self.sessions[e["model_id"]].run([OUTPUT_NAME], {INPUT_NAME: pixels[e["image_size"]]})[0]
-                 for e in self.embedders}
-        return blend(parts, self.weights)
+        return self.embed_with_species(images)[0]

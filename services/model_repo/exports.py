@@ -25,6 +25,7 @@ class Export:
     embedding_size: int
     onnx_sha256: str
     manifest: dict[str, Any]
+    species: tuple[str, ...] = ()  # names of the `species` output (probabilities); () = no species output
 
     @property
     def onnx_path(self) -> Path:
@@ -62,6 +63,7 @@ def check_export(directory: Path) -> Export:
         raise RepositoryError(f"model {model_id}: the manifest's output shape {declared_out} does not match "
                               f"embedding_size {dim}")
 
+    species = manifest_species(manifest, model_id)
     checksum = manifest["files"].get(ONNX_FILE)
     if not checksum:
         raise RepositoryError(f"model {model_id}: the manifest lists no {ONNX_FILE} checksum")
@@ -72,10 +74,25 @@ def check_export(directory: Path) -> Export:
     if actual != checksum:
         raise RepositoryError(f"model {model_id}: checksum mismatch for {onnx_path} (manifest {checksum[:12]}..., "
                               f"file {actual[:12]}...): the file changed after export")
-    problems = embedder_signature_problems(onnx_path, size, dim)
+    problems = embedder_signature_problems(onnx_path, size, dim, len(species))
     if problems:
         raise RepositoryError(f"model {model_id}: {onnx_path}: {'; '.join(problems)}")
-    return Export(model_id, directory, size, dim, checksum, manifest)
+    return Export(model_id, directory, size, dim, checksum, manifest, species)
+
+
+def manifest_species(manifest: dict[str, Any], model_id: str) -> tuple[str, ...]:
+    """The species names of the manifest's `species` block (() without one), checked against its shape."""
+    block = manifest.get("species")
+    if not block:
+        return ()
+    names = block.get("names") if isinstance(block, dict) else None
+    if not isinstance(names, list) or not names or len(set(map(str, names))) != len(names):
+        raise RepositoryError(f"model {model_id}: the manifest's species block needs a list of distinct names, "
+                              f"got {names!r}")
+    if list(block.get("shape", []))[1:] != [len(names)]:
+        raise RepositoryError(f"model {model_id}: the manifest's species shape {block.get('shape')} does not match "
+                              f"its {len(names)} names")
+    return tuple(str(n) for n in names)
 
 
 def load_exports(exports_dir: Path) -> list[Export]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
+SPECIES_OUTPUT = "species"  # optional second output: species probabilities (runs with a species head)
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ def onnx_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, [spec(v) for v in model.graph.output]
 
 
-def embedder_signature_problems(path: Path, image_size: int, embedding_size: int) -> list[str]:
+def embedder_signature_problems(path: Path, image_size: int, embedding_size: int, species_count: int = 0) -> list[str]:
     """What is wrong with an embedder's ONNX signature (empty: it takes `image` float32 [?, S, S, 3] NHWC
-    and returns `embedding` float32 [?, D])."""
+    and returns `embedding` float32 [?, D], plus `species` float32 [?, K] exactly when `species_count` K > 0)."""
     inputs, outputs = onnx_signature(path)
     problems = []
     want_in = (-1, image_size, image_size, 3)
@@ -44,8 +45,13 @@ def embedder_signature_problems(path: Path, image_size: int, embedding_size: int
     elif len(inputs[0].shape) != 4 or inputs[0].shape[1:] != want_in[1:]:
         problems.append(f"input {INPUT_NAME!r} has shape {list(inputs[0].shape)}, expected NHWC 3-channel "
                         f"{list(want_in)}")
-    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME or outputs[0].dtype != "float32":
-        problems.append(f"expected one float32 output {OUTPUT_NAME!r}, found {[(o.name, o.dtype) for o in outputs]}")
-    elif len(outputs[0].shape) != 2 or outputs[0].shape[1] != embedding_size:
-        problems.append(f"output {OUTPUT_NAME!r} has shape {list(outputs[0].shape)}, expected [-1, {embedding_size}]")
+    wanted = {OUTPUT_NAME: embedding_size, **({SPECIES_OUTPUT: species_count} if species_count else {})}
+    found = {o.name: o for o in outputs}
+    if set(found) != set(wanted) or any(o.dtype != "float32" for o in outputs):
+        problems.append(f"expected float32 output(s) {', '.join(map(repr, wanted))}, found "
+                        f"{[(o.name, o.dtype) for o in outputs]}")
+        return problems
+    for name, size in wanted.items():
+        if len(found[name].shape) != 2 or found[name].shape[1] != size:
+            problems.append(f"output {name!r} has shape {list(found[name].shape)}, expected [-1, {size}]")
     return problems

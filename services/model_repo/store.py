@@ -4,7 +4,9 @@
     <prefix>/current                     {"build_id": ...}: the build `pull` fetches
 
 `pull` downloads into a staging folder, validates it (checksums, shapes) and only then replaces the local
-repository, so Triton never starts on a half-downloaded one.
+repository, so Triton never starts on a half-downloaded one. Every object's path below the build prefix must stay
+inside the staging folder (no absolute paths, `..` or symlink escapes): a hostile listing is refused before any
+download.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def push(repository: Path, bucket: str | None = None, prefix: str = "model_repos
 def pull(repository: Path, bucket: str | None = None, prefix: str = "model_repository",
          build_id: str | None = None, settings=None) -> dict[str, Any]:
     """Download a build (default: the one `current` names), validate it, then replace `repository`."""
+    from services.operations.model_store import UnsafePath, contained_path
+
     client, bucket = _client_and_bucket(bucket, settings)
     prefix = prefix.strip("/")
     repository = Path(repository)
@@ -68,8 +72,10 @@ def pull(repository: Path, bucket: str | None = None, prefix: str = "model_repos
                 for o in page.get("Contents", [])]
         if not keys:
             raise RepositoryError(f"no repository build {build_id} in s3://{bucket}/{base}")
+        for key in keys:  # every path is checked before anything is downloaded
+            contained_path(staging, key[len(base):])
         for index, key in enumerate(keys, 1):
-            target = staging / key[len(base):]
+            target = contained_path(staging, key[len(base):])
             target.parent.mkdir(parents=True, exist_ok=True)
             log.info("[%d/%d] download s3://%s/%s", index, len(keys), bucket, key)
             client.download_file(bucket, key, str(target))
@@ -78,6 +84,8 @@ def pull(repository: Path, bucket: str | None = None, prefix: str = "model_repos
             shutil.rmtree(repository)
         staging.rename(repository)
         return record
+    except UnsafePath as exc:
+        raise RepositoryError(f"refusing to pull s3://{bucket}/{prefix}/{build_id}: {exc}") from None
     except (BotoCoreError, ClientError, ValueError, KeyError) as exc:
         raise RepositoryError(f"cannot pull the model repository from s3://{bucket}/{prefix}: {exc}") from None
     finally:

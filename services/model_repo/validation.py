@@ -1,6 +1,7 @@
 """Checks of a built repository before Triton starts: every model's config parses, python-backend sources are
-present, each embedder's model.onnx exists with the recorded checksum and the shapes its config declares, and
-all embedders give one embedding size. Every refusal names the model."""
+present, each embedder's model.onnx exists with the recorded checksum and the shapes its config declares (the species
+output included), all embedders give one embedding size, and the ensemble's SPECIES output has the record's
+species. Every refusal names the model."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def _dims(tensors, name: str) -> list[int]:
 
 def check_embedder(root: Path, entry: dict[str, Any], dim: int) -> None:
     name, size = entry["name"], int(entry["image_size"])
+    species = list(entry.get("species") or [])
     config = read_config(root / name)
     if _dims(config.input, "image") != [size, size, 3]:
         raise RepositoryError(f"model {name}: config input 'image' dims {_dims(config.input, 'image')} are not "
@@ -46,6 +48,9 @@ def check_embedder(root: Path, entry: dict[str, Any], dim: int) -> None:
     if _dims(config.output, "embedding") != [dim]:
         raise RepositoryError(f"model {name}: config output 'embedding' dims {_dims(config.output, 'embedding')}, "
                               f"expected [{dim}] like the other embedders")
+    if _dims(config.output, "species") != ([len(species)] if species else []):
+        raise RepositoryError(f"model {name}: config output 'species' dims {_dims(config.output, 'species')}, "
+                              f"expected {[len(species)] if species else 'none'} for its {len(species)} species")
     onnx_path = root / name / "1" / ONNX_FILE
     if not onnx_path.is_file():
         raise RepositoryError(f"model {name}: {onnx_path} is missing (rebuild with `whaleid model-repo build` or "
@@ -53,7 +58,7 @@ def check_embedder(root: Path, entry: dict[str, Any], dim: int) -> None:
     if sha256_file(onnx_path) != entry["sha256"]:
         raise RepositoryError(f"model {name}: checksum mismatch for {onnx_path}: not the exported model "
                               f"{entry['model_id']}")
-    problems = embedder_signature_problems(onnx_path, size, dim)
+    problems = embedder_signature_problems(onnx_path, size, dim, len(species))
     if problems:
         raise RepositoryError(f"model {name}: {onnx_path}: {'; '.join(problems)}")
     if config.backend == "python" and not (root / name / "1" / "model.py").is_file():
@@ -84,6 +89,10 @@ def validate_repository(root: Path) -> dict[str, Any]:
     ensemble = read_config(root / "ensemble")
     if _dims(ensemble.output, "EMBEDDING") != [dim] or _dims(ensemble.input, "IMAGE") != [1]:
         raise RepositoryError(f"model ensemble: expected IMAGE [1] -> EMBEDDING [{dim}]")
+    species = list(record.get("species") or [])
+    if _dims(ensemble.output, "SPECIES") != ([len(species)] if species else []):
+        raise RepositoryError(f"model ensemble: output SPECIES dims {_dims(ensemble.output, 'SPECIES')} do not match "
+                              f"the {len(species)} species of {RECORD}")
     return record
 
 

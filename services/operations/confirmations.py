@@ -8,11 +8,16 @@ such as PostgreSQL would be the production system of record for curation, with t
     confirmations:index    sorted set: sighting id by confirmed_at (what re-indexing reads)
     confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
     confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why
+    confirmations:audit:<id>  stream: the same entries of one sighting (its trail, whatever the global size)
 
 Actions: `confirm` (into an id of the current gallery or a previously assigned new id), `new` (the system
 assigns `whale-<8 hex>`), `reject` (the predicted id — by default the top candidate — is wrong). A sighting
 takes one decision; repeating the same decision is answered with the stored one; a different decision is
 refused, except that a `reject` may be followed by `confirm`/`new` naming another individual.
+
+Who confirms: callers that authenticated the researcher (the gateway) pass `researcher=`; the body may then
+omit `researcher`, and a body `researcher` that differs is refused (403 researcher_mismatch). Callers that did
+not (Python, tests) name the researcher in the body, as before.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ CONFIRMATION_KEY = "confirmation:{}"
 INDEX_KEY = "confirmations:index"
 NEW_IDS_KEY = "confirmations:new-ids"
 AUDIT_STREAM = "confirmations:audit"
+SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
+AUDIT_PAGE = 1000
 NEW_ID_PREFIX = "whale-"
 
 
@@ -97,14 +104,19 @@ class ConfirmationService:
         self.known = known
 
     # --- the one entry point
-    def submit(self, sighting_id: str, body: dict[str, Any]) -> tuple[Confirmation, bool]:
-        """Returns (the stored confirmation, True when this call created it). Raises ConfirmationRefused."""
+    def submit(self, sighting_id: str, body: dict[str, Any],
+               researcher: str | None = None) -> tuple[Confirmation, bool]:
+        """Returns (the stored confirmation, True when this call created it). Raises ConfirmationRefused.
+        `researcher`: the authenticated researcher (recorded instead of the body's claim)."""
         action = str(body.get("action", "")) if isinstance(body, dict) else ""
         try:
-            conf, created = self._submit(sighting_id, body)
+            conf, created = self._submit(sighting_id, body, researcher)
         except ConfirmationRefused as exc:
             CONFIRMATIONS.labels(action=action if action in ACTIONS else "invalid", outcome=exc.code).inc()
-            self._audit(sighting_id, body if isinstance(body, dict) else {}, outcome=exc.code, reason=str(exc))
+            audited = dict(body) if isinstance(body, dict) else {}
+            if researcher:
+                audited["researcher"] = researcher
+            self._audit(sighting_id, audited, outcome=exc.code, reason=str(exc))
             raise
         CONFIRMATIONS.labels(action=conf.action, outcome="accepted" if created else "repeated").inc()
         return conf, created
@@ -116,8 +128,8 @@ class ConfirmationService:
         return _text(self.redis.hget(CONFIRMATION_KEY.format(sighting_id), "published") or "0") == "1"
 
     # --- steps
-    def _submit(self, sighting_id: str, body: Any) -> tuple[Confirmation, bool]:
-        action, individual_id, researcher = self._parse(body)
+    def _submit(self, sighting_id: str, body: Any, authenticated: str | None) -> tuple[Confirmation, bool]:
+        action, individual_id, researcher = self._parse(body, authenticated)
         if not records.sighting_exists(self.redis, sighting_id):
             raise ConfirmationRefused(404, "unknown_sighting", f"unknown sighting {sighting_id!r}")
         identification = records.read_identification(self.redis, sighting_id)
@@ -134,7 +146,7 @@ class ConfirmationService:
         return self._store(sighting_id, action, individual_id, researcher, predicted, known.version)
 
     @staticmethod
-    def _parse(body: Any) -> tuple[str, str, str]:
+    def _parse(body: Any, authenticated: str | None = None) -> tuple[str, str, str]:
         if not isinstance(body, dict):
             raise ConfirmationRefused(400, "invalid", "the body must be a JSON object")
         unknown = sorted(set(body) - {"action", "individual_id", "researcher"})
@@ -147,6 +159,13 @@ class ConfirmationService:
         researcher = body.get("researcher") or ""
         if not isinstance(individual_id, str) or not isinstance(researcher, str):
             raise ConfirmationRefused(400, "invalid", "individual_id and researcher must be strings")
+        if authenticated:
+            if researcher.strip() and researcher.strip() != authenticated:
+                raise ConfirmationRefused(403, "researcher_mismatch",
+                                          f"the body names researcher {researcher.strip()!r} but the credential "
+                                          f"is {authenticated!r}; the researcher comes from the credential "
+                                          "(omit the field)")
+            researcher = authenticated
         if not researcher.strip():
             raise ConfirmationRefused(400, "invalid", "researcher is required (who confirms)")
         if action == "confirm" and not individual_id:
@@ -202,7 +221,8 @@ class ConfirmationService:
                     pipe.zadd(INDEX_KEY, {sighting_id: conf.confirmed_at})
                     if action == "new":
                         pipe.sadd(NEW_IDS_KEY, assigned)
-                    pipe.xadd(AUDIT_STREAM, self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version))
+                    _append_audit(pipe, sighting_id,
+                                  self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version))
                     pipe.execute()
                     log.info("confirmation %s: %s %s by %s", sighting_id, action, assigned, researcher)
                     return conf, True
@@ -221,14 +241,41 @@ class ConfirmationService:
                 "gallery_version": version, "at": repr(time.time())}
 
     def _audit(self, sighting_id, body, outcome, reason) -> None:
-        self.redis.xadd(AUDIT_STREAM, self._audit_fields(sighting_id, body, outcome, reason))
+        with self.redis.pipeline() as pipe:
+            _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason))
+            pipe.execute()
 
 
-def audit_trail(redis, sighting_id: str | None = None, count: int = 1000) -> list[dict[str, str]]:
-    """The audit stream's entries (oldest first), optionally only those of one sighting."""
-    entries = []
-    for entry_id, fields in redis.xrange(AUDIT_STREAM, count=count):
-        row = {_text(k): _text(v) for k, v in fields.items()}
-        if sighting_id is None or row["sighting_id"] == sighting_id:
-            entries.append({"id": _text(entry_id), **row})
-    return entries
+def _append_audit(pipe, sighting_id: str, fields: dict[str, str]) -> None:
+    """One attempt into the global stream and the sighting's own (queued on a MULTI pipeline: both or neither)."""
+    pipe.xadd(AUDIT_STREAM, fields)
+    pipe.xadd(SIGHTING_AUDIT_STREAM.format(sighting_id), fields)
+
+
+def _next_id(entry_id: str) -> str:
+    """The smallest stream id after `entry_id` (an exclusive XRANGE start that every Redis version accepts)."""
+    millis, _, sequence = entry_id.partition("-")
+    return f"{millis}-{int(sequence or 0) + 1}"
+
+
+def read_stream(redis, key: str, page_size: int = AUDIT_PAGE):
+    """Every entry of a stream, oldest first, as {"id", **fields}, read in pages of `page_size` (XRANGE cursor)."""
+    start = "-"
+    while True:
+        page = redis.xrange(key, min=start, max="+", count=page_size)
+        for entry_id, fields in page:
+            yield {"id": _text(entry_id), **{_text(k): _text(v) for k, v in fields.items()}}
+        if len(page) < page_size:
+            return
+        start = _next_id(_text(page[-1][0]))
+
+
+def audit_trail(redis, sighting_id: str | None = None, page_size: int = AUDIT_PAGE) -> list[dict[str, str]]:
+    """Every audit entry (oldest first), or those of one sighting, wherever they are in the global stream.
+
+    A sighting's trail is its own stream; a sighting without one (attempts recorded before per-sighting streams
+    existed) is looked up by paging through the whole global stream."""
+    if sighting_id is not None and redis.exists(SIGHTING_AUDIT_STREAM.format(sighting_id)):
+        return list(read_stream(redis, SIGHTING_AUDIT_STREAM.format(sighting_id), page_size))
+    return [entry for entry in read_stream(redis, AUDIT_STREAM, page_size)
+            if sighting_id is None or entry.get("sighting_id") == sighting_id]

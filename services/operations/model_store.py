@@ -47,6 +47,26 @@ class ModelStoreError(WhaleIdError):
     """The model store is unreachable, or a version or the pointer is missing or incomplete."""
 
 
+class UnsafePath(ModelStoreError):
+    """A manifest or listing names a path that would land outside the download folder."""
+
+
+def contained_path(root: Path, relative: str) -> Path:
+    """`root / relative`, refused (UnsafePath) when `relative` is empty, absolute, has a `..` or backslash, or
+    resolves outside `root` (through a symlink already there). Downloads from a manifest go through this."""
+    text = str(relative)
+    parts = text.split("/")
+    if not text or "\0" in text or "\\" in text or text.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(f"refusing the path {text!r}: manifest paths must be relative, '/'-separated, without "
+                         "'.', '..' or empty parts")
+    root = Path(root)
+    target = root / text
+    resolved_root = root.resolve()
+    if not target.resolve().is_relative_to(resolved_root):
+        raise UnsafePath(f"refusing the path {text!r}: it resolves outside {root} (symlink)")
+    return target
+
+
 def s3_client(settings: Settings):
     """A boto3 S3 client for the configured endpoint (empty endpoint: AWS)."""
     kwargs: dict[str, Any] = {"region_name": settings.s3_region,
@@ -151,8 +171,8 @@ class GalleryStore:
         log.info("gallery pointer -> %s (%s)", version, reason)
         return pointer
 
-    def rollback(self) -> Pointer:
-        """Move the pointer back to the version it named before (one step)."""
+    def rollback(self, by: str = "") -> Pointer:
+        """Move the pointer back to the version it named before (one step); `by` is recorded in the reason."""
         old = self.pointer()
         if old is None:
             raise ModelStoreError(f"no gallery published under s3://{self.bucket}/{self._key('')}")
@@ -161,7 +181,7 @@ class GalleryStore:
         target, rest = old.history[0], old.history[1:]
         self.version_info(target)
         pointer = Pointer(version=target, history=rest, reindexed_at=old.reindexed_at,
-                          reason=f"rollback from {old.version}")
+                          reason=f"rollback from {old.version}" + (f" by {by}" if by else ""))
         self._write_pointer(pointer)
         log.info("gallery pointer rolled back %s -> %s", old.version, target)
         return pointer
@@ -230,8 +250,10 @@ class GalleryStore:
         files = info.get("files")
         if files is None:  # no version.json: take every object of the version (Gallery.load checks its manifest)
             files = {key[len(self._key(version, "")):]: None for key in self._keys(self._key(version, ""))}
+        for rel in files:  # every path is checked before anything is written
+            contained_path(dest, rel)
         for rel, sha in files.items():
-            target = dest / rel
+            target = contained_path(dest, rel)  # and again right before its write (symlinks made meanwhile)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self._get_bytes(self._key(version, rel)))
             if sha is not None and sha256_file(target) != sha:

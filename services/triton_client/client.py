@@ -4,6 +4,8 @@
     client.ready()                                       # server live and the model ready
     client.model_versions()                              # {"ensemble": ["1"], "embedder_...": ["1"], ...}
     client.embed([png_bytes, jpeg_bytes])                # -> float32 (2, 512)
+    client.embed_with_species([png_bytes])               # -> ((1, 512), (1, S) probabilities or None)
+    client.species_names()                               # names of the SPECIES columns ([]: no species output)
 
 Transient failures (UNAVAILABLE incl. connection refused/reset, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are
 retried with exponential backoff and end in TritonUnavailable; every other server error is a TritonRequestError
@@ -12,6 +14,7 @@ carrying the server's message (e.g. which image failed to decode).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable, Mapping, Sequence, TypeVar
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 INPUT = "IMAGE"
 OUTPUT = "EMBEDDING"
+SPECIES = "SPECIES"  # optional second output of the ensemble: species probabilities (names: parameter `species`)
 # transient: the server is down/restarting, the call timed out, or its queues are full
 RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 T = TypeVar("T")
@@ -54,6 +58,7 @@ class EmbeddingClient:
         self._grpc = grpcclient
         self._client = grpcclient.InferenceServerClient(url=url)
         self._max_batch: int | None = None
+        self._species: list[str] | None = None
 
     @classmethod
     def from_settings(cls, settings=None, **overrides) -> "EmbeddingClient":
@@ -104,10 +109,34 @@ class EmbeddingClient:
         build = self.model_parameters().get("build_id", "")
         return f"{self.model}:{versions[-1]}" + (f":{build}" if build else "")
 
+    def species_names(self) -> list[str]:
+        """The names of the SPECIES output's columns (the ensemble parameter `species`); [] when the served
+        models have no species head (asked once, then cached)."""
+        if self._species is None:
+            outputs = {o.get("name") for o in self._model_config().get("output", [])}
+            text = self.model_parameters().get("species", "") if SPECIES in outputs else ""
+            self._species = [str(n) for n in json.loads(text)] if text else []
+        return list(self._species)
+
+    def forget_config(self) -> None:
+        """Drop the cached max batch size and species names (the served repository may have changed)."""
+        self._max_batch, self._species = None, None
+
     # --- inference
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded crops (PNG/JPEG/WebP bytes) -> float32 (N, D) blended embeddings; batches are split to the
         model's max_batch_size."""
+        return self._run(images, (OUTPUT,))[OUTPUT]
+
+    def embed_with_species(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings (N, D), species probabilities (N, len(species_names())) or None when the ensemble has no
+        SPECIES output), from one request per batch."""
+        if not self.species_names():
+            return self.embed(images), None
+        out = self._run(images, (OUTPUT, SPECIES))
+        return out[OUTPUT], out[SPECIES]
+
+    def _run(self, images: Sequence[bytes], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         if isinstance(images, (bytes, bytearray, np.ndarray, str)):
             raise InvalidEmbeddingInput("embed() takes a list of encoded images (bytes), not a single "
                                         f"{type(images).__name__}")
@@ -118,16 +147,21 @@ class EmbeddingClient:
                                                                      else "") for i in bad[:5])
             raise InvalidEmbeddingInput(f"embed() needs non-empty encoded image bytes; invalid item(s) {kinds}")
         if not items:
-            return np.zeros((0, self.embedding_size()), dtype=np.float32)
+            return {name: np.zeros((0, self.embedding_size() if name == OUTPUT else len(self.species_names())),
+                                   dtype=np.float32) for name in outputs}
         step = self.max_batch_size()
         parts = []
         for start in range(0, len(items), step):
             batch = np.array([[bytes(b)] for b in items[start:start + step]], dtype=np.object_)
-            parts.append(self.infer({INPUT: batch}))
-        return np.concatenate(parts, axis=0)
+            parts.append(self.infer_outputs({INPUT: batch}, outputs))
+        return {name: np.concatenate([p[name] for p in parts], axis=0) for name in outputs}
 
     def infer(self, inputs: Mapping[str, np.ndarray], output: str = OUTPUT) -> np.ndarray:
         """One raw request (used by embed); server-side refusals become TritonRequestError."""
+        return self.infer_outputs(inputs, (output,))[output]
+
+    def infer_outputs(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """One raw request for several outputs, each (rows, D) float32."""
         request = []
         for name, array in inputs.items():
             array = np.asarray(array)
@@ -135,17 +169,20 @@ class EmbeddingClient:
             tensor = self._grpc.InferInput(name, list(array.shape), datatype)
             tensor.set_data_from_numpy(array)
             request.append(tensor)
-        outputs = [self._grpc.InferRequestedOutput(output)]
+        requested = [self._grpc.InferRequestedOutput(name) for name in outputs]
         started = time.perf_counter()
-        result = self._call(lambda: self._client.infer(self.model, request, outputs=outputs,
+        result = self._call(lambda: self._client.infer(self.model, request, outputs=requested,
                                                        client_timeout=self.timeout_s))
         TRITON_LATENCY.observe(time.perf_counter() - started)
-        embeddings = result.as_numpy(output)
         rows = next(iter(inputs.values())).shape[0]
-        if embeddings is None or embeddings.ndim != 2 or embeddings.shape[0] != rows:
-            raise TritonRequestError(f"model {self.model!r} returned {output} of shape "
-                                     f"{None if embeddings is None else embeddings.shape}; expected ({rows}, D)")
-        return embeddings.astype(np.float32, copy=False)
+        values = {}
+        for name in outputs:
+            array = result.as_numpy(name)
+            if array is None or array.ndim != 2 or array.shape[0] != rows:
+                raise TritonRequestError(f"model {self.model!r} returned {name} of shape "
+                                         f"{None if array is None else array.shape}; expected ({rows}, D)")
+            values[name] = array.astype(np.float32, copy=False)
+        return values
 
     def max_batch_size(self) -> int:
         if self._max_batch is None:

@@ -20,7 +20,14 @@ from services.worker import markers
 from services.worker.cropping import TritonDetector, UploaderBox
 from services.worker.failures import PermanentFailure, TransientFailure
 from services.worker.faust_app import decode_original, default_port, make_app, raw_topic, run_app
-from services.worker.pipeline import STAGE, PreparedSighting, embedded_record, parse_event, prepare
+from services.worker.pipeline import (
+    STAGE,
+    PreparedSighting,
+    embedded_record,
+    parse_event,
+    prepare,
+    species_scores,
+)
 from services.worker.stage import ChainStage
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,11 @@ class EmbeddingService:
         self._model_version = ""
 
     def embed(self, pngs: list[bytes]):
-        return self.client.embed(pngs)
+        """(embeddings (N, D), the ensemble's species probabilities (N, S) or None) of a batch of crops."""
+        return self.client.embed_with_species(pngs)
+
+    def species_names(self) -> list[str]:
+        return self.client.species_names()
 
     def ready(self) -> bool:
         return self.client.ready()
@@ -46,6 +57,7 @@ class EmbeddingService:
     def forget_model_version(self) -> None:
         """After a Triton outage the served model may have changed: ask again."""
         self._model_version = ""
+        self.client.forget_config()
 
     def model_version(self) -> str:
         """`<model>:<version>[:<build_id>]` of the served ensemble (asked once, then cached)."""
@@ -122,7 +134,7 @@ class SightingWorker(ChainStage):
 
     async def _embed_and_publish(self, batch: list[PreparedSighting]) -> None:
         try:
-            embeddings = await self._embed(batch)
+            embeddings, species = await self._embed(batch)
         except PermanentFailure as exc:
             if len(batch) == 1:
                 await self.dead_letter(exc, batch[0].event.asdict(), batch[0].event.sighting_id)
@@ -131,7 +143,10 @@ class SightingWorker(ChainStage):
                 await self._embed_and_publish([single])
             return
         model_version = await self.in_thread("model version", self.embedder.model_version)
-        records = [embedded_record(p, e, model_version) for p, e in zip(batch, embeddings, strict=True)]
+        names = await self.in_thread("species names", self.embedder.species_names)
+        rows = species if species is not None else [None] * len(batch)
+        records = [embedded_record(p, e, model_version, species_scores(names, s))
+                   for p, e, s in zip(batch, embeddings, rows, strict=True)]
         ids = [r.sighting_id for r in records]
         with self.timed_step("publish"):  # the whole batch: produce all, wait for every ack, then mark
             await asyncio.gather(*(self.send(self.embedded_topic, r.sighting_id, r) for r in records))

@@ -57,7 +57,16 @@ def prepare(event: topics.SightingUploaded, s3, settings: Settings, crop_steps: 
     return PreparedSighting(event, crop, png)
 
 
-def embedded_record(prepared: PreparedSighting, embedding, model_version: str) -> topics.SightingEmbedded:
+def species_scores(names, probabilities) -> dict[str, float] | None:
+    """One crop's SPECIES row (EmbeddingClient.embed_with_species) as {name: probability}; None without one."""
+    if probabilities is None or not names:
+        return None
+    return {str(n): round(float(p), 6) for n, p in zip(names, probabilities, strict=True)}
+
+
+def embedded_record(prepared: PreparedSighting, embedding, model_version: str,
+                    species: dict[str, float] | None = None) -> topics.SightingEmbedded:
+    """The sightings.embedded record; `species`: the model's species probabilities (`species_scores`)."""
     event = prepared.event
     return topics.SightingEmbedded(
         sighting_id=event.sighting_id,
@@ -68,4 +77,5 @@ def embedded_record(prepared: PreparedSighting, embedding, model_version: str) -
         metadata=event.metadata,
         uploaded_at=event.uploaded_at or time.time(),
         embedded_at=topics.now(),
+        species_scores=species,
     )

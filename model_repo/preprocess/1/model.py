@@ -2,7 +2,9 @@
 
 Input  IMAGE  TYPE_STRING [1]     PNG/JPEG/WebP bytes of the crop (the caller crops; see model_repo/README.md)
 Output PIXELS TYPE_FP32 [S, S, 3] services.imaging.decode_image + resize_for_model (Pillow bilinear, [0, 255])
-Parameters: image_size, max_pixels. A request whose image does not decode fails alone, with the reason.
+       PIXELS_FLIP (flip TTA only) the same of the crop mirrored left-right before the resize, as
+       `whaleid evaluate --flip-tta` mirrors the image (services.identification.commands.embed_images)
+Parameters: image_size, max_pixels, flip_tta. A request whose image does not decode fails alone, with the reason.
 """
 
 import json
@@ -18,24 +20,34 @@ class TritonPythonModel:
         parameters = json.loads(args["model_config"]).get("parameters", {})
         self.size = int(parameters["image_size"]["string_value"])
         self.max_pixels = int(parameters["max_pixels"]["string_value"])
+        self.flip_tta = parameters.get("flip_tta", {}).get("string_value", "false") == "true"
 
-    def _pixels(self, encoded: np.ndarray) -> np.ndarray:
-        images = []
+    def _views(self, image: np.ndarray) -> list:
+        views = [resize_for_model(image, self.size)]
+        if self.flip_tta:
+            views.append(resize_for_model(np.ascontiguousarray(image[:, ::-1]), self.size))
+        return views
+
+    def _tensors(self, encoded: np.ndarray) -> list:
+        """[PIXELS (N, S, S, 3)] (+ PIXELS_FLIP); each image is resized right after decoding (no full-size batch)."""
+        rows = []
         for index, item in enumerate(encoded.reshape(-1)):
             if not isinstance(item, (bytes, bytearray)):
                 raise ValueError(f"IMAGE #{index}: expected encoded image bytes, got {type(item).__name__}")
             try:
-                images.append(resize_for_model(decode_image(bytes(item), self.max_pixels), self.size))
+                rows.append(self._views(decode_image(bytes(item), self.max_pixels)))
             except Exception as exc:  # noqa: BLE001 - reported to the caller with the item's index
                 raise ValueError(f"IMAGE #{index}: {exc}") from None
-        return np.stack(images).astype(np.float32)
+        names = ("PIXELS", "PIXELS_FLIP")[: len(rows[0])] if rows else ("PIXELS",)
+        return [pb_utils.Tensor(name, np.stack([row[v] for row in rows]).astype(np.float32))
+                for v, name in enumerate(names)]
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                pixels = self._pixels(pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy())
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("PIXELS", pixels)]))
+                tensors = self._tensors(pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy())
+                responses.append(pb_utils.InferenceResponse(tensors))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"preprocess: {exc}")))
         return responses
