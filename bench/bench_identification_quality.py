@@ -22,7 +22,7 @@ threshold tuned out of sample (`cross_fitted_map5`: two halves by individual, ea
 best on the other); `map5_in_sample` beside it is the optimistic figure. The real check has known queries only,
 so it reports MAP@5 with `new_individual` never first and the rank of the right animal.
 
-`python -m bench identification_quality [--individuals 300] [--quick] [--set KEY=VALUE] [--work DIR]` writes
+`python -m bench identification_quality [--individuals 200] [--quick] [--set KEY=VALUE] [--work DIR]` writes
 bench/results/identification_quality.json and .png (runs and sets are kept in --work and reused).
 """
 
@@ -196,7 +196,7 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench identification_quality")
-    parser.add_argument("--individuals", type=int, default=300, help="individuals of each synthetic set")
+    parser.add_argument("--individuals", type=int, default=200, help="individuals of each synthetic set")
     parser.add_argument("--image-size", type=int, default=192)
     parser.add_argument("--quick", action="store_true", help="tiny sets and few epochs (a smoke run)")
     parser.add_argument("--work", default=str(RESULTS / "identification_quality_work"))
