@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from services.errors import ConfigError
-from training.arcface import ElasticArcFace
+from training.arcface import ElasticArcFace, dynamic_margins
 
 
 class GeMPooling(keras.layers.Layer):
@@ -143,8 +143,9 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
     return count
 
 
-def build_models(config: Mapping[str, Any], num_classes: int, num_species: int = 0):
-    """(train_model, embedding_model) for `num_classes` training individuals and `num_species` species."""
+def build_models(config: Mapping[str, Any], num_classes: int, num_species: int = 0, class_counts=None):
+    """(train_model, embedding_model) for `num_classes` training individuals and `num_species` species;
+    `class_counts` (training photos per class) sets per-class margins when `arcface_dynamic_margin` is on."""
     if num_classes < 2:
         raise ConfigError(f"training needs at least 2 individuals, got {num_classes}")
     size = config["image_size"]
@@ -163,8 +164,12 @@ def build_models(config: Mapping[str, Any], num_classes: int, num_species: int =
     normalised = L2Normalize(name="embedding", dtype="float32")(embedding)
     embedding_model = keras.Model(image, normalised, name="embedder")
 
+    margins = None
+    if config.get("arcface_dynamic_margin") and class_counts is not None:
+        margins = dynamic_margins(class_counts, config["arcface_m"], config["arcface_m_min"])
     outputs = {"arcface": ElasticArcFace(num_classes, config["arcface_s"], config["arcface_m"],
                                          config["arcface_sigma"], config["arcface_easy_margin"], seed=seed,
+                                         subcenters=config.get("arcface_subcenters", 1), class_margins=margins,
                                          name="arcface", dtype="float32")([embedding, label])}
     if config["species_head"] and num_species > 1:
         outputs["species"] = keras.layers.Dense(num_species, name="species", dtype="float32")(normalised)

@@ -262,7 +262,8 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
     train_ds = train_dataset(samples_for(data, train_rows, classes, species, config), config, batch, with_species,
                              seed=config["seed"])
     with strategy.scope():
-        train_model, embedding_model = build_models(config, len(classes), len(species_names))
+        counts = np.bincount([classes[labelled.individual_ids[i]] for i in train_rows], minlength=len(classes))
+        train_model, embedding_model = build_models(config, len(classes), len(species_names), counts)
         losses = {"arcface": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
         weights = {"arcface": 1.0}
         if with_species:

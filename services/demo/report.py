@@ -24,6 +24,8 @@ def summarise(results: list[dict[str, Any]], truth: dict[str, str], offline: dic
     same = [r for r in scored if r["image"] in offline]
     off = map_at_5([offline[r["image"]] for r in same], [truth[r["image"]] for r in same]) if same else None
     agree = sum(r["predictions"] == offline.get(r["image"]) for r in identified)
+    known = [r for r in scored if truth[r["image"]] != "new_individual"]
+    new = [r for r in scored if truth[r["image"]] == "new_individual"]
     dead = [h for h in hostile if h["status"] == "failed"] + [r for r in results if r["status"] == "failed"]
     return {
         "uploaded": len(results) + len(hostile),
@@ -33,6 +35,8 @@ def summarise(results: list[dict[str, Any]], truth: dict[str, str], offline: dic
         "live_map5": None if live is None else round(live, 6),
         "offline_map5": None if off is None else round(off, 6),
         "same_top5_as_offline": f"{agree}/{len(identified)}",
+        "known_top1_right": f"{sum(r['predictions'][0] == truth[r['image']] for r in known)}/{len(known)}",
+        "new_answered_new": f"{sum(r['predictions'][0] == 'new_individual' for r in new)}/{len(new)}",
         "p50_ms": percentile_ms(latencies, 50),
         "p95_ms": percentile_ms(latencies, 95),
         "max_ms": percentile_ms(latencies, 100),
