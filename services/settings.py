@@ -91,6 +91,14 @@ class Settings:
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
     matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
+    # --- delivery and bounded state (issue #11)
+    faust_producer_idempotence: bool = True  # idempotent aiokafka producer in the worker/matcher (Tansu refuses it: off locally)
+    bridge_producer_idempotence: bool = True  # idempotent kafka-python producer in the bridge (Tansu accepts it)
+    redis_result_ttl_s: int = 30 * 24 * 3600  # identification:<id> (what apps and confirmations read) expires after this; 0 = never
+    redis_embedding_ttl_s: int = 30 * 24 * 3600  # embedding:<id>: a sighting must be confirmed within this to enter a re-index; 0 = never
+    redis_marker_ttl_s: int = 30 * 24 * 3600  # embedded:/failure:/announced: markers against re-delivery (keep >= Kafka retention); 0 = never
+    redis_stream_maxlen: int = 100_000  # the `identifications` stream is trimmed to about this many entries (XADD MAXLEN ~)
+    matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))
@@ -102,6 +110,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "faust_broker_heartbeat_interval": 1.0,
         "faust_producer_max_batch_size": 1,  # Tansu's ListOffsets quirk (see ENVIRONMENT.md); never in production
         "faust_fetch_max_wait_ms": 100,  # Tansu answers a fetch only when this wait expires (~550 ms per hop at 1500)
+        "faust_producer_idempotence": False,  # Tansu 0.6 fails aiokafka's InitProducerId (v0): UNKNOWN error
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "gateway_token": "local-dev-token",

@@ -4,7 +4,9 @@ hostile uploads, and waiting on Redis.
 The "toy" model repository holds a real python-backend model named `ensemble` with the ensemble's contract
 (IMAGE bytes -> EMBEDDING 512 floats): the pixels of the crop resized to 13x13, centred, L2-normalised. Served
 by a real Triton, it lets the worker/matcher tests run without a trained network; the end-to-end test uses the
-trained tiny model instead.
+trained tiny model instead. Like a built ensemble it carries the parameters `build_id` and `model_ids`
+(`toy_config`). Overload on demand: while `<repo>/ensemble/slow_calls` holds N > 0, each execution sleeps
+`slow_s` (the file's second line) and counts N down (`make_slow`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,29 @@ from PIL import Image
 from services import topics
 from services.demo.processes import ServiceProcess  # noqa: F401 - re-exported for the chain tests
 
-TOY_CONFIG = """name: "ensemble"
+TOY_MODEL_IDS = ("toy-embedder",)
+
+
+def toy_config(build_id: str = "toy", model_ids=TOY_MODEL_IDS) -> str:
+    """The toy ensemble's config.pbtxt with these `build_id` / `model_ids` parameters."""
+    return f"""name: "ensemble"
 backend: "python"
 max_batch_size: 16
-input [ { name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [ { name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 512 ] } ]
-parameters: { key: "build_id" value: { string_value: "toy" } }
-dynamic_batching { max_queue_delay_microseconds: 2000 }
-instance_group [ { count: 1 kind: KIND_CPU } ]
+input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ 512 ] }} ]
+parameters: {{ key: "build_id" value: {{ string_value: {json.dumps(build_id)} }} }}
+parameters: {{ key: "model_ids" value: {{ string_value: {json.dumps(json.dumps(list(model_ids)))} }} }}
+dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 """
+
+
+TOY_CONFIG = toy_config()
 
 TOY_MODEL = '''
 import io
+import os
+import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from PIL import Image
@@ -51,7 +64,23 @@ def embed(data):
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.slow_file = os.path.join(args["model_repository"], "slow_calls")
+
+    def slow_down(self):
+        """Sleep while the test's slow_calls file says so (N, then the seconds), counting N down."""
+        try:
+            with open(self.slow_file) as fh:
+                left, seconds = fh.read().split()
+        except (OSError, ValueError):
+            return
+        if int(left) > 0:
+            with open(self.slow_file, "w") as fh:
+                fh.write(f"{int(left) - 1} {seconds}")
+            time.sleep(float(seconds))
+
     def execute(self, requests):
+        self.slow_down()
         responses = []
         for request in requests:
             images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
@@ -116,6 +145,18 @@ def write_toy_repository(root: Path, detector: bool = False) -> Path:
         (model / "config.pbtxt").write_text(config)
         (model / "1" / "model.py").write_text(code)
     return Path(root)
+
+
+def make_slow(repository: Path, calls: int, seconds: float) -> Path:
+    """The toy ensemble's next `calls` executions each sleep `seconds` (an overloaded Triton)."""
+    path = Path(repository) / "ensemble" / "slow_calls"
+    path.write_text(f"{int(calls)} {float(seconds)}")
+    return path
+
+
+def slow_calls_left(repository: Path) -> int:
+    path = Path(repository) / "ensemble" / "slow_calls"
+    return int(path.read_text().split()[0]) if path.exists() else 0
 
 
 # --------------------------------------------------------------------------- photos, good and hostile
@@ -204,6 +245,11 @@ def wait_announced(redis_client, sighting_ids, timeout: float, what: str = "") -
     ids = list(sighting_ids)
     wait_until(lambda: all(announced(redis_client, s) for s in ids), timeout,
                what or f"{len(ids)} announced identifications")
+
+
+def parked(redis_client, sighting_id: str) -> bool:
+    """Whether the matcher parked the sighting (its model version is not among the gallery's models)."""
+    return redis_client.zscore("matcher:parked", sighting_id) is not None
 
 
 def failure(redis_client, sighting_id: str) -> dict | None:

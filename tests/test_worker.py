@@ -1,10 +1,13 @@
 """The Faust worker on real servers (session stack: Kafka, S3, Redis) with a dedicated Triton serving the toy
 ensemble (tests/fixtures_chain.py) and a real matcher behind it: hostile uploads, duplicates, the crop step,
-a SIGKILLed worker, Triton down and back."""
+a SIGKILLed worker, Triton down and back, Triton overloaded (timeouts), the ensemble reloaded with another
+model (version refreshed, sightings parked until a gallery of that model is served), TTLs on every key."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 import uuid
 
 import boto3
@@ -12,16 +15,21 @@ import numpy as np
 import pytest
 import redis
 from fixtures_chain import (
+    TOY_MODEL_IDS,
     ServiceProcess,
     chain_env,
     failure,
     identification,
     jpeg_bytes,
+    make_slow,
+    parked,
     photo,
     png_bomb,
     png_bytes,
     read_topic,
+    slow_calls_left,
     stream_counts,
+    toy_config,
     truncated_jpeg,
     uploaded_event,
     wait_announced,
@@ -34,12 +42,13 @@ from services import topics
 
 KNOWN = 6  # gallery individuals (toy photos 0..5)
 MAX_UPLOAD = 300_000
+TRITON_TIMEOUT_S = 2.0  # the worker's triton_timeout_s: the overload test's slow calls take longer
+TTLS = {"redis_result_ttl_s": 3 * 86400, "redis_embedding_ttl_s": 4 * 86400, "redis_marker_ttl_s": 2 * 86400}
 
 
 @pytest.fixture(scope="module")
 def chain(stack, tmp_path_factory):
     """Toy Triton + gallery of the toy photos + `whaleid serve worker` and `matcher` subprocesses."""
-    from services.identification import Tuning, build_gallery
     from services.operations.model_store import GalleryStore
     from services.stack.triton import launch_triton
     from services.triton_client import EmbeddingClient
@@ -59,17 +68,12 @@ def chain(stack, tmp_path_factory):
         with EmbeddingClient(triton.grpc) as client:
             client.wait_ready(60)
             embeddings = client.embed([png_bytes(photo(i)) for i in range(KNOWN)])
-        gallery = build_gallery(embeddings, [f"whale-{i}" for i in range(KNOWN)], ["humpback_whale"] * KNOWN,
-                                [f"g{i}.jpg" for i in range(KNOWN)])
-        gallery.save(root / "gallery")
-        Tuning(threshold=0.9).save(root / "gallery" / "tuning.json")
         store = GalleryStore.from_settings(settings)
-        version = store.publish(root / "gallery", parent=None, added_sightings=[], individuals=gallery.individual_ids,
-                                size=len(gallery))
-        store.set_current(version, "test_worker")
+        publish_toy_gallery(store, embeddings, root / "gallery", TOY_MODEL_IDS)
 
         env = chain_env(stack.state, root / "run", triton.grpc, models_bucket=settings.models_bucket,
-                        max_upload_bytes=MAX_UPLOAD, retry_backoff_max_s=1.0)
+                        max_upload_bytes=MAX_UPLOAD, retry_backoff_max_s=1.0, triton_timeout_s=TRITON_TIMEOUT_S,
+                        **TTLS)
         worker = ServiceProcess("worker", env, root / "logs").start()
         matcher = ServiceProcess("matcher", env, root / "logs").start()
         services += [worker, matcher]
@@ -78,6 +82,7 @@ def chain(stack, tmp_path_factory):
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         handle = Chain(settings, s3, producer, redis.Redis.from_url(settings.redis_url), worker, matcher, triton,
                        repository, root)
+        handle.store, handle.embeddings = store, embeddings
         yield handle
         producer.close()
     finally:
@@ -86,6 +91,26 @@ def chain(stack, tmp_path_factory):
         triton.stop()
         if handle is not None and handle.triton is not triton:  # restarted by the Triton test
             handle.triton.stop()
+
+
+def publish_toy_gallery(store, embeddings, folder, model_ids) -> str:
+    """The toy photos 0..KNOWN-1 as whale-0.., recorded as made by the export models `model_ids`; made current."""
+    from services.identification import Tuning, build_gallery
+
+    gallery = build_gallery(embeddings, [f"whale-{i}" for i in range(KNOWN)], ["humpback_whale"] * KNOWN,
+                            [f"g{i}.jpg" for i in range(KNOWN)], model_ids=list(model_ids))
+    gallery.save(folder)
+    Tuning(threshold=0.9).save(folder / "tuning.json")
+    version = store.publish(folder, parent=store.current_version(), added_sightings=[],
+                            individuals=gallery.individual_ids, size=len(gallery))
+    store.set_current(version, "test_worker")
+    return version
+
+
+def assert_ttl(client, key: str, bound_s: int) -> None:
+    """`key` exists and expires within `bound_s` (set moments ago: close to the bound)."""
+    ttl = client.ttl(key)
+    assert bound_s - 600 < ttl <= bound_s, f"{key}: TTL {ttl}, configured {bound_s}"
 
 
 class Chain:
@@ -134,6 +159,15 @@ def test_good_uploads_are_identified_with_the_full_record(chain):
     assert embedding.shape == (512,) and abs(np.linalg.norm(embedding) - 1) < 1e-4
     new_individuals = {key for key, _ in read_topic(chain.settings.kafka_bootstrap, topics.NEW_INDIVIDUALS)}
     assert unknown in new_individuals and not set(ids) & new_individuals
+    # bounded state: every key the worker and the matcher wrote expires within its configured TTL (the worker's
+    # marker comes after the produce was acknowledged: possibly after the matcher's announcement)
+    wait_until(lambda: all(chain.redis.exists(f"embedded:{s}") for s in ids), 30, "the worker's embedded markers")
+    for sighting_id in ids:
+        assert_ttl(chain.redis, f"embedded:{sighting_id}", TTLS["redis_marker_ttl_s"])
+        assert_ttl(chain.redis, f"announced:{sighting_id}", TTLS["redis_marker_ttl_s"])
+        assert_ttl(chain.redis, f"identification:{sighting_id}", TTLS["redis_result_ttl_s"])
+        assert_ttl(chain.redis, f"embedding:{sighting_id}", TTLS["redis_embedding_ttl_s"])
+    assert_ttl(chain.redis, "model-version:ensemble:1:toy", TTLS["redis_embedding_ttl_s"])
 
 
 def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
@@ -163,6 +197,8 @@ def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
         assert by_id[sighting_id]["detail"]
     assert any(v["reason"] == "malformed_event" and v["original"] == "{not json" for _, v in letters)
     assert identification(chain.redis, good)["candidates"][0]["individual_id"] == "whale-2"
+    for sighting_id in hostile.values():
+        assert_ttl(chain.redis, f"failure:{sighting_id}", TTLS["redis_marker_ttl_s"])
 
 
 def test_duplicate_events_give_one_identification(chain):
@@ -235,3 +271,66 @@ def test_triton_down_then_back_drains_the_backlog(chain):
     chain.wait_identified(ids, timeout=90)
     assert all(failure(chain.redis, s) is None for s in ids)
     assert all(stream_counts(chain.redis)[s] == 1 for s in ids)
+
+
+def test_an_overloaded_triton_is_waited_for_never_dead_lettered(chain):
+    """Triton answers "ready" but its next calls take longer than the worker's triton_timeout_s (deadline
+    exceeded, requests queued behind): overload, not a refusal. The worker backs off and retries; every sighting is
+    identified, none dead-lettered."""
+    slow = make_slow(chain.repository, calls=3, seconds=1.5 * TRITON_TIMEOUT_S)
+    try:
+        ids = [chain.upload(jpeg_bytes(photo(i))) for i in range(4)]
+        chain.wait_identified(ids, timeout=120)
+        assert slow_calls_left(chain.repository) == 0, "Triton was not slow: the test did not overload it"
+    finally:
+        slow.unlink(missing_ok=True)
+    assert all(failure(chain.redis, s) is None for s in ids)
+    dead = {v.get("sighting_id") for _, v in read_topic(chain.settings.kafka_bootstrap, topics.DEAD_LETTER) if v}
+    assert not set(ids) & dead
+    for i, sighting_id in enumerate(ids):
+        assert identification(chain.redis, sighting_id)["candidates"][0]["individual_id"] == f"whale-{i}"
+    assert "overloaded" in chain.worker.log_text(since_start=True)
+
+
+def reload_gallery(chain) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{chain.matcher.web_port}/gallery/reload/", method="POST",
+                                     data=b"")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_its_model(chain):
+    """Triton reloads the ensemble with another build (no outage): the worker tags the next embeddings with the
+    new version and registers its model ids; the matcher parks them (the gallery holds another model's
+    embeddings) until a gallery of that model is served, then identifies them."""
+    import tritonclient.grpc as grpcclient
+
+    config = chain.repository / "ensemble" / "config.pbtxt"
+    original = config.read_text()
+    admin = grpcclient.InferenceServerClient(chain.triton.grpc)
+    try:
+        config.write_text(toy_config("toy-b", ["toy-embedder-b"]))
+        admin.load_model("ensemble")
+        sighting = chain.upload(jpeg_bytes(photo(2)))
+        wait_until(lambda: parked(chain.redis, sighting), 60, "the sighting parked by the matcher")
+        stored = topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting}"))
+        assert stored.model_version == "ensemble:1:toy-b"
+        registered = json.loads(chain.redis.get("model-version:ensemble:1:toy-b"))
+        assert registered["model_ids"] == ["toy-embedder-b"]
+        assert identification(chain.redis, sighting) is None and failure(chain.redis, sighting) is None
+
+        version = publish_toy_gallery(chain.store, chain.embeddings, chain.root / "gallery-b", ["toy-embedder-b"])
+        reload_gallery(chain)  # (or the matcher's own poll got there first) the swap retries the parked ones
+        chain.wait_identified([sighting])
+        result = identification(chain.redis, sighting)
+        assert result["gallery_version"] == version and result["model_version"] == "ensemble:1:toy-b"
+        assert result["candidates"][0]["individual_id"] == "whale-2"
+        assert not parked(chain.redis, sighting)
+        assert failure(chain.redis, sighting) is None
+    finally:
+        config.write_text(original)
+        admin.load_model("ensemble")
+        admin.close()
+        publish_toy_gallery(chain.store, chain.embeddings, chain.root / f"gallery-{uuid.uuid4().hex[:6]}",
+                            TOY_MODEL_IDS)
+        reload_gallery(chain)

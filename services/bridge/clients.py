@@ -39,7 +39,9 @@ def upload_queue_url(sqs, settings: Settings) -> str:
 
 
 def kafka_producer(settings: Settings):
-    """kafka-python producer: acks=all, idempotent retries; the bridge flushes before deleting a message."""
+    """kafka-python producer: acks=all, idempotent (`bridge_producer_idempotence`: the broker drops duplicates of
+    the producer's own retries; Tansu supports kafka-python's InitProducerId); the bridge flushes before deleting a
+    message."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -51,6 +53,7 @@ def kafka_producer(settings: Settings):
         "retries": 5,
         "security_protocol": settings.kafka_security_protocol,
         "client_id": "whaleid-bridge",
+        "enable_idempotence": settings.bridge_producer_idempotence,
     }
     if settings.kafka_sasl_mechanism:
         options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,

@@ -1,12 +1,20 @@
 """The matcher's Faust agent: sightings.embedded -> rank against the gallery -> Redis + identifications topics.
 
 Why Faust (not a kafka-python loop): the same consumer-group, commit and retry semantics as the worker
-(shared `ChainStage`), a timer for polling the gallery pointer, and a web page (`POST /gallery/reload/` on the
-stage's Faust web port) for re-indexing to ask for an immediate hot swap.
+(shared `ChainStage`), timers (the gallery pointer, parked sightings), and a web page (`POST /gallery/reload/` on
+the stage's Faust web port) for re-indexing to ask for an immediate hot swap.
 
-Exactly once, per sighting: the embedding is stored (`embedding:<id>`, idempotent overwrite); the result is
-written with SET NX (a re-delivered event finds the first result and re-uses it); topics and the Redis stream
-are announced only while `announced:<id>` is absent (the stream entry and the marker are one atomic script).
+Delivery is at least once, made idempotent by the sighting id (docs/interfaces.md, "Delivery"):
+- Redis: the embedding is stored (`embedding:<id>`, idempotent overwrite); the result is written with SET NX (a
+  re-delivered event finds the first result and re-uses it); the stream entry is added once (the `announced:<id>`
+  marker and the XADD are one atomic script). So a re-delivery yields at most one result and one stream entry.
+- Kafka topics `identifications` / `new-individuals`: at least once. A crash after producing and before the
+  `announced:` marker re-produces on re-delivery, with the same key (the sighting id, also the records'
+  `sighting_id` field) and the same content (the stored first result): consumers dedupe by key.
+
+Versions: an embedding whose `model_version` is not among the served gallery's models (services.matcher.versions)
+is parked (services.matcher.parking), not dead-lettered, and retried after every gallery swap and every
+`matcher_parked_retry_interval_s`.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ import math
 import faust.web
 
 from services import topics
-from services.matcher import results
-from services.matcher.matching import Matcher
+from services.matcher import parking, results
+from services.matcher.matching import Matcher, ModelState
+from services.matcher.versions import VersionCheck, VersionChecker
 from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
 from services.settings import Settings
 from services.worker import markers
@@ -32,7 +41,7 @@ STAGE = "matcher"
 
 
 class SightingMatcher(ChainStage):
-    """Handles batches of raw sightings.embedded events (the agent's body)."""
+    """Handles batches of raw sightings.embedded events (the agent's body) and retries the parked ones."""
 
     stage = STAGE
 
@@ -41,6 +50,9 @@ class SightingMatcher(ChainStage):
         self.matcher = matcher
         self.identifications_topic = identifications_topic
         self.new_topic = new_topic
+        self.versions = VersionChecker(redis_client)
+        self._retry_lock = asyncio.Lock()
+        self._retry_again = False
 
     async def handle_batch(self, raws: list[bytes]) -> None:
         records = []
@@ -53,7 +65,8 @@ class SightingMatcher(ChainStage):
                 await self.dead_letter(exc, original, str(sighting_id))
         fresh, seen = [], set()
         for record in records:
-            await self.in_thread("store embedding", results.store_embedding, self.redis, record)
+            await self.in_thread("store embedding", results.store_embedding, self.redis, record,
+                                 self.settings.redis_embedding_ttl_s)
             if record.sighting_id in seen or await self.in_thread(
                 "check result", results.is_announced, self.redis, record.sighting_id,
             ):
@@ -62,30 +75,105 @@ class SightingMatcher(ChainStage):
             else:
                 seen.add(record.sighting_id)
                 fresh.append(record)
-        if fresh:
-            await self._identify_and_publish(fresh)
+        if not fresh:
+            return
+        state = self.matcher.state
+        ready, refused = await self._check_versions(fresh, state)
+        for record, check in refused:
+            await self._park(record, check, state)
+        if ready:
+            await self._identify_and_publish(ready, state)
 
-    async def _identify_and_publish(self, records: list[topics.SightingEmbedded]) -> None:
+    async def _check_versions(self, records: list[topics.SightingEmbedded], state: ModelState | None):
+        """(records the gallery of `state` may rank, [(record, VersionCheck) it may not])."""
+        model_ids = list(state.gallery.model_ids) if state is not None else []
+        if not model_ids:  # the gallery does not say which models made it: every version is accepted
+            return list(records), []
+        ready, refused = [], []
+        for record in records:
+            check = await self.in_thread("check model version", self.versions.check, record.model_version, model_ids)
+            if check.ok:
+                ready.append(record)
+            else:
+                refused.append((record, check))
+        return ready, refused
+
+    async def _park(self, record: topics.SightingEmbedded, check: VersionCheck, state: ModelState | None) -> None:
+        await self.in_thread("park", parking.park, self.redis, record, check.reason, check.detail)
+        EVENTS.labels(stage=STAGE, outcome="parked").inc()
+        log.warning("matcher: sighting %s parked (gallery %s cannot rank it, %s): %s", record.sighting_id,
+                    state.version if state else "none", check.reason, check.detail)
+
+    async def retry_parked(self, why: str) -> int:
+        """Identify the parked sightings the served gallery now matches; returns how many left the park. A call
+        during a retry makes that retry run once more (against the gallery served then) instead of waiting."""
+        if self._retry_lock.locked():
+            self._retry_again = True
+            return 0
+        done = 0
+        async with self._retry_lock:
+            while True:
+                self._retry_again = False
+                done += await self._retry_parked_once(why)
+                if not self._retry_again:
+                    return done
+
+    async def _retry_parked_once(self, why: str) -> int:
+        if not await self.in_thread("count parked", parking.parked_count, self.redis):
+            return 0
+        state = self.matcher.state
+        done, offset, page_size = 0, 0, 500
+        while True:
+            page = await self.in_thread("read parked", parking.parked_page, self.redis, offset, page_size)
+            if not page:
+                break
+            unreadable = [sighting_id for sighting_id, record in page if record is None]
+            records = [record for _, record in page if record is not None]
+            announced, pending = [], []
+            for record in records:
+                done_before = await self.in_thread("check result", results.is_announced, self.redis,
+                                                   record.sighting_id)
+                (announced if done_before else pending).append(record.sighting_id)
+            by_id = {r.sighting_id: r for r in records}
+            ready, _ = await self._check_versions([by_id[i] for i in pending], state)
+            for start in range(0, len(ready), self.settings.worker_batch_size):
+                await self._identify_and_publish(ready[start:start + self.settings.worker_batch_size], state)
+            leaving = unreadable + announced + [r.sighting_id for r in ready]
+            await self.in_thread("unpark", parking.unpark, self.redis, leaving)
+            for sighting_id in unreadable:
+                log.error("matcher: parked sighting %s has an unreadable record: dropped from the park", sighting_id)
+            done += len(leaving)
+            offset += len(page) - len(leaving)
+        left = await self.in_thread("count parked", parking.parked_count, self.redis)
+        if done:
+            EVENTS.labels(stage=STAGE, outcome="unparked").inc(done)
+        log.info("matcher: parked sightings retried (%s) against gallery %s: %d left the park, %d still parked",
+                 why, state.version if state else "none", done, left)
+        return done
+
+    async def _identify_and_publish(self, records: list[topics.SightingEmbedded], state: ModelState | None = None) -> None:
         try:
             with self.timed_step("search"):
-                identified = await asyncio.to_thread(self.matcher.identify, records)
+                identified = await asyncio.to_thread(self.matcher.identify, records, state)
         except PermanentFailure as exc:
             if len(records) == 1:
                 await self.dead_letter(exc, records[0].asdict(), records[0].sighting_id)
                 return
             for record in records:  # isolate the one that cannot be ranked
-                await self._identify_and_publish([record])
+                await self._identify_and_publish([record], state)
             return
         with self.timed_step("publish"):
             await asyncio.gather(*(self._publish(identification) for identification in identified))
 
     async def _publish(self, identification: topics.Identification) -> None:
-        """Result (first one wins), topics, then the stream entry (exactly once)."""
-        stored = await self.in_thread("store result", results.store_identification, self.redis, identification)
+        """Result (first one wins), topics (at least once, keyed by sighting id), then the stream entry (once)."""
+        stored = await self.in_thread("store result", results.store_identification, self.redis, identification,
+                                      self.settings.redis_result_ttl_s)
         await self.send(self.identifications_topic, stored.sighting_id, stored)
         if stored.new_individual:
             await self.send(self.new_topic, stored.sighting_id, _new_individual(stored))
-        if await self.in_thread("announce", results.announce, self.redis, stored):
+        if await self.in_thread("announce", results.announce, self.redis, stored, self.settings.redis_marker_ttl_s,
+                                self.settings.redis_stream_maxlen):
             IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
             if stored.uploaded_at:
                 END_TO_END_LATENCY.observe(max(0.0, stored.identified_at - stored.uploaded_at))
@@ -148,9 +236,31 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
                         matcher.state.version if matcher.state else "nothing", exc)
             return False
 
+    background: set[asyncio.Task] = set()
+
+    async def reload_and_retry() -> bool:
+        """Re-read the pointer; after a swap, retry the parked sightings in the background (the reload page
+        answers at once)."""
+        swapped = await reload_now()
+        if swapped:
+            task = asyncio.ensure_future(retry_parked_safely("gallery swap"))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        return swapped
+
+    async def retry_parked_safely(why: str) -> None:
+        try:
+            await handler.retry_parked(why)
+        except Exception as exc:  # noqa: BLE001 - the next timer tries again; nothing leaves the park unhandled
+            log.warning("matcher: retrying parked sightings failed (%s): %s", why, exc)
+
     @app.timer(interval=settings.matcher_reload_interval_s)
     async def poll_gallery_pointer():
-        await reload_now()
+        await reload_and_retry()
+
+    @app.timer(interval=settings.matcher_parked_retry_interval_s)
+    async def retry_parked():
+        await retry_parked_safely("timer")
 
     def served() -> str | None:
         return matcher.state.version if matcher.state else None
@@ -163,10 +273,11 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
             return self.json({"version": served()})
 
         async def post(self, request):
-            swapped = await reload_now()
+            swapped = await reload_and_retry()
             return self.json({"swapped": swapped, "version": served()})
 
     app.whaleid_matcher = matcher
+    app.whaleid_handler = handler
     return app
 
 

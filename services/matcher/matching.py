@@ -105,9 +105,10 @@ class Matcher:
             log.info("matcher: serving gallery %s (%d embeddings)", version, len(state.gallery))
             return True
 
-    def identify(self, records: list[topics.SightingEmbedded]) -> list[topics.Identification]:
-        """Rank a batch of embedded sightings against the served gallery (one Identifier call)."""
-        state = self.state
+    def identify(self, records: list[topics.SightingEmbedded], state: ModelState | None = None) -> list[topics.Identification]:
+        """Rank a batch of embedded sightings against the served gallery, or `state` (the version their model
+        versions were checked against), in one Identifier call."""
+        state = state or self.state
         if state is None:
             raise ConfigError("the matcher has no gallery loaded")
         for record in records:

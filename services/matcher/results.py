@@ -1,10 +1,15 @@
-"""What the matcher keeps in Redis.
+"""What the matcher keeps in Redis (every key with a TTL from the settings, the stream trimmed).
 
     identification:<sighting_id>  JSON of topics.Identification, written once (SET NX): re-deliveries change nothing
-    announced:<sighting_id>       set after the identification was announced (stream + topics)
+                                  (TTL redis_result_ttl_s)
+    announced:<sighting_id>       set after the identification was announced (topics, then the stream entry)
+                                  (TTL redis_marker_ttl_s)
     embedding:<sighting_id>       JSON {sighting_id, model_version, embedding, crop_box, crop_source, metadata,
                                   uploaded_at, embedded_at}: re-indexing of confirmed sightings reuses it
-    stream `identifications`      one entry per identification: {sighting_id, identification (JSON)}
+                                  (TTL redis_embedding_ttl_s: confirm within it)
+    stream `identifications`      one entry per identification: {sighting_id, identification (JSON)}, trimmed to
+                                  about redis_stream_maxlen entries at each XADD (MAXLEN ~)
+A TTL or maxlen of 0 means none.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ def _redis_call(fn, *args, **kwargs):
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
 
-def store_embedding(client: redis.Redis, record: topics.SightingEmbedded) -> None:
-    _redis_call(client.set, embedding_key(record.sighting_id), json.dumps(record.asdict(), separators=(",", ":")))
+def store_embedding(client: redis.Redis, record: topics.SightingEmbedded, ttl_s: int = 0) -> None:
+    _redis_call(client.set, embedding_key(record.sighting_id), json.dumps(record.asdict(), separators=(",", ":")),
+                ex=ttl_s or None)
 
 
 def load_embedding(client: redis.Redis, sighting_id: str) -> topics.SightingEmbedded | None:
@@ -57,24 +63,37 @@ def is_announced(client: redis.Redis, sighting_id: str) -> bool:
     return bool(_redis_call(client.exists, announced_key(sighting_id)))
 
 
-def store_identification(client: redis.Redis, identification: topics.Identification) -> topics.Identification:
+def store_identification(client: redis.Redis, identification: topics.Identification,
+                         ttl_s: int = 0) -> topics.Identification:
     """Write the result unless one exists; returns the result that is stored (the earlier one on re-delivery)."""
-    created = _redis_call(client.set, identification_key(identification.sighting_id), identification.to_json(), nx=True)
+    created = _redis_call(client.set, identification_key(identification.sighting_id), identification.to_json(),
+                          nx=True, ex=ttl_s or None)
     if created:
         return identification
     return stored_identification(client, identification.sighting_id) or identification
 
 
 _ANNOUNCE_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX') then
+local created
+if tonumber(ARGV[4]) > 0 then
+  created = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4])
+else
+  created = redis.call('SET', KEYS[1], '1', 'NX')
+end
+if not created then
+  return false
+end
+if tonumber(ARGV[3]) > 0 then
   return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'sighting_id', ARGV[1], 'identification', ARGV[2])
 end
-return false
+return redis.call('XADD', KEYS[2], '*', 'sighting_id', ARGV[1], 'identification', ARGV[2])
 """
 
 
-def announce(client: redis.Redis, identification: topics.Identification) -> bool:
-    """Add the stream entry exactly once: the `announced:` marker and XADD run atomically (a Lua script)."""
-    keys = [announced_key(identification.sighting_id), IDENTIFICATIONS_STREAM]
-    args = [identification.sighting_id, identification.to_json(), STREAM_MAXLEN]
+def announce(client: redis.Redis, identification: topics.Identification, marker_ttl_s: int = 0,
+             maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM) -> bool:
+    """Add the stream entry once per sighting: the `announced:` marker (TTL `marker_ttl_s`) and the XADD (stream
+    trimmed to about `maxlen`) run atomically (a Lua script). False when the sighting was announced before."""
+    keys = [announced_key(identification.sighting_id), stream]
+    args = [identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s)]
     return bool(_redis_call(client.eval, _ANNOUNCE_ONCE, len(keys), *keys, *args))

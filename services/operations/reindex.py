@@ -3,11 +3,18 @@
 Nothing is recomputed: each confirmed sighting enters with the embedding the matcher stored at ingest
 (`embedding:<id>`). A sighting is in a gallery when its image id `sighting/<id>` is, so re-running is
 idempotent and "since that version" is exact. Sightings that cannot enter (embedding missing or of another
-dimension) are reported with the reason, never silently dropped; the run still publishes the others.
+dimension, or made by a model the gallery was not built with) are reported with the reason, never silently
+dropped; the run still publishes the others.
+
+Model versions: when the gallery's manifest lists its `model_ids`, a stored embedding enters only when its
+`model_version` matches them (services.matcher.versions: the version or its build id named by the gallery, or
+the export model ids the worker registered for that version equal to the gallery's); an embedding without a
+model version then does not enter. A gallery without `model_ids` accepts every embedding, as before.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -17,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import DataError
+from services.matcher.versions import VersionChecker
 from services.metrics import REINDEX_LAST_SUCCESS
 from services.operations import records
 from services.operations.confirmations import confirmed_sightings
@@ -94,6 +102,7 @@ def _pending_rows(gallery, redis, report: ReindexReport):
     confirmed = [(c, v) for c, v in confirmed_sightings(redis) if sighting_image(c.sighting_id) not in included]
     log.info("re-index: %d confirmed sighting(s) not yet in version %s", len(confirmed), report.previous_version)
     embeddings, ids, species, images, metadata = [], [], [], [], []
+    checker = VersionChecker(redis) if gallery.model_ids else None
     for number, (conf, version_at_confirmation) in enumerate(confirmed, 1):
         try:
             vector = records.read_embedding(redis, conf.sighting_id)
@@ -104,6 +113,11 @@ def _pending_rows(gallery, redis, report: ReindexReport):
             report.skipped[conf.sighting_id] = (f"embedding dimension {vector.shape[0]} != gallery dimension "
                                                 f"{gallery.dimension} (embedded by another model)")
             continue
+        if checker is not None:
+            check = checker.check(_stored_model_version(redis, conf.sighting_id), gallery.model_ids)
+            if not check.ok:
+                report.skipped[conf.sighting_id] = f"embedded by another model ({check.reason}): {check.detail}"
+                continue
         kind = species_of.get(conf.individual_id) or records.read_species_hint(redis, conf.sighting_id) \
             or UNKNOWN_SPECIES
         species_of.setdefault(conf.individual_id, kind)
@@ -121,3 +135,16 @@ def _pending_rows(gallery, redis, report: ReindexReport):
     for sighting_id, reason in report.skipped.items():
         log.error("re-index: sighting %s not added: %s", sighting_id, reason)
     return (embeddings, ids, species, images, metadata) if ids else None
+
+
+def _stored_model_version(redis, sighting_id: str) -> str:
+    """The `model_version` of the stored `embedding:<id>` record ("" for a bare list or raw bytes)."""
+    raw = redis.get(records.EMBEDDING_KEY.format(sighting_id))
+    data = raw.encode() if isinstance(raw, str) else raw
+    if not data or data.lstrip()[:1] != b"{":
+        return ""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return ""
+    return str(value.get("model_version") or "") if isinstance(value, dict) else ""

@@ -4,8 +4,12 @@ from services.triton_client.client import EmbeddingClient
 from services.triton_client.errors import (
     InvalidEmbeddingInput,
     TritonError,
+    TritonFailure,
     TritonRequestError,
     TritonUnavailable,
+    classify,
+    is_transient,
 )
 
-__all__ = ["EmbeddingClient", "InvalidEmbeddingInput", "TritonError", "TritonRequestError", "TritonUnavailable"]
+__all__ = ["EmbeddingClient", "InvalidEmbeddingInput", "TritonError", "TritonFailure", "TritonRequestError",
+           "TritonUnavailable", "classify", "is_transient"]

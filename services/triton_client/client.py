@@ -7,9 +7,10 @@
     client.embed_with_species([png_bytes])               # -> ((1, 512), (1, S) probabilities or None)
     client.species_names()                               # names of the SPECIES columns ([]: no species output)
 
-Transient failures (UNAVAILABLE incl. connection refused/reset, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are
-retried with exponential backoff and end in TritonUnavailable; every other server error is a TritonRequestError
-carrying the server's message (e.g. which image failed to decode).
+Failures are classified in one place (`services.triton_client.errors.classify`): overload and unavailability
+(UNAVAILABLE incl. connection refused/reset, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, a full queue) are retried
+with exponential backoff and end in TritonUnavailable; every other server error is a TritonRequestError carrying
+the server's message (e.g. which image failed to decode) and `.transient` (True for a model that is not loaded).
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from services.metrics import TRITON_LATENCY, TRITON_RETRIES
-from services.triton_client.errors import InvalidEmbeddingInput, TritonRequestError, TritonUnavailable
+from services.triton_client.errors import (
+    InvalidEmbeddingInput,
+    TritonRequestError,
+    TritonUnavailable,
+    classify_status,
+)
 
 log = logging.getLogger(__name__)
 
 INPUT = "IMAGE"
 OUTPUT = "EMBEDDING"
 SPECIES = "SPECIES"  # optional second output of the ensemble: species probabilities (names: parameter `species`)
-# transient: the server is down/restarting, the call timed out, or its queues are full
-RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED")
 T = TypeVar("T")
 
 
@@ -221,12 +225,13 @@ class EmbeddingClient:
             except InferenceServerException as exc:
                 status = str(exc.status() or "")
                 message = exc.message() or str(exc)
-                if status not in RETRYABLE_STATUSES:
+                failure = classify_status(status, message)
+                if not failure.retried_by_client:
                     raise TritonRequestError(f"Triton refused the request to {self.model!r} at {self.url}: "
                                              f"{message} [{status or 'no status'}]", status) from None
                 if attempt == self.retries:
-                    raise TritonUnavailable(f"Triton at {self.url} unavailable after {self.retries + 1} "
-                                            f"attempt(s): {message} [{status}]") from None
+                    raise TritonUnavailable(f"Triton at {self.url} {failure.kind} after {self.retries + 1} "
+                                            f"attempt(s): {message} [{status}]", status, failure.kind) from None
                 TRITON_RETRIES.inc()
                 log.warning("Triton at %s unavailable (%s); retry %d/%d in %.2f s", self.url, message,
                             attempt + 1, self.retries, delay)

@@ -5,17 +5,35 @@ embeds several crops. Permanent failures go to sightings.dead-letter and Redis `
 (S3, Triton, Redis, Kafka unavailable) are retried with backoff inside the agent, so the offset does not move
 past an event before it is handled: nothing is lost. Duplicates (re-delivery after a crash, duplicate events)
 are skipped by the Redis markers.
+
+Triton failures are classified by `services.triton_client.errors.classify`: overload (timeouts, deadline
+exceeded, full queues), unavailability and a model that is not loaded are transient whatever Triton's health
+says: back off and retry, never dead-letter. Only a refusal of the input (INVALID_ARGUMENT, a model error) is
+permanent: a batch is then split so each crop is tried alone, and a crop refused `REFUSALS_BEFORE_DEAD_LETTER`
+times is dead-lettered (`embedding_failed`).
+
+Model version: before each batch the worker reads the ensemble's config parameters (one cheap gRPC call, no
+inference) and re-reads `<model>:<version>[:<build_id>]` when they changed, so a Triton reload of the ensemble
+is noticed at the next batch, not only after an outage; the same check after the Triton call makes sure the
+whole batch was embedded by the version it is tagged with (else it is embedded again). Each served version is
+registered in Redis with the export model ids it blends (services.matcher.versions) before records carrying it
+are published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
+from dataclasses import dataclass
 
 from services import topics
+from services.matcher import versions
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.operations.model_store import s3_client
 from services.settings import Settings
+from services.triton_client.errors import classify
 from services.worker import markers
 from services.worker.cropping import TritonDetector, UploaderBox
 from services.worker.failures import PermanentFailure, TransientFailure
@@ -31,7 +49,31 @@ from services.worker.pipeline import (
 from services.worker.stage import ChainStage
 
 log = logging.getLogger(__name__)
-FAILURES_WHILE_READY = 3  # Triton answers "ready" yet refuses this request: after this many, it is the request
+REFUSALS_BEFORE_DEAD_LETTER = 3  # the model refused this one crop (a permanent error) this many times in a row
+REGISTRY_REFRESH_S = 3600.0  # re-register the served version this often (its Redis entry has a TTL)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What Triton serves under the ensemble's name: the tag stored with each embedding, the export model ids it
+    blends (its `model_ids` parameter), and the parameters it was read from (the cheap change check)."""
+
+    version: str
+    model_ids: tuple[str, ...]
+    fingerprint: str
+
+
+def _model_ids(fingerprint: str) -> tuple[str, ...]:
+    """The ensemble parameter `model_ids` (a JSON list of export model ids); () when absent or unreadable."""
+    try:
+        ids = json.loads(json.loads(fingerprint).get("model_ids") or "[]")
+    except (ValueError, TypeError, AttributeError):
+        return ()
+    return tuple(str(i) for i in ids) if isinstance(ids, list) else ()
+
+
+class _ModelChanged(Exception):
+    """Triton serves another ensemble than the one a batch was started with."""
 
 
 class EmbeddingService:
@@ -42,7 +84,7 @@ class EmbeddingService:
         from services.triton_client import EmbeddingClient
 
         self.client = EmbeddingClient.from_settings(settings, retries=0)
-        self._model_version = ""
+        self._served: ServedModel | None = None
 
     def embed(self, pngs: list[bytes]):
         """(embeddings (N, D), the ensemble's species probabilities (N, S) or None) of a batch of crops."""
@@ -56,17 +98,39 @@ class EmbeddingService:
 
     def forget_model_version(self) -> None:
         """After a Triton outage the served model may have changed: ask again."""
-        self._model_version = ""
+        self._served = None
         self.client.forget_config()
 
+    def fingerprint(self) -> str:
+        """The ensemble's config parameters (build_id, model_ids, weights, species...) as one string: one gRPC
+        metadata call, answered even while the inference queues are full."""
+        try:
+            parameters = self.client.model_parameters()
+        except Exception as exc:  # noqa: BLE001 - Triton unreachable or the model not loaded: retry later
+            raise TransientFailure(f"cannot read the ensemble's config from Triton: {exc}") from None
+        return json.dumps(parameters, sort_keys=True)
+
+    def served_model(self) -> ServedModel:
+        """The served ensemble; its version is re-read only when the config parameters changed."""
+        fingerprint = self.fingerprint()
+        served = self._served
+        if served is not None and served.fingerprint == fingerprint:
+            return served
+        self.client.forget_config()  # batch size and species names may have changed with the model
+        try:
+            version = self.client.model_version()
+        except Exception as exc:  # noqa: BLE001 - Triton went away between the two calls
+            raise TransientFailure(f"cannot read the model version from Triton: {exc}") from None
+        self._served = ServedModel(version, _model_ids(fingerprint), fingerprint)
+        if served is not None and served.version != version:
+            log.warning("worker: Triton now serves %s (was %s)", version, served.version)
+        else:
+            log.info("worker: Triton serves %s (models %s)", version, list(self._served.model_ids) or "not listed")
+        return self._served
+
     def model_version(self) -> str:
-        """`<model>:<version>[:<build_id>]` of the served ensemble (asked once, then cached)."""
-        if not self._model_version:
-            try:
-                self._model_version = self.client.model_version()
-            except Exception as exc:  # noqa: BLE001 - Triton went away between the embed and this call
-                raise TransientFailure(f"cannot read the model version from Triton: {exc}") from None
-        return self._model_version
+        """`<model>:<version>[:<build_id>]` of the served ensemble (re-read when its config changes)."""
+        return self.served_model().version
 
 
 class SightingWorker(ChainStage):
@@ -80,6 +144,7 @@ class SightingWorker(ChainStage):
         self.s3 = s3
         self.crop_steps = crop_steps
         self.embedded_topic = embedded_topic
+        self._registered: tuple[str, float] = ("", 0.0)  # (model version, when) last registered in Redis
 
     async def handle_batch(self, raws: list[bytes]) -> None:
         prepared = await asyncio.gather(*(self._prepare_one(raw) for raw in raws))
@@ -113,36 +178,69 @@ class SightingWorker(ChainStage):
             await self.dead_letter(exc, event.asdict(), event.sighting_id)
             return None
 
-    async def _embed(self, batch: list[PreparedSighting]):
-        """Embeddings of a batch; retried while Triton is down; PermanentFailure when it refuses while ready."""
+    async def _embed(self, batch: list[PreparedSighting], served: ServedModel):
+        """Embeddings of a batch. Transient Triton failures (overload, timeouts, unavailable, model not loaded)
+        are retried with backoff for as long as they last; PermanentFailure when the model refuses the input
+        (at once for a batch, which is then split; after REFUSALS_BEFORE_DEAD_LETTER refusals for one crop);
+        _ModelChanged when the refusal came from another model than `served` (e.g. outputs that changed)."""
         backoff = self.backoff()
         refused = 0
         while True:
             try:
                 with self.timed_step("embed"):
                     return await asyncio.to_thread(self.embedder.embed, [p.png for p in batch])
-            except Exception as exc:  # noqa: BLE001 - classified by Triton's health below
-                self.embedder.forget_model_version()
-                ready = await asyncio.to_thread(self.embedder.ready)
-                refused = refused + 1 if ready else 0
-                if refused >= FAILURES_WHILE_READY:
-                    raise PermanentFailure("embedding_failed", f"Triton is ready but refuses the request: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - classified below
+                failure = classify(exc)
+                if failure.transient:
+                    refused = 0
+                    if failure.kind != "overloaded":  # the server may have restarted with another model
+                        self.embedder.forget_model_version()
+                    EVENTS.labels(stage=STAGE, outcome="overloaded" if failure.kind == "overloaded" else "retry").inc()
+                else:
+                    if await self.in_thread("model check", self.embedder.fingerprint) != served.fingerprint:
+                        raise _ModelChanged() from None  # not this input's fault: ask the new model
+                    refused += 1
+                    if len(batch) > 1 or refused >= REFUSALS_BEFORE_DEAD_LETTER:
+                        raise PermanentFailure("embedding_failed", f"the model refuses the input "
+                                                                   f"({failure.kind}): {failure.message}") from None
                 TRITON_RETRIES.inc()
                 delay = backoff.next_delay()
-                log.warning("Triton call for %d crops failed (ready=%s), retrying in %.1fs: %s", len(batch), ready, delay, exc)
+                log.warning("Triton call for %d crops failed (%s, %s), retrying in %.1fs: %s", len(batch),
+                            failure.kind, "transient" if failure.transient else f"refusal {refused}", delay,
+                            failure.message)
                 await asyncio.sleep(delay)
 
+    async def _served_model(self):
+        served = await self.in_thread("model version", self.embedder.served_model)
+        version, when = self._registered
+        if served.version != version or time.monotonic() - when > REGISTRY_REFRESH_S:
+            await self.in_thread("register model version", versions.register, self.redis, served.version,
+                                 list(served.model_ids), self.settings.redis_embedding_ttl_s)
+            self._registered = (served.version, time.monotonic())
+        return served
+
     async def _embed_and_publish(self, batch: list[PreparedSighting]) -> None:
-        try:
-            embeddings, species = await self._embed(batch)
-        except PermanentFailure as exc:
-            if len(batch) == 1:
-                await self.dead_letter(exc, batch[0].event.asdict(), batch[0].event.sighting_id)
+        while True:
+            served = await self._served_model()
+            try:
+                embeddings, species = await self._embed(batch, served)
+            except _ModelChanged:
+                log.warning("worker: the ensemble changed (was %s): embedding %d crops with the new one",
+                            served.version, len(batch))
+                continue
+            except PermanentFailure as exc:
+                if len(batch) == 1:
+                    await self.dead_letter(exc, batch[0].event.asdict(), batch[0].event.sighting_id)
+                    return
+                for single in batch:  # isolate the request Triton refuses
+                    await self._embed_and_publish([single])
                 return
-            for single in batch:  # isolate the request Triton refuses
-                await self._embed_and_publish([single])
-            return
-        model_version = await self.in_thread("model version", self.embedder.model_version)
+            after = await self.in_thread("model check", self.embedder.fingerprint)
+            if after == served.fingerprint:
+                break
+            log.warning("worker: the ensemble changed during the Triton call (was %s): embedding %d crops again",
+                        served.version, len(batch))
+        model_version = served.version
         names = await self.in_thread("species names", self.embedder.species_names)
         rows = species if species is not None else [None] * len(batch)
         records = [embedded_record(p, e, model_version, species_scores(names, s))
@@ -150,7 +248,8 @@ class SightingWorker(ChainStage):
         ids = [r.sighting_id for r in records]
         with self.timed_step("publish"):  # the whole batch: produce all, wait for every ack, then mark
             await asyncio.gather(*(self.send(self.embedded_topic, r.sighting_id, r) for r in records))
-            await self.in_thread("mark embedded", markers.mark_embedded_many, self.redis, ids, model_version)
+            await self.in_thread("mark embedded", markers.mark_embedded_many, self.redis, ids, model_version,
+                                 self.settings.redis_marker_ttl_s)
         EVENTS.labels(stage=STAGE, outcome="embedded").inc(len(records))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from services.errors import DataError
 from services.imaging import crop, encode_png, validate_box
+from services.triton_client.errors import classify
 from services.worker.failures import PermanentFailure, TransientFailure
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,11 @@ class TritonDetector:
         try:
             result = self.client.infer(self.model, inputs, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
-            raise TransientFailure(f"detector call failed: {exc}") from None
+            failure = classify(exc)
+            if failure.transient:  # overloaded, unavailable, not loaded: retry the sighting later
+                raise TransientFailure(f"detector call failed ({failure.kind}): {exc}") from None
+            log.warning("crop: the detector refused the image (%s: %s): next crop step", failure.kind, failure.message)
+            return None
         score = float(np.asarray(result.as_numpy("SCORE")).reshape(-1)[0])
         if score < DETECTOR_MIN_SCORE:
             return None

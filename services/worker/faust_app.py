@@ -3,6 +3,13 @@
 Local profile: the Tansu workarounds of ENVIRONMENT.md (short sessions, unbatched producer, memory store);
 production: Faust's defaults. Topics carry raw JSON bytes: each stage decodes the records itself so that a
 malformed event is dead-lettered with its reason instead of being skipped by Faust's decoder.
+
+Delivery: at least once. Offsets are committed only after a batch was handled (produced, acknowledged with
+acks=all, Redis written), so a crash re-delivers; every record is keyed by its sighting id (the idempotency key).
+The producer is idempotent (`faust_producer_idempotence`: aiokafka `enable_idempotence=True`, which Faust 0.15
+sets only for exactly-once transactions, so `make_app` adds it), so the broker drops the duplicates of the
+producer's own retries; Tansu 0.6 fails aiokafka's InitProducerId (v0) with an UNKNOWN error, hence off in the
+local profile.
 """
 
 from __future__ import annotations
@@ -57,6 +64,23 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
 
 
+def use_idempotent_producer(enabled: bool) -> None:
+    """Make Faust's aiokafka producers idempotent (or not). Faust 0.15.3 has no `producer_enable_idempotence`
+    setting: `Producer._settings_extra` adds `enable_idempotence` only inside exactly-once transactions."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = getattr(driver.Producer._settings_extra, "__wrapped__", driver.Producer._settings_extra)
+    if not enabled:
+        driver.Producer._settings_extra = original
+        return
+
+    def settings_extra(self):
+        return {**original(self), "acks": "all", "enable_idempotence": True}
+
+    settings_extra.__wrapped__ = original
+    driver.Producer._settings_extra = settings_extra
+
+
 def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     """A Faust app for `stage` (consumer group `whaleid-<stage>`)."""
     if not settings.kafka_bootstrap:
@@ -81,6 +105,7 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     )
     if settings.faust_fetch_max_wait_ms:
         limit_fetch_wait(settings.faust_fetch_max_wait_ms)
+    use_idempotent_producer(settings.faust_producer_idempotence)
     credentials = _broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials

@@ -75,6 +75,7 @@ class ChainStage:
             await self.in_thread(
                 "record failure", markers.record_failure,
                 self.redis, sighting_id, self.stage, failure.reason, failure.detail, record.failed_at,
+                self.settings.redis_marker_ttl_s,
             )
         DEAD_LETTERS.labels(stage=self.stage, reason=failure.reason).inc()
         EVENTS.labels(stage=self.stage, outcome="dead_letter").inc()
