@@ -290,7 +290,7 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
             labelled, config["fold"], config["validate_every"], config["epochs"]))
     tf.get_logger().setLevel("ERROR")
     train_model.fit(train_ds, epochs=config["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
-                    callbacks=callbacks, verbose=verbose)
+                    callbacks=callbacks, verbose=verbose, shuffle=False)  # the tf.data pipeline shuffles
     return summary(run_dir, config)
 
 
