@@ -36,12 +36,17 @@ def summarise(results: list[dict[str, Any]], truth: dict[str, str], offline: dic
         "offline_map5": None if off is None else round(off, 6),
         "same_top5_as_offline": f"{agree}/{len(identified)}",
         "known_top1_right": f"{sum(r['predictions'][0] == truth[r['image']] for r in known)}/{len(known)}",
+        "known_best_candidate_right": f"{sum(_best_known(r) == truth[r['image']] for r in known)}/{len(known)}",
         "new_answered_new": f"{sum(r['predictions'][0] == 'new_individual' for r in new)}/{len(new)}",
         "p50_ms": percentile_ms(latencies, 50),
         "p95_ms": percentile_ms(latencies, 95),
         "max_ms": percentile_ms(latencies, 100),
         "dead_letter_reasons": {h["name"]: h.get("reason", "") for h in hostile},
     }
+
+
+def _best_known(result: dict[str, Any]) -> str:
+    return next((i for i in result["predictions"] if i != "new_individual"), "")
 
 
 def table(results: list[dict[str, Any]], truth: dict[str, str], limit: int = 40) -> str:

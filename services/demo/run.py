@@ -29,7 +29,7 @@ class DemoError(WhaleIdError):
 
 @dataclass
 class DemoOptions:
-    individuals: int = 40
+    individuals: int = 100
     workdir: Path = Path(".whaleid/demo")
     keep_up: bool = False
     as_json: bool = False
