@@ -13,8 +13,12 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from services.errors import WhaleIdError
+
+TENSORFLOW_COMMANDS = {"train", "export", "evaluate", "predict", "demo", "baseline"}
+TENSORFLOW_LOG = ".whaleid/logs/tensorflow.log"
 
 COMMAND_MODULES = (
     "services.stack.cli",           # whaleid stack up|status|down|env
@@ -38,11 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly(log_path: str) -> None:
+    """Import TensorFlow with the process's stderr sent to `log_path`: absl writes its messages from before its
+    own initialisation straight to file descriptor 2, whatever TF_CPP_MIN_LOG_LEVEL says. Errors still raise."""
+    try:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, after fd 2 is restored
+    except OSError:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(log.fileno(), 2)
+        import tensorflow  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.verbose:  # TensorFlow's C++ start-up chatter (CPU features, no CUDA driver) stays off the console
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if args.command in TENSORFLOW_COMMANDS:
+            import_tensorflow_quietly(TENSORFLOW_LOG)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
