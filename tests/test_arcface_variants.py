@@ -31,13 +31,14 @@ def test_dynamic_margins_grow_as_classes_get_rarer():
 
 
 def test_the_true_class_logit_takes_its_own_class_margin():
-    rng = np.random.default_rng(1)
     layer = ElasticArcFace(2, s=10.0, m=0.3, sigma=0.0, class_margins=[0.1, 0.5])
-    embeddings = _unit(rng.normal(size=(2, 4))).astype(np.float32)
+    layer.build([(None, 4), (None,)])
+    layer.class_weights.assign(np.eye(4, 2, dtype=np.float32))  # class 0 along x, class 1 along y
+    embeddings = _unit(np.array([[1.0, 0.3, 0.2, 0.0], [0.2, 1.0, 0.0, 0.3]], dtype=np.float32))
     labels = np.array([0, 1], dtype=np.int32)
     logits = np.asarray(layer([embeddings, labels], training=True))
     cos = np.asarray(layer.cosines(embeddings))
     for row, (label, margin) in enumerate(((0, 0.1), (1, 0.5))):
-        theta = np.arccos(cos[row, label])
+        theta = np.arccos(cos[row, label])  # small angles: theta + margin < pi, no fallback
         assert np.isclose(logits[row, label], 10.0 * np.cos(theta + margin), atol=1e-4)
         assert np.isclose(logits[row, 1 - label], 10.0 * cos[row, 1 - label], atol=1e-5)
