@@ -290,7 +290,7 @@ class Delivery:
 
     def register(self, model_version: str, model_ids) -> None:
         """What the worker does when it first sees a served build."""
-        from services.matcher import versions
+        from services import model_versions as versions
 
         versions.register(self.redis, model_version, list(model_ids), 3600)
 
@@ -429,8 +429,8 @@ def test_the_stream_is_trimmed_to_about_maxlen(stack):
 def test_reindex_adds_only_embeddings_of_the_gallerys_models(stack, tmp_path):
     from fixtures_operations import seed_sighting
 
+    from services import model_versions as versions
     from services.identification import Tuning, build_gallery
-    from services.matcher import versions
     from services.operations.confirmations import ConfirmationService
     from services.operations.known import CurrentGalleryIndividuals
     from services.operations.model_store import GalleryStore

@@ -12,7 +12,7 @@ Delivery is at least once, made idempotent by the sighting id (docs/interfaces.m
   `announced:` marker re-produces on re-delivery, with the same key (the sighting id, also the records'
   `sighting_id` field) and the same content (the stored first result): consumers dedupe by key.
 
-Versions: an embedding whose `model_version` is not among the served gallery's models (services.matcher.versions)
+Versions: an embedding whose `model_version` is not among the served gallery's models (services.model_versions)
 is parked (services.matcher.parking), not dead-lettered, and retried after every gallery swap and every
 `matcher_parked_retry_interval_s`.
 """
@@ -28,8 +28,8 @@ import faust.web
 from services import topics
 from services.matcher import parking, results
 from services.matcher.matching import Matcher, ModelState
-from services.matcher.versions import VersionCheck, VersionChecker
 from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
+from services.model_versions import VersionCheck, VersionChecker
 from services.settings import Settings
 from services.worker import markers
 from services.worker.failures import PermanentFailure

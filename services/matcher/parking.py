@@ -1,5 +1,5 @@
 """Sightings the matcher cannot rank yet because their embedding comes from a model the served gallery was not
-built with (services.matcher.versions). They are parked, not dead-lettered and not lost:
+built with (services.model_versions). They are parked, not dead-lettered and not lost:
 
     matcher:parked            sorted set: sighting id -> when it was first parked (epoch seconds)
     matcher:parked:records    hash: sighting id -> JSON {"record": SightingEmbedded, "reason", "detail", "parked_at"}

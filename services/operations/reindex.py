@@ -7,7 +7,7 @@ dimension, or made by a model the gallery was not built with) are reported with 
 dropped; the run still publishes the others.
 
 Model versions: when the gallery's manifest lists its `model_ids`, a stored embedding enters only when its
-`model_version` matches them (services.matcher.versions: the version or its build id named by the gallery, or
+`model_version` matches them (services.model_versions: the version or its build id named by the gallery, or
 the export model ids the worker registered for that version equal to the gallery's); an embedding without a
 model version then does not enter. A gallery without `model_ids` accepts every embedding, as before.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from services.errors import DataError
-from services.matcher.versions import VersionChecker
 from services.metrics import REINDEX_LAST_SUCCESS
+from services.model_versions import VersionChecker
 from services.operations import records
 from services.operations.confirmations import confirmed_sightings
 from services.operations.model_store import GalleryStore, ModelStoreError

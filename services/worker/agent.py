@@ -16,7 +16,7 @@ Model version: before each batch the worker reads the ensemble's config paramete
 inference) and re-reads `<model>:<version>[:<build_id>]` when they changed, so a Triton reload of the ensemble
 is noticed at the next batch, not only after an outage; the same check after the Triton call makes sure the
 whole batch was embedded by the version it is tagged with (else it is embedded again). Each served version is
-registered in Redis with the export model ids it blends (services.matcher.versions) before records carrying it
+registered in Redis with the export model ids it blends (services.model_versions) before records carrying it
 are published.
 """
 
@@ -28,8 +28,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from services import model_versions as versions
 from services import topics
-from services.matcher import versions
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.operations.model_store import s3_client
 from services.settings import Settings
