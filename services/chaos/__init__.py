@@ -1,0 +1,1 @@
+"""`whaleid chaos`: the fault-injection suite (scenarios, workloads, hostile inputs) on the embedded stack."""
