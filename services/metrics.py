@@ -1,8 +1,8 @@
 """Prometheus metrics of every service, defined once so dashboards and alerts use exactly these names.
 
 Each service process calls `serve_metrics(port)` at start; Prometheus scrapes `/metrics`.
-Stage labels: gateway, bridge, worker, matcher, reindex. Worker/matcher steps: fetch, validate, crop, embed,
-search, publish. `deploy/` (dashboard JSON, alert rules) is tested against the names below.
+Stage labels: gateway, bridge, worker, matcher, reconciler, reindex. Worker/matcher steps: fetch, validate, crop,
+embed, search, publish; reconciler steps: pass, uploads, announce, topics. `deploy/` (dashboard JSON, alert rules) is tested against the names below.
 """
 
 from __future__ import annotations
@@ -42,6 +42,17 @@ UPLOADS = Counter("whaleid_uploads_total", "Gateway sighting requests, by outcom
 CONFIRMATIONS = Counter("whaleid_confirmations_total", "Researcher confirmations, by action and outcome",
                         ["action", "outcome"])
 REINDEX_LAST_SUCCESS = Gauge("whaleid_reindex_last_success_timestamp_seconds", "End of the last successful re-index")
+RECONCILER_FOUND = Counter(
+    "whaleid_reconciler_found_total",
+    "Lost work the reconciler found and repaired: redriven, unresolved, object_missing, unannounced, "
+    "missing_from_topic", ["kind"],
+)
+RECONCILER_LAST_PASS = Gauge("whaleid_reconciler_last_pass_timestamp_seconds", "End of the reconciler's last pass")
+RECONCILER_SIGHTINGS = Gauge(
+    "whaleid_reconciler_sightings",
+    "Sightings without result or failure at the last pass: pending (uploaded), deferred (stale while the chain "
+    "has a backlog), awaiting_upload (no photo yet)", ["state"],
+)
 
 # Every metric name a dashboard or alert may use (histograms expose _bucket/_sum/_count, counters _total).
 METRIC_NAMES = (
@@ -50,7 +61,8 @@ METRIC_NAMES = (
     "whaleid_search_latency_seconds", "whaleid_identifications_total", "whaleid_gallery_size",
     "whaleid_gallery_individuals", "whaleid_gallery_version_info", "whaleid_gallery_built_timestamp_seconds",
     "whaleid_consumer_committed_offset", "whaleid_uploads_total", "whaleid_confirmations_total",
-    "whaleid_reindex_last_success_timestamp_seconds",
+    "whaleid_reindex_last_success_timestamp_seconds", "whaleid_reconciler_found_total",
+    "whaleid_reconciler_last_pass_timestamp_seconds", "whaleid_reconciler_sightings",
 )
 
 

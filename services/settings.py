@@ -99,6 +99,12 @@ class Settings:
     redis_marker_ttl_s: int = 30 * 24 * 3600  # embedded:/failure:/announced: markers against re-delivery (keep >= Kafka retention); 0 = never
     redis_stream_maxlen: int = 100_000  # the `identifications` stream is trimmed to about this many entries (XADD MAXLEN ~)
     matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
+    # --- reconciler: every accepted upload ends identified or dead-lettered (issue #11)
+    reconciler_interval_s: float = 10.0  # pause between two passes of `whaleid serve reconciler`
+    reconciler_stale_after_s: float = 60.0  # an uploaded sighting without result or failure this long after its upload (or last re-drive) is re-driven
+    reconciler_max_redrives: int = 3  # re-drives without a result before the sighting is dead-lettered as `unresolved`
+    reconciler_announce_grace_s: float = 30.0  # an identification not announced, or announced but missing from a topic, this long is announced (re-produced) again
+    reconciler_topic_lookback_s: int = 7 * 24 * 3600  # identifications announced within this are checked against the topics (keep <= the topics' retention)
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))

@@ -1,17 +1,27 @@
-"""`whaleid serve gateway|bridge|worker|matcher` and `whaleid demo`."""
+"""`whaleid serve gateway|bridge|worker|matcher|reconciler` and `whaleid demo`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-SERVICES = ("gateway", "bridge", "worker", "matcher")
+SERVICES = ("gateway", "bridge", "worker", "matcher", "reconciler")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from services.settings import load_settings
 
+    if args.service == "reconciler" and (args.index != 0 or args.web_port is not None):
+        from services.errors import ConfigError
+
+        raise ConfigError("--index and --web-port are for the worker and the matcher; the reconciler takes "
+                          "--config and --metrics-port (run several reconcilers and they take turns: one pass at "
+                          "a time, under a Redis lease)")
     settings = load_settings(config_file=args.config)
+    if args.service == "reconciler":
+        from services.reconciler import run_reconciler
+
+        return run_reconciler(settings, metrics_port=args.metrics_port)
     if args.service == "gateway":
         from services.gateway import run_gateway
 
@@ -48,7 +58,8 @@ def register(subparsers) -> None:
                        help="instance number of a worker/matcher: its default ports are base + 10 * index")
     serve.add_argument("--web-port", type=int, default=None, help="worker/matcher Faust web port (default: derived)")
     serve.add_argument("--metrics-port", type=int, default=None,
-                       help="bridge/worker/matcher /metrics port (default: metrics_port_base + stage offset; 0 = none); "
+                       help="bridge/worker/matcher/reconciler /metrics port (default: metrics_port_base + stage offset; "
+                            "0 = none); "
                             "the gateway serves /metrics on its own HTTP port")
     serve.set_defaults(func=_serve)
 

@@ -91,7 +91,7 @@ def test_promtool_checks_the_scrape_config(tmp_path):
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     check = subprocess.run([PROMTOOL, "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=60)
-    assert check.returncode == 0 and "7 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "8 rules found" in check.stdout, check.stdout + check.stderr
 
 
 def test_alerts_cover_down_dead_letters_latency_and_stale_index():

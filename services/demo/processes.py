@@ -13,7 +13,8 @@ from services.errors import WhaleIdError
 from services.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_TEXT = {"worker": "[^Worker]: Ready", "matcher": "[^Worker]: Ready", "bridge": " -> sightings.uploaded (Kafka"}
+READY_TEXT = {"worker": "[^Worker]: Ready", "matcher": "[^Worker]: Ready", "bridge": " -> sightings.uploaded (Kafka",
+              "reconciler": "reconciler: first pass done"}  # services.reconciler.service.READY_LINE
 
 
 class ServiceFailed(WhaleIdError):

@@ -171,7 +171,7 @@ class SightingMatcher(ChainStage):
                                       self.settings.redis_result_ttl_s)
         await self.send(self.identifications_topic, stored.sighting_id, stored)
         if stored.new_individual:
-            await self.send(self.new_topic, stored.sighting_id, _new_individual(stored))
+            await self.send(self.new_topic, stored.sighting_id, results.new_individual_record(stored))
         if await self.in_thread("announce", results.announce, self.redis, stored, self.settings.redis_marker_ttl_s,
                                 self.settings.redis_stream_maxlen):
             IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
@@ -197,16 +197,6 @@ def _valid_scores(scores) -> bool:
         return True
     return isinstance(scores, dict) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scores.values())
-
-
-def _new_individual(identification: topics.Identification) -> topics.NewIndividual:
-    known = [c for c in identification.candidates if c["individual_id"] != "new_individual"]
-    best = known[0] if known else {"individual_id": "", "score": 0.0}
-    return topics.NewIndividual(
-        sighting_id=identification.sighting_id, best_known_id=best["individual_id"],
-        best_known_score=float(best["score"]), gallery_version=identification.gallery_version,
-        identified_at=identification.identified_at,
-    )
 
 
 def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None = None):

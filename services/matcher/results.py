@@ -90,6 +90,18 @@ return redis.call('XADD', KEYS[2], '*', 'sighting_id', ARGV[1], 'identification'
 """
 
 
+def new_individual_record(identification: topics.Identification) -> topics.NewIndividual:
+    """The `new-individuals` record of an identification whose best candidate is new_individual (the matcher and
+    the reconciler produce exactly this, so a re-produced record has the same content)."""
+    known = [c for c in identification.candidates if c["individual_id"] != "new_individual"]
+    best = known[0] if known else {"individual_id": "", "score": 0.0}
+    return topics.NewIndividual(
+        sighting_id=identification.sighting_id, best_known_id=best["individual_id"],
+        best_known_score=float(best["score"]), gallery_version=identification.gallery_version,
+        identified_at=identification.identified_at,
+    )
+
+
 def announce(client: redis.Redis, identification: topics.Identification, marker_ttl_s: int = 0,
              maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM) -> bool:
     """Add the stream entry once per sighting: the `announced:` marker (TTL `marker_ttl_s`) and the XADD (stream

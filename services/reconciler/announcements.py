@@ -1,0 +1,84 @@
+"""Step 2 of a pass: identifications the matcher stored but never announced (it stopped between its Redis result
+and its stream entry). Each one older than `reconciler_announce_grace_s` is announced exactly as the matcher
+does it: produced to `identifications` (and `new-individuals` when new_individual), keyed by sighting id, with the
+stored result as content, acknowledged; then `results.announce` (marker + stream entry, once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from services import topics
+from services.matcher import results
+from services.metrics import IDENTIFICATIONS
+from services.reconciler.findings import Findings
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT = 500
+PREFIX = "identification:"
+
+
+def topic_records(identification: topics.Identification, topic_names) -> list[tuple[str, str, bytes]]:
+    """The records the matcher produces for an identification: (topic, key, value)."""
+    records = [(topic_names.identifications, identification.sighting_id, identification.to_json())]
+    if identification.new_individual:
+        records.append((topic_names.new_individuals, identification.sighting_id,
+                        results.new_individual_record(identification).to_json()))
+    return records
+
+
+class Announcements:
+    def __init__(self, settings: Settings, redis, produce: Callable[[list], list], topic_names,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.redis = redis
+        self.produce = produce
+        self.topics = topic_names
+        self.clock = clock
+
+    def run(self, findings: Findings) -> None:
+        batch: list[str] = []
+        for raw in self.redis.scan_iter(match=PREFIX + "*", count=SCAN_COUNT):
+            batch.append((raw.decode() if isinstance(raw, bytes) else str(raw))[len(PREFIX):])
+            if len(batch) >= SCAN_COUNT:
+                self._batch(batch, findings)
+                batch = []
+        if batch:
+            self._batch(batch, findings)
+
+    def _batch(self, ids: list[str], findings: Findings) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sighting_id in ids:
+                pipe.exists(results.announced_key(sighting_id))
+            announced = pipe.execute()
+        waiting = [s for s, done in zip(ids, announced, strict=True) if not done]
+        if not waiting:
+            return
+        now = self.clock()
+        due = []
+        for sighting_id, raw in zip(waiting, self.redis.mget([results.identification_key(s) for s in waiting]),
+                                    strict=True):
+            if raw is None:
+                continue
+            try:
+                identification = topics.Identification.from_json(raw)
+            except Exception as exc:  # noqa: BLE001 - not ours to repair; reported
+                log.warning("reconciler: identification:%s is unreadable: %s", sighting_id, exc)
+                findings.add("errors", sighting_id)
+                continue
+            if now - identification.identified_at > self.settings.reconciler_announce_grace_s:
+                due.append(identification)
+        if not due:
+            return
+        self.produce([record for identification in due for record in topic_records(identification, self.topics)])
+        for identification in due:
+            if results.announce(self.redis, identification, self.settings.redis_marker_ttl_s,
+                                self.settings.redis_stream_maxlen):
+                findings.add("unannounced", identification.sighting_id)
+                IDENTIFICATIONS.labels(result="new_individual" if identification.new_individual else "known").inc()
+                log.info("reconciler: identification of %s announced (the matcher had stored it only)",
+                         identification.sighting_id)

@@ -1,0 +1,375 @@
+"""The reconciler on real servers (session stack: Kafka, S3, Redis, Triton): lost upload events re-driven and then
+identified by a real worker and matcher (exactly once), unannounced identifications announced once, a reset topic
+refilled, stuck sightings dead-lettered with a reason (`unresolved`, `object_missing`), nothing done while the
+chain has a backlog, and `whaleid serve reconciler` as a process.
+
+The module works in its own Redis databases (the worker and matcher it starts too), so the sightings of other
+modules are not its business; topics that a test wants to itself are fresh names (ReconcilerTopics)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import boto3
+import numpy as np
+import pytest
+import redis
+from fixtures_chain import (
+    TOY_MODEL,
+    TOY_MODEL_IDS,
+    ServiceProcess,
+    chain_env,
+    failure,
+    identification,
+    jpeg_bytes,
+    photo,
+    read_topic,
+    stream_counts,
+    toy_config,
+    wait_announced,
+    wait_until,
+)
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+
+from services import topics
+from services.matcher import results
+from services.reconciler import KINDS, Reconciler, ReconcilerTopics
+from services.stack.ports import free_port
+
+TOY = "reconciler_toy"  # the toy ensemble under its own name in the session's Triton
+DB, SERVICE_DB = 11, 12  # Redis databases of this module's chain and of the reconciler process
+KNOWN = 4
+
+
+def _db_url(stack, db: int) -> str:
+    return stack.settings.redis_url.rsplit("/", 1)[0] + f"/{db}"
+
+
+@pytest.fixture(scope="module")
+def base(stack):
+    """Settings of this module (its Redis database, short reconciler ages) and its Redis client."""
+    settings = stack.settings.with_overrides(redis_url=_db_url(stack, DB), reconciler_stale_after_s=1.0,
+                                             reconciler_announce_grace_s=1.0)
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    yield settings, client, s3
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def chain(stack, base, tmp_path_factory):
+    """The toy ensemble loaded in the session's Triton as `reconciler_toy`, a gallery of random embeddings, and
+    `whaleid serve worker` + `matcher` on this module's Redis database."""
+    import tritonclient.grpc as grpcclient
+
+    from services.identification import Tuning, build_gallery
+    from services.operations.model_store import GalleryStore
+
+    settings, client, s3 = base
+    root = tmp_path_factory.mktemp("chain-reconciler")
+    model = stack.model_repository / TOY
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    (model / "config.pbtxt").write_text(toy_config().replace('name: "ensemble"', f'name: "{TOY}"'))
+    (model / "1" / "model.py").write_text(TOY_MODEL)
+    grpc = stack.settings.triton_grpc_url
+    with grpcclient.InferenceServerClient(grpc) as admin:
+        admin.load_model(TOY)
+    services: list[ServiceProcess] = []
+    try:
+        models_bucket = f"models-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=models_bucket)
+        store = GalleryStore.from_settings(settings.with_overrides(models_bucket=models_bucket))
+        rows = np.random.default_rng(7).normal(size=(KNOWN, 512)).astype(np.float32)
+        gallery = build_gallery(rows / np.linalg.norm(rows, axis=1, keepdims=True),
+                                [f"whale-{i}" for i in range(KNOWN)], ["humpback_whale"] * KNOWN,
+                                [f"g{i}.jpg" for i in range(KNOWN)], model_ids=list(TOY_MODEL_IDS))
+        gallery.save(root / "gallery")
+        Tuning(threshold=0.9).save(root / "gallery" / "tuning.json")
+        version = store.publish(root / "gallery", parent=None, added_sightings=[],
+                                individuals=gallery.individual_ids, size=KNOWN)
+        store.set_current(version, "test_reconciler")
+        env = chain_env(stack.state, root / "run", grpc, redis_url=settings.redis_url, models_bucket=models_bucket,
+                        triton_model=TOY, triton_detector_model="no-detector", retry_backoff_max_s=1.0)
+        services += [ServiceProcess("worker", env, root / "logs").start(),
+                     ServiceProcess("matcher", env, root / "logs").start()]
+        for service in services:
+            service.wait_ready()
+        yield settings, client, s3
+    finally:
+        for service in services:
+            service.stop()
+        with grpcclient.InferenceServerClient(grpc) as admin:
+            admin.unload_model(TOY)
+
+
+def fresh_topics(**names) -> ReconcilerTopics:
+    tag = uuid.uuid4().hex[:8]
+    return ReconcilerTopics(**{field: f"test-{field}-{tag}" for field in names})
+
+
+def add_sighting(settings, client, s3, *, upload: bool = True, recorded: bool = True, age_s: float = 30.0,
+                 **fields) -> str:
+    """A sighting as the gateway creates it; `upload`: its photo is in S3; `recorded`: the bridge recorded the
+    upload (uploaded_at) `age_s` ago, as if the event it produced was lost on the way."""
+    sighting_id = uuid.uuid4().hex
+    key = f"uploads/{sighting_id}.jpg"
+    if upload:
+        s3.put_object(Bucket=settings.sightings_bucket, Key=key, Body=jpeg_bytes(photo(hash(sighting_id) % 1000)),
+                      ContentType="image/jpeg")
+    record = {"metadata": json.dumps({"observer": "test", "latitude": 64.1}), "content_type": "image/jpeg",
+              "bucket": settings.sightings_bucket, "key": key, "declared_size": 0,
+              "created_at": time.time() - age_s - 5}
+    if recorded:
+        record["uploaded_at"] = time.time() - age_s
+    record.update(fields)
+    client.hset(f"sighting:{sighting_id}", mapping=record)
+    return sighting_id
+
+
+def stored_identification(client, new_individual: bool = True, age_s: float = 10.0) -> topics.Identification:
+    """A matcher result written to Redis (SET NX) and nothing else: as if the matcher stopped right after."""
+    candidates = [{"individual_id": "new_individual", "score": 0.8}, {"individual_id": "whale-1", "score": 0.7}]
+    if not new_individual:
+        candidates.reverse()
+    record = topics.Identification(
+        sighting_id=uuid.uuid4().hex, candidates=candidates, new_individual=new_individual, model_version="m:1",
+        gallery_version="v-test", uploaded_at=time.time() - age_s - 1, identified_at=time.time() - age_s)
+    return results.store_identification(client, record)
+
+
+def announce_like_the_matcher(settings, client, identification: topics.Identification, names: ReconcilerTopics):
+    """Topics (acknowledged), then the stream entry: what the matcher's `_publish` does."""
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        producer.send(names.identifications, key=identification.sighting_id.encode(), value=identification.to_json())
+        if identification.new_individual:
+            producer.send(names.new_individuals, key=identification.sighting_id.encode(),
+                          value=results.new_individual_record(identification).to_json())
+        producer.flush()
+    finally:
+        producer.close()
+    assert results.announce(client, identification)
+
+
+def run_until(reconciler: Reconciler, done, timeout: float = 60.0, what: str = "") -> list[dict]:
+    """Passes until `done(found ids by kind so far)`; the passes' counts."""
+    seen: dict[str, set[str]] = {}
+    passes: list[dict] = []
+
+    def one_pass() -> bool:
+        passes.append(reconciler.run_once())
+        for kind, ids in reconciler.last_found.items():
+            seen.setdefault(kind, set()).update(ids)
+        return done(seen)
+
+    wait_until(one_pass, timeout, what or "the reconciler's passes", interval=0.3)
+    return passes
+
+
+def keyed(bootstrap: str, topic: str, key: str) -> list[dict]:
+    return [value for k, value in read_topic(bootstrap, topic) if k == key]
+
+
+# --------------------------------------------------------------------------- lost events, re-driven
+def test_lost_upload_events_are_redriven_and_identified_exactly_once(chain):
+    settings, client, s3 = chain
+    lost_uploaded = add_sighting(settings, client, s3)  # the bridge's sightings.uploaded record was lost
+    lost_embedded = add_sighting(settings, client, s3)  # the worker's sightings.embedded record was lost
+    client.set(f"embedded:{lost_embedded}", "reconciler_toy:1:toy")
+    never_bridged = add_sighting(settings, client, s3, recorded=False)  # the S3 event never reached the bridge
+    ids = [lost_uploaded, lost_embedded, never_bridged]
+    with Reconciler(settings) as reconciler:
+        passes = run_until(reconciler, lambda seen: set(ids) <= seen.get("redriven", set()), 60,
+                           "the three sightings re-driven")
+    wait_announced(client, ids, 60, "the re-driven sightings identified")
+    counts = stream_counts(client)
+    for sighting_id in ids:
+        result = identification(client, sighting_id)
+        assert result["model_version"] == "reconciler_toy:1:toy" and len(result["candidates"]) == 5
+        assert counts[sighting_id] == 1, sighting_id
+        sighting = {k.decode(): v.decode() for k, v in client.hgetall(f"sighting:{sighting_id}").items()}
+        assert int(sighting["redrives"]) >= 1 and float(sighting["redriven_at"]) > 0
+        assert failure(client, sighting_id) is None
+    assert float(client.hget(f"sighting:{never_bridged}", "uploaded_at")) > 0  # recorded as the bridge would
+    assert all(set(p) == set(KINDS) for p in passes)
+    published = [k for k, _ in read_topic(settings.kafka_bootstrap, topics.IDENTIFICATIONS)]
+    assert all(published.count(sighting_id) == 1 for sighting_id in ids)
+
+
+# --------------------------------------------------------------------------- announcements and topics
+def test_an_unannounced_identification_is_announced_once(base):
+    settings, client, _ = base
+    stored = stored_identification(client, new_individual=True)
+    with Reconciler(settings) as reconciler:
+        first = reconciler.run_once()
+        assert stored.sighting_id in reconciler.last_found.get("unannounced", [])
+        assert first["unannounced"] >= 1
+        assert results.is_announced(client, stored.sighting_id)
+        assert stream_counts(client)[stored.sighting_id] == 1
+        second = reconciler.run_once()
+        assert not any(stored.sighting_id in ids for ids in reconciler.last_found.values())
+        assert second["topic_resets"] == 0
+    assert stream_counts(client)[stored.sighting_id] == 1
+    entry = [json.loads(f[b"identification"]) for _, f in client.xrange(results.IDENTIFICATIONS_STREAM)
+             if f[b"sighting_id"].decode() == stored.sighting_id]
+    assert entry == [stored.asdict()]
+    assert keyed(settings.kafka_bootstrap, topics.IDENTIFICATIONS, stored.sighting_id) == [stored.asdict()]
+    assert keyed(settings.kafka_bootstrap, topics.NEW_INDIVIDUALS, stored.sighting_id) == [
+        results.new_individual_record(stored).asdict()]
+
+
+def test_an_identification_not_read_yet_is_not_produced_again(base):
+    """Announced a moment ago (no grace): the pass reads the topics up to their end offsets first."""
+    settings, client, _ = base
+    settings = settings.with_overrides(reconciler_announce_grace_s=0.0)
+    with Reconciler(settings) as reconciler:
+        reconciler.run_once()  # positions stored: the next pass reads only what comes after
+        stored = stored_identification(client, new_individual=True, age_s=0.0)
+        announce_like_the_matcher(settings, client, stored, ReconcilerTopics())
+        counts = reconciler.run_once()
+        assert stored.sighting_id not in reconciler.last_found.get("missing_from_topic", []), counts
+    assert len(keyed(settings.kafka_bootstrap, topics.IDENTIFICATIONS, stored.sighting_id)) == 1
+
+
+def test_a_reset_topic_is_detected_and_refilled_once(base):
+    settings, client, _ = base
+    settings = settings.with_overrides(reconciler_announce_grace_s=0.0)  # entries announced before a pass count
+    names = fresh_topics(identifications=1, new_individuals=1)
+    stored = stored_identification(client, new_individual=True)
+    announce_like_the_matcher(settings, client, stored, names)
+    bootstrap = settings.kafka_bootstrap
+    with Reconciler(settings, topic_names=names) as reconciler:
+        reconciler.run_once()  # reads both topics; the module's other identifications are produced to them
+        assert stored.sighting_id not in reconciler.last_found.get("missing_from_topic", [])
+        reconciler.run_once()
+        assert stored.sighting_id not in reconciler.last_found.get("missing_from_topic", [])
+        # the broker lost both topics; `identifications` comes back with other records at least as far as the
+        # offsets read before (offsets alone would not tell), `new-individuals` does not come back
+        positions = {int(p): json.loads(v)["next"] for p, v in
+                     client.hgetall(f"reconciler:position:{names.identifications}").items() if p != b"partitions"}
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.delete_topics([names.identifications, names.new_individuals])
+        finally:
+            admin.close()
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", batch_size=1)
+        for partition, offset in positions.items():
+            for i in range(offset + 1):
+                producer.send(names.identifications, key=f"filler-{i}".encode(), value=b"{}", partition=partition)
+        producer.flush()
+        producer.close()
+        counts = reconciler.run_once()
+        assert counts["topic_resets"] == 2, counts
+        assert reconciler.last_found["missing_from_topic"].count(stored.sighting_id) == 2  # once per topic
+        again = reconciler.run_once()
+        assert again["topic_resets"] == 0 and stored.sighting_id not in reconciler.last_found.get(
+            "missing_from_topic", [])
+    assert keyed(bootstrap, names.identifications, stored.sighting_id) == [stored.asdict()]
+    assert keyed(bootstrap, names.new_individuals, stored.sighting_id) == [
+        results.new_individual_record(stored).asdict()]
+    identified = [k for k, _ in read_topic(bootstrap, names.identifications) if not k.startswith("filler-")]
+    assert len(identified) == len(set(identified)), "an identification was produced twice after the reset"
+
+
+# --------------------------------------------------------------------------- dead letters
+def test_a_sighting_still_unresolved_after_the_redrives_is_dead_lettered(base):
+    settings, client, s3 = base
+    settings = settings.with_overrides(reconciler_stale_after_s=0.0, reconciler_max_redrives=2)
+    names = fresh_topics(uploaded=1, dead_letter=1)  # no worker reads these re-drives: nothing comes of them
+    sighting_id = add_sighting(settings, client, s3)
+    with Reconciler(settings, topic_names=names, backlog=lambda: None) as reconciler:
+        for _ in range(2):
+            reconciler.run_once()
+            assert sighting_id in reconciler.last_found["redriven"]
+        counts = reconciler.run_once()
+        assert sighting_id in reconciler.last_found["unresolved"] and counts["unresolved"] >= 1
+        reconciler.run_once()
+        assert not any(sighting_id in ids for ids in reconciler.last_found.values())
+    assert failure(client, sighting_id)["reason"] == "unresolved"
+    assert failure(client, sighting_id)["stage"] == "reconciler"
+    assert "2 re-drive" in failure(client, sighting_id)["detail"]
+    redrives = keyed(settings.kafka_bootstrap, names.uploaded, sighting_id)
+    assert len(redrives) == 2 and all(r["event_name"] == "whaleid:Redrive" for r in redrives)
+    assert redrives[0]["metadata"] == {"observer": "test", "latitude": 64.1}
+    assert redrives[0]["key"] == f"uploads/{sighting_id}.jpg" and redrives[0]["size"] > 0
+    letters = keyed(settings.kafka_bootstrap, names.dead_letter, sighting_id)
+    assert [(d["stage"], d["reason"]) for d in letters] == [("reconciler", "unresolved")]
+
+
+def test_a_vanished_photo_is_dead_lettered_and_an_awaited_one_left_alone(base):
+    settings, client, s3 = base
+    names = fresh_topics(uploaded=1, dead_letter=1)
+    vanished = add_sighting(settings, client, s3, upload=False)  # uploaded, then gone from S3
+    awaited = add_sighting(settings, client, s3, upload=False, recorded=False)  # the app has not uploaded yet
+    with Reconciler(settings, topic_names=names, backlog=lambda: None) as reconciler:
+        reconciler.run_once()
+        assert vanished in reconciler.last_found["object_missing"]
+        assert awaited in reconciler.last_found["awaiting_upload"]
+        reconciler.run_once()
+        assert awaited in reconciler.last_found["awaiting_upload"]
+    assert failure(client, vanished)["reason"] == "object_missing"
+    assert failure(client, awaited) is None and not client.hexists(f"sighting:{awaited}", "redrives")
+    letters = keyed(settings.kafka_bootstrap, names.dead_letter, vanished)
+    assert [(d["stage"], d["reason"]) for d in letters] == [("reconciler", "object_missing")]
+    assert letters[0]["original"]["key"] == f"uploads/{vanished}.jpg" and letters[0]["detail"]
+    assert read_topic(settings.kafka_bootstrap, names.uploaded, timeout_s=1.0) == []
+
+
+def test_nothing_is_redriven_again_or_given_up_while_the_chain_has_a_backlog(base):
+    """The re-drive goes to a topic no worker consumes: the worker group is behind on it from then on."""
+    settings, client, s3 = base
+    settings = settings.with_overrides(reconciler_stale_after_s=0.0, reconciler_max_redrives=1)
+    names = fresh_topics(uploaded=1, dead_letter=1)
+    sighting_id = add_sighting(settings, client, s3)
+    with Reconciler(settings, topic_names=names) as reconciler:
+        run_until(reconciler, lambda seen: sighting_id in seen.get("redriven", set()), 60, "the re-drive")
+        for _ in range(2):
+            counts = reconciler.run_once()
+            assert sighting_id in reconciler.last_found["deferred"] and counts["deferred"] >= 1
+    assert failure(client, sighting_id) is None
+    assert client.hget(f"sighting:{sighting_id}", "redrives") == b"1"
+
+
+# --------------------------------------------------------------------------- the process
+def test_serve_reconciler_runs_passes_and_serves_metrics(stack, tmp_path):
+    client = redis.Redis.from_url(_db_url(stack, SERVICE_DB))
+    client.flushdb()
+    stored = stored_identification(client, new_individual=False)
+    port = free_port()
+    env = chain_env(stack.state, tmp_path / "run", redis_url=_db_url(stack, SERVICE_DB), reconciler_interval_s=0.5,
+                    reconciler_announce_grace_s=1.0)
+    service = ServiceProcess("reconciler", env, tmp_path / "logs", metrics_port=port).start()
+    try:
+        service.wait_ready(60)
+        wait_announced(client, [stored.sighting_id], 30, "the reconciler process announcing the identification")
+
+        def scraped() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return response.read().decode()
+
+        wait_until(lambda: 'whaleid_reconciler_found_total{kind="unannounced"} 1.0' in scraped(), 30,
+                   "the found counter on /metrics")
+        text = scraped()
+        assert "whaleid_reconciler_last_pass_timestamp_seconds" in text
+        assert 'whaleid_reconciler_sightings{state="pending"}' in text
+        assert "unannounced 1" in service.log_text(since_start=True)  # the pass's progress line
+    finally:
+        service.stop()
+    assert service.proc.returncode == 0, service.tail()
+    assert stream_counts(client)[stored.sighting_id] == 1
+    client.flushdb()
+    client.close()
+
+
+def test_serve_reconciler_refuses_the_faust_options():
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "reconciler", "--index", "1"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--index and --web-port are for the worker and the matcher" in done.stderr
