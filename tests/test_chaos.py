@@ -1,0 +1,134 @@
+"""`whaleid chaos`: its fast subset end to end (own embedded stack, real services, real faults), and the parts that
+decide what counts as lost, duplicated or redelivered."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from services import topics
+from services.chaos.observe import TopicObserver
+from services.chaos.proxy import FaultProxy
+from services.chaos.runner import _count, scenario_passed
+from services.chaos.scenarios import FAST
+from services.chaos.workload import Uploaded, Workload
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {"name", "uploaded", "identified", "dead_lettered", "lost", "duplicated", "redelivered", "recover_s", "passed"}
+
+
+def test_chaos_fast_subset_passes_with_nothing_lost_or_duplicated(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "chaos", "--fast", "--json", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert [s["name"] for s in report["scenarios"]] == list(FAST), report
+    for scenario in report["scenarios"]:
+        assert KEYS <= set(scenario), scenario
+        assert scenario["uploaded"] > 0, scenario
+        assert not any(scenario["lost"].values()), scenario
+        assert not any(scenario["duplicated"].values()), scenario
+        assert scenario["passed"], scenario
+    kills = [s for s in report["scenarios"] if s["name"].startswith("kill_")]
+    assert all(s["identified"] == s["uploaded"] and not s["dead_lettered"] for s in kills), kills
+    hostile = next(s for s in report["scenarios"] if s["name"] == "hostile_input")
+    assert hostile["bad_inputs"] >= 80 and hostile["with_reason"] == hostile["bad_inputs"], hostile
+    assert hostile["dead_lettered"] and hostile["refused"], hostile
+    assert report["passed"] is True and proc.returncode == 0, proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- counting
+def _workload(ids):
+    workload = Workload("http://unused", "token", len(ids), 1.0, 1)
+    workload.uploaded = [Uploaded(i, "probe-0000", 0.0) for i in ids]
+    return workload
+
+
+def test_a_second_different_answer_is_a_duplicate_and_an_identical_one_a_redelivery():
+    identified = {"status": "identified", "new_individual": False, "top1": "probe-0000", "stream": 1,
+                  "in_identifications": True, "in_new_individuals": False, "settled": True}
+    state = {
+        "per_sighting": {"a": dict(identified), "b": dict(identified), "c": {"status": "pending", "settled": False}},
+        "delivered": {topics.IDENTIFICATIONS: {"a": {"x": 2}, "b": {"x": 1, "y": 1}}, topics.NEW_INDIVIDUALS: {}},
+    }
+    result = _count(_workload(["a", "b", "c"]), state)
+    assert result["redelivered"][topics.IDENTIFICATIONS] == 1
+    assert result["duplicated"][topics.IDENTIFICATIONS] == 1
+    assert result["lost"]["sightings"] == 1
+    assert not scenario_passed(result)
+
+
+def test_an_identification_missing_from_the_stream_or_a_topic_is_lost():
+    state = {
+        "per_sighting": {"a": {"status": "identified", "new_individual": True, "top1": "new_individual", "stream": 0,
+                               "in_identifications": False, "in_new_individuals": False, "settled": False}},
+        "delivered": {topics.IDENTIFICATIONS: {}, topics.NEW_INDIVIDUALS: {}},
+    }
+    lost = _count(_workload(["a"]), state)["lost"]
+    assert lost == {"sightings": 0, "stream": 1, topics.IDENTIFICATIONS: 1, topics.NEW_INDIVIDUALS: 1}
+
+
+# --------------------------------------------------------------------------- the S3 fault proxy
+def _echo_server():
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(1024):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def _round_trip(port: int, payload: bytes = b"ping") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        return sock.recv(1024)
+
+
+def test_the_fault_proxy_passes_delays_and_cuts_traffic():
+    server = _echo_server()
+    proxy = FaultProxy("127.0.0.1", server.getsockname()[1]).start()
+    try:
+        assert _round_trip(proxy.port) == b"ping"
+        proxy.set_delay(0.3)
+        began = time.monotonic()
+        assert _round_trip(proxy.port) == b"ping"
+        assert time.monotonic() - began >= 0.5  # 0.3 s each way
+        proxy.set_delay(0.0)
+        proxy.set_down(True)
+        try:
+            answer = _round_trip(proxy.port)
+        except OSError:
+            answer = b""
+        assert answer == b""
+        proxy.set_down(False)
+        assert _round_trip(proxy.port) == b"ping"
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_the_topic_observer_keeps_each_distinct_record_per_key():
+    observer = TopicObserver("127.0.0.1:1")
+    observer._add(topics.IDENTIFICATIONS, b"s1", b'{"a": 1}')
+    observer._add(topics.IDENTIFICATIONS, b"s1", b'{"a": 1}')
+    observer._add(topics.IDENTIFICATIONS, b"s1", b'{"a": 2}')
+    observer._add(topics.DEAD_LETTER, b"s2", b'{"stage": "worker", "reason": "truncated", "failed_at": 1}')
+    observer._add(topics.DEAD_LETTER, b"s2", b'{"stage": "worker", "reason": "truncated", "failed_at": 2}')
+    seen = observer.deliveries(topics.IDENTIFICATIONS, ["s1", "s3"])
+    assert sorted(seen["s1"].values()) == [1, 2] and "s3" not in seen
+    assert list(observer.deliveries(topics.DEAD_LETTER, ["s2"])["s2"].values()) == [2]
