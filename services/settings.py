@@ -98,6 +98,8 @@ class Settings:
     redis_embedding_ttl_s: int = 30 * 24 * 3600  # embedding:<id>: a sighting must be confirmed within this to enter a re-index; 0 = never
     redis_marker_ttl_s: int = 30 * 24 * 3600  # embedded:/failure:/announced: markers against re-delivery (keep >= Kafka retention); 0 = never
     redis_stream_maxlen: int = 100_000  # the `identifications` stream is trimmed to about this many entries (XADD MAXLEN ~)
+    redis_sighting_ttl_s: int = 30 * 24 * 3600  # sighting:<id> (metadata, owner, upload state) expires this long after its creation; 0 = never
+    redis_audit_maxlen: int = 1_000_000  # the global `confirmations:audit` stream is trimmed to about this many entries (each sighting's own trail is kept whole); 0 = never
     matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
     # --- reconciler: every accepted upload ends identified or dead-lettered (issue #11)
     reconciler_interval_s: float = 10.0  # pause between two passes of `whaleid serve reconciler`

@@ -18,8 +18,8 @@ from prometheus_client import REGISTRY
 
 from services import metrics, topics
 from services.cli.main import build_parser
+from services.service_ports import default_port
 from services.settings import Settings, describe_settings, load_settings
-from services.worker.faust_app import default_port
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"

@@ -72,6 +72,8 @@ def test_create_sighting_stores_metadata_and_signs_one_key(front):
     assert metadata["species_hint"] == "humpback_whale"
     assert metadata["observer"] == "app-user-7" and metadata["latitude"] == -33.9
     assert stored["owner"] == "app" and stored["upload_method"] == "PUT"
+    ttl = redis_of(settings).ttl(f"sighting:{sighting_id}")  # bounded state: the hash expires (redis_sighting_ttl_s)
+    assert settings.redis_sighting_ttl_s - 600 < ttl <= settings.redis_sighting_ttl_s
 
     assert upload(created, JPEG_BYTES).status_code == 200
     head = aws(settings, "s3").head_object(Bucket=settings.sightings_bucket, Key=created["key"])

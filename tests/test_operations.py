@@ -218,6 +218,13 @@ def test_audit_trail_finds_entries_wherever_they_are_in_the_stream(env):
     assert len(everything) == 1501 and everything[-1]["sighting_id"] == late
     assert audit_trail(client, page_size=7) == everything  # the XRANGE cursor neither skips nor repeats
 
+    # bounded: with audit_maxlen the global stream is trimmed (XADD MAXLEN ~), each sighting's trail stays whole
+    trimmed = ConfirmationService(client, known=lambda: None, audit_maxlen=200)
+    with pytest.raises(ConfirmationRefused):
+        trimmed.submit(late, {"action": "confirm", "individual_id": "ind-0"}, researcher="dr-fluke")
+    assert 200 <= client.xlen(AUDIT_STREAM) < 1400
+    assert [e["outcome"] for e in audit_trail(client, late)] == ["unknown_sighting", "unknown_sighting"]
+
 
 # --------------------------------------------------------------------------- hostile model-store manifests
 @pytest.mark.parametrize("path", ["../escaped.txt", "/tmp/absolute.txt", "a/../../escaped.txt", "", "a//b",

@@ -9,8 +9,8 @@ import threading
 from services.bridge.bridge import UploadBridge
 from services.bridge.clients import kafka_producer, sqs_client, upload_queue_url
 from services.metrics import serve_metrics
+from services.service_ports import default_port
 from services.settings import Settings
-from services.worker.faust_app import default_port
 from services.worker.markers import redis_client
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ def _where(counts: dict) -> str:
 
 
 def row(result: dict) -> list[str]:
+    if "error" in result:
+        return [result["name"], "-", "-", "-", "-", "-", "-", "-", f"NO ({result['error'][:60]})"]
     if result["name"] == "hostile_input":
         dead = result["dead_lettered"]
         return [result["name"], str(result["uploaded"]), str(result["identified"]),

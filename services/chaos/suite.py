@@ -34,11 +34,16 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
         try:
             run = RunOptions(options.sightings, options.rate_per_s, options.settle_timeout_s)
             for number, name in enumerate(options.scenarios):
-                if name == HOSTILE:
-                    result = run_hostile(env, options.hostile, options.settle_timeout_s, progress)
-                else:
-                    result = run_scenario(env, observer, SCENARIOS[name], run, first_sighting=number * 100_000)
-                    result["passed"] = scenario_passed(result)
+                try:
+                    if name == HOSTILE:
+                        result = run_hostile(env, options.hostile, options.settle_timeout_s, progress)
+                    else:
+                        result = run_scenario(env, observer, SCENARIOS[name], run, first_sighting=number * 100_000)
+                        result["passed"] = scenario_passed(result)
+                except Exception as exc:  # noqa: BLE001 - the environment is broken: report it and stop
+                    progress(f"{name}: could not run: {exc}")
+                    results.append(failed_scenario(name, f"{type(exc).__name__}: {exc}"))
+                    break
                 results.append(result)
                 progress(f"{name}: {'passed' if result['passed'] else 'FAILED'} "
                          f"(uploaded {result['uploaded']}, identified {result['identified']}, "
@@ -49,6 +54,12 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
         env.stop()
     return {"scenarios": results, "passed": bool(results) and all(r["passed"] for r in results),
             "seconds": round(time.monotonic() - began, 1), "logs": str(env.log_dir)}
+
+
+def failed_scenario(name: str, error: str) -> dict:
+    """The row of a scenario that could not run to the end (a service that would not restart, ...)."""
+    return {"name": name, "error": error, "uploaded": 0, "identified": 0, "dead_lettered": {}, "lost": {},
+            "duplicated": {}, "redelivered": {}, "recover_s": None, "passed": False}
 
 
 def _tokens(settings) -> dict[str, str]:

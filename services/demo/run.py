@@ -1,4 +1,4 @@
-"""`whaleid demo`: prepare (or reuse) the tiny model, bring the embedded stack up, start the four services,
+"""`whaleid demo`: prepare (or reuse) the tiny model, bring the embedded stack up, start the five services,
 upload the test photos through the gateway as an app would, wait for the identifications, report, tear down."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 from services.demo.app_client import CONTENT_TYPES, AppClient, Upload
 from services.demo.processes import ServiceProcess, service_env
 from services.errors import WhaleIdError
-from services.worker.faust_app import default_port
+from services.service_ports import default_port
 
 log = logging.getLogger(__name__)
-SERVICES = ("worker", "matcher", "bridge", "gateway")  # start order: consumers first
+SERVICES = ("worker", "matcher", "bridge", "reconciler", "gateway")  # start order: consumers first
 
 
 class DemoError(WhaleIdError):
@@ -70,8 +70,8 @@ def read_truth(data_dir: Path) -> dict[str, str]:
         return {row["image"]: row["individual_id"] for row in csv.DictReader(fh)}
 
 
-def free_port_block(count: int = 4) -> int:
-    """A base port with `count` consecutive free ports (metrics of gateway, bridge, worker, matcher)."""
+def free_port_block(count: int = 5) -> int:
+    """A base port with `count` consecutive free ports (metrics of gateway, bridge, worker, matcher, reconciler)."""
     from services.stack.ports import free_port, port_in_use
 
     for _ in range(50):

@@ -45,7 +45,8 @@ class _State:
             raise ConfigError("redis_url is not set (WHALEID_REDIS_URL, or `whaleid stack up`)")
         self.settings = settings
         self.redis = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
-        self.service = ConfirmationService(self.redis, CurrentGalleryIndividuals(GalleryStore.from_settings(settings)))
+        self.service = ConfirmationService(self.redis, CurrentGalleryIndividuals(GalleryStore.from_settings(settings)),
+                                           audit_maxlen=settings.redis_audit_maxlen)
         self._producer = None
         self._lock = threading.Lock()
 

@@ -49,7 +49,11 @@ async def create_sighting(request: web.Request) -> web.Response:
         "upload_method": offer.method,
         "created_at": time.time(),
     }
-    await ctx.redis.hset(sighting_key(sighting_id), mapping=record)
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(sighting_key(sighting_id), mapping=record)
+        if ctx.settings.redis_sighting_ttl_s:
+            pipe.expire(sighting_key(sighting_id), int(ctx.settings.redis_sighting_ttl_s))
+        await pipe.execute()
     UPLOADS.labels(outcome="created").inc()
     return web.json_response(
         {"sighting_id": sighting_id, **offer.asdict(), "key": key, "expires_in": ctx.signer.expires_s},

@@ -30,10 +30,11 @@ from services.matcher import parking, results
 from services.matcher.matching import Matcher, ModelState
 from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
 from services.model_versions import VersionCheck, VersionChecker
+from services.service_ports import default_port
 from services.settings import Settings
 from services.worker import markers
 from services.worker.failures import PermanentFailure
-from services.worker.faust_app import decode_original, default_port, make_app, raw_topic, run_app
+from services.worker.faust_app import decode_original, make_app, raw_topic, run_app
 from services.worker.stage import ChainStage
 
 log = logging.getLogger(__name__)

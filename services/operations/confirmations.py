@@ -7,8 +7,11 @@ such as PostgreSQL would be the production system of record for curation, with t
                            gallery_version, published (1 once announced on the `confirmations` topic)
     confirmations:index    sorted set: sighting id by confirmed_at (what re-indexing reads)
     confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
-    confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why
+    confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why (trimmed to about
+                           `audit_maxlen` entries, setting redis_audit_maxlen)
     confirmations:audit:<id>  stream: the same entries of one sighting (its trail, whatever the global size)
+
+The confirmations, the index and each sighting's trail are the catalogue's record: they never expire.
 
 Actions: `confirm` (into an id of the current gallery or a previously assigned new id), `new` (the system
 assigns `whale-<8 hex>`), `reject` (the predicted id — by default the top candidate — is wrong). A sighting
@@ -46,6 +49,7 @@ NEW_IDS_KEY = "confirmations:new-ids"
 AUDIT_STREAM = "confirmations:audit"
 SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
 AUDIT_PAGE = 1000
+AUDIT_MAXLEN = 1_000_000  # == Settings.redis_audit_maxlen's default
 NEW_ID_PREFIX = "whale-"
 
 
@@ -99,9 +103,10 @@ def confirmed_sightings(redis, since: float = 0.0) -> list[tuple[Confirmation, s
 class ConfirmationService:
     """Validates and records confirmations. `known` returns the served gallery's individuals."""
 
-    def __init__(self, redis, known: Callable[[], KnownIndividuals]):
+    def __init__(self, redis, known: Callable[[], KnownIndividuals], audit_maxlen: int = AUDIT_MAXLEN):
         self.redis = redis
         self.known = known
+        self.audit_maxlen = int(audit_maxlen)
 
     # --- the one entry point
     def submit(self, sighting_id: str, body: dict[str, Any],
@@ -222,7 +227,8 @@ class ConfirmationService:
                     if action == "new":
                         pipe.sadd(NEW_IDS_KEY, assigned)
                     _append_audit(pipe, sighting_id,
-                                  self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version))
+                                  self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version),
+                                  self.audit_maxlen)
                     pipe.execute()
                     log.info("confirmation %s: %s %s by %s", sighting_id, action, assigned, researcher)
                     return conf, True
@@ -242,13 +248,14 @@ class ConfirmationService:
 
     def _audit(self, sighting_id, body, outcome, reason) -> None:
         with self.redis.pipeline() as pipe:
-            _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason))
+            _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason), self.audit_maxlen)
             pipe.execute()
 
 
-def _append_audit(pipe, sighting_id: str, fields: dict[str, str]) -> None:
-    """One attempt into the global stream and the sighting's own (queued on a MULTI pipeline: both or neither)."""
-    pipe.xadd(AUDIT_STREAM, fields)
+def _append_audit(pipe, sighting_id: str, fields: dict[str, str], maxlen: int = AUDIT_MAXLEN) -> None:
+    """One attempt into the global stream (trimmed to about `maxlen`; 0 = never) and the sighting's own (queued on
+    a MULTI pipeline: both or neither)."""
+    pipe.xadd(AUDIT_STREAM, fields, maxlen=maxlen or None, approximate=True)
     pipe.xadd(SIGHTING_AUDIT_STREAM.format(sighting_id), fields)
 
 

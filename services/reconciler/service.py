@@ -14,17 +14,17 @@ import time
 from services.errors import ConfigError
 from services.metrics import serve_metrics
 from services.reconciler.reconciler import LeaseHeld, Reconciler
+from services.service_ports import default_port
 from services.settings import Settings
 from services.worker.failures import Backoff
 
 log = logging.getLogger(__name__)
 
-METRICS_PORT_OFFSET = 4  # after gateway 0, bridge 1, worker 2, matcher 3 (services.worker.faust_app)
 READY_LINE = "reconciler: first pass done"
 
 
 def default_metrics_port(settings: Settings) -> int:
-    return settings.metrics_port_base + METRICS_PORT_OFFSET
+    return default_port(settings.metrics_port_base, "reconciler")
 
 
 class _Stopper:

@@ -32,12 +32,13 @@ from services import model_versions as versions
 from services import topics
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.operations.model_store import s3_client
+from services.service_ports import default_port
 from services.settings import Settings
 from services.triton_client.errors import classify
 from services.worker import markers
 from services.worker.cropping import TritonDetector, UploaderBox
 from services.worker.failures import PermanentFailure, TransientFailure
-from services.worker.faust_app import decode_original, default_port, make_app, raw_topic, run_app
+from services.worker.faust_app import decode_original, make_app, raw_topic, run_app
 from services.worker.pipeline import (
     STAGE,
     PreparedSighting,

@@ -24,12 +24,6 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STAGE_PORT_OFFSETS = {"gateway": 0, "bridge": 1, "worker": 2, "matcher": 3}
-PORTS_PER_INSTANCE = 10  # instance i of a stage uses base + offset + 10 * i
-
-
-def default_port(base: int, stage: str, index: int) -> int:
-    return base + STAGE_PORT_OFFSETS[stage] + PORTS_PER_INSTANCE * index
 
 
 def _broker_credentials(settings: Settings):
