@@ -178,7 +178,7 @@ def test_whaleid_containers_run_existing_commands_on_the_services_ports():
         ports = [p["containerPort"] for p in container.get("ports", [])]
         assert ports == [expected], f"{workload}: ports {ports}, the service listens on {expected}"
         assert meta["annotations"]["prometheus.io/port"] == str(expected), workload
-    assert served == {"gateway", "bridge", "worker", "matcher"}
+    assert served == {"gateway", "bridge", "worker", "matcher", "reconciler"}
 
 
 def test_environment_names_settings_that_exist_and_load():
