@@ -91,6 +91,7 @@ class Settings:
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
     matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
+    faust_topic_reset_check_s: float = 5.0  # how often the worker/matcher look for partitions a broker restart emptied (then read them again from the start); 0 = never
     # --- delivery and bounded state (issue #11)
     faust_producer_idempotence: bool = True  # idempotent aiokafka producer in the worker/matcher (Tansu refuses it: off locally)
     bridge_producer_idempotence: bool = True  # idempotent kafka-python producer in the bridge (Tansu accepts it)

@@ -7,6 +7,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.errors import ConfigError, WhaleIdError
+from services.kafka_producers import RecreatingProducer
 from services.settings import Settings
 
 
@@ -41,7 +42,7 @@ def upload_queue_url(sqs, settings: Settings) -> str:
 def kafka_producer(settings: Settings):
     """kafka-python producer: acks=all, idempotent (`bridge_producer_idempotence`: the broker drops duplicates of
     the producer's own retries; Tansu supports kafka-python's InitProducerId); the bridge flushes before deleting a
-    message."""
+    message. Replaced after a failed record (services.kafka_producers: a broker restart breaks its session)."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -59,6 +60,6 @@ def kafka_producer(settings: Settings):
         options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
                        sasl_plain_password=settings.kafka_password)
     try:
-        return KafkaProducer(**options)
+        return RecreatingProducer(lambda: KafkaProducer(**options))
     except KafkaError as exc:
         raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None

@@ -33,8 +33,9 @@ def _run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[chaos {time.monotonic() - started:6.1f}s] {message}", file=stream, flush=True)
 
-    for noisy in ("kafka", "botocore", "urllib3", "faust", "aiokafka", "services"):
+    for noisy in ("botocore", "urllib3", "faust", "aiokafka", "services"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the topic observer's reconnects while a broker restarts
     sightings = args.sightings if args.sightings else (60 if args.fast else 300)
     hostile = args.hostile if args.hostile else (120 if args.fast else 1000)
     options = SuiteOptions(scenarios=names, sightings=sightings, hostile=hostile, workdir=args.workdir,

@@ -42,11 +42,13 @@ def _common(settings: Settings) -> dict:
 def kafka_producer(settings: Settings):
     from kafka import KafkaProducer
 
-    return KafkaProducer(
+    from services.kafka_producers import RecreatingProducer
+
+    return RecreatingProducer(lambda: KafkaProducer(
         **_common(settings), acks="all", retries=5, linger_ms=0, client_id="whaleid-reconciler",
         enable_idempotence=settings.bridge_producer_idempotence,
         batch_size=max(1, settings.faust_producer_max_batch_size),
-    )
+    ))
 
 
 def kafka_consumer(settings: Settings, group_id: str | None = None):

@@ -21,6 +21,7 @@ import faust
 
 from services import topics
 from services.settings import Settings
+from services.worker.topic_resets import watch_topic_resets
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,9 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     credentials = _broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials
-    return faust.App(f"whaleid-{stage}", **options)
+    app = faust.App(f"whaleid-{stage}", **options)
+    watch_topic_resets(app, settings.faust_topic_reset_check_s)
+    return app
 
 
 def raw_topic(app: faust.App, name: str):

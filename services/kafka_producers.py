@@ -1,0 +1,50 @@
+"""A kafka-python producer that replaces itself after a failed record.
+
+A kafka-python producer whose idempotent session failed (a broker that restarted without its data answers
+InitProducerId with an error) aborts every later batch for good: "Aborting producer batches due to fatal error".
+`RecreatingProducer(make)` wraps the producer `make()` returns; when a record it sent failed, the next `send`
+first closes it and makes a new one, so the caller's retry (the bridge and the reconciler retry what was not
+acknowledged) goes through a healthy producer. A new producer costs a few milliseconds and happens only after a
+failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+class RecreatingProducer:
+    def __init__(self, make: Callable[[], Any]):
+        self._make = make
+        self._producer = make()
+        self._failed = False
+        self.recreated = 0
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None):
+        if self._failed:
+            self.recreate()
+        future = self._producer.send(topic, key=key, value=value)
+        future.add_errback(self._record_failed)
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(timeout=timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._producer.close(timeout=timeout)
+
+    def recreate(self) -> None:
+        old, self._failed = self._producer, False
+        try:
+            old.close(timeout=0)
+        except Exception as exc:  # noqa: BLE001 - the old producer is dropped either way
+            log.debug("closing the failed producer: %s", exc)
+        self._producer = self._make()
+        self.recreated += 1
+        log.warning("Kafka producer replaced after a failed record (%d so far)", self.recreated)
+
+    def _record_failed(self, exc: BaseException) -> None:
+        self._failed = True
