@@ -58,8 +58,8 @@ def register(subparsers) -> None:
         "chaos", help="fault-injection suite: kill services, restart servers, hostile uploads; count lost and duplicated",
     )
     chaos.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
-    chaos.add_argument("--fast", action="store_true", help="the quick subset (worker and matcher kills, 120 hostile "
-                                                           "inputs, 60 sightings per scenario)")
+    chaos.add_argument("--fast", action="store_true", help="the quick subset (worker and matcher kills, a broker "
+                                                           "restart, 120 hostile inputs, 60 sightings per scenario)")
     chaos.add_argument("--scenario", action="append", metavar="NAME", help="run only this scenario (repeatable)")
     chaos.add_argument("--sightings", type=int, default=0, help="good sightings per scenario (default 300; --fast 60)")
     chaos.add_argument("--hostile", type=int, default=0, help="bad inputs in hostile_input (default 1000; --fast 120)")

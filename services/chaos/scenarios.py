@@ -76,5 +76,5 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 HOSTILE = "hostile_input"
-FAST = ("kill_worker", "kill_matcher", HOSTILE)  # the subset `make test` runs
+FAST = ("kill_worker", "kill_matcher", "restart_kafka", HOSTILE)  # the subset `make test` runs
 ALL = (*SCENARIOS, HOSTILE)
