@@ -108,6 +108,15 @@ class Settings:
     reconciler_max_redrives: int = 3  # re-drives without a result before the sighting is dead-lettered as `unresolved`
     reconciler_announce_grace_s: float = 30.0  # an identification not announced, or announced but missing from a topic, this long is announced (re-produced) again
     reconciler_topic_lookback_s: int = 7 * 24 * 3600  # identifications announced within this are checked against the topics (keep <= the topics' retention)
+    # --- gateway API and review page (issue #12)
+    gateway_cors_origins: str = ""  # origins (comma-separated, or *) whose browser apps may call the gateway and upload to the sightings bucket; empty: none
+    gateway_photo_url_expires_s: int = 300  # lifetime of the presigned GETs of photos in results, listings and the review page
+    gateway_list_max_limit: int = 200  # largest `limit` of GET /v1/sightings and of the review queue
+    # --- embedded S3 and upload events (issue #14)
+    stack_s3: str = "moto"  # S3 server of `whaleid stack`: moto (in memory; upload events via SQS) | seaweedfs (on disk under run_dir; its filer publishes events to Kafka)
+    bridge_source: str = "sqs"  # where the bridge reads upload events: sqs (S3 event JSON: AWS S3, moto) | seaweedfs (filer EventNotifications on Kafka)
+    upload_events_topic: str = "seaweedfs.events"  # Kafka topic SeaweedFS's filer publishes its events to (bridge_source = seaweedfs)
+    bridge_events_group: str = "whaleid-bridge"  # Kafka consumer group of the bridges reading upload_events_topic
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))

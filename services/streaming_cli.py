@@ -17,7 +17,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError("--index and --web-port are for the worker and the matcher; the reconciler takes "
                           "--config and --metrics-port (run several reconcilers and they take turns: one pass at "
                           "a time, under a Redis lease)")
+    if args.source is not None and args.service != "bridge":
+        from services.errors import ConfigError
+
+        raise ConfigError("--source picks where the bridge reads upload events from; it is for `serve bridge` only")
     settings = load_settings(config_file=args.config)
+    if args.source is not None:
+        settings = settings.with_overrides(bridge_source=args.source)
     if args.service == "reconciler":
         from services.reconciler import run_reconciler
 
@@ -61,6 +67,9 @@ def register(subparsers) -> None:
                        help="bridge/worker/matcher/reconciler /metrics port (default: metrics_port_base + stage offset; "
                             "0 = none); "
                             "the gateway serves /metrics on its own HTTP port")
+    serve.add_argument("--source", choices=("sqs", "seaweedfs"), default=None,
+                       help="bridge only: upload events from the SQS queue (AWS S3, moto) or from SeaweedFS's filer "
+                            "events on Kafka (default: setting bridge_source)")
     serve.set_defaults(func=_serve)
 
     demo = subparsers.add_parser(

@@ -7,6 +7,9 @@ records, stage=bridge, `reason` = short code, `detail` = text), flushes the prod
 claims done and deletes the handled messages with one `delete_message_batch`. Nothing is deleted before the
 flush succeeded, so a crash or a Kafka outage leaves the messages in the queue to be delivered again; the
 (key, etag) claims make that redelivery, and the two events of a multipart upload, produce one record.
+
+`UploadBridge.process` is those decisions alone, for any source of parsed events: the SQS loop here, and the
+SeaweedFS filer events read from Kafka (`seaweedfs_source.py`, `bridge_source = "seaweedfs"`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 from services import topics
 from services.bridge.dedupe import Claim, Deduplicator
-from services.bridge.events import Ignored, Malformed, ObjectCreated, parse_message
+from services.bridge.events import Ignored, Malformed, ObjectCreated, ParsedRecord, parse_message
 from services.gateway.store import (
     BadUploadKey,
     decode_hash,
@@ -44,7 +47,7 @@ PROGRESS_EVERY_S = 15.0
 class _Upload:
     """An upload event that passed the checks that need no server, waiting for its claim."""
 
-    message: int  # index of its SQS message in the batch
+    message: int  # index of its message (SQS message, Kafka record) in the batch
     sighting_id: str
     event: ObjectCreated
 
@@ -85,26 +88,35 @@ class UploadBridge:
         if not messages:
             return 0
         with timed(STEP_LATENCY, stage=STAGE, step="batch"):
-            batch = _Batch()
-            try:
-                for index, message in enumerate(messages):
-                    for record in parse_message(message.get("Body", "")):
-                        self._route(index, record, batch)
-                self._claim(batch)
-                self._attach_metadata(batch)
-                self._produce(batch.records)
-                self._commit(batch)
-            except Exception:
-                self._release_quietly(batch.claimed)
-                raise
-            deleted = self._delete([m for i, m in enumerate(messages) if i not in batch.kept])
+            records = [(index, record) for index, message in enumerate(messages)
+                       for record in parse_message(message.get("Body", ""))]
+            kept = self.process(records, len(messages))
+            return self._delete([m for i, m in enumerate(messages) if i not in kept])
+
+    def process(self, records: list[tuple[int, ParsedRecord]], messages: int) -> set[int]:
+        """The decisions every event source shares (SQS here, SeaweedFS's Kafka events in `seaweedfs_source.py`):
+        route, claim, read the metadata, produce, flush, commit the claims. `records` are (message index, parsed
+        event). Returns the indexes of the messages to deliver again later (an event claimed elsewhere); the
+        caller acknowledges the others (delete, commit) only after this returned: it raises, the claims released,
+        when Kafka or Redis failed."""
+        batch = _Batch()
+        try:
+            for index, record in records:
+                self._route(index, record, batch)
+            self._claim(batch)
+            self._attach_metadata(batch)
+            self._produce(batch.records)
+            self._commit(batch)
+        except Exception:
+            self._release_quietly(batch.claimed)
+            raise
         for outcome, count in batch.outcomes.items():
             EVENTS.labels(stage=STAGE, outcome=outcome).inc(count)
         for reason in batch.dead_reasons:
             DEAD_LETTERS.labels(stage=STAGE, reason=reason).inc()
         self.totals.update(batch.outcomes)
-        self.totals["messages"] += len(messages)
-        return deleted
+        self.totals["messages"] += messages
+        return batch.kept
 
     def handle_message(self, message: dict) -> bool:
         """Process one SQS message; True when it was deleted from the queue."""
@@ -262,10 +274,10 @@ class UploadBridge:
                 self.totals["retries"] += 1
                 log.warning("bridge: %s: %s; retrying in %.1f s", type(exc).__name__, exc, delay)
                 stop.wait(delay)
-            self._log_progress()
-        self._log_progress(force=True)
+            self.log_progress()
+        self.log_progress(force=True)
 
-    def _log_progress(self, force: bool = False) -> None:
+    def log_progress(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = time.monotonic()

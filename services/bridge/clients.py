@@ -63,3 +63,39 @@ def kafka_producer(settings: Settings):
         return RecreatingProducer(lambda: KafkaProducer(**options))
     except KafkaError as exc:
         raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
+
+
+def kafka_options(settings: Settings) -> dict:
+    """Bootstrap, security and SASL options of kafka-python clients."""
+    options = {"bootstrap_servers": settings.kafka_bootstrap.split(","),
+               "security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                       sasl_plain_password=settings.kafka_password)
+    return options
+
+
+def seaweedfs_events_consumer(settings: Settings):
+    """kafka-python consumer of SeaweedFS's filer events (`upload_events_topic`) in group `bridge_events_group`:
+    offsets committed by the bridge after each batch (never automatically), a new group starting at the earliest
+    record (events published before the bridge first ran are not skipped), the session timeout and heartbeat of
+    the Faust consumers (the local profile's short ones make Tansu's group join quick), and their fetch wait."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    if not settings.kafka_bootstrap:
+        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
+    try:
+        return KafkaConsumer(
+            settings.upload_events_topic,
+            **kafka_options(settings),
+            client_id="whaleid-bridge-seaweedfs",
+            group_id=settings.bridge_events_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.faust_broker_session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.faust_broker_heartbeat_interval * 1000),
+            fetch_max_wait_ms=settings.faust_fetch_max_wait_ms or 500,  # Tansu answers a fetch when it expires
+        )
+    except KafkaError as exc:
+        raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None

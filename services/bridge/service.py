@@ -7,13 +7,17 @@ import signal
 import threading
 
 from services.bridge.bridge import UploadBridge
-from services.bridge.clients import kafka_producer, sqs_client, upload_queue_url
+from services.bridge.clients import kafka_producer, seaweedfs_events_consumer, sqs_client, upload_queue_url
+from services.bridge.seaweedfs_source import SeaweedFSEventSource
+from services.errors import ConfigError
 from services.metrics import serve_metrics
 from services.service_ports import default_port
 from services.settings import Settings
 from services.worker.markers import redis_client
 
 log = logging.getLogger(__name__)
+
+BRIDGE_SOURCES = ("sqs", "seaweedfs")  # setting bridge_source: S3 event JSON from SQS | SeaweedFS filer events on Kafka
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -24,11 +28,19 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def run_bridge(settings: Settings, stop: threading.Event | None = None, metrics_port: int | None = None) -> int:
-    """Consume the upload-event queue until SIGTERM/SIGINT (or `stop`); returns the exit code."""
+    """Consume the upload events (`bridge_source`: the SQS queue, or SeaweedFS's filer events on Kafka) until
+    SIGTERM/SIGINT (or `stop`); returns the exit code."""
     stop = stop or threading.Event()
+    if settings.bridge_source not in BRIDGE_SOURCES:
+        raise ConfigError(f"bridge_source {settings.bridge_source!r}: expected one of {', '.join(BRIDGE_SOURCES)}")
     redis = redis_client(settings.redis_url)
-    sqs = sqs_client(settings)
-    queue_url = upload_queue_url(sqs, settings)
+    if settings.bridge_source == "seaweedfs":
+        sqs = queue_url = None
+        consumer = seaweedfs_events_consumer(settings)
+    else:
+        sqs = sqs_client(settings)
+        queue_url = upload_queue_url(sqs, settings)
+        consumer = None
     producer = kafka_producer(settings)
     metrics_port = default_port(settings.metrics_port_base, "bridge", 0) if metrics_port is None else metrics_port
     if metrics_port:
@@ -36,8 +48,14 @@ def run_bridge(settings: Settings, stop: threading.Event | None = None, metrics_
         log.info("bridge metrics on %s:%s/metrics", settings.metrics_host, metrics_port)
     _stop_on_signals(stop)
     try:
-        UploadBridge(settings, sqs, queue_url, redis, producer).run(stop)
+        bridge = UploadBridge(settings, sqs, queue_url, redis, producer)
+        if consumer is not None:
+            SeaweedFSEventSource(bridge, consumer, settings.upload_events_topic).run(stop)
+        else:
+            bridge.run(stop)
     finally:
+        if consumer is not None:
+            consumer.close()
         producer.close(timeout=10)
         redis.close()
         log.info("bridge stopped")

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.errors import ConfigError, DataError
 from services.gateway.auth import auth_middleware
 from services.gateway.context import CTX, GatewayContext
+from services.gateway.cors import cors_middleware
 from services.gateway.credentials import CredentialTable, configured_tokens
 from services.gateway.presign import UploadSigner
 from services.gateway.token_policy import refuse_unsafe_tokens
@@ -27,7 +28,9 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 # Route groups, in order. A module listed as OPTIONAL is skipped when it does not exist (yet).
-ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.confirmations", "services.gateway.gallery")
+ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.listing", "services.gateway.confirmations",
+                 "services.gateway.gallery", "services.gateway.review_queue", "services.gateway.individuals",
+                 "services.gateway.review", "services.gateway.openapi")  # openapi last: it documents them all
 OPTIONAL_ROUTE_MODULES = frozenset({"services.gateway.confirmations"})
 
 
@@ -85,7 +88,7 @@ def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Applicatio
     if not settings.redis_url:
         raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
     app = web.Application(
-        middlewares=[errors_middleware, timing_middleware, auth_middleware(credentials)],
+        middlewares=[cors_middleware(settings), errors_middleware, timing_middleware, auth_middleware(credentials)],
         client_max_size=64 * 1024,  # JSON metadata only: photos go straight to S3
     )
     ctx = GatewayContext(settings=settings, redis=aioredis.Redis.from_url(settings.redis_url),

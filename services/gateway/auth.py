@@ -14,7 +14,9 @@ from aiohttp import web
 from services.gateway.credentials import Credential, CredentialTable
 from services.metrics import UPLOADS
 
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+# the review page holds no data (its script calls the API with the researcher's token); the API reference is public
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/review", "/review/review.js",
+                          "/review/review.css"})
 CREDENTIAL = web.RequestKey("credential", Credential)
 _ROLES_ATTRIBUTE = "whaleid_allowed_roles"
 

@@ -24,3 +24,9 @@ CTX = web.AppKey("gateway_ctx", GatewayContext)
 def not_found(message: str) -> web.HTTPNotFound:
     """A 404 with a JSON body {"error": message}, as every gateway error."""
     return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def bad_query(problem: str) -> web.HTTPBadRequest:
+    """A 400 for a bad query parameter, {"error", "problems"} like an invalid body (not counted as an upload)."""
+    return web.HTTPBadRequest(text=json.dumps({"error": f"invalid query: {problem}", "problems": [problem]}),
+                              content_type="application/json")

@@ -11,18 +11,17 @@ from aiohttp import web
 from services.gateway.auth import CREDENTIAL, allowed
 from services.gateway.context import CTX, not_found
 from services.gateway.credentials import APP, RESEARCHER
+from services.gateway.listing import index_sighting, sighting_view
 from services.gateway.store import (
     decode_hash,
     identification_key,
     new_sighting_id,
     read_json_value,
     sighting_key,
-    sighting_metadata,
-    sighting_status,
     upload_key,
 )
 from services.gateway.validation import InvalidSighting, parse_sighting_request
-from services.gateway.visibility import may_read, visible_metadata
+from services.gateway.visibility import may_read
 from services.metrics import UPLOADS
 from services.worker.markers import failure_key
 
@@ -49,10 +48,12 @@ async def create_sighting(request: web.Request) -> web.Response:
         "upload_method": offer.method,
         "created_at": time.time(),
     }
+    ttl_s = ctx.settings.redis_sighting_ttl_s
     async with ctx.redis.pipeline(transaction=True) as pipe:
         pipe.hset(sighting_key(sighting_id), mapping=record)
-        if ctx.settings.redis_sighting_ttl_s:
-            pipe.expire(sighting_key(sighting_id), int(ctx.settings.redis_sighting_ttl_s))
+        if ttl_s:
+            pipe.expire(sighting_key(sighting_id), int(ttl_s))
+        index_sighting(pipe, sighting_id, record["owner"], record["created_at"], ttl_s)  # GET /v1/sightings
         await pipe.execute()
     UPLOADS.labels(outcome="created").inc()
     return web.json_response(
@@ -74,22 +75,8 @@ async def get_sighting(request: web.Request) -> web.Response:
     sighting = decode_hash(raw_sighting or {})
     if not sighting or not may_read(credential, sighting):
         raise not_found(f"unknown sighting {sighting_id!r}")
-    identification = read_json_value(raw_identification)
-    failure = read_json_value(raw_failure)
-    answer = {
-        "sighting_id": sighting_id,
-        "status": sighting_status(identification, failure),
-        "metadata": visible_metadata(credential, sighting_metadata(sighting)),
-        "key": sighting.get("key", ""),
-        "owner": sighting.get("owner", ""),
-        "created_at": float(sighting.get("created_at") or 0),
-        "uploaded_at": float(sighting["uploaded_at"]) if sighting.get("uploaded_at") else None,
-    }
-    if identification is not None:
-        answer["identification"] = identification
-    if failure is not None:
-        answer["failure"] = failure
-    return web.json_response(answer)
+    return web.json_response(sighting_view(credential, sighting_id, sighting, read_json_value(raw_identification),
+                                           read_json_value(raw_failure)))
 
 
 def add_routes(app: web.Application, ctx) -> None:

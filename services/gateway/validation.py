@@ -1,4 +1,7 @@
-"""Validation of the JSON body of `POST /v1/sightings` (types and ranges); every problem is reported by name."""
+"""Validation of the JSON body of `POST /v1/sightings` (types and ranges); every problem is reported by name.
+
+`request_schema()` is the JSON Schema of the same body (served in /openapi.json), built from the same constants
+(REQUIRED, OPTIONAL, the ranges, MAX_TEXT, the content types); tests/test_openapi.py checks both agree."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")
 OPTIONAL = ("crop_box", "species_hint", "size")
 MAX_TEXT = 200
 CLOCK_SKEW = timedelta(days=1)  # a photo may not be taken later than now + this
+LATITUDE = (-90.0, 90.0)
+LONGITUDE = (-180.0, 180.0)
 
 
 class InvalidSighting(DataError):
@@ -111,8 +116,8 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     if problems:
         raise InvalidSighting(problems)
     taken_at = _taken_at(body, problems, now)
-    latitude = _number(body, "latitude", -90.0, 90.0, problems)
-    longitude = _number(body, "longitude", -180.0, 180.0, problems)
+    latitude = _number(body, "latitude", *LATITUDE, problems)
+    longitude = _number(body, "longitude", *LONGITUDE, problems)
     observer = _text(body, "observer", problems, required=True)
     species_hint = _text(body, "species_hint", problems, required=False)
     crop_box = _crop_box(body, problems)
@@ -125,3 +130,26 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     metadata = SightingMetadata(observer=observer, taken_at=taken_at, latitude=latitude, longitude=longitude,
                                 species_hint=species_hint, crop_box=crop_box)
     return SightingRequest(metadata=metadata, content_type=content_type, size=size)
+
+
+def request_schema(max_upload_bytes: int, size_required: bool = False) -> dict[str, Any]:
+    """JSON Schema (2020-12, as OpenAPI 3.1 uses) of the body parse_sighting_request accepts with these settings.
+    What a schema cannot say (taken_at not in the future, crop_box x0 < x1 and y0 < y1) is in the descriptions."""
+    properties = {
+        "taken_at": {"type": "string", "format": "date-time",
+                     "description": f"ISO 8601 (no zone: UTC), not later than now + {CLOCK_SKEW.days} day"},
+        "latitude": {"type": "number", "minimum": LATITUDE[0], "maximum": LATITUDE[1]},
+        "longitude": {"type": "number", "minimum": LONGITUDE[0], "maximum": LONGITUDE[1]},
+        "observer": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": "\\S",
+                     "description": "who took the photo (trimmed)"},
+        "content_type": {"type": "string", "enum": list(EXTENSIONS)},
+        "crop_box": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}, "minItems": 4,
+                     "maxItems": 4, "description": "[x0, y0, x1, y1] in pixels, x0 < x1 and y0 < y1"},
+        "species_hint": {"type": "string", "maxLength": MAX_TEXT},
+        "size": {"type": "integer" if size_required else ["integer", "null"], "minimum": 1,
+                 "maximum": max_upload_bytes,
+                 "description": "bytes of the photo: the upload URL is signed for exactly this length"},
+    }
+    assert set(properties) == set(REQUIRED) | set(OPTIONAL), "request_schema is out of step with REQUIRED/OPTIONAL"
+    required = list(REQUIRED) + (["size"] if size_required else [])
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False}

@@ -10,6 +10,12 @@
     OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING [+ SPECIES]
     OUT/repository.json        what was built (models, checksums, weights, flip TTA, species, build id)
 
+The python-backend models are self-contained (services.model_repo.vendor): each model.py comes from this
+package's `templates/` (package data) and imports only numpy, Pillow, onnxruntime, Triton's utilities and the
+modules vendored next to it, generated from the project's own source (services.imaging -> whaleid_imaging.py,
+services.identification.vectors -> whaleid_vectors.py). Triton needs no `services` package; repository.json
+records the checksum of every python source.
+
 Flip TTA comes from the tuning file (`flip_tta`, written by `whaleid evaluate --flip-tta`), so the served
 embeddings are those the evaluation scored.
 
@@ -21,20 +27,29 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import importlib.resources
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from services.model_repo import configs
+from services.checksums import sha256_file
+from services.model_repo import configs, vendor
 from services.model_repo.errors import RepositoryError
 from services.model_repo.exports import ONNX_FILE, Export, load_exports
 from services.model_repo.validation import RECORD, validate_repository
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repo"  # python-backend sources (model_repo/ in git)
+REQUIREMENTS = "requirements.txt"
+TEMPLATES = "templates"  # python-backend sources: package data of services.model_repo (templates/<name>.py)
+# the project modules each template needs vendored next to its model.py
+VENDORED: dict[str, tuple[vendor.Vendored, ...]] = {
+    "preprocess": (vendor.IMAGING,),
+    "embedder_onnx": (),
+    "blend": (vendor.VECTORS,),
+}
 
 
 def resolve_weights(model_ids: Sequence[str], tuning_file: Path | None) -> tuple[list[float], str]:
@@ -82,12 +97,41 @@ def embedder_name(model_id: str) -> str:
     return f"embedder_{model_id}"
 
 
-def _copy_template(template: str, model_dir: Path) -> None:
-    source = TEMPLATES / template / "1" / "model.py"
-    if not source.is_file():
-        raise RepositoryError(f"python-backend source {source} is missing (is the project checkout complete?)")
+def python_requirements(target: str) -> dict[str, str]:
+    """The packages (at this environment's versions) Triton's python backend needs for this repository's python
+    models: numpy and Pillow (preprocess, blend) and, on the cpu target, onnxruntime (the embedders). Pillow's
+    version matters: decoding and resizing are byte-identical to the offline path only with the same Pillow."""
+    from importlib.metadata import version
+
+    names = ["numpy", "Pillow"] + (["onnxruntime"] if target == "cpu" else [])
+    return {name: version(name) for name in names}
+
+
+def template_source(template: str) -> str:
+    """The text of a python-backend template (package data: works from a checkout and an installed wheel)."""
+    resource = importlib.resources.files("services.model_repo").joinpath(TEMPLATES).joinpath(f"{template}.py")
+    try:
+        return resource.read_text(encoding="utf-8")
+    except (FileNotFoundError, OSError) as exc:
+        raise RepositoryError(f"python-backend template {template}.py is missing from the services.model_repo "
+                              f"package ({exc}); reinstall the project") from None
+
+
+def _copy_template(template: str, model_dir: Path, sources: dict[str, str]) -> None:
+    """model_dir/1/model.py from the template and, next to it, the modules it needs vendored; every file is
+    checked to import only what Triton's python backend has (the build fails otherwise, naming the import)."""
+    vendored = VENDORED[template]
+    files = {"model.py": template_source(template), **{v.file: vendor.vendored_source(v) for v in vendored}}
+    siblings = {v.name for v in vendored}
+    problems = [p for name, text in files.items()
+                for p in vendor.import_problems(text, f"model {model_dir.name}: 1/{name}", siblings)]
+    if problems:
+        raise RepositoryError("; ".join(problems))
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source, model_dir / "1" / "model.py")
+    for name, text in files.items():
+        path = model_dir / "1" / name
+        path.write_text(text, encoding="utf-8")
+        sources[f"{model_dir.name}/1/{name}"] = sha256_file(path)
 
 
 def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], flip_tta: bool = False) -> str:
@@ -102,9 +146,12 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
     preprocess = {s: "preprocess" if len(sizes) == 1 else f"preprocess_{s}" for s in sizes}
     dim = exports[0].embedding_size
     species = species_union(exports)
+    sources: dict[str, str] = {}  # python-backend files -> sha256 (recorded, checked by validation)
+    requirements = python_requirements(options.target)
     for size, name in preprocess.items():
-        _copy_template("preprocess", root / name)
-        (root / name / "config.pbtxt").write_text(configs.preprocess_config(name, size, options, flip_tta))
+        _copy_template("preprocess", root / name, sources)
+        (root / name / "config.pbtxt").write_text(
+            configs.preprocess_config(name, size, options, flip_tta, requirements["Pillow"]))
 
     embedders = []
     for index, (export, weight) in enumerate(zip(exports, weights, strict=True), 1):
@@ -114,7 +161,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         (root / name / "1").mkdir(parents=True)
         shutil.copy2(export.onnx_path, root / name / "1" / ONNX_FILE)
         if options.target == "cpu":
-            _copy_template("embedder_onnx", root / name)
+            _copy_template("embedder_onnx", root / name, sources)
         config = configs.embedder_config(name, export.image_size, dim, options, export.model_id, len(export.species))
         (root / name / "config.pbtxt").write_text(config)
         embedders.append({"name": name, "model_id": export.model_id, "image_size": export.image_size,
@@ -125,7 +172,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
 
     model_ids = [e.model_id for e in exports]
     members = [configs.Member(embedder_name(e.model_id), e.model_id, e.image_size, e.species) for e in exports]
-    _copy_template("blend", root / "blend")
+    _copy_template("blend", root / "blend", sources)
     (root / "blend" / "config.pbtxt").write_text(configs.blend_config(members, weights, dim, options, species, flip_tta))
 
     build_id = _build_id(options.target, exports, weights, flip_tta)
@@ -146,9 +193,14 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         "preprocess": {str(s): n for s, n in preprocess.items()},
         "embedders": embedders,
         "models": sorted([*preprocess.values(), *(e["name"] for e in embedders), "blend", "ensemble"]),
+        "python_sources": dict(sorted(sources.items())),  # self-contained: numpy, Pillow, onnxruntime only
+        "python_requirements": requirements,  # also requirements.txt: what Triton's Python must have
         "options": dataclasses.asdict(options),
     }
     (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (root / REQUIREMENTS).write_text("# Python packages Triton's python backend needs for this repository, at the "
+                                     "build's versions (pip install -r)\n"
+                                     + "".join(f"{n}=={v}\n" for n, v in requirements.items()))
     return record
 
 

@@ -36,7 +36,8 @@ def _parameters(values: dict[str, str]) -> str:
                      for k, v in values.items())
 
 
-def preprocess_config(name: str, image_size: int, options: BuildOptions, flip_tta: bool = False) -> str:
+def preprocess_config(name: str, image_size: int, options: BuildOptions, flip_tta: bool = False,
+                      pillow_version: str = "") -> str:
     flipped = (f',\n         {{ name: "PIXELS_FLIP" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}'
                if flip_tta else "")
     return f"""name: "{name}"
@@ -46,7 +47,8 @@ input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [ {{ name: "PIXELS" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}{flipped} ]
 instance_group [ {{ count: {options.preprocess_instances} kind: KIND_CPU }} ]
 {_dynamic_batching(options)}
-{_parameters({"image_size": image_size, "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta)})}
+{_parameters({"image_size": image_size, "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta),
+              "pillow_version": pillow_version})}
 """
 
 

@@ -1,11 +1,17 @@
 """Checks of a built repository before Triton starts: every model's config parses, python-backend sources are
 present, each embedder's model.onnx exists with the recorded checksum and the shapes its config declares (the species
 output included), all embedders give one embedding size, and the ensemble's SPECIES output has the record's
-species. Every refusal names the model."""
+species. Every refusal names the model.
+
+Self-contained python models: a repository built since python sources were vendored records each python-backend
+file's checksum (`python_sources`); every such file must be present, unchanged, and import only what Triton's
+python backend has (services.model_repo.vendor). An older build (no `python_sources`) imports the project
+(`services.*`), which only a Triton with the project installed can load: it is accepted with a warning."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +19,8 @@ from services.checksums import sha256_file
 from services.model_repo.errors import RepositoryError
 from services.model_repo.exports import ONNX_FILE
 from services.model_repo.onnx_io import embedder_signature_problems
+
+log = logging.getLogger(__name__)
 
 RECORD = "repository.json"
 
@@ -65,6 +73,36 @@ def check_embedder(root: Path, entry: dict[str, Any], dim: int) -> None:
         raise RepositoryError(f"model {name}: python backend without 1/model.py")
 
 
+def check_python_sources(root: Path, record: dict[str, Any], python_models: list[str]) -> None:
+    """The recorded python-backend files exist with their checksums and import only what Triton has."""
+    from services.model_repo.vendor import import_problems
+
+    sources = record.get("python_sources")
+    if sources is None:
+        if python_models:
+            log.warning("%s: built before python sources were vendored: %s import the project (services.*), which "
+                        "only a Triton with the project installed can load; rebuild with `whaleid model-repo build`",
+                        root, ", ".join(python_models))
+        return
+    for name in python_models:
+        if f"{name}/1/model.py" not in sources:
+            raise RepositoryError(f"model {name}: 1/model.py is not among the python sources of {RECORD}")
+    for relative, checksum in sources.items():
+        path = root / relative
+        name = relative.split("/")[0]
+        if not path.is_file():
+            raise RepositoryError(f"model {name}: {path} is missing (rebuild with `whaleid model-repo build`)")
+        if sha256_file(path) != checksum:
+            raise RepositoryError(f"model {name}: checksum mismatch for {path}: not the file the build wrote")
+    for relative in sources:
+        path = root / relative
+        siblings = {p.stem for p in path.parent.glob("*.py")} - {path.stem}
+        problems = import_problems(path.read_text(encoding="utf-8"), f"model {relative.split('/')[0]}: {relative}",
+                                   siblings)
+        if problems:
+            raise RepositoryError("; ".join(problems))
+
+
 def validate_repository(root: Path) -> dict[str, Any]:
     """Validate a repository written by `whaleid model-repo build`; returns its record (repository.json)."""
     root = Path(root)
@@ -75,12 +113,16 @@ def validate_repository(root: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         raise RepositoryError(f"cannot read {root / RECORD}: {exc}") from None
     dim = int(record["embedding_size"])
+    python_models = []
     for name in record["models"]:
         config = read_config(root / name)
         if config.name != name:
             raise RepositoryError(f"model {name}: config.pbtxt names it {config.name!r}")
-        if config.backend == "python" and not (root / name / "1" / "model.py").is_file():
-            raise RepositoryError(f"model {name}: python backend without 1/model.py")
+        if config.backend == "python":
+            if not (root / name / "1" / "model.py").is_file():
+                raise RepositoryError(f"model {name}: python backend without 1/model.py")
+            python_models.append(name)
+    check_python_sources(root, record, python_models)
     for entry in record["embedders"]:
         if int(entry["embedding_size"]) != dim:
             raise RepositoryError(f"model {entry['name']}: embedding size {entry['embedding_size']} differs from "

@@ -14,13 +14,18 @@ def register(subparsers) -> None:
     common.add_argument("--run-dir", type=Path, help="state file, logs and data (default: setting run_dir)")
 
     stack = subparsers.add_parser(
-        "stack", help="the embedded stack: Kafka, S3+SQS, Redis, Triton, Prometheus"
+        "stack", help="the embedded stack: Kafka, S3 (SeaweedFS or moto+SQS), Redis, Triton, Prometheus"
     )
     sub = stack.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
 
     up = sub.add_parser("up", parents=[common], help="start the servers, wait until healthy, write the state")
     up.add_argument("--model-repository", type=Path, help="Triton model repository (default: setting)")
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    up.add_argument("--s3", choices=("seaweedfs", "moto"), default=None,
+                    help="S3 server: seaweedfs (on disk under the run dir, events to Kafka) or moto (in memory, "
+                         "events via SQS) (default: setting stack_s3)")
+    up.add_argument("--fresh", action="store_true",
+                    help="wipe the data kept under the run dir first (SeaweedFS's objects, Redis's append-only file)")
     up.add_argument(
         "--timeout", type=float, default=90.0, help="seconds to wait for all servers (default 90)"
     )
@@ -61,8 +66,9 @@ def cmd_up(args) -> int:
         settings,
         model_repository=args.model_repository,
         with_prometheus=False if args.no_prometheus else None,
+        s3=args.s3,
     )
-    state = stack.up(timeout=args.timeout)
+    state = stack.up(timeout=args.timeout, fresh=args.fresh)
     for name, entry in state["servers"].items():
         address = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("pid", "log"))
         print(f"{name:<11} pid {entry['pid']:<7} ready in {stack.timings[name]:5.2f} s  {address}")

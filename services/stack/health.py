@@ -80,10 +80,20 @@ def import_clients() -> None:
     import tritonclient.http  # noqa: F401
 
 
+def _check_s3_entry(entry: Mapping[str, Any]) -> None:
+    """moto: ListBuckets; SeaweedFS: a read of its health object (it lists buckets before it serves reads)."""
+    if "health_object" in entry:  # SeaweedFS's entry (moto's is the documented endpoint + queue URL)
+        from services.stack.seaweedfs import check_seaweedfs
+
+        check_seaweedfs(entry["endpoint"], entry["health_object"])
+    else:
+        check_s3(entry["endpoint"])
+
+
 # server name -> check of its state-file entry
 CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
     "kafka": lambda e: check_kafka(e["bootstrap"]),
-    "s3": lambda e: check_s3(e["endpoint"]),
+    "s3": lambda e: _check_s3_entry(e),
     "redis": lambda e: check_redis(e["url"]),
     "triton": lambda e: check_triton(e["http"]),
     "prometheus": lambda e: check_prometheus(e["url"]),

@@ -56,6 +56,11 @@ class S3Server(ManagedServer):
                 s3.create_bucket(
                     Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": creds["region"]}
                 )
+        from services.gateway.cors import bucket_cors_rules
+
+        rules = bucket_cors_rules(self.settings)  # browser apps' presigned uploads (setting gateway_cors_origins)
+        if rules:
+            s3.put_bucket_cors(Bucket=self.settings.sightings_bucket, CORSConfiguration={"CORSRules": rules})
         self.queue_url = sqs.create_queue(QueueName=self.settings.upload_events_queue)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"

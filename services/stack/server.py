@@ -18,6 +18,7 @@ class ManagedServer:
     `entry()` (the addresses recorded in the state file); `provision()` runs once after it is healthy."""
 
     name = "server"
+    after: tuple[str, ...] = ()  # servers of the same stack that must be healthy before this one starts
 
     def __init__(self, log_dir: Path, owner: str) -> None:
         self.log_dir = Path(log_dir)

@@ -1,5 +1,6 @@
-"""The embedded stack: Kafka (Tansu), S3+SQS (moto), Redis, Triton and (when installed) Prometheus, each its own
-process on free loopback ports, recorded in `<run_dir>/state.json` (format: docs/interfaces.md)."""
+"""The embedded stack: Kafka (Tansu), S3 (moto with SQS, or SeaweedFS on disk: `stack_s3`), Redis, Triton and (when
+installed) Prometheus, each its own process on free loopback ports, recorded in `<run_dir>/state.json` (format:
+docs/interfaces.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import os
 import shlex
+import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,13 +26,17 @@ from services.stack.prometheus import PrometheusServer
 from services.stack.redis import RedisServer
 from services.stack.s3 import S3Server
 from services.stack.scrape_targets import remove_target, write_target
+from services.stack.seaweedfs import PORTS as WEED_PORTS
+from services.stack.seaweedfs import SeaweedFSServer, remove_grpc_sockets, wipe_data
 from services.stack.server import ManagedServer
 from services.stack.triton import TritonServer
 
 log = logging.getLogger(__name__)
 
 SERVERS = ("kafka", "s3", "redis", "triton", "prometheus")  # start order; stopped in reverse
-PORT_NAMES = ("kafka", "s3", "redis", "triton_http", "triton_grpc", "triton_metrics", "prometheus")
+PORT_NAMES = ("kafka", "s3", "redis", "triton_http", "triton_grpc", "triton_metrics", "prometheus", *WEED_PORTS)
+S3_KINDS = ("moto", "seaweedfs")  # setting stack_s3 / Stack(s3=...)
+DATA_DIRS = ("redis",)  # besides SeaweedFS's: what `up(fresh=True)` wipes under the run dir
 STATE_FILE = "state.json"
 
 
@@ -42,7 +49,8 @@ class Stack:
 
     `servers` picks a subset (default: all, Prometheus only when installed or `with_prometheus=True`);
     `ports` pins ports by name (kafka, s3, redis, triton_http, triton_grpc, triton_metrics, prometheus);
-    `scrape_targets` ({job: "host:port"}) are extra Prometheus targets (also `add_scrape_target` later)."""
+    `scrape_targets` ({job: "host:port"}) are extra Prometheus targets (also `add_scrape_target` later);
+    `s3` picks the S3 server (moto | seaweedfs; default: setting stack_s3)."""
 
     def __init__(
         self,
@@ -53,8 +61,12 @@ class Stack:
         scrape_targets: Mapping[str, str] | None = None,
         servers: Sequence[str] | None = None,
         ports: Mapping[str, int] | None = None,
+        s3: str | None = None,
     ) -> None:
         self.settings = settings
+        self.s3 = s3 or settings.stack_s3
+        if self.s3 not in S3_KINDS:
+            raise StackError(f"unknown S3 server {self.s3!r} (stack_s3); known: {', '.join(S3_KINDS)}")
         self.run_dir = Path(settings.run_dir).resolve()
         self.model_repository = Path(model_repository or settings.model_repository).resolve()
         unknown = set(servers or ()) - set(SERVERS)
@@ -142,6 +154,12 @@ class Stack:
             owner = owner_marker(self.run_dir, name)
             if name == "kafka":
                 built[name] = KafkaServer(log_dir, owner, ports["kafka"])
+            elif name == "s3" and self.s3 == "seaweedfs":
+                bootstrap = built["kafka"].bootstrap if "kafka" in built else self.settings.kafka_bootstrap
+                if not bootstrap:
+                    raise StackError("SeaweedFS publishes its events to Kafka: start the stack's kafka too, or set "
+                                     "kafka_bootstrap")
+                built[name] = SeaweedFSServer(log_dir, owner, ports["s3"], ports, self.settings, bootstrap)
             elif name == "s3":
                 built[name] = S3Server(log_dir, owner, ports["s3"], self.settings)
             elif name == "redis":
@@ -154,8 +172,9 @@ class Stack:
                 built[name] = PrometheusServer(log_dir, owner, ports["prometheus"], self.run_dir, static)
         return list(built.values())
 
-    def up(self, timeout: float = 90) -> dict[str, Any]:
-        """Start every selected server, wait until each answers a real request, provision, write the state."""
+    def up(self, timeout: float = 90, fresh: bool = False) -> dict[str, Any]:
+        """Start every selected server, wait until each answers a real request, provision, write the state.
+        `fresh` first wipes the data kept under the run dir (SeaweedFS's objects, Redis's append-only file)."""
         live = self.live_pids()
         if live:
             pids = ", ".join(f"{n} pid {p}" for n, p in live.items())
@@ -166,16 +185,18 @@ class Stack:
             log.warning("removing the stale state of a stack that is no longer running in %s", self.run_dir)
             self.state_path.unlink()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            wipe_data(self.run_dir)
+            for name in DATA_DIRS:
+                shutil.rmtree(self.run_dir / name, ignore_errors=True)
+            log.info("fresh stack: removed the data kept in %s", self.run_dir)
         for job, address in self.scrape_targets.items():
             write_target(self.run_dir, job, address)
         servers = self._build(self._selected())
         import_clients()
         began = time.monotonic()
         try:
-            for server in servers:
-                server.start()
-                self._running[server.name] = server
-            self._wait_all(servers, timeout)
+            self._start_all(servers, timeout)
         except BaseException:
             self._stop_running()
             raise
@@ -216,6 +237,35 @@ class Stack:
             raise StackError(f"{name} is not a server this process started (running: {', '.join(self._running)})")
         return self._running[name]
 
+    def _start_all(self, servers: list[ManagedServer], timeout: float) -> None:
+        """Start the servers, each once the ones it needs (`after`) are healthy, and wait for all of them."""
+        names = {s.name for s in servers}
+        healthy = {s.name: threading.Event() for s in servers}
+        failed = threading.Event()
+
+        def start(server: ManagedServer) -> None:
+            try:
+                deadline = time.monotonic() + timeout
+                for dep in (d for d in server.after if d in names):
+                    while not healthy[dep].wait(0.05):
+                        if failed.is_set():
+                            return  # the dependency's own error is the one reported
+                        if time.monotonic() > deadline:
+                            raise ServerStartError(server.name, f"{dep} was not healthy after {timeout:.0f} s")
+                server.start()
+                self._running[server.name] = server
+                self._wait_all([server], timeout)
+                healthy[server.name].set()
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+            futures = [pool.submit(start, server) for server in servers]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+
     @staticmethod
     def _wait_all(servers: list[ManagedServer], timeout: float) -> None:
         """Wait for every server in parallel (each timed from its own start) and provision it once healthy."""
@@ -255,6 +305,7 @@ class Stack:
                 self._running[name].stop()
                 return name
             if stop_pid(entry["pid"], owner_marker(self.run_dir, name)):
+                remove_grpc_sockets(entry.get("grpc_ports", []))  # SeaweedFS's, left in /tmp
                 return name
             if pid_alive(entry["pid"]):
                 log.warning("not stopping pid %d: it is not the %s this stack started", entry["pid"], name)

@@ -1,18 +1,22 @@
 """Triton python backend `preprocess`: encoded crop bytes -> the embedders' input, exactly the eval path.
 
 Input  IMAGE  TYPE_STRING [1]     PNG/JPEG/WebP bytes of the crop (the caller crops; see model_repo/README.md)
-Output PIXELS TYPE_FP32 [S, S, 3] services.imaging.decode_image + resize_for_model (Pillow bilinear, [0, 255])
+Output PIXELS TYPE_FP32 [S, S, 3] decode_image + resize_for_model (Pillow bilinear, [0, 255]) of
+       whaleid_imaging.py, the copy of services.imaging that `whaleid model-repo build` vendors next to this file
        PIXELS_FLIP (flip TTA only) the same of the crop mirrored left-right before the resize, as
        `whaleid evaluate --flip-tta` mirrors the image (services.identification.commands.embed_images)
-Parameters: image_size, max_pixels, flip_tta. A request whose image does not decode fails alone, with the reason.
+Parameters: image_size, max_pixels, flip_tta, pillow_version (the build's: another Pillow may decode or resize
+differently, so a mismatch is logged as a warning). A request whose image does not decode fails alone, with the
+reason.
+Imports only numpy, Pillow (through whaleid_imaging) and Triton's utilities: the project need not be installed.
 """
 
 import json
 
 import numpy as np
+import PIL
 import triton_python_backend_utils as pb_utils
-
-from services.imaging import decode_image, resize_for_model
+from whaleid_imaging import decode_image, resize_for_model
 
 
 class TritonPythonModel:
@@ -21,6 +25,10 @@ class TritonPythonModel:
         self.size = int(parameters["image_size"]["string_value"])
         self.max_pixels = int(parameters["max_pixels"]["string_value"])
         self.flip_tta = parameters.get("flip_tta", {}).get("string_value", "false") == "true"
+        built_with = parameters.get("pillow_version", {}).get("string_value", "")
+        if built_with and built_with != PIL.__version__:
+            pb_utils.Logger.log_warn(f"preprocess: Pillow {PIL.__version__} here, the repository was built with "
+                                     f"Pillow {built_with}: pixels may differ from the offline path")
 
     def _views(self, image: np.ndarray) -> list:
         views = [resize_for_model(image, self.size)]

@@ -7,14 +7,14 @@ a species output (names: parameter `member_species`). Outputs EMBEDDING TYPE_FP3
 `species` names any, SPECIES TYPE_FP32 [S] (the weighted average of the members' probabilities, each view at half
 its model's weight). Parameter `weights`: JSON list, one weight per embedder (from the tuning file).
 The arithmetic is services.identification.vectors (combine_flip, blend, blend_probabilities), the functions the
-offline evaluation uses.
+offline evaluation uses, vendored next to this file as whaleid_vectors.py by `whaleid model-repo build`: this
+model imports only numpy and Triton's utilities, the project need not be installed.
 """
 
 import json
 
 import triton_python_backend_utils as pb_utils
-
-from services.identification.vectors import blend, blend_probabilities, combine_flip
+from whaleid_vectors import blend, blend_probabilities, combine_flip
 
 
 class TritonPythonModel:

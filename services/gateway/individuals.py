@@ -1,0 +1,89 @@
+"""`GET /v1/individuals?q=` (search by id) and `GET /v1/individuals/{individual_id}` (one individual's photos and
+sightings on a timeline), role researcher; both read-only.
+
+Ids: those of the served gallery version and the new individuals confirmed since (confirmations:new-ids).
+An individual's sightings are the `confirm`/`new` decisions naming it (confirmations:index, read whole: fine
+for a catalogue of thousands of decisions; a per-individual index is the way past that), oldest photo first,
+each with its metadata (GPS included: researchers only) and a presigned photo GET while `sighting:<id>` exists;
+its gallery photos are the served version's `sighting/<id>` rows (references.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from services.gateway.auth import allowed
+from services.gateway.context import CTX, not_found
+from services.gateway.credentials import RESEARCHER
+from services.gateway.photos import photo_url
+from services.gateway.references import KNOWN, REFERENCES, attach_catalogue, reference_photos
+from services.gateway.store import decode_hash, sighting_key, sighting_metadata
+from services.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY, NEW_IDS_KEY
+from services.operations.model_store import ModelStoreError
+
+MAX_INDIVIDUALS = 50
+MAX_GALLERY_PHOTOS = 12
+
+
+async def _known(request: web.Request) -> tuple[set[str], str | None]:
+    ctx = request.app[CTX]
+    try:
+        known = await asyncio.to_thread(request.app[KNOWN])
+        ids, version = set(known.ids), known.version
+    except ModelStoreError:
+        ids, version = set(), None
+    return ids | {m.decode() for m in await ctx.redis.smembers(NEW_IDS_KEY)}, version
+
+
+@allowed(RESEARCHER)
+async def search_individuals(request: web.Request) -> web.Response:
+    q = request.query.get("q", "").strip().lower()
+    ids, version = await _known(request)
+    found = sorted(i for i in ids if q in i.lower())
+    return web.json_response({"individuals": found[:MAX_INDIVIDUALS], "total": len(found),
+                              "gallery_version": version})
+
+
+async def _decisions(redis, individual_id: str) -> list[tuple[str, dict[str, str]]]:
+    members = [m.decode() for m in await redis.zrange(INDEX_KEY, 0, -1)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for sighting_id in members:
+            pipe.hgetall(CONFIRMATION_KEY.format(sighting_id))
+        raw = await pipe.execute()
+    decisions = [(sid, decode_hash(fields or {})) for sid, fields in zip(members, raw, strict=True)]
+    return [(sid, d) for sid, d in decisions
+            if d.get("individual_id") == individual_id and d.get("action") in ("confirm", "new")]
+
+
+@allowed(RESEARCHER)
+async def get_individual(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    individual_id = request.match_info["individual_id"]
+    ids, version = await _known(request)
+    decisions = await _decisions(ctx.redis, individual_id)
+    if individual_id not in ids and not decisions:
+        raise not_found(f"unknown individual {individual_id!r}")
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for sighting_id, _ in decisions:
+            pipe.hgetall(sighting_key(sighting_id))
+        records = await pipe.execute()
+    sightings = []
+    for (sighting_id, decision), raw in zip(decisions, records, strict=True):
+        record = decode_hash(raw or {})
+        sightings.append({
+            "sighting_id": sighting_id, "action": decision["action"], "researcher": decision.get("researcher", ""),
+            "confirmed_at": float(decision.get("confirmed_at") or 0), "metadata": sighting_metadata(record),
+            "photo_url": photo_url(ctx, record["key"], record.get("bucket", "")) if record.get("key") else None})
+    sightings.sort(key=lambda s: (s["metadata"].get("taken_at") or "", s["confirmed_at"]))
+    photos = await reference_photos(ctx, request.app[REFERENCES], [individual_id], MAX_GALLERY_PHOTOS)
+    return web.json_response({"individual_id": individual_id, "in_gallery": individual_id in ids,
+                              "gallery_version": version, "gallery_photos": photos.get(individual_id, []),
+                              "sightings": sightings})
+
+
+def add_routes(app: web.Application, ctx) -> None:
+    attach_catalogue(app, ctx.settings)
+    app.router.add_get("/v1/individuals", search_individuals, name="individuals")
+    app.router.add_get("/v1/individuals/{individual_id}", get_individual, name="individual")
