@@ -9,6 +9,10 @@ same split `whaleid evaluate` uses. MAP@5 comes from the identification core (ne
 neighbours, best score per individual, `new_individual` inserted by a threshold) at the threshold that is best on
 this validation set (reported as val_threshold), as the Happywhale solutions tuned it.
 
+Final fit (`final_fit_config`, `fold: -1`): the same recipe on every individual, the model to serve once a run
+holding a fold out has given the validation figures and the threshold; `transfer_tuning` carries that threshold
+over to it.
+
 Run directory: config.yaml, labels.json (class and species order of the heads), folds.csv, lr_schedule.png,
 history.csv, state.json, checkpoints/epoch_NNN.weights.h5 + checkpoints/optimizer.npz (for --resume).
 """
@@ -292,6 +296,70 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
     train_model.fit(train_ds, epochs=config["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                     callbacks=callbacks, verbose=verbose, shuffle=False)  # the tf.data pipeline shuffles
     return summary(run_dir, config)
+
+
+# ----------------------------------------------------------------------------- the final fit
+FINAL_FOLD = -1  # config `fold` of a final fit: every individual trained, no validation
+
+
+def final_fit_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` for the final fit (Kaggle practice: cross-validate to choose the threshold, then fit the model
+    that is served on all the data): the same recipe with `fold: -1`, so every catalogued individual is trained
+    on. Equivalent to `whaleid train --fold -1`."""
+    return {**config, "fold": FINAL_FOLD}
+
+
+def final_fit_weights(labelled, splits) -> np.ndarray:
+    """Per query of the live validation `splits` (`live_splits` of one fold), its weight for a final fit's
+    deployment: new_individual keeps its share (`live_weights`), the whole known share goes to the trained
+    individuals' queries, as a final fit trained on every known animal (the fold's known-untrained queries, which
+    stand for animals the model never trained on, get weight 0)."""
+    from services.identification.evaluation import live_weights
+    from services.identification.ranking import NEW_INDIVIDUAL
+
+    weights = live_weights(labelled, splits)
+    kinds = np.concatenate([np.where(np.asarray(s.truths, dtype=object) == NEW_INDIVIDUAL, "new",
+                                     "trained" if s.kind == "trained" else "untrained") for s in splits])
+    trained, untrained = kinds == "trained", kinds == "untrained"
+    if trained.any():
+        weights[trained] *= (weights[trained].sum() + weights[untrained].sum()) / weights[trained].sum()
+        weights[untrained] = 0.0
+    return weights
+
+
+def transfer_tuning(tuning, fold_embeddings: np.ndarray, labelled, model_id: str, references: str = "means"):
+    """The tuning of a final fit (`model_id`) from the run that held one fold out (`tuning`: its tuning, from
+    `build_tuned_gallery` / `evaluate_out_of_fold` on that fold; `fold_embeddings`: the labelled images embedded
+    by that run, rows aligned with `labelled`).
+
+    The final fit has no held-out individual left to tune on (its own out-of-fold tuning treats trained animals
+    as new ones: optimistic, too low a threshold). So the threshold(s) are re-tuned on the fold run's live
+    validation of that fold, weighted for the final fit's deployment (`final_fit_weights`: every known animal
+    trained; the new_individual queries stay the fold's individuals, which that run never trained on, as a new
+    animal is). The validation figures stay the fold run's (the honest ones), with a `final_fit` entry recording
+    the transfer (`map5_in_sample` / `map5_held_out`: the fold run's live validation weighted so, at the
+    re-tuned threshold). Measured on the demo (three final fits): rescaling the threshold by how the trained
+    photos' median score moved between the two models did not help (it moved by 1-2%, within retraining noise)."""
+    from services.identification.evaluation import live_splits, rank_out_of_fold
+    from services.identification.tuning import Tuning, cross_fitted_map5, sweep_threshold, tune_per_species
+
+    folds = [int(f) for f in tuning.validation.get("folds") or []]
+    if len(folds) != 1:
+        raise ConfigError(f"final fit: the threshold transfers from a tuning of exactly one fold, got folds {folds}")
+    splits = live_splits(labelled, folds[0])
+    weights = final_fit_weights(labelled, splits)
+    oof = rank_out_of_fold(np.asarray(fold_embeddings), labelled, splits, tuning.k, references=references)
+    used = np.flatnonzero(weights > 0)
+    candidates, truths, weights = oof.candidates.subset(used), oof.truths[used], weights[used]
+    sweep = sweep_threshold(candidates, truths, weights=weights)
+    threshold = float(sweep.best)
+    species = tune_per_species(candidates, truths, oof.species[used], threshold, weights=weights)
+    held_out = cross_fitted_map5(candidates, truths, oof.groups[used], weights=weights)["map5"]
+    validation = {**tuning.validation, "final_fit": {
+        "fold_run_threshold": tuning.threshold, "fold_run_weights": dict(tuning.weights),
+        "map5_in_sample": sweep.best_map5, "map5_held_out": float(held_out), "queries": int(used.size)}}
+    return Tuning(threshold=threshold, per_species=species, weights={model_id: 1.0}, flip_tta=tuning.flip_tta,
+                  k=tuning.k, validation=validation)
 
 
 def make_optimizer(schedule, train_model, backbone_lr_scale: float):
