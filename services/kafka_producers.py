@@ -48,3 +48,9 @@ class RecreatingProducer:
 
     def _record_failed(self, exc: BaseException) -> None:
         self._failed = True
+
+    def __getattr__(self, name: str):
+        """Everything else (config, metrics, partitions_for, ...) is the current producer's."""
+        if name.startswith("__") or name in ("_make", "_producer", "_failed"):
+            raise AttributeError(name)
+        return getattr(self._producer, name)
