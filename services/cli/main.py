@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "services.model_repo.cli",      # whaleid model-repo build | bench triton
     "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
     "services.operations.cli",      # whaleid reindex | gallery ...
+    "services.catalogue.cli",       # whaleid catalogue import|status
     "services.chaos.cli",           # whaleid chaos
 )
 

@@ -77,45 +77,20 @@ def embed_data(embedder, data, images: list[str], box_source: str | None) -> np.
 def build_gallery_dir(embedder, data, run_dir: Path, out: Path, progress: Callable[[str], None],
                       fold_embedder=None) -> None:
     """Tune the new_individual threshold out of fold on the train images and save the gallery of all train
-    images (one mean embedding per individual) with tuning.json to `out`: the identification core's
-    `build_tuned_gallery` with its deployment defaults (validation `live`: queries like the live stream's, photos of
-    trained individuals included; references `means`). With `fold_embedder` (the run that held the fold out;
-    `embedder` is then the final fit, `run_dir` the fold run), the threshold is tuned on the fold run's
-    embeddings and transferred to the final fit (`training.train.transfer_tuning`), whose embeddings make the
-    gallery."""
-    from services.identification.evaluation import LabelledImages, build_tuned_gallery, split_gallery
+    images (one mean embedding per individual) with tuning.json to `out`: the shared core of `whaleid gallery
+    build` (`services.catalogue.gallery_build.build_gallery_dir`: `build_tuned_gallery` with its deployment
+    defaults, validation `live` and references `means`) on the data set's train images and the run's folds.
+    With `fold_embedder` (the run that held the fold out; `embedder` is then the final fit, `run_dir` the fold
+    run), the threshold is tuned on the fold run's embeddings and transferred to the final fit
+    (`training.train.transfer_tuning`), whose embeddings make the gallery."""
+    from services.catalogue.gallery_build import Photos
+    from services.catalogue.gallery_build import build_gallery_dir as build_shared
 
     images = [row.image for row in data.train]
-    ids = [row.individual_id for row in data.train]
-    species = [row.species for row in data.train]
-    tuner = fold_embedder or embedder
-    progress(f"embedding {len(images)} train images with {tuner.model_id} for the threshold"
-             + (f" and with {embedder.model_id} for the gallery" if fold_embedder else " and the gallery"))
-    embeddings = embed_data(tuner, data, images, tuner.eval_box_source)
-    folds_by_id = read_folds(run_dir)
-    folds = np.array([folds_by_id.get(i, 0) for i in ids])
-    fold = int(tuner.info.get("config", {}).get("fold", 0))
-    fold = fold if fold in set(folds.tolist()) else int(folds[0])
-    labelled = LabelledImages(images, ids, species, folds)
-    gallery, evaluation = build_tuned_gallery({tuner.model_id: embeddings}, labelled, [fold])
-    report = evaluation.report
-    progress(f"threshold tuned out of fold {fold} ({report['validation']} validation, {report['queries']} queries): "
-             f"{evaluation.tuning.threshold:.3f} (validation MAP@5 {report['map5']:.3f} in sample, "
-             f"{report['map5_held_out']:.3f} held out)")
-    tuning = evaluation.tuning
-    if fold_embedder is not None:
-        from training.train import transfer_tuning
-
-        final = embed_data(embedder, data, images, embedder.eval_box_source)
-        tuning = transfer_tuning(tuning, embeddings, labelled, embedder.model_id, report["references"])
-        progress(f"threshold for the final fit {embedder.model_id}: {tuning.threshold:.3f} (fold {fold}'s live "
-                 f"validation re-tuned for a model trained on every known animal: MAP@5 "
-                 f"{tuning.validation['final_fit']['map5_held_out']:.3f} held out)")
-        gallery = split_gallery(final, labelled, np.arange(len(images)), report["references"],
-                                model_ids=[embedder.model_id])
-    progress(f"gallery: {len(gallery)} {report['references']} of {len(images)} photos")
-    gallery.save(out)
-    tuning.save(out / "tuning.json")
+    photos = Photos(images=images, individual_ids=[row.individual_id for row in data.train],
+                    species=[row.species for row in data.train], paths=[data.image_path(i) for i in images],
+                    boxes=[data.boxes_for(i) for i in images])
+    build_shared(embedder, photos, read_folds(run_dir), out, progress, fold_embedder=fold_embedder)
 
 
 def offline_predictions(embedder, data, gallery_dir: Path, box_source: str | None) -> dict:

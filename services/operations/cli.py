@@ -1,4 +1,4 @@
-"""`whaleid reindex [--dry-run] [--json]`, `whaleid gallery list|current|rollback|publish`,
+"""`whaleid reindex [--dry-run] [--json]`, `whaleid gallery list|current|rollback|publish|build`,
 `whaleid confirmations show SIGHTING`."""
 
 from __future__ import annotations
@@ -25,6 +25,18 @@ def register(subparsers) -> None:
     sp.add_argument("directory", help="directory written by Gallery.save, containing tuning.json")
     sp.add_argument("--no-switch", action="store_true", help="upload only; do not move the pointer")
     sp.set_defaults(func=_publish)
+    sp = gsub.add_parser("build", help="embed the catalogue with a training run, tune the threshold, publish a "
+                                       "new version and serve it")
+    sp.add_argument("--run", required=True, help="the training run whose model embeds the catalogue (served)")
+    tuning = sp.add_mutually_exclusive_group()
+    tuning.add_argument("--tuning", metavar="FILE", help="take the threshold from this tuning.json (e.g. the fold "
+                                                         "run's for a final fit) instead of tuning")
+    tuning.add_argument("--tuning-run", metavar="FOLD_RUN",
+                        help="tune with this run (one that held a fold out) and transfer the threshold to --run "
+                             "(a final fit), as the demo does")
+    sp.add_argument("--no-switch", action="store_true", help="publish only; do not move the pointer")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp.set_defaults(func=_build)
 
     c = subparsers.add_parser("confirmations", help="researchers' confirmations")
     csub = c.add_subparsers(dest="confirmations_command", metavar="ACTION", required=True)
@@ -127,6 +139,33 @@ def _publish(args) -> int:
     version = publish_gallery(store, gallery, directory / TUNING_FILE, reason=f"published from {directory}",
                               parent=store.current_version(), move_pointer=not args.no_switch)
     print(f"published {version} ({len(gallery)} embeddings){'' if args.no_switch else '; now current'}")
+    return 0
+
+
+def _build(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from services.catalogue.gallery_build import publish_catalogue_gallery
+
+    if not args.verbose:
+        from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
+
+        import_tensorflow_quietly(TENSORFLOW_LOG)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    summary = publish_catalogue_gallery(_settings(), Path(args.run), Path(args.tuning) if args.tuning else None,
+                                        Path(args.tuning_run) if args.tuning_run else None, progress=say,
+                                        move_pointer=not args.no_switch)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"published {summary['version']} ({summary['size']} embeddings of {summary['individuals']} "
+              f"individuals from {summary['photos']} catalogue photos, {summary['model_id']}, threshold "
+              f"{summary['threshold']:.3f} {summary['tuning_source']})"
+              + ("" if args.no_switch else "; now current"))
     return 0
 
 
