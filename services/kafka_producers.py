@@ -1,4 +1,5 @@
-"""A kafka-python producer that replaces itself after a failed record.
+"""kafka-python plumbing shared by the bridge and the reconciler: the connection options, and a producer that
+replaces itself after a failed record.
 
 A kafka-python producer whose idempotent session failed (a broker that restarted without its data answers
 InitProducerId with an error) aborts every later batch for good: "Aborting producer batches due to fatal error".
@@ -14,6 +15,20 @@ import logging
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
+
+
+def kafka_options(settings) -> dict:
+    """Bootstrap, security and SASL options of every kafka-python client (ConfigError without a bootstrap)."""
+    if not settings.kafka_bootstrap:
+        from services.errors import ConfigError
+
+        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
+    options = {"bootstrap_servers": settings.kafka_bootstrap.split(","),
+               "security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_sasl_mechanism:
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
+                       sasl_plain_password=settings.kafka_password)
+    return options
 
 
 class RecreatingProducer:

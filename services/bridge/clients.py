@@ -6,8 +6,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.errors import ConfigError, WhaleIdError
-from services.kafka_producers import RecreatingProducer
+from services.errors import WhaleIdError
+from services.kafka_producers import RecreatingProducer, kafka_options
 from services.settings import Settings
 
 
@@ -46,33 +46,12 @@ def kafka_producer(settings: Settings):
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
-    if not settings.kafka_bootstrap:
-        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
-    options = {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
-        "acks": "all",
-        "retries": 5,
-        "security_protocol": settings.kafka_security_protocol,
-        "client_id": "whaleid-bridge",
-        "enable_idempotence": settings.bridge_producer_idempotence,
-    }
-    if settings.kafka_sasl_mechanism:
-        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
-                       sasl_plain_password=settings.kafka_password)
+    options = {**kafka_options(settings), "acks": "all", "retries": 5, "client_id": "whaleid-bridge",
+               "enable_idempotence": settings.bridge_producer_idempotence}
     try:
         return RecreatingProducer(lambda: KafkaProducer(**options))
     except KafkaError as exc:
         raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
-
-
-def kafka_options(settings: Settings) -> dict:
-    """Bootstrap, security and SASL options of kafka-python clients."""
-    options = {"bootstrap_servers": settings.kafka_bootstrap.split(","),
-               "security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
-        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
-                       sasl_plain_password=settings.kafka_password)
-    return options
 
 
 def seaweedfs_events_consumer(settings: Settings):
@@ -83,8 +62,6 @@ def seaweedfs_events_consumer(settings: Settings):
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
-    if not settings.kafka_bootstrap:
-        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
     try:
         return KafkaConsumer(
             settings.upload_events_topic,

@@ -67,10 +67,10 @@ def contained_path(root: Path, relative: str) -> Path:
     return target
 
 
-def s3_client(settings: Settings):
-    """A boto3 S3 client for the configured endpoint (empty endpoint: AWS)."""
+def s3_client(settings: Settings, config: Config | None = None):
+    """A boto3 S3 client for the configured endpoint (empty endpoint: AWS); `config` replaces the default retries."""
     kwargs: dict[str, Any] = {"region_name": settings.s3_region,
-                              "config": Config(retries={"max_attempts": 3, "mode": "standard"})}
+                              "config": config or Config(retries={"max_attempts": 3, "mode": "standard"})}
     if settings.s3_endpoint:
         kwargs["endpoint_url"] = settings.s3_endpoint
     if settings.aws_access_key_id:

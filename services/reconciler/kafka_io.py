@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from services.errors import ConfigError
+from services.kafka_producers import RecreatingProducer, kafka_options
 from services.settings import Settings
 from services.worker.failures import TransientFailure
 
@@ -28,24 +28,12 @@ POLL_MS = 200
 COMMITTED_TIMEOUT_MS = 10_000
 
 
-def _common(settings: Settings) -> dict:
-    if not settings.kafka_bootstrap:
-        raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
-    options = {"bootstrap_servers": settings.kafka_bootstrap.split(","),
-               "security_protocol": settings.kafka_security_protocol}
-    if settings.kafka_sasl_mechanism:
-        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
-                       sasl_plain_password=settings.kafka_password)
-    return options
-
-
 def kafka_producer(settings: Settings):
     from kafka import KafkaProducer
 
-    from services.kafka_producers import RecreatingProducer
 
     return RecreatingProducer(lambda: KafkaProducer(
-        **_common(settings), acks="all", retries=5, linger_ms=0, client_id="whaleid-reconciler",
+        **kafka_options(settings), acks="all", retries=5, linger_ms=0, client_id="whaleid-reconciler",
         enable_idempotence=settings.bridge_producer_idempotence,
         batch_size=max(1, settings.faust_producer_max_batch_size),
     ))
@@ -57,7 +45,7 @@ def kafka_consumer(settings: Settings, group_id: str | None = None):
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
-        **_common(settings), group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+        **kafka_options(settings), group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
         allow_auto_create_topics=False, fetch_max_wait_ms=100, client_id="whaleid-reconciler",
     )
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import boto3
 from botocore.config import Config
 
 from services import topics
@@ -50,14 +49,10 @@ class LeaseHeld(TransientFailure):
 
 def s3_client(settings: Settings):
     """S3 with short timeouts: a HEAD must not hold a pass for a minute when S3 is away."""
-    kwargs = {"region_name": settings.s3_region,
-              "config": Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3, read_timeout=10)}
-    if settings.s3_endpoint:
-        kwargs["endpoint_url"] = settings.s3_endpoint
-    if settings.aws_access_key_id:
-        kwargs["aws_access_key_id"] = settings.aws_access_key_id
-        kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
-    return boto3.client("s3", **kwargs)
+    from services.operations.model_store import s3_client as store_client
+
+    return store_client(settings, Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3,
+                                         read_timeout=10))
 
 
 class Reconciler:
