@@ -26,6 +26,7 @@ ORIENTATION_TAG = 0x0112
 UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
            8: Image.Transpose.ROTATE_90}
+SWAPS_SIDES = frozenset({5, 6, 7, 8})  # orientations whose upright image has width and height swapped
 
 
 class ImageRejected(DataError):
@@ -102,6 +103,27 @@ def exif_orientation(image: Image.Image) -> int:
         return int(value) if int(value) in UPRIGHT else 1
     except Exception:  # noqa: BLE001 - hostile EXIF blocks raise many types
         return 1
+
+
+def file_orientation(path) -> int:
+    """The EXIF orientation (1..8) of an image file, from its header only (no decoding); 1 when it has none or
+    cannot be read. Training's tf.data decoder applies it (training.pipeline.upright) so that it sees the photo
+    the way decode_image does."""
+    try:
+        with Image.open(path) as image:
+            return exif_orientation(image)
+    except Exception:  # noqa: BLE001 - an unreadable file fails later, where it is decoded
+        return 1
+
+
+def oriented_size(path) -> tuple[int, int] | None:
+    """(width, height) of an image file as shown (EXIF orientation applied), from its header; None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            return (height, width) if exif_orientation(image) in SWAPS_SIDES else (width, height)
+    except (OSError, ValueError):
+        return None
 
 
 def load_image_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

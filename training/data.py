@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from services import imaging
 from services.errors import DataError
@@ -206,11 +205,8 @@ def _load_truth(root: Path, test_images: Iterable[str], problems: _Problems, fix
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError):
-        return None
+    """The size as shown (EXIF orientation applied): boxes are drawn on the upright photo, as the server sees it."""
+    return imaging.oriented_size(path)
 
 
 def _parse_box(row: dict[str, str]) -> tuple[Box | None, str]:

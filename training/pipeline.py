@@ -1,6 +1,6 @@
 """tf.data input pipelines.
 
-- `train_dataset`: parallel decode (AUTOTUNE), a random crop among the image's boxes (the whole image when it has
+- `train_dataset`: parallel decode (AUTOTUNE; the EXIF orientation applied, as the server does), a random crop among the image's boxes (the whole image when it has
   none) grown by a random expansion and shifted by a small jitter, resized with antialiased bilinear (as Pillow's
   bilinear does when shrinking), hue / saturation / contrast / brightness jitter, random grayscale, optional flip.
 - `eval_dataset`: deterministic, and literally the server's preprocessing: services.imaging.load_image_file then
@@ -47,8 +47,31 @@ def _padded_boxes(train_boxes: list[list[Box]]) -> tuple[np.ndarray, np.ndarray]
     return boxes, counts
 
 
-def decode(path: tf.Tensor) -> tf.Tensor:
+def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """The image turned as its EXIF orientation (1..8) says, as services.imaging.decode_image does with Pillow."""
+    def transpose(x):
+        return tf.transpose(x, (1, 0, 2))
+
+    turns = [
+        lambda: image,                                               # 1: as stored
+        lambda: tf.image.flip_left_right(image),                     # 2
+        lambda: tf.image.rot90(image, 2),                            # 3
+        lambda: tf.image.flip_up_down(image),                        # 4
+        lambda: transpose(image),                                    # 5: transpose
+        lambda: tf.image.rot90(image, 3),                            # 6: 90 degrees clockwise
+        lambda: tf.image.rot90(transpose(image), 2),                 # 7: transverse
+        lambda: tf.image.rot90(image, 1),                            # 8: 90 degrees counter-clockwise
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, turns)
+
+
+def decode(path: tf.Tensor, orientation: tf.Tensor | int = 1) -> tf.Tensor:
+    """uint8 RGB (H, W, 3), upright: `orientation` is the file's EXIF orientation (imaging.file_orientation),
+    read once per file when the dataset is built, since tf.io.decode_image ignores it."""
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = upright(image, tf.convert_to_tensor(orientation, tf.int32))
     image.set_shape([None, None, 3])
     return image
 
@@ -86,10 +109,10 @@ def color_jitter(image01: tf.Tensor, config: Mapping[str, Any]) -> tf.Tensor:
     return x
 
 
-def augment(path, boxes, count, config: Mapping[str, Any]) -> tf.Tensor:
+def augment(path, boxes, count, config: Mapping[str, Any], orientation: tf.Tensor | int = 1) -> tf.Tensor:
     """One training image: float32 (size, size, 3) in [0, 255]."""
     size = config["image_size"]
-    image = decode(path)
+    image = decode(path, orientation)
     shape = tf.shape(image)
     y0, x0, y1, x1 = tf.unstack(random_crop_box(boxes, count, shape[0], shape[1], config["aug_box_expand"],
                                                 config["aug_crop_jitter"]))
@@ -106,13 +129,14 @@ def train_dataset(samples: Samples, config: Mapping[str, Any], batch_size: int, 
                   seed: int | None = None) -> tf.data.Dataset:
     """Shuffled, augmented, batched (drop_remainder: static shapes for TPU) ({image, label}, {arcface[, species]})."""
     boxes, counts = _padded_boxes(samples.train_boxes)
+    orientations = np.asarray([imaging.file_orientation(p) for p in samples.paths], np.int32)
     ds = tf.data.Dataset.from_tensor_slices((
         np.asarray(samples.paths), np.asarray(samples.labels, np.int32), np.asarray(samples.species, np.int32),
-        boxes, counts))
+        boxes, counts, orientations))
     ds = ds.shuffle(min(len(samples), config["shuffle_buffer"]), seed=seed, reshuffle_each_iteration=True)
 
-    def to_example(path, label, species, image_boxes, count):
-        image = augment(path, image_boxes, count, config)
+    def to_example(path, label, species, image_boxes, count, orientation):
+        image = augment(path, image_boxes, count, config, orientation)
         targets = {"arcface": label, "species": species} if with_species else {"arcface": label}
         return {"image": image, "label": label}, targets
 
