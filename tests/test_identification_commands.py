@@ -94,6 +94,29 @@ def test_predict_writes_a_kaggle_submission(dataset, pixel_models, tmp_path, cap
     assert f"MAP@5 {scored['map5']:.4f}" in printed  # predict scores against test_truth.csv the same way
 
 
+def test_evaluate_and_predict_with_mean_references_and_live_validation(dataset, pixel_models, tmp_path, capsys):
+    """The deployment's gallery shape (one mean row per individual, tuned on `live` queries) from the CLI; predict
+    builds its gallery as the tuning file was tuned unless told otherwise."""
+    data_dir, run, data = dataset
+    assert main(["evaluate", "--data", str(data_dir), "--run", str(run), "--folds", "0", "--k", "20", "--json",
+                 "--references", "means", "--validation", "live"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["references"] == "means" and report["validation"] == "live"
+    assert Tuning.load(run).validation["references"] == "means"
+    submissions = {}
+    for references in ("means", "photos"):
+        out = tmp_path / f"{references}.csv"
+        argv = ["predict", "--data", str(data_dir), "--run", str(run), "--out", str(out)]
+        assert main(argv + (["--references", "photos"] if references == "photos" else [])) == 0
+        capsys.readouterr()
+        with open(out, newline="") as fh:
+            submissions[references] = {r["image"]: r["predictions"].split() for r in csv.DictReader(fh)}
+    assert set(submissions["means"]) == set(data.test_images)
+    # One row per individual: an individual never appears twice, and the two galleries rank differently.
+    assert all(len(set(p)) == len(p) for p in submissions["means"].values())
+    assert submissions["means"] != submissions["photos"]
+
+
 def test_predict_new_share_and_missing_tuning(dataset, pixel_models, tmp_path, capsys):
     data_dir, run, data = dataset
     out = tmp_path / "s.csv"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from services.identification.evaluation import VALIDATIONS
+from services.identification.gallery import REFERENCES
+
 
 def register(subparsers) -> None:
     """Add this stage's sub-commands to `whaleid`."""
@@ -32,6 +35,13 @@ def register(subparsers) -> None:
     evaluate.add_argument("--k", type=int, default=50, help="nearest neighbours per query (default 50)")
     evaluate.add_argument("--no-per-species", action="store_true", help="tune only the global threshold")
     evaluate.add_argument("--flip-tta", action="store_true", help="average each image's and its mirror's embedding")
+    evaluate.add_argument("--references", choices=REFERENCES, default="photos",
+                          help="gallery rows of every validation gallery: one per photo (the paper's, default) or one "
+                               "mean per individual (what `gallery build` serves); recorded in tuning.json")
+    evaluate.add_argument("--validation", choices=VALIDATIONS, default="fold",
+                          help="fold: held-out individuals against the other folds (Kaggle's test, default); live: "
+                               "also held-out photos of trained individuals, weighted as a live stream "
+                               "(what `gallery build` tunes with)")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -48,6 +58,9 @@ def register(subparsers) -> None:
     predict.add_argument("--new-share", type=float, default=None,
                          help="instead of the tuned threshold: one threshold putting new_individual first for "
                               "this share of the test images (binary search)")
+    predict.add_argument("--references", choices=REFERENCES, default=None,
+                         help="gallery rows: one per photo or one mean per individual (default: as the tuning file "
+                              "was tuned, else photos)")
     predict.add_argument("--truth", default=None, help="also score the submission against this truth file")
     predict.set_defaults(func=run_predict)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from services.errors import ConfigError, DataError
 from services.identification.cli import format_scores
-from services.identification.gallery import build_gallery
+from services.identification.gallery import build_reference_gallery
 from services.identification.metrics import map_at_5, map_at_5_per_group
 from services.identification.ranking import Identifier
 from services.identification.submission import write_submission
@@ -164,7 +164,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     labelled = LabelledImages(images, [r.individual_id for r in data.train], [r.species for r in data.train],
                               np.array([folds[r.individual_id] for r in data.train]))
     evaluation = evaluate_out_of_fold(embeddings, labelled, eval_folds, k=args.k,
-                                      per_species=not args.no_per_species, flip_tta=args.flip_tta)
+                                      per_species=not args.no_per_species, flip_tta=args.flip_tta,
+                                      references=getattr(args, "references", "photos"),
+                                      validation=getattr(args, "validation", "fold"))
     report = {**evaluation.report, "in_fold": in_fold, "runs": [str(r) for r in args.runs]}
     evaluation.tuning.validation["in_fold"] = in_fold
     out_dir = Path(args.runs[0])
@@ -223,8 +225,9 @@ def predict_command(args: argparse.Namespace) -> int:
     gallery_emb = blend({e.model_id: embed_images(e, data, train_images, tuning.flip_tta) for e in embedders}, weights)
     test_emb = blend({e.model_id: embed_images(e, data, data.test_images, tuning.flip_tta) for e in embedders},
                      weights)
-    gallery = build_gallery(gallery_emb, [r.individual_id for r in data.train], [r.species for r in data.train],
-                            train_images, model_ids=model_ids)
+    references = getattr(args, "references", None) or tuning.validation.get("references") or "photos"
+    gallery = build_reference_gallery(gallery_emb, [r.individual_id for r in data.train],
+                                      [r.species for r in data.train], train_images, references, model_ids=model_ids)
     predictions = Identifier(gallery, tuning).identify(test_emb, new_share=args.new_share)
     labels = [[label for label, _ in p] for p in predictions]
     path = write_submission(args.out, data.test_images, labels)
