@@ -66,6 +66,7 @@ def register(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from services.identification.commands import format_scores
     from services.identification.submission import score_submission
 
     result = score_submission(args.submission, args.truth)
@@ -74,14 +75,6 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         print(format_scores(result["map5"], result["per_species"], result["count"]))
     return 0
-
-
-def format_scores(map5: float, per_species: dict[str, float], count: int | None = None) -> str:
-    lines = [f"MAP@5 {map5:.4f}" + (f" ({count} images)" if count is not None else "")]
-    if per_species:
-        width = max(len(s) for s in per_species)
-        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in per_species.items()]
-    return "\n".join(lines)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

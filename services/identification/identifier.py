@@ -1,0 +1,56 @@
+"""`Identifier(gallery, tuning).identify(embeddings)`: the ranking (ranking.py) with a tuning's thresholds.
+
+What the matcher, `whaleid predict` and the demo call; its own module so that ranking (used by tuning) does not
+need tuning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from services.errors import DataError
+from services.identification.ranking import (
+    Candidates,
+    Prediction,
+    insert_new_individual,
+    rank_candidates,
+    threshold_for_new_share,
+)
+from services.identification.tuning import Tuning
+
+if TYPE_CHECKING:
+    from services.identification.gallery import Gallery
+
+
+class Identifier:
+    """`Identifier(gallery, tuning).identify(embeddings, species=None)` -> five (individual_id, score) per query."""
+
+    def __init__(self, gallery: "Gallery", tuning: Tuning | None = None):
+        self.gallery = gallery
+        self.tuning = tuning or Tuning()
+
+    def candidates(self, embeddings) -> Candidates:
+        return rank_candidates(self.gallery, embeddings, self.tuning.k)
+
+    def thresholds(self, count: int, species: Sequence[str | None] | None = None) -> np.ndarray:
+        """Per query: its species' threshold when the species is known and tuned, else the global one."""
+        if species is None:
+            return np.full(count, self.tuning.threshold, dtype=np.float32)
+        if len(species) != count:
+            raise DataError(f"identify: {count} embeddings but {len(species)} species")
+        per_species = self.tuning.per_species
+        return np.array([per_species.get(s, self.tuning.threshold) if s else self.tuning.threshold
+                         for s in species], dtype=np.float32)
+
+    def identify(self, embeddings, species: Sequence[str | None] | None = None,
+                 new_share: float | None = None) -> list[Prediction]:
+        """Five ranked (individual_id, score) per query. `new_share` (batches only): one threshold for the
+        batch such that this share of the queries gets `new_individual` first (overrides the tuned ones)."""
+        candidates = self.candidates(embeddings)
+        if new_share is not None:
+            thresholds = threshold_for_new_share(candidates.scores[:, 0], new_share)
+        else:
+            thresholds = self.thresholds(len(candidates), species)
+        return insert_new_individual(candidates, thresholds)
