@@ -1,6 +1,9 @@
 # image: whaleid
 # One image for every Python service: `whaleid serve gateway|bridge|worker|matcher`, `whaleid reindex`
 # (the nightly CronJob) and `whaleid model-repo pull` (Triton's initContainer). Triton itself runs the NGC image.
+# It installs the core only (pyproject.toml `dependencies`): no TensorFlow, no embedded servers. The core install
+# is 353 MB as a venv here, against 3.3 GB for `make install` (every extra). Training and `gallery build` need
+# the [training] extra: build a training image with `pip install '.[training]'`.
 # Build from the repository root:  docker build -f deploy/docker/whaleid.Dockerfile -t whaleid:0.1.0 .
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src

