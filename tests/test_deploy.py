@@ -146,12 +146,23 @@ def test_containers_use_images_built_here_or_the_allowed_external_ones():
         built.update(re.findall(r"^# image: (\S+)$", text, flags=re.M))
         for source in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M):
             assert (DEPLOY.parent / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
-    assert built == {"whaleid"}
+    assert built == {"whaleid", "whaleid-triton"}
     for workload, container, _ in _containers():
         image = container["image"]
         assert image in built or image.startswith(EXTERNAL_IMAGES), f"{workload}: image {image}"
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     assert {i["name"] for i in kustomization["images"]} <= built
+
+
+def test_the_triton_image_has_the_pillow_the_repository_is_built_with():
+    """The python-backend models decode and resize with Pillow: NGC's image lacks it, the derived image installs
+    the version pyproject.toml pins (the one `model-repo build` records)."""
+    pinned = re.search(r'"pillow==([^"]+)"', (DEPLOY.parent / "pyproject.toml").read_text()).group(1)
+    text = (DEPLOY / "docker" / "triton.Dockerfile").read_text()
+    assert re.search(r"^ARG PILLOW_VERSION=(\S+)$", text, flags=re.M).group(1) == pinned
+    assert re.search(r"^ARG TRITON_IMAGE=(\S+)$", text, flags=re.M).group(1).startswith(EXTERNAL_IMAGES[0])
+    triton = [c for w, c, _ in _containers() if w == "triton" and c["name"] == "triton"]
+    assert triton and triton[0]["image"] == "whaleid-triton"
 
 
 def _whaleid_containers():
