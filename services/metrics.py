@@ -53,6 +53,13 @@ RECONCILER_SIGHTINGS = Gauge(
     "Sightings without result or failure at the last pass: pending (uploaded), deferred (stale while the chain "
     "has a backlog), awaiting_upload (no photo yet)", ["state"],
 )
+WEBHOOK_DELIVERIES = Counter("whaleid_webhook_deliveries_total",
+                             "Webhook attempts by app and outcome: delivered, retried, dead_lettered", ["app", "outcome"])
+WEBHOOK_LATENCY = Histogram("whaleid_webhook_delivery_seconds", "Duration of one webhook call", ["app"],
+                            buckets=LATENCY_BUCKETS)
+WEBHOOK_RECORDS = Counter("whaleid_webhook_records_total", "Topic records read by the webhooks service, by outcome "
+                          "(delivered, retried, dead_lettered, no_webhook, no_owner, duplicate, malformed)", ["outcome"])
+WEBHOOK_RETRY_QUEUE = Gauge("whaleid_webhook_retry_queue", "Webhook deliveries waiting for their next attempt")
 
 # Every metric name a dashboard or alert may use (histograms expose _bucket/_sum/_count, counters _total).
 METRIC_NAMES = (
@@ -63,6 +70,8 @@ METRIC_NAMES = (
     "whaleid_consumer_committed_offset", "whaleid_uploads_total", "whaleid_confirmations_total",
     "whaleid_reindex_last_success_timestamp_seconds", "whaleid_reconciler_found_total",
     "whaleid_reconciler_last_pass_timestamp_seconds", "whaleid_reconciler_sightings",
+    "whaleid_webhook_deliveries_total", "whaleid_webhook_delivery_seconds", "whaleid_webhook_records_total",
+    "whaleid_webhook_retry_queue",
 )
 
 

@@ -3,7 +3,7 @@ its web page) at `base + offset + 10 * i`, so several instances and stages share
 
 from __future__ import annotations
 
-STAGE_PORT_OFFSETS = {"gateway": 0, "bridge": 1, "worker": 2, "matcher": 3, "reconciler": 4}
+STAGE_PORT_OFFSETS = {"gateway": 0, "bridge": 1, "worker": 2, "matcher": 3, "reconciler": 4, "webhooks": 5}
 PORTS_PER_INSTANCE = 10  # instance i of a stage uses base + offset + 10 * i
 
 

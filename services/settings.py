@@ -113,10 +113,18 @@ class Settings:
     gateway_photo_url_expires_s: int = 300  # lifetime of the presigned GETs of photos in results, listings and the review page
     gateway_list_max_limit: int = 200  # largest `limit` of GET /v1/sightings and of the review queue
     # --- embedded S3 and upload events (issue #14)
-    stack_s3: str = "moto"  # S3 server of `whaleid stack`: moto (in memory; upload events via SQS) | seaweedfs (on disk under run_dir; its filer publishes events to Kafka)
-    bridge_source: str = "sqs"  # where the bridge reads upload events: sqs (S3 event JSON: AWS S3, moto) | seaweedfs (filer EventNotifications on Kafka)
+    stack_s3: str = "seaweedfs"  # S3 server of `whaleid stack`: seaweedfs (on disk under run_dir; its filer publishes events to Kafka) | moto (in memory; upload events via SQS)
+    bridge_source: str = "auto"  # where the bridge reads upload events: sqs (S3 event JSON: AWS S3, moto) | seaweedfs (filer EventNotifications on Kafka) | auto (the embedded stack's S3 server decides, from its state file; without one: sqs)
     upload_events_topic: str = "seaweedfs.events"  # Kafka topic SeaweedFS's filer publishes its events to (bridge_source = seaweedfs)
     bridge_events_group: str = "whaleid-bridge"  # Kafka consumer group of the bridges reading upload_events_topic
+    # --- webhooks per app for finished identifications (issue #12, `whaleid serve webhooks`)
+    webhook_urls: str = ""  # app=https://host/path[,app=...]: where each app's identifications and new individuals are POSTed (apps as the gateway names them); empty: no webhooks
+    webhook_secrets: str = field(default="", repr=False)  # app=secret[,app=secret]: each app's HMAC-SHA256 key (X-WhaleId-Signature), at least 16 characters
+    webhook_timeout_s: float = 5.0  # timeout of one webhook call
+    webhook_max_attempts: int = 8  # attempts before a delivery goes to the dead letters (Redis stream webhooks:dead-letter)
+    webhook_backoff_initial_s: float = 2.0  # pause after the first failed attempt; doubles each time
+    webhook_backoff_max_s: float = 300.0  # longest pause between two attempts (also caps a Retry-After)
+    webhooks_group: str = "whaleid-webhooks"  # Kafka consumer group of `whaleid serve webhooks`
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return dataclasses.replace(self, **_coerce_all(overrides))
@@ -226,6 +234,9 @@ def load_settings(
             for name, (server, key) in STATE_ADDRESSES.items():
                 if not getattr(settings, name) and key in state.get("servers", {}).get(server, {}):
                     filled[name] = state["servers"][server][key]
+            source = state.get("servers", {}).get("s3", {}).get("bridge_source")
+            if settings.bridge_source == "auto" and source:
+                filled["bridge_source"] = source  # the stack's S3 server says where its upload events go
             settings = dataclasses.replace(settings, **filled)
     return settings
 

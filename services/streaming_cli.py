@@ -1,19 +1,22 @@
-"""`whaleid serve gateway|bridge|worker|matcher|reconciler` and `whaleid demo`."""
+"""`whaleid serve gateway|bridge|worker|matcher|reconciler|webhooks` and `whaleid demo`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-SERVICES = ("gateway", "bridge", "worker", "matcher", "reconciler")
+SERVICES = ("gateway", "bridge", "worker", "matcher", "reconciler", "webhooks")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from services.settings import load_settings
 
-    if args.service == "reconciler" and (args.index != 0 or args.web_port is not None):
+    if args.service in ("reconciler", "webhooks") and (args.index != 0 or args.web_port is not None):
         from services.errors import ConfigError
 
+        if args.service == "webhooks":
+            raise ConfigError("--index and --web-port are for the worker and the matcher; `serve webhooks` takes "
+                              "--config and --metrics-port (several share the work through their consumer group)")
         raise ConfigError("--index and --web-port are for the worker and the matcher; the reconciler takes "
                           "--config and --metrics-port (run several reconcilers and they take turns: one pass at "
                           "a time, under a Redis lease)")
@@ -24,6 +27,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(config_file=args.config)
     if args.source is not None:
         settings = settings.with_overrides(bridge_source=args.source)
+    if args.service == "webhooks":
+        from services.webhooks import run_webhooks
+
+        return run_webhooks(settings, metrics_port=args.metrics_port)
     if args.service == "reconciler":
         from services.reconciler import run_reconciler
 
@@ -67,9 +74,10 @@ def register(subparsers) -> None:
                        help="bridge/worker/matcher/reconciler /metrics port (default: metrics_port_base + stage offset; "
                             "0 = none); "
                             "the gateway serves /metrics on its own HTTP port")
-    serve.add_argument("--source", choices=("sqs", "seaweedfs"), default=None,
-                       help="bridge only: upload events from the SQS queue (AWS S3, moto) or from SeaweedFS's filer "
-                            "events on Kafka (default: setting bridge_source)")
+    serve.add_argument("--source", choices=("sqs", "seaweedfs", "auto"), default=None,
+                       help="bridge only: upload events from the SQS queue (AWS S3, moto), from SeaweedFS's filer "
+                            "events on Kafka, or auto: whichever the embedded stack's S3 server produces "
+                            "(default: setting bridge_source)")
     serve.set_defaults(func=_serve)
 
     demo = subparsers.add_parser(

@@ -171,7 +171,8 @@ def test_sighting_status_follows_the_chain(front):
                       "new_individual": False, "model_version": "m", "gallery_version": "g"}
     r.set(f"identification:{sid}", json.dumps(identification))
     status = requests.get(f"{url}/v1/sightings/{sid}", headers=AUTH, timeout=5).json()
-    assert status["status"] == "identified" and status["identification"] == identification
+    assert status["status"] == "identified" and status["identification"] == {**identification, "candidates": [
+        {"individual_id": "w-1", "score": 0.9, "reference_photo": None}]}  # no gallery nor catalogue photo of w-1
 
 
 def test_metrics_count_gateway_requests(front):

@@ -6,6 +6,9 @@ The researcher opens the queue (most uncertain first), confirms the top match wi
 the duplicate guard when asking for a new individual while a known one scores above the threshold (cancels,
 then creates it anyway), confirms the next sighting into that new individual through "another individual", rejects the last one;
 the test checks Redis, the audit trail and the screenshots it saves (tmp dir + /tmp/review-screenshots/).
+Then the researcher opens "Similar individuals" (two catalogued individuals with near-identical photos), merges one
+into the other on its page (confirm dialog), the test runs the re-index and checks the alias, the merge log and the
+next gallery version; undoing it on the page restores both ids in the version after.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import shutil
 import time
 import uuid
@@ -36,9 +40,17 @@ from fixtures_operations import Clusters
 from services import topics
 from services.identification import Tuning, build_gallery
 from services.matcher.results import store_embedding, store_identification
-from services.operations.confirmations import NEW_IDS_KEY, audit_trail, stored_confirmation
+from services.operations.confirmations import (
+    NEW_IDS_KEY,
+    ConfirmationService,
+    audit_trail,
+    stored_confirmation,
+)
+from services.operations.identities import ORIGINAL_KEY, IdentityService, ServedSimilarities, read_aliases
+from services.operations.known import CurrentGalleryIndividuals
 from services.operations.model_store import GalleryStore
 from services.operations.publish import publish_gallery
+from services.operations.reindex import reindex
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(
@@ -49,6 +61,7 @@ SCREENSHOTS = Path("/tmp/review-screenshots")
 # the session's Redis is shared by every test module (confirmations:index, new ids): this module's own names
 TAG = f"rv{uuid.uuid4().hex[:6]}"
 I0, I1, I2 = INDIVIDUALS = [f"{TAG}-ind-{n}" for n in range(3)]
+D0, D1 = TWINS = [f"{TAG}-dup-{n}" for n in "ab"]  # catalogued twice: D1's photos are of D0 (too similar)
 THRESHOLD = 0.5
 WAIT_S = 20
 # (top-5 candidates as the matcher ranks them, new_individual at the threshold); margins 0.02, 0.12, 0.45, 0.49
@@ -87,7 +100,7 @@ def _publish(settings, reference: str, tmp: Path) -> str:
     """A gallery version of INDIVIDUALS (3 rows each) where one row of ind-0 is the confirmed sighting
     `reference` (as `whaleid reindex` adds it): the page shows that photo beside ind-0."""
     clusters = Clusters()
-    rows = [(ind, clusters.sample(ind)) for ind in INDIVIDUALS for _ in range(3)]
+    rows = [(ind, clusters.sample(D0 if ind == D1 else ind)) for ind in INDIVIDUALS + TWINS for _ in range(3)]
     images = [f"train-{n}.jpg" for n in range(len(rows))]
     images[2] = f"sighting/{reference}"
     gallery = build_gallery(np.stack([v for _, v in rows]), [i for i, _ in rows], ["humpback_whale"] * len(rows),
@@ -123,7 +136,8 @@ def review(stack, tmp_path_factory):
         reference = _uploaded(url, "catalogue", 3)
         version = _publish(settings, reference, run_dir)
         ids = {name: _seed(settings, url, observer, n, cands, version) for n, (name, cands) in enumerate(SEEDS.items())}
-        yield {"settings": settings, "url": url, "observer": observer, "ids": ids, "gateway": gateway}
+        yield {"settings": settings, "url": url, "observer": observer, "ids": ids, "gateway": gateway,
+               "clusters": Clusters(seed=11)}
     assert exits == {"gateway": 0}, gateway.log()
 
 
@@ -326,6 +340,118 @@ def test_review_queue_confirm_and_duplicate_guard(review, browser, tmp_path):
     assert not severe, severe  # no CSP violation, no script error
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for name in ("queue.png", "comparison.png"):
+        shutil.copy(tmp_path / name, SCREENSHOTS / name)
+
+
+def _labels(store, version) -> dict[str, tuple[str, str]]:
+    """Gallery rows of one version: image -> (individual_id, original id or '')."""
+    lines = store._get_bytes(store._key(version, "entries.jsonl")).decode().splitlines()
+    return {e["image"]: (e["individual_id"], e["metadata"].get(ORIGINAL_KEY, ""))
+            for e in map(json.loads, filter(None, lines))}
+
+
+@needs_chromium
+def test_merge_two_individuals_on_the_page_then_reindex(review, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, settings = review["url"], review["settings"]
+    client, store = redis_of(settings), GalleryStore.from_settings(settings)
+    # a past decision naming D1: a confirmed sighting of it, with an embedding the gallery takes
+    sid = _uploaded(url, review["observer"] + "-twin", 4, crop_box=CROP, taken_at="2026-11-25T09:00:00+00:00")
+    store_embedding(client, topics.SightingEmbedded(
+        sighting_id=sid, embedding=[float(x) for x in review["clusters"].sample(D1)], model_version="toy",
+        crop_box=CROP, crop_source="uploader", uploaded_at=time.time(), embedded_at=time.time()))
+    ConfirmationService(client, CurrentGalleryIndividuals(store)).submit(
+        sid, {"action": "confirm", "individual_id": D1, "researcher": "dr-fluke"})
+
+    browser.get(f"{url}/review?observer={review['observer']}#token={RESEARCHER_TOKEN}")
+    _wait(browser, lambda d: d.execute_script("return document.body.dataset.state") in ("ready", "empty"),
+          "the page is signed in")
+    # "Similar individuals": the twins are listed; open D1's page from there
+    browser.find_element(By.ID, "similar-open").click()
+    similar = browser.find_element(By.ID, "similar")
+    _wait(browser, lambda d: similar.get_attribute("open") is not None, "the similar individuals open")
+    pairs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#similar-pairs tbody tr'), tr => tr.dataset.pair);")
+    assert f"{D0} {D1}" in pairs and not [p for p in pairs if I0 in p or I1 in p]
+    browser.find_element(By.CSS_SELECTOR, f"#similar-pairs button[data-individual-id='{D1}']").click()
+    def page_of(individual_id):
+        _wait(browser, lambda d: d.execute_script(
+            "const p = document.getElementById('individual'); return p.open && p.dataset.state === 'ready' && "
+            "p.dataset.individualId === arguments[0];", individual_id), f"the page of {individual_id}")
+
+    page_of(D1)
+    assert similar.get_attribute("open") is None
+    assert browser.find_element(By.CSS_SELECTOR, f"#individual-timeline li[data-sighting-id='{sid}']")
+
+    # merge D1 into D0: search the target, confirm in the dialog
+    field = browser.find_element(By.ID, "merge-target")
+    field.send_keys(f"{TAG}-dup")
+    _wait(browser, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('#merge-ids option'), o => o.value);") == [D0],
+        "the search offers the other twin only")
+    field.clear()
+    field.send_keys(D0)
+    browser.find_element(By.ID, "merge-go").click()
+    ask = browser.find_element(By.ID, "merge-confirm")
+    _wait(browser, lambda d: ask.get_attribute("open") is not None, "the merge asks first")
+    assert f"Merge {D1} into {D0}?" in ask.text and "1 confirmed sighting" in ask.text and "undone" in ask.text
+    _screenshot(browser, tmp_path, "merge-confirm.png")
+    browser.find_element(By.ID, "merge-yes").click()
+    page_of(D0)  # the survivor's page, with D1's decision and the merge (undoable)
+    timeline = browser.find_element(By.CSS_SELECTOR, f"#individual-timeline li[data-sighting-id='{sid}']").text
+    assert f"(recorded as {D1})" in timeline and D1 in browser.find_element(By.ID, "individual-aliases").text
+    merge_li = browser.find_element(By.CSS_SELECTOR, "#individual-merges li[data-merge-id]")
+    assert f"merge {D1} \u2192 {D0} by dr-fluke" in merge_li.text and merge_li.find_element(By.CSS_SELECTOR, "button.undo")
+    assert "Merged" in browser.find_element(By.ID, "curation-status").text
+    _wait(browser, lambda d: d.execute_script(
+        "return Array.from(document.querySelectorAll('#individual img')).every(i => i.complete && i.naturalWidth > 0);"),
+        "the individual's photos load")
+    _screenshot(browser, tmp_path, "individual-merged.png")
+
+    # Redis: the alias, the operation with who and when, the log; the past decision itself is untouched
+    identities = IdentityService(client, CurrentGalleryIndividuals(store))
+    assert read_aliases(client).get(D1) == D0
+    [op] = identities.operations(D0)
+    assert (op.kind, op.source, op.target, op.researcher, op.undone) == ("merge", D1, D0, "dr-fluke", False)
+    assert [(e["event"], e["outcome"], e["researcher"]) for e in identities.log_entries()
+            if e["merge_id"] == op.merge_id] == [("merge", "accepted", "dr-fluke")]
+    assert stored_confirmation(client, sid).individual_id == D1
+    assert [(e["action"], e["individual_id"]) for e in _accepted(client, sid)] == [("confirm", D1)]
+    headers = {"Authorization": f"Bearer {RESEARCHER_TOKEN}"}
+    assert requests.get(f"{url}/v1/individuals/{D1}", headers=headers, timeout=10).json()["individual_id"] == D0
+
+    # the next gallery version (whaleid reindex): D1's catalogue rows and its confirmed sighting are D0's
+    report = reindex(store, client)
+    labels = _labels(store, report.new_version)
+    assert sid in report.added and report.relabelled.get(f"{D1} -> {D0}") == 3
+    assert labels[f"sighting/{sid}"] == (D0, D1) and D1 not in store.individuals(report.new_version)
+    assert list(labels.values()).count((D0, D1)) == 4  # 3 catalogue rows + the confirmed sighting
+    _, _, pairs = ServedSimilarities(store, client)()
+    assert not [p for p in pairs if D1 in (p["a"], p["b"]) or D0 in (p["a"], p["b"])]
+
+    # undo on the page: both ids are back, and in the version after the next re-index
+    merge_li.find_element(By.CSS_SELECTOR, "button.undo").click()
+    _wait(browser, lambda d: d.execute_script(  # one atomic read: the list is re-rendered meanwhile
+        "const li = document.querySelector(`#individual-merges li[data-merge-id='${arguments[0]}']`);"
+        "return li !== null && li.classList.contains('undone') && "
+        "document.getElementById('individual').dataset.state === 'ready';", op.merge_id),
+        "the merge is shown undone")
+    assert D1 not in read_aliases(client) and identities.operations(D0)[0].undone_by == "dr-fluke"
+    labels = _labels(store, reindex(store, client).new_version)
+    assert labels[f"sighting/{sid}"] == (D1, "") and list(labels.values()).count((D1, "")) == 4
+
+    # rename: a name that exists (in another spelling) is refused with the reason; nothing changes
+    browser.find_element(By.ID, "rename-id").send_keys(I0.upper())
+    browser.find_element(By.ID, "rename-go").click()
+    _wait(browser, lambda d: "Rename refused (name_taken)" in d.find_element(By.ID, "curation-status").text,
+          "the rename is refused")
+    assert I0 in browser.find_element(By.ID, "curation-status").text and D0 not in read_aliases(client)
+
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not [e for e in severe if "409" not in e["message"]], severe  # the refused rename's 409 is expected
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("merge-confirm.png", "individual-merged.png"):
         shutil.copy(tmp_path / name, SCREENSHOTS / name)
 
 

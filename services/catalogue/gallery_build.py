@@ -158,10 +158,13 @@ def catalogue_photos(store, records: Sequence[dict], cache_dir: Path, progress_b
 def publish_catalogue_gallery(settings, run_dir: Path, tuning_path: Path | None = None,
                               tuning_run: Path | None = None, progress: Callable[[str], None] = log.info,
                               progress_bar: bool = True, move_pointer: bool = True, catalogue=None,
-                              store=None) -> dict:
+                              store=None, extend=None, reason: str = "", reindexed: bool = False) -> dict:
     """`whaleid gallery build`: the S3 catalogue embedded by `run_dir`, tuned (or `tuning_path`, or transferred
     from `tuning_run`), published as a new gallery version; the pointer moves unless `move_pointer` is False.
-    `catalogue` (CatalogueStore) and `store` (GalleryStore) default to the settings' ones."""
+    `catalogue` (CatalogueStore) and `store` (GalleryStore) default to the settings' ones.
+    `extend(gallery, embedder, tmp_dir) -> (gallery, added_sighting_ids, summary)` adds rows before publishing
+    (`whaleid reindex --re-embed`: the confirmed sightings, services.catalogue.re_embed); `reason` and
+    `reindexed` go to the pointer."""
     from services.catalogue.store import CatalogueStore
     from services.identification.tuning import Tuning
     from services.operations.model_store import GalleryStore
@@ -186,9 +189,14 @@ def publish_catalogue_gallery(settings, run_dir: Path, tuning_path: Path | None 
         summary = build_gallery_dir(embedder, photos, folds, out, progress, fold_embedder, given, progress_bar)
         from services.identification.gallery import Gallery
 
-        version = publish_gallery(store, Gallery.load(out), out / TUNING_FILE, parent=parent,
-                                  move_pointer=move_pointer,
-                                  reason=f"gallery build: {len(records)} catalogue photos, {embedder.model_id}")
+        gallery, added = Gallery.load(out), []
+        if extend is not None:
+            gallery, added, extra = extend(gallery, embedder, Path(tmp))
+            summary.update(extra, size=len(gallery), individuals=len(set(gallery.individual_ids)))
+        version = publish_gallery(store, gallery, out / TUNING_FILE, parent=parent, added_sightings=added,
+                                  move_pointer=move_pointer, reindexed=reindexed,
+                                  reason=reason or f"gallery build: {len(records)} catalogue photos, "
+                                                   f"{embedder.model_id}")
     summary.update(version=version, previous_version=parent, current=move_pointer, run=str(run_dir),
                    tuning_file=str(tuning_path) if tuning_path else None,
                    tuning_run=str(tuning_run) if tuning_run else None,

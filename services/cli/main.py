@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.errors import WhaleIdError
 
-TENSORFLOW_COMMANDS = {"train", "export", "evaluate", "predict", "demo", "baseline"}
+TENSORFLOW_COMMANDS = {"train", "export", "evaluate", "predict", "demo", "baseline", "detector"}
 # Packages of the optional extras (pyproject.toml): a command that needs one says which extra to install.
 EXTRA_OF_PACKAGE = {
     "tensorflow": "training", "keras": "training", "tf2onnx": "training", "onnx": "training",
@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "services.model_repo.cli",      # whaleid model-repo build | bench triton
     "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
     "services.operations.cli",      # whaleid reindex | gallery ...
+    "services.operations.identities_cli",  # whaleid individuals merge|rename|undo|log|similar
     "services.catalogue.cli",       # whaleid catalogue import|status
     "services.chaos.cli",           # whaleid chaos
 )

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Route groups, in order. A module listed as OPTIONAL is skipped when it does not exist (yet).
 ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.listing", "services.gateway.confirmations",
-                 "services.gateway.gallery", "services.gateway.review_queue", "services.gateway.individuals",
+                 "services.gateway.gallery", "services.gateway.review_queue", "services.gateway.identities",
+                 "services.gateway.individuals",
                  "services.gateway.review", "services.gateway.openapi")  # openapi last: it documents them all
 OPTIONAL_ROUTE_MODULES = frozenset({"services.gateway.confirmations"})
 

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from services.gateway.auth import CREDENTIAL, allowed
+from services.gateway.candidate_photos import with_reference_photos
 from services.gateway.context import CTX, bad_query
 from services.gateway.credentials import APP, RESEARCHER, Credential
 from services.gateway.store import (
@@ -168,6 +169,10 @@ async def list_sightings(request: web.Request) -> web.Response:
                 pipe.zrem(index, *expired)
             await pipe.execute()
     next_cursor = None if exhausted or last is None else encode_cursor(*last)
+    annotated = await with_reference_photos(request, credential, [i.get("identification") for i in items])
+    for item, identification in zip(items, annotated, strict=True):
+        if identification is not None:
+            item["identification"] = identification
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
 

@@ -18,7 +18,7 @@ import typing
 from aiohttp import web
 
 from services import topics
-from services.gateway import schemas
+from services.gateway import candidate_photos, schemas
 from services.gateway.auth import _ROLES_ATTRIBUTE, PUBLIC_PATHS
 from services.gateway.context import CTX
 from services.gateway.validation import request_schema
@@ -61,6 +61,8 @@ def components(settings) -> dict:
              "Identification": record_schema(topics.Identification),
              "Confirmation": record_schema(topics.Confirmation)}
     found.update(schemas.SCHEMAS)
+    found.update(candidate_photos.SCHEMAS)  # answers carry a reference photo per candidate
+    found["Identification"]["properties"]["candidates"]["items"] = _ref("IdentificationCandidate")
     return found
 
 

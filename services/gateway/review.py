@@ -4,8 +4,9 @@ Sign-in: the page itself holds no data and needs no credential. The researcher p
 into the page's sign-in form, or opens `/review#token=<token>` (a URL fragment never reaches a server, a log or a
 Referer); the script keeps it in sessionStorage (this tab only, gone when it closes), removes it from the address
 bar, and sends it as `Authorization: Bearer` on its fetch calls to the researcher API (`/v1/review/queue`,
-`/v1/individuals`, `/v1/sightings/{id}/confirmation`), exactly as any app would. No cookie is ever set, so no
-request can be forged cross-site (CSRF), and the page is served with a strict Content-Security-Policy (scripts
+`/v1/individuals`, `/v1/sightings/{id}/confirmation`, the merge / rename / undo / similar routes of
+identities.py), exactly as any app would. No cookie is ever set, so no request can be forged cross-site (CSRF),
+and the page is served with a strict Content-Security-Policy (scripts
 and styles from this origin only, images from this origin and the S3 endpoint of the presigned photo GETs,
 no framing) and renders every value with textContent, never as HTML.
 """

@@ -7,6 +7,7 @@ openapi.components; the ones here describe the JSON the handlers assemble (tests
 from __future__ import annotations
 
 from services.gateway.listing import STATUSES
+from services.operations import identities
 from services.operations.confirmations import ACTIONS
 
 
@@ -74,10 +75,16 @@ SCHEMAS = {
         "type": "object", "required": ["sighting_id", "action", "confirmed_at", "metadata", "photo_url"],
         "properties": {"sighting_id": _STR, "action": {"type": "string", "enum": ["confirm", "new"]},
                        "researcher": _STR, "confirmed_at": _NUM, "metadata": _ref("SightingMetadata"),
-                       "photo_url": _nullable("string")}},
+                       "photo_url": _nullable("string"),
+                       "recorded_as": {"type": "string", "description": "the id the decision named (a merged "
+                                                                        "or old id resolves to this individual)"}}},
     "Individual": {
         "type": "object", "required": ["individual_id", "in_gallery", "gallery_photos", "sightings"],
         "properties": {"individual_id": _STR, "in_gallery": {"type": "boolean"},
+                       "requested_id": {"type": "string", "description": "the id asked for (merged or renamed "
+                                                                          "ids resolve to the survivor)"},
+                       "merged_from": {"type": "array", "items": _STR,
+                                       "description": "ids merged into it or its old names"},
                        "gallery_version": _nullable("string"),
                        "gallery_photos": {"type": "array", "items": _STR},
                        "sightings": {"type": "array", "items": _ref("IndividualSighting"),
@@ -86,6 +93,19 @@ SCHEMAS = {
                      "properties": {"current": {"type": ["object", "null"]},
                                     "versions": {"type": "array", "items": {"type": "object"}}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": _STR, "redis": _STR}},
+    "MergeRequest": identities.request_schema("MergeRequest"),
+    "RenameRequest": identities.request_schema("RenameRequest"),
+    "IdentityOperation": identities.operation_schema(),
+    "IdentityAnswer": {"type": "object", "required": ["operation"],
+                       "properties": {"operation": _ref("IdentityOperation")}},
+    "IdentityLog": {"type": "object", "required": ["operations"],
+                    "properties": {"operations": {"type": "array", "items": _ref("IdentityOperation"),
+                                                  "description": "newest first"}}},
+    "SimilarPair": identities.SIMILAR_PAIR_SCHEMA,
+    "SimilarIndividuals": {"type": "object", "required": ["gallery_version", "threshold", "pairs"],
+                           "properties": {"gallery_version": _STR, "threshold": _NUM, "total": {"type": "integer"},
+                                          "pairs": {"type": "array", "items": _ref("SimilarPair"),
+                                                    "description": "most similar first"}}},
 }
 
 _HTML = ("text/html", None)
@@ -136,6 +156,38 @@ OPERATIONS = {
                     "responses": {"200": ("matching ids (at most 50)", "Individuals")}},
     "individual": {"summary": "One individual: its gallery photos and confirmed sightings on a timeline",
                    "responses": {"200": ("the individual", "Individual"), "404": ("unknown individual", "Error")}},
+    "individual_merge": {
+        "summary": "Merge this individual into another: every past decision and gallery entry follows the survivor",
+        "description": "The merged id resolves to the survivor from now on (confirmations, the individual page); "
+                       "the next `whaleid reindex` publishes the gallery with its rows under the survivor. "
+                       "Undo with POST /v1/merges/{merge_id}/undo.",
+        "request": "MergeRequest",
+        "responses": {"201": ("merged", "IdentityAnswer"), "400": ("invalid body", "Error"),
+                      "404": ("unknown individual", "Error"), "409": ("already one individual", "Error"),
+                      "503": ("model store or Redis unavailable", "Error")}},
+    "individual_rename": {
+        "summary": "Give an individual a new name (refused when the name exists, in any spelling)",
+        "request": "RenameRequest",
+        "responses": {"201": ("renamed", "IdentityAnswer"), "400": ("invalid body or name", "Error"),
+                      "404": ("unknown individual", "Error"),
+                      "409": ("the name exists (the answer says where)", "Error"),
+                      "503": ("model store or Redis unavailable", "Error")}},
+    "merge_undo": {
+        "summary": "Undo a merge or rename: both ids are restored as before, also in the next re-index",
+        "responses": {"200": ("undone", "IdentityAnswer"), "404": ("unknown merge id", "Error"),
+                      "409": ("already undone, or a later operation involving the same ids must be undone first",
+                              "Error")}},
+    "merges": {"summary": "The merge and rename log, newest first",
+               "query": {"individual": "only operations involving this id (or an id resolving to it)",
+                         "limit": "items (default 50)"},
+               "responses": {"200": ("the operations", "IdentityLog"), "400": ("bad parameter", "Error")}},
+    "individuals_similar": {
+        "summary": "Catalogued individuals too similar to each other (candidates for a merge)",
+        "description": "Pairs whose mean embeddings in the served gallery score at least the new_individual "
+                       "threshold of their species (the tuned global one otherwise), merges applied.",
+        "query": {"limit": "pairs (default 50)"},
+        "responses": {"200": ("the pairs", "SimilarIndividuals"), "400": ("bad parameter", "Error"),
+                      "503": ("no gallery served", "Error")}},
     "review_page": {"summary": "The review page (HTML; sign in with a researcher token)",
                     "responses": {"200": ("the page", _HTML)}},
     "review_js": {"summary": "The review page's script", "responses": {"200": ("JavaScript", ("text/javascript", None))}},

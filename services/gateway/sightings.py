@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from services.gateway.auth import CREDENTIAL, allowed
+from services.gateway.candidate_photos import attach_candidate_photos, with_reference_photos
 from services.gateway.context import CTX, not_found
 from services.gateway.credentials import APP, RESEARCHER
 from services.gateway.listing import index_sighting, sighting_view
@@ -75,10 +76,12 @@ async def get_sighting(request: web.Request) -> web.Response:
     sighting = decode_hash(raw_sighting or {})
     if not sighting or not may_read(credential, sighting):
         raise not_found(f"unknown sighting {sighting_id!r}")
-    return web.json_response(sighting_view(credential, sighting_id, sighting, read_json_value(raw_identification),
+    identification, = await with_reference_photos(request, credential, [read_json_value(raw_identification)])
+    return web.json_response(sighting_view(credential, sighting_id, sighting, identification,
                                            read_json_value(raw_failure)))
 
 
 def add_routes(app: web.Application, ctx) -> None:
     app.router.add_post("/v1/sightings", create_sighting, name="create_sighting")
     app.router.add_get("/v1/sightings/{sighting_id}", get_sighting, name="get_sighting")
+    attach_candidate_photos(app, ctx.settings)  # a reference photo per candidate (candidate_photos.py)

@@ -11,6 +11,18 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("reindex", help="add confirmed sightings to a new gallery version and serve it")
     p.add_argument("--dry-run", action="store_true", help="report what would be added; write nothing")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--re-embed", action="store_true",
+                   help="the model changed: embed the whole catalogue and every confirmed sighting's photo again "
+                        "with --run's model (progress bars), re-tune the threshold as `gallery build` does, "
+                        "publish a new version and serve it")
+    p.add_argument("--run", help="with --re-embed: the training run whose model embeds everything (required)")
+    kept = p.add_mutually_exclusive_group()
+    kept.add_argument("--keep-threshold", action="store_true",
+                      help="with --re-embed: keep the served version's tuned threshold instead of re-tuning")
+    kept.add_argument("--tuning", metavar="FILE", help="with --re-embed: take the threshold from this tuning.json")
+    kept.add_argument("--tuning-run", metavar="FOLD_RUN",
+                      help="with --re-embed: tune with this fold run and transfer the threshold to --run")
+    p.add_argument("--no-switch", action="store_true", help="with --re-embed: publish only; do not move the pointer")
     p.set_defaults(func=_reindex)
 
     g = subparsers.add_parser("gallery", help="gallery versions in the model store")
@@ -74,6 +86,8 @@ def _stamp(seconds: float) -> str:
 def _reindex(args) -> int:
     from services.operations.reindex import reindex
 
+    if args.re_embed or any(_re_embed_options(args)):
+        return _re_embed(args)
     settings = _settings()
     report = reindex(_store(settings), _redis(settings), dry_run=args.dry_run)
     if args.json:
@@ -86,6 +100,52 @@ def _reindex(args) -> int:
         for sighting_id, reason in report.skipped.items():
             print(f"  skipped {sighting_id}: {reason}")
     return 1 if report.skipped else 0
+
+
+def _re_embed_options(args) -> list[str]:
+    return [flag for flag, value in (("--run", args.run), ("--keep-threshold", args.keep_threshold),
+                                     ("--tuning", args.tuning), ("--tuning-run", args.tuning_run),
+                                     ("--no-switch", args.no_switch)) if value]
+
+
+def _re_embed(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from services.errors import ConfigError
+
+    if not args.re_embed:
+        raise ConfigError(f"{', '.join(_re_embed_options(args))}: only with `whaleid reindex --re-embed --run RUN`")
+    if not args.run:
+        raise ConfigError("--re-embed needs --run RUN: the training run whose model embeds the catalogue and the "
+                          "confirmed sightings")
+    if args.dry_run:
+        raise ConfigError("--re-embed has no --dry-run (it embeds everything); use `whaleid reindex --dry-run` to "
+                          "see the confirmed sightings, `whaleid catalogue import --dry-run` for the catalogue")
+    if not args.verbose:
+        from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
+
+        import_tensorflow_quietly(TENSORFLOW_LOG)
+    from services.catalogue.re_embed import re_embed
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    settings = _settings()
+    summary = re_embed(settings, Path(args.run), keep_threshold=args.keep_threshold,
+                       tuning_path=Path(args.tuning) if args.tuning else None,
+                       tuning_run=Path(args.tuning_run) if args.tuning_run else None, progress=say,
+                       move_pointer=not args.no_switch)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['previous_version']} -> {summary['version']}: re-embedded {summary['photos']} catalogue "
+              f"photos and {summary['sightings_added']} confirmed sighting(s) with {summary['model_id']}; "
+              f"{summary['size']} embeddings, {summary['individuals']} individuals, threshold "
+              f"{summary['threshold']:.3f} {summary['tuning_source']}" + ("" if args.no_switch else "; now current"))
+        for sighting_id, reason in summary["skipped"].items():
+            print(f"  skipped {sighting_id}: {reason}")
+    return 1 if summary["skipped"] else 0
 
 
 def _list(args) -> int:

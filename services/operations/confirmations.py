@@ -13,7 +13,8 @@ such as PostgreSQL would be the production system of record for curation, with t
 
 The confirmations, the index and each sighting's trail are the catalogue's record: they never expire.
 
-Actions: `confirm` (into an id of the current gallery or a previously assigned new id), `new` (the system
+Actions: `confirm` (into an id of the current gallery, a previously assigned new id or a name given by a rename;
+an id merged or renamed away is resolved to its survivor first, services.operations.identities), `new` (the system
 assigns `whale-<8 hex>`), `reject` (the predicted id — by default the top candidate — is wrong). A sighting
 takes one decision; repeating the same decision is answered with the stored one; a different decision is
 refused, except that a `reject` may be followed by `confirm`/`new` naming another individual.
@@ -38,6 +39,7 @@ from services.errors import WhaleIdError
 from services.identification import NEW_INDIVIDUAL
 from services.metrics import CONFIRMATIONS
 from services.operations import records
+from services.operations.aliases import NAMES_KEY, resolve
 from services.topics import Confirmation
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,8 @@ class ConfirmationService:
                                       f"sighting {sighting_id} has no stored embedding yet (not processed, or "
                                       "failed); it cannot enter the gallery")
         known = self.known()
+        if individual_id:  # a merged or renamed id stands for its survivor (services.operations.identities)
+            individual_id = _resolve(self.redis, individual_id)
         if action == "confirm":
             self._check_known(individual_id, known)
         elif action == "reject":
@@ -182,7 +186,8 @@ class ConfirmationService:
         return action, individual_id.strip(), researcher.strip()
 
     def _check_known(self, individual_id: str, known: KnownIndividuals) -> None:
-        if individual_id in known.ids or self.redis.sismember(NEW_IDS_KEY, individual_id):
+        if individual_id in known.ids or self.redis.sismember(NEW_IDS_KEY, individual_id) \
+                or self.redis.sismember(NAMES_KEY, individual_id):
             return
         raise ConfirmationRefused(409, "unknown_individual",
                                   f"individual {individual_id!r} is neither in gallery version {known.version} nor "
@@ -204,7 +209,9 @@ class ConfirmationService:
                     pipe.watch(key)
                     existing = stored_confirmation(pipe, sighting_id)
                     if existing is not None:
-                        if self._same(existing, action, individual_id):
+                        if self._same(existing, action, individual_id) or (
+                                action == existing.action == "confirm"
+                                and _resolve(pipe, existing.individual_id) == individual_id):
                             pipe.unwatch()
                             return existing, False
                         if not (existing.action == "reject" and action != "reject"
@@ -250,6 +257,10 @@ class ConfirmationService:
         with self.redis.pipeline() as pipe:
             _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason), self.audit_maxlen)
             pipe.execute()
+
+
+def _resolve(redis, individual_id: str) -> str:
+    return resolve(redis, individual_id)
 
 
 def _append_audit(pipe, sighting_id: str, fields: dict[str, str], maxlen: int = AUDIT_MAXLEN) -> None:

@@ -10,6 +10,9 @@ Model versions: when the gallery's manifest lists its `model_ids`, a stored embe
 `model_version` matches them (services.model_versions: the version or its build id named by the gallery, or
 the export model ids the worker registered for that version equal to the gallery's); an embedding without a
 model version then does not enter. A gallery without `model_ids` accepts every embedding, as before.
+
+Merges and renames (services.operations.identities): every row, old and new, is labelled with the live id of its
+original id, so a version is published when only a merge, a rename or an undo happened (`relabelled`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from services.errors import DataError
 from services.metrics import REINDEX_LAST_SUCCESS
 from services.model_versions import VersionChecker
-from services.operations import records
+from services.operations import identities, records
 from services.operations.confirmations import confirmed_sightings
 from services.operations.model_store import GalleryStore, ModelStoreError
 from services.operations.publish import TUNING_FILE, publish_gallery
@@ -46,6 +49,7 @@ class ReindexReport:
     size: int = 0
     individuals: int = 0
     new_individuals: list[str] = field(default_factory=list)
+    relabelled: dict[str, int] = field(default_factory=dict)  # "old -> new" id: gallery rows (merges, renames)
     dry_run: bool = False
     seconds: float = 0.0
 
@@ -73,15 +77,19 @@ def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexRepo
         if not tuning_path.is_file():
             raise ModelStoreError(f"gallery version {pointer.version} has no {TUNING_FILE}")
         report = ReindexReport(previous_version=pointer.version, new_version=None, dry_run=dry_run)
-        rows = _pending_rows(gallery, redis, report)
+        aliases = identities.read_aliases(redis)  # merges and renames (services.operations.identities)
+        gallery, report.relabelled = identities.relabel_gallery(gallery, aliases)
+        rows = _pending_rows(gallery, redis, report, aliases)
         report.size = len(gallery) + len(report.added)
         report.individuals = len(set(gallery.individual_ids) | set(rows[1] if rows else []))
-        if rows and not dry_run:
-            embeddings, ids, species, images, metadata = rows
-            gallery = gallery.add(np.stack(embeddings), ids, species, images, metadata)
+        if (rows or report.relabelled) and not dry_run:
+            if rows:
+                embeddings, ids, species, images, metadata = rows
+                gallery = gallery.add(np.stack(embeddings), ids, species, images, metadata)
+            relabelled = f", {sum(report.relabelled.values())} row(s) relabelled" if report.relabelled else ""
             report.new_version = publish_gallery(
                 store, gallery, tuning_path, parent=pointer.version, added_sightings=report.added,
-                reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s)")
+                reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s){relabelled}")
         elif not dry_run:
             store.set_current(pointer.version, reason="reindex: no new confirmed sightings", reindexed=True)
     report.seconds = round(time.perf_counter() - start, 3)
@@ -93,8 +101,9 @@ def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexRepo
     return report
 
 
-def _pending_rows(gallery, redis, report: ReindexReport):
-    """The confirmed sightings not yet in `gallery`, as rows to add (None when there are none)."""
+def _pending_rows(gallery, redis, report: ReindexReport, aliases=None):
+    """The confirmed sightings not yet in `gallery`, as rows to add (None when there are none), each under the
+    live id of its decision's id (`aliases`: merges and renames)."""
     included = set(gallery.images)
     species_of = {}
     for ind, sp in zip(gallery.individual_ids, gallery.species, strict=True):
@@ -118,18 +127,21 @@ def _pending_rows(gallery, redis, report: ReindexReport):
             if not check.ok:
                 report.skipped[conf.sighting_id] = f"embedded by another model ({check.reason}): {check.detail}"
                 continue
-        kind = species_of.get(conf.individual_id) or records.read_species_hint(redis, conf.sighting_id) \
+        individual = identities.resolve_in(aliases or {}, conf.individual_id)
+        kind = species_of.get(individual) or records.read_species_hint(redis, conf.sighting_id) \
             or UNKNOWN_SPECIES
-        species_of.setdefault(conf.individual_id, kind)
+        species_of.setdefault(individual, kind)
         embeddings.append(vector)
-        ids.append(conf.individual_id)
+        ids.append(individual)
         species.append(kind)
         images.append(sighting_image(conf.sighting_id))
-        metadata.append({"sighting_id": conf.sighting_id, "action": conf.action, "researcher": conf.researcher,
-                         "confirmed_at": conf.confirmed_at, "confirmed_against": version_at_confirmation})
+        metadata.append(identities.row_metadata(
+            {"sighting_id": conf.sighting_id, "action": conf.action, "researcher": conf.researcher,
+             "confirmed_at": conf.confirmed_at, "confirmed_against": version_at_confirmation},
+            conf.individual_id, individual))
         report.added.append(conf.sighting_id)
-        if conf.action == "new" and conf.individual_id not in report.new_individuals:
-            report.new_individuals.append(conf.individual_id)
+        if conf.action == "new" and individual not in report.new_individuals:
+            report.new_individuals.append(individual)
         if number % 500 == 0:
             log.info("re-index: read %d / %d confirmed embeddings", number, len(confirmed))
     for sighting_id, reason in report.skipped.items():

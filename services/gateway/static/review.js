@@ -34,6 +34,7 @@
     $("review").hidden = true;
     $("empty").hidden = true;
     $("sign-out").hidden = true;
+    $("similar-open").hidden = true;
     $("sign-in").hidden = false;
     document.body.dataset.state = "signed-out";
     if (reason) say(reason, true);
@@ -209,6 +210,7 @@
   function show() {
     $("sign-in").hidden = true;
     $("sign-out").hidden = false;
+    $("similar-open").hidden = false;
     if (!current) {
       $("review").hidden = true;
       $("empty").hidden = false;
@@ -323,13 +325,48 @@
       + ", lat " + y0.toFixed(2) + "\u2026" + y1.toFixed(2) + ")", "hint"));
   }
 
-  async function showIndividual(individualId) {
+  let shownIndividual = null;  // the individual page on screen: {individual_id, sightings, ...}
+
+  function when(seconds) {
+    return new Date(seconds * 1000).toISOString().replace("T", " ").slice(0, 16) + "Z";
+  }
+
+  function curationSay(message, error) {
+    $("curation-status").textContent = message;
+    $("curation-status").className = error ? "error" : "";
+  }
+
+  function renderMerges(operations) {
+    $("individual-merges").replaceChildren(...(operations.length ? operations.map((op) => {
+      const li = text("li", op.kind + " " + op.source + " \u2192 " + op.target + " by " + op.researcher + ", "
+        + when(op.at) + (op.undone ? " (undone by " + op.undone_by + ")" : ""), op.undone ? "undone" : "");
+      li.dataset.mergeId = op.merge_id;
+      if (!op.undone) {
+        const undo = text("button", "Undo");
+        undo.type = "button";
+        undo.className = "undo";
+        undo.title = "restore " + op.source + " and " + op.target + " as before";
+        undo.addEventListener("click", () => undoMerge(op));
+        li.append(undo);
+      }
+      return li;
+    }) : [text("li", "none", "hint")]));
+  }
+
+  async function showIndividual(individualId, message) {
     const { status, data } = await api("GET", "/v1/individuals/" + encodeURIComponent(individualId));
     if (status !== 200) { say("Individual " + individualId + ": " + (data.error || status), true); return; }
-    $("individual-title").textContent = individualId + (data.in_gallery
+    const id = data.individual_id;
+    shownIndividual = data;
+    $("individual").dataset.individualId = id;
+    $("individual-title").textContent = id + (data.in_gallery
       ? " \u2014 in gallery " + data.gallery_version : " \u2014 not in the served gallery yet");
+    const merged = data.merged_from || [];
+    $("individual-aliases").textContent = (data.requested_id && data.requested_id !== id
+      ? data.requested_id + " was merged or renamed into " + id + ". " : "")
+      + (merged.length ? "Also recorded as: " + merged.join(", ") + "." : "");
     $("individual-gallery").replaceChildren(...(data.gallery_photos.length
-      ? data.gallery_photos.map((src) => image(src, "gallery photo of " + individualId))
+      ? data.gallery_photos.map((src) => image(src, "gallery photo of " + id))
       : [text("span", "no gallery photo in S3", "hint")]));
     $("individual-timeline").replaceChildren(...data.sightings.map((s) => {
       const li = document.createElement("li");
@@ -337,11 +374,118 @@
       if (s.photo_url) li.append(image(s.photo_url, "sighting " + s.sighting_id));
       const m = s.metadata || {};
       li.append(text("span", [m.taken_at || "?", m.latitude == null ? "" : m.latitude + ", " + m.longitude,
-        s.action + " by " + s.researcher, s.sighting_id.slice(0, 10)].join(" \u00b7 ")));
+        s.action + " by " + s.researcher, s.sighting_id.slice(0, 10)].join(" \u00b7 ")
+        + (s.recorded_as && s.recorded_as !== id ? " (recorded as " + s.recorded_as + ")" : "")));
       return li;
     }));
     drawMap(data.sightings);
-    $("individual").showModal();
+    $("merge-target").value = "";
+    $("rename-id").value = "";
+    curationSay(message || "", false);
+    const log = await api("GET", "/v1/merges?limit=10&individual=" + encodeURIComponent(id));
+    renderMerges(log.status === 200 ? log.data.operations : []);
+    if (!$("individual").open) $("individual").showModal();
+    $("individual").dataset.state = "ready";
+  }
+
+  function askMerge(event) {
+    event.preventDefault();
+    const source = shownIndividual && shownIndividual.individual_id, target = $("merge-target").value.trim();
+    if (!source) return;
+    if (!target || target === source) { curationSay("Choose another individual to merge " + source + " into", true); return; }
+    $("merge-text").textContent = "Merge " + source + " into " + target + "? " + source + " and its "
+      + shownIndividual.sightings.length + " confirmed sighting(s) will count as " + target
+      + " from now on, and the next gallery version (whaleid reindex) holds its photos under " + target
+      + ". It can be undone.";
+    $("merge-confirm").dataset.source = source;
+    $("merge-confirm").dataset.target = target;
+    $("merge-confirm").returnValue = "";
+    $("merge-confirm").showModal();
+  }
+
+  async function doMerge() {
+    if ($("merge-confirm").returnValue !== "merge") return;
+    const { source, target } = $("merge-confirm").dataset;
+    $("individual").dataset.state = "busy";
+    const { status, data } = await api("POST", "/v1/individuals/" + encodeURIComponent(source) + "/merge",
+      { into: target });
+    if (status !== 201) {
+      $("individual").dataset.state = "ready";
+      curationSay("Merge refused (" + (data.code || status) + "): " + (data.error || ""), true);
+      return;
+    }
+    const op = data.operation;
+    say("Merged " + op.source + " into " + op.target + " (" + op.merge_id + ")");
+    await showIndividual(op.target, "Merged " + op.source + " into " + op.target + " (" + op.merge_id
+      + "); run whaleid reindex to publish the gallery with it.");
+  }
+
+  async function rename(event) {
+    event.preventDefault();
+    const source = shownIndividual && shownIndividual.individual_id, name = $("rename-id").value.trim();
+    if (!source || !name) return;
+    $("individual").dataset.state = "busy";
+    const { status, data } = await api("POST", "/v1/individuals/" + encodeURIComponent(source) + "/rename",
+      { new_id: name });
+    if (status !== 201) {
+      $("individual").dataset.state = "ready";
+      curationSay("Rename refused (" + (data.code || status) + "): " + (data.error || ""), true);
+      return;
+    }
+    say("Renamed " + source + " to " + name);
+    await showIndividual(name, "Renamed " + source + " to " + name + " (" + data.operation.merge_id + ")");
+  }
+
+  async function undoMerge(op) {
+    $("individual").dataset.state = "busy";
+    const { status, data } = await api("POST", "/v1/merges/" + encodeURIComponent(op.merge_id) + "/undo");
+    if (status !== 200) {
+      $("individual").dataset.state = "ready";
+      curationSay("Undo refused (" + (data.code || status) + "): " + (data.error || ""), true);
+      return;
+    }
+    say("Undid " + op.kind + " " + op.source + " \u2192 " + op.target);
+    await showIndividual(op.kind === "rename" ? op.source : shownIndividual.individual_id,
+      "Undid " + op.kind + " " + op.source + " \u2192 " + op.target + ": both ids are back");
+  }
+
+  let mergeTimer = null;
+  function searchTargets() {
+    clearTimeout(mergeTimer);
+    mergeTimer = setTimeout(async () => {
+      const q = $("merge-target").value.trim(), self = shownIndividual && shownIndividual.individual_id;
+      const { status, data } = await api("GET", "/v1/individuals?q=" + encodeURIComponent(q));
+      if (status !== 200) return;
+      $("merge-ids").replaceChildren(...data.individuals.filter((id) => id !== self).map((id) => {
+        const option = document.createElement("option");
+        option.value = id;
+        return option;
+      }));
+    }, 150);
+  }
+
+  async function showSimilar() {
+    const { status, data } = await api("GET", "/v1/individuals/similar");
+    if (status !== 200) { say("Similar individuals: " + (data.error || status), true); return; }
+    $("similar-text").textContent = data.total + " pair(s) of individuals in gallery " + data.gallery_version
+      + " whose mean embeddings score at or above their new-individual threshold (global "
+      + data.threshold.toFixed(3) + "): maybe one animal catalogued twice. Open one to merge.";
+    $("similar-pairs").tBodies[0].replaceChildren(...data.pairs.map((pair) => {
+      const row = document.createElement("tr");
+      row.dataset.pair = pair.a + " " + pair.b;
+      [pair.a, pair.b].forEach((id) => {
+        const cell = document.createElement("td");
+        const open = text("button", id, "link");
+        open.type = "button";
+        open.dataset.individualId = id;
+        open.addEventListener("click", () => { $("similar").close(); showIndividual(id); });
+        cell.append(open);
+        row.append(cell);
+      });
+      row.append(text("td", pair.score.toFixed(3)), text("td", pair.threshold.toFixed(3)));
+      return row;
+    }));
+    $("similar").showModal();
   }
 
   let searchTimer = null;
@@ -362,7 +506,7 @@
   function typing(event) {
     const tag = event.target.tagName;
     return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || $("duplicate-guard").open
-      || $("individual").open;
+      || $("individual").open || $("merge-confirm").open || $("similar").open;
   }
 
   function onKey(event) {
@@ -427,6 +571,12 @@
       start();
     });
     $("sign-out").addEventListener("click", () => signOut("Signed out"));
+    $("merge-form").addEventListener("submit", askMerge);
+    $("merge-target").addEventListener("input", searchTargets);
+    $("merge-target").addEventListener("focus", searchTargets);
+    $("merge-confirm").addEventListener("close", doMerge);
+    $("rename-form").addEventListener("submit", rename);
+    $("similar-open").addEventListener("click", showSimilar);
     document.addEventListener("keydown", onKey);
     filtersFromAddress();
     start();

@@ -1,0 +1,260 @@
+"""Webhooks per app for finished identifications (#12): signed with HMAC-SHA256, retried with capped exponential
+backoff, dead-lettered after N failures. The receivers are real HTTP servers (http.server in a thread); Redis
+and Kafka are the session stack's (Redis: a database of its own)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import redis as redis_lib
+from prometheus_client import REGISTRY
+
+from services.errors import ConfigError
+from services.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
+from services.webhooks import service as hooks
+from services.webhooks.endpoints import endpoints_from_settings
+from services.webhooks.signing import sign, verify
+
+REDIS_DB = 12
+SECRET = "s3cret-for-hook-app-0123"
+OTHER_SECRET = "another-secret-of-quiet-app"
+
+
+class Receiver:
+    """A real HTTP server recording every call; `script[path]` lists the statuses it answers, then 200."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.script: dict[str, list[int]] = {}
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    receiver.calls.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    statuses = receiver.script.get(self.path, [])
+                    status = statuses.pop(0) if statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def on(self, path: str) -> list[dict]:
+        with self.lock:
+            return [c for c in self.calls if c["path"] == path]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_db(stack):
+    client = redis_lib.Redis.from_url(stack.settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def hook_settings(stack, receiver, path: str, **overrides):
+    return stack.settings.with_overrides(
+        redis_url=stack.settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}",
+        gateway_app_tokens="hook-app=hook-app-token-000000000000,quiet-app=quiet-app-token-0000000000",
+        webhook_urls=f"hook-app={receiver.url(path)}", webhook_secrets=f"hook-app={SECRET}",
+        webhook_backoff_initial_s=0.05, webhook_backoff_max_s=0.2, webhook_max_attempts=4,
+        webhooks_group=f"test-webhooks-{uuid.uuid4().hex[:8]}", **overrides)
+
+
+def sighting(redis_db, owner: str = "hook-app") -> str:
+    sighting_id = uuid.uuid4().hex
+    redis_db.hset(f"sighting:{sighting_id}", mapping={"owner": owner, "metadata": json.dumps(
+        {"observer": "obs-1", "latitude": 64.1, "longitude": -21.9, "taken_at": "2026-11-20T08:30:00+00:00"})})
+    return sighting_id
+
+
+def identification(sighting_id: str) -> bytes:
+    return Identification(sighting_id=sighting_id, candidates=[{"individual_id": "ind-a", "score": 0.91}],
+                          new_individual=False, model_version="m", gallery_version="v1",
+                          identified_at=time.time()).to_json()
+
+
+def counter(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def drain(service, until, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "the retries did not finish in time"
+        service.process_due()
+        time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- signing and settings
+def test_signatures_verify_and_refuse_tampering_and_replays():
+    body = b'{"event":"identification"}'
+    headers = sign(SECRET, body, now=1_700_000_000)
+    assert headers["X-WhaleId-Timestamp"] == "1700000000"
+    assert headers["X-WhaleId-Signature"].startswith("sha256=") and len(headers["X-WhaleId-Signature"]) == 71
+    args = (headers["X-WhaleId-Timestamp"], headers["X-WhaleId-Signature"])
+    assert verify(SECRET, body, *args, now=1_700_000_010)
+    assert not verify(SECRET, body + b" ", *args, now=1_700_000_010)
+    assert not verify("wrong-secret-0123456789", body, *args, now=1_700_000_010)
+    assert not verify(SECRET, body, *args, now=1_700_000_000 + 301)  # too old: a replay
+    assert not verify(SECRET, body, "not-a-time", args[1])
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [hooks.backoff_s(n, 2.0, 30.0) for n in range(1, 7)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_webhook_settings_are_checked(stack):
+    base = stack.settings.with_overrides(gateway_app_tokens="hook-app=hook-app-token-000000000000")
+    assert endpoints_from_settings(base) == {}
+    good = endpoints_from_settings(base.with_overrides(webhook_urls="hook-app=https://example.org/h",
+                                                       webhook_secrets=f"hook-app={SECRET}"))
+    assert good["hook-app"].url == "https://example.org/h" and SECRET not in repr(good)
+    for urls, secrets, problem in (
+            ("hook-app=ftp://example.org", f"hook-app={SECRET}", "is not http(s)"),
+            ("hook-app=https://example.org", "", "needs a secret of at least 16"),
+            ("hook-app=https://example.org", "hook-app=short", "needs a secret of at least 16"),
+            ("nobody=https://example.org", f"nobody={SECRET}", "'nobody' is not an app of the gateway"),
+            ("hook-app=https://example.org", f"hook-app={SECRET},other={SECRET}", "'other' has a secret but no URL"),
+            ("hook-app=https://a.org,hook-app=https://b.org", f"hook-app={SECRET}", "configured twice")):
+        with pytest.raises(ConfigError, match=re.escape(problem)) as caught:
+            endpoints_from_settings(base.with_overrides(webhook_urls=urls, webhook_secrets=secrets))
+        assert SECRET not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- deliveries
+def test_a_failing_then_succeeding_receiver_gets_the_call_again_with_backoff(stack, receiver, redis_db):
+    path = f"/flaky-{uuid.uuid4().hex[:6]}"
+    receiver.script[path] = [500, 503]
+    service = hooks.WebhookService(hook_settings(stack, receiver, path), redis_db)
+    sighting_id = sighting(redis_db)
+    before = counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered")
+    assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "retried"
+    assert redis_db.zcard(hooks.RETRY_KEY) == 1
+    due = redis_db.zscore(hooks.RETRY_KEY, f"identification:{sighting_id}")
+    assert 0.04 < due - time.time() <= 0.06  # the first pause: webhook_backoff_initial_s
+    drain(service, lambda: len(receiver.on(path)) == 3)
+    calls = receiver.on(path)
+    assert [c["headers"]["X-WhaleId-Attempt"] for c in calls] == ["1", "2", "3"]
+    assert len({c["body"] for c in calls}) == 1  # the same bytes every time: receivers dedupe by delivery id
+    last = calls[-1]
+    assert verify(SECRET, last["body"], last["headers"]["X-WhaleId-Timestamp"], last["headers"]["X-WhaleId-Signature"])
+    assert last["headers"]["X-WhaleId-Event"] == "identification"
+    assert last["headers"]["X-WhaleId-Delivery"] == f"identification:{sighting_id}"
+    payload = json.loads(last["body"])
+    assert (payload["event"], payload["app"], payload["sighting_id"]) == ("identification", "hook-app", sighting_id)
+    assert payload["data"]["candidates"] == [{"individual_id": "ind-a", "score": 0.91}]
+    assert payload["metadata"]["observer"] == "obs-1" and "latitude" not in payload["metadata"]  # an app: no GPS
+    assert redis_db.exists(f"webhooks:delivered:identification:{sighting_id}")
+    assert redis_db.hlen(hooks.PENDING_KEY) == 0 and redis_db.zcard(hooks.RETRY_KEY) == 0
+    assert counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered") == before + 1
+    # a topic duplicate is not sent again
+    assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "duplicate"
+    assert len(receiver.on(path)) == 3
+
+
+def test_after_n_failures_the_delivery_is_dead_lettered(stack, receiver, redis_db):
+    path = f"/down-{uuid.uuid4().hex[:6]}"
+    receiver.script[path] = [500] * 10
+    service = hooks.WebhookService(hook_settings(stack, receiver, path), redis_db)
+    sighting_id = sighting(redis_db)
+    before = counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="dead_lettered")
+    service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id))
+    drain(service, lambda: redis_db.xlen(hooks.DEAD_LETTER_STREAM) == 1)
+    (_, fields), = redis_db.xrange(hooks.DEAD_LETTER_STREAM)
+    fields = {k.decode(): v.decode() for k, v in fields.items()}
+    assert (fields["reason"], fields["attempts"], fields["last_error"]) == ("max_attempts", "4", "HTTP 500")
+    assert fields["sighting_id"] == sighting_id and json.loads(fields["body"])["sighting_id"] == sighting_id
+    assert len(receiver.on(path)) == 4 and redis_db.hlen(hooks.PENDING_KEY) == 0
+    assert counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="dead_lettered") == before + 1
+    # a refusal (4xx) is not retried
+    refused = sighting(redis_db)
+    receiver.script[path] = [400]
+    assert service.handle_record(IDENTIFICATIONS, refused.encode(), identification(refused)) == "dead_lettered"
+    assert json.loads(redis_db.xrevrange(hooks.DEAD_LETTER_STREAM, count=1)[0][1][b"body"])["sighting_id"] == refused
+    assert redis_db.xrevrange(hooks.DEAD_LETTER_STREAM, count=1)[0][1][b"reason"] == b"rejected"
+
+
+def test_only_the_owners_webhook_is_called(stack, receiver, redis_db):
+    path = f"/owner-{uuid.uuid4().hex[:6]}"
+    service = hooks.WebhookService(hook_settings(stack, receiver, path), redis_db)
+    quiet = sighting(redis_db, owner="quiet-app")
+    assert service.handle_record(IDENTIFICATIONS, quiet.encode(), identification(quiet)) == "no_webhook"
+    unknown = uuid.uuid4().hex
+    assert service.handle_record(IDENTIFICATIONS, unknown.encode(), identification(unknown)) == "no_owner"
+    assert service.handle_record(IDENTIFICATIONS, b"x", b"not json") == "malformed"
+    assert receiver.on(path) == []
+
+
+def test_the_service_consumes_both_topics_through_kafka(stack, receiver, redis_db):
+    from kafka import KafkaProducer
+
+    path = f"/kafka-{uuid.uuid4().hex[:6]}"
+    receiver.script[path] = [502]  # the first call fails: the retry comes from Redis, not from the topic
+    settings = hook_settings(stack, receiver, path)
+    stop = threading.Event()  # `whaleid serve webhooks` is run_webhooks(settings) until SIGTERM
+    loop = threading.Thread(target=hooks.run_webhooks, args=(settings,), kwargs={"metrics_port": 0, "stop": stop},
+                            daemon=True)
+    loop.start()
+    try:
+        known, new = sighting(redis_db), sighting(redis_db)
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        producer.send(IDENTIFICATIONS, key=known.encode(), value=identification(known))
+        producer.send(NEW_INDIVIDUALS, key=new.encode(), value=NewIndividual(
+            sighting_id=new, best_known_id="ind-a", best_known_score=0.2, gallery_version="v1").to_json())
+        producer.flush()
+        producer.close()
+        deadline = time.monotonic() + 30
+        while len({json.loads(c["body"])["delivery_id"] for c in receiver.on(path)}) < 2 or len(receiver.on(path)) < 3:
+            assert time.monotonic() < deadline, receiver.on(path)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    assert not loop.is_alive()
+    events = sorted(c["headers"]["X-WhaleId-Event"] for c in receiver.on(path))
+    assert events.count("new_individual") >= 1 and events.count("identification") >= 1
+    for call in receiver.on(path):
+        headers = call["headers"]
+        assert verify(SECRET, call["body"], headers["X-WhaleId-Timestamp"], headers["X-WhaleId-Signature"])
+    assert redis_db.exists(f"webhooks:delivered:new_individual:{new}", f"webhooks:delivered:identification:{known}") == 2
+
+
+def test_serve_webhooks_refuses_to_start_without_a_webhook(monkeypatch, capsys):
+    from services.cli.main import main
+
+    monkeypatch.setenv("WHALEID_WEBHOOK_URLS", "")
+    assert main(["serve", "webhooks"]) == 2
+    assert "no webhook is configured" in capsys.readouterr().err
+    assert main(["serve", "webhooks", "--index", "1"]) == 2
+    assert "`serve webhooks` takes --config and --metrics-port" in capsys.readouterr().err
