@@ -91,7 +91,7 @@ def test_promtool_checks_the_scrape_config(tmp_path):
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     check = subprocess.run([PROMTOOL, "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
                            text=True, timeout=60)
-    assert check.returncode == 0 and "8 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "9 rules found" in check.stdout, check.stdout + check.stderr
 
 
 def test_alerts_cover_down_dead_letters_latency_and_stale_index():
@@ -189,7 +189,7 @@ def test_whaleid_containers_run_existing_commands_on_the_services_ports():
         ports = [p["containerPort"] for p in container.get("ports", [])]
         assert ports == [expected], f"{workload}: ports {ports}, the service listens on {expected}"
         assert meta["annotations"]["prometheus.io/port"] == str(expected), workload
-    assert served == {"gateway", "bridge", "worker", "matcher", "reconciler"}
+    assert served == {"gateway", "bridge", "worker", "matcher", "reconciler", "webhooks"}
 
 
 def test_environment_names_settings_that_exist_and_load():
