@@ -9,12 +9,28 @@ import json
 def _synth(args) -> int:
     from training.synth import generate
 
+    if args.scenes:
+        return _scenes(args)
+    if args.individuals is None:
+        from services.errors import ConfigError
+
+        raise ConfigError("synth: --individuals is required (unless --scenes N)")
     summary = generate(
         args.out, individuals=args.individuals, seed=args.seed, species=args.species, image_size=args.image_size,
         test_new_share=args.test_new_share, max_photos=args.max_photos, misspelt_share=args.misspelt_share,
         jpeg_quality=args.jpeg_quality, zipf_a=args.zipf_a, nuisance=args.nuisance, overwrite=args.overwrite,
         preview=not args.no_preview, style=args.style,
     )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _scenes(args) -> int:
+    from training.synth.scenes import generate_scenes
+
+    summary = generate_scenes(args.out, args.scenes, seed=args.seed, image_size=args.image_size, looks=args.look,
+                              individuals=args.individuals or 24, jpeg_quality=args.jpeg_quality,
+                              overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -40,7 +56,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     synth.add_argument("out", help="output directory")
-    synth.add_argument("--individuals", type=int, required=True, help="number of individuals (seen + new)")
+    synth.add_argument("--individuals", type=int,
+                       help="number of individuals (seen + new); required, except with --scenes (default 24 there)")
     synth.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files")
     synth.add_argument("--species", type=int, default=len(SPECIES), help=f"number of species (1..{len(SPECIES)})")
     synth.add_argument("--image-size", type=int, default=192, help="photo width in pixels (height = 2/3 of it)")
@@ -58,6 +75,13 @@ def register(subparsers) -> None:
                             "grey: grey-scale, strong contrast; overcast: washed-out, hazy, green-brown water, "
                             "noisy; textured: procedural sea texture and camera effects; random: a style, grey or "
                             "colour and camera strengths drawn per photo)")
+    synth.add_argument("--scenes", type=int, metavar="N",
+                       help="write N full scenes for the crop detector instead (OUT/scenes/, scene_boxes.csv with "
+                            "every animal's true box, scenes.json): one or more animals, some partly out of frame, "
+                            "some water only")
+    synth.add_argument("--look", default="photo,grey,overcast",
+                       help="with --scenes: the looks (styles, comma-separated), one drawn per scene; the "
+                            "detector's held-out look is textured")
     synth.add_argument("--jpeg-quality", type=int, default=90)
     synth.add_argument("--overwrite", action="store_true", help="replace a data set already in OUT")
     synth.add_argument("--no-preview", action="store_true", help="skip preview.png")

@@ -1,14 +1,26 @@
 """The crop step: the uploader's box when given, else a detector in the Triton repository when one is loaded,
 else the whole image. One step, pluggable: `CropStep` objects are tried in order, the first box wins.
 
-Detector contract (optional Triton model, name `settings.triton_detector_model`): input `IMAGE` (TYPE_STRING,
-dims [1], PNG/JPEG bytes), outputs `BOX` (TYPE_FP32, dims [4], x0 y0 x1 y1 in pixels) and `SCORE`
-(TYPE_FP32, dims [1]); the box is used when the score is at least `DETECTOR_MIN_SCORE`.
+Detector contract (optional Triton model, name `settings.triton_detector_model`; `whaleid model-repo build
+--detector` builds one): input `IMAGE` (TYPE_STRING, dims [1], PNG/JPEG bytes), outputs `BOX` (TYPE_FP32, dims
+[4], x0 y0 x1 y1 in pixels of the image sent), optionally `BOX_NORM` (the same normalised to 0..1, preferred when
+present) and `SCORE` (TYPE_FP32, dims [1]); the box is used when the score is at least `DETECTOR_MIN_SCORE`.
+
+The detector is picked up whenever Triton has it loaded, not only at start: its readiness is asked at most once
+every `recheck_s` seconds (one cheap gRPC call, cached in between); while it is not ready the step finds no box
+(the whole image is cropped), and a failed call has the readiness asked again on the next one.
+
+Orientation: the worker decodes uploads with services.imaging.decode_image, which applies the EXIF orientation,
+so the uploader's box, the detector's input and its box are all in the upright frame a viewer sees. The photo
+is sent to the detector as PNG of those upright pixels (no EXIF left to apply), scaled down first when its longer
+side exceeds `DETECTOR_MAX_SIDE` (the detector resizes to its small input anyway), and the box is mapped back.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,6 +33,8 @@ from services.worker.failures import PermanentFailure, TransientFailure
 
 log = logging.getLogger(__name__)
 DETECTOR_MIN_SCORE = 0.5
+DETECTOR_RECHECK_S = 10.0  # how often a missing (or present) detector's readiness is asked again
+DETECTOR_MAX_SIDE = 1024  # longer side of the photo sent to the detector (its box is scaled back)
 
 
 @dataclass(frozen=True)
@@ -52,36 +66,83 @@ class UploaderBox:
 
 
 class TritonDetector:
-    """A detector model served by Triton (see the module doc for its contract)."""
+    """A detector model served by Triton (see the module doc for its contract and readiness re-checks)."""
 
     source = "detector"
 
-    def __init__(self, url: str, model: str, timeout_s: float = 10.0):
+    def __init__(self, url: str, model: str, timeout_s: float = 10.0, recheck_s: float = DETECTOR_RECHECK_S,
+                 clock=time.monotonic):
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(url)
         self.model = model
         self.timeout_s = timeout_s
+        self.recheck_s = float(recheck_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ready: bool | None = None  # None: never asked
+        self._checked_at = float("-inf")
 
     @classmethod
-    def if_available(cls, url: str, model: str, timeout_s: float = 10.0) -> "TritonDetector | None":
-        """The detector when Triton has the model loaded, else None."""
+    def if_available(cls, url: str, model: str, timeout_s: float = 10.0,
+                     recheck_s: float = DETECTOR_RECHECK_S) -> "TritonDetector | None":
+        """The detector step whenever there is a Triton to ask (None without a Triton address); it uses the
+        model from the moment Triton has it loaded (re-checked every `recheck_s` seconds)."""
         if not url:
             return None
         try:
-            detector = cls(url, model, timeout_s)
-            if detector.client.is_model_ready(model):
-                log.info("crop: using the Triton detector model %r", model)
-                return detector
+            detector = cls(url, model, timeout_s, recheck_s)
         except Exception as exc:  # noqa: BLE001 - no detector is a normal configuration
             log.info("crop: no detector model %r (%s)", model, exc)
-        return None
+            return None
+        detector.ready()
+        return detector
+
+    def ready(self) -> bool:
+        """Whether Triton has the model loaded; asked at most once per `recheck_s` (cached in between)."""
+        now = self._clock()
+        with self._lock:
+            if now - self._checked_at < self.recheck_s and self._ready is not None:
+                return self._ready
+            self._checked_at = now
+        try:
+            ready = bool(self.client.is_model_ready(self.model, client_timeout=min(self.timeout_s, 2.0)))
+        except Exception:  # noqa: BLE001 - Triton down or the model unknown: not ready, ask again later
+            ready = False
+        self._set_ready(ready)
+        return ready
+
+    def _set_ready(self, ready: bool) -> None:
+        with self._lock:
+            changed, self._ready = self._ready != ready, ready
+        if changed:
+            if ready:
+                log.info("crop: using the Triton detector model %r", self.model)
+            else:
+                log.info("crop: the Triton detector model %r is not loaded: whole images until it is (asked again "
+                         "every %.0f s)", self.model, self.recheck_s)
+
+    @staticmethod
+    def _scaled(image: np.ndarray) -> tuple[np.ndarray, float]:
+        """The image to send (longer side at most DETECTOR_MAX_SIDE) and the factor back to the original."""
+        height, width = image.shape[:2]
+        longer = max(height, width)
+        if longer <= DETECTOR_MAX_SIDE:
+            return image, 1.0
+        from PIL import Image
+
+        factor = DETECTOR_MAX_SIDE / longer
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)), 1.0 / factor
 
     def find_box(self, image, metadata):
         from tritonclient.utils import InferenceServerException
 
-        data = np.array([[encode_png(image)]], dtype=np.object_)
+        if not self.ready():
+            return None
+        sent, back = self._scaled(image)
+        data = np.array([[encode_png(sent)]], dtype=np.object_)
         inputs = [self._grpc.InferInput("IMAGE", [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(data)
         try:
@@ -89,15 +150,22 @@ class TritonDetector:
         except InferenceServerException as exc:
             failure = classify(exc)
             if failure.transient:  # overloaded, unavailable, not loaded: retry the sighting later
+                with self._lock:  # unloaded, perhaps: the next call asks again (and goes without it if so)
+                    self._checked_at = float("-inf")
                 raise TransientFailure(f"detector call failed ({failure.kind}): {exc}") from None
             log.warning("crop: the detector refused the image (%s: %s): next crop step", failure.kind, failure.message)
             return None
         score = float(np.asarray(result.as_numpy("SCORE")).reshape(-1)[0])
         if score < DETECTOR_MIN_SCORE:
             return None
-        box = np.asarray(result.as_numpy("BOX"), dtype=np.float64).reshape(-1)[:4]
+        height, width = image.shape[:2]
+        normalised = result.as_numpy("BOX_NORM")
+        if normalised is not None:
+            box = np.asarray(normalised, dtype=np.float64).reshape(-1)[:4] * [width, height, width, height]
+        else:
+            box = np.asarray(result.as_numpy("BOX"), dtype=np.float64).reshape(-1)[:4] * back
         try:
-            return [float(v) for v in validate_box(box.tolist(), image.shape[1], image.shape[0])]
+            return [float(v) for v in validate_box(box.tolist(), width, height)]
         except DataError:
             return None  # a degenerate detection: fall back to the next step
 
