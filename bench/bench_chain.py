@@ -216,7 +216,7 @@ def main(argv: list[str]) -> dict:
 
     import redis
 
-    from services.demo.app_client import AppClient
+    from services.gateway.client import AppClient
     from services.demo.model import untrained_repository
     from services.demo.processes import ServiceProcess, service_env
     from services.identification import Tuning, build_gallery

@@ -5,8 +5,10 @@ store) -> Redis -> gateway GET. The live predictions must equal the offline ones
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,8 +16,8 @@ from fixtures_chain import ServiceProcess, chain_env, stream_counts, wait_announ
 from fixtures_model_repo import EPOCHS, exported, snapshot_run
 from fixtures_synth import synth_dataset
 
-from services.demo.app_client import AppClient
 from services.demo.run import app_metadata, hostile_uploads, read_truth, result_row, wait_for_results
+from services.gateway.client import AppClient
 from services.stack.ports import free_port
 
 TOKEN = "chain-test-token"
@@ -110,6 +112,52 @@ def test_uploads_through_the_gateway_are_identified_as_offline(e2e):
     wait_announced(e2e["redis"], [u.sighting_id for u in uploads], 60)  # the stream entry follows the result
     assert all(stream_counts(e2e["redis"])[u.sighting_id] == 1 for u in uploads)
     assert summary["p50_ms"] is not None and summary["p50_ms"] > 0
+
+
+def _with_exif(source: Path, target: Path, latitude: float, longitude: float) -> Path:
+    """The photo re-saved with EXIF DateTimeOriginal and GPS (south and west: negative), as a phone writes them."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        exif = image.getexif()
+        exif.get_ifd(0x8769)[0x9003] = "2026:11:30 09:15:00"
+        gps = exif.get_ifd(0x8825)
+        gps.update({1: "S", 2: (abs(latitude), 0.0, 0.0), 3: "W", 4: (abs(longitude), 30.0, 0.0)})
+        image.save(target, quality=100, exif=exif)
+    return target
+
+
+def test_whaleid_upload_answers_as_the_app_does(e2e, tmp_path, capsys):
+    """`whaleid upload` on the photo an app sends: the same five candidates; when and where from its EXIF."""
+    from services.cli.main import main
+
+    data, client = e2e["data"], e2e["client"]
+    image = sorted(data.test_images)[0]
+    box = data.eval_box(image, e2e["embedder"].eval_box_source)
+    argv = ["upload", str(data.image_path(image)), "--url", client.base_url, "--token", TOKEN, "--json",
+            "--latitude", "64.1", "--longitude", "-21.9", "--observer", "cli-test", "--wait", "120"]
+    assert main(argv + (["--crop-box", ",".join(str(v) for v in box)] if box is not None else [])) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["status"] == "identified" and row["photo"] == image
+    live = [c["individual_id"] for c in row["answer"]["identification"]["candidates"]]
+    assert live == e2e["offline"]["predictions"][image]
+    assert json.loads(e2e["redis"].hget(f"sighting:{row['sighting_id']}", "metadata"))["observer"] == "cli-test"
+
+    photo = _with_exif(data.image_path(image), tmp_path / "phone.jpg", latitude=-12.5, longitude=-45.0)
+    assert main(["upload", str(photo), "--url", client.base_url, "--token", TOKEN, "--wait", "120"]) == 0
+    printed = capsys.readouterr().out
+    assert "phone.jpg: sighting " in printed and " -> " in printed
+    sighting_id = printed.split("sighting ")[1].split()[0]
+    answer = client.sighting(sighting_id)
+    assert answer["status"] == "identified"
+    assert answer["metadata"]["taken_at"] == "2026-11-30T09:15:00Z"
+    stored = json.loads(e2e["redis"].hget(f"sighting:{sighting_id}", "metadata"))  # GPS: researchers only
+    assert stored["latitude"] == pytest.approx(-12.5) and stored["longitude"] == pytest.approx(-45.5)
+
+    no_gps = tmp_path / "no-gps.jpg"
+    no_gps.write_bytes(data.image_path(image).read_bytes())
+    assert main(["upload", str(no_gps), "--url", client.base_url, "--token", TOKEN]) == 2
+    assert "no GPS position" in capsys.readouterr().err
 
 
 def test_hostile_uploads_through_the_gateway_fail_with_reasons(e2e):

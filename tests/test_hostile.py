@@ -25,7 +25,7 @@ from services.chaos.hostile import (
     submit_all,
     summarise,
 )
-from services.demo.app_client import AppClient
+from services.gateway.client import AppClient
 from services.imaging import ImageRejected, decode_image
 from services.stack.ports import free_port
 

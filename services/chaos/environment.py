@@ -116,7 +116,7 @@ class ChaosEnvironment:
 
     def wait_service(self, name: str, timeout: float = 180.0) -> None:
         if name == "gateway":
-            from services.demo.app_client import AppClient
+            from services.gateway.client import AppClient
 
             AppClient(self.gateway_url, self.settings.gateway_token).wait_healthy(timeout)
         else:

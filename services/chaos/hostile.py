@@ -24,7 +24,7 @@ request when `upload_size_required` is on.
 
 Photos show individual `i` as a smooth colour pattern of seed `i` (as services.chaos.probe_model and the tests'
 `photo`), so a gallery of those individuals can check that an unusual encoding decodes to the right animal.
-Stdlib HTTP only (urllib), like services.demo.app_client.
+Stdlib HTTP only (urllib), like services.gateway.client.
 """
 
 from __future__ import annotations

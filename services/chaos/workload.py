@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.chaos.probe_model import individual_id, probe_photo
-from services.demo.app_client import AppClient, GatewayError
+from services.gateway.client import AppClient, GatewayError
 
 RETRIES = 40
 RETRY_PAUSE_S = 0.25

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "services.operations.cli",      # whaleid reindex | gallery ...
     "services.operations.identities_cli",  # whaleid individuals merge|rename|undo|log|similar
     "services.catalogue.cli",       # whaleid catalogue import|status
+    "services.gateway.upload_cli",  # whaleid upload PHOTO ...
     "services.chaos.cli",           # whaleid chaos
 )
 

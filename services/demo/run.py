@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.demo.app_client import CONTENT_TYPES, AppClient, Upload
 from services.demo.processes import ServiceProcess, service_env
 from services.errors import WhaleIdError
+from services.gateway.client import CONTENT_TYPES, AppClient, Upload
 from services.service_ports import default_port
 
 log = logging.getLogger(__name__)
@@ -93,22 +93,7 @@ def app_metadata(data, image: str, box_source: str | None, index: int) -> dict[s
 
 def wait_for_results(client: AppClient, uploads: list[Upload], timeout_s: float, progress) -> dict[str, dict]:
     """Poll GET /v1/sightings/{id} until every upload is identified or failed (or the timeout)."""
-    answers: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout_s
-    last_report = 0.0
-    while len(answers) < len(uploads) and time.monotonic() < deadline:
-        for upload in uploads:
-            if upload.sighting_id in answers:
-                continue
-            answer = client.sighting(upload.sighting_id)
-            if answer["status"] != "pending":
-                answer["seen_at"] = time.time()
-                answers[upload.sighting_id] = answer
-        if time.monotonic() - last_report > 3:
-            progress(f"results: {len(answers)}/{len(uploads)}")
-            last_report = time.monotonic()
-        time.sleep(0.2)
-    return answers
+    return client.wait(uploads, timeout_s, progress)
 
 
 def result_row(upload: Upload, answer: dict | None) -> dict[str, Any]:

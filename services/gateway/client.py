@@ -1,5 +1,6 @@
-"""What a citizen-science app does: create a sighting at the gateway, PUT the photo to the presigned URL,
-poll the sighting until it is identified or failed (stdlib HTTP only)."""
+"""The gateway's client, doing what a citizen-science app does: create a sighting, PUT the photo to the presigned
+URL, poll the sighting until it is identified or failed (stdlib HTTP only). Used by `whaleid upload`, the demo,
+the chaos suite and the benchmarks."""
 
 from __future__ import annotations
 
@@ -91,3 +92,24 @@ class AppClient:
         if status != 200:
             raise GatewayError(f"reading sighting {sighting_id} failed ({status}): {answer}")
         return answer
+
+    def wait(self, uploads: list[Upload], timeout_s: float, progress=None, interval_s: float = 0.2) -> dict[str, dict]:
+        """Poll GET /v1/sightings/{id} until every upload is identified or failed, or `timeout_s` passed; returns
+        {sighting id: its answer (with `seen_at`)} of those that finished. `progress(text)` every 3 s."""
+        answers: dict[str, dict] = {}
+        deadline = time.monotonic() + timeout_s
+        last_report = 0.0
+        while len(answers) < len(uploads) and time.monotonic() < deadline:
+            for upload in uploads:
+                if upload.sighting_id in answers:
+                    continue
+                answer = self.sighting(upload.sighting_id)
+                if answer["status"] != "pending":
+                    answer["seen_at"] = time.time()
+                    answers[upload.sighting_id] = answer
+            if progress is not None and time.monotonic() - last_report > 3:
+                progress(f"results: {len(answers)}/{len(uploads)}")
+                last_report = time.monotonic()
+            if len(answers) < len(uploads):
+                time.sleep(interval_s)
+        return answers
