@@ -24,8 +24,10 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layout", choices=("lean", "standard"), default="lean")
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:  # progress lines when run by `python -m bench`
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     return benchmark(args.repository, args.exports and Path(args.exports), plot_path=RESULTS / "triton.png",
-                     requests=args.requests, concurrency=args.concurrency, rounds=args.rounds)
+                     requests=args.requests, concurrency=args.concurrency, rounds=args.rounds,
+                     lean=args.layout == "lean")

@@ -215,8 +215,11 @@ def check_species_parity(model, onnx_path: Path, images: np.ndarray, tolerance: 
 
 
 def build_manifest(info: Mapping[str, Any], files: Mapping[str, str], parity: float, run: str,
-                   species_parity: float | None = None) -> dict[str, Any]:
-    """The manifest of docs/interfaces.md; a `species` block when info["species"] names a species output."""
+                   species_parity: float | None = None, precision: str = "fp32",
+                   reduced: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of docs/interfaces.md; a `species` block when info["species"] names a species output;
+    `precision` (fp32|bf16|int8) and, for a reduced precision, `reduced_precision` (how it was made, its
+    identification parity against fp32)."""
     size, dim = int(info["image_size"]), int(info["embedding_size"])
     species = list(info.get("species") or [])
     manifest = {
@@ -235,6 +238,8 @@ def build_manifest(info: Mapping[str, Any], files: Mapping[str, str], parity: fl
         "preprocessing": {"resize": "pillow-bilinear", "eval_box_source": info.get("eval_box_source") or ""},
         "files": dict(files),
         "parity_max_abs_diff": float(parity),
+        "precision": precision,
+        **({"reduced_precision": dict(reduced)} if reduced else {}),
         "run": run,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -250,9 +255,23 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
     parity_images: np.ndarray | None = None,
+    precision: str = "fp32",
+    data: Path | None = None,
+    calibration_images: int = 64,
+    map5_tolerance: float = 0.005,
+    fp32_leading_convs: int | None = None,
 ) -> Path:
     """Export one Keras embedding model (or a `serving_model` with a species output) to `out_dir/<model_id>/`;
-    returns that folder."""
+    returns that folder. `precision` bf16|int8 (training.quantize) converts the parity-checked fp32 ONNX and
+    needs `data` (a labelled data set: training crops calibrate int8, and MAP@5 of the reduced model against
+    fp32 on its gallery/queries must not drop by more than `map5_tolerance`)."""
+    from training.quantize import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and data is None:
+        raise ExportError(f"--precision {precision} needs --data DIR (a labelled data set: training crops to "
+                          "calibrate, and a gallery + queries for the MAP@5 parity against fp32)")
     model_id = str(info["model_id"])
     size, dim = int(info["image_size"]), int(info["embedding_size"])
     species = list(info.get("species") or []) if has_species_output(model) else []
@@ -278,14 +297,59 @@ def export_model(
         species_parity = (check_species_parity(model, staging / "model.onnx", images, tolerance, model_id)
                           if species else None)
 
+        reduced = (reduce_precision(staging / "model.onnx", precision, Path(data), info, calibration_images,
+                                    map5_tolerance, len(species), fp32_leading_convs)
+                   if precision != "fp32" else None)
+
         files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
-        manifest = build_manifest(info, files, parity, run, species_parity)
+        manifest = build_manifest(info, files, parity, run, species_parity, precision, reduced)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def reduce_precision(onnx_path: Path, precision: str, data: Path, info: Mapping[str, Any], calibration_images: int,
+                     map5_tolerance: float, species_count: int = 0,
+                     fp32_leading_convs: int | None = None) -> dict[str, Any]:
+    """Replace the fp32 `onnx_path` by its `precision` version (training.quantize) once its identification parity
+    holds: MAP@5 on `data`'s gallery/queries within `map5_tolerance` of fp32 (cross-fitted thresholds, and at the
+    fp32 model's threshold); returns the manifest's `reduced_precision` block. An ExportError otherwise."""
+    from training import quantize
+
+    model_id, size = str(info["model_id"]), int(info["image_size"])
+    box_source = info.get("eval_box_source") or "fullbody"
+    reduced_path = onnx_path.with_name(f"model.{precision}.onnx")
+    if precision == "int8":
+        crops = quantize.calibration_crops(data, size, calibration_images, box_source=box_source)
+        leading = quantize.DEFAULT_FP32_LEADING_CONVS if fp32_leading_convs is None else fp32_leading_convs
+        how = quantize.quantize_int8(onnx_path, reduced_path, crops, fp32_leading_convs=leading)
+        how["calibration_data"] = str(data)
+    else:
+        how = quantize.bf16_weights(onnx_path, reduced_path)
+    check_onnx_signature(reduced_path, model_id, size, int(info["embedding_size"]), species_count)
+    parity_set = quantize.ParitySet(data, size, box_source)
+    scores = quantize.identification_scores(parity_set, {"fp32": onnx_path, precision: reduced_path})
+    agreement = quantize.embedding_agreement(quantize.embed_crops(onnx_path, parity_set.query_crops),
+                                             quantize.embed_crops(reduced_path, parity_set.query_crops))
+    loss = round(scores["fp32"]["map5"] - scores[precision]["map5"], 4)
+    loss_deployed = round(scores["fp32"]["map5_at_reference_threshold"]
+                          - scores[precision]["map5_at_reference_threshold"], 4)
+    block = {**how, "identification_parity": {"data": str(data), "fp32": scores["fp32"], precision: scores[precision],
+                                              "map5_loss": loss, "map5_loss_at_fp32_threshold": loss_deployed,
+                                              "tolerance": map5_tolerance},
+             "embedding_vs_fp32": agreement}
+    log.info("%s: %s MAP@5 %.4f vs fp32 %.4f (loss %.4f, at the fp32 threshold %.4f; tolerance %g), embeddings "
+             "vs fp32: mean cosine %.4f", model_id, precision, scores[precision]["map5"], scores["fp32"]["map5"],
+             loss, loss_deployed, map5_tolerance, agreement["mean_cosine"])
+    if not max(loss, loss_deployed) <= map5_tolerance:
+        raise ExportError(f"{model_id}: {precision} loses {max(loss, loss_deployed):.4f} MAP@5 against fp32 on {data} "
+                          f"(> tolerance {map5_tolerance:g}; fp32 {scores['fp32']['map5']:.4f}, {precision} "
+                          f"{scores[precision]['map5']:.4f}); export refused")
+    reduced_path.replace(onnx_path)
+    return block
 
 
 def snapshot_spec(name: str) -> str:
@@ -300,9 +364,11 @@ def export_run(
     *,
     opset: int = DEFAULT_OPSET,
     tolerance: float = DEFAULT_TOLERANCE,
+    **reduced: Any,
 ) -> list[Path]:
     """Export the chosen snapshots of a training run (default: the last one; ["all"]: every one).
-    Snapshot names: epoch_003, 3, epoch_003.weights.h5 or a checkpoint path."""
+    Snapshot names: epoch_003, 3, epoch_003.weights.h5 or a checkpoint path. `reduced`: precision, data,
+    calibration_images, map5_tolerance (export_model)."""
     from training.embed import list_checkpoints
 
     run_dir = Path(run_dir)
@@ -320,6 +386,6 @@ def export_run(
         log.info("[%d/%d] exporting snapshot %s of %s", index, len(chosen), snapshot or "last", run_dir)
         model, info = load_serving_model(run_dir, snapshot)
         exported.append(export_model(model, info, out_dir, run=str(run_dir.resolve()), opset=opset,
-                                     tolerance=tolerance))
+                                     tolerance=tolerance, **reduced))
         log.info("[%d/%d] %s -> %s", index, len(chosen), info["model_id"], exported[-1])
     return exported

@@ -19,13 +19,28 @@ def register(subparsers) -> None:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="largest accepted |onnx - keras| embedding difference (default 1e-4)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="fp32 (default); int8: onnxruntime static QDQ quantisation, per-channel, calibrated on "
+                             "--data's training crops; bf16: bf16-rounded weights, fp32 compute (onnxruntime's CPU "
+                             "provider has no bf16 kernels). Both are refused unless MAP@5 on --data stays within "
+                             "--map5-tolerance of fp32")
+    parser.add_argument("--data", type=Path, help="labelled data set for calibration and the MAP@5 parity "
+                                                  "(needed for bf16/int8)")
+    parser.add_argument("--calibration-images", type=int, default=64, help="int8 calibration crops (default 64)")
+    parser.add_argument("--int8-fp32-convs", type=int, default=None, metavar="N",
+                        help="int8: keep the first N Convs (the sensitive high-resolution blocks) in fp32 "
+                             "(default 0: every Conv in int8; 12 when a model's all-int8 MAP@5 is refused)")
+    parser.add_argument("--map5-tolerance", type=float, default=0.005,
+                        help="largest accepted MAP@5 loss against fp32 (default 0.005)")
     parser.set_defaults(func=_export)
 
 
 def _export(args) -> int:
     from training.export import export_run
 
-    exported = export_run(args.run, args.out, args.snapshots, opset=args.opset, tolerance=args.tolerance)
+    exported = export_run(args.run, args.out, args.snapshots, opset=args.opset, tolerance=args.tolerance,
+                          precision=args.precision, data=args.data, calibration_images=args.calibration_images,
+                          map5_tolerance=args.map5_tolerance, fp32_leading_convs=args.int8_fp32_convs)
     for path in exported:
         print(path)
     return 0

@@ -49,6 +49,8 @@ VENDORED: dict[str, tuple[vendor.Vendored, ...]] = {
     "preprocess": (vendor.IMAGING,),
     "embedder_onnx": (),
     "blend": (vendor.VECTORS,),
+    "pipeline": (vendor.IMAGING,),  # the lean cpu layout's single step (services.model_repo.lean)
+    "detector": (vendor.IMAGING,),  # the optional crop detector (services.model_repo.detector)
 }
 
 
@@ -140,8 +142,53 @@ def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], 
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
+def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequence[float], note: str,
+                          options: configs.BuildOptions, flip_tta: bool = False) -> dict[str, Any]:
+    """The lean cpu layout (services.model_repo.lean): ensemble -> pipeline (one python hop, one fused graph)."""
+    import onnx
+
+    from services.model_repo import lean
+
+    sizes = sorted({e.image_size for e in exports})
+    dim = exports[0].embedding_size
+    species = species_union(exports)
+    sources: dict[str, str] = {}
+    requirements = python_requirements(options.target)
+    _copy_template("pipeline", root / lean.PIPELINE, sources)
+    members = [(e.onnx_path, e.model_id, e.image_size, e.species) for e in exports]
+    fused = root / lean.PIPELINE / "1" / lean.FUSED_FILE
+    onnx.save(lean.fused_graph(members, weights, flip_tta, species, dim), str(fused))
+    build_id = _build_id("cpu-lean", exports, weights, flip_tta)
+    parameters = {"build_id": build_id, "model_ids": json.dumps([e.model_id for e in exports]),
+                  "weights": json.dumps([round(w, 6) for w in weights]), "flip_tta": "true" if flip_tta else "false"}
+    (root / lean.PIPELINE / "config.pbtxt").write_text(lean.pipeline_config(
+        sizes, dim, species, options, flip_tta, {"pillow_version": requirements["Pillow"]}))
+    (root / "ensemble" / "1").mkdir(parents=True)
+    (root / "ensemble" / "config.pbtxt").write_text(lean.lean_ensemble_config(dim, species, options, parameters))
+    embedders = [{"name": lean.PIPELINE, "model_id": e.model_id, "image_size": e.image_size, "embedding_size": dim,
+                  "sha256": e.onnx_sha256, "weight": w, "species": list(e.species),
+                  "precision": e.manifest.get("precision", "fp32"), "export": str(e.directory.resolve()),
+                  "backbone": e.manifest.get("backbone"), "fold": e.manifest.get("fold"),
+                  "epoch": e.manifest.get("epoch")} for e, w in zip(exports, weights, strict=True)]
+    record = {
+        "build_id": build_id, "target": options.target,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "embedding_size": dim, "weights_source": note, "flip_tta": flip_tta, "species": species,
+        "preprocess": {}, "embedders": embedders, "models": sorted([lean.PIPELINE, "ensemble"]),
+        "lean": {"model": lean.PIPELINE, "onnx": f"{lean.PIPELINE}/1/{lean.FUSED_FILE}",
+                 "onnx_sha256": sha256_file(fused), "image_sizes": sizes},
+        "python_sources": dict(sorted(sources.items())), "python_requirements": requirements,
+        "options": dataclasses.asdict(options),
+    }
+    (root / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (root / REQUIREMENTS).write_text("".join(f"{n}=={v}\n" for n, v in requirements.items()))
+    return record
+
+
 def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[float], note: str,
                      options: configs.BuildOptions, flip_tta: bool = False) -> dict[str, Any]:
+    if options.lean:
+        return write_lean_repository(root, exports, weights, note, options, flip_tta)
     sizes = sorted({e.image_size for e in exports})
     preprocess = {s: "preprocess" if len(sizes) == 1 else f"preprocess_{s}" for s in sizes}
     dim = exports[0].embedding_size
@@ -205,13 +252,16 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
 
 
 def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None = None,
-                     options: configs.BuildOptions | None = None) -> dict[str, Any]:
-    """Check the exports, write the repository to a staging folder, validate it, then move it to `out_dir`."""
+                     options: configs.BuildOptions | None = None, detector: Path | None = None) -> dict[str, Any]:
+    """Check the exports, write the repository to a staging folder, validate it, then move it to `out_dir`.
+    `detector`: a `whaleid detector export` folder, served as the model `detector` (services.model_repo.detector)."""
     options = options or configs.BuildOptions()
     if options.target not in configs.TARGETS:
         raise RepositoryError(f"unknown target {options.target!r}; use one of {', '.join(configs.TARGETS)}")
     if options.max_batch_size < 1:
         raise RepositoryError("max_batch_size must be >= 1 (the ensemble batches requests)")
+    if options.lean and options.target != "cpu":
+        raise RepositoryError("--lean is the cpu target's layout; the gpu target keeps Triton's native backends")
     exports = load_exports(Path(exports_dir))
     log.info("%d export(s) checked: %s", len(exports), ", ".join(e.model_id for e in exports))
     weights, note = resolve_weights([e.model_id for e in exports], tuning_file)
@@ -228,6 +278,11 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     staging.mkdir()
     try:
         record = write_repository(staging, exports, weights, note, options, flip_tta)
+        if detector is not None:
+            from services.model_repo.detector import add_detector
+
+            record = add_detector(staging, Path(detector), options, record, _copy_template)
+            (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         validate_repository(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -23,9 +23,18 @@ def register(subparsers) -> None:
     build.add_argument("--exports", required=True, type=Path, help="exports directory (whaleid export --out)")
     build.add_argument("--tuning", type=Path, help="tuning.json with blend weights (default: equal weights)")
     build.add_argument("--out", type=Path, help="repository directory (default: settings.model_repository)")
+    build.add_argument("--detector", type=Path, metavar="DIR",
+                       help="a crop detector export (whaleid detector export) to serve as the model `detector`")
     build.add_argument("--target", choices=TARGETS, default=defaults.target,
                        help="cpu: python backend + onnxruntime; gpu: Triton's onnxruntime_onnx platform")
     build.add_argument("--tensorrt", action="store_true", help="gpu target: TensorRT FP16 accelerator")
+    build.add_argument("--lean", action="store_true",
+                       help="cpu target: one python hop (decode + resize once, uint8) running one fused ONNX graph "
+                            "of every embedder + flip TTA + blend (services.model_repo.lean), same ensemble contract")
+    build.add_argument("--lean-instances", type=int, default=defaults.lean_instances,
+                       help="--lean: pipeline instances (default 2: one decodes while another runs onnxruntime)")
+    build.add_argument("--lean-intra-op-threads", type=int, default=defaults.lean_intra_op_threads,
+                       help="--lean: onnxruntime threads per pipeline instance (default 1)")
     build.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     build.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us,
                        help="dynamic batching delay of the members")
@@ -60,8 +69,30 @@ def register(subparsers) -> None:
     bench.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported (default 3)")
     bench.add_argument("--plot", type=Path, default=BENCH_RESULTS / "triton.png", help="PNG of the comparison")
+    bench.add_argument("--layout", choices=("lean", "standard"), default="lean",
+                       help="repository layout built when none is given: lean (default: one python hop, one fused "
+                            "graph) or standard (preprocess -> embedder_* -> blend)")
     bench.add_argument("--json", action="store_true", help="print only the JSON result")
     bench.set_defaults(func=_bench)
+
+    embedder = _bench_parser(subparsers).add_parser(
+        "embedder", help="fp32 / bf16 / int8 embedders side by side: ms per image, ratio to the SGEMM limit, MAP@5")
+    embedder.add_argument("--work", type=Path, default=BENCH_RESULTS / "embedder_work",
+                          help="cache of exports and converted models (default bench/results/embedder_work)")
+    embedder.add_argument("--run", type=Path, help="trained lite0 run (default: bench identification_quality's "
+                                                   "lite0 run on synth-photo when present, else pretrained Lite0)")
+    embedder.add_argument("--train-data", type=Path, help="training data: int8 calibration crops")
+    embedder.add_argument("--heldout", type=Path, help="held-out labelled set of another look (MAP@5)")
+    embedder.add_argument("--no-b5", dest="b5", action="store_false", help="skip EfficientNetB5 (slow to export)")
+    embedder.add_argument("--b5-size", type=int, default=456)
+    embedder.add_argument("--b5-map5", action="store_true", help="also MAP@5 of the (untrained) B5: slow")
+    embedder.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    embedder.add_argument("--calibration-images", type=int, default=64)
+    embedder.add_argument("--max-queries", type=int, default=200, help="held-out queries for MAP@5 (default 200)")
+    embedder.add_argument("--plot", type=Path, default=BENCH_RESULTS / "embedder.png")
+    embedder.add_argument("--out", type=Path, default=BENCH_RESULTS / "embedder.json", help="JSON result file")
+    embedder.add_argument("--json", action="store_true", help="print only the JSON result")
+    embedder.set_defaults(func=_bench_embedder)
 
 
 def _bench_parser(subparsers):
@@ -88,9 +119,10 @@ def _build(args: argparse.Namespace) -> int:
     options = BuildOptions(target=args.target, tensorrt=args.tensorrt, max_batch_size=args.max_batch_size,
                            max_queue_delay_us=args.max_queue_delay_us, embedder_instances=args.embedder_instances,
                            preprocess_instances=args.preprocess_instances, intra_op_threads=args.intra_op_threads,
-                           max_pixels=_max_pixels())
+                           max_pixels=_max_pixels(), lean=args.lean, lean_instances=args.lean_instances,
+                           lean_intra_op_threads=args.lean_intra_op_threads)
     out = _repository(args.out)
-    record = build_repository(args.exports, out, args.tuning, options)
+    record = build_repository(args.exports, out, args.tuning, options, detector=args.detector)
     print(f"{out}: build {record['build_id']} ({record['target']}), models: {', '.join(record['models'])}; "
           f"{record['weights_source']}")
     return 0
@@ -149,7 +181,19 @@ def _bench(args: argparse.Namespace) -> int:
     if args.url and not args.repository:
         raise ConfigError("--url needs --repository: the repository that Triton serves (for the direct baseline)")
     result = benchmark(args.repository, args.exports, args.url, plot_path=args.plot, requests=args.requests,
-                       concurrency=args.concurrency, rounds=args.rounds)
+                       concurrency=args.concurrency, rounds=args.rounds, lean=args.layout == "lean")
     text = json.dumps(result, indent=None if args.json else 2)
     print(text)
+    return 0
+
+
+def _bench_embedder(args: argparse.Namespace) -> int:
+    from training.precision_bench import benchmark
+
+    result = benchmark(args.work, args.run, args.train_data, args.heldout, b5=args.b5, b5_size=args.b5_size,
+                       rounds=args.rounds, calibration_images=args.calibration_images, b5_map5=args.b5_map5,
+                       max_queries=args.max_queries, plot_path=args.plot)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -25,6 +25,10 @@ class BuildOptions:
     intra_op_threads: int = 0  # onnxruntime threads per python-backend embedder instance (0 = default)
     max_pixels: int = 40_000_000
     tensorrt: bool = False  # gpu target: TensorRT accelerator (FP16) on the onnxruntime backend
+    lean: bool = False  # cpu target: one python hop + one fused ONNX graph (services.model_repo.lean)
+    lean_queue_delay_us: int = 0  # lean pipeline: batch what queued while busy, never wait for more
+    lean_instances: int = 2  # lean pipeline instances: one decodes while the other runs onnxruntime
+    lean_intra_op_threads: int = 1  # onnxruntime threads per lean instance (2 instances x 1 on 2 cores)
 
 
 def _dynamic_batching(options: BuildOptions) -> str:

@@ -32,6 +32,12 @@ class DirectEnsemble:
         self.flip_tta = bool(record.get("flip_tta", False))
         self.species: list[str] = list(record.get("species") or [])
         self.sizes = sorted({int(e["image_size"]) for e in self.embedders})
+        self.lean = record.get("lean")
+        if self.lean:  # the lean layout: its one fused graph (services.model_repo.lean), as `pipeline` runs it
+            self.fused = ort.InferenceSession(str(Path(repository) / self.lean["onnx"]), options,
+                                              providers=["CPUExecutionProvider"])
+            self.sessions = {}
+            return
         self.sessions = {
             e["model_id"]: ort.InferenceSession(str(Path(repository) / e["name"] / "1" / ONNX_FILE), options,
                                                 providers=["CPUExecutionProvider"])
@@ -48,6 +54,13 @@ class DirectEnsemble:
 
     def embed_with_species(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
         """(EMBEDDING (N, D), SPECIES (N, S) or None without species outputs), as the ensemble computes them."""
+        if self.lean:
+            from services.model_repo.lean import lean_pixels
+
+            decoded = [decode_image(bytes(b), self.max_pixels) for b in images]
+            names = ["EMBEDDING", "SPECIES"] if self.species else ["EMBEDDING"]
+            results = self.fused.run(names, lean_pixels(decoded, self.sizes, self.flip_tta, resize_for_model))
+            return results[0], (results[1] if self.species else None)
         pixels = self.preprocess(images)
         views = [False, True] if self.flip_tta else [False]
         embeddings, species = {}, []

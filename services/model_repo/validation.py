@@ -103,6 +103,30 @@ def check_python_sources(root: Path, record: dict[str, Any], python_models: list
             raise RepositoryError("; ".join(problems))
 
 
+def check_lean(root: Path, record: dict[str, Any], dim: int) -> None:
+    """The lean layout's fused graph (services.model_repo.lean): present, unchanged, uint8 `pixels_<size>`
+    inputs [?, S, S, 3] for the record's sizes, EMBEDDING [?, D] (+ SPECIES [?, S]) outputs."""
+    from services.model_repo.onnx_io import onnx_signature
+
+    lean = record["lean"]
+    path = root / lean["onnx"]
+    name = lean["model"]
+    if not path.is_file():
+        raise RepositoryError(f"model {name}: {path} is missing (rebuild with `whaleid model-repo build --lean`)")
+    if sha256_file(path) != lean["onnx_sha256"]:
+        raise RepositoryError(f"model {name}: checksum mismatch for {path}: not the fused graph the build wrote")
+    inputs, outputs = onnx_signature(path)
+    want = {f"pixels_{s}": ("uint8", [-1, int(s), int(s), 3]) for s in lean["image_sizes"]}
+    found = {i.name: (i.dtype, list(i.shape)) for i in inputs}
+    if found != want:
+        raise RepositoryError(f"model {name}: {path} inputs {found}, expected {want}")
+    species = list(record.get("species") or [])
+    want_out = {"EMBEDDING": [-1, dim], **({"SPECIES": [-1, len(species)]} if species else {})}
+    found_out = {o.name: list(o.shape) for o in outputs}
+    if found_out != want_out:
+        raise RepositoryError(f"model {name}: {path} outputs {found_out}, expected {want_out}")
+
+
 def validate_repository(root: Path) -> dict[str, Any]:
     """Validate a repository written by `whaleid model-repo build`; returns its record (repository.json)."""
     root = Path(root)
@@ -124,10 +148,17 @@ def validate_repository(root: Path) -> dict[str, Any]:
             python_models.append(name)
     check_python_sources(root, record, python_models)
     for entry in record["embedders"]:
+        if record.get("lean"):
+            break  # the lean layout: one fused graph (check_lean), no embedder models
         if int(entry["embedding_size"]) != dim:
             raise RepositoryError(f"model {entry['name']}: embedding size {entry['embedding_size']} differs from "
                                   f"the repository's {dim}")
         check_embedder(root, entry, dim)
+    if record.get("lean"):
+        check_lean(root, record, dim)
+    from services.model_repo.detector import check_detector
+
+    check_detector(root, record)  # the optional crop detector
     ensemble = read_config(root / "ensemble")
     if _dims(ensemble.output, "EMBEDDING") != [dim] or _dims(ensemble.input, "IMAGE") != [1]:
         raise RepositoryError(f"model ensemble: expected IMAGE [1] -> EMBEDDING [{dim}]")
