@@ -28,6 +28,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check services training tests bench
+	$(BIN)/python -m pytest -q tests/test_import_graph.py  # no import circles
 
 clean:
 	rm -rf $(VENV) .whaleid runs build *.egg-info

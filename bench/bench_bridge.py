@@ -113,7 +113,8 @@ def main(argv: list[str]) -> dict:
 
     root = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     overrides = {"run_dir": root / "stack", "model_repository": root}
-    stack = Stack(load_settings(profile="local", environ={}, **overrides), servers=("kafka", "s3", "redis"))
+    stack = Stack(load_settings(profile="local", environ={}, **overrides), servers=("kafka", "s3", "redis"),
+                  s3="moto")  # the SQS path: moto is the only SQS here
     stack.up(timeout=120)
     producer = None
     try:

@@ -13,6 +13,12 @@ trained one; cached under `--workdir`), a gallery of random unit vectors, and `w
    -> sightings/s, to tell the streaming core's capacity from the front's (gateway, S3 events, bridge).
 Targets: chain >= 0.8 x raw; p99 <= 2 x p50 below saturation. A PNG (latency histogram + rates) is written next
 to the JSON result.
+
+`--s3 both` (the default) runs all of it twice in one run, each on its own stack: SeaweedFS (the filer publishes
+its events to Kafka, read by the bridge's SeaweedFS source) and moto (S3 event -> SQS -> the bridge's SQS poll),
+and compares them side by side (`s3_comparison`: upload -> bridge and upload -> worker latency p50/p99 under the
+steady load, sustained sightings/s saturated; `chain_s3.png`). `--s3 seaweedfs|moto` runs one.
+Options: `python -m bench.bench_chain --s3 both --burst 60 --seconds 10` (`python -m bench chain` takes defaults).
 """
 
 from __future__ import annotations
@@ -209,16 +215,84 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--load", type=float, default=0.5, help="steady offered rate, as a share of the saturated")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the steady run")
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="duration of the raw measurement")
+    parser.add_argument("--s3", choices=("both", "seaweedfs", "moto"), default="both",
+                        help="S3 server(s) of the chain: both = SeaweedFS->Kafka and moto->SQS side by side")
     args = parser.parse_args(argv)
+    if args.s3 != "both":
+        return run_chain(args, args.s3)
+    results = {kind: run_chain(args, kind) for kind in ("seaweedfs", "moto")}
+    return {"s3_comparison": s3_comparison(results), **results}
+
+
+def s3_comparison(results: dict[str, dict]) -> dict:
+    """The two event paths side by side; writes chain_s3.png."""
+    rows = {kind: {"upload_to_bridge_p50_ms": r["steady_upload_to_bridge"]["p50_ms"],
+                   "upload_to_bridge_p99_ms": r["steady_upload_to_bridge"]["p99_ms"],
+                   "upload_to_worker_p50_ms": r["steady_upload_to_worker"]["p50_ms"],
+                   "upload_to_worker_p99_ms": r["steady_upload_to_worker"]["p99_ms"],
+                   "upload_to_identified_p50_ms": r["p50_ms"], "upload_to_identified_p99_ms": r["p99_ms"],
+                   "saturated_upload_to_bridge_p50_ms": r["saturated_upload_to_bridge"]["p50_ms"],
+                   "sustained_sightings_per_s": r["chain_sightings_per_s"], "offered_rate": r["offered_rate"]}
+            for kind, r in results.items()}
+    comparison = {"paths": {"seaweedfs": "PUT -> filer event on Kafka -> bridge (SeaweedFS source)",
+                            "moto": "PUT -> S3 event -> SQS -> bridge (SQS long poll)"}, **rows}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "chain_s3.png"
+    try:
+        plot_s3(rows, path)
+        comparison["plot"] = str(path)
+    except ImportError as exc:  # matplotlib missing: the JSON is the result
+        log.warning("no plot: %s", exc)
+    return comparison
+
+
+def plot_s3(rows: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = ["upload->bridge p50", "upload->bridge p99", "upload->worker p50", "upload->worker p99"]
+    keys = ["upload_to_bridge_p50_ms", "upload_to_bridge_p99_ms", "upload_to_worker_p50_ms", "upload_to_worker_p99_ms"]
+    x = np.arange(len(keys))
+    for n, kind in enumerate(kinds):
+        left.bar(x + (n - 0.5) * 0.4, [rows[kind][k] for k in keys], 0.4, label=kind)
+    left.set_xticks(x, labels, rotation=15)
+    left.set_ylabel("ms (steady load)")
+    left.set_title("latency by S3 event path")
+    left.legend()
+    right.bar(kinds, [rows[k]["sustained_sightings_per_s"] for k in kinds], color=["#3874a8", "#999999"][:len(kinds)])
+    right.set_ylabel("sightings/s (saturated)")
+    right.set_title("sustained chain throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def hop_percentiles(uploader: "Uploader", ids: list[str]) -> tuple[dict, dict]:
+    """p50/p99 ms of upload -> bridge produced (uploaded_at) and of upload -> worker produced (embedded_at)."""
+    to_bridge, to_worker = [], []
+    for sighting_id in ids:
+        embedded = json.loads(uploader.redis.get(f"embedding:{sighting_id}"))
+        to_bridge.append(embedded["uploaded_at"] - uploader.sent[sighting_id])
+        to_worker.append(embedded["embedded_at"] - uploader.sent[sighting_id])
+    return ({"p50_ms": pct(to_bridge, 50), "p99_ms": pct(to_bridge, 99)},
+            {"p50_ms": pct(to_worker, 50), "p99_ms": pct(to_worker, 99)})
+
+
+def run_chain(args, s3_kind: str) -> dict:
+    """Everything of the module docstring on one stack whose S3 server is `s3_kind` (the bridge follows it)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import redis
 
-    from services.gateway.client import AppClient
     from services.demo.model import untrained_repository
     from services.demo.processes import ServiceProcess, service_env
+    from services.gateway.client import AppClient
     from services.identification import Tuning, build_gallery
     from services.operations.model_store import GalleryStore
     from services.settings import load_settings
@@ -230,7 +304,8 @@ def main(argv: list[str]) -> dict:
     repository = untrained_repository(args.workdir.resolve(), args.config, progress)
     root = Path(tempfile.mkdtemp(prefix="bench-chain-"))
     overrides = {"run_dir": root / "stack", "model_repository": repository, "gateway_port": free_port()}
-    stack = Stack(load_settings(profile="local", environ={}, **overrides), with_prometheus=False)
+    stack = Stack(load_settings(profile="local", environ={}, **overrides), with_prometheus=False, s3=s3_kind)
+    log.info("chain on S3 = %s", s3_kind)
     services: list[ServiceProcess] = []
     stack.up(timeout=180)
     try:
@@ -289,12 +364,17 @@ def main(argv: list[str]) -> dict:
             "steady_hops_p50": stage_breakdown(uploader, steady_ids),
             "batch_size": settings.worker_batch_size,
             "model": args.config,
+            "s3": s3_kind, "bridge_source": settings.bridge_source,
         }
+        result["steady_upload_to_bridge"], result["steady_upload_to_worker"] = hop_percentiles(uploader, steady_ids)
+        result["saturated_upload_to_bridge"], result["saturated_upload_to_worker"] = hop_percentiles(uploader,
+                                                                                                     burst_ids)
         result["p99_over_p50"] = round(result["p99_ms"] / result["p50_ms"], 2)
         result["mean_step_ms"] = {name: step_means(port) for name, port in metrics_ports.items()}
         RESULTS.mkdir(exist_ok=True)
-        plot(result, latencies, RESULTS / "chain.png")
-        result["plot"] = str(RESULTS / "chain.png")
+        png = RESULTS / ("chain.png" if s3_kind == "seaweedfs" else f"chain_{s3_kind}.png")
+        plot(result, latencies, png)
+        result["plot"] = str(png)
         return result
     finally:
         for service in reversed(services):
@@ -303,4 +383,9 @@ def main(argv: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main([]), indent=2))
+    import sys
+
+    outcome = {"bench": "chain", **main(sys.argv[1:])}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "chain.json").write_text(json.dumps(outcome, indent=2))
+    print(json.dumps(outcome, indent=2))

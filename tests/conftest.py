@@ -1,7 +1,9 @@
 """Session fixtures shared by every test module.
 
-`stack`: the whole embedded stack (Kafka, S3+SQS, Redis, Triton, Prometheus when installed) brought up ONCE per
-session in a temporary run dir, and always brought down at the end. It yields a `RunningStack`:
+`stack`: the whole embedded stack (Kafka, S3 = SeaweedFS as by default, its filer events on Kafka, Redis, Triton,
+Prometheus when installed) brought up ONCE per session in a temporary run dir, and always brought down at the end.
+`moto_stack`: Kafka, moto (S3 + SQS: the AWS path S3 -> SQS -> bridge) and Redis, brought up once, only for the
+tests that ask for it (`WHALEID_TEST_S3=moto` runs the session stack on moto too). Each yields a `RunningStack`:
   .settings          Settings (local profile, no WHALEID_* environment) with every address filled
   .state             the state dict (docs/interfaces.md)
   .model_repository  Path of Triton's (initially empty) model repository: write a model there, then load it
@@ -53,12 +55,30 @@ def stack(tmp_path_factory):
     # a SIGTERM (CI cancelling the run) becomes an interrupt, so the teardown below still stops the servers
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    running = Stack(settings)
+    running = Stack(settings, s3=os.environ.get("WHALEID_TEST_S3") or None)  # e.g. WHALEID_TEST_S3=moto
     state = running.up(timeout=120)
     try:
         filled = load_settings(
             profile="local", environ={}, run_dir=run_dir, model_repository=model_repository
         )
         yield RunningStack(stack=running, settings=filled, state=state, model_repository=model_repository)
+    finally:
+        running.down()
+
+
+@pytest.fixture(scope="session")
+def moto_stack(tmp_path_factory):
+    """The AWS production shape for the tests of the SQS path: moto's S3 notifies an SQS queue (no Triton)."""
+    from services.settings import load_settings
+    from services.stack import Stack
+
+    root = tmp_path_factory.mktemp("moto-stack")
+    run_dir = root / "run"
+    settings = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=root)
+    running = Stack(settings, servers=("kafka", "s3", "redis"), s3="moto")
+    state = running.up(timeout=120)
+    try:
+        filled = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=root)
+        yield RunningStack(stack=running, settings=filled, state=state, model_repository=root)
     finally:
         running.down()

@@ -206,6 +206,7 @@ def chain_env(stack_state: dict, run_dir: Path, triton_grpc: str | None = None, 
         "WHALEID_S3_ENDPOINT": servers["s3"]["endpoint"],
         "WHALEID_REDIS_URL": servers["redis"]["url"],
         "WHALEID_TRITON_GRPC_URL": triton_grpc or servers["triton"]["grpc"],
+        "WHALEID_BRIDGE_SOURCE": servers["s3"].get("bridge_source", "sqs"),  # the private run dir has no state
         "PYTHONUNBUFFERED": "1",
     })
     env.update({f"WHALEID_{k.upper()}": str(v) for k, v in settings.items()})

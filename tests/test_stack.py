@@ -24,8 +24,10 @@ from services.stack.process import ServerProcess, pid_alive, stop_pid
 
 WHALEID = str(Path(sys.executable).parent / "whaleid")
 STATE_KEYS = {
-    "kafka": {"bootstrap", "pid", "log"},
-    "s3": {"endpoint", "upload_events_queue_url", "pid", "log"},
+    "kafka": {"bootstrap", "storage", "pid", "log"},
+    "s3": {"endpoint", "kind", "bridge_source", "data_dir", "filer", "upload_events_topic", "health_object",
+           "grpc_ports", "pid", "log"},  # SeaweedFS, the default S3 server
+    "moto": {"endpoint", "kind", "bridge_source", "upload_events_queue_url", "pid", "log"},
     "redis": {"url", "pid", "log"},
     "triton": {"grpc", "http", "metrics", "model_repository", "pid", "log"},
     "prometheus": {"url", "pid", "log"},
@@ -85,8 +87,18 @@ def test_state_file_has_the_documented_format_and_settings_read_it(stack):
     assert settings.redis_url == state["servers"]["redis"]["url"]
     assert settings.triton_grpc_url == state["servers"]["triton"]["grpc"]
     assert settings.triton_http_url == state["servers"]["triton"]["http"]
+    assert state["servers"]["s3"]["kind"] == "seaweedfs" and state["servers"]["kafka"]["storage"] == "memory"
+    assert settings.bridge_source == "seaweedfs"  # `auto`, decided by the stack's S3 server
     report = stack.stack.status()
     assert all(r["healthy"] for r in report.values()), report
+
+
+def test_the_moto_stack_records_its_sqs_queue_and_the_bridge_follows_it(moto_stack):
+    state = moto_stack.state
+    assert set(state["servers"]["s3"]) == STATE_KEYS["moto"]
+    assert state["servers"]["s3"]["kind"] == "moto" and moto_stack.settings.bridge_source == "sqs"
+    exports = "\n".join(moto_stack.stack.env_exports())
+    assert "export WHALEID_BRIDGE_SOURCE=sqs" in exports
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -133,9 +145,11 @@ def test_kafka_consumer_group_commits_and_resumes_from_the_committed_offset(stac
 
 
 # --------------------------------------------------------------------------- S3 -> SQS
-def test_s3_upload_notifies_the_queue_with_the_url_decoded_key(stack):
+def test_s3_upload_notifies_the_queue_with_the_url_decoded_key(moto_stack):
+    """The AWS shape: moto's bucket notification to SQS (the SeaweedFS shape is tests/test_seaweedfs.py)."""
     import boto3
 
+    stack = moto_stack
     s = stack.settings
     client = dict(endpoint_url=s.s3_endpoint, region_name=s.s3_region, aws_access_key_id=s.aws_access_key_id,
                   aws_secret_access_key=s.aws_secret_access_key)  # fmt: skip
@@ -397,11 +411,14 @@ def test_cli_up_status_env_down_leaves_nothing_running(tmp_path):
         status = whaleid("status", "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         assert all(r["healthy"] for r in json.loads(status.stdout).values())
+        text = whaleid("status").stdout
+        assert "kafka" in text and "memory-only" in text  # the embedded broker keeps nothing on disk: it says so
+        assert "seaweedfs: upload events via seaweedfs" in text
 
         exports = whaleid("env").stdout
-        shell = subprocess.run(["bash", "-c", exports + "\necho $WHALEID_KAFKA_BOOTSTRAP $WHALEID_RUN_DIR"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
-        assert shell.stdout.split() == [state["servers"]["kafka"]["bootstrap"], str(run_dir)]
+        shell = subprocess.run(["bash", "-c", exports + "\necho $WHALEID_KAFKA_BOOTSTRAP $WHALEID_RUN_DIR "
+                                "$WHALEID_BRIDGE_SOURCE"], capture_output=True, text=True, check=True)  # fmt: skip
+        assert shell.stdout.split() == [state["servers"]["kafka"]["bootstrap"], str(run_dir), "seaweedfs"]
 
         redis_pid = state["servers"]["redis"]["pid"]
         os.kill(redis_pid, signal.SIGTERM)

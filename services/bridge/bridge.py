@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "bridge"
 MAX_MESSAGES = 10  # per SQS receive (the SQS maximum, also the most one delete_message_batch takes)
-FLUSH_TIMEOUT_S = 30.0
+FLUSH_TIMEOUT_S = 10.0  # a flush takes milliseconds; longer is a stuck producer (replaced)
 PROGRESS_EVERY_S = 15.0
 
 
@@ -210,12 +210,25 @@ class UploadBridge:
         with timed(STEP_LATENCY, stage=STAGE, step="produce"):
             futures = [self.producer.send(topic, key=key.encode() if key else None, value=value)
                        for topic, key, value in records]
-            self.producer.flush(timeout=FLUSH_TIMEOUT_S)
+            try:
+                self.producer.flush(timeout=FLUSH_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - kafka-python's KafkaTimeoutError: judged by the futures below
+                pass
         for future in futures:
             if not future.is_done:
+                self._replace_producer()
                 raise TransientFailure(f"Kafka did not acknowledge a record within {FLUSH_TIMEOUT_S:g} s")
             if future.failed():
                 raise TransientFailure(f"Kafka refused a record: {future.exception}")
+
+    def _replace_producer(self) -> None:
+        """A flush that never completes is a producer stuck for good: after a restart of a broker that kept nothing
+        (the embedded Tansu), kafka-python's idempotent producer retries UnknownProducerId forever, its records
+        neither acknowledged nor failed. It is replaced (services.kafka_producers.RecreatingProducer); the batch is
+        retried by the caller (nothing was acknowledged upstream)."""
+        recreate = getattr(self.producer, "recreate", None)
+        if recreate is not None:
+            recreate()
 
     def _commit(self, batch: _Batch) -> None:
         """Mark the claims done, the sightings uploaded and the refused ones failed, in one pipeline."""

@@ -8,6 +8,12 @@ the parts of a multipart upload under `/buckets/<bucket>/.uploads/` (the complet
 key, ETag `<md5 of the parts' md5s>-<parts>`), and its own state under `/buckets/.system/`. The S3 ETag is the
 entry's extended attribute `Seaweed-X-Amz-ETag`.
 
+Overwrites (measured with weed 4.48): a PUT to an existing key is an *update* event (old and new entry, same
+path), not a create. S3 (and moto) report an overwrite as `ObjectCreated:Put` and the bridge then decides by
+(key, ETag): new bytes are a new upload, the same bytes a duplicate. To behave the same, an update whose ETag
+changed is an `ObjectCreated:Put` here; one with the ETag unchanged (the same bytes again, or a change of tags or
+attributes only) is ignored as `unchanged` (what the SQS path would skip as a duplicate). Renames are ignored.
+
 Each event becomes the same `ObjectCreated | Ignored | Malformed` as an S3 event record (`events.py`), so the
 bridge decides on both alike.
 """
@@ -72,14 +78,23 @@ def parse_event(key: bytes | str | None, value: bytes, where: dict[str, Any] | N
         raw = base64.b64encode((value or b"")[:4096]).decode()
         return Malformed("not_protobuf", f"the message is not a filer EventNotification: {exc}",
                          {"source": "seaweedfs", **where, "value_base64": raw})
-    if not event.HasField("new_entry") or event.HasField("old_entry"):
-        return Ignored("not_created")  # a delete (old only), an update or a rename (both)
+    if not event.HasField("new_entry"):
+        return Ignored("not_created")  # a delete (old entry only)
     entry = event.new_entry
     if entry.is_directory:
         return Ignored("directory")
     if not entry.name:
         return Malformed("missing_field", "the created entry has no name", _describe(event, where))
-    parent = event.new_parent_path or path_key.rsplit("/", 1)[0]
+    key_parent = path_key.rsplit("/", 1)[0] if "/" in path_key else ""
+    parent = event.new_parent_path or key_parent
+    if event.HasField("old_entry"):  # an overwrite (the same path) or a rename (S3 has none: not an upload)
+        old = event.old_entry
+        if old.name != entry.name or (key_parent and event.new_parent_path and key_parent != event.new_parent_path):
+            return Ignored("not_created")
+        if _etag(old) == _etag(entry):
+            return Ignored("unchanged")  # the same bytes again, or a metadata-only change (tags, attributes)
+        # new bytes at the key: an upload, as S3 reports it (ObjectCreated:Put); the bridge's (key, etag) dedupe
+        # then treats it exactly as an SQS-delivered overwrite
     path = parent.rstrip("/") + "/" + entry.name
     if not path.startswith(BUCKETS_DIR):
         return Ignored("not_in_bucket")  # a file written through the filer, not through S3

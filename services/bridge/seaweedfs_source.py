@@ -7,7 +7,12 @@ a consumer group (`bridge_events_group`), parses each record and hands the batch
 same claim -> metadata -> produce -> flush -> commit as the SQS path; only then are the offsets committed. A
 record whose upload another bridge holds a claim on is not committed: its partition is rewound to it and read
 again after a pause (as an SQS message stays in its queue), the records after it coming back as duplicates.
-Events the filer drops while Kafka is down are re-driven by the reconciler (`services/reconciler`).
+Events of buckets other than `sightings_bucket` are ignored (the filer publishes its whole namespace).
+
+After a restart of the embedded (memory-only) broker, weed's Kafka producer reconnects by itself (measured: the
+first PUT after the broker is healthy again is published), and this consumer rejoins its group, finds no committed
+offset and reads the new topic from its start. Events the filer drops while Kafka is down are re-driven by the
+reconciler (`services/reconciler`: a sighting whose photo is in S3 but has no result is re-driven).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 
 from services import topics
 from services.bridge.bridge import STAGE, UploadBridge
+from services.bridge.events import Ignored, ObjectCreated, ParsedRecord
 from services.bridge.seaweedfs_events import parse_event
 from services.metrics import EVENTS, STEP_LATENCY, timed
 from services.worker.failures import Backoff
@@ -39,13 +45,20 @@ class SeaweedFSEventSource:
         if not records:
             return 0
         with timed(STEP_LATENCY, stage=STAGE, step="batch"):
-            parsed = [(index, parse_event(record.key, record.value,
-                                          {"topic": record.topic, "partition": record.partition,
-                                           "offset": record.offset}))
+            parsed = [(index, self._only_sightings(parse_event(record.key, record.value,
+                                                               {"topic": record.topic, "partition": record.partition,
+                                                                "offset": record.offset})))
                       for index, record in enumerate(records)]
             kept = self.bridge.process(parsed, len(records))
             self._commit(records, kept)
         return len(kept)
+
+    def _only_sightings(self, parsed: ParsedRecord) -> ParsedRecord:
+        """The filer publishes its whole namespace (the model store's bucket too), where S3 notifies the SQS queue
+        of the sightings bucket alone: objects of other buckets are not uploads (ignored, not dead-lettered)."""
+        if isinstance(parsed, ObjectCreated) and parsed.bucket != self.settings.sightings_bucket:
+            return Ignored("other_bucket")
+        return parsed
 
     def _commit(self, records: list, kept: set[int]) -> None:
         """Commit each partition up to its first record left for later (rewinding the consumer to it), else past

@@ -12,12 +12,24 @@ from services.bridge.seaweedfs_source import SeaweedFSEventSource
 from services.errors import ConfigError
 from services.metrics import serve_metrics
 from services.service_ports import default_port
-from services.settings import Settings
+from services.settings import Settings, read_stack_state
 from services.worker.markers import redis_client
 
 log = logging.getLogger(__name__)
 
-BRIDGE_SOURCES = ("sqs", "seaweedfs")  # setting bridge_source: S3 event JSON from SQS | SeaweedFS filer events on Kafka
+BRIDGE_SOURCES = ("sqs", "seaweedfs", "auto")  # setting bridge_source: S3 event JSON from SQS | SeaweedFS filer events
+# on Kafka | whichever the embedded stack's S3 server produces (load_settings fills it from the state file)
+
+
+def resolve_source(settings: Settings) -> str:
+    """`bridge_source`, with "auto" decided: the embedded stack's S3 server (its state file entry says
+    `bridge_source`, read by load_settings; SeaweedFS -> seaweedfs, moto -> sqs), else sqs (AWS S3 -> SQS)."""
+    if settings.bridge_source not in BRIDGE_SOURCES:
+        raise ConfigError(f"bridge_source {settings.bridge_source!r}: expected one of {', '.join(BRIDGE_SOURCES)}")
+    if settings.bridge_source != "auto":
+        return settings.bridge_source
+    state = read_stack_state(settings.run_dir) if settings.profile == "local" else None
+    return (state or {}).get("servers", {}).get("s3", {}).get("bridge_source") or "sqs"
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -31,10 +43,12 @@ def run_bridge(settings: Settings, stop: threading.Event | None = None, metrics_
     """Consume the upload events (`bridge_source`: the SQS queue, or SeaweedFS's filer events on Kafka) until
     SIGTERM/SIGINT (or `stop`); returns the exit code."""
     stop = stop or threading.Event()
-    if settings.bridge_source not in BRIDGE_SOURCES:
-        raise ConfigError(f"bridge_source {settings.bridge_source!r}: expected one of {', '.join(BRIDGE_SOURCES)}")
+    source = resolve_source(settings)
+    if source != settings.bridge_source:
+        log.info("bridge_source auto: reading the upload events of %s", source)
+        settings = settings.with_overrides(bridge_source=source)
     redis = redis_client(settings.redis_url)
-    if settings.bridge_source == "seaweedfs":
+    if source == "seaweedfs":
         sqs = queue_url = None
         consumer = seaweedfs_events_consumer(settings)
     else:

@@ -20,10 +20,12 @@ is parked (services.matcher.parking), not dead-lettered, and retried after every
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 
 import faust.web
+import numpy as np
 
 from services import topics
 from services.matcher import parking, results
@@ -56,21 +58,21 @@ class SightingMatcher(ChainStage):
         self._retry_again = False
 
     async def handle_batch(self, raws: list[bytes]) -> None:
-        records = []
+        records, encoded = [], []
         for raw in raws:
             try:
-                records.append(_parse(raw))
+                record, as_json = _parse(raw)
+                records.append(record)
+                encoded.append(as_json)
             except PermanentFailure as exc:
                 original = decode_original(raw)
                 sighting_id = original.get("sighting_id", "") if isinstance(original, dict) else ""
                 await self.dead_letter(exc, original, str(sighting_id))
+        announced = await self.in_thread("store embeddings", results.store_embeddings_and_check, self.redis, records,
+                                         self.settings.redis_embedding_ttl_s, encoded)  # one round trip for the batch
         fresh, seen = [], set()
-        for record in records:
-            await self.in_thread("store embedding", results.store_embedding, self.redis, record,
-                                 self.settings.redis_embedding_ttl_s)
-            if record.sighting_id in seen or await self.in_thread(
-                "check result", results.is_announced, self.redis, record.sighting_id,
-            ):
+        for record, done in zip(records, announced, strict=True):
+            if done or record.sighting_id in seen:
                 EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
                 log.info("sighting %s: already identified, skipping the duplicate", record.sighting_id)
             else:
@@ -90,9 +92,10 @@ class SightingMatcher(ChainStage):
         model_ids = list(state.gallery.model_ids) if state is not None else []
         if not model_ids:  # the gallery does not say which models made it: every version is accepted
             return list(records), []
+        checks = await self.in_thread("check model versions", lambda: [  # cached per version: one thread hop
+            self.versions.check(record.model_version, model_ids) for record in records])
         ready, refused = [], []
-        for record in records:
-            check = await self.in_thread("check model version", self.versions.check, record.model_version, model_ids)
+        for record, check in zip(records, checks, strict=True):
             if check.ok:
                 ready.append(record)
             else:
@@ -131,10 +134,10 @@ class SightingMatcher(ChainStage):
             unreadable = [sighting_id for sighting_id, record in page if record is None]
             records = [record for _, record in page if record is not None]
             announced, pending = [], []
-            for record in records:
-                done_before = await self.in_thread("check result", results.is_announced, self.redis,
-                                                   record.sighting_id)
-                (announced if done_before else pending).append(record.sighting_id)
+            done_before = await self.in_thread("check results", results.announced_many, self.redis,
+                                               [record.sighting_id for record in records])
+            for record, was_announced in zip(records, done_before, strict=True):
+                (announced if was_announced else pending).append(record.sighting_id)
             by_id = {r.sighting_id: r for r in records}
             ready, _ = await self._check_versions([by_id[i] for i in pending], state)
             for start in range(0, len(ready), self.settings.worker_batch_size):
@@ -164,33 +167,51 @@ class SightingMatcher(ChainStage):
                 await self._identify_and_publish([record], state)
             return
         with self.timed_step("publish"):
-            await asyncio.gather(*(self._publish(identification) for identification in identified))
+            await self._publish(identified)
 
-    async def _publish(self, identification: topics.Identification) -> None:
-        """Result (first one wins), topics (at least once, keyed by sighting id), then the stream entry (once)."""
-        stored = await self.in_thread("store result", results.store_identification, self.redis, identification,
+    async def _publish(self, identified: list[topics.Identification]) -> None:
+        """For each sighting, in this order: the result (first one wins), the topics (at least once, keyed by
+        sighting id), then the stream entry (once). A batch takes one Redis round trip per step (pipelines) and
+        its records are produced concurrently, each awaited until acknowledged."""
+        stored = await self.in_thread("store results", results.store_identifications, self.redis, identified,
                                       self.settings.redis_result_ttl_s)
-        await self.send(self.identifications_topic, stored.sighting_id, stored)
-        if stored.new_individual:
-            await self.send(self.new_topic, stored.sighting_id, results.new_individual_record(stored))
-        if await self.in_thread("announce", results.announce, self.redis, stored, self.settings.redis_marker_ttl_s,
-                                self.settings.redis_stream_maxlen):
-            IDENTIFICATIONS.labels(result="new_individual" if stored.new_individual else "known").inc()
-            if stored.uploaded_at:
-                END_TO_END_LATENCY.observe(max(0.0, stored.identified_at - stored.uploaded_at))
-        EVENTS.labels(stage=STAGE, outcome="identified").inc()
+        sends = [self.send(self.identifications_topic, s.sighting_id, s) for s in stored]
+        sends += [self.send(self.new_topic, s.sighting_id, results.new_individual_record(s))
+                  for s in stored if s.new_individual]
+        await asyncio.gather(*sends)
+        firsts = await self.in_thread("announce", results.announce_many, self.redis, stored,
+                                      self.settings.redis_marker_ttl_s, self.settings.redis_stream_maxlen)
+        for identification, first in zip(stored, firsts, strict=True):
+            if first:
+                IDENTIFICATIONS.labels(result="new_individual" if identification.new_individual else "known").inc()
+                if identification.uploaded_at:
+                    END_TO_END_LATENCY.observe(max(0.0, identification.identified_at - identification.uploaded_at))
+        EVENTS.labels(stage=STAGE, outcome="identified").inc(len(stored))
 
 
-def _parse(raw: bytes) -> topics.SightingEmbedded:
+def _parse(raw: bytes) -> tuple[topics.SightingEmbedded, bytes | None]:
+    """(the record, `raw` itself when it holds exactly the record's fields in their order: then it is the JSON
+    value `store_embedding` would write, which need not be encoded again; else None)."""
     try:
-        record = topics.SightingEmbedded.from_json(raw)
+        data = json.loads(raw)
+        record = topics.SightingEmbedded.from_data(data)
     except Exception as exc:  # noqa: BLE001
         raise PermanentFailure("malformed_event", f"not a SightingEmbedded record: {exc}") from None
     if not record.sighting_id or not record.embedding:
         raise PermanentFailure("malformed_event", "sighting_id and embedding are required")
+    if not _valid_embedding(record.embedding):  # it would fail the whole batch's search (and crash the agent)
+        raise PermanentFailure("malformed_event", "the embedding must be finite numbers, not a zero vector")
     if not _valid_scores(record.species_scores):
         raise PermanentFailure("malformed_event", "species_scores must map species names to finite probabilities")
-    return record
+    return record, (bytes(raw) if list(data) == list(record.asdict()) else None)
+
+
+def _valid_embedding(values) -> bool:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return array.ndim == 1 and bool(np.isfinite(array).all()) and float(np.linalg.norm(array)) >= 1e-12  # as l2_normalise
 
 
 def _valid_scores(scores) -> bool:

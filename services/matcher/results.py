@@ -63,6 +63,67 @@ def is_announced(client: redis.Redis, sighting_id: str) -> bool:
     return bool(_redis_call(client.exists, announced_key(sighting_id)))
 
 
+def store_embeddings_and_check(client: redis.Redis, records: list[topics.SightingEmbedded], ttl_s: int = 0,
+                               encoded: list[bytes | None] | None = None) -> list[bool]:
+    """`store_embedding` then `is_announced` for each record of a batch, in that order, in one round trip.
+    `encoded[i]`: the JSON of `records[i].asdict()` when the caller has it already (else None: encoded here)."""
+    if not records:
+        return []
+    encoded = encoded if encoded is not None else [None] * len(records)
+
+    def run():
+        with client.pipeline(transaction=False) as pipe:
+            for record, as_json in zip(records, encoded, strict=True):
+                pipe.set(embedding_key(record.sighting_id),
+                         as_json if as_json is not None else json.dumps(record.asdict(), separators=(",", ":")),
+                         ex=ttl_s or None)
+                pipe.exists(announced_key(record.sighting_id))
+            replies = pipe.execute()
+        return [bool(n) for n in replies[1::2]]
+
+    return _redis_call(run)
+
+
+def store_identifications(client: redis.Redis, identifications: list[topics.Identification],
+                          ttl_s: int = 0) -> list[topics.Identification]:
+    """`store_identification` of a batch: one pipeline of SET NX, then one GET pipeline for the sightings that
+    had a result already (re-deliveries); returns the stored results in the same order."""
+    if not identifications:
+        return []
+
+    def run():
+        with client.pipeline(transaction=False) as pipe:
+            for identification in identifications:
+                pipe.set(identification_key(identification.sighting_id), identification.to_json(), nx=True,
+                         ex=ttl_s or None)
+            created = pipe.execute()
+        earlier = [i for i, ok in zip(identifications, created, strict=True) if not ok]
+        if not earlier:
+            return list(identifications)
+        with client.pipeline(transaction=False) as pipe:
+            for identification in earlier:
+                pipe.get(identification_key(identification.sighting_id))
+            found = dict(zip((i.sighting_id for i in earlier), pipe.execute(), strict=True))
+        return [i if ok or found[i.sighting_id] is None else topics.Identification.from_json(found[i.sighting_id])
+                for i, ok in zip(identifications, created, strict=True)]
+
+    return _redis_call(run)
+
+
+def announced_many(client: redis.Redis, sighting_ids: list[str]) -> list[bool]:
+    """`is_announced` of each id, in one round trip."""
+    if not sighting_ids:
+        return []
+
+    def run():
+        with client.pipeline(transaction=False) as pipe:
+            for sighting_id in sighting_ids:
+                pipe.exists(announced_key(sighting_id))
+            return [bool(n) for n in pipe.execute()]
+
+    return _redis_call(run)
+
+
 def store_identification(client: redis.Redis, identification: topics.Identification,
                          ttl_s: int = 0) -> topics.Identification:
     """Write the result unless one exists; returns the result that is stored (the earlier one on re-delivery)."""
@@ -100,6 +161,24 @@ def new_individual_record(identification: topics.Identification) -> topics.NewIn
         best_known_score=float(best["score"]), gallery_version=identification.gallery_version,
         identified_at=identification.identified_at,
     )
+
+
+def announce_many(client: redis.Redis, identifications: list[topics.Identification], marker_ttl_s: int = 0,
+                  maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM) -> list[bool]:
+    """`announce` of a batch: the same atomic script per sighting (marker + XADD), all in one round trip."""
+    if not identifications:
+        return []
+
+    def run():
+        script = client.register_script(_ANNOUNCE_ONCE)
+        with client.pipeline(transaction=False) as pipe:
+            for identification in identifications:
+                script(keys=[announced_key(identification.sighting_id), stream],
+                       args=[identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s)],
+                       client=pipe)
+            return [bool(reply) for reply in pipe.execute()]
+
+    return _redis_call(run)
 
 
 def announce(client: redis.Redis, identification: topics.Identification, marker_ttl_s: int = 0,

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser(
-        "status", parents=[common], help="health of each server (exit 0 only if all healthy)"
+        "status", parents=[common],
+        help="health of each server (exit 0 only if all healthy); says that the broker is memory-only"
     )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     status.set_defaults(func=cmd_status)
@@ -87,8 +88,14 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        from services.stack.kafka import MEMORY_NOTE
+
         for name, r in report.items():
             mark = "healthy" if r["healthy"] else f"UNHEALTHY ({r['error']})"
+            if name == "kafka" and r.get("storage") == "memory":
+                mark += f"  ({MEMORY_NOTE})"
+            elif name == "s3" and r.get("kind"):
+                mark += f"  ({r['kind']}: upload events via {r.get('bridge_source', '?')})"
             print(f"{name:<11} pid {r['pid']:<7} {mark}")
     return 0 if all(r["healthy"] for r in report.values()) else 1
 

@@ -72,6 +72,17 @@ def check_prometheus(url: str) -> None:
             raise ConnectionError(f"prometheus at {url} answered {response.status}")
 
 
+SEAWEEDFS_HEALTH_BODY = b"whaleid stack health check\n"  # the object SeaweedFS's health check reads
+
+
+def check_seaweedfs(endpoint: str, health_object: str, **credentials: str) -> None:
+    """GET the health object (`bucket/key`): raises until SeaweedFS serves reads."""
+    bucket, _, key = health_object.partition("/")
+    body = s3_client(endpoint, **credentials).get_object(Bucket=bucket, Key=key)["Body"].read()
+    if body != SEAWEEDFS_HEALTH_BODY:
+        raise ConnectionError(f"seaweedfs at {endpoint} returned {len(body)} unexpected bytes for {health_object}")
+
+
 def import_clients() -> None:
     """Import the client libraries up front, so the first checks time the servers, not the imports."""
     import boto3  # noqa: F401
@@ -83,8 +94,6 @@ def import_clients() -> None:
 def _check_s3_entry(entry: Mapping[str, Any]) -> None:
     """moto: ListBuckets; SeaweedFS: a read of its health object (it lists buckets before it serves reads)."""
     if "health_object" in entry:  # SeaweedFS's entry (moto's is the documented endpoint + queue URL)
-        from services.stack.seaweedfs import check_seaweedfs
-
         check_seaweedfs(entry["endpoint"], entry["health_object"])
     else:
         check_s3(entry["endpoint"])

@@ -10,6 +10,11 @@ from services.stack.health import check_kafka
 from services.stack.ports import LOOPBACK
 from services.stack.server import ManagedServer
 
+# what `stack status` says: Tansu as shipped here is a memory-only build (no sqlite/postgres engine compiled in)
+STORAGE = "memory"
+MEMORY_NOTE = ("memory-only: a restart loses every topic, record and committed offset; clients reconnect and the "
+               "reconciler re-drives what was lost")
+
 
 class KafkaServer(ManagedServer):
     name = "kafka"
@@ -31,4 +36,4 @@ class KafkaServer(ManagedServer):
         check_kafka(self.bootstrap)
 
     def entry(self) -> dict[str, Any]:
-        return {"bootstrap": self.bootstrap}
+        return {"bootstrap": self.bootstrap, "storage": STORAGE}

@@ -77,4 +77,5 @@ class S3Server(ManagedServer):
         )  # fmt: skip
 
     def entry(self) -> dict[str, Any]:
-        return {"endpoint": self.endpoint, "upload_events_queue_url": self.queue_url}
+        return {"endpoint": self.endpoint, "kind": "moto", "bridge_source": "sqs",
+                "upload_events_queue_url": self.queue_url}

@@ -18,12 +18,14 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from services.settings import Settings
 from services.stack.binaries import venv_bin
-from services.stack.health import TIMEOUT_S, s3_client
+from services.stack.health import SEAWEEDFS_HEALTH_BODY as HEALTH_BODY
+from services.stack.health import TIMEOUT_S, check_seaweedfs, s3_client
 from services.stack.ports import LOOPBACK
 from services.stack.server import ManagedServer
 
@@ -31,12 +33,12 @@ log = logging.getLogger(__name__)
 
 HOME_DIR = "seaweedfs"  # under the run dir: config files, and data/ (what survives restarts)
 HEALTH_KEY = "health/stack-check"  # in the models bucket: the object the health check reads
-HEALTH_BODY = b"whaleid stack health check\n"
 # ports of `weed server` besides the S3 port (Stack port names)
 PORTS = ("weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc", "weed_filer", "weed_filer_grpc",
          "weed_s3_grpc")
 GRPC_PORTS = ("weed_master_grpc", "weed_volume_grpc", "weed_filer_grpc", "weed_s3_grpc")
 TOPIC_PARTITIONS = 4
+MAX_VOLUMES = 100  # volume slots (256 MB each at most, files grow as written): room for tests' extra buckets
 
 
 def remove_grpc_sockets(ports: list[int]) -> list[str]:
@@ -56,14 +58,6 @@ def remove_grpc_sockets(ports: list[int]) -> list[str]:
 def wipe_data(run_dir: Path) -> None:
     """What `stack up --fresh` removes: SeaweedFS's data (the config files are written again at start)."""
     shutil.rmtree(Path(run_dir) / HOME_DIR, ignore_errors=True)
-
-
-def check_seaweedfs(endpoint: str, health_object: str, **credentials: str) -> None:
-    """GET the health object (`bucket/key`): raises until SeaweedFS serves reads."""
-    bucket, _, key = health_object.partition("/")
-    body = s3_client(endpoint, **credentials).get_object(Bucket=bucket, Key=key)["Body"].read()
-    if body != HEALTH_BODY:
-        raise ConnectionError(f"seaweedfs at {endpoint} returned {len(body)} unexpected bytes for {health_object}")
 
 
 class SeaweedFSServer(ManagedServer):
@@ -96,6 +90,11 @@ class SeaweedFSServer(ManagedServer):
             "# written by `whaleid stack up`: the filer publishes every change to Kafka (issue #14)\n"
             f"[notification.kafka]\nenabled = true\nhosts = {hosts}\ntopic = {json.dumps(self.settings.upload_events_topic)}\n"
         )
+        (self.home / "master.toml").write_text(
+            "# written by `whaleid stack up`: every bucket is a collection with its own volumes; weed's default of 7\n"
+            "# new volumes per collection would use up -volume.max after a few buckets\n"
+            "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 2\ncopy_3 = 3\ncopy_other = 1\n"
+        )
         creds = self._credentials()
         identity = {"name": "whaleid", "credentials": [{"accessKey": creds["key"], "secretKey": creds["secret"]}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
@@ -113,7 +112,7 @@ class SeaweedFSServer(ManagedServer):
             f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
             "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-master.resumeState=false",
             f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
-            "-volume.max=20", "-volume.preStopSeconds=1",
+            f"-volume.max={MAX_VOLUMES}", "-volume.preStopSeconds=1",
             "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
             f"-filer.localSocket={self.home / 'filer.sock'}",
             "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={p['weed_s3_grpc']}", f"-s3.config={self.home / 's3.json'}",
@@ -155,13 +154,26 @@ class SeaweedFSServer(ManagedServer):
 
     def provision(self) -> None:
         """The sightings and models buckets (kept across restarts) and the events topic (Kafka may be new)."""
+        s3 = s3_client(self.endpoint, **self._credentials())
+        for bucket in (self.settings.sightings_bucket, self.settings.models_bucket):
+            self._create_bucket(s3, bucket)
+        from services.gateway.cors import bucket_cors_rules
+
+        rules = bucket_cors_rules(self.settings)  # browser apps' presigned uploads, as for moto
+        if rules:
+            s3.put_bucket_cors(Bucket=self.settings.sightings_bucket, CORSConfiguration={"CORSRules": rules})
+        self.ensure_topic()
+        topic = self.settings.upload_events_topic
+        log.info("s3 (seaweedfs): buckets %s, %s in %s; filer events -> Kafka %s topic %s",
+                 self.settings.sightings_bucket, self.settings.models_bucket, self.data_dir, self.kafka_bootstrap,
+                 topic)
+
+    def ensure_topic(self) -> None:
+        """The events topic with TOPIC_PARTITIONS partitions (the broker may be new: it keeps nothing on disk)."""
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        s3 = s3_client(self.endpoint, **self._credentials())
-        for bucket in (self.settings.sightings_bucket, self.settings.models_bucket):
-            self._create_bucket(s3, bucket)
         topic = self.settings.upload_events_topic
         admin = KafkaAdminClient(bootstrap_servers=self.kafka_bootstrap.split(","), client_id="whaleid-stack",
                                  request_timeout_ms=int(TIMEOUT_S * 5000))
@@ -173,13 +185,37 @@ class SeaweedFSServer(ManagedServer):
                     pass
         finally:
             admin.close()
-        log.info("s3 (seaweedfs): buckets %s, %s in %s; filer events -> Kafka %s topic %s",
-                 self.settings.sightings_bucket, self.settings.models_bucket, self.data_dir, self.kafka_bootstrap,
-                 topic)
+
+    def events_reach_kafka(self, timeout: float = 20.0) -> bool:
+        """Whether the filer publishes to the broker now: the health object is written again (an update event,
+        ignored by the bridge: it is in the models bucket) until its event is on the topic, for up to `timeout`."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        path = f"/buckets/{self.health_object}".encode()
+        s3 = s3_client(self.endpoint, **self._credentials())
+        bucket, _, key = self.health_object.partition("/")
+        consumer = KafkaConsumer(bootstrap_servers=self.kafka_bootstrap.split(","), group_id=None,
+                                 enable_auto_commit=False, client_id="whaleid-stack-probe")
+        try:
+            topic = self.settings.upload_events_topic
+            consumer.assign([TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)])
+            consumer.seek_to_beginning()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                s3.put_object(Bucket=bucket, Key=key, Body=HEALTH_BODY, ContentType="text/plain")
+                until = min(deadline, time.monotonic() + 2.0)
+                while time.monotonic() < until:
+                    for records in consumer.poll(timeout_ms=200).values():
+                        if any(record.key == path for record in records):
+                            return True
+            return False
+        finally:
+            consumer.close()
 
     def entry(self) -> dict[str, Any]:
         return {
-            "endpoint": self.endpoint, "kind": "seaweedfs", "data_dir": str(self.data_dir),
+            "endpoint": self.endpoint, "kind": "seaweedfs", "bridge_source": "seaweedfs",
+            "data_dir": str(self.data_dir),
             "filer": f"{LOOPBACK}:{self.ports['weed_filer']}", "upload_events_topic": self.settings.upload_events_topic,
             "health_object": self.health_object, "grpc_ports": self.grpc_ports,
         }  # fmt: skip

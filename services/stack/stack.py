@@ -1,6 +1,6 @@
-"""The embedded stack: Kafka (Tansu), S3 (moto with SQS, or SeaweedFS on disk: `stack_s3`), Redis, Triton and (when
-installed) Prometheus, each its own process on free loopback ports, recorded in `<run_dir>/state.json` (format:
-docs/interfaces.md)."""
+"""The embedded stack: Kafka (Tansu), S3 (SeaweedFS on disk, the default, or moto with SQS: `stack_s3`), Redis,
+Triton and (when installed) Prometheus, each its own process on free loopback ports, recorded in
+`<run_dir>/state.json` (format: docs/interfaces.md)."""
 
 from __future__ import annotations
 
@@ -227,6 +227,24 @@ class Stack:
         if state is not None and name in state.get("servers", {}):
             state["servers"][name]["pid"] = server.pid
             self._write_state(state)
+        if name == "kafka":
+            self._resume_s3_events(timeout)
+
+    def _resume_s3_events(self, timeout: float) -> None:
+        """After a broker restart: SeaweedFS's filer must publish to the new (empty) broker again. weed 4.48
+        reconnects by itself (measured); should it not within 20 s, weed is restarted (its data is on disk).
+        Events it dropped while the broker was down are the reconciler's to re-drive."""
+        weed = self._running.get("s3")
+        if not isinstance(weed, SeaweedFSServer) or weed.process is None or not weed.process.alive():
+            return
+        weed.ensure_topic()
+        if weed.events_reach_kafka():
+            log.info("s3 (seaweedfs): filer events reach the restarted broker")
+            return
+        log.warning("s3 (seaweedfs): no filer event reached the restarted broker within 20 s; restarting weed")
+        self.restart_server("s3", timeout)
+        if not weed.events_reach_kafka():
+            raise ServerStartError("s3", "the restarted weed publishes no filer events to Kafka", weed.log_tail())
 
     def restart_server(self, name: str, timeout: float = 90) -> None:
         self.stop_server(name)
@@ -345,6 +363,8 @@ class Stack:
         for name, (server, key) in STATE_ADDRESSES.items():
             if key in state["servers"].get(server, {}):
                 values[name] = state["servers"][server][key]
+        if "bridge_source" in state["servers"].get("s3", {}):  # where this stack's upload events go
+            values["bridge_source"] = state["servers"]["s3"]["bridge_source"]
         return [f"export WHALEID_{name.upper()}={shlex.quote(str(value))}" for name, value in values.items()]
 
     # ------------------------------------------------------------------ Prometheus targets

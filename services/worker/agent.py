@@ -26,12 +26,12 @@ import asyncio
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from services import model_versions as versions
 from services import topics
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
-from services.operations.model_store import s3_client
 from services.service_ports import default_port
 from services.settings import Settings
 from services.triton_client.errors import classify
@@ -48,10 +48,12 @@ from services.worker.pipeline import (
     species_scores,
 )
 from services.worker.stage import ChainStage
+from services.worker.storage import worker_s3_client
 
 log = logging.getLogger(__name__)
 REFUSALS_BEFORE_DEAD_LETTER = 3  # the model refused this one crop (a permanent error) this many times in a row
 REGISTRY_REFRESH_S = 3600.0  # re-register the served version this often (its Redis entry has a TTL)
+FETCH_THREADS_MAX = 32  # threads fetching and preparing one batch's sightings (at most worker_batch_size)
 
 
 @dataclass(frozen=True)
@@ -146,38 +148,46 @@ class SightingWorker(ChainStage):
         self.crop_steps = crop_steps
         self.embedded_topic = embedded_topic
         self._registered: tuple[str, float] = ("", 0.0)  # (model version, when) last registered in Redis
+        self.pool = ThreadPoolExecutor(max(1, min(FETCH_THREADS_MAX, settings.worker_batch_size)),
+                                       thread_name_prefix="worker-fetch")
 
     async def handle_batch(self, raws: list[bytes]) -> None:
-        prepared = await asyncio.gather(*(self._prepare_one(raw) for raw in raws))
-        todo, seen = [], set()
-        for item in prepared:
-            if item is None:
-                continue
-            if item.event.sighting_id in seen:  # a duplicate event inside one batch
+        events = []
+        for raw in raws:
+            try:
+                events.append(parse_event(raw))
+            except PermanentFailure as exc:
+                await self.dead_letter(exc, decode_original(raw), "")
+        if not events:
+            return
+        handled = await self.in_thread("check markers", markers.handled_many, self.redis,
+                                       [e.sighting_id for e in events])  # one round trip for the batch
+        fresh, seen = [], set()
+        for event, done in zip(events, handled, strict=True):
+            if done or event.sighting_id in seen:  # handled before, or a duplicate event inside one batch
                 EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
+                if done:
+                    log.info("sighting %s: already handled, skipping the duplicate", event.sighting_id)
                 continue
-            seen.add(item.event.sighting_id)
-            todo.append(item)
+            seen.add(event.sighting_id)
+            fresh.append(event)
+        prepared = await asyncio.gather(*(self._prepare_one(event) for event in fresh))  # S3 fetches in parallel
+        todo = [item for item in prepared if item is not None]
         if todo:
             await self._embed_and_publish(todo)
 
-    async def _prepare_one(self, raw: bytes) -> PreparedSighting | None:
+    async def _prepare_one(self, event) -> PreparedSighting | None:
         try:
-            event = parse_event(raw)
-        except PermanentFailure as exc:
-            await self.dead_letter(exc, decode_original(raw), "")
-            return None
-        if await self.in_thread("check markers", markers.already_handled, self.redis, event.sighting_id):
-            EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
-            log.info("sighting %s: already handled, skipping the duplicate", event.sighting_id)
-            return None
-        try:
-            return await self.in_thread(
-                f"sighting {event.sighting_id}", prepare, event, self.s3, self.settings, self.crop_steps,
-            )
+            return await self.retry(f"sighting {event.sighting_id}", lambda: self._in_pool(
+                prepare, event, self.s3, self.settings, self.crop_steps))
         except PermanentFailure as exc:
             await self.dead_letter(exc, event.asdict(), event.sighting_id)
             return None
+
+    def _in_pool(self, fn, *args):
+        """`fn(*args)` on the worker's fetch pool (one thread per sighting of a full batch: the S3 GETs of a batch
+        overlap instead of queueing on asyncio's small default pool)."""
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def _embed(self, batch: list[PreparedSighting], served: ServedModel):
         """Embeddings of a batch. Transient Triton failures (overload, timeouts, unavailable, model not loaded)
@@ -189,7 +199,7 @@ class SightingWorker(ChainStage):
         while True:
             try:
                 with self.timed_step("embed"):
-                    return await asyncio.to_thread(self.embedder.embed, [p.png for p in batch])
+                    return await asyncio.to_thread(self.embedder.embed, [p.image for p in batch])
             except Exception as exc:  # noqa: BLE001 - classified below
                 failure = classify(exc)
                 if failure.transient:
@@ -265,7 +275,7 @@ def build_worker_app(settings: Settings, web_port: int):
     if detector is not None:
         crop_steps.append(detector)
     worker = SightingWorker(
-        settings, EmbeddingService(settings), markers.redis_client(settings.redis_url), s3_client(settings),
+        settings, EmbeddingService(settings), markers.redis_client(settings.redis_url), worker_s3_client(settings),
         crop_steps, embedded, dead,
     )
 

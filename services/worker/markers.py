@@ -41,6 +41,19 @@ def already_handled(client: redis.Redis, sighting_id: str) -> bool:
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
 
+def handled_many(client: redis.Redis, sighting_ids: list[str]) -> list[bool]:
+    """`already_handled` of each id, in one round trip (a pipeline) for a whole batch."""
+    if not sighting_ids:
+        return []
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for sighting_id in sighting_ids:
+                pipe.exists(embedded_key(sighting_id), failure_key(sighting_id))
+            return [bool(n) for n in pipe.execute()]
+    except redis.RedisError as exc:
+        raise TransientFailure(f"Redis unavailable: {exc}") from None
+
+
 def mark_embedded(client: redis.Redis, sighting_id: str, model_version: str, ttl_s: int = MARKER_TTL_S) -> bool:
     try:
         return bool(client.set(embedded_key(sighting_id), model_version, nx=True, ex=ttl_s or None))

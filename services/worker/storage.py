@@ -26,6 +26,18 @@ def _classify(exc: Exception, bucket: str, key: str) -> Exception:
     return exc
 
 
+def worker_s3_client(settings):
+    """The worker's S3 client: the model store's (same endpoint and credentials) with a connection pool as large
+    as the fetch pool, so the concurrent GETs of a batch reuse connections instead of opening new ones."""
+    from botocore.config import Config
+
+    from services.operations.model_store import s3_client
+
+    connections = max(10, min(64, 2 * int(settings.worker_batch_size)))
+    return s3_client(settings, Config(retries={"max_attempts": 3, "mode": "standard"},
+                                      max_pool_connections=connections, tcp_keepalive=True))
+
+
 def fetch_object(client, bucket: str, key: str, max_bytes: int) -> bytes:
     """The object's bytes (one GET; the body is read only after the size and type checks); PermanentFailure for
     missing, too large or non-image content types."""
