@@ -53,6 +53,7 @@ class SightingMetadata(_JsonRecord):
     longitude: float | None = None
     species_hint: str = ""
     crop_box: list[float] | None = None  # [x0, y0, x1, y1] in pixels of the uploaded image
+    encounter: str = ""  # one sighting event of one animal: the app's photos with this id are identified together
 
 
 class SightingUploaded(_JsonRecord):

@@ -163,6 +163,49 @@ def test_whaleid_upload_answers_as_the_app_does(e2e, tmp_path, capsys):
     assert "no GPS position" in capsys.readouterr().err
 
 
+def test_an_encounters_photos_are_pooled_in_each_answer(e2e, capsys):
+    """Photos sent with one `encounter` id: each answer carries the encounter, its candidates pooled from the
+    photos' own identifications by the identification core (best score per individual)."""
+    from services.cli.main import main
+    from services.identification.encounters import pool_predictions
+
+    data, client = e2e["data"], e2e["client"]
+    truth = read_truth(e2e["data_dir"])
+    by_individual: dict[str, list[str]] = {}
+    for image in sorted(data.test_images):
+        if truth.get(image, "new_individual") != "new_individual":
+            by_individual.setdefault(truth[image], []).append(image)
+    group = max(by_individual.values(), key=len, default=[])
+    images = (group if len(group) >= 2 else sorted(data.test_images))[:3]
+    paths = [str(data.image_path(image)) for image in images]
+    encounter = f"dive-{uuid.uuid4().hex[:6]}"
+    assert main(["upload", *paths, "--url", client.base_url, "--token", TOKEN, "--latitude", "64.1",
+                 "--longitude", "-21.9", "--encounter", encounter, "--wait", "120"]) == 0
+    printed = capsys.readouterr().out
+    assert f"encounter {encounter} ({len(images)} of {len(images)} photos identified)" in printed
+    ids = [line.split("sighting ")[1].split()[0] for line in printed.splitlines() if ": sighting " in line]
+    assert len(ids) == len(images)
+    answers = [client.sighting(i) for i in ids]
+    blocks = [a["encounter"] for a in answers]
+    assert all(b == blocks[0] for b in blocks) and sorted(blocks[0]["sightings"]) == sorted(ids)
+    photos = [[(c["individual_id"], c["score"]) for c in a["identification"]["candidates"]] for a in answers]
+    thresholds = sorted(a["identification"]["threshold"] for a in answers)
+    expected = pool_predictions(photos, thresholds[len(thresholds) // 2])
+    assert [(c["individual_id"], pytest.approx(c["score"], abs=1e-6)) for c in blocks[0]["candidates"]] == \
+        [(i, pytest.approx(s, abs=1e-6)) for i, s in expected]
+    best = {}
+    for photo in photos:
+        for individual, score in photo:
+            if individual != "new_individual":
+                best[individual] = max(best.get(individual, -1.0), score)
+    top = blocks[0]["candidates"][0]
+    assert top["individual_id"] == "new_individual" or top["score"] == pytest.approx(max(best.values()), abs=1e-6)
+    image = sorted(data.test_images)[0]
+    single = client.upload(data.image_path(image).read_bytes(), image, "image/jpeg", app_metadata(data, image, None, 0))
+    alone = client.sighting(single.sighting_id)  # no encounter id: no block
+    assert "encounter" not in alone
+
+
 def test_hostile_uploads_through_the_gateway_fail_with_reasons(e2e):
     client = e2e["client"]
     hostile = [client.upload(payload, label, content_type, app_metadata(e2e["data"], "", None, 0))

@@ -6,6 +6,7 @@ openapi.components; the ones here describe the JSON the handlers assemble (tests
 
 from __future__ import annotations
 
+from services.gateway import encounters
 from services.gateway.listing import STATUSES
 from services.operations import identities
 from services.operations.confirmations import ACTIONS
@@ -17,6 +18,10 @@ def _ref(name: str) -> dict:
 
 def _nullable(kind: str) -> dict:
     return {"type": [kind, "null"]}
+
+
+def _nullable_ref(name: str) -> dict:
+    return {"oneOf": [_ref(name), {"type": "null"}]}
 
 
 _STR = {"type": "string"}
@@ -45,8 +50,10 @@ SCHEMAS = {
         "properties": {"sighting_id": _STR, "status": {"type": "string", "enum": list(STATUSES)},
                        "metadata": _ref("SightingMetadata"), "key": _STR, "owner": _STR, "created_at": _NUM,
                        "uploaded_at": _nullable("number"), "identification": _ref("Identification"),
-                       "failure": {"type": "object"}},
-        "description": "metadata has no latitude/longitude for the app role"},
+                       "failure": {"type": "object"}, "encounter": _nullable_ref("Encounter")},
+        "description": "metadata has no latitude/longitude for the app role; `encounter` only when the sighting "
+                       "was sent with one (GET /v1/sightings/{id})"},
+    "Encounter": encounters.SCHEMA,
     "SightingPage": {"type": "object", "required": ["items", "next_cursor"],
                      "properties": {"items": {"type": "array", "items": _ref("Sighting")},
                                     "next_cursor": _nullable("string")}},

@@ -12,6 +12,7 @@ from services.gateway.auth import CREDENTIAL, allowed
 from services.gateway.candidate_photos import attach_candidate_photos, with_reference_photos
 from services.gateway.context import CTX, not_found
 from services.gateway.credentials import APP, RESEARCHER
+from services.gateway.encounters import encounter_of, remember_member
 from services.gateway.listing import index_sighting, sighting_view
 from services.gateway.store import (
     decode_hash,
@@ -55,6 +56,8 @@ async def create_sighting(request: web.Request) -> web.Response:
         if ttl_s:
             pipe.expire(sighting_key(sighting_id), int(ttl_s))
         index_sighting(pipe, sighting_id, record["owner"], record["created_at"], ttl_s)  # GET /v1/sightings
+        if sighting.metadata.encounter:
+            remember_member(pipe, record["owner"], sighting.metadata.encounter, sighting_id, ttl_s)
         await pipe.execute()
     UPLOADS.labels(outcome="created").inc()
     return web.json_response(
@@ -77,8 +80,11 @@ async def get_sighting(request: web.Request) -> web.Response:
     if not sighting or not may_read(credential, sighting):
         raise not_found(f"unknown sighting {sighting_id!r}")
     identification, = await with_reference_photos(request, credential, [read_json_value(raw_identification)])
-    return web.json_response(sighting_view(credential, sighting_id, sighting, identification,
-                                           read_json_value(raw_failure)))
+    answer = sighting_view(credential, sighting_id, sighting, identification, read_json_value(raw_failure))
+    encounter = answer["metadata"].get("encounter")
+    if encounter:
+        answer["encounter"] = await encounter_of(ctx.redis, sighting.get("owner", ""), encounter)
+    return web.json_response(answer)
 
 
 def add_routes(app: web.Application, ctx) -> None:

@@ -5,6 +5,8 @@
                                   content_type, bucket, key, declared_size, created_at; the bridge adds
                                   uploaded_at, size, etag when the upload event arrives
     identification:<id>           Redis string, JSON of services.topics.Identification (written by the matcher)
+    encounter:<owner>:<id>        Redis set: the sighting ids of one app's encounter (photos of one sighting
+                                  event), written by the gateway, same TTL as the sightings
     failure:<id>                  Redis string, JSON {"stage", "reason", "detail", "failed_at"}, written by the
                                   stage that dead-lettered the sighting (services.worker.markers.record_failure)
 
@@ -53,6 +55,11 @@ def sighting_key(sighting_id: str) -> str:
 
 def identification_key(sighting_id: str) -> str:
     return f"identification:{sighting_id}"
+
+
+def encounter_key(owner: str, encounter: str) -> str:
+    """Redis set of the sighting ids of one app's encounter (app-scoped: two apps' ids never mix)."""
+    return f"encounter:{owner}:{encounter}"
 
 
 def _text(value: Any) -> str:

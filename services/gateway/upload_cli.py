@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--taken-at", default=None,
                    help="ISO 8601 date-time (default: the photo's EXIF DateTimeOriginal, else the file's time)")
     p.add_argument("--species-hint", default=None, help="species, if known (its own threshold applies)")
+    p.add_argument("--encounter", default=None, metavar="ID",
+                   help="the photos are of one animal from one sighting event: identified together (the answer "
+                        "pools their candidates)")
     p.add_argument("--crop-box", default=None, metavar="X0,Y0,X1,Y1",
                    help="the animal's box in pixels of the photo as shown (one photo only)")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
@@ -101,6 +104,8 @@ def sighting_metadata(path: Path, args: argparse.Namespace) -> dict[str, Any]:
                                 "observer": args.observer or getpass.getuser()}
     if args.species_hint:
         metadata["species_hint"] = args.species_hint
+    if args.encounter:
+        metadata["encounter"] = args.encounter
     if args.crop_box:
         try:
             metadata["crop_box"] = [float(v) for v in args.crop_box.split(",")]
@@ -120,6 +125,14 @@ def describe(name: str, sighting_id: str, answer: dict | None) -> str:
     top = candidates[0]["individual_id"] if candidates else "?"
     verdict = "a new individual" if top == "new_individual" else top
     return f"{name}: sighting {sighting_id} -> {verdict}   [{ranked}]"
+
+
+def describe_encounter(encounter: dict) -> str:
+    ranked = ", ".join(f"{c['individual_id']} {c['score']:.3f}" for c in encounter["candidates"])
+    top = encounter["candidates"][0]["individual_id"] if encounter["candidates"] else "?"
+    verdict = "a new individual" if top == "new_individual" else top
+    return (f"encounter {encounter['id']} ({encounter['identified']} of {len(encounter['sightings'])} photos "
+            f"identified) -> {verdict}   [{ranked}]")
 
 
 def run_upload(args: argparse.Namespace) -> int:
@@ -145,6 +158,10 @@ def run_upload(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{path.name}: uploaded as sighting {uploads[-1].sighting_id}", file=sys.stderr)
     answers = client.wait(uploads, args.wait, lambda text: print(text, file=sys.stderr)) if args.wait > 0 else {}
+    if args.encounter and answers:  # every photo's answer carries the encounter; the last read is the fullest
+        last = client.sighting(uploads[-1].sighting_id).get("encounter")
+        if last and not args.json:
+            print(describe_encounter(last))
     finished = 0
     for upload in uploads:
         answer = answers.get(upload.sighting_id)

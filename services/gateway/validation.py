@@ -15,7 +15,7 @@ from services.gateway.store import EXTENSIONS
 from services.topics import SightingMetadata
 
 REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")
-OPTIONAL = ("crop_box", "species_hint", "size")
+OPTIONAL = ("crop_box", "species_hint", "size", "encounter")
 MAX_TEXT = 200
 CLOCK_SKEW = timedelta(days=1)  # a photo may not be taken later than now + this
 LATITUDE = (-90.0, 90.0)
@@ -120,6 +120,7 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     longitude = _number(body, "longitude", *LONGITUDE, problems)
     observer = _text(body, "observer", problems, required=True)
     species_hint = _text(body, "species_hint", problems, required=False)
+    encounter = _text(body, "encounter", problems, required=False)
     crop_box = _crop_box(body, problems)
     size = _size(body, max_upload_bytes, size_required, problems)
     content_type = body.get("content_type")
@@ -128,7 +129,7 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     if problems:
         raise InvalidSighting(problems)
     metadata = SightingMetadata(observer=observer, taken_at=taken_at, latitude=latitude, longitude=longitude,
-                                species_hint=species_hint, crop_box=crop_box)
+                                species_hint=species_hint, crop_box=crop_box, encounter=encounter)
     return SightingRequest(metadata=metadata, content_type=content_type, size=size)
 
 
@@ -146,6 +147,9 @@ def request_schema(max_upload_bytes: int, size_required: bool = False) -> dict[s
         "crop_box": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}, "minItems": 4,
                      "maxItems": 4, "description": "[x0, y0, x1, y1] in pixels, x0 < x1 and y0 < y1"},
         "species_hint": {"type": "string", "maxLength": MAX_TEXT},
+        "encounter": {"type": "string", "maxLength": MAX_TEXT,
+                      "description": "the app's id of one sighting event: its photos (of one animal) are identified "
+                                     "together, the answer's `encounter` pools their candidates"},
         "size": {"type": "integer" if size_required else ["integer", "null"], "minimum": 1,
                  "maximum": max_upload_bytes,
                  "description": "bytes of the photo: the upload URL is signed for exactly this length"},
