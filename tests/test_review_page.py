@@ -456,6 +456,37 @@ def test_merge_two_individuals_on_the_page_then_reindex(review, browser, tmp_pat
 
 
 @needs_chromium
+def test_an_encounter_is_one_item_and_one_decision_covers_its_photos(review, browser, tmp_path):
+    """Two photos of one encounter: one queue item with the pooled candidates and both photos; `c` confirms the
+    pooled top match for each photo."""
+
+    settings, url, client = review["settings"], review["url"], redis_of(review["settings"])
+    observer, encounter = f"enc-{uuid.uuid4().hex[:8]}", f"dive-{uuid.uuid4().hex[:6]}"
+    version = CurrentGalleryIndividuals(GalleryStore.from_settings(settings))().version
+    first = _seed(settings, url, observer, 0, [(I1, 0.57), (I0, 0.54), ("new_individual", THRESHOLD), (I2, 0.2)],
+                  version, encounter=encounter)
+    second = _seed(settings, url, observer, 1, [(I0, 0.66), ("new_individual", THRESHOLD), (I1, 0.45), (I2, 0.3)],
+                   version, encounter=encounter)
+    browser.get(f"{url}/review?observer={observer}#token={RESEARCHER_TOKEN}")
+    _wait(browser, lambda d: d.execute_script("return document.body.dataset.state") == "ready", "the item is shown")
+    shown, queue, rows, facts, strip = browser.execute_script(
+        "return [document.getElementById('review').dataset.sightingId,"
+        " Array.from(document.querySelectorAll('#upcoming li'), li => li.dataset.sightingId),"
+        " Array.from(document.querySelectorAll('#candidates tbody tr'), tr => tr.dataset.individualId),"
+        " document.getElementById('facts').textContent,"
+        " Array.from(document.querySelectorAll('#encounter-photos img'), img => img.alt)];")
+    assert shown == first and queue == [first]  # the more uncertain photo stands for the encounter
+    assert rows[:3] == [I0, I1, "new_individual"]  # pooled: I0 0.66 (second photo), I1 0.57 (first)
+    assert encounter in facts and "2 photo(s)" in facts
+    assert strip == [f"encounter photo {second}"]
+    _screenshot(browser, tmp_path, "encounter.png")
+    _press(browser, "c")
+    _wait(browser, lambda d: stored_confirmation(client, second) is not None, "both photos decided")
+    assert [(c.action, c.individual_id) for c in (stored_confirmation(client, first),
+                                                  stored_confirmation(client, second))] == [("confirm", I0)] * 2
+    assert len(_accepted(client, first)) == len(_accepted(client, second)) == 1
+
+
 def test_an_app_token_cannot_review(review, browser):
     from selenium.webdriver.common.by import By
 

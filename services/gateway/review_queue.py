@@ -8,6 +8,10 @@ observer (case-insensitive), near=lat,lon with radius_km (great-circle distance)
 GET of its photo (gateway_photo_url_expires_s), the crop box (the uploader's, else the one the worker used) and,
 per candidate, presigned GETs of its reference photos in the served gallery (references.py), newest first.
 
+Encounters (photos an app sent with one `encounter` id) are one item: the most uncertain of its photos awaiting
+review stands for it, its candidates are the encounter's pooled ones (encounters.py) and `encounter` lists every
+photo awaiting review; the page records the decision for each of them.
+
 The queue is read by a SCAN over identification:<id> (bounded by the identifications' TTL): fine for a
 catalogue's review backlog of thousands; a sorted index written by the matcher is the way past that.
 """
@@ -22,6 +26,7 @@ from aiohttp import web
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, bad_query
 from services.gateway.credentials import RESEARCHER
+from services.gateway.encounters import pooled_encounter
 from services.gateway.photos import photo_url
 from services.gateway.references import REFERENCES, attach_catalogue, reference_photos
 from services.gateway.store import decode_hash, read_json_value, sighting_key, sighting_metadata
@@ -179,6 +184,7 @@ async def review_queue(request: web.Request) -> web.Response:
             ranked.append((margin(identification["candidates"], threshold_of(identification)), sighting_id,
                            identification, sighting))
     ranked.sort(key=lambda r: (r[0], r[1]))
+    ranked, encounters = _one_item_per_encounter(ranked)
     page = ranked[:limit]
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for _, sighting_id, _, _ in page:
@@ -187,14 +193,59 @@ async def review_queue(request: web.Request) -> web.Response:
     items = []
     for (_, sighting_id, identification, sighting), raw_embedding in zip(page, embeddings, strict=True):
         embedding = read_json_value(raw_embedding) if raw_embedding else None
-        items.append(_item(ctx, sighting_id, identification, sighting,
-                           embedding if isinstance(embedding, dict) else None))
+        group = encounters.get(sighting_id)
+        if group is not None:
+            identification = _pooled_identification(identification, group)
+        item = _item(ctx, sighting_id, identification, sighting, embedding if isinstance(embedding, dict) else None)
+        if group is not None:
+            item["encounter"] = _encounter_view(ctx, group)
+        items.append(item)
     shown = [c["individual_id"] for item in items for c in item["candidates"] if not c["new_individual"]]
     photos = await reference_photos(ctx, request.app[REFERENCES], shown)
     for item in items:
         for cand in item["candidates"]:
             cand["reference_photos"] = photos.get(cand["individual_id"], [])
     return web.json_response({"items": items, "total": len(ranked)})
+
+
+def _encounter_of(sighting: dict) -> tuple[str, str] | None:
+    encounter = str(sighting_metadata(sighting).get("encounter") or "")
+    return (sighting.get("owner", ""), encounter) if encounter else None
+
+
+def _one_item_per_encounter(ranked: list[tuple]) -> tuple[list[tuple], dict[str, list[tuple]]]:
+    """The ranked rows with one row per encounter (its most uncertain photo, ranked first already), and
+    {that row's sighting id: every row of its encounter, in rank order}."""
+    members: dict[tuple[str, str], list[tuple]] = {}
+    for row in ranked:
+        key = _encounter_of(row[3])
+        if key is not None:
+            members.setdefault(key, []).append(row)
+    kept, groups, seen = [], {}, set()
+    for row in ranked:
+        key = _encounter_of(row[3])
+        if key is None:
+            kept.append(row)
+        elif key not in seen:
+            seen.add(key)
+            kept.append(row)
+            groups[row[1]] = members[key]
+    return kept, groups
+
+
+def _pooled_identification(identification: dict, group: list[tuple]) -> dict:
+    pooled = pooled_encounter("", [row[1] for row in group], [row[2] for row in group])
+    return {**identification, "candidates": pooled["candidates"], "threshold": pooled["threshold"]}
+
+
+def _encounter_view(ctx, group: list[tuple]) -> dict:
+    first = group[0][3]
+    return {"id": str(sighting_metadata(first).get("encounter") or ""),
+            "sightings": [row[1] for row in group],
+            "photos": [{"sighting_id": row[1],
+                        "photo_url": photo_url(ctx, row[3]["key"], row[3].get("bucket", "")) if row[3].get("key")
+                        else None,
+                        "crop_box": sighting_metadata(row[3]).get("crop_box")} for row in group]}
 
 
 def add_routes(app: web.Application, ctx) -> None:

@@ -71,7 +71,18 @@ SCHEMAS = {
                        "crop_source": _nullable("string"), "metadata": _ref("SightingMetadata"), "species": _STR,
                        "threshold": _nullable("number"), "margin": _nullable("number"),
                        "candidates": {"type": "array", "items": _ref("ReviewCandidate")},
-                       "gallery_version": _STR, "identified_at": _NUM}},
+                       "gallery_version": _STR, "identified_at": _NUM,
+                       "encounter": {
+                           "type": "object", "required": ["id", "sightings", "photos"],
+                           "description": "an encounter's photos as one item: the candidates are pooled over "
+                                          "them; a decision is recorded for each of `sightings`",
+                           "properties": {"id": _STR, "sightings": {"type": "array", "items": _STR},
+                                          "photos": {"type": "array", "items": {
+                                              "type": "object", "required": ["sighting_id", "photo_url"],
+                                              "properties": {"sighting_id": _STR,
+                                                             "photo_url": _nullable("string"),
+                                                             "crop_box": {"type": ["array", "null"],
+                                                                          "items": _NUM}}}}}}}},
     "ReviewQueue": {"type": "object", "required": ["items", "total"],
                     "properties": {"items": {"type": "array", "items": _ref("ReviewItem")},
                                    "total": {"type": "integer"}}},

@@ -158,6 +158,7 @@
       ["threshold", current.threshold == null ? "" : current.threshold.toFixed(3)],
       ["margin", current.margin == null ? "" : current.margin.toFixed(3)],
       ["gallery", current.gallery_version || ""]];
+    if (current.encounter) facts.unshift(["encounter", current.encounter.id + " \u00b7 " + current.encounter.sightings.length + " photo(s), pooled"]);
     $("facts").replaceChildren(...facts.flatMap(([k, v]) => [text("dt", k), text("dd", String(v))]));
   }
 
@@ -228,28 +229,54 @@
       ? "crop box (" + current.crop_source + "): " + current.crop_box.map((v) => Math.round(v)).join(", ")
       : "no crop box";
     renderFacts();
+    renderEncounter();
     renderCandidates();
     renderUpcoming();
     $("another-id").value = "";
     document.body.dataset.state = "ready";
   }
 
+  function renderEncounter() {
+    const strip = $("encounter-photos");
+    const others = current.encounter ? current.encounter.photos.filter((p) => p.sighting_id !== current.sighting_id) : [];
+    strip.replaceChildren(...others.filter((p) => p.photo_url).map((p) => image(p.photo_url, "encounter photo " + p.sighting_id)));
+    strip.hidden = others.length === 0;
+  }
+
+  async function confirmOne(sightingId, body) {
+    return api("POST", "/v1/sightings/" + encodeURIComponent(sightingId) + "/confirmation", body);
+  }
+
   async function decide(body, what) {
     if (!current || document.body.dataset.state === "busy") return;
     const item = current;
     document.body.dataset.state = "busy";
-    let answer;
+    // An encounter is one animal: the same decision for each of its photos (a new individual is created by the
+    // first and confirmed into by the others; a rejection names the pooled top candidate).
+    const members = item.encounter ? item.encounter.sightings : [item.sighting_id];
+    let answer, conf;
     try {
-      answer = await api("POST", "/v1/sightings/" + encodeURIComponent(item.sighting_id) + "/confirmation", body);
+      for (const [n, sightingId] of members.entries()) {
+        let each = body;
+        if (n > 0 && body.action === "new") each = {action: "confirm", individual_id: conf.individual_id};
+        else if (body.action === "reject" && !body.individual_id && members.length > 1) {
+          const top = item.candidates.find((c) => !c.new_individual);
+          each = top ? {action: "reject", individual_id: top.individual_id} : body;
+        }
+        answer = await confirmOne(sightingId, each);
+        if (answer.status !== 200 && answer.status !== 201) break;
+        if (n === 0) conf = answer.data.confirmation;
+        done.add(sightingId);
+      }
     } catch (e) {
       if (e.message !== "unauthorized") { say("Network error: " + e.message, true); document.body.dataset.state = "ready"; }
       return;
     }
     if (answer.status === 200 || answer.status === 201) {
-      const conf = answer.data.confirmation;
-      done.add(item.sighting_id);
       sinceFetch += 1;
-      say(what + ": sighting " + item.sighting_id + " \u2192 " + conf.action + " " + conf.individual_id);
+      const where = members.length > 1 ? "encounter " + item.encounter.id + " (" + members.length + " photos)"
+        : "sighting " + item.sighting_id;
+      say(what + ": " + where + " \u2192 " + conf.action + " " + conf.individual_id);
       await next();
     } else {
       say("Refused (" + (answer.data.code || answer.status) + "): " + (answer.data.error || ""), true);
