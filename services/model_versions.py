@@ -13,7 +13,7 @@ An embedding with `model_version` V matches a gallery with model ids G when
   1. G is empty (the gallery does not say which models made it: accepted, as before versions were checked), or
   2. V itself, or its build id, is listed in G (a gallery may name the ensemble build it was made with), or
   3. the model ids registered for V are, as a set, exactly G (the same models blended).
-Anything else does not match: the matcher parks the sighting (services.matcher.parking) and `whaleid reindex`
+Anything else does not match: the matcher parks the sighting (services.chain.parking) and `whaleid reindex`
 leaves the confirmed sighting out, with the reason.
 """
 
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import redis
 
-from services.worker.failures import TransientFailure
+from services.chain.failures import TransientFailure
 
 REGISTRY_PREFIX = "model-version:"
 

@@ -10,8 +10,8 @@ from collections import defaultdict
 
 from faust.types import TP
 
-from services.kafka_producers import RecreatingProducer
-from services.worker.topic_resets import forget_and_rewind, reset_partitions
+from services.chain.kafka_producers import RecreatingProducer
+from services.chain.topic_resets import forget_and_rewind, reset_partitions
 
 
 class _Future:

@@ -216,8 +216,8 @@ def test_the_bridge_producer_is_idempotent_against_tansu(stack):
 
 
 def test_faust_producers_are_idempotent_in_production_and_not_on_tansu(tmp_path):
+    from services.chain.faust_app import make_app, use_idempotent_producer
     from services.settings import load_settings
-    from services.worker.faust_app import make_app, use_idempotent_producer
 
     async def idempotent(profile: str) -> bool:
         settings = load_settings(profile=profile, environ={}, kafka_bootstrap="127.0.0.1:1",
@@ -406,7 +406,7 @@ def test_another_models_embedding_waits_for_a_gallery_of_that_model(delivery):
 # ============================================================================ bounded state
 def test_the_stream_is_trimmed_to_about_maxlen(stack):
     """results.announce, as the matcher calls it with `redis_stream_maxlen`, on a stream of the test's own."""
-    from services.matcher import results
+    from services.chain import results
 
     client = redis.Redis.from_url(stack.settings.redis_url)
     stream = f"delivery-trim-{uuid.uuid4().hex[:6]}"

@@ -121,7 +121,7 @@ def _identification(sighting_id: str, score: float) -> topics.Identification:
 
 
 def test_the_worker_checks_a_batch_of_markers_in_one_pipeline(redis_client):
-    from services.worker import markers
+    from services.chain import markers
 
     markers.mark_embedded(redis_client, "a", "m:1")
     markers.record_failure(redis_client, "b", "worker", "too_large", "big", 1.0)
@@ -132,7 +132,7 @@ def test_the_worker_checks_a_batch_of_markers_in_one_pipeline(redis_client):
 
 
 def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
-    from services.matcher import results
+    from services.chain import results
 
     first, second = _embedded("e1"), _embedded("e2")
     results.announce(redis_client, _identification("e2", 0.9))  # e2 was announced before (a re-delivery)
@@ -176,8 +176,8 @@ def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own
 @pytest.mark.parametrize("embedding", [[0.0, 0.0, 0.0], [1.0, float("nan"), 0.0], [1e-30, 0.0, 0.0]])
 def test_an_embedding_no_search_can_rank_is_a_malformed_event_not_a_crash(embedding):
     """A zero or non-finite vector used to fail the whole batch's search inside the agent (the batch was lost)."""
+    from services.chain.failures import PermanentFailure
     from services.matcher.agent import _parse
-    from services.worker.failures import PermanentFailure
 
     record = _embedded("z1")
     raw = json.dumps({**record.asdict(), "embedding": embedding}).encode()

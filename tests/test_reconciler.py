@@ -38,7 +38,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from services import topics
-from services.matcher import results
+from services.chain import results
 from services.reconciler import KINDS, Reconciler, ReconcilerTopics
 from services.stack.ports import free_port
 

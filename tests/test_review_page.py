@@ -38,8 +38,8 @@ from fixtures_front import (
 from fixtures_operations import Clusters
 
 from services import topics
+from services.chain.results import store_embedding, store_identification
 from services.identification import Tuning, build_gallery
-from services.matcher.results import store_embedding, store_identification
 from services.operations.confirmations import (
     NEW_IDS_KEY,
     ConfirmationService,

@@ -108,7 +108,7 @@ class _Bridge:
         from services.bridge.bridge import UploadBridge
         from services.bridge.clients import kafka_producer, seaweedfs_events_consumer
         from services.bridge.seaweedfs_source import SeaweedFSEventSource
-        from services.worker.markers import redis_client
+        from services.chain.markers import redis_client
 
         self.redis = redis_client(settings.redis_url)
         self.producer = kafka_producer(settings)

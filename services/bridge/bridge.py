@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from services import topics
 from services.bridge.dedupe import Claim, Deduplicator
 from services.bridge.events import Ignored, Malformed, ObjectCreated, ParsedRecord, parse_message
-from services.gateway.store import (
+from services.chain.failures import Backoff, TransientFailure
+from services.chain.markers import record_failure
+from services.chain.store import (
     BadUploadKey,
     decode_hash,
     parse_upload_key,
@@ -32,8 +34,6 @@ from services.gateway.store import (
 )
 from services.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY, timed
 from services.settings import Settings
-from services.worker.failures import Backoff, TransientFailure
-from services.worker.markers import record_failure
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class UploadBridge:
     def _replace_producer(self) -> None:
         """A flush that never completes is a producer stuck for good: after a restart of a broker that kept nothing
         (the embedded Tansu), kafka-python's idempotent producer retries UnknownProducerId forever, its records
-        neither acknowledged nor failed. It is replaced (services.kafka_producers.RecreatingProducer); the batch is
+        neither acknowledged nor failed. It is replaced (services.chain.kafka_producers.RecreatingProducer); the batch is
         retried by the caller (nothing was acknowledged upstream)."""
         recreate = getattr(self.producer, "recreate", None)
         if recreate is not None:

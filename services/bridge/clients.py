@@ -6,8 +6,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from services.chain.kafka_producers import acks_all_producer, kafka_options
 from services.errors import WhaleIdError
-from services.kafka_producers import RecreatingProducer, kafka_options
 from services.settings import Settings
 
 
@@ -42,14 +42,11 @@ def upload_queue_url(sqs, settings: Settings) -> str:
 def kafka_producer(settings: Settings):
     """kafka-python producer: acks=all, idempotent (`bridge_producer_idempotence`: the broker drops duplicates of
     the producer's own retries; Tansu supports kafka-python's InitProducerId); the bridge flushes before deleting a
-    message. Replaced after a failed record (services.kafka_producers: a broker restart breaks its session)."""
-    from kafka import KafkaProducer
+    message. Replaced after a failed record (services.chain.kafka_producers: a broker restart breaks its session)."""
     from kafka.errors import KafkaError
 
-    options = {**kafka_options(settings), "acks": "all", "retries": 5, "client_id": "whaleid-bridge",
-               "enable_idempotence": settings.bridge_producer_idempotence}
     try:
-        return RecreatingProducer(lambda: KafkaProducer(**options))
+        return acks_all_producer(settings, "whaleid-bridge")
     except KafkaError as exc:
         raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
 

@@ -24,8 +24,8 @@ from services import topics
 from services.bridge.bridge import STAGE, UploadBridge
 from services.bridge.events import Ignored, ObjectCreated, ParsedRecord
 from services.bridge.seaweedfs_events import parse_event
+from services.chain.failures import Backoff
 from services.metrics import EVENTS, STEP_LATENCY, timed
-from services.worker.failures import Backoff
 
 log = logging.getLogger(__name__)
 

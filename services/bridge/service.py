@@ -9,11 +9,11 @@ import threading
 from services.bridge.bridge import UploadBridge
 from services.bridge.clients import kafka_producer, seaweedfs_events_consumer, sqs_client, upload_queue_url
 from services.bridge.seaweedfs_source import SeaweedFSEventSource
+from services.chain.markers import redis_client
 from services.errors import ConfigError
 from services.metrics import serve_metrics
 from services.service_ports import default_port
 from services.settings import Settings, read_stack_state
-from services.worker.markers import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from services.catalogue.gallery_build import Photos, embed_photos, publish_catalogue_gallery
 from services.catalogue.progress import ProgressBar
+from services.chain.store import CONTENT_TYPES, upload_key
 from services.errors import ConfigError, DataError
-from services.gateway.store import CONTENT_TYPES, upload_key
 from services.operations import records
 from services.operations.confirmations import confirmed_sightings
 from services.operations.reindex import UNKNOWN_SPECIES, sighting_image

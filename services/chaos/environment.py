@@ -53,12 +53,12 @@ class ChaosEnvironment:
 
     # ------------------------------------------------------------------ up and down
     def start(self) -> "ChaosEnvironment":
+        from services.chain.markers import redis_client
         from services.demo.run import free_port_block
         from services.settings import load_settings
         from services.stack import Stack
         from services.stack.ports import free_port
         from services.triton_client import EmbeddingClient
-        from services.worker.markers import redis_client
 
         stack_dir = self.workdir / "stack"
         repository = write_probe_repository(self.workdir / "model_repository")

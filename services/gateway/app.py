@@ -15,13 +15,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.access.cors import cors_middleware
+from services.access.credentials import CredentialTable, configured_tokens
+from services.access.token_policy import refuse_unsafe_tokens
 from services.errors import ConfigError, DataError
 from services.gateway.auth import auth_middleware
 from services.gateway.context import CTX, GatewayContext
-from services.gateway.cors import cors_middleware
-from services.gateway.credentials import CredentialTable, configured_tokens
 from services.gateway.presign import UploadSigner
-from services.gateway.token_policy import refuse_unsafe_tokens
 from services.metrics import STEP_LATENCY, UPLOADS, timed
 from services.settings import Settings
 

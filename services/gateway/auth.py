@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.credentials import Credential, CredentialTable
+from services.access.credentials import Credential, CredentialTable
 from services.metrics import UPLOADS
 
 # the review page holds no data (its script calls the API with the researcher's token); the API reference is public

@@ -27,11 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
+from services.access.visibility import may_read
+from services.chain.store import decode_hash, sighting_key
 from services.errors import WhaleIdError
 from services.gateway.photos import photo_url
 from services.gateway.references import REFERENCES, SIGHTING_IMAGE_PREFIX, attach_catalogue
-from services.gateway.store import decode_hash, sighting_key
-from services.gateway.visibility import may_read
 from services.identification import NEW_INDIVIDUAL
 
 log = logging.getLogger(__name__)

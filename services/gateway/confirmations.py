@@ -20,9 +20,9 @@ import threading
 import redis as redis_lib
 from aiohttp import web
 
+from services.access.credentials import RESEARCHER
 from services.errors import ConfigError
 from services.gateway.auth import CREDENTIAL, allowed
-from services.gateway.credentials import RESEARCHER
 from services.operations.confirmations import ConfirmationRefused, ConfirmationService, stored_confirmation
 from services.operations.known import CurrentGalleryIndividuals
 from services.operations.model_store import GalleryStore, ModelStoreError
@@ -51,11 +51,11 @@ class _State:
         self._lock = threading.Lock()
 
     def announce(self, confirmation) -> None:
-        from services.bridge.clients import kafka_producer
+        from services.chain.kafka_producers import acks_all_producer
 
         with self._lock:
             if self._producer is None:
-                self._producer = kafka_producer(self.settings)
+                self._producer = acks_all_producer(self.settings, "whaleid-gateway")
             self._producer.send(CONFIRMATIONS, key=confirmation.sighting_id.encode(),
                                 value=confirmation.to_json()).get(timeout=PRODUCE_TIMEOUT_S)
         self.service.mark_published(confirmation.sighting_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from services.gateway.store import encounter_key, identification_key, read_json_value
+from services.chain.store import encounter_key, identification_key, read_json_value
 from services.identification import NEW_INDIVIDUAL
 from services.identification.encounters import pool_predictions
 

@@ -12,8 +12,8 @@ import logging
 
 from aiohttp import web
 
+from services.access.credentials import ADMIN
 from services.gateway.auth import CREDENTIAL, allowed
-from services.gateway.credentials import ADMIN
 from services.operations.model_store import GalleryStore, ModelStoreError
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ import logging
 import redis as redis_lib
 from aiohttp import web
 
+from services.access.credentials import RESEARCHER
 from services.errors import ConfigError, DataError
 from services.gateway.auth import CREDENTIAL, allowed
 from services.gateway.context import bad_query
-from services.gateway.credentials import RESEARCHER
 from services.gateway.references import KNOWN, attach_catalogue
 from services.operations.identities import IdentityRefused, IdentityService, ServedSimilarities
 from services.operations.model_store import GalleryStore, ModelStoreError

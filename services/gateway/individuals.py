@@ -17,12 +17,12 @@ import asyncio
 
 from aiohttp import web
 
+from services.access.credentials import RESEARCHER
+from services.chain.store import decode_hash, sighting_key, sighting_metadata
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, not_found
-from services.gateway.credentials import RESEARCHER
 from services.gateway.photos import photo_url
 from services.gateway.references import KNOWN, REFERENCES, attach_catalogue, reference_photos
-from services.gateway.store import decode_hash, sighting_key, sighting_metadata
 from services.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY, NEW_IDS_KEY
 from services.operations.identities import ALIASES_KEY, NAMES_KEY, aliases_of, live_ids, resolve_in
 from services.operations.model_store import ModelStoreError

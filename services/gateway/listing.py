@@ -24,11 +24,10 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from services.gateway.auth import CREDENTIAL, allowed
-from services.gateway.candidate_photos import with_reference_photos
-from services.gateway.context import CTX, bad_query
-from services.gateway.credentials import APP, RESEARCHER, Credential
-from services.gateway.store import (
+from services.access.credentials import APP, RESEARCHER, Credential
+from services.access.visibility import may_read, visible_metadata
+from services.chain.markers import failure_key
+from services.chain.store import (
     decode_hash,
     identification_key,
     read_json_value,
@@ -36,8 +35,9 @@ from services.gateway.store import (
     sighting_metadata,
     sighting_status,
 )
-from services.gateway.visibility import may_read, visible_metadata
-from services.worker.markers import failure_key
+from services.gateway.auth import CREDENTIAL, allowed
+from services.gateway.candidate_photos import with_reference_photos
+from services.gateway.context import CTX, bad_query
 
 INDEX_KEY = "sightings:index"
 OWNER_INDEX_KEY = "sightings:owner:{}"

@@ -18,8 +18,8 @@ import time
 
 from aiohttp import web
 
+from services.chain.store import sighting_key
 from services.gateway.photos import photo_url
-from services.gateway.store import sighting_key
 from services.identification.gallery import ENTRIES_FILE
 from services.operations.known import CurrentGalleryIndividuals
 from services.operations.model_store import GalleryStore, ModelStoreError

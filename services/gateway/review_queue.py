@@ -23,13 +23,13 @@ from datetime import date, datetime, timezone
 
 from aiohttp import web
 
+from services.access.credentials import RESEARCHER
+from services.chain.store import decode_hash, read_json_value, sighting_key, sighting_metadata
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, bad_query
-from services.gateway.credentials import RESEARCHER
 from services.gateway.encounters import pooled_encounter
 from services.gateway.photos import photo_url
 from services.gateway.references import REFERENCES, attach_catalogue, reference_photos
-from services.gateway.store import decode_hash, read_json_value, sighting_key, sighting_metadata
 from services.identification import NEW_INDIVIDUAL
 from services.operations.confirmations import CONFIRMATION_KEY
 

@@ -8,13 +8,10 @@ import time
 
 from aiohttp import web
 
-from services.gateway.auth import CREDENTIAL, allowed
-from services.gateway.candidate_photos import attach_candidate_photos, with_reference_photos
-from services.gateway.context import CTX, not_found
-from services.gateway.credentials import APP, RESEARCHER
-from services.gateway.encounters import encounter_of, remember_member
-from services.gateway.listing import index_sighting, sighting_view
-from services.gateway.store import (
+from services.access.credentials import APP, RESEARCHER
+from services.access.visibility import may_read
+from services.chain.markers import failure_key
+from services.chain.store import (
     decode_hash,
     identification_key,
     new_sighting_id,
@@ -22,10 +19,13 @@ from services.gateway.store import (
     sighting_key,
     upload_key,
 )
+from services.gateway.auth import CREDENTIAL, allowed
+from services.gateway.candidate_photos import attach_candidate_photos, with_reference_photos
+from services.gateway.context import CTX, not_found
+from services.gateway.encounters import encounter_of, remember_member
+from services.gateway.listing import index_sighting, sighting_view
 from services.gateway.validation import InvalidSighting, parse_sighting_request
-from services.gateway.visibility import may_read
 from services.metrics import UPLOADS
-from services.worker.markers import failure_key
 
 
 @allowed(APP)

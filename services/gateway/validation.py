@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from services.chain.store import EXTENSIONS
 from services.errors import DataError
-from services.gateway.store import EXTENSIONS
 from services.topics import SightingMetadata
 
 REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")

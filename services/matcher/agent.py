@@ -13,7 +13,7 @@ Delivery is at least once, made idempotent by the sighting id (docs/interfaces.m
   `sighting_id` field) and the same content (the stored first result): consumers dedupe by key.
 
 Versions: an embedding whose `model_version` is not among the served gallery's models (services.model_versions)
-is parked (services.matcher.parking), not dead-lettered, and retried after every gallery swap and every
+is parked (services.chain.parking), not dead-lettered, and retried after every gallery swap and every
 `matcher_parked_retry_interval_s`.
 """
 
@@ -28,16 +28,15 @@ import faust.web
 import numpy as np
 
 from services import topics
-from services.matcher import parking, results
+from services.chain import markers, parking, results
+from services.chain.failures import PermanentFailure
+from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
+from services.chain.stage import ChainStage
 from services.matcher.matching import Matcher, ModelState
 from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
 from services.model_versions import VersionCheck, VersionChecker
 from services.service_ports import default_port
 from services.settings import Settings
-from services.worker import markers
-from services.worker.failures import PermanentFailure
-from services.worker.faust_app import decode_original, make_app, raw_topic, run_app
-from services.worker.stage import ChainStage
 
 log = logging.getLogger(__name__)
 STAGE = "matcher"

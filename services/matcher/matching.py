@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from services import topics
+from services.chain.failures import PermanentFailure
 from services.errors import ConfigError
 from services.identification import NEW_INDIVIDUAL
 from services.metrics import GALLERY_BUILT, GALLERY_INDIVIDUALS, GALLERY_SIZE, GALLERY_VERSION, SEARCH_LATENCY
 from services.settings import Settings
-from services.worker.failures import PermanentFailure
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from services import topics
-from services.matcher import results
+from services.chain import results
 from services.metrics import IDENTIFICATIONS
 from services.reconciler.findings import Findings
 from services.settings import Settings

@@ -17,9 +17,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from services.kafka_producers import RecreatingProducer, kafka_options
+from services.chain.failures import TransientFailure
+from services.chain.kafka_producers import RecreatingProducer, kafka_options
 from services.settings import Settings
-from services.worker.failures import TransientFailure
 
 log = logging.getLogger(__name__)
 

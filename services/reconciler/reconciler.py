@@ -16,6 +16,8 @@ from typing import Callable
 from botocore.config import Config
 
 from services import topics
+from services.chain import markers
+from services.chain.failures import TransientFailure
 from services.metrics import RECONCILER_FOUND, RECONCILER_LAST_PASS, RECONCILER_SIGHTINGS, STEP_LATENCY, timed
 from services.reconciler import kafka_io
 from services.reconciler.announcements import Announcements
@@ -24,12 +26,10 @@ from services.reconciler.state import Lease
 from services.reconciler.topic_audit import TopicAudit
 from services.reconciler.uploads import STAGE, StaleUploads
 from services.settings import Settings
-from services.worker import markers
-from services.worker.failures import TransientFailure
 
 log = logging.getLogger(__name__)
 
-WORKER_GROUP = "whaleid-worker"  # the Faust apps' ids (services.worker.faust_app.make_app): their consumer groups
+WORKER_GROUP = "whaleid-worker"  # the Faust apps' ids (services.chain.faust_app.make_app): their consumer groups
 MATCHER_GROUP = "whaleid-matcher"
 
 

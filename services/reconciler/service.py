@@ -11,12 +11,12 @@ import signal
 import threading
 import time
 
+from services.chain.failures import Backoff
 from services.errors import ConfigError
 from services.metrics import serve_metrics
 from services.reconciler.reconciler import LeaseHeld, Reconciler
 from services.service_ports import default_port
 from services.settings import Settings
-from services.worker.failures import Backoff
 
 log = logging.getLogger(__name__)
 

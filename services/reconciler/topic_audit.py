@@ -19,7 +19,7 @@ import logging
 from typing import Callable
 
 from services import topics
-from services.matcher import results
+from services.chain import results
 from services.reconciler.findings import Findings
 from services.reconciler.kafka_io import PartitionReader
 from services.reconciler.state import Position, TopicState, text

@@ -20,13 +20,13 @@ from typing import Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services import topics
-from services.gateway.store import decode_hash, identification_key, sighting_metadata
-from services.matcher.parking import PARKED_INDEX
+from services.chain.failures import TransientFailure
+from services.chain.markers import embedded_key, failure_key, record_failure
+from services.chain.parking import PARKED_INDEX
+from services.chain.store import decode_hash, identification_key, sighting_metadata
 from services.metrics import DEAD_LETTERS
 from services.reconciler.findings import Findings
 from services.settings import Settings
-from services.worker.failures import TransientFailure
-from services.worker.markers import embedded_key, failure_key, record_failure
 
 log = logging.getLogger(__name__)
 

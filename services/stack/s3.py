@@ -56,7 +56,7 @@ class S3Server(ManagedServer):
                 s3.create_bucket(
                     Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": creds["region"]}
                 )
-        from services.gateway.cors import bucket_cors_rules
+        from services.access.cors import bucket_cors_rules
 
         rules = bucket_cors_rules(self.settings)  # browser apps' presigned uploads (setting gateway_cors_origins)
         if rules:

@@ -157,7 +157,7 @@ class SeaweedFSServer(ManagedServer):
         s3 = s3_client(self.endpoint, **self._credentials())
         for bucket in (self.settings.sightings_bucket, self.settings.models_bucket):
             self._create_bucket(s3, bucket)
-        from services.gateway.cors import bucket_cors_rules
+        from services.access.cors import bucket_cors_rules
 
         rules = bucket_cors_rules(self.settings)  # browser apps' presigned uploads, as for moto
         if rules:

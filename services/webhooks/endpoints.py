@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from services.access.credentials import APP, configured_tokens
 from services.errors import ConfigError
-from services.gateway.credentials import APP, configured_tokens
 
 MIN_SECRET_LENGTH = 16
 

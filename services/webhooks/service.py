@@ -37,9 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
+from services.access.credentials import APP, Credential
+from services.access.visibility import visible_metadata
 from services.errors import ConfigError
-from services.gateway.credentials import APP, Credential
-from services.gateway.visibility import visible_metadata
 from services.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LATENCY, WEBHOOK_RECORDS, WEBHOOK_RETRY_QUEUE
 from services.topics import IDENTIFICATIONS, NEW_INDIVIDUALS
 from services.webhooks.endpoints import Endpoint, endpoints_from_settings
@@ -280,7 +280,7 @@ class WebhookService:
 def kafka_consumer(settings, group_id: str | None = None):
     from kafka import KafkaConsumer
 
-    from services.kafka_producers import kafka_options
+    from services.chain.kafka_producers import kafka_options
 
     return KafkaConsumer(**kafka_options(settings), group_id=group_id or settings.webhooks_group,
                          enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,

@@ -31,14 +31,15 @@ from dataclasses import dataclass
 
 from services import model_versions as versions
 from services import topics
+from services.chain import markers
+from services.chain.failures import PermanentFailure, TransientFailure
+from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
+from services.chain.stage import ChainStage
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.service_ports import default_port
 from services.settings import Settings
 from services.triton_client.errors import classify
-from services.worker import markers
 from services.worker.cropping import TritonDetector, UploaderBox
-from services.worker.failures import PermanentFailure, TransientFailure
-from services.worker.faust_app import decode_original, make_app, raw_topic, run_app
 from services.worker.pipeline import (
     STAGE,
     PreparedSighting,
@@ -47,7 +48,6 @@ from services.worker.pipeline import (
     prepare,
     species_scores,
 )
-from services.worker.stage import ChainStage
 from services.worker.storage import worker_s3_client
 
 log = logging.getLogger(__name__)

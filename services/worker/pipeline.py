@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from PIL import Image
 
 from services import topics
+from services.chain.failures import PermanentFailure
 from services.errors import DataError
 from services.imaging import ImageRejected, decode_image, encode_png
 from services.metrics import STEP_LATENCY, timed
 from services.settings import Settings
 from services.worker.cropping import Crop, CropStep, crop_sighting
-from services.worker.failures import PermanentFailure
 from services.worker.storage import fetch_object
 
 STAGE = "worker"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.worker.failures import PermanentFailure, TransientFailure
+from services.chain.failures import PermanentFailure, TransientFailure
 
 # Content types an app may declare for a photo; generic binary types are accepted and decided by decoding.
 ACCEPTED_CONTENT_TYPES = frozenset(

@@ -19,7 +19,7 @@ import json
 import redis
 
 from services import topics
-from services.worker.failures import TransientFailure
+from services.chain.failures import TransientFailure
 
 IDENTIFICATIONS_STREAM = "identifications"
 STREAM_MAXLEN = 100_000

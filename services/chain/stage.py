@@ -8,11 +8,11 @@ import time
 from contextlib import contextmanager
 from typing import Awaitable, Callable, TypeVar
 
+from services.chain import markers
+from services.chain.failures import Backoff, PermanentFailure, TransientFailure
+from services.chain.faust_app import dead_letter_record, send_and_wait
 from services.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY
 from services.settings import Settings
-from services.worker import markers
-from services.worker.failures import Backoff, PermanentFailure, TransientFailure
-from services.worker.faust_app import dead_letter_record, send_and_wait
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

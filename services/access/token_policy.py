@@ -3,8 +3,8 @@ in deploy/ (`change-me`, `placeholder-refused-by-the-gateway`, ...) and anything
 
 from __future__ import annotations
 
+from services.access.credentials import LIST_SETTINGS, TokenEntry, parse_token_list
 from services.errors import ConfigError
-from services.gateway.credentials import LIST_SETTINGS, TokenEntry, parse_token_list
 from services.settings import PROFILE_OVERRIDES, Settings
 
 MIN_LENGTH = 24

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from services.gateway.credentials import APP, Credential
+from services.access.credentials import APP, Credential
 
 GPS_FIELDS = ("latitude", "longitude")
 

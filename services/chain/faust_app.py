@@ -20,8 +20,8 @@ from pathlib import Path
 import faust
 
 from services import topics
+from services.chain.topic_resets import watch_topic_resets
 from services.settings import Settings
-from services.worker.topic_resets import watch_topic_resets
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import json
 
 import redis
 
-from services.worker.failures import TransientFailure
+from services.chain.failures import TransientFailure
 
 MARKER_TTL_S = 30 * 24 * 3600  # == Settings.redis_marker_ttl_s's default
 

@@ -8,7 +8,7 @@
     encounter:<owner>:<id>        Redis set: the sighting ids of one app's encounter (photos of one sighting
                                   event), written by the gateway, same TTL as the sightings
     failure:<id>                  Redis string, JSON {"stage", "reason", "detail", "failed_at"}, written by the
-                                  stage that dead-lettered the sighting (services.worker.markers.record_failure)
+                                  stage that dead-lettered the sighting (services.chain.markers.record_failure)
 
 Pure functions only (no I/O), so the async gateway and the synchronous bridge share them.
 """

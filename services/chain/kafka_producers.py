@@ -69,3 +69,14 @@ class RecreatingProducer:
         if name.startswith("__") or name in ("_make", "_producer", "_failed"):
             raise AttributeError(name)
         return getattr(self._producer, name)
+
+
+def acks_all_producer(settings, client_id: str, idempotent: bool | None = None) -> RecreatingProducer:
+    """The chain's kafka-python producer: acks=all, 5 retries, idempotent (setting `bridge_producer_idempotence`:
+    the broker drops duplicates of the producer's own retries), replaced after a failed record. Raises
+    kafka.errors.KafkaError when Kafka cannot be reached."""
+    from kafka import KafkaProducer
+
+    options = {**kafka_options(settings), "acks": "all", "retries": 5, "client_id": client_id,
+               "enable_idempotence": settings.bridge_producer_idempotence if idempotent is None else idempotent}
+    return RecreatingProducer(lambda: KafkaProducer(**options))

@@ -18,7 +18,7 @@ import time
 import redis
 
 from services import topics
-from services.worker.failures import TransientFailure
+from services.chain.failures import TransientFailure
 
 PARKED_INDEX = "matcher:parked"
 PARKED_RECORDS = "matcher:parked:records"
