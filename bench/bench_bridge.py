@@ -106,10 +106,10 @@ def main(argv: list[str]) -> dict:
 
     from services.bridge.bridge import UploadBridge
     from services.bridge.clients import kafka_producer, sqs_client, upload_queue_url
+    from services.chain.markers import redis_client
     from services.operations.model_store import s3_client
     from services.settings import load_settings
     from services.stack import Stack
-    from services.worker.markers import redis_client
 
     root = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     overrides = {"run_dir": root / "stack", "model_repository": root}
