@@ -9,7 +9,8 @@ import pytest
 
 from services import imaging
 from services.cli.main import main
-from services.identification import Tuning, commands
+from services.identification import Tuning
+from training import identification_commands as commands
 
 
 class PixelEmbedder:

@@ -12,7 +12,7 @@ from test_identification_commands import PixelEmbedder
 
 from services.cli.main import main
 from services.errors import ConfigError
-from services.identification import Tuning, commands
+from services.identification import Tuning
 from services.identification.evaluation import (
     BlendScores,
     LabelledImages,
@@ -23,6 +23,7 @@ from services.identification.evaluation import (
     split_fold,
 )
 from services.identification.tuning import cross_fitted_map5
+from training import identification_commands as commands
 
 
 class RandomEmbedder(PixelEmbedder):

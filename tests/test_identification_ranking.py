@@ -19,7 +19,6 @@ from services.identification.evaluation import LabelledImages, evaluate_out_of_f
 from services.identification.ranking import Candidates, average_precisions, insert_new_individual
 from services.identification.tuning import (
     optimise_blend_weights,
-    plot_threshold_curve,
     sweep_threshold,
     tune_per_species,
 )
@@ -206,6 +205,8 @@ def test_evaluate_out_of_fold_reports_and_tunes(tmp_path):
     assert report["weights"]["good"] > report["weights"]["poor"]
     assert 0 < report["new_individual_share"] < 1
     assert evaluation.tuning.threshold == report["threshold"] and evaluation.tuning.k == 20
+    from training.plots import plot_threshold_curve
+
     png = plot_threshold_curve(evaluation.sweep, tmp_path / "curve.png", extra=evaluation.fold_sweeps)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

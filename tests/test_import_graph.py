@@ -109,3 +109,42 @@ def test_no_import_circles():
     assert "services.identification.ranking" in graph and graph["services.worker.agent"]
     circles = import_circles(graph)
     assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def _third_party(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_the_identification_core_needs_numpy_and_faiss_only():
+    """services/identification serves offline evaluation and the live matcher alike: numpy, faiss, the standard
+    library and the project's own errors; anything needing TensorFlow reaches it through training."""
+    import sys
+
+    allowed = {"numpy", "faiss", "services", "__future__"} | set(sys.stdlib_module_names)
+    graph = import_graph()
+    for name, path in project_modules().items():
+        if name.startswith("services.identification"):
+            assert _third_party(path) <= allowed, (name, _third_party(path) - allowed)
+            outside = {m for m in graph[name] if not m.startswith("services.identification")}
+            assert outside <= {"services.errors", "services.checksums"}, (name, outside)
+
+
+STAGES = ("bridge", "worker", "matcher", "reconciler", "webhooks", "gateway")
+
+
+def test_stage_packages_do_not_import_each_other():
+    """What stages share lives in services/chain (and services/access): a change for one stage reaches no other."""
+    graph = import_graph()
+    for name, edges in graph.items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[0] != "services" or parts[1] not in STAGES:
+            continue
+        others = {e.split(".")[1] for e in edges if e.startswith("services.") and len(e.split(".")) > 2
+                  and e.split(".")[1] in STAGES and e.split(".")[1] != parts[1]}
+        assert not others, f"{name} imports the stage(s) {sorted(others)}"

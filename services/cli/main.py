@@ -30,7 +30,8 @@ TENSORFLOW_LOG = ".whaleid/logs/tensorflow.log"
 COMMAND_MODULES = (
     "services.stack.cli",           # whaleid stack up|status|down|env
     "training.cli",                 # whaleid synth | train | export
-    "services.identification.cli",  # whaleid score | evaluate | predict
+    "services.identification.cli",  # whaleid score
+    "training.identification_cli",  # whaleid evaluate | predict
     "services.model_repo.cli",      # whaleid model-repo build | bench triton
     "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
     "services.operations.cli",      # whaleid reindex | gallery ...

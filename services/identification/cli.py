@@ -1,12 +1,9 @@
-"""`whaleid score | evaluate | predict` (TensorFlow is imported only inside evaluate/predict, by training)."""
+"""`whaleid score`: MAP@5 of a submission (`evaluate` and `predict` need a trained model: training/identification_cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-
-from services.identification.evaluation import VALIDATIONS
-from services.identification.gallery import REFERENCES
 
 
 def register(subparsers) -> None:
@@ -18,56 +15,9 @@ def register(subparsers) -> None:
     score.add_argument("--json", action="store_true", help='print {"map5": ..., "per_species": {...}}')
     score.set_defaults(func=run_score)
 
-    evaluate = subparsers.add_parser(
-        "evaluate", help="out-of-fold MAP@5 of trained run(s); tunes the new_individual threshold(s) and weights",
-        description="Embeds the training images with each run's model, ranks each validation fold against a gallery "
-                    "of the other images, tunes the new_individual threshold (global and per species) and, for "
-                    "several runs, the blend weights; writes RUN/tuning.json and RUN/threshold_curve.png.")
-    evaluate.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
-    evaluate.add_argument("--run", required=True, action="append", dest="runs",
-                          help="training run directory (repeat to blend several models; the first gets the files)")
-    evaluate.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
-    evaluate.add_argument("--folds", type=int, nargs="+", default=None,
-                          help="folds to evaluate (default: the fold every run held out from training; a fold "
-                               "some run trained on is refused)")
-    evaluate.add_argument("--allow-in-fold", action="store_true",
-                          help="evaluate --folds that a run trained on anyway (optimistic, reported as in_fold)")
-    evaluate.add_argument("--k", type=int, default=50, help="nearest neighbours per query (default 50)")
-    evaluate.add_argument("--no-per-species", action="store_true", help="tune only the global threshold")
-    evaluate.add_argument("--flip-tta", action="store_true", help="average each image's and its mirror's embedding")
-    evaluate.add_argument("--references", choices=REFERENCES, default="photos",
-                          help="gallery rows of every validation gallery: one per photo (the paper's, default) or one "
-                               "mean per individual (what `gallery build` serves); recorded in tuning.json")
-    evaluate.add_argument("--validation", choices=VALIDATIONS, default="fold",
-                          help="fold: held-out individuals against the other folds (Kaggle's test, default); live: "
-                               "also held-out photos of trained individuals, weighted as a live stream "
-                               "(what `gallery build` tunes with)")
-    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
-    evaluate.set_defaults(func=run_evaluate)
-
-    predict = subparsers.add_parser(
-        "predict", help="Kaggle submission for every image of test_images/ (gallery: all training images)",
-        description="Embeds train and test images with the run(s), identifies every test image with the run's "
-                    "tuning.json (threshold(s), blend weights, flip TTA) and writes image,predictions.")
-    predict.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
-    predict.add_argument("--run", required=True, action="append", dest="runs",
-                         help="training run directory (repeat for a blend; tuning.json is read from the first)")
-    predict.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
-    predict.add_argument("--out", required=True, help="submission CSV to write")
-    predict.add_argument("--tuning", default=None, help="tuning.json to use (default: FIRST_RUN/tuning.json)")
-    predict.add_argument("--new-share", type=float, default=None,
-                         help="instead of the tuned threshold: one threshold putting new_individual first for "
-                              "this share of the test images (binary search)")
-    predict.add_argument("--references", choices=REFERENCES, default=None,
-                         help="gallery rows: one per photo or one mean per individual (default: as the tuning file "
-                              "was tuned, else photos)")
-    predict.add_argument("--truth", default=None, help="also score the submission against this truth file")
-    predict.set_defaults(func=run_predict)
-
 
 def run_score(args: argparse.Namespace) -> int:
-    from services.identification.commands import format_scores
-    from services.identification.submission import score_submission
+    from services.identification.submission import format_scores, score_submission
 
     result = score_submission(args.submission, args.truth)
     if args.json:
@@ -75,15 +25,3 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         print(format_scores(result["map5"], result["per_species"], result["count"]))
     return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from services.identification.commands import evaluate_command
-
-    return evaluate_command(args)
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from services.identification.commands import predict_command
-
-    return predict_command(args)

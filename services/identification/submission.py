@@ -126,3 +126,11 @@ def write_submission(path: str | Path, images: Sequence[str], predictions: Seque
         for image, labels in zip(images, predictions, strict=True):
             writer.writerow([image, " ".join(labels)])
     return path
+
+
+def format_scores(map5: float, per_species: dict[str, float], count: int | None = None) -> str:
+    lines = [f"MAP@5 {map5:.4f}" + (f" ({count} images)" if count is not None else "")]
+    if per_species:
+        width = max(len(s) for s in per_species)
+        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in per_species.items()]
+    return "\n".join(lines)

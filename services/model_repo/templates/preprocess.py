@@ -4,7 +4,7 @@ Input  IMAGE  TYPE_STRING [1]     PNG/JPEG/WebP bytes of the crop (the caller cr
 Output PIXELS TYPE_FP32 [S, S, 3] decode_image + resize_for_model (Pillow bilinear, [0, 255]) of
        whaleid_imaging.py, the copy of services.imaging that `whaleid model-repo build` vendors next to this file
        PIXELS_FLIP (flip TTA only) the same of the crop mirrored left-right before the resize, as
-       `whaleid evaluate --flip-tta` mirrors the image (services.identification.commands.embed_images)
+       `whaleid evaluate --flip-tta` mirrors the image (training.identification_commands.embed_images)
 Parameters: image_size, max_pixels, flip_tta, pillow_version (the build's: another Pillow may decode or resize
 differently, so a mismatch is logged as a warning). A request whose image does not decode fails alone, with the
 reason.

@@ -1,6 +1,5 @@
-"""`whaleid evaluate` and `whaleid predict`: training's Embedder and data loader + this package's core.
-
-TensorFlow comes in through training (imported here, inside the commands only).
+"""`whaleid evaluate` and `whaleid predict`: training's Embedder and data loader + the identification core
+(services.identification: numpy and faiss only, which never imports training).
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ from services.errors import ConfigError, DataError
 from services.identification.gallery import build_reference_gallery
 from services.identification.identifier import Identifier
 from services.identification.metrics import map_at_5, map_at_5_per_group
-from services.identification.submission import write_submission
-from services.identification.tuning import TUNING_FILE, Tuning, plot_threshold_curve
+from services.identification.submission import format_scores, write_submission
+from services.identification.tuning import TUNING_FILE, Tuning
 from services.identification.vectors import blend, combine_flip
+from training.plots import plot_threshold_curve
 
 log = logging.getLogger(__name__)
 
@@ -137,14 +137,6 @@ def folds_to_evaluate(run_folds: Sequence[tuple[str, int]], requested: Sequence[
     names = [f"{run} ({describe_fold(held)})" for run, held in run_folds]
     raise ConfigError(f"runs {', '.join(names[:-1])} and {names[-1]} share no held-out fold: a blend of them cannot "
                       "be validated without leakage; train them on the same fold or evaluate one run at a time")
-
-
-def format_scores(map5: float, per_species: dict[str, float], count: int | None = None) -> str:
-    lines = [f"MAP@5 {map5:.4f}" + (f" ({count} images)" if count is not None else "")]
-    if per_species:
-        width = max(len(s) for s in per_species)
-        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in per_species.items()]
-    return "\n".join(lines)
 
 
 def describe_fold(held: int) -> str:
