@@ -72,8 +72,8 @@ class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024  # largest accepted photo
     upload_size_required: bool = True  # sightings must declare `size`: every upload is then a single-use PUT of that length
     max_image_pixels: int = 40_000_000  # larger images are refused before decoding (bombs)
-    upload_url_expires_s: int = 900  # lifetime of a presigned upload URL (issue #6)
-    # --- bridge: S3 upload events (SQS) -> Kafka (issue #6)
+    upload_url_expires_s: int = 900  # lifetime of a presigned upload URL
+    # --- bridge: S3 upload events (SQS) -> Kafka
     upload_events_endpoint: str = ""  # SQS endpoint of the upload-event queue; empty: s3_endpoint (or AWS)
     bridge_poll_wait_s: int = 2  # SQS long-poll wait; also bounds how fast the bridge notices SIGTERM
     bridge_dedupe_ttl_s: int = 7 * 24 * 3600  # how long a produced (key, etag) is remembered against redelivery
@@ -81,8 +81,8 @@ class Settings:
     # --- identification
     gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
     metrics_port_base: int = 9400  # /metrics port of the first service; each service adds its offset
-    metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 in Kubernetes so Prometheus can scrape (#7)
-    # --- streaming chain: worker and matcher (issue #6)
+    metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 in Kubernetes so Prometheus can scrape
+    # --- streaming chain: worker and matcher
     worker_batch_size: int = 16  # sightings per Triton call (the worker takes what is waiting, up to this)
     worker_batch_wait_s: float = 0.02  # how long the worker waits to fill a batch
     retry_backoff_initial_s: float = 0.2  # first pause after a transient failure (Triton/S3 down); doubles
@@ -92,7 +92,7 @@ class Settings:
     matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
     faust_topic_reset_check_s: float = 5.0  # how often the worker/matcher look for partitions a broker restart emptied (then read them again from the start); 0 = never
-    # --- delivery and bounded state (issue #11)
+    # --- delivery and bounded state
     faust_producer_idempotence: bool = True  # idempotent aiokafka producer in the worker/matcher (Tansu refuses it: off locally)
     bridge_producer_idempotence: bool = True  # idempotent kafka-python producer in the bridge (Tansu accepts it)
     redis_result_ttl_s: int = 30 * 24 * 3600  # identification:<id> (what apps and confirmations read) expires after this; 0 = never
@@ -102,22 +102,22 @@ class Settings:
     redis_sighting_ttl_s: int = 30 * 24 * 3600  # sighting:<id> (metadata, owner, upload state) expires this long after its creation; 0 = never
     redis_audit_maxlen: int = 1_000_000  # the global `confirmations:audit` stream is trimmed to about this many entries (each sighting's own trail is kept whole); 0 = never
     matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
-    # --- reconciler: every accepted upload ends identified or dead-lettered (issue #11)
+    # --- reconciler: every accepted upload ends identified or dead-lettered
     reconciler_interval_s: float = 10.0  # pause between two passes of `whaleid serve reconciler`
     reconciler_stale_after_s: float = 60.0  # an uploaded sighting without result or failure this long after its upload (or last re-drive) is re-driven
     reconciler_max_redrives: int = 3  # re-drives without a result before the sighting is dead-lettered as `unresolved`
     reconciler_announce_grace_s: float = 30.0  # an identification not announced, or announced but missing from a topic, this long is announced (re-produced) again
     reconciler_topic_lookback_s: int = 7 * 24 * 3600  # identifications announced within this are checked against the topics (keep <= the topics' retention)
-    # --- gateway API and review page (issue #12)
+    # --- gateway API and review page
     gateway_cors_origins: str = ""  # origins (comma-separated, or *) whose browser apps may call the gateway and upload to the sightings bucket; empty: none
     gateway_photo_url_expires_s: int = 300  # lifetime of the presigned GETs of photos in results, listings and the review page
     gateway_list_max_limit: int = 200  # largest `limit` of GET /v1/sightings and of the review queue
-    # --- embedded S3 and upload events (issue #14)
+    # --- embedded S3 and upload events
     stack_s3: str = "seaweedfs"  # S3 server of `whaleid stack`: seaweedfs (on disk under run_dir; its filer publishes events to Kafka) | moto (in memory; upload events via SQS)
     bridge_source: str = "auto"  # where the bridge reads upload events: sqs (S3 event JSON: AWS S3, moto) | seaweedfs (filer EventNotifications on Kafka) | auto (the embedded stack's S3 server decides, from its state file; without one: sqs)
     upload_events_topic: str = "seaweedfs.events"  # Kafka topic SeaweedFS's filer publishes its events to (bridge_source = seaweedfs)
     bridge_events_group: str = "whaleid-bridge"  # Kafka consumer group of the bridges reading upload_events_topic
-    # --- webhooks per app for finished identifications (issue #12, `whaleid serve webhooks`)
+    # --- webhooks per app for finished identifications
     webhook_urls: str = ""  # app=https://host/path[,app=...]: where each app's identifications and new individuals are POSTed (apps as the gateway names them); empty: no webhooks
     webhook_secrets: str = field(default="", repr=False)  # app=secret[,app=secret]: each app's HMAC-SHA256 key (X-WhaleId-Signature), at least 16 characters
     webhook_timeout_s: float = 5.0  # timeout of one webhook call

@@ -1,4 +1,4 @@
-"""`whaleid bench embedder`: fp32, bf16 and int8 embedders side by side in one run (issue #15, item 3).
+"""`whaleid bench embedder`: fp32, bf16 and int8 embedders side by side in one run.
 
 For the default model (lite0: EfficientNet-Lite0 at 224 px; the trained run when one is given or found, else the
 pretrained backbone with an untrained head) and, unless `--no-b5`, EfficientNetB5 at 456 px (untrained: speed

@@ -27,12 +27,11 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Route groups, in order. A module listed as OPTIONAL is skipped when it does not exist (yet).
+# Route groups, in order.
 ROUTE_MODULES = ("services.gateway.sightings", "services.gateway.listing", "services.gateway.confirmations",
                  "services.gateway.gallery", "services.gateway.review_queue", "services.gateway.identities",
                  "services.gateway.individuals",
                  "services.gateway.review", "services.gateway.openapi")  # openapi last: it documents them all
-OPTIONAL_ROUTE_MODULES = frozenset({"services.gateway.confirmations"})
 
 
 def _json_error(status: int, message: str, **extra) -> web.Response:
@@ -71,16 +70,6 @@ async def metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _route_module(name: str):
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if name in OPTIONAL_ROUTE_MODULES and exc.name == name:
-            log.debug("gateway: route module %s is not installed; skipped", name)
-            return None
-        raise
-
-
 def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Application:
     """The gateway application (the caller runs it); refuses to build without safe tokens or Redis."""
     tokens = configured_tokens(settings)
@@ -98,9 +87,7 @@ def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Applicatio
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics, name="metrics")
     for name in route_modules:
-        module = _route_module(name)
-        if module is not None:
-            module.add_routes(app, ctx)
+        importlib.import_module(name).add_routes(app, ctx)
 
     async def close_redis(_app):
         await ctx.redis.aclose()

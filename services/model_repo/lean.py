@@ -1,4 +1,4 @@
-"""The lean CPU layout of the repository (`whaleid model-repo build --lean`, issue #15 item 4).
+"""The lean CPU layout of the repository (`whaleid model-repo build --lean`).
 
 The default CPU layout runs three python-backend hops per request (preprocess -> embedder_* -> blend), each
 with its own shared-memory IPC to a stub process and its own dynamic batcher. The lean layout has one:

@@ -87,7 +87,7 @@ class SeaweedFSServer(ManagedServer):
         (self.log_dir / "seaweedfs").mkdir(parents=True, exist_ok=True)
         hosts = json.dumps([h.strip() for h in self.kafka_bootstrap.split(",") if h.strip()])
         (self.home / "notification.toml").write_text(
-            "# written by `whaleid stack up`: the filer publishes every change to Kafka (issue #14)\n"
+            "# written by `whaleid stack up`: the filer publishes every change to Kafka\n"
             f"[notification.kafka]\nenabled = true\nhosts = {hosts}\ntopic = {json.dumps(self.settings.upload_events_topic)}\n"
         )
         (self.home / "master.toml").write_text(

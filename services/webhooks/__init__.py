@@ -1,4 +1,4 @@
-"""Optional webhooks per app for finished identifications (#12): `whaleid serve webhooks`.
+"""Optional webhooks per app for finished identifications: `whaleid serve webhooks`.
 
 See service.py (the consumer, retries, dead letters), signing.py (HMAC-SHA256 signatures and how a receiver
 verifies them) and endpoints.py (which app gets which URL and secret)."""

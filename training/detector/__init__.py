@@ -1,4 +1,4 @@
-"""The crop detector (issue #15 item 2): one box per photo, the main animal's, with a score.
+"""The crop detector: one box per photo, the main animal's, with a score.
 
     model.py    pretrained EfficientNet-Lite feature map -> small head -> box (normalised x0 y0 x1 y1) + score
     data.py     synthetic scenes (training.synth.scenes) -> model inputs and targets; IoU
