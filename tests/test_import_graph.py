@@ -148,3 +148,50 @@ def test_stage_packages_do_not_import_each_other():
         others = {e.split(".")[1] for e in edges if e.startswith("services.") and len(e.split(".")) > 2
                   and e.split(".")[1] in STAGES and e.split(".")[1] != parts[1]}
         assert not others, f"{name} imports the stage(s) {sorted(others)}"
+
+
+def _package(module: str) -> str | None:
+    """The package of the architecture table a module belongs to (None: a root module of services/)."""
+    parts = module.split(".")
+    if parts[0] != "services":
+        return parts[0]
+    if len(parts) >= 2 and (ROOT / "services" / parts[1]).is_dir():
+        return f"services.{parts[1]}"
+    return None
+
+
+def allowed_imports() -> dict[str, set[str]]:
+    """docs/architecture.md's table: package -> the packages it may import."""
+    import re
+
+    table = {}
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) == 3:
+            package = cells[0].strip("`")
+            table[package] = set() if cells[2] == "any" else set(re.findall(r"`([a-z_.]+)`", cells[2]))
+            if cells[2] == "any":
+                table[package] = {"*"}
+    return table
+
+
+def test_imports_follow_the_architecture_page():
+    table = allowed_imports()
+    assert "services.chain" in table and table["services.bridge"] == {"services.chain"}
+    graph = import_graph()
+    problems = []
+    for module, edges in graph.items():
+        package = _package(module)
+        if package is None:
+            continue  # root modules: shared by all; streaming_cli starts the stages
+        assert package in table, f"{package} is not in docs/architecture.md's table"
+        for edge in edges:
+            target = _package(edge)
+            if target in (None, package) or "*" in table[package]:
+                continue
+            if target == "services.cli" and module.rsplit(".", 1)[-1] in ("__main__", "cli") \
+                    or target == "services.cli" and module.endswith("_cli"):
+                continue
+            if target not in table[package]:
+                problems.append(f"{module} imports {edge} ({package} may not import {target})")
+    assert not problems, "\n".join(problems)
