@@ -1,7 +1,9 @@
-"""Run every benchmark module (`bench/bench_*.py`) in turn and write one JSON report.
+"""Run every benchmark module (`bench/bench_*.py`) in turn and write one JSON report per benchmark.
 
-`python -m bench [NAME ...]` runs only the named ones (e.g. `identification`). Each module measures its
-comparisons side by side in one run and reports ratios; results go to `bench/results/<name>.json`.
+`python -m bench [NAME ...]` runs only the named ones (e.g. `identification`); `python -m bench NAME --opt ...`
+(= `whaleid bench NAME --opt ...`) runs one with its own options. Each module measures its comparisons side by
+side in one run and reports ratios; results go to `bench/results/<name>.json`. The one registry of benchmarks:
+the `bench_<name>.py` modules here, each with `main(argv) -> dict`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,33 @@ import bench
 RESULTS = Path(__file__).parent / "results"
 
 
+def benchmark_names() -> list[str]:
+    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+
+
+def run_benchmark(name: str, options: list[str]) -> dict:
+    """Run benchmark `name` with its own options; its result (with `bench` and `seconds`) is also written to
+    bench/results/<name>.json."""
+    from services.errors import ConfigError
+
+    if name not in benchmark_names():
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names())}")
+    RESULTS.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    result = importlib.import_module(f"bench.bench_{name}").main(list(options))
+    result = {"bench": name, "seconds": round(time.perf_counter() - start, 1), **(result or {})}
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str]) -> int:
-    names = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    names = benchmark_names()
+    if argv and any(a.startswith("-") for a in argv):  # one benchmark with its own options
+        if argv[0].startswith("-"):
+            print("usage: python -m bench [NAME ...] | python -m bench NAME --option ...", file=sys.stderr)
+            return 2
+        print(json.dumps(run_benchmark(argv[0], argv[1:]), indent=2), flush=True)
+        return 0
     wanted = argv or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
@@ -29,15 +56,12 @@ def main(argv: list[str]) -> int:
     failed = []
     for name in wanted:
         print(f"== bench {name}", flush=True)
-        start = time.perf_counter()
         try:
-            result = importlib.import_module(f"bench.bench_{name}").main([])
+            result = run_benchmark(name, [])
         except Exception as exc:  # report and go on with the other benchmarks
             print(f"bench {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed.append(name)
             continue
-        result = {"bench": name, "seconds": round(time.perf_counter() - start, 1), **(result or {})}
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2), flush=True)
     return 1 if failed else 0
 

@@ -32,13 +32,14 @@ COMMAND_MODULES = (
     "training.cli",                 # whaleid synth | train | export
     "services.identification.cli",  # whaleid score
     "training.identification_cli",  # whaleid evaluate | predict
-    "services.model_repo.cli",      # whaleid model-repo build | bench triton
+    "services.model_repo.cli",      # whaleid model-repo build|validate|reload|push|pull
     "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
     "services.operations.cli",      # whaleid reindex | gallery ...
     "services.operations.identities_cli",  # whaleid individuals merge|rename|undo|log|similar
     "services.catalogue.cli",       # whaleid catalogue import|status
     "services.gateway.upload_cli",  # whaleid upload PHOTO ...
     "services.chaos.cli",           # whaleid chaos
+    "services.cli.bench_cli",       # whaleid bench NAME (= python -m bench NAME)
 )
 
 

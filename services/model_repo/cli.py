@@ -1,9 +1,8 @@
-"""`whaleid model-repo build|validate|reload|push|pull` and `whaleid bench triton`."""
+"""`whaleid model-repo build|validate|reload|push|pull`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from services.model_repo.configs import TARGETS, BuildOptions
@@ -59,50 +58,6 @@ def register(subparsers) -> None:
         store.add_argument("--bucket", help="default: settings.models_bucket")
         store.add_argument("--prefix", default="model_repository", help="key prefix (default model_repository)")
         store.set_defaults(func=_push if name == "push" else _pull)
-
-    bench = _bench_parser(subparsers).add_parser(
-        "triton", help="in-process onnxruntime ensemble vs Triton over gRPC (batch 1 and concurrent clients)")
-    bench.add_argument("--repository", type=Path, help="a built repository (default: build one)")
-    bench.add_argument("--exports", type=Path, help="exports to build the repository from (default: untrained tiny models)")
-    bench.add_argument("--url", help="a Triton already serving --repository (default: start one)")
-    bench.add_argument("--requests", type=int, default=120, help="requests per measurement (default 120)")
-    bench.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
-    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported (default 3)")
-    bench.add_argument("--plot", type=Path, default=BENCH_RESULTS / "triton.png", help="PNG of the comparison")
-    bench.add_argument("--layout", choices=("lean", "standard"), default="lean",
-                       help="repository layout built when none is given: lean (default: one python hop, one fused "
-                            "graph) or standard (preprocess -> embedder_* -> blend)")
-    bench.add_argument("--json", action="store_true", help="print only the JSON result")
-    bench.set_defaults(func=_bench)
-
-    embedder = _bench_parser(subparsers).add_parser(
-        "embedder", help="fp32 / bf16 / int8 embedders side by side: ms per image, ratio to the SGEMM limit, MAP@5")
-    embedder.add_argument("--work", type=Path, default=BENCH_RESULTS / "embedder_work",
-                          help="cache of exports and converted models (default bench/results/embedder_work)")
-    embedder.add_argument("--run", type=Path, help="trained lite0 run (default: bench identification_quality's "
-                                                   "lite0 run on synth-photo when present, else pretrained Lite0)")
-    embedder.add_argument("--train-data", type=Path, help="training data: int8 calibration crops")
-    embedder.add_argument("--heldout", type=Path, help="held-out labelled set of another look (MAP@5)")
-    embedder.add_argument("--no-b5", dest="b5", action="store_false", help="skip EfficientNetB5 (slow to export)")
-    embedder.add_argument("--b5-size", type=int, default=456)
-    embedder.add_argument("--b5-map5", action="store_true", help="also MAP@5 of the (untrained) B5: slow")
-    embedder.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
-    embedder.add_argument("--calibration-images", type=int, default=64)
-    embedder.add_argument("--max-queries", type=int, default=200, help="held-out queries for MAP@5 (default 200)")
-    embedder.add_argument("--plot", type=Path, default=BENCH_RESULTS / "embedder.png")
-    embedder.add_argument("--out", type=Path, default=BENCH_RESULTS / "embedder.json", help="JSON result file")
-    embedder.add_argument("--json", action="store_true", help="print only the JSON result")
-    embedder.set_defaults(func=_bench_embedder)
-
-
-def _bench_parser(subparsers):
-    """The `whaleid bench` group (shared with other stages that add their own benchmarks)."""
-    existing = subparsers.choices.get("bench")
-    if existing is not None and hasattr(existing, "bench_commands"):
-        return existing.bench_commands
-    parser = subparsers.add_parser("bench", help="benchmarks (also run by `make bench`)")
-    parser.bench_commands = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    return parser.bench_commands
 
 
 def _repository(path: Path | None) -> Path:
@@ -171,29 +126,4 @@ def _pull(args: argparse.Namespace) -> int:
     repository = _repository(args.repository)
     record = pull(repository, args.bucket, args.prefix)
     print(f"{repository}: pulled build {record['build_id']}")
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from services.errors import ConfigError
-    from services.model_repo.bench import benchmark
-
-    if args.url and not args.repository:
-        raise ConfigError("--url needs --repository: the repository that Triton serves (for the direct baseline)")
-    result = benchmark(args.repository, args.exports, args.url, plot_path=args.plot, requests=args.requests,
-                       concurrency=args.concurrency, rounds=args.rounds, lean=args.layout == "lean")
-    text = json.dumps(result, indent=None if args.json else 2)
-    print(text)
-    return 0
-
-
-def _bench_embedder(args: argparse.Namespace) -> int:
-    from training.precision_bench import benchmark
-
-    result = benchmark(args.work, args.run, args.train_data, args.heldout, b5=args.b5, b5_size=args.b5_size,
-                       rounds=args.rounds, calibration_images=args.calibration_images, b5_map5=args.b5_map5,
-                       max_queries=args.max_queries, plot_path=args.plot)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=None if args.json else 2))
     return 0
