@@ -8,22 +8,33 @@ from pathlib import Path
 SERVICES = ("gateway", "bridge", "worker", "matcher", "reconciler", "webhooks")
 
 
+# The `serve` options each service uses (every other one is refused, never silently ignored).
+SERVICE_OPTIONS = {
+    "gateway": ("--config",),  # its /metrics is on its own HTTP port (gateway_port)
+    "bridge": ("--config", "--metrics-port", "--source"),
+    "worker": ("--config", "--index", "--web-port", "--metrics-port"),
+    "matcher": ("--config", "--index", "--web-port", "--metrics-port"),
+    "reconciler": ("--config", "--metrics-port"),  # several take turns: one pass at a time, under a Redis lease
+    "webhooks": ("--config", "--metrics-port"),  # several share the work through their consumer group
+}
+
+
+def _given_options(args: argparse.Namespace) -> list[str]:
+    given = {"--config": args.config, "--index": args.index, "--web-port": args.web_port,
+             "--metrics-port": args.metrics_port, "--source": args.source}
+    return [flag for flag, value in given.items() if value is not None]
+
+
 def _serve(args: argparse.Namespace) -> int:
     from services.settings import load_settings
 
-    if args.service in ("reconciler", "webhooks") and (args.index != 0 or args.web_port is not None):
+    unused = [flag for flag in _given_options(args) if flag not in SERVICE_OPTIONS[args.service]]
+    if unused:
         from services.errors import ConfigError
 
-        if args.service == "webhooks":
-            raise ConfigError("--index and --web-port are for the worker and the matcher; `serve webhooks` takes "
-                              "--config and --metrics-port (several share the work through their consumer group)")
-        raise ConfigError("--index and --web-port are for the worker and the matcher; the reconciler takes "
-                          "--config and --metrics-port (run several reconcilers and they take turns: one pass at "
-                          "a time, under a Redis lease)")
-    if args.source is not None and args.service != "bridge":
-        from services.errors import ConfigError
-
-        raise ConfigError("--source picks where the bridge reads upload events from; it is for `serve bridge` only")
+        raise ConfigError(f"`serve {args.service}` does not use {', '.join(unused)}: it takes "
+                          f"{', '.join(SERVICE_OPTIONS[args.service])}")
+    args.index = args.index or 0
     settings = load_settings(config_file=args.config)
     if args.source is not None:
         settings = settings.with_overrides(bridge_source=args.source)
@@ -67,7 +78,7 @@ def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="run one service of the streaming chain")
     serve.add_argument("service", choices=SERVICES, help="which service")
     serve.add_argument("--config", help="settings TOML file (else WHALEID_CONFIG / environment / stack state)")
-    serve.add_argument("--index", type=int, default=0,
+    serve.add_argument("--index", type=int, default=None,
                        help="instance number of a worker/matcher: its default ports are base + 10 * index")
     serve.add_argument("--web-port", type=int, default=None, help="worker/matcher Faust web port (default: derived)")
     serve.add_argument("--metrics-port", type=int, default=None,

@@ -372,4 +372,4 @@ def test_serve_reconciler_runs_passes_and_serves_metrics(stack, tmp_path):
 def test_serve_reconciler_refuses_the_faust_options():
     done = subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "reconciler", "--index", "1"],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--index and --web-port are for the worker and the matcher" in done.stderr
+    assert done.returncode == 2 and "`serve reconciler` does not use --index: it takes --config, --metrics-port" in done.stderr

@@ -257,4 +257,4 @@ def test_serve_webhooks_refuses_to_start_without_a_webhook(monkeypatch, capsys):
     assert main(["serve", "webhooks"]) == 2
     assert "no webhook is configured" in capsys.readouterr().err
     assert main(["serve", "webhooks", "--index", "1"]) == 2
-    assert "`serve webhooks` takes --config and --metrics-port" in capsys.readouterr().err
+    assert "`serve webhooks` does not use --index: it takes --config, --metrics-port" in capsys.readouterr().err

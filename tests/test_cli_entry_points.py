@@ -1,5 +1,5 @@
-"""One registry of benchmarks (bench/bench_<name>.py): `whaleid bench NAME` and `python -m bench NAME` run the
-same module with the same options."""
+"""The command line: one registry of benchmarks (`whaleid bench NAME` and `python -m bench NAME` run the same
+module with the same options), and `serve` refuses every option a service does not use."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def test_python_m_bench_is_the_same_entry():
     result = subprocess.run([sys.executable, "-m", "bench", "triton", "--url", "127.0.0.1:1"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--url needs --repository" in result.stderr
+
+
+def test_serve_refuses_every_option_a_service_does_not_use(capsys):
+    from services.streaming_cli import SERVICE_OPTIONS
+
+    all_options = {"--index": "1", "--web-port": "1", "--metrics-port": "0", "--source": "sqs"}
+    for service, options in SERVICE_OPTIONS.items():
+        for flag, value in all_options.items():
+            if flag not in options:
+                assert main(["serve", service, flag, value]) == 2, (service, flag)
+                assert f"`serve {service}` does not use {flag}" in capsys.readouterr().err
