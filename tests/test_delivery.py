@@ -1,7 +1,7 @@
 """Delivery guarantees of the chain (issue 11), on real servers (session stack: Kafka, S3, Redis, Triton):
 
 - Triton failures are classified from tritonclient's real exceptions: overload and unavailability are transient,
-  only a refusal of the input is permanent (services.triton_client.errors);
+  only a refusal of the input is permanent (services.triton_client.failures);
 - the producers are idempotent where the client and the broker allow it (kafka-python in the bridge: yes, also
   against Tansu; aiokafka in Faust: Tansu refuses it, so the local profile turns it off);
 - the matcher is at least once with the sighting id as idempotency key: a re-delivery yields one Redis result and
@@ -60,7 +60,7 @@ def near(index: int, seed: int) -> np.ndarray:
 def test_status_codes_and_messages_are_classified():
     from tritonclient.utils import InferenceServerException
 
-    from services.triton_client.errors import classify
+    from services.triton_client.failures import classify
 
     def kind(status, message="x"):
         return classify(InferenceServerException(msg=message, status=status))
@@ -152,7 +152,7 @@ def test_real_triton_failures_are_classified(probe_triton):
     """Exceptions raised by tritonclient against a real Triton: overload/unavailable are transient, refusals of
     the input are permanent."""
     from services.stack.ports import free_port
-    from services.triton_client.errors import classify
+    from services.triton_client.failures import classify
 
     timeout = classify(_raised(lambda: _infer(probe_triton, b"slow", timeout=0.3)))
     assert (timeout.kind, timeout.transient, timeout.status) == ("overloaded", True, "DEADLINE_EXCEEDED")

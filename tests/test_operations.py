@@ -250,7 +250,7 @@ def test_gallery_download_refuses_paths_outside_the_folder(env, tmp_path, path):
 def test_model_repo_pull_refuses_paths_outside_the_repository(moto_stack, tmp_path, key):
     """On moto: SeaweedFS (the session stack's S3) refuses such keys itself (InvalidRequest); AWS S3 and moto
     store them, so `pull` must refuse them."""
-    from services.model_repo.errors import RepositoryError
+    from services.errors import RepositoryError
     from services.model_repo.store import pull
 
     settings = moto_stack.settings

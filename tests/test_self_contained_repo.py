@@ -31,7 +31,7 @@ import pytest
 from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, fake_export
 from PIL import Image
 
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 
 REAL = f"b0-tiny-f0-e{EPOCHS[-1]:03d}"  # the exported EfficientNet snapshot (64 px, species head)
 PROBE = "probe"  # a tiny second embedder (96 px: a second preprocess model) with other species

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from services.checksums import sha256_file
+from services.errors import RepositoryError
 from services.model_repo import configs, vendor
-from services.model_repo.errors import RepositoryError
 from services.model_repo.exports import ONNX_FILE, Export, load_exports
 from services.model_repo.validation import RECORD, validate_repository
 

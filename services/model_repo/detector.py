@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.checksums import sha256_file
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 
 NAME = "detector"
 ONNX_FILE, MANIFEST = "model.onnx", "detector.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from services.checksums import sha256_file
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 from services.model_repo.onnx_io import embedder_signature_problems
 
 MANIFEST = "manifest.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 from services.model_repo.validation import validate_repository
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 from services.model_repo.validation import RECORD, validate_repository
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.model_repo.errors import RepositoryError
+from services.errors import RepositoryError
 
 # third-party top-level modules a python-backend model may import (NGC's image has numpy; Pillow and
 # onnxruntime must be installed next to it, see model_repo/README.md)

@@ -3,7 +3,7 @@
 from services.stack import Stack, ServerStartError, launch_triton
 """
 
-from services.stack.errors import ServerStartError, StackError
+from services.errors import ServerStartError, StackError
 from services.stack.stack import Stack
 from services.stack.triton import TritonServer, launch_triton
 

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from services.stack.errors import StackError
+from services.errors import StackError
 
 
 def package_dir(package: str) -> Path:

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
+from services.errors import StackError
 from services.stack.binaries import on_path
-from services.stack.errors import StackError
 from services.stack.health import check_prometheus
 from services.stack.ports import LOOPBACK
 from services.stack.scrape_targets import targets_dir

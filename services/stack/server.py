@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.stack.errors import ServerStartError
+from services.errors import ServerStartError
 from services.stack.process import ServerProcess
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from services.errors import ServerStartError, StackError
 from services.settings import STATE_ADDRESSES, Settings, load_settings, read_stack_state
 from services.stack.binaries import on_path
-from services.stack.errors import ServerStartError, StackError
 from services.stack.health import CHECKS, import_clients
 from services.stack.kafka import KafkaServer
 from services.stack.ports import free_ports

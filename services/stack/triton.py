@@ -14,8 +14,8 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from services.errors import ServerStartError, StackError
 from services.stack.binaries import package_dir, package_file
-from services.stack.errors import ServerStartError, StackError
 from services.stack.health import check_triton
 from services.stack.ports import LOOPBACK, free_ports
 from services.stack.server import ManagedServer
@@ -107,7 +107,7 @@ class TritonServer(ManagedServer):
     def _validate_repository(self) -> None:
         """A repository written by `whaleid model-repo build` is checked (files, checksums, shapes) before Triton
         starts on it, so a broken one is refused with the model's name instead of a half-loaded server."""
-        from services.model_repo.errors import RepositoryError
+        from services.errors import RepositoryError
         from services.model_repo.validation import validate_if_built
 
         try:

@@ -1,7 +1,7 @@
 """gRPC client of the Triton ensemble (`EmbeddingClient`), used by the worker, the tests and `whaleid bench triton`."""
 
 from services.triton_client.client import EmbeddingClient
-from services.triton_client.errors import (
+from services.triton_client.failures import (
     InvalidEmbeddingInput,
     TritonError,
     TritonFailure,

@@ -7,7 +7,7 @@
     client.embed_with_species([png_bytes])               # -> ((1, 512), (1, S) probabilities or None)
     client.species_names()                               # names of the SPECIES columns ([]: no species output)
 
-Failures are classified in one place (`services.triton_client.errors.classify`): overload and unavailability
+Failures are classified in one place (`services.triton_client.failures.classify`): overload and unavailability
 (UNAVAILABLE incl. connection refused/reset, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, a full queue) are retried
 with exponential backoff and end in TritonUnavailable; every other server error is a TritonRequestError carrying
 the server's message (e.g. which image failed to decode) and `.transient` (True for a model that is not loaded).
@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from services.metrics import TRITON_LATENCY, TRITON_RETRIES
-from services.triton_client.errors import (
+from services.triton_client.failures import (
     InvalidEmbeddingInput,
     TritonRequestError,
     TritonUnavailable,

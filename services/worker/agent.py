@@ -6,7 +6,7 @@ embeds several crops. Permanent failures go to sightings.dead-letter and Redis `
 past an event before it is handled: nothing is lost. Duplicates (re-delivery after a crash, duplicate events)
 are skipped by the Redis markers.
 
-Triton failures are classified by `services.triton_client.errors.classify`: overload (timeouts, deadline
+Triton failures are classified by `services.triton_client.failures.classify`: overload (timeouts, deadline
 exceeded, full queues), unavailability and a model that is not loaded are transient whatever Triton's health
 says: back off and retry, never dead-letter. Only a refusal of the input (INVALID_ARGUMENT, a model error) is
 permanent: a batch is then split so each crop is tried alone, and a crop refused `REFUSALS_BEFORE_DEAD_LETTER`
@@ -38,7 +38,7 @@ from services.chain.stage import ChainStage
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.service_ports import default_port
 from services.settings import Settings
-from services.triton_client.errors import classify
+from services.triton_client.failures import classify
 from services.worker.cropping import TritonDetector, UploaderBox
 from services.worker.pipeline import (
     STAGE,

@@ -29,7 +29,7 @@ import numpy as np
 from services.chain.failures import PermanentFailure, TransientFailure
 from services.errors import DataError
 from services.imaging import crop, encode_png, validate_box
-from services.triton_client.errors import classify
+from services.triton_client.failures import classify
 
 log = logging.getLogger(__name__)
 DETECTOR_MIN_SCORE = 0.5
