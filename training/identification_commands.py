@@ -20,12 +20,12 @@ from services.identification.metrics import map_at_5, map_at_5_per_group
 from services.identification.submission import format_scores, write_submission
 from services.identification.tuning import TUNING_FILE, Tuning
 from services.identification.vectors import blend, combine_flip
+from training.folds import FOLDS_FILE, read_folds
 from training.plots import plot_threshold_curve
 
 log = logging.getLogger(__name__)
 
 CURVE_FILE = "threshold_curve.png"
-FOLDS_FILE = "folds.csv"
 PROGRESS_CHUNK = 256
 
 
@@ -71,31 +71,13 @@ def mirror_box(box, width: int):
     return (width - x1, y0, width - x0, y1)
 
 
-def read_folds_file(path: Path) -> dict[str, int]:
-    """RUN/folds.csv (individual_id,fold), checked."""
-    from services.identification.submission import read_csv_rows
-
-    folds, problems = {}, []
-    for line, row in read_csv_rows(path, ("individual_id", "fold")):
-        individual, fold = (row.get("individual_id") or "").strip(), (row.get("fold") or "").strip()
-        if not individual or not fold.lstrip("-").isdigit():
-            problems.append(f"line {line}: bad row {row}")
-        elif individual in folds:
-            problems.append(f"line {line}: individual {individual} appears twice")
-        else:
-            folds[individual] = int(fold)
-    if problems:
-        raise DataError(f"{path}: " + "; ".join(problems[:10]))
-    return folds
-
-
 def read_run_folds(runs: Sequence[str]) -> dict[str, int]:
     folds = None
     for run in runs:
         path = Path(run) / FOLDS_FILE
         if not path.is_file():
             raise ConfigError(f"run {run} has no {FOLDS_FILE}; is it a `whaleid train` run?")
-        these = read_folds_file(path)
+        these = read_folds(path)
         if folds is not None and these != folds:
             raise ConfigError(f"runs {runs[0]} and {run} use different folds ({FOLDS_FILE} differ)")
         folds = these

@@ -33,6 +33,7 @@ from services.errors import ConfigError, DataError
 from training.config import read_saved_config, save_config
 from training.data import load_dataset, split_folds
 from training.embed import CHECKPOINT_DIR, LABELS_FILE, checkpoint_name, list_checkpoints, model_id
+from training.folds import read_folds, write_folds
 from training.pipeline import Samples
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,6 @@ def labelled_images(data, folds: Mapping[str, int]):
 
     return LabelledImages([r.image for r in data.train], [r.individual_id for r in data.train],
                           [r.species for r in data.train], np.array([folds[r.individual_id] for r in data.train]))
-
-
-def write_folds(path: Path, folds: Mapping[str, int]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["individual_id", "fold"])
-        for individual, fold in sorted(folds.items()):
-            writer.writerow([individual, fold])
-
-
-def read_folds(path: Path) -> dict[str, int]:
-    with open(path, newline="") as fh:
-        return {row["individual_id"]: int(row["fold"]) for row in csv.DictReader(fh)}
 
 
 def samples_for(data, rows: Sequence[int], classes: Mapping[str, int], species: Mapping[str, int],

@@ -16,7 +16,6 @@ Gallery.save files + tuning.json to `out`, three ways:
 
 from __future__ import annotations
 
-import csv
 import logging
 import tempfile
 import time
@@ -56,15 +55,6 @@ class Photos:
 
     def box_list(self, source: str | None) -> list:
         return [b.get(source) if source else None for b in self.boxes]
-
-
-def read_folds(run_dir: Path) -> dict[str, int]:
-    """{individual_id: fold} of a training run's folds.csv ({} when the run has none)."""
-    path = Path(run_dir) / "folds.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        return {row["individual_id"]: int(row["fold"]) for row in csv.DictReader(fh)}
 
 
 def embed_photos(embedder, photos: Photos, progress_bar: bool = False) -> np.ndarray:
@@ -180,7 +170,9 @@ def publish_catalogue_gallery(settings, run_dir: Path, tuning_path: Path | None 
     given = Tuning.load(tuning_path) if tuning_path else None
     embedder = Embedder.from_run(run_dir)
     fold_embedder = Embedder.from_run(tuning_run) if tuning_run and given is None else None
-    folds = read_folds(tuning_run or run_dir)
+    from training.folds import run_folds
+
+    folds = run_folds(tuning_run or run_dir)
     store = store or GalleryStore.from_settings(settings)
     parent = store.current_version()
     with tempfile.TemporaryDirectory(prefix="whaleid-gallery-build-") as tmp:

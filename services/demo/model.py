@@ -13,7 +13,6 @@ new answered new 20/25, MAP@5 0.684; serving a final fit (three trainings), 36-3
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -63,11 +62,6 @@ def cached_step(path: Path, what: str, build: Callable[[Path], None], progress: 
     return path
 
 
-def read_folds(run_dir: Path) -> dict[str, int]:
-    with open(run_dir / "folds.csv", newline="") as fh:
-        return {row["individual_id"]: int(row["fold"]) for row in csv.DictReader(fh)}
-
-
 def embed_data(embedder, data, images: list[str], box_source: str | None) -> np.ndarray:
     paths = [data.image_path(image) for image in images]
     boxes = [data.eval_box(image, box_source) for image in images]
@@ -90,7 +84,9 @@ def build_gallery_dir(embedder, data, run_dir: Path, out: Path, progress: Callab
     photos = Photos(images=images, individual_ids=[row.individual_id for row in data.train],
                     species=[row.species for row in data.train], paths=[data.image_path(i) for i in images],
                     boxes=[data.boxes_for(i) for i in images])
-    build_shared(embedder, photos, read_folds(run_dir), out, progress, fold_embedder=fold_embedder)
+    from training.folds import run_folds
+
+    build_shared(embedder, photos, run_folds(run_dir), out, progress, fold_embedder=fold_embedder)
 
 
 def offline_predictions(embedder, data, gallery_dir: Path, box_source: str | None) -> dict:
