@@ -480,6 +480,8 @@ def test_an_encounter_is_one_item_and_one_decision_covers_its_photos(review, bro
     assert encounter in facts and "2 photo(s)" in facts
     assert strip == [f"encounter photo {second}"]
     _screenshot(browser, tmp_path, "encounter.png")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "encounter.png", SCREENSHOTS / "encounter.png")
     _press(browser, "c")
     _wait(browser, lambda d: stored_confirmation(client, second) is not None, "both photos decided")
     assert [(c.action, c.individual_id) for c in (stored_confirmation(client, first),
