@@ -39,21 +39,27 @@ class TokenEntry:
     token: str
 
 
-def parse_token_list(setting: str, text: str, role: str) -> list[TokenEntry]:
-    """`name=token[,name=token]` of one setting; ConfigError naming the setting and entry on a bad entry."""
-    entries, names = [], set()
+def parse_pairs(setting: str, text: str, key: str = "name", value: str = "token") -> dict[str, str]:
+    """`key=value[,key=value]` of one setting, in order; ConfigError naming the setting and the entry on a bad or
+    repeated entry (the gateway's tokens, the webhooks' URLs and secrets)."""
+    found: dict[str, str] = {}
     for position, item in enumerate((part.strip() for part in text.split(",")), 1):
         if not item:
             continue
-        name, equals, token = item.partition("=")
-        name, token = name.strip(), token.strip()
-        if not equals or not name or not token:
-            raise ConfigError(f"{setting}: entry {position} is not name=token")
-        if name in names:
-            raise ConfigError(f"{setting}: the name {name!r} is configured twice")
-        names.add(name)
-        entries.append(TokenEntry(setting, Credential(role, name), token))
-    return entries
+        name, equals, text_value = item.partition("=")
+        name, text_value = name.strip(), text_value.strip()
+        if not equals or not name or not text_value:
+            raise ConfigError(f"{setting}: entry {position} is not {key}={value}")
+        if name in found:
+            raise ConfigError(f"{setting}: the {key} {name!r} is configured twice")
+        found[name] = text_value
+    return found
+
+
+def parse_token_list(setting: str, text: str, role: str) -> list[TokenEntry]:
+    """`name=token[,name=token]` of one setting; ConfigError naming the setting and entry on a bad entry."""
+    return [TokenEntry(setting, Credential(role, name), token)
+            for name, token in parse_pairs(setting, text).items()]
 
 
 def configured_tokens(settings: Settings) -> list[TokenEntry]:

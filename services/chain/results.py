@@ -20,13 +20,10 @@ import redis
 
 from services import topics
 from services.chain.failures import TransientFailure
+from services.chain.store import identification_key
 
 IDENTIFICATIONS_STREAM = "identifications"
 STREAM_MAXLEN = 100_000
-
-
-def identification_key(sighting_id: str) -> str:
-    return f"identification:{sighting_id}"
 
 
 def announced_key(sighting_id: str) -> str:

@@ -216,18 +216,16 @@ def _encounter_of(sighting: dict) -> tuple[str, str] | None:
 def _one_item_per_encounter(ranked: list[tuple]) -> tuple[list[tuple], dict[str, list[tuple]]]:
     """The ranked rows with one row per encounter (its most uncertain photo, ranked first already), and
     {that row's sighting id: every row of its encounter, in rank order}."""
+    keys = [_encounter_of(row[3]) for row in ranked]
     members: dict[tuple[str, str], list[tuple]] = {}
-    for row in ranked:
-        key = _encounter_of(row[3])
+    for row, key in zip(ranked, keys, strict=True):
         if key is not None:
             members.setdefault(key, []).append(row)
-    kept, groups, seen = [], {}, set()
-    for row in ranked:
-        key = _encounter_of(row[3])
+    kept, groups = [], {}
+    for row, key in zip(ranked, keys, strict=True):
         if key is None:
             kept.append(row)
-        elif key not in seen:
-            seen.add(key)
+        elif members[key][0] is row:
             kept.append(row)
             groups[row[1]] = members[key]
     return kept, groups

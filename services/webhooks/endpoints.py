@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from services.access.credentials import APP, configured_tokens
+from services.access.credentials import APP, configured_tokens, parse_pairs
 from services.errors import ConfigError
 
 MIN_SECRET_LENGTH = 16
@@ -24,18 +24,7 @@ class Endpoint:
 
 
 def _pairs(setting: str, text: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for position, item in enumerate((part.strip() for part in text.split(",")), 1):
-        if not item:
-            continue
-        name, equals, value = item.partition("=")
-        name, value = name.strip(), value.strip()
-        if not equals or not name or not value:
-            raise ConfigError(f"{setting}: entry {position} is not app=value")
-        if name in found:
-            raise ConfigError(f"{setting}: the app {name!r} is configured twice")
-        found[name] = value
-    return found
+    return parse_pairs(setting, text, key="app", value="value")
 
 
 def endpoints_from_settings(settings) -> dict[str, Endpoint]:

@@ -149,19 +149,3 @@ def export_detector(run_dir, out_dir=None, *, opset: int = 17, tolerance: float 
         shutil.rmtree(staging, ignore_errors=True)
     log.info("detector: exported %s -> %s (parity %.2g, %.1f s)", run, out, parity, time.perf_counter() - started)
     return out
-
-
-def load_detector_export(directory) -> dict:
-    """The manifest of an export (checked: kind, model.onnx present with its checksum)."""
-    folder = Path(directory)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise DetectorExportError(f"{folder} is not a detector export (no {MANIFEST}; run `whaleid detector "
-                                  "export RUN`)") from None
-    if manifest.get("kind") != "detector":
-        raise DetectorExportError(f"{folder / MANIFEST}: kind {manifest.get('kind')!r}, expected 'detector'")
-    onnx_path = folder / ONNX_FILE
-    if not onnx_path.is_file() or sha256_file(onnx_path) != manifest["files"][ONNX_FILE]:
-        raise DetectorExportError(f"{onnx_path}: missing or not the exported file (checksum)")
-    return manifest
