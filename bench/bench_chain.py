@@ -321,12 +321,11 @@ def run_chain(args, s3_kind: str) -> dict:
                                         individuals=gallery.individual_ids, size=len(gallery)), "bench")
 
         images = photos(64)
-        from services.imaging import decode_image, encode_png
-
-        crops = [encode_png(decode_image(image)) for image in images]  # what the worker sends (whole image)
+        # what the worker sends for these uploads (plain upright RGB JPEGs, no box): the uploaded bytes themselves
+        # (services.worker.pipeline.prepare), so raw and chain make Triton decode the same JPEGs
         with EmbeddingClient.from_settings(settings) as client:
             client.wait_ready(120)
-            raw = raw_throughput(client, crops, settings.worker_batch_size, args.raw_seconds)
+            raw = raw_throughput(client, images, settings.worker_batch_size, args.raw_seconds)
         log.info("raw embedder: %.1f crops/s", raw)
 
         env = service_env(root / "stack", gateway_port=overrides["gateway_port"])

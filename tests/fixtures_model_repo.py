@@ -120,3 +120,43 @@ def fake_export(exports: Path, model_id: str, image_size: int = 64, dim: int = 5
     manifest = build_manifest(info, {"model.onnx": sha256_file(onnx_path)}, 0.0, "test", 0.0 if species else None)
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
+
+
+def fake_detector_export(folder: Path, image_size: int = 96, seed: int = 0) -> Path:
+    """FOLDER/{model.onnx, detector.json} as `whaleid detector export` writes them, around a small real ONNX
+    detector (mean colour -> linear -> sigmoid: a box inside the frame and a score) with the export's names
+    (`image` -> `box` (N, 4) normalised, `score` (N,)): for repository tests that serve a detector without
+    training one (tests/test_detector.py trains and serves a real one)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from services.checksums import sha256_file
+
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array((rng.normal(size=(3, 4)) / 60).astype(np.float32), "wb"),
+                    numpy_helper.from_array((rng.normal(size=(3, 1)) / 60).astype(np.float32), "ws"),
+                    numpy_helper.from_array(np.array([0.5, 0.5, 0.5, 0.5], np.float32), "half"),
+                    numpy_helper.from_array(np.array([0.0, 0.0, 0.5, 0.5], np.float32), "origin"),
+                    numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["mean", "wb"], ["zb"]),
+             helper.make_node("Sigmoid", ["zb"], ["sb"]),
+             helper.make_node("Mul", ["sb", "half"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "origin"], ["box"]),  # x0, y0 < 0.5 <= x1, y1
+             helper.make_node("MatMul", ["mean", "ws"], ["zs"]),
+             helper.make_node("Sigmoid", ["zs"], ["s1"]),
+             helper.make_node("Reshape", ["s1", "flat"], ["score"])]
+    graph = helper.make_graph(
+        nodes, "tiny_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", image_size, image_size, 3])],
+        [helper.make_tensor_value_info("box", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(folder / "model.onnx"))
+    manifest = {"kind": "detector", "image_size": image_size, "backbone": "tiny",
+                "files": {"model.onnx": sha256_file(folder / "model.onnx")}}
+    (folder / "detector.json").write_text(json.dumps(manifest))
+    return folder

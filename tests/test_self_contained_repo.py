@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, fake_export
+from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, fake_detector_export, fake_export
 from PIL import Image
 
 from services.errors import RepositoryError
@@ -84,7 +84,7 @@ def python_env(tmp_path_factory):
 # ----------------------------------------------------------------------------- the repository
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
-    """Built (flip TTA, species, two input sizes), then copied away from where it was built."""
+    """Built (flip TTA, species, two input sizes, a detector), then copied away from where it was built."""
     from services.identification.tuning import Tuning
     from services.model_repo import build_repository
 
@@ -94,7 +94,7 @@ def repository(tmp_path_factory):
     (folder / REAL).symlink_to(exported(tmp_path_factory) / REAL)
     fake_export(folder, PROBE, image_size=96, seed=5, species=PROBE_SPECIES)
     tuning = Tuning(weights=WEIGHTS, flip_tta=True).save(root / "tuning.json")
-    build_repository(folder, root / "built", tuning)
+    build_repository(folder, root / "built", tuning, detector=fake_detector_export(root / "detector"))
     deployed = tmp_path_factory.mktemp("deployed") / "models"
     shutil.copytree(root / "built", deployed)
     return deployed
@@ -465,6 +465,32 @@ def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_spe
                ["EMBEDDING"])
 
 
+def test_triton_without_the_project_serves_the_offline_detector_boxes(isolated_triton, repository):
+    """The detector model (its vendored decode: EXIF-upright, then resized as in training) gives the boxes of
+    services.imaging + onnxruntime in-process, in pixels of the upright photo."""
+    import onnxruntime as ort
+
+    from services.imaging import decode_image, resize_for_model
+
+    images = _decodable(sample_images())
+    names = list(images)
+    served = _infer(isolated_triton, "detector", {"IMAGE": np.array([[images[n]] for n in names], dtype=np.object_)},
+                    ["BOX", "BOX_NORM", "SCORE"])
+    decoded = [decode_image(images[n]) for n in names]
+    session = ort.InferenceSession(str(repository / "detector" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    boxes, scores = session.run(["box", "score"], {"image": np.stack([resize_for_model(d, 96) for d in decoded])
+                                                   .astype(np.float32)})
+    sizes = np.array([[d.shape[1], d.shape[0]] * 2 for d in decoded], np.float32)
+    assert np.max(np.abs(served["BOX_NORM"] - boxes)) <= 1e-6
+    assert np.max(np.abs(served["BOX"] - boxes * sizes)) <= 1e-3
+    assert np.max(np.abs(served["SCORE"][:, 0] - scores)) <= 1e-6
+    # teeth: the EXIF-rotated photo's box is in its upright frame (width and height swapped)
+    rotated, stored = names.index("jpeg_exif_6"), names.index("jpeg")
+    assert decoded[rotated].shape[:2] == decoded[stored].shape[1::-1] != decoded[stored].shape[:2]
+    assert not np.allclose(served["BOX"][rotated], boxes[rotated] * sizes[stored], atol=1.0)
+
+
 # ----------------------------------------------------------------------------- the builder refuses
 def test_vendoring_refuses_a_module_with_project_imports(tmp_path, monkeypatch):
     from services.model_repo import vendor
@@ -528,7 +554,7 @@ def test_a_repository_built_before_vendoring_is_accepted_with_a_warning(reposito
     del record["python_sources"]
     (old / "repository.json").write_text(json.dumps(record))
     assert validate_repository(old)["build_id"] == record["build_id"]
-    assert "built before python sources were vendored: blend, embedder_" in caplog.text
+    assert "built before python sources were vendored: blend, detector, embedder_" in caplog.text
 
 
 def test_templates_are_package_data():
@@ -581,3 +607,29 @@ def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
     assert (tmp_path / "repo" / "preprocess" / "1" / "model.py").read_text() == template_source("preprocess")
     requirements = (tmp_path / "repo" / "requirements.txt").read_text().splitlines()
     assert [line.split("==")[0] for line in requirements[1:]] == ["numpy", "Pillow", "onnxruntime"]
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["standard", "lean"])
+def test_the_build_id_covers_the_served_python_code(tmp_path, monkeypatch, lean):
+    """Same exports, weights and code: the same build id; the same exports with changed preprocessing code (a
+    vendored module or a template): another build id, so the worker tags embeddings made by other code apart."""
+    from services.model_repo import BuildOptions, build_repository, builder, vendor
+
+    fake_export(tmp_path / "exports", "m")
+    options = BuildOptions(lean=lean)
+    first = build_repository(tmp_path / "exports", tmp_path / "a", options=options)
+    again = build_repository(tmp_path / "exports", tmp_path / "b", options=options)
+    assert first["build_id"] == again["build_id"]
+
+    original_vendored = vendor.vendored_source
+    monkeypatch.setattr(vendor, "vendored_source", lambda v: original_vendored(v) + (
+        "\n# another resize\n" if v.module == "services.imaging" else ""))
+    vendored_changed = build_repository(tmp_path / "exports", tmp_path / "c", options=options)
+    monkeypatch.setattr(vendor, "vendored_source", original_vendored)
+    original_template = builder.template_source
+    template = "pipeline" if lean else "preprocess"
+    monkeypatch.setattr(builder, "template_source", lambda name: original_template(name) + (
+        "\n# another decode\n" if name == template else ""))
+    template_changed = build_repository(tmp_path / "exports", tmp_path / "d", options=options)
+    ids = {first["build_id"], vendored_changed["build_id"], template_changed["build_id"]}
+    assert len(ids) == 3, ids

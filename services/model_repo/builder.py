@@ -136,9 +136,14 @@ def _copy_template(template: str, model_dir: Path, sources: dict[str, str]) -> N
         sources[f"{model_dir.name}/1/{name}"] = sha256_file(path)
 
 
-def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], flip_tta: bool = False) -> str:
+def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], flip_tta: bool = False,
+              sources: dict[str, str] | None = None) -> str:
+    """What the served embeddings depend on: the target, each export (its ONNX checksum) and weight, flip TTA, and
+    the checksum of every python-backend file (`sources`: model.py and the vendored preprocessing), so a change of
+    the decoding or resizing code is another build even with the same weights."""
     parts = [target] + [f"{e.model_id}:{e.onnx_sha256}:{w:.6f}" for e, w in zip(exports, weights, strict=True)]
     parts += ["flip_tta"] if flip_tta else []  # other embeddings: another build
+    parts += [f"{name}:{digest}" for name, digest in sorted((sources or {}).items())]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
@@ -158,7 +163,7 @@ def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequen
     members = [(e.onnx_path, e.model_id, e.image_size, e.species) for e in exports]
     fused = root / lean.PIPELINE / "1" / lean.FUSED_FILE
     onnx.save(lean.fused_graph(members, weights, flip_tta, species, dim), str(fused))
-    build_id = _build_id("cpu-lean", exports, weights, flip_tta)
+    build_id = _build_id("cpu-lean", exports, weights, flip_tta, sources)
     parameters = {"build_id": build_id, "model_ids": json.dumps([e.model_id for e in exports]),
                   "weights": json.dumps([round(w, 6) for w in weights]), "flip_tta": "true" if flip_tta else "false"}
     (root / lean.PIPELINE / "config.pbtxt").write_text(lean.pipeline_config(
@@ -222,7 +227,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
     _copy_template("blend", root / "blend", sources)
     (root / "blend" / "config.pbtxt").write_text(configs.blend_config(members, weights, dim, options, species, flip_tta))
 
-    build_id = _build_id(options.target, exports, weights, flip_tta)
+    build_id = _build_id(options.target, exports, weights, flip_tta, sources)
     ensemble_parameters = {"build_id": build_id, "model_ids": json.dumps(model_ids),
                            "weights": json.dumps([round(w, 6) for w in weights])}
     (root / "ensemble" / "1").mkdir(parents=True)  # an ensemble needs an (empty) version folder
