@@ -17,23 +17,15 @@ from services.worker.cropping import UploaderBox
 from services.worker.pipeline import prepare
 
 
-class _Body:
-    def __init__(self, data: bytes):
-        self._buffer = io.BytesIO(data)
-
-    def read(self, amount=-1):
-        return self._buffer.read(amount)
-
-    def close(self):
-        pass
-
-
 class _S3:
-    def __init__(self, data: bytes, content_type: str = "image/jpeg"):
-        self.data, self.content_type = data, content_type
+    """What services.worker.storage.ObjectReader.fetch returns for an accepted object (its checks of size and
+    content type run against a real S3 in tests/test_worker.py)."""
 
-    def get_object(self, Bucket, Key):  # noqa: N803 - boto3's names
-        return {"Body": _Body(self.data), "ContentLength": len(self.data), "ContentType": self.content_type}
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def fetch(self, bucket, key, max_bytes):
+        return self.data
 
 
 def _jpeg(exif_orientation: int | None = None) -> bytes:
@@ -86,7 +78,7 @@ def test_a_photo_the_worker_normalises_goes_as_a_png_of_the_validated_pixels(set
     from PIL import Image
 
     data = make()
-    prepared = prepare(_event(settings), _S3(data, "image/png"), settings, [UploaderBox()])
+    prepared = prepare(_event(settings), _S3(data), settings, [UploaderBox()])
     assert prepared.crop.source == "full" and prepared.image != data
     assert prepared.image[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(prepared.image)).convert("RGB")), decode_image(data))

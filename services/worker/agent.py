@@ -48,7 +48,7 @@ from services.worker.pipeline import (
     prepare,
     species_scores,
 )
-from services.worker.storage import worker_s3_client
+from services.worker.storage import worker_object_reader
 
 log = logging.getLogger(__name__)
 REFUSALS_BEFORE_DEAD_LETTER = 3  # the model refused this one crop (a permanent error) this many times in a row
@@ -141,10 +141,10 @@ class SightingWorker(ChainStage):
 
     stage = STAGE
 
-    def __init__(self, settings: Settings, embedder, redis_client, s3, crop_steps, embedded_topic, dead_topic):
+    def __init__(self, settings: Settings, embedder, redis_client, objects, crop_steps, embedded_topic, dead_topic):
         super().__init__(settings, redis_client, dead_topic)
         self.embedder = embedder
-        self.s3 = s3
+        self.objects = objects  # services.worker.storage.ObjectReader
         self.crop_steps = crop_steps
         self.embedded_topic = embedded_topic
         self._registered: tuple[str, float] = ("", 0.0)  # (model version, when) last registered in Redis
@@ -179,7 +179,7 @@ class SightingWorker(ChainStage):
     async def _prepare_one(self, event) -> PreparedSighting | None:
         try:
             return await self.retry(f"sighting {event.sighting_id}", lambda: self._in_pool(
-                prepare, event, self.s3, self.settings, self.crop_steps))
+                prepare, event, self.objects, self.settings, self.crop_steps))
         except PermanentFailure as exc:
             await self.dead_letter(exc, event.asdict(), event.sighting_id)
             return None
@@ -275,7 +275,7 @@ def build_worker_app(settings: Settings, web_port: int):
     if detector is not None:
         crop_steps.append(detector)
     worker = SightingWorker(
-        settings, EmbeddingService(settings), markers.redis_client(settings.redis_url), worker_s3_client(settings),
+        settings, EmbeddingService(settings), markers.redis_client(settings.redis_url), worker_object_reader(settings),
         crop_steps, embedded, dead,
     )
 

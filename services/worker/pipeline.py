@@ -1,6 +1,6 @@
 """What the worker does to one uploaded sighting, without Kafka: fetch, validate, crop, encode; then embed a batch.
 
-Every function here is synchronous (boto3, Pillow, tritonclient); the Faust agent runs them in threads.
+Every function here is synchronous (urllib3, Pillow, tritonclient); the Faust agent runs them in threads.
 
 What goes to Triton (`PreparedSighting.image`; the ensemble's preprocess decodes it with `decode_image`):
 - no box (crop source `full`) and a plain upload (`plain_upload`: one-frame 8-bit RGB JPEG or PNG, no EXIF
@@ -28,7 +28,7 @@ from services.imaging import ImageRejected, decode_image, encode_png
 from services.metrics import STEP_LATENCY, timed
 from services.settings import Settings
 from services.worker.cropping import Crop, CropStep, crop_sighting
-from services.worker.storage import fetch_object
+from services.worker.storage import ObjectReader
 
 STAGE = "worker"
 
@@ -73,12 +73,13 @@ def parse_event(raw: bytes) -> topics.SightingUploaded:
     return event
 
 
-def prepare(event: topics.SightingUploaded, s3, settings: Settings, crop_steps: list[CropStep]) -> PreparedSighting:
-    """Fetch, validate and crop one sighting; PermanentFailure / TransientFailure on problems."""
+def prepare(event: topics.SightingUploaded, objects: ObjectReader, settings: Settings,
+            crop_steps: list[CropStep]) -> PreparedSighting:
+    """Fetch (`objects.fetch`), validate and crop one sighting; PermanentFailure / TransientFailure on problems."""
     if event.bucket != settings.sightings_bucket:
         raise PermanentFailure("wrong_bucket", f"{event.bucket!r} is not the sightings bucket")
     with timed(STEP_LATENCY, stage=STAGE, step="fetch"):
-        data = fetch_object(s3, event.bucket, event.key, settings.max_upload_bytes)
+        data = objects.fetch(event.bucket, event.key, settings.max_upload_bytes)
     with timed(STEP_LATENCY, stage=STAGE, step="validate"):
         try:
             image = decode_image(data, max_pixels=settings.max_image_pixels)

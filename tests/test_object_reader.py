@@ -1,0 +1,92 @@
+"""The worker's S3 reads (services.worker.storage.ObjectReader: botocore's SigV4 signer + one urllib3 pool, not
+boto3's get_object) against the real servers: SeaweedFS (the session stack) and moto (the AWS path). The same
+bytes as boto3 for keys that need quoting; each refusal with its reason; an S3 that does not answer is transient
+(the worker retries), never a dead letter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from services.chain.failures import PermanentFailure, TransientFailure
+from services.worker.storage import ObjectReader
+
+KEYS = ["uploads/plain.jpg", "uploads/with space/and+plus.jpg", "uploads/ünï-cødé/(1)=~!.jpg"]
+
+
+@pytest.fixture(params=["seaweedfs", "moto"])
+def s3_settings(request):
+    running = request.getfixturevalue("stack" if request.param == "seaweedfs" else "moto_stack")
+    return running.settings
+
+
+def _boto3(settings):
+    from services.operations.model_store import s3_client
+
+    return s3_client(settings)
+
+
+def test_the_signed_get_reads_what_boto3_reads(s3_settings):
+    client, reader = _boto3(s3_settings), ObjectReader(s3_settings)
+    bucket = s3_settings.sightings_bucket
+    for n, key in enumerate(KEYS):
+        body = bytes([n]) * (1000 + n) + key.encode()
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg")
+        assert reader.fetch(bucket, key, 10_000) == body == client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    for _ in range(20):  # connections are reused from the pool
+        assert reader.fetch(bucket, KEYS[0], 10_000).endswith(KEYS[0].encode())
+
+
+def test_each_refusal_has_its_reason(s3_settings):
+    client, reader = _boto3(s3_settings), ObjectReader(s3_settings)
+    bucket = s3_settings.sightings_bucket
+    client.put_object(Bucket=bucket, Key="uploads/page.html", Body=b"<html>", ContentType="text/html")
+    client.put_object(Bucket=bucket, Key="uploads/big.jpg", Body=b"x" * 5000, ContentType="image/jpeg")
+    cases = {("uploads/never-uploaded.jpg", 10_000): "missing_object",
+             ("uploads/page.html", 10_000): "wrong_content_type",
+             ("uploads/big.jpg", 4999): "too_large"}
+    for (key, limit), reason in cases.items():
+        with pytest.raises(PermanentFailure) as info:
+            reader.fetch(bucket, key, limit)
+        assert info.value.reason == reason, (key, info.value)
+    assert len(reader.fetch(bucket, "uploads/big.jpg", 5000)) == 5000
+
+
+def test_wrong_credentials_are_refused_as_boto3_is_refused(s3_settings):
+    """Where the server checks signatures (SeaweedFS with the stack's identities), a wrong secret is
+    `unreadable_object` as boto3 gets AccessDenied; where it does not (moto), both read the object."""
+    from botocore.exceptions import ClientError
+
+    bucket = s3_settings.sightings_bucket
+    _boto3(s3_settings).put_object(Bucket=bucket, Key=KEYS[0], Body=b"photo", ContentType="image/jpeg")
+    wrong = dataclasses.replace(s3_settings, aws_secret_access_key="not-the-secret")
+    try:
+        _boto3(wrong).get_object(Bucket=bucket, Key=KEYS[0])["Body"].read()
+        boto3_refused = False
+    except ClientError as exc:
+        boto3_refused = exc.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    if boto3_refused:
+        with pytest.raises(PermanentFailure, match="access denied") as info:
+            ObjectReader(wrong).fetch(bucket, KEYS[0], 10_000)
+        assert info.value.reason == "unreadable_object"
+    else:
+        assert ObjectReader(wrong).fetch(bucket, KEYS[0], 10_000) == b"photo"
+
+
+def test_an_s3_that_does_not_answer_is_transient():
+    from services.settings import load_settings
+    from services.stack.ports import free_port
+
+    settings = load_settings(profile="local", environ={}, s3_endpoint=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(TransientFailure, match="S3 unavailable reading s3://b/k.jpg"):
+        ObjectReader(settings).fetch("b", "k.jpg", 10)
+
+
+def test_aws_is_read_virtual_hosted():
+    from services.settings import load_settings
+
+    settings = load_settings(profile="local", environ={}, s3_endpoint="", s3_region="eu-west-1")
+    reader = ObjectReader(settings)
+    assert reader.url("whaleid-sightings", "uploads/a b.jpg") == \
+        "https://whaleid-sightings.s3.eu-west-1.amazonaws.com/uploads/a%20b.jpg"
