@@ -26,6 +26,7 @@ class DirectEnsemble:
         record = validate_repository(Path(repository))
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the served models
         self.embedders = record["embedders"]
         self.weights = {e["model_id"]: float(e["weight"]) for e in self.embedders}
         self.max_pixels = int(record["options"]["max_pixels"])

@@ -28,6 +28,7 @@ class TritonPythonModel:
         self.outputs = ["EMBEDDING", "SPECIES"] if parameters.get("species", "false") == "true" else ["EMBEDDING"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: the host's cores are shared
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
