@@ -24,6 +24,20 @@ def benchmark_names() -> list[str]:
     return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's start-up chatter (CPU features, no CUDA driver) goes to the log file, not the console, for the
+    benchmarks that build or export models; nothing when TensorFlow is not installed (a core install)."""
+    import importlib.util
+    import os
+
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import_tensorflow_quietly(TENSORFLOW_LOG)
+
+
 def run_benchmark(name: str, options: list[str]) -> dict:
     """Run benchmark `name` with its own options; its result (with `bench` and `seconds`) is also written to
     bench/results/<name>.json."""
@@ -32,6 +46,7 @@ def run_benchmark(name: str, options: list[str]) -> dict:
     if name not in benchmark_names():
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names())}")
     RESULTS.mkdir(exist_ok=True)
+    quiet_tensorflow()
     start = time.perf_counter()
     result = importlib.import_module(f"bench.bench_{name}").main(list(options))
     result = {"bench": name, "seconds": round(time.perf_counter() - start, 1), **(result or {})}

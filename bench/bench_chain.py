@@ -448,6 +448,9 @@ def run_chain(args, s3_kind: str) -> dict:
 if __name__ == "__main__":
     import sys
 
+    from bench.__main__ import quiet_tensorflow
+
+    quiet_tensorflow()
     outcome = {"bench": "chain", **main(sys.argv[1:])}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "chain.json").write_text(json.dumps(outcome, indent=2))
