@@ -123,6 +123,23 @@ def step_means(port: int) -> dict[str, float]:
     return {step: round(1000 * sums[step] / counts[step], 1) for step in sums if counts.get(step)}
 
 
+def embed_calls(port: int) -> tuple[float, float]:
+    """(sightings embedded, Triton calls) of the worker so far, from its /metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    embedded = re.search(r'whaleid_events_total\{outcome="embedded",stage="worker"\} ([0-9.e+-]+)', text) or \
+        re.search(r'whaleid_events_total\{stage="worker",outcome="embedded"\} ([0-9.e+-]+)', text)
+    calls = re.search(r'whaleid_step_latency_seconds_count\{stage="worker",step="embed"\} ([0-9.e+-]+)', text)
+    return (float(embedded.group(1)) if embedded else 0.0), (float(calls.group(1)) if calls else 0.0)
+
+
+def per_call(before: tuple[float, float], after: tuple[float, float]) -> float:
+    calls = after[1] - before[1]
+    return round((after[0] - before[0]) / calls, 2) if calls else 0.0
+
+
 def saturated(uploader: Uploader, images: list[bytes], timeout: float, apps: int = 8):
     """Upload everything at once from `apps` concurrent clients; sightings/s from the first upload to the last
     identification."""
@@ -334,6 +351,7 @@ def run_chain(args, s3_kind: str) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kafka.net").setLevel(logging.CRITICAL)  # connection refused while the broker starts
 
     import redis
 
@@ -402,9 +420,11 @@ def run_chain(args, s3_kind: str) -> dict:
         trees = {**servers, "bench": os.getpid(),
                  **{service.service: service.proc.pid for service in services if service.service in ("worker", "matcher")}}
         before: dict[str, float] = {}
+        calls_before = embed_calls(metrics_ports["worker"])
         core_rate = core_saturated(settings, uploader.redis, images, args.burst, 600,
                                    on_start=lambda: before.update(process_tree_cpu(trees)))
         core_cpu = cpu_per_item(before, process_tree_cpu(trees), args.burst)
+        core_batch = per_call(calls_before, embed_calls(metrics_ports["worker"]))
         log.info("worker + matcher alone, saturated: %.1f sightings/s; CPU ms per sighting %s", core_rate, core_cpu)
         result = {
             "raw_crops_per_s": round(raw, 1),
@@ -434,6 +454,7 @@ def run_chain(args, s3_kind: str) -> dict:
                                                                                                      burst_ids)
         result["p99_over_p50"] = round(result["p99_ms"] / result["p50_ms"], 2)
         result["mean_step_ms"] = {name: step_means(port) for name, port in metrics_ports.items()}
+        result["core_crops_per_triton_call"] = core_batch  # the worker's batches (raw: batch_size)
         RESULTS.mkdir(exist_ok=True)
         png = RESULTS / ("chain.png" if s3_kind == "seaweedfs" else f"chain_{s3_kind}.png")
         plot(result, latencies, png)
