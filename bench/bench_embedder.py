@@ -29,7 +29,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--no-b5", dest="b5", action="store_false", help="skip EfficientNetB5 (slow to export)")
     parser.add_argument("--b5-size", type=int, default=456)
     parser.add_argument("--b5-map5", action="store_true", help="also MAP@5 of the (untrained) B5: slow")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved timing rounds (default 5; B5 one fewer): medians of a shared machine")
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--max-queries", type=int, default=400, help="held-out queries for MAP@5 (default 400)")
     parser.add_argument("--plot", type=Path, default=RESULTS / "embedder.png")

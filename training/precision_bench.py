@@ -263,7 +263,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 
 def benchmark(work: Path = RESULTS / "embedder_work", run: Path | None = None, train_data: Path | None = None,
-              heldout: Path | None = None, b5: bool = True, b5_size: int = 456, rounds: int = 3,
+              heldout: Path | None = None, b5: bool = True, b5_size: int = 456, rounds: int = 5,
               calibration_images: int = 64, b5_map5: bool = False, max_queries: int = 200,
               plot_path: Path | None = RESULTS / "embedder.png") -> dict[str, Any]:
     work = Path(work)
