@@ -18,6 +18,11 @@ from PIL import Image, UnidentifiedImageError
 from services.errors import DataError
 
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: a camera JPEG with extra pictures (the first is used)
+# what the served models decode: an upload as it is, or pixels the worker already decoded (a crop, a normalised or
+# scaled photo) as binary PPM (`encode_ppm`: raw 8-bit RGB behind a short header, lossless, written and read at
+# memory speed; a PNG of an 800x600 crop costs ~40 ms of CPU to write and ~15 ms to read). Uploads themselves
+# stay ACCEPTED_FORMATS: PPM is a transfer format between the worker and Triton, not an upload format.
+TRANSFER_FORMATS = (*ACCEPTED_FORMATS, "PPM")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ASPECT_RATIO = 20.0  # a longer strip than this is not a photo of an animal (refused: bad_dimensions)
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # 16-bit grayscale PNGs
@@ -39,10 +44,12 @@ class ImageRejected(DataError):
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
+                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+                 formats: tuple[str, ...] = ACCEPTED_FORMATS) -> np.ndarray:
     """Decode and fully validate an uploaded image; returns uint8 RGB (H, W, 3), upright.
 
-    Checks, in order: not empty; a recognised format (JPEG, PNG, WebP; MPO is a JPEG); the pixel count from the
+    Checks, in order: not empty; one of `formats` (uploads: JPEG, PNG, WebP; MPO is a JPEG; the served models
+    also take the worker's binary PPM, TRANSFER_FORMATS); the pixel count from the
     header is at most `max_pixels` (decompression bombs are refused before decoding) and the longer side at most
     `max_aspect_ratio` times the shorter; the whole file decodes (truncated files are refused).
 
@@ -63,8 +70,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageRejected("too_many_pixels", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile headers
         raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from None
-    if image.format not in ACCEPTED_FORMATS:
-        raise ImageRejected("unsupported_format", f"{image.format}; accepted: {', '.join(ACCEPTED_FORMATS)}")
+    if image.format not in formats:
+        raise ImageRejected("unsupported_format", f"{image.format}; accepted: {', '.join(formats)}")
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageRejected("not_an_image", f"invalid size {width}x{height}")
@@ -165,6 +172,16 @@ def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
 def preprocess(image: np.ndarray, size: int, box=None) -> np.ndarray:
     """The eval-time model input of one image: crop (optional) then resize."""
     return resize_for_model(crop(image, box), size)
+
+
+def encode_ppm(image: np.ndarray) -> bytes:
+    """Lossless binary PPM (P6, maxval 255) of uint8 RGB pixels: what the worker sends Triton when it has pixels
+    rather than the upload's own bytes (decode_image with TRANSFER_FORMATS reads back the identical pixels)."""
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise DataError(f"encode_ppm needs (H, W, 3) RGB pixels, got shape {pixels.shape}")
+    height, width = pixels.shape[:2]
+    return b"P6\n%d %d\n255\n" % (width, height) + pixels.tobytes()
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -146,6 +146,7 @@ def test_the_worker_crops_with_the_served_detector(served, detector_run):
 
     time.sleep(0.4)
     crops = [crop_sighting(p, {}, [UploaderBox(), detector]) for p in pixels]
+    assert "PPM" in detector._formats  # the built detector reads the worker's pixels as binary PPM (not PNG)
     found = [(c.box, s.main_box) for c, s in zip(crops, scenes, strict=True) if c.source == "detector"]
     assert len(found) >= len(scenes) // 2
     ious = iou(np.array([f[0] for f in found]), np.array([f[1] for f in found]))

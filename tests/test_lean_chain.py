@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services import topics
-from services.imaging import crop, decode_image
+from services.imaging import TRANSFER_FORMATS, ImageRejected, crop, decode_image
 from services.settings import load_settings
 from services.worker.cropping import UploaderBox
 from services.worker.pipeline import prepare
@@ -59,7 +59,7 @@ def test_a_plain_photo_without_a_box_goes_to_triton_as_uploaded(settings, orient
     data = _jpeg(orientation)
     prepared = prepare(_event(settings), _S3(data), settings, [UploaderBox()])
     assert prepared.crop.source == "full" and prepared.crop.box is None
-    assert prepared.image == data and prepared.png == data
+    assert prepared.image == data and prepared.payload(frozenset(TRANSFER_FORMATS)) == data
     assert np.array_equal(decode_image(prepared.image), prepared.crop.pixels)
 
 
@@ -72,25 +72,35 @@ def _png16() -> bytes:
 
 
 @pytest.mark.parametrize("make", [lambda: _jpeg(6), _png16], ids=["exif_rotated", "png16"])
-def test_a_photo_the_worker_normalises_goes_as_a_png_of_the_validated_pixels(settings, make):
+def test_a_photo_the_worker_normalises_goes_as_its_validated_pixels(settings, make):
     """EXIF rotation, 16-bit, grey, CMYK, animated...: a model decoding the upload its own way would see other
-    pixels, so the validated ones are sent (lossless)."""
+    pixels, so the validated ones are sent, losslessly: binary PPM to a build that reads it, PNG to one made
+    before (its ensemble lists no `image_formats`)."""
     from PIL import Image
 
     data = make()
     prepared = prepare(_event(settings), _S3(data), settings, [UploaderBox()])
-    assert prepared.crop.source == "full" and prepared.image != data
-    assert prepared.image[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(prepared.image)).convert("RGB")), decode_image(data))
+    assert prepared.crop.source == "full" and prepared.original is None
+    png, ppm = prepared.payload(frozenset()), prepared.payload(frozenset(TRANSFER_FORMATS))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and prepared.image == png
+    assert ppm[:3] == b"P6\n"
+    for sent in (png, ppm):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent)).convert("RGB")), decode_image(data))
+        assert np.array_equal(decode_image(sent, formats=TRANSFER_FORMATS), decode_image(data))
 
 
-def test_a_box_crop_goes_to_triton_as_a_lossless_png(settings):
+def test_a_box_crop_goes_to_triton_losslessly_as_ppm_or_png(settings):
     data = _jpeg()
     box = [10.0, 5.0, 90.0, 70.0]
     prepared = prepare(_event(settings, {"crop_box": box}), _S3(data), settings, [UploaderBox()])
     assert prepared.crop.source == "uploader"
+    expected = crop(decode_image(data), box)
+    ppm = prepared.payload(frozenset(TRANSFER_FORMATS))
+    assert ppm[:3] == b"P6\n" and np.array_equal(decode_image(ppm, formats=TRANSFER_FORMATS), expected)
     assert prepared.image[:8] == b"\x89PNG\r\n\x1a\n"
-    assert np.array_equal(decode_image(prepared.image), crop(decode_image(data), box))
+    assert np.array_equal(decode_image(prepared.image), expected)
+    with pytest.raises(ImageRejected, match="unsupported_format: PPM"):  # not an upload format
+        decode_image(ppm)
 
 
 @pytest.fixture()

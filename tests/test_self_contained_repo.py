@@ -458,6 +458,15 @@ def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_spe
     for single in embeddings.values():
         assert np.max(np.abs(offline - single)) > 1e-3
 
+    # the worker's pixels as binary PPM: the embeddings of the very same pixels sent as the upload itself
+    from services.imaging import encode_ppm
+
+    ppm = np.array([[encode_ppm(decoded[names.index(n)])] for n in ("jpeg", "jpeg_exif_6")], dtype=np.object_)
+    as_ppm = _infer(client, "ensemble", {"IMAGE": ppm}, ["EMBEDDING"])["EMBEDDING"]
+    assert np.max(np.abs(as_ppm - served["EMBEDDING"][[names.index("jpeg"), names.index("jpeg_exif_6")]])) <= 1e-6
+    parameters = client.get_model_config("ensemble", as_json=True)["config"]["parameters"]
+    assert "PPM" in parameters["image_formats"]["string_value"].split(",")
+
     from tritonclient.utils import InferenceServerException
 
     with pytest.raises(InferenceServerException, match=r"preprocess: IMAGE #1: not_an_image"):
@@ -470,7 +479,7 @@ def test_triton_without_the_project_serves_the_offline_detector_boxes(isolated_t
     services.imaging + onnxruntime in-process, in pixels of the upright photo."""
     import onnxruntime as ort
 
-    from services.imaging import decode_image, resize_for_model
+    from services.imaging import decode_image, encode_ppm, resize_for_model
 
     images = _decodable(sample_images())
     names = list(images)
@@ -485,6 +494,9 @@ def test_triton_without_the_project_serves_the_offline_detector_boxes(isolated_t
     assert np.max(np.abs(served["BOX_NORM"] - boxes)) <= 1e-6
     assert np.max(np.abs(served["BOX"] - boxes * sizes)) <= 1e-3
     assert np.max(np.abs(served["SCORE"][:, 0] - scores)) <= 1e-6
+    # the worker sends the upright pixels as binary PPM: the same boxes
+    ppm = np.array([[encode_ppm(d)] for d in decoded], dtype=np.object_)
+    assert np.max(np.abs(_infer(isolated_triton, "detector", {"IMAGE": ppm}, ["BOX"])["BOX"] - served["BOX"])) <= 1e-3
     # teeth: the EXIF-rotated photo's box is in its upright frame (width and height swapped)
     rotated, stored = names.index("jpeg_exif_6"), names.index("jpeg")
     assert decoded[rotated].shape[:2] == decoded[stored].shape[1::-1] != decoded[stored].shape[:2]

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from services.identification.vectors import blend, blend_probabilities, combine_flip
-from services.imaging import decode_image, resize_for_model
+from services.imaging import TRANSFER_FORMATS, decode_image, resize_for_model
 from services.model_repo.exports import ONNX_FILE
 from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, SPECIES_OUTPUT
 from services.model_repo.validation import validate_repository
@@ -47,7 +47,7 @@ class DirectEnsemble:
 
     def preprocess(self, images: Sequence[bytes]) -> dict[tuple[int, bool], np.ndarray]:
         """{(size, mirrored): pixels} of each input size, and with flip TTA of the mirrored crops too."""
-        decoded = [decode_image(bytes(b), self.max_pixels) for b in images]
+        decoded = [decode_image(bytes(b), self.max_pixels, formats=TRANSFER_FORMATS) for b in images]
         views = [False, True] if self.flip_tta else [False]
         return {(size, mirrored): np.stack([resize_for_model(np.ascontiguousarray(i[:, ::-1]) if mirrored else i, size)
                                             for i in decoded])
@@ -58,7 +58,7 @@ class DirectEnsemble:
         if self.lean:
             from services.model_repo.lean import lean_pixels
 
-            decoded = [decode_image(bytes(b), self.max_pixels) for b in images]
+            decoded = [decode_image(bytes(b), self.max_pixels, formats=TRANSFER_FORMATS) for b in images]
             names = ["EMBEDDING", "SPECIES"] if self.species else ["EMBEDDING"]
             results = self.fused.run(names, lean_pixels(decoded, self.sizes, self.flip_tta, resize_for_model))
             return results[0], (results[1] if self.species else None)

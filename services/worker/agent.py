@@ -64,6 +64,7 @@ class ServedModel:
     version: str
     model_ids: tuple[str, ...]
     fingerprint: str
+    image_formats: frozenset[str] = frozenset()  # what it decodes beyond uploads (`PPM`: the worker's pixels)
 
 
 def _model_ids(fingerprint: str) -> tuple[str, ...]:
@@ -73,6 +74,16 @@ def _model_ids(fingerprint: str) -> tuple[str, ...]:
     except (ValueError, TypeError, AttributeError):
         return ()
     return tuple(str(i) for i in ids) if isinstance(ids, list) else ()
+
+
+def _image_formats(fingerprint: str) -> frozenset[str]:
+    """The ensemble parameter `image_formats` (comma-separated, services.imaging.TRANSFER_FORMATS of its build);
+    empty for a build made before it (PNG then)."""
+    try:
+        value = json.loads(fingerprint).get("image_formats") or ""
+    except (ValueError, TypeError, AttributeError):
+        return frozenset()
+    return frozenset(f.strip().upper() for f in str(value).split(",") if f.strip())
 
 
 class _ModelChanged(Exception):
@@ -89,9 +100,9 @@ class EmbeddingService:
         self.client = EmbeddingClient.from_settings(settings, retries=0)
         self._served: ServedModel | None = None
 
-    def embed(self, pngs: list[bytes]):
-        """(embeddings (N, D), the ensemble's species probabilities (N, S) or None) of a batch of crops."""
-        return self.client.embed_with_species(pngs)
+    def embed(self, images: list[bytes]):
+        """(embeddings (N, D), the ensemble's species probabilities (N, S) or None) of a batch of encoded crops."""
+        return self.client.embed_with_species(images)
 
     def species_names(self) -> list[str]:
         return self.client.species_names()
@@ -124,7 +135,7 @@ class EmbeddingService:
             version = self.client.model_version()
         except Exception as exc:  # noqa: BLE001 - Triton went away between the two calls
             raise TransientFailure(f"cannot read the model version from Triton: {exc}") from None
-        self._served = ServedModel(version, _model_ids(fingerprint), fingerprint)
+        self._served = ServedModel(version, _model_ids(fingerprint), fingerprint, _image_formats(fingerprint))
         if served is not None and served.version != version:
             log.warning("worker: Triton now serves %s (was %s)", version, served.version)
         else:
@@ -198,8 +209,9 @@ class SightingWorker(ChainStage):
         refused = 0
         while True:
             try:
-                with self.timed_step("embed"):
-                    return await asyncio.to_thread(self.embedder.embed, [p.image for p in batch])
+                with self.timed_step("embed"):  # crops encoded in the format this build reads (PPM or PNG)
+                    return await asyncio.to_thread(
+                        lambda: self.embedder.embed([p.payload(served.image_formats) for p in batch]))
             except Exception as exc:  # noqa: BLE001 - classified below
                 failure = classify(exc)
                 if failure.transient:

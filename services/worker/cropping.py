@@ -12,8 +12,10 @@ every `recheck_s` seconds (one cheap gRPC call, cached in between); while it is 
 
 Orientation: the worker decodes uploads with services.imaging.decode_image, which applies the EXIF orientation,
 so the uploader's box, the detector's input and its box are all in the upright frame a viewer sees. The photo
-is sent to the detector as PNG of those upright pixels (no EXIF left to apply), scaled down first when its longer
-side exceeds `DETECTOR_MAX_SIDE` (the detector resizes to its small input anyway), and the box is mapped back.
+is sent to the detector as those upright pixels (no EXIF left to apply), scaled down first when its longer side
+exceeds `DETECTOR_MAX_SIDE` (the detector resizes to its small input anyway), and the box is mapped back. They go
+as binary PPM (services.imaging.encode_ppm: raw RGB, ~1 ms for a 1024x768 photo) when the model's config
+parameter `image_formats` lists PPM (read when its readiness is), else as PNG (~60 ms for that photo here).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 
 from services.chain.failures import PermanentFailure, TransientFailure
 from services.errors import DataError
-from services.imaging import crop, encode_png, validate_box
+from services.imaging import crop, encode_png, encode_ppm, validate_box
 from services.triton_client.failures import classify
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class TritonDetector:
         self._lock = threading.Lock()
         self._ready: bool | None = None  # None: never asked
         self._checked_at = float("-inf")
+        self._formats: frozenset[str] = frozenset()  # the model's `image_formats` parameter (read when ready)
 
     @classmethod
     def if_available(cls, url: str, model: str, timeout_s: float = 10.0,
@@ -110,8 +113,20 @@ class TritonDetector:
             ready = bool(self.client.is_model_ready(self.model, client_timeout=min(self.timeout_s, 2.0)))
         except Exception:  # noqa: BLE001 - Triton down or the model unknown: not ready, ask again later
             ready = False
+        if ready:
+            self._formats = self._image_formats()
         self._set_ready(ready)
         return ready
+
+    def _image_formats(self) -> frozenset[str]:
+        """The detector's config parameter `image_formats` (what it decodes; empty for a build made before it)."""
+        try:
+            config = self.client.get_model_config(self.model, as_json=True,
+                                                  client_timeout=min(self.timeout_s, 2.0)).get("config", {})
+            value = config.get("parameters", {}).get("image_formats", {}).get("string_value", "")
+        except Exception:  # noqa: BLE001 - PNG then, which every build reads
+            return frozenset()
+        return frozenset(f.strip().upper() for f in value.split(",") if f.strip())
 
     def _set_ready(self, ready: bool) -> None:
         with self._lock:
@@ -142,7 +157,8 @@ class TritonDetector:
         if not self.ready():
             return None
         sent, back = self._scaled(image)
-        data = np.array([[encode_png(sent)]], dtype=np.object_)
+        encoded = encode_ppm(sent) if "PPM" in self._formats else encode_png(sent)
+        data = np.array([[encoded]], dtype=np.object_)
         inputs = [self._grpc.InferInput("IMAGE", [1, 1], "BYTES")]
         inputs[0].set_data_from_numpy(data)
         try:

@@ -1,6 +1,6 @@
 """Triton python backend `detector`: a photo -> the main animal's box and a score (the worker's crop step).
 
-Input  IMAGE    TYPE_STRING [1]  PNG/JPEG/WebP bytes of the whole photo
+Input  IMAGE    TYPE_STRING [1]  JPEG/PNG/WebP bytes of the whole photo, or its pixels as binary PPM
 Output BOX      TYPE_FP32 [4]    x0 y0 x1 y1 in pixels of the decoded (EXIF-upright) photo
        BOX_NORM TYPE_FP32 [4]    the same box normalised to the photo's width and height (0..1)
        SCORE    TYPE_FP32 [1]    probability that the photo shows an animal (the worker uses the box from 0.5)
@@ -19,7 +19,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from whaleid_imaging import decode_image, resize_for_model
+from whaleid_imaging import TRANSFER_FORMATS, decode_image, resize_for_model
 
 
 class TritonPythonModel:
@@ -29,7 +29,8 @@ class TritonPythonModel:
         self.max_pixels = int(parameters["max_pixels"]["string_value"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: the host's cores are shared
+        # idle threads sleep rather than spin: the host's cores are shared with other instances and the chain
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
@@ -40,7 +41,7 @@ class TritonPythonModel:
             if not isinstance(item, (bytes, bytearray)):
                 raise ValueError(f"IMAGE #{index}: expected encoded image bytes, got {type(item).__name__}")
             try:
-                image = decode_image(bytes(item), self.max_pixels)
+                image = decode_image(bytes(item), self.max_pixels, formats=TRANSFER_FORMATS)
             except Exception as exc:  # noqa: BLE001 - reported to the caller with the item's index
                 raise ValueError(f"IMAGE #{index}: {exc}") from None
             sizes.append((image.shape[1], image.shape[0]))

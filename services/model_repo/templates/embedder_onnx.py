@@ -21,7 +21,8 @@ class TritonPythonModel:
         parameters = config.get("parameters", {})
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: the host's cores are shared
+        # idle threads sleep rather than spin: the host's cores are shared with other instances and the chain
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.outputs = [output["name"] for output in config.get("output", [])] or ["embedding"]

@@ -3,7 +3,8 @@ one hop. Encoded crops -> decode_image + resize_for_model of whaleid_imaging.py 
 the eval path) once per input size, as uint8 -> ONE onnxruntime run of this version folder's model.onnx, the
 fused graph of every embedder + flip TTA + blend (services.model_repo.lean) -> EMBEDDING [+ SPECIES].
 
-Input  IMAGE TYPE_STRING [1]; outputs EMBEDDING TYPE_FP32 [D] and, with species heads, SPECIES TYPE_FP32 [S].
+Input  IMAGE TYPE_STRING [1] (JPEG/PNG/WebP, or the worker's binary PPM); outputs EMBEDDING TYPE_FP32 [D] and,
+with species heads, SPECIES TYPE_FP32 [S].
 Dynamic batching hands several requests to one execute(): their crops run as one onnxruntime batch; a request
 whose image does not decode fails alone, with the reason.
 Parameters: image_sizes (comma-separated), max_pixels, flip_tta, intra_op_threads, species.
@@ -16,7 +17,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from whaleid_imaging import decode_image, resize_for_model
+from whaleid_imaging import TRANSFER_FORMATS, decode_image, resize_for_model
 
 
 class TritonPythonModel:
@@ -28,7 +29,8 @@ class TritonPythonModel:
         self.outputs = ["EMBEDDING", "SPECIES"] if parameters.get("species", "false") == "true" else ["EMBEDDING"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(parameters.get("intra_op_threads", "0"))
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: the host's cores are shared
+        # idle threads sleep rather than spin: the host's cores are shared with other instances and the chain
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
@@ -39,7 +41,7 @@ class TritonPythonModel:
             if not isinstance(item, (bytes, bytearray)):
                 raise ValueError(f"IMAGE #{index}: expected encoded image bytes, got {type(item).__name__}")
             try:
-                images.append(decode_image(bytes(item), self.max_pixels))
+                images.append(decode_image(bytes(item), self.max_pixels, formats=TRANSFER_FORMATS))
             except Exception as exc:  # noqa: BLE001 - reported to the caller with the item's index
                 raise ValueError(f"IMAGE #{index}: {exc}") from None
         return images

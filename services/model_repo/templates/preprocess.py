@@ -1,6 +1,6 @@
 """Triton python backend `preprocess`: encoded crop bytes -> the embedders' input, exactly the eval path.
 
-Input  IMAGE  TYPE_STRING [1]     PNG/JPEG/WebP bytes of the crop (the caller crops; see model_repo/README.md)
+Input  IMAGE  TYPE_STRING [1]     JPEG/PNG/WebP bytes of the crop, or the worker's binary PPM (TRANSFER_FORMATS)
 Output PIXELS TYPE_FP32 [S, S, 3] decode_image + resize_for_model (Pillow bilinear, [0, 255]) of
        whaleid_imaging.py, the copy of services.imaging that `whaleid model-repo build` vendors next to this file
        PIXELS_FLIP (flip TTA only) the same of the crop mirrored left-right before the resize, as
@@ -16,7 +16,7 @@ import json
 import numpy as np
 import PIL
 import triton_python_backend_utils as pb_utils
-from whaleid_imaging import decode_image, resize_for_model
+from whaleid_imaging import TRANSFER_FORMATS, decode_image, resize_for_model
 
 
 class TritonPythonModel:
@@ -43,7 +43,7 @@ class TritonPythonModel:
             if not isinstance(item, (bytes, bytearray)):
                 raise ValueError(f"IMAGE #{index}: expected encoded image bytes, got {type(item).__name__}")
             try:
-                rows.append(self._views(decode_image(bytes(item), self.max_pixels)))
+                rows.append(self._views(decode_image(bytes(item), self.max_pixels, formats=TRANSFER_FORMATS)))
             except Exception as exc:  # noqa: BLE001 - reported to the caller with the item's index
                 raise ValueError(f"IMAGE #{index}: {exc}") from None
         names = ("PIXELS", "PIXELS_FLIP")[: len(rows[0])] if rows else ("PIXELS",)
