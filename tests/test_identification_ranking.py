@@ -214,3 +214,21 @@ def test_evaluate_out_of_fold_reports_and_tunes(tmp_path):
 def test_insert_new_individual_with_no_candidates():
     candidates = Candidates(np.full((1, 5), "", dtype=object), np.full((1, 5), -np.inf, dtype=np.float32))
     assert labels(insert_new_individual(candidates, 0.5)) == [[NEW_INDIVIDUAL] * 5]
+
+
+def test_each_candidate_names_the_gallery_image_it_matched_best():
+    """The matched image of a candidate is its best-scoring gallery row (what the review shows side by side)."""
+    e = np.eye(4, dtype=np.float32)
+    gallery = build_gallery(unit(np.stack([e[0] + 0.3 * e[1], e[0], e[1], e[2] + 0.5 * e[0], e[2]])),
+                            ["a", "a", "b", "c", "c"], ["s"] * 5, ["a-far", "a-near", "b1", "c-near", "c-far"])
+    query = unit(np.array([[1.0, 0.0, 0.0, 0.0]]))
+    candidates = rank_candidates(gallery, query, k=5)
+    assert candidates.ids[0].tolist()[:3] == ["a", "c", "b"]
+    assert [gallery.images[r] for r in candidates.rows[0][:3]] == ["a-near", "c-near", "b1"]
+    assert candidates.rows[0][3:].tolist() == [-1, -1]  # no fourth individual
+    matched = candidates.matched_rows()[0]
+    assert {i: gallery.images[r] for i, r in matched.items()} == {"a": "a-near", "c": "c-near", "b": "b1"}
+    detailed = Identifier(gallery, Tuning(threshold=0.2)).identify_detailed(query)
+    assert detailed.predictions == Identifier(gallery, Tuning(threshold=0.2)).identify(query)
+    assert detailed.matched_rows == [matched] and detailed.thresholds.tolist() == pytest.approx([0.2])
+    assert candidates.subset([0]).rows.tolist() == candidates.rows.tolist()

@@ -119,6 +119,8 @@ def test_results_in_redis_stream_and_topics(matcher):
         result = identification(matcher.redis, sighting_id)
         assert [c["individual_id"] for c in result["candidates"]][0] == f"beluga-{i}"
         assert result["candidates"][0]["score"] > 0.9 and len(result["candidates"]) == 5
+        assert result["candidates"][0]["image"] == f"g{i}.jpg"  # the gallery image it matched
+        assert all("image" in c for c in result["candidates"] if c["individual_id"] != "new_individual")
         assert result["new_individual"] is False
         assert result["model_version"] == "test-model"
         assert result["gallery_version"] == matcher.first_version
@@ -127,6 +129,7 @@ def test_results_in_redis_stream_and_topics(matcher):
         assert np.allclose(stored.embedding, near(i, 100 + i), atol=1e-6)
     new = identification(matcher.redis, unseen)
     assert new["new_individual"] is True and new["candidates"][0]["individual_id"] == "new_individual"
+    assert "image" not in new["candidates"][0]
     assert all(stream_counts(matcher.redis)[s] == 1 for s in known + [unseen])
     announced = {k: v for k, v in read_topic(matcher.settings.kafka_bootstrap, topics.IDENTIFICATIONS)}
     assert set(known + [unseen]) <= set(announced)

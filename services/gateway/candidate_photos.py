@@ -99,6 +99,9 @@ SCHEMAS = {
     "IdentificationCandidate": {
         "type": "object", "required": ["individual_id", "score"],
         "properties": {"individual_id": {"type": "string"}, "score": {"type": "number"},
+                       "image": {"type": "string", "description": "the gallery image this candidate matched best "
+                                                                  "(a catalogue photo key, sighting/<id>, or a "
+                                                                  "training image name); absent for new_individual"},
                        "reference_photo": {"anyOf": [{"$ref": "#/components/schemas/ReferencePhoto"},
                                                      {"type": "null"}],
                                            "description": "null for new_individual or when no photo can be shown"}}},

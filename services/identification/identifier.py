@@ -6,6 +6,7 @@ need tuning.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -48,9 +49,22 @@ class Identifier:
                  new_share: float | None = None) -> list[Prediction]:
         """Five ranked (individual_id, score) per query. `new_share` (batches only): one threshold for the
         batch such that this share of the queries gets `new_individual` first (overrides the tuned ones)."""
+        return self.identify_detailed(embeddings, species, new_share).predictions
+
+    def identify_detailed(self, embeddings, species: Sequence[str | None] | None = None,
+                          new_share: float | None = None) -> "Identified":
+        """`identify`, with each query's threshold and the gallery row each candidate matched (its best image)."""
         candidates = self.candidates(embeddings)
         if new_share is not None:
             thresholds = threshold_for_new_share(candidates.scores[:, 0], new_share)
         else:
             thresholds = self.thresholds(len(candidates), species)
-        return insert_new_individual(candidates, thresholds)
+        thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(candidates),))
+        return Identified(insert_new_individual(candidates, thresholds), thresholds, candidates.matched_rows())
+
+
+@dataclass(frozen=True)
+class Identified:
+    predictions: list[Prediction]  # five ranked (individual_id, score) per query
+    thresholds: np.ndarray  # (Q,) the threshold each query was decided with
+    matched_rows: list[dict[str, int]]  # per query: individual_id -> gallery row of its best-scoring image

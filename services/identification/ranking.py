@@ -31,16 +31,25 @@ Prediction = list[tuple[str, float]]
 
 @dataclass
 class Candidates:
-    """Per query the `DEPTH` best distinct individuals: ids (Q, DEPTH) ('' = none) and scores (-inf = none)."""
+    """Per query the `DEPTH` best distinct individuals: ids (Q, DEPTH) ('' = none) and scores (-inf = none);
+    `rows` (Q, DEPTH): the gallery row of each candidate's best-scoring image (-1 = none), the image it matched."""
 
     ids: np.ndarray
     scores: np.ndarray
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.scores.shape[0]
 
     def subset(self, rows) -> "Candidates":
-        return Candidates(self.ids[rows], self.scores[rows])
+        return Candidates(self.ids[rows], self.scores[rows], None if self.rows is None else self.rows[rows])
+
+    def matched_rows(self) -> list[dict[str, int]]:
+        """Per query: individual id -> the gallery row it matched with (its best image)."""
+        if self.rows is None:
+            return [{} for _ in range(len(self))]
+        return [{str(i): int(r) for i, r in zip(ids, rows, strict=True) if i != "" and r >= 0}
+                for ids, rows in zip(self.ids, self.rows, strict=True)]
 
 
 def rank_candidates(gallery: "Gallery", queries, k: int) -> Candidates:
@@ -50,33 +59,36 @@ def rank_candidates(gallery: "Gallery", queries, k: int) -> Candidates:
     n = scores.shape[0]
     ids = np.full((n, DEPTH), "", dtype=object)
     best = np.full((n, DEPTH), -np.inf, dtype=np.float32)
+    matched = np.full((n, DEPTH), -1, dtype=np.int64)
     labels = np.asarray(gallery.individual_ids, dtype=object)
-    short = _fill(ids, best, range(n), scores, rows, labels)
+    short = _fill(ids, best, matched, range(n), scores, rows, labels)
     widened_k = k
     max_k = min(len(gallery), MAX_WIDENED_K)
     while short and widened_k < max_k:
         widened_k = min(widened_k * 4, max_k)
         more_scores, more_rows = gallery.search(np.asarray(queries, dtype=np.float32)[short], widened_k)
-        short = [short[i] for i in _fill(ids, best, short, more_scores, more_rows, labels)]
-    return Candidates(ids, best)
+        short = [short[i] for i in _fill(ids, best, matched, short, more_scores, more_rows, labels)]
+    return Candidates(ids, best, matched)
 
 
-def _fill(ids, best, query_rows, scores, rows, labels) -> list[int]:
-    """Fill ids/best for `query_rows` from their neighbours; returns positions (in query_rows) still short."""
+def _fill(ids, best, matched, query_rows, scores, rows, labels) -> list[int]:
+    """Fill ids/best/matched for `query_rows` from their neighbours (best first: an individual's first neighbour
+    is its best image); returns positions (in query_rows) still short."""
     short = []
     for position, query in enumerate(query_rows):
-        seen: dict[str, float] = {}
+        seen: dict[str, tuple[float, int]] = {}
         for row, score in zip(rows[position], scores[position], strict=True):
             if row < 0:
                 break
             label = labels[row]
             if label not in seen:
-                seen[label] = float(score)
+                seen[label] = (float(score), int(row))
                 if len(seen) == DEPTH:
                     break
-        for slot, (label, score) in enumerate(seen.items()):
+        for slot, (label, (score, row)) in enumerate(seen.items()):
             ids[query, slot] = label
             best[query, slot] = score
+            matched[query, slot] = row
         if len(seen) < DEPTH:
             short.append(position)
     return short

@@ -121,14 +121,14 @@ class Matcher:
         choices = [choose_species(r.metadata, r.species_scores, self.species_min_probability) for r in records]
         species = [c.species or None for c in choices] if any(c.species for c in choices) else None
         start = time.perf_counter()
-        ranked = state.identifier.identify(embeddings, species=species)
-        thresholds = state.identifier.thresholds(len(records), species)
+        identified = state.identifier.identify_detailed(embeddings, species=species)
         SEARCH_LATENCY.observe((time.perf_counter() - start) / max(1, len(records)))
         identified_at = topics.now()
+        images = state.gallery.images
         return [
             topics.Identification(
                 sighting_id=record.sighting_id,
-                candidates=[{"individual_id": str(i), "score": round(float(s), 6)} for i, s in candidates],
+                candidates=[_candidate(i, s, matched, images) for i, s in candidates],
                 new_individual=bool(candidates) and candidates[0][0] == NEW_INDIVIDUAL,
                 model_version=record.model_version,
                 gallery_version=state.version,
@@ -138,8 +138,20 @@ class Matcher:
                 species_source=choice.source,
                 threshold=round(float(threshold), 6),
             )
-            for record, candidates, choice, threshold in zip(records, ranked, choices, thresholds, strict=True)
+            for record, candidates, matched, choice, threshold in zip(
+                records, identified.predictions, identified.matched_rows, choices, identified.thresholds, strict=True)
         ]
+
+
+def _candidate(individual_id: str, score: float, matched: dict[str, int], images: list[str]) -> dict:
+    """One candidate of an identification: id, score and, for a known individual, `image`: the gallery image it
+    matched (its best-scoring one: a catalogue photo key, `sighting/<id>`, or the training image's name), which
+    the gateway shows as the candidate's reference photo (services.gateway.candidate_photos)."""
+    candidate = {"individual_id": str(individual_id), "score": round(float(score), 6)}
+    row = matched.get(str(individual_id), -1)
+    if individual_id != NEW_INDIVIDUAL and 0 <= row < len(images):
+        candidate["image"] = str(images[row])
+    return candidate
 
 
 def _export_gallery_metrics(state: ModelState, previous: ModelState | None) -> None:
