@@ -186,3 +186,17 @@ def test_an_embedding_no_search_can_rank_is_a_malformed_event_not_a_crash(embedd
     with pytest.raises(PermanentFailure) as failure:
         _parse(raw)
     assert failure.value.reason == "malformed_event"
+
+
+def test_a_batch_of_large_crops_is_split_into_requests_of_bounded_size():
+    """Raw PPM crops are large (a 12 MP portrait photo is 36 MB): one request carries at most max_batch_size
+    images and REQUEST_MAX_BYTES of them (one larger image alone), in order, every image once."""
+    from services.triton_client.client import request_chunks
+
+    mb = 2**20
+    sizes = [10 * mb, 30 * mb, 30 * mb, 100 * mb, 1 * mb, 1 * mb, 1 * mb]
+    chunks = request_chunks(sizes, max_items=2, max_bytes=64 * mb)
+    assert [list(c) for c in chunks] == [[0, 1], [2], [3], [4, 5], [6]]
+    assert request_chunks([1] * 5, 16, 64 * mb) == [range(0, 5)] and request_chunks([], 16, 10) == []
+    for chunk in chunks:
+        assert len(chunk) <= 2 and (len(chunk) == 1 or sum(sizes[i] for i in chunk) <= 64 * mb)

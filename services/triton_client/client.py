@@ -35,7 +35,24 @@ log = logging.getLogger(__name__)
 INPUT = "IMAGE"
 OUTPUT = "EMBEDDING"
 SPECIES = "SPECIES"  # optional second output of the ensemble: species probabilities (names: parameter `species`)
+# the encoded images of one request at most (a batch of large raw PPM crops is split; one larger image goes alone):
+# bounds the gRPC message and the python backend's shared-memory copy of it
+REQUEST_MAX_BYTES = 64 * 2**20
 T = TypeVar("T")
+
+
+def request_chunks(sizes: Sequence[int], max_items: int, max_bytes: int) -> list[range]:
+    """Consecutive index ranges of at most `max_items` items and `max_bytes` bytes each (an item larger than
+    `max_bytes` alone), covering every item in order."""
+    chunks, start, total = [], 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and (index - start >= max_items or total + size > max_bytes):
+            chunks.append(range(start, index))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        chunks.append(range(start, len(sizes)))
+    return chunks
 
 
 class EmbeddingClient:
@@ -153,10 +170,9 @@ class EmbeddingClient:
         if not items:
             return {name: np.zeros((0, self.embedding_size() if name == OUTPUT else len(self.species_names())),
                                    dtype=np.float32) for name in outputs}
-        step = self.max_batch_size()
         parts = []
-        for start in range(0, len(items), step):
-            batch = np.array([[bytes(b)] for b in items[start:start + step]], dtype=np.object_)
+        for chunk in request_chunks([len(b) for b in items], self.max_batch_size(), REQUEST_MAX_BYTES):
+            batch = np.array([[bytes(items[i])] for i in chunk], dtype=np.object_)
             parts.append(self.infer_outputs({INPUT: batch}, outputs))
         return {name: np.concatenate([p[name] for p in parts], axis=0) for name in outputs}
 
