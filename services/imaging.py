@@ -23,6 +23,15 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP")  # MPO: a camera JPEG with ext
 # memory speed; a PNG of an 800x600 crop costs ~40 ms of CPU to write and ~15 ms to read). Uploads themselves
 # stay ACCEPTED_FORMATS: PPM is a transfer format between the worker and Triton, not an upload format.
 TRANSFER_FORMATS = (*ACCEPTED_FORMATS, "PPM")
+# the config parameter `image_formats` of the built ensemble and detector: what they decode. The worker sends
+# pixels as PPM only to a build that lists it (a build made before lists nothing: PNG then)
+FORMATS_PARAMETER = "image_formats"
+FORMATS_PARAMETER_VALUE = ",".join(TRANSFER_FORMATS)
+
+
+def parse_formats_parameter(value: str | None) -> frozenset[str]:
+    """The formats an `image_formats` parameter value lists (comma-separated); empty for none."""
+    return frozenset(f.strip().upper() for f in str(value or "").split(",") if f.strip())
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ASPECT_RATIO = 20.0  # a longer strip than this is not a photo of an animal (refused: bad_dimensions)
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})  # 16-bit grayscale PNGs

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from services.checksums import sha256_file
 from services.errors import RepositoryError
-from services.imaging import TRANSFER_FORMATS
+from services.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
 from services.model_repo import configs, vendor
 from services.model_repo.exports import ONNX_FILE, Export, load_exports
 from services.model_repo.validation import RECORD, validate_repository
@@ -137,11 +137,6 @@ def _copy_template(template: str, model_dir: Path, sources: dict[str, str]) -> N
         sources[f"{model_dir.name}/1/{name}"] = sha256_file(path)
 
 
-# what the served models decode (services.imaging.TRANSFER_FORMATS), as the ensemble's config parameter
-# `image_formats`: the worker sends pixels as binary PPM only to a build that says it reads them (else PNG)
-IMAGE_FORMATS = ",".join(TRANSFER_FORMATS)
-
-
 def _build_id(target: str, exports: Sequence[Export], weights: Sequence[float], flip_tta: bool = False,
               sources: dict[str, str] | None = None) -> str:
     """What the served embeddings depend on: the target, each export (its ONNX checksum) and weight, flip TTA, and
@@ -172,7 +167,7 @@ def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequen
     build_id = _build_id("cpu-lean", exports, weights, flip_tta, sources)
     parameters = {"build_id": build_id, "model_ids": json.dumps([e.model_id for e in exports]),
                   "weights": json.dumps([round(w, 6) for w in weights]), "flip_tta": "true" if flip_tta else "false",
-                  "image_formats": IMAGE_FORMATS}
+                  FORMATS_PARAMETER: FORMATS_PARAMETER_VALUE}
     (root / lean.PIPELINE / "config.pbtxt").write_text(lean.pipeline_config(
         sizes, dim, species, options, flip_tta, {"pillow_version": requirements["Pillow"]}))
     (root / "ensemble" / "1").mkdir(parents=True)
@@ -236,7 +231,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
 
     build_id = _build_id(options.target, exports, weights, flip_tta, sources)
     ensemble_parameters = {"build_id": build_id, "model_ids": json.dumps(model_ids),
-                           "weights": json.dumps([round(w, 6) for w in weights]), "image_formats": IMAGE_FORMATS}
+                           "weights": json.dumps([round(w, 6) for w in weights]), FORMATS_PARAMETER: FORMATS_PARAMETER_VALUE}
     (root / "ensemble" / "1").mkdir(parents=True)  # an ensemble needs an (empty) version folder
     (root / "ensemble" / "config.pbtxt").write_text(configs.ensemble_config(
         preprocess, members, dim, options, ensemble_parameters, species, flip_tta))

@@ -16,7 +16,7 @@ from typing import Any
 
 from services.checksums import sha256_file
 from services.errors import RepositoryError
-from services.imaging import TRANSFER_FORMATS
+from services.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
 
 NAME = "detector"
 ONNX_FILE, MANIFEST = "model.onnx", "detector.json"
@@ -54,7 +54,7 @@ dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }
 parameters {{ key: "image_size" value {{ string_value: "{image_size}" }} }}
 parameters {{ key: "max_pixels" value {{ string_value: "{options.max_pixels}" }} }}
 parameters {{ key: "intra_op_threads" value {{ string_value: "{options.intra_op_threads}" }} }}
-parameters {{ key: "image_formats" value {{ string_value: "{",".join(TRANSFER_FORMATS)}" }} }}
+parameters {{ key: "{FORMATS_PARAMETER}" value {{ string_value: "{FORMATS_PARAMETER_VALUE}" }} }}
 """
 
 

@@ -35,6 +35,7 @@ from services.chain import markers
 from services.chain.failures import PermanentFailure, TransientFailure
 from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
 from services.chain.stage import ChainStage
+from services.imaging import FORMATS_PARAMETER, parse_formats_parameter
 from services.metrics import EVENTS, TRITON_RETRIES, serve_metrics
 from services.service_ports import default_port
 from services.settings import Settings
@@ -80,10 +81,9 @@ def _image_formats(fingerprint: str) -> frozenset[str]:
     """The ensemble parameter `image_formats` (comma-separated, services.imaging.TRANSFER_FORMATS of its build);
     empty for a build made before it (PNG then)."""
     try:
-        value = json.loads(fingerprint).get("image_formats") or ""
+        return parse_formats_parameter(json.loads(fingerprint).get(FORMATS_PARAMETER))
     except (ValueError, TypeError, AttributeError):
         return frozenset()
-    return frozenset(f.strip().upper() for f in str(value).split(",") if f.strip())
 
 
 class _ModelChanged(Exception):

@@ -30,7 +30,14 @@ import numpy as np
 
 from services.chain.failures import PermanentFailure, TransientFailure
 from services.errors import DataError
-from services.imaging import crop, encode_png, encode_ppm, validate_box
+from services.imaging import (
+    FORMATS_PARAMETER,
+    crop,
+    encode_png,
+    encode_ppm,
+    parse_formats_parameter,
+    validate_box,
+)
 from services.triton_client.failures import classify
 
 log = logging.getLogger(__name__)
@@ -123,10 +130,10 @@ class TritonDetector:
         try:
             config = self.client.get_model_config(self.model, as_json=True,
                                                   client_timeout=min(self.timeout_s, 2.0)).get("config", {})
-            value = config.get("parameters", {}).get("image_formats", {}).get("string_value", "")
+            value = config.get("parameters", {}).get(FORMATS_PARAMETER, {}).get("string_value", "")
         except Exception:  # noqa: BLE001 - PNG then, which every build reads
             return frozenset()
-        return frozenset(f.strip().upper() for f in value.split(",") if f.strip())
+        return parse_formats_parameter(value)
 
     def _set_ready(self, ready: bool) -> None:
         with self._lock:
