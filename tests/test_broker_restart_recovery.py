@@ -11,7 +11,7 @@ from collections import defaultdict
 from faust.types import TP
 
 from services.chain.kafka_producers import RecreatingProducer
-from services.chain.topic_resets import forget_and_rewind, reset_partitions
+from services.chain.topic_resets import forget_and_rewind, guarded, reset_partitions
 
 
 class _Future:
@@ -54,6 +54,8 @@ def test_a_producer_whose_record_failed_is_replaced_before_the_next_send():
 
 
 class _Consumer:
+    """Faust's per-partition state, as faust.transport.consumer.Consumer keeps it."""
+
     def __init__(self, read: dict, high: dict):
         self._read_offset = defaultdict(lambda: None, read)
         self._committed_offset = defaultdict(lambda: None, {tp: o + 1 for tp, o in read.items()})
@@ -79,11 +81,80 @@ def test_a_partition_whose_high_water_mark_fell_below_the_read_offset_is_read_ag
     consumer = _Consumer(read={kept: 120, emptied: 120, refilled: 120},
                          high={kept: 121, emptied: 0, refilled: 7, unread: 0})
     found = reset_partitions(consumer)
-    assert sorted((tp.partition, read, high) for tp, read, high in found) == [(1, 120, 0), (2, 120, 7)]
-    for tp, _, _ in found:
+    assert sorted((tp.partition, read, high) for tp, read, high, _ in found) == [(1, 120, 0), (2, 120, 7)]
+    for tp, _, _, _ in found:
         asyncio.run(forget_and_rewind(consumer, tp))
-    assert consumer.seeks == [(tp, 0) for tp, _, _ in found]
-    for tp, _, _ in found:  # Faust's own state for the partition is gone, as after a rebalance
+    assert consumer.seeks == [(tp, 0) for tp, _, _, _ in found]
+    for tp, _, _, _ in found:  # Faust's own state for the partition is gone, as after a rebalance
         assert tp not in consumer._committed_offset and tp not in consumer._acked
         assert consumer._read_offset[tp] is None
     assert consumer._read_offset[kept] == 120 and consumer._committed_offset[kept] == 121
+
+
+def test_a_partition_sought_to_its_end_is_not_taken_for_a_reset():
+    """After a rebalance Faust seeks to the committed offset and records it as read: a caught-up partition then
+    has its high-water mark equal to the read offset, which is no reset."""
+    tp = TP("sightings.uploaded", 0)
+    consumer = _Consumer(read={tp: 120}, high={tp: 120})
+    assert reset_partitions(consumer) == []
+
+
+def test_a_log_that_refilled_past_the_read_position_is_recognised_by_its_falling_high_water_mark():
+    """A stage behind its log (read 100 of 300) whose partition restarted from 0 and refilled to 150: its
+    position (101) is in range, so no fetch fails; without the marks it would skip offsets 0..100 of the new
+    log."""
+    grown, refilled = TP("sightings.embedded", 0), TP("sightings.embedded", 1)
+    consumer = _Consumer(read={grown: 100, refilled: 100}, high={grown: 300, refilled: 300})
+    assert reset_partitions(consumer) == []  # the marks are remembered
+    consumer.high = {grown: 340, refilled: 150}
+    found = reset_partitions(consumer)
+    assert [(tp, why) for tp, _, _, why in found] == [(refilled, "high-water mark fell from 300 to 150")]
+    asyncio.run(forget_and_rewind(consumer, refilled))
+    assert consumer.seeks == [(refilled, 0)]
+    assert reset_partitions(consumer) == []  # after the rewind the new log's marks are the reference
+    consumer.high[refilled] = 151
+    assert reset_partitions(consumer) == []
+
+
+class _Message:
+    def __init__(self, offset):
+        self.offset = offset
+
+
+async def _messages(pairs):
+    for tp, offset in pairs:
+        yield tp, _Message(offset)
+
+
+def test_a_message_below_the_read_offset_is_handled_and_the_partition_state_dropped():
+    """Faust drops a message below the read offset as already seen; after an offset-out-of-range reset every
+    message of the new log is such a message. The guard on the fetch path drops the partition's state first, so
+    Faust's loop handles the message (it handles any message of a partition without a read offset)."""
+    reset, kept = TP("sightings.uploaded", 0), TP("sightings.uploaded", 1)
+    consumer = _Consumer(read={reset: 500, kept: 40}, high={})
+
+    async def run():
+        handled = []
+        async for tp, message in guarded(consumer, _messages([(kept, 41), (reset, 0), (reset, 1), (kept, 42)])):
+            read = consumer._read_offset[tp]
+            if read is None or message.offset >= read:  # Faust's own test in Consumer._drain_messages
+                handled.append((tp.partition, message.offset))
+                consumer._read_offset[tp] = message.offset
+        return handled
+
+    assert asyncio.run(run()) == [(1, 41), (0, 0), (0, 1), (1, 42)]
+    assert reset not in consumer._committed_offset and reset not in consumer._acked
+    assert consumer._committed_offset[kept] == 41
+
+
+def test_every_faust_consumer_fetches_through_the_guard():
+    from faust.transport import consumer as faust_consumer
+    from faust.transport.drivers import aiokafka as driver
+
+    from services.chain.topic_resets import guard_getmany
+
+    guard_getmany()
+    guard_getmany()  # once, however many apps
+    assert driver.Consumer.getmany is faust_consumer.Consumer.getmany
+    assert faust_consumer.Consumer.getmany.__whaleid_guard__
+    assert not getattr(faust_consumer.Consumer.getmany.__wrapped__, "__whaleid_guard__", False)

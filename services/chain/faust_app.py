@@ -20,7 +20,7 @@ from pathlib import Path
 import faust
 
 from services import topics
-from services.chain.topic_resets import watch_topic_resets
+from services.chain import topic_resets
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
         broker_session_timeout=settings.faust_broker_session_timeout,
         broker_heartbeat_interval=settings.faust_broker_heartbeat_interval,
         producer_max_batch_size=settings.faust_producer_max_batch_size,
+        consumer_auto_offset_reset="earliest",  # an offset out of range: the start of the log (topic_resets)
         topic_partitions=4,
         autodiscover=False,
         datadir=str(datadir),
@@ -105,7 +106,7 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     if credentials is not None:
         options["broker_credentials"] = credentials
     app = faust.App(f"whaleid-{stage}", **options)
-    watch_topic_resets(app, settings.faust_topic_reset_check_s)
+    topic_resets.install(app, settings.faust_topic_reset_check_s)
     return app
 
 

@@ -1,4 +1,14 @@
-"""What the worker and the matcher share: retry of transient failures, produce-and-wait, dead-lettering."""
+"""What the worker and the matcher share: retry of transient failures, produce-and-wait, dead-lettering, and the
+guard that keeps an unexpected exception from skipping a batch.
+
+No silent acknowledgement: faust-streaming's `Stream.take()` acknowledges the buffered events in its `finally`,
+so an exception escaping a stage's batch handler would skip the whole batch. `ChainStage.handle_guarded` runs the
+handler; an exception other than the two expected kinds (TransientFailure is retried inside, PermanentFailure is
+dead-lettered inside) is retried `INTERNAL_RETRIES` times with backoff, then the batch is split and each event
+handled alone (with the same retries); an event that still fails is dead-lettered `internal_error` with the
+exception's type and message, and the rest of the batch goes on. The handlers are idempotent by sighting id, so
+a retried batch does not duplicate what already went through.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +16,18 @@ import asyncio
 import logging
 import time
 from contextlib import contextmanager
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from services.chain import markers
 from services.chain.failures import Backoff, PermanentFailure, TransientFailure
-from services.chain.faust_app import dead_letter_record, send_and_wait
+from services.chain.faust_app import dead_letter_record, decode_original, send_and_wait
 from services.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+INTERNAL_RETRIES = 2  # an unexpected exception: the batch (then each event alone) is tried again this many times
+INTERNAL_ERROR = "internal_error"
 
 
 class ChainStage:
@@ -79,3 +91,42 @@ class ChainStage:
             )
         DEAD_LETTERS.labels(stage=self.stage, reason=failure.reason).inc()
         EVENTS.labels(stage=self.stage, outcome="dead_letter").inc()
+
+    async def handle_guarded(self, raws: list, handle: Callable[[list], Awaitable[Any]]) -> None:
+        """`handle(raws)`, never raising (but for cancellation): see the module's docstring."""
+        error = await self._attempts(raws, handle)
+        if error is None:
+            return
+        if len(raws) > 1:
+            log.warning("%s: a batch of %d events failed %d times (%s: %s): handling each event alone",
+                        self.stage, len(raws), INTERNAL_RETRIES + 1, type(error).__name__, error)
+            for raw in raws:
+                await self.handle_guarded([raw], handle)
+            return
+        await self._dead_letter_internal(raws[0], error)
+
+    async def _attempts(self, raws: list, handle) -> BaseException | None:
+        """None once `handle(raws)` returned, else the last unexpected exception after the bounded retries."""
+        backoff = self.backoff()
+        for attempt in range(INTERNAL_RETRIES + 1):
+            try:
+                await handle(raws)
+                return None
+            except Exception as exc:  # noqa: BLE001 - anything the handler did not expect
+                EVENTS.labels(stage=self.stage, outcome="internal_error").inc()
+                log.exception("%s: unexpected %s handling %d event(s) (attempt %d of %d)", self.stage,
+                              type(exc).__name__, len(raws), attempt + 1, INTERNAL_RETRIES + 1)
+                error = exc
+            if attempt < INTERNAL_RETRIES:
+                await asyncio.sleep(backoff.next_delay())
+        return error
+
+    async def _dead_letter_internal(self, raw, error: BaseException) -> None:
+        original = decode_original(raw) if isinstance(raw, (bytes, bytearray)) else raw
+        sighting_id = original.get("sighting_id", "") if isinstance(original, dict) else ""
+        failure = PermanentFailure(INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:2000])
+        try:
+            await self.dead_letter(failure, original, str(sighting_id or ""))
+        except Exception:  # noqa: BLE001 - not even the dead letter went out: the reconciler re-drives it
+            log.exception("%s: sighting %s could not be dead-lettered after an unexpected error", self.stage,
+                          sighting_id or "?")

@@ -1,14 +1,28 @@
-"""Recovery of a Faust stage from a broker that came back without its data.
+"""Recovery of a Faust stage from a partition whose log was reset under it: a broker that came back without its
+data (the embedded Tansu keeps topics in memory), a topic deleted and created again, an unclean leader election
+or retention that removed what the stage had not read. On real Kafka each shows as an offset out of range.
 
-The embedded broker (Tansu) keeps topics in memory: after a restart every topic is empty again and its offsets
-start from 0, below the offsets the stage had read. Faust drops any message whose offset is below the read offset
-it keeps per partition (it treats it as already seen), so without help the stage would skip every new message
-until the offsets passed the old ones, and the reconciler's re-drives would vanish the same way.
+Why a stage needs help: Faust keeps, per partition, the offset it read last (`_read_offset`) and drops every
+message below it as already seen. When the log restarts from 0, the consumer's fetch is answered
+OffsetOutOfRange and aiokafka moves its position to the earliest offset (`auto_offset_reset`), but Faust would
+still drop each new message until the offsets passed the old ones, and commit offsets that mean nothing in the
+new log: the stage sits silently while the reconciler's re-drives vanish the same way.
 
-`watch_topic_resets(app, interval_s)` adds a timer: a partition whose high-water mark (the next offset the broker
-will write) is at or below the last offset the stage read was reset, so Faust's own state for it is dropped (what
-a rebalance does for a revoked partition) and it is read again from its start. Messages lost with the old data
-are the reconciler's job (services/reconciler). On a broker that keeps its data this never triggers.
+The policy (`install(app, interval_s)`), on every Faust consumer of the chain:
+
+1. **At once, on the fetch path**: a message delivered below the partition's read offset means the consumer's
+   position went back without the stage seeking, which only an offset-out-of-range reset does: the partition
+   was reset. Faust's state for it (read, committed and acked offsets, gaps) is dropped, as a rebalance does
+   for a revoked partition, and the message and everything after it are handled. Nothing is dropped silently.
+2. **Every `interval_s` (a timer)**, for the partitions that get no message: a partition whose high-water mark
+   (the next offset the broker will write, from the last fetch) is below the read offset, or fell below
+   the highest high-water mark seen on it before (a log never shrinks), was reset: its state is dropped and it
+   is read again from its start. The second test catches a log that already refilled past the old position.
+
+Either way the partition is read from the start of the log the broker now has ("earliest"): the stages are
+idempotent by sighting id, so reading again what was handled costs time, not duplicates. What the broker lost
+for good is the reconciler's to re-drive (services/reconciler). On a broker that keeps its data none of this
+triggers.
 """
 
 from __future__ import annotations
@@ -20,36 +34,95 @@ log = logging.getLogger(__name__)
 _PARTITION_STATE = ("_read_offset", "_committed_offset", "_acked", "_acked_index", "_gap")
 
 
+def forget(consumer, tp) -> None:
+    """Drop Faust's own state of one partition (what `on_partitions_revoked` does)."""
+    for name in _PARTITION_STATE:
+        state = getattr(consumer, name, None)
+        if state is not None:
+            state.pop(tp, None)
+    marks = getattr(consumer, "_whaleid_highwater", None)
+    if marks is not None:
+        marks.pop(tp, None)
+
+
+async def forget_and_rewind(consumer, tp) -> None:
+    forget(consumer, tp)
+    await consumer.seek(tp, 0)
+
+
+def below_read_offset(consumer, tp, offset: int) -> int | None:
+    """The read offset when `offset` is below it (the partition was reset), else None."""
+    read = consumer._read_offset.get(tp)
+    if read is not None and offset < read:
+        return read
+    return None
+
+
 def reset_partitions(consumer) -> list:
-    """The assigned partitions whose high-water mark is at or below their read offset."""
+    """The assigned partitions that were reset: (tp, read offset, high-water mark, why). Updates the highest
+    high-water mark seen per partition (`consumer._whaleid_highwater`)."""
+    marks = consumer.__dict__.setdefault("_whaleid_highwater", {})
     reset = []
     for tp in list(consumer.assignment()):
-        read = consumer._read_offset.get(tp)
-        if read is None:
-            continue
         try:
             high = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - not fetched yet after a reconnect: look again next time
             continue
-        if high is not None and high <= read:
-            reset.append((tp, read, high))
+        if high is None:
+            continue
+        read = consumer._read_offset.get(tp)
+        seen = marks.get(tp)
+        if read is not None and high < read:
+            reset.append((tp, read, high, f"high-water mark {high} below offset {read} read before"))
+        elif seen is not None and high < seen:
+            reset.append((tp, read, high, f"high-water mark fell from {seen} to {high}"))
+        else:
+            marks[tp] = max(high, seen or 0)
     return reset
 
 
-async def forget_and_rewind(consumer, tp) -> None:
-    for name in _PARTITION_STATE:
-        getattr(consumer, name).pop(tp, None)
-    await consumer.seek(tp, 0)
+async def guarded(consumer, messages):
+    """The (tp, message) pairs of `messages`; a message below its partition's read offset first drops Faust's
+    state of that partition (rule 1), so Faust's fetch loop handles it instead of dropping it as seen."""
+    async for tp, message in messages:
+        read = below_read_offset(consumer, tp, message.offset)
+        if read is not None:
+            log.warning("%s [%d] was reset under the stage (a message at offset %d, below offset %d read before): "
+                        "reading the new log from there", tp.topic, tp.partition, message.offset, read)
+            forget(consumer, tp)
+        yield tp, message
 
 
-def watch_topic_resets(app, interval_s: float) -> None:
+def guard_getmany() -> None:
+    """Make Faust's fetch path apply rule 1 of the module's docstring (once per process, every app)."""
+    from faust.transport import consumer as faust_consumer
+
+    cls = faust_consumer.Consumer
+    if getattr(cls.getmany, "__whaleid_guard__", False):
+        return
+    original = cls.getmany
+
+    def getmany(self, timeout: float):
+        return guarded(self, original(self, timeout))
+
+    getmany.__whaleid_guard__ = True
+    getmany.__wrapped__ = original
+    cls.getmany = getmany
+
+
+def install(app, interval_s: float) -> None:
+    """Rules 1 and 2 for `app` (rule 2 only with an interval)."""
+    guard_getmany()
     if not interval_s:
         return
 
     @app.timer(interval=interval_s)
     async def rewind_reset_partitions():
         consumer = app.consumer
-        for tp, read, high in reset_partitions(consumer):
-            log.warning("%s [%d] was reset by the broker (high-water mark %s <= offset %s read before): "
-                        "reading it again from its start", tp.topic, tp.partition, high, read)
+        for tp, _read, _high, why in reset_partitions(consumer):
+            log.warning("%s [%d] was reset by the broker (%s): reading it again from its start",
+                        tp.topic, tp.partition, why)
             await forget_and_rewind(consumer, tp)
+
+
+watch_topic_resets = install  # the former name

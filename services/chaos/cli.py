@@ -2,7 +2,9 @@
 
 It brings up its own stack and services under `--workdir` (loopback only), runs each scenario in turn (a few
 hundred sightings streamed while one fault is injected), prints one row per scenario and, with `--json`, the
-report `{"scenarios": [...], "passed": ...}` on stdout (progress on stderr). `passed` is true only when nothing
+report on stdout (progress on stderr); the same report is written, failing or not, to `report.json` in the
+run's directory: `passed`, `first_failure` (the first failing scenario and its reason), `failed`, `not_run`,
+`error`, then `scenarios` (one row each). `passed` is true only when nothing
 was lost or duplicated in any scenario, no good photo was dead-lettered, and every bad input got a reason.
 Exit code 0 when passed, 1 otherwise.
 """
@@ -49,7 +51,10 @@ def _run(args: argparse.Namespace) -> int:
         print()
         print(table(report["scenarios"]))
         print()
-        print(f"passed: {'yes' if report['passed'] else 'NO'} ({report['seconds']:.0f} s; logs in {report['logs']})")
+        print(f"passed: {'yes' if report['passed'] else 'NO'} ({report['seconds']:.0f} s; logs in {report['logs']}; "
+              f"report {report.get('report', '-')})")
+        if report.get("first_failure"):
+            print(f"first failure: {report['first_failure']['scenario']}: {report['first_failure']['reason']}")
     return 0 if report["passed"] else 1
 
 

@@ -129,3 +129,36 @@ def scenario_passed(result: dict) -> bool:
     """Nothing lost, nothing duplicated, and no good photo dead-lettered (a fault is not the photo's fault)."""
     return (not any(result["lost"].values()) and not any(result["duplicated"].values())
             and not result["dead_lettered"] and not result["refused"])
+
+
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+
+def failure_reason(result: dict) -> str:
+    """Why a scenario failed, in words ("" when it passed)."""
+    if result.get("passed"):
+        return ""
+    if result.get("error"):
+        return f"could not run: {result['error']}"
+    reasons = []
+    if any((result.get("lost") or {}).values()):
+        reasons.append(f"lost {sum(result['lost'].values())} ({_counts(result['lost'])})")
+    if any((result.get("duplicated") or {}).values()):
+        reasons.append(f"duplicated {sum(result['duplicated'].values())} ({_counts(result['duplicated'])})")
+    if result.get("name") == "hostile_input":
+        if result.get("with_reason") != result.get("bad_inputs"):
+            reasons.append(f"{result.get('with_reason')}/{result.get('bad_inputs')} bad inputs got a reason")
+        for key in ("unusual_identified", "good_identified"):
+            done, _, total = str(result.get(key, "")).partition("/")
+            if done != total:
+                reasons.append(f"{key.replace('_', ' ')} {result.get(key)}")
+        if result.get("mismatches"):
+            first = result["mismatches"][0]
+            reasons.append(f"{len(result['mismatches'])} verdict(s) not as expected, e.g. {first}")
+    else:
+        if result.get("dead_lettered"):
+            reasons.append(f"good photos dead-lettered ({_counts(result['dead_lettered'])})")
+        if result.get("refused"):
+            reasons.append(f"{result['refused']} good upload(s) refused")
+    return "; ".join(reasons) or "failed"

@@ -9,7 +9,7 @@ from typing import Callable
 
 from services.chaos.environment import ChaosEnvironment
 from services.chaos.observe import TopicObserver, redis_outcome, stream_entries
-from services.chaos.runner import RunOptions, run_scenario, scenario_passed
+from services.chaos.runner import RunOptions, failure_reason, run_scenario, scenario_passed
 from services.chaos.scenarios import HOSTILE, SCENARIOS
 
 
@@ -24,10 +24,63 @@ class SuiteOptions:
 
 
 def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
+    """Run the scenarios; the report (`report()`) comes back whatever happened, also written to
+    `<run dir>/report.json`."""
     began = time.monotonic()
     workdir = Path(options.workdir).resolve() / time.strftime("%Y%m%d-%H%M%S")
     env = ChaosEnvironment(workdir, progress)
-    results = []
+    results: list[dict] = []
+    error = ""
+    try:
+        _run_scenarios(env, options, progress, results)
+    except Exception as exc:  # noqa: BLE001 - the stack did not come up or went away: still a report
+        error = f"{type(exc).__name__}: {exc}"
+        progress(f"the run stopped: {error}")
+    except BaseException as exc:  # Ctrl-C: the report of what ran, then stop
+        error = f"interrupted ({type(exc).__name__})"
+        write_report(report(results, options.scenarios, began, env, error), workdir)
+        raise
+    result = report(results, options.scenarios, began, env, error)
+    write_report(result, workdir)
+    return result
+
+
+def report(results: list[dict], planned: list[str], began: float, env, error: str = "") -> dict:
+    """The JSON report: the verdict and the first failing scenario with its reason first, then every row."""
+    for result in results:
+        result["failure"] = failure_reason(result)
+    ran = {r["name"] for r in results}
+    not_run = [name for name in planned if name not in ran]
+    failing = next((r for r in results if not r["passed"]), None)
+    if failing is not None:
+        first = {"scenario": failing["name"], "reason": failing["failure"]}
+    elif error:
+        first = {"scenario": not_run[0] if not_run else None, "reason": error}
+    elif not_run:
+        first = {"scenario": not_run[0], "reason": "not run"}
+    else:
+        first = None
+    passed = bool(results) and failing is None and not error and not not_run
+    return {"passed": passed, "first_failure": first,
+            "failed": [{"scenario": r["name"], "reason": r["failure"]} for r in results if not r["passed"]],
+            "not_run": not_run, "error": error, "seconds": round(time.monotonic() - began, 1),
+            "logs": str(env.log_dir), "scenarios": results}
+
+
+def write_report(result: dict, workdir: Path) -> Path | None:
+    import json
+
+    path = Path(workdir) / "report.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
+    except OSError:
+        return None
+    result["report"] = str(path)
+    return path
+
+
+def _run_scenarios(env: ChaosEnvironment, options: SuiteOptions, progress, results: list[dict]) -> None:
     try:
         env.start()
         observer = TopicObserver(env.settings.kafka_bootstrap).start()
@@ -45,6 +98,8 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
                     results.append(failed_scenario(name, f"{type(exc).__name__}: {exc}"))
                     break
                 results.append(result)
+                if not result["passed"]:
+                    progress(f"{name}: FAILED: {failure_reason(result)}")
                 progress(f"{name}: {'passed' if result['passed'] else 'FAILED'} "
                          f"(uploaded {result['uploaded']}, identified {result['identified']}, "
                          f"lost {sum(result['lost'].values())}, duplicated {sum(result['duplicated'].values())})")
@@ -52,8 +107,6 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
             observer.stop()
     finally:
         env.stop()
-    return {"scenarios": results, "passed": bool(results) and all(r["passed"] for r in results),
-            "seconds": round(time.monotonic() - began, 1), "logs": str(env.log_dir)}
 
 
 def failed_scenario(name: str, error: str) -> dict:

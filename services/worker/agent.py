@@ -163,6 +163,11 @@ class SightingWorker(ChainStage):
                                        thread_name_prefix="worker-fetch")
 
     async def handle_batch(self, raws: list[bytes]) -> None:
+        """The agent's body: never raises (an unexpected exception is retried, then dead-lettered `internal_error`
+        event by event: ChainStage.handle_guarded), so Faust never acknowledges an unhandled batch."""
+        await self.handle_guarded(list(raws), self._handle_batch)
+
+    async def _handle_batch(self, raws: list[bytes]) -> None:
         events = []
         for raw in raws:
             try:
