@@ -39,6 +39,7 @@ class Settings:
     kafka_sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512
     kafka_username: str = ""  # SASL user (production)
     kafka_password: str = field(default="", repr=False)  # SASL password (production)
+    kafka_ssl_cafile: str = ""  # PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL; e.g. Strimzi's cluster CA); empty: the system's CAs
     # --- S3 (sightings and the model store) and the upload-event queue
     s3_endpoint: str = ""  # empty: the AWS default endpoint
     s3_region: str = "us-east-1"  # region of the buckets and the queue
@@ -49,6 +50,7 @@ class Settings:
     upload_events_queue: str = "whaleid-upload-events"  # SQS queue receiving the bucket's event notifications
     # --- Redis
     redis_url: str = ""  # redis://host:port/0
+    redis_password: str = field(default="", repr=False)  # Redis AUTH password, added to redis_url (which then must not carry one)
     # --- Triton
     triton_grpc_url: str = ""  # host:port
     triton_http_url: str = ""  # host:port
@@ -62,6 +64,7 @@ class Settings:
     faust_producer_max_batch_size: int = 16384  # Faust producer batch size (bytes)
     faust_store: str = "memory://"  # Faust table store (rocksdb:// in production if installed)
     faust_web_port_base: int = 6066  # Faust web port of the first worker; others add their index
+    faust_web_host: str = "127.0.0.1"  # where the worker's and matcher's Faust web pages listen (POST /gallery/reload/ needs an admin token)
     # --- gateway
     gateway_host: str = "127.0.0.1"  # gateway bind address
     gateway_port: int = 8080  # gateway HTTP port
@@ -82,6 +85,7 @@ class Settings:
     gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
     metrics_port_base: int = 9400  # /metrics port of the first service; each service adds its offset
     metrics_host: str = "127.0.0.1"  # where /metrics listens; 0.0.0.0 in Kubernetes so Prometheus can scrape
+    gateway_metrics_port: int = 0  # 0: the gateway serves /metrics on its API port; else only on metrics_host:this port
     # --- streaming chain: worker and matcher
     worker_batch_size: int = 16  # sightings per Triton call (the worker takes what is waiting, up to this)
     worker_batch_wait_s: float = 0.02  # how long the worker waits to fill a batch
@@ -238,7 +242,24 @@ def load_settings(
             if settings.bridge_source == "auto" and source:
                 filled["bridge_source"] = source  # the stack's S3 server says where its upload events go
             settings = dataclasses.replace(settings, **filled)
+    if settings.redis_password:
+        settings = dataclasses.replace(settings, redis_url=redis_url_with_password(settings.redis_url,
+                                                                                 settings.redis_password))
     return settings
+
+
+def redis_url_with_password(url: str, password: str) -> str:
+    """`url` with `password` as its AUTH password; ConfigError when the URL carries a password of its own."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ConfigError("redis_url carries a password and redis_password is set too: set it in one place")
+    user = quote(parts.username, safe="") if parts.username else ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def describe_settings() -> list[tuple[str, str, Any]]:

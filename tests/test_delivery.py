@@ -296,7 +296,7 @@ class Delivery:
 
     def reload(self) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.service.web_port}/gallery/reload/",
-                                         method="POST", data=b"")
+                                         method="POST", data=b"", headers={"Authorization": "Bearer local-admin-token"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 

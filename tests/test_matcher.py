@@ -101,7 +101,7 @@ class Matcher:
 
     def web(self, method: str) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.service.web_port}/gallery/reload/", method=method,
-                                         data=b"" if method == "POST" else None)
+                                         data=b"" if method == "POST" else None, headers={"Authorization": "Bearer local-admin-token"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -190,6 +190,18 @@ def test_reload_page_hot_swaps_the_gallery(matcher):
     result = identification(matcher.redis, sighting_id)
     assert result["gallery_version"] == second
     assert result["candidates"][0]["individual_id"] == "renamed-2"
+
+
+def test_reload_page_needs_an_admin_token(matcher):
+    """Issue 22: POST /gallery/reload/ was open to anyone who reached the Faust web port."""
+    for headers, status in (({}, 401), ({"Authorization": "Bearer wrong-token"}, 401),
+                            ({"Authorization": "Bearer local-researcher-token"}, 403)):
+        request = urllib.request.Request(f"http://127.0.0.1:{matcher.service.web_port}/gallery/reload/",
+                                         method="POST", data=b"", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == status, headers
+        assert "admin" in json.loads(refused.value.read())["error"]
 
 
 def test_metrics_are_exposed(matcher):

@@ -294,7 +294,7 @@ def test_an_overloaded_triton_is_waited_for_never_dead_lettered(chain):
 
 def reload_gallery(chain) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{chain.matcher.web_port}/gallery/reload/", method="POST",
-                                     data=b"")
+                                     data=b"", headers={"Authorization": "Bearer local-admin-token"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 

@@ -1,7 +1,10 @@
 """The production profile refuses tokens anyone could know: the local profile's defaults, placeholders shipped
-in deploy/ (`change-me`, `placeholder-refused-by-the-gateway`, ...) and anything shorter than MIN_LENGTH."""
+in deploy/ (`change-me`, `placeholder-refused-by-the-gateway`, ...) and anything shorter than MIN_LENGTH. The local
+profile refuses to listen beyond loopback while one of its default tokens is configured."""
 
 from __future__ import annotations
+
+import ipaddress
 
 from services.access.credentials import LIST_SETTINGS, TokenEntry, parse_token_list
 from services.errors import ConfigError
@@ -44,3 +47,27 @@ def refuse_unsafe_tokens(settings: Settings, entries: list[TokenEntry]) -> None:
     if problems:
         raise ConfigError("the production profile refuses unsafe gateway tokens: " + "; ".join(problems)
                           + ". Generate each with e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); False for 0.0.0.0, '' and other names."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_default_tokens_beyond_loopback(settings: Settings, entries: list[TokenEntry], host: str) -> None:
+    """ConfigError when the gateway would listen on `host` beyond loopback while a token is one of the local
+    profile's defaults (public: in the source and the README), naming the settings that carry them."""
+    if is_loopback(host):
+        return
+    defaults = local_default_tokens()
+    carrying = sorted({"WHALEID_" + entry.setting.upper() for entry in entries if entry.token in defaults})
+    if carrying:
+        raise ConfigError(
+            f"the gateway refuses to listen on {host or 'every address'!r} with the local profile's default tokens "
+            f"({', '.join(carrying)}): anyone on the network could use them. Bind 127.0.0.1 (WHALEID_GATEWAY_HOST), "
+            "or set your own tokens (WHALEID_PROFILE=production checks them)")

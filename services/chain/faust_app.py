@@ -27,18 +27,24 @@ log = logging.getLogger(__name__)
 
 
 
+def _ssl_context(settings: Settings):
+    """TLS context of the broker connections: the system's CAs, or only `kafka_ssl_cafile` when set."""
+    import ssl
+
+    return ssl.create_default_context(cafile=settings.kafka_ssl_cafile or None)
+
+
 def _broker_credentials(settings: Settings):
     if settings.kafka_security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
         return faust.SASLCredentials(
             username=settings.kafka_username,
             password=settings.kafka_password,
             mechanism=settings.kafka_sasl_mechanism or "PLAIN",
-            ssl_context=None,
+            # Faust speaks SASL_SSL only when it is given a context (else SASL_PLAINTEXT, in clear)
+            ssl_context=_ssl_context(settings) if settings.kafka_security_protocol == "SASL_SSL" else None,
         )
     if settings.kafka_security_protocol == "SSL":
-        import ssl
-
-        return faust.SSLCredentials(ssl.create_default_context())
+        return faust.SSLCredentials(_ssl_context(settings))
     return None
 
 
@@ -88,7 +94,7 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     options = dict(
         broker=brokers,
         store=settings.faust_store,
-        web_bind="127.0.0.1" if settings.profile == "local" else "0.0.0.0",
+        web_bind=settings.faust_web_host,  # loopback unless configured: Faust's /router, /stats, the reload page
         web_port=web_port,
         web_enabled=True,
         broker_session_timeout=settings.faust_broker_session_timeout,

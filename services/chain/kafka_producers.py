@@ -28,6 +28,8 @@ def kafka_options(settings) -> dict:
     if settings.kafka_sasl_mechanism:
         options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_username,
                        sasl_plain_password=settings.kafka_password)
+    if settings.kafka_ssl_cafile:
+        options["ssl_cafile"] = settings.kafka_ssl_cafile
     return options
 
 

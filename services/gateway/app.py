@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.access.cors import cors_middleware
 from services.access.credentials import CredentialTable, configured_tokens
-from services.access.token_policy import refuse_unsafe_tokens
+from services.access.token_policy import refuse_default_tokens_beyond_loopback, refuse_unsafe_tokens
 from services.errors import ConfigError, DataError
 from services.gateway.auth import auth_middleware
 from services.gateway.context import CTX, GatewayContext
@@ -74,6 +74,7 @@ def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Applicatio
     """The gateway application (the caller runs it); refuses to build without safe tokens or Redis."""
     tokens = configured_tokens(settings)
     refuse_unsafe_tokens(settings, tokens)
+    refuse_default_tokens_beyond_loopback(settings, tokens, settings.gateway_host)
     credentials = CredentialTable(tokens)
     if not settings.redis_url:
         raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
@@ -85,7 +86,8 @@ def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Applicatio
                          signer=UploadSigner(settings))
     app[CTX] = ctx
     app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/metrics", metrics, name="metrics")
+    if not settings.gateway_metrics_port:  # else /metrics is served on its own address (service.run_gateway)
+        app.router.add_get("/metrics", metrics, name="metrics")
     for name in route_modules:
         importlib.import_module(name).add_routes(app, ctx)
 

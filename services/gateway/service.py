@@ -7,6 +7,7 @@ import logging
 from aiohttp import web
 
 from services.gateway.app import build_app
+from services.metrics import serve_metrics
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -14,6 +15,9 @@ log = logging.getLogger(__name__)
 
 def run_gateway(settings: Settings) -> int:
     app = build_app(settings)
+    if settings.gateway_metrics_port:
+        serve_metrics(settings.gateway_metrics_port, settings.metrics_host)
+        log.info("gateway metrics on http://%s:%s/metrics", settings.metrics_host, settings.gateway_metrics_port)
     log.info("gateway on http://%s:%s (S3 %s, bucket %s)", settings.gateway_host, settings.gateway_port,
              settings.s3_endpoint or "AWS", settings.sightings_bucket)
     web.run_app(app, host=settings.gateway_host, port=settings.gateway_port, print=None,

@@ -28,6 +28,7 @@ import faust.web
 import numpy as np
 
 from services import topics
+from services.access.admin_gate import AdminGate
 from services.chain import markers, parking, results
 from services.chain.failures import PermanentFailure
 from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
@@ -281,14 +282,19 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
     def served() -> str | None:
         return matcher.state.version if matcher.state else None
 
+    admin_gate = AdminGate(settings)
+
     @app.page("/gallery/reload/")
     class GalleryReload(faust.web.View):
-        """GET: the served version; POST: re-read the pointer now and hot-swap when it moved."""
+        """GET: the served version; POST (an admin's bearer token): re-read the pointer now, hot-swap if it moved."""
 
         async def get(self, request):
             return self.json({"version": served()})
 
         async def post(self, request):
+            refusal = admin_gate.refusal(request.headers.get("Authorization"))
+            if refusal is not None:
+                return self.json({"error": refusal[1]}, status=refusal[0])
             swapped = await reload_and_retry()
             return self.json({"swapped": swapped, "version": served()})
 
