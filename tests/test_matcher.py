@@ -222,3 +222,36 @@ def test_serve_matcher_without_a_gallery_says_so(matcher):
                            "--web-port", str(free_port())], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no gallery in the model store" in done.stderr
+
+
+def test_an_unexpected_exception_is_retried_then_dead_lettered_and_the_rest_of_the_batch_goes_on(matcher):
+    """No silent acknowledgement (see the worker's test of the same name): metadata that is not an object makes
+    the ranking raise AttributeError for the whole batch. The batch is retried, then each record alone: the one
+    that still raises is dead-lettered `internal_error` with the exception type, the others are identified once,
+    and later records flow."""
+    partition_key = uuid.uuid4().hex  # one partition, produced together: one batch
+    good = [uuid.uuid4().hex for _ in range(3)]
+    bad = uuid.uuid4().hex
+    log_start = matcher.service.log_path.stat().st_size
+    for sighting_id in [good[0], bad, good[1], good[2]]:
+        record = topics.SightingEmbedded(
+            sighting_id=sighting_id, embedding=[float(v) for v in near(1, len(sighting_id))],
+            model_version="test-model", metadata=["not", "an", "object"] if sighting_id == bad else None,
+            uploaded_at=time.time(), embedded_at=time.time())
+        matcher.producer.send(topics.SIGHTINGS_EMBEDDED, key=partition_key.encode(), value=record.to_json())
+    matcher.producer.flush()
+    wait_announced(matcher.redis, good, 60, "the good records of the batch")
+    wait_until(lambda: failure(matcher.redis, bad), 60, "the dead letter of the record that raised")
+    failed = failure(matcher.redis, bad)
+    assert failed["stage"] == "matcher" and failed["reason"] == "internal_error"
+    assert failed["detail"].startswith("AttributeError:")
+    assert identification(matcher.redis, bad) is None
+    counts = stream_counts(matcher.redis)
+    assert [counts.get(s) for s in good] == [1, 1, 1] and bad not in counts
+    assert all(identification(matcher.redis, s)["candidates"][0]["individual_id"].endswith("-1") for s in good)
+    letters = [v for k, v in read_topic(matcher.settings.kafka_bootstrap, topics.DEAD_LETTER) if k == bad]
+    assert [(v["stage"], v["reason"]) for v in letters] == [("matcher", "internal_error")]
+    log = matcher.service.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert log.count("unexpected AttributeError") >= 3
+    later = matcher.send(near(3, 77))
+    wait_announced(matcher.redis, [later], 30, "a later record")

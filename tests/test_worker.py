@@ -334,3 +334,40 @@ def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_
         publish_toy_gallery(chain.store, chain.embeddings, chain.root / f"gallery-{uuid.uuid4().hex[:6]}",
                             TOY_MODEL_IDS)
         reload_gallery(chain)
+
+
+def test_an_unexpected_exception_is_retried_then_dead_lettered_and_the_rest_of_the_batch_goes_on(chain):
+    """No silent acknowledgement: faust's Stream.take() acknowledges the buffered events even when the agent
+    raises, so an exception escaping the batch would skip the whole batch. Metadata that is not an object (the
+    bridge never sends one; a record written straight to the topic can) makes the crop step raise AttributeError,
+    which no stage expects: that event is retried, then dead-lettered `internal_error` with the exception type;
+    the others of its batch are identified, and the worker goes on with later traffic."""
+    partition_key = uuid.uuid4().hex  # one partition, produced together: one batch
+    good = [uuid.uuid4().hex for _ in range(3)]
+    bad = uuid.uuid4().hex
+    batch = [good[0], bad, good[1], good[2]]
+    for sighting_id in batch:
+        chain.s3.put_object(Bucket=chain.settings.sightings_bucket, Key=f"uploads/{sighting_id}.jpg",
+                            Body=jpeg_bytes(photo(len(sighting_id) % KNOWN)), ContentType="image/jpeg")
+    log_start = chain.worker.log_path.stat().st_size
+    for sighting_id in batch:
+        metadata = ["not", "an", "object"] if sighting_id == bad else None
+        chain.producer.send(topics.SIGHTINGS_UPLOADED, key=partition_key.encode(),
+                            value=uploaded_event(sighting_id, chain.settings.sightings_bucket,
+                                                 f"uploads/{sighting_id}.jpg", metadata))
+    chain.producer.flush()
+    chain.wait_identified(good)
+    wait_until(lambda: failure(chain.redis, bad), 60, "the dead letter of the event that raised")
+    failed = failure(chain.redis, bad)
+    assert failed["stage"] == "worker" and failed["reason"] == "internal_error"
+    assert failed["detail"].startswith("AttributeError:")
+    assert identification(chain.redis, bad) is None
+    counts = stream_counts(chain.redis)
+    assert [counts.get(s) for s in good] == [1, 1, 1]
+    letters = [v for k, v in read_topic(chain.settings.kafka_bootstrap, topics.DEAD_LETTER) if k == bad]
+    assert [(v["stage"], v["reason"], v["original"]["metadata"]) for v in letters] == [
+        ("worker", "internal_error", ["not", "an", "object"])]
+    log = chain.worker.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert log.count("unexpected AttributeError") >= 3  # retried (whole batch or alone) before it was given up
+    later = chain.upload(jpeg_bytes(photo(1)))
+    chain.wait_identified([later])

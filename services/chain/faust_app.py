@@ -112,7 +112,9 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     if credentials is not None:
         options["broker_credentials"] = credentials
     app = faust.App(f"whaleid-{stage}", **options)
-    topic_resets.install(app, settings.faust_topic_reset_check_s)
+    from services.chain.kafka_producers import kafka_options
+
+    topic_resets.install(app, settings.faust_topic_reset_check_s, kafka_options(settings))
     return app
 
 

@@ -19,6 +19,12 @@ The policy (`install(app, interval_s)`), on every Faust consumer of the chain:
    the highest high-water mark seen on it before (a log never shrinks), was reset: its state is dropped and it
    is read again from its start. The second test catches a log that already refilled past the old position.
 
+3. **Every `interval_s`, the stage's input topics exist**: after a broker lost its topics, Faust's rebalance
+   (its commit before giving partitions up) retries for as long as the input topic is unknown to the broker, so
+   a stage would stall until some producer happens to create it again, and the next stage waits on this one.
+   A topic the agents read that the broker does not list is created (as Faust does at start: the app's
+   partition count and replication factor).
+
 Either way the partition is read from the start of the log the broker now has ("earliest"): the stages are
 idempotent by sighting id, so reading again what was handled costs time, not duplicates. What the broker lost
 for good is the reconciler's to re-drive (services/reconciler). On a broker that keeps its data none of this
@@ -110,11 +116,67 @@ def guard_getmany() -> None:
     cls.getmany = getmany
 
 
-def install(app, interval_s: float) -> None:
-    """Rules 1 and 2 for `app` (rule 2 only with an interval)."""
+def agent_topics(app) -> list[str]:
+    """The topics the app's agents read."""
+    names = set()
+    for agent in app.agents.values():
+        names.update(getattr(agent.channel, "topics", ()) or ())
+    return sorted(names)
+
+
+class TopicKeeper:
+    """Rule 3: creates the stage's input topics when the broker does not list them (a kafka-python admin client,
+    made on first use and again after an error)."""
+
+    def __init__(self, admin_options: dict, partitions: int, replication: int):
+        self.admin_options = admin_options
+        self.partitions = partitions
+        self.replication = replication
+        self._admin = None
+
+    def ensure(self, names: list[str]) -> list[str]:
+        """Create those of `names` the broker does not list; the ones created."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        if not names:
+            return []
+        try:
+            if self._admin is None:
+                self._admin = KafkaAdminClient(**self.admin_options, client_id="whaleid-topic-keeper",
+                                               request_timeout_ms=5000)
+            missing = sorted(set(names) - set(self._admin.list_topics()))
+            if not missing:
+                return []
+            try:
+                self._admin.create_topics([NewTopic(name, self.partitions, self.replication) for name in missing])
+            except TopicAlreadyExistsError:
+                pass
+            return missing
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            try:
+                admin.close()
+            except Exception as exc:  # noqa: BLE001 - a client of a broker that went away
+                log.debug("closing the admin client: %s", exc)
+
+
+def install(app, interval_s: float, admin_options: dict | None = None) -> None:
+    """Rules 1, 2 and 3 for `app` (2 and 3 only with an interval; 3 only with `admin_options`, the kafka-python
+    connection options)."""
+    import asyncio
+
     guard_getmany()
     if not interval_s:
         return
+    keeper = (TopicKeeper(admin_options, app.conf.topic_partitions, app.conf.topic_replication_factor)
+              if admin_options is not None else None)
 
     @app.timer(interval=interval_s)
     async def rewind_reset_partitions():
@@ -123,6 +185,19 @@ def install(app, interval_s: float) -> None:
             log.warning("%s [%d] was reset by the broker (%s): reading it again from its start",
                         tp.topic, tp.partition, why)
             await forget_and_rewind(consumer, tp)
+
+    if keeper is None:
+        return
+
+    @app.timer(interval=interval_s)
+    async def recreate_lost_topics():
+        try:
+            created = await asyncio.to_thread(keeper.ensure, agent_topics(app))
+        except Exception as exc:  # noqa: BLE001 - the broker is away: look again next time
+            log.info("checking the input topics: %s: %s", type(exc).__name__, exc)
+            return
+        if created:
+            log.warning("the broker lost the input topic(s) %s: created them again", ", ".join(created))
 
 
 watch_topic_resets = install  # the former name
