@@ -3,10 +3,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# checkov (tests/test_deploy.py) pins boto3 and packaging below pyproject.toml's pins: it gets a venv of its own
+TOOLS       := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
 .PHONY: install demo test bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "install: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
@@ -15,6 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e '.[all]'
 	@bash scripts/install-system-deps.sh
 	@touch $(STAMP)
+
+$(TOOLS_STAMP): deploy/requirements-checks.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "install: $(PYTHON) not found (Python >= 3.11 is required)"; exit 1; }
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --progress-bar off -r deploy/requirements-checks.txt
+	@touch $(TOOLS_STAMP)
 
 demo: install
 	$(BIN)/whaleid demo
@@ -31,4 +41,4 @@ lint: install
 	$(BIN)/python -m pytest -q tests/test_import_graph.py  # no import circles
 
 clean:
-	rm -rf $(VENV) .whaleid runs build *.egg-info
+	rm -rf $(VENV) $(TOOLS) .whaleid runs build *.egg-info
