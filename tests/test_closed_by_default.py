@@ -128,3 +128,6 @@ def test_redis_password_goes_into_the_url_once(tmp_path):
     assert redis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs["password"] == "s3cret/+@"
     with pytest.raises(ConfigError, match="in one place"):
         _settings(tmp_path, redis_url="redis://:other@redis:6379/0", redis_password="x")
+    build_app(settings)
+    with pytest.raises(ConfigError, match="WHALEID_REDIS_PASSWORD"):  # the manifests' placeholder is refused
+        build_app(_settings(tmp_path, redis_password="placeholder-set-a-redis-password"))

@@ -44,6 +44,8 @@ def refuse_unsafe_tokens(settings: Settings, entries: list[TokenEntry]) -> None:
         if reason:
             env = "WHALEID_" + entry.setting.upper()
             problems.append(f"{entry.setting} ({env}), entry {entry.credential.name!r}: the token {reason}")
+    if settings.redis_password and unsafe_reason(settings.redis_password) == "is a placeholder":
+        problems.append("redis_password (WHALEID_REDIS_PASSWORD): is a placeholder (deploy/k8s/settings.yaml)")
     if problems:
         raise ConfigError("the production profile refuses unsafe gateway tokens: " + "; ".join(problems)
                           + ". Generate each with e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
