@@ -27,9 +27,11 @@ ENV PATH=/opt/whaleid/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=2 \
     WHALEID_PROFILE=production \
     WHALEID_GATEWAY_HOST=0.0.0.0 \
-    WHALEID_METRICS_HOST=0.0.0.0
+    WHALEID_METRICS_HOST=0.0.0.0 \
+    WHALEID_RUN_DIR=/tmp/whaleid
 USER 10001
-# gateway HTTP (+ /metrics), bridge/worker/matcher /metrics (settings.metrics_port_base + stage offset)
-EXPOSE 8080 9401 9402 9403
+# gateway HTTP (its /metrics too unless WHALEID_GATEWAY_METRICS_PORT, 9400 in k8s/), the stages' /metrics
+# (settings.metrics_port_base + stage offset). run_dir under /tmp: the manifests mount the root file system read-only.
+EXPOSE 8080 9400 9401 9402 9403 9404 9405
 ENTRYPOINT ["whaleid"]
 CMD ["--help"]
