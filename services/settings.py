@@ -248,6 +248,17 @@ def load_settings(
     return settings
 
 
+def redacted_url(url: str) -> str:
+    """`url` fit for a log line: a password in it replaced by `***`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def redis_url_with_password(url: str, password: str) -> str:
     """`url` with `password` as its AUTH password; ConfigError when the URL carries a password of its own."""
     from urllib.parse import quote, urlsplit, urlunsplit

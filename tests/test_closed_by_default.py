@@ -20,7 +20,7 @@ from services.chain.kafka_producers import kafka_options
 from services.errors import ConfigError
 from services.gateway import service as gateway_service
 from services.gateway.app import build_app
-from services.settings import load_settings
+from services.settings import load_settings, redacted_url
 from services.stack.ports import free_port
 
 SAFE = {"gateway_token": "a" * 32, "gateway_admin_tokens": "ops=" + "b" * 32,
@@ -128,6 +128,8 @@ def test_redis_password_goes_into_the_url_once(tmp_path):
     assert redis.Redis.from_url(settings.redis_url).connection_pool.connection_kwargs["password"] == "s3cret/+@"
     with pytest.raises(ConfigError, match="in one place"):
         _settings(tmp_path, redis_url="redis://:other@redis:6379/0", redis_password="x")
+    assert redacted_url(settings.redis_url) == "redis://:***@redis:6379/0"
+    assert redacted_url("redis://redis:6379/0") == "redis://redis:6379/0"
     build_app(settings)
     with pytest.raises(ConfigError, match="WHALEID_REDIS_PASSWORD"):  # the manifests' placeholder is refused
         build_app(_settings(tmp_path, redis_password="placeholder-set-a-redis-password"))

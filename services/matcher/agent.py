@@ -37,7 +37,7 @@ from services.matcher.matching import Matcher, ModelState
 from services.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
 from services.model_versions import VersionCheck, VersionChecker
 from services.service_ports import default_port
-from services.settings import Settings
+from services.settings import Settings, redacted_url
 
 log = logging.getLogger(__name__)
 STAGE = "matcher"
@@ -309,6 +309,6 @@ def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None,
     app = build_matcher_app(settings, web_port)
     serve_metrics(metrics_port, settings.metrics_host)
     log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d",
-             index, settings.kafka_bootstrap, settings.redis_url, web_port, metrics_port)
+             index, settings.kafka_bootstrap, redacted_url(settings.redis_url), web_port, metrics_port)
     run_app(app)
     return 0
