@@ -42,6 +42,8 @@ def test_chaos_fast_subset_passes_with_nothing_lost_or_duplicated(tmp_path):
     assert hostile["bad_inputs"] >= 80 and hostile["with_reason"] == hostile["bad_inputs"], hostile
     assert hostile["dead_lettered"] and hostile["refused"], hostile
     assert report["passed"] is True and proc.returncode == 0, proc.stderr[-3000:]
+    assert report["first_failure"] is None and report["failed"] == [] and report["not_run"] == []
+    assert json.loads(Path(report["report"]).read_text())["scenarios"] == report["scenarios"]
 
 
 # --------------------------------------------------------------------------- counting
@@ -132,3 +134,35 @@ def test_the_topic_observer_keeps_each_distinct_record_per_key():
     seen = observer.deliveries(topics.IDENTIFICATIONS, ["s1", "s3"])
     assert sorted(seen["s1"].values()) == [1, 2] and "s3" not in seen
     assert list(observer.deliveries(topics.DEAD_LETTER, ["s2"])["s2"].values()) == [2]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_the_report_is_written_failing_or_not_with_the_first_failure_at_the_top(tmp_path, monkeypatch):
+    """A run whose stack never comes up still writes its report; a failing row names its reason first."""
+    from services.chaos import suite
+    from services.chaos.runner import failure_reason
+
+    def broken_start(self):
+        raise RuntimeError("the broker would not start")
+
+    monkeypatch.setattr(suite.ChaosEnvironment, "start", broken_start)
+    monkeypatch.setattr(suite.ChaosEnvironment, "stop", lambda self: None)
+    options = suite.SuiteOptions(scenarios=["kill_worker", "restart_kafka"], workdir=tmp_path)
+    report = suite.run_suite(options, progress=lambda message: None)
+    assert report["passed"] is False
+    assert report["first_failure"] == {"scenario": "kill_worker", "reason": "RuntimeError: the broker would not start"}
+    assert report["not_run"] == ["kill_worker", "restart_kafka"]
+    written = json.loads(Path(report["report"]).read_text())
+    assert list(written)[:2] == ["passed", "first_failure"] and written["first_failure"] == report["first_failure"]
+
+    ok = {"name": "kill_worker", "uploaded": 3, "identified": 3, "dead_lettered": {}, "refused": 0,
+          "lost": {"sightings": 0}, "duplicated": {"stream": 0}, "redelivered": {}, "passed": True}
+    lost = {**ok, "name": "restart_kafka", "identified": 0, "dead_lettered": {"unresolved": 3}, "passed": False}
+    assert failure_reason(ok) == ""
+    assert failure_reason(lost) == "good photos dead-lettered (unresolved 3)"
+    rows = suite.report([ok, lost], ["kill_worker", "restart_kafka", "s3_slow"], time.monotonic(),
+                        suite.ChaosEnvironment(tmp_path, lambda message: None))
+    assert rows["first_failure"] == {"scenario": "restart_kafka", "reason": "good photos dead-lettered (unresolved 3)"}
+    assert rows["failed"] == [rows["first_failure"]] and rows["not_run"] == ["s3_slow"] and not rows["passed"]

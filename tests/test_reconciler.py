@@ -373,3 +373,21 @@ def test_serve_reconciler_refuses_the_faust_options():
     done = subprocess.run([sys.executable, "-m", "services.cli.main", "serve", "reconciler", "--index", "1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "`serve reconciler` does not use --index: it takes --config, --metrics-port" in done.stderr
+
+
+def test_a_lease_its_own_pass_could_not_release_does_not_lock_the_reconciler_out(stack):
+    """Redis went away mid-pass: the release failed, and Redis came back with the lease from its append-only
+    file. The same reconciler takes it again at once; another one still waits until it is released."""
+    from services.reconciler.state import LEASE_KEY, Lease
+
+    client = redis.Redis.from_url(_db_url(stack, 13))
+    client.delete(LEASE_KEY)
+    mine, other = Lease(client, 120), Lease(client, 120)
+    assert mine.acquire()
+    client.pexpire(LEASE_KEY, 60_000)  # time passed; the pass died before its release
+    assert mine.acquire() and client.pttl(LEASE_KEY) > 60_000  # taken again, its time renewed
+    assert not other.acquire()
+    mine.release()
+    assert other.acquire() and not mine.acquire()
+    other.release()
+    assert client.get(LEASE_KEY) is None

@@ -63,6 +63,7 @@ def run_reconciler(settings: Settings, stop: threading.Event | None = None, metr
              settings.reconciler_stale_after_s, settings.reconciler_max_redrives, metrics_port or "none")
     backoff = Backoff(settings.retry_backoff_initial_s, settings.retry_backoff_max_s)
     first = True
+    deferred_logged = 0.0  # when the reason for deferring was last logged (at most every 10 s)
     try:
         while not stop.is_set():
             started = time.monotonic()
@@ -89,6 +90,10 @@ def run_reconciler(settings: Settings, stop: threading.Event | None = None, metr
                 first = False
             elif findings is not None and findings.found():
                 log.info("reconciler pass: %s in %.2f s", findings.summary(), took)
+            if findings is not None and findings.counts["deferred"] and time.monotonic() - deferred_logged > 10:
+                log.info("reconciler: %d stale sighting(s) deferred: %s", findings.counts["deferred"],
+                         findings.backlog())
+                deferred_logged = time.monotonic()
             stop.wait(settings.reconciler_interval_s)
     finally:
         reconciler.close()

@@ -31,6 +31,19 @@ end
 return 0
 """
 
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if held then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -73,7 +86,10 @@ class Lease:
         self.token = uuid.uuid4().hex
 
     def acquire(self) -> bool:
-        return bool(self.client.set(LEASE_KEY, self.token, nx=True, px=self.ttl_ms))
+        """True when the lease is free or already this owner's: a pass that could not release it (Redis went
+        away mid-pass and came back with its append-only file) must not lock its own reconciler out until the
+        lease expires."""
+        return bool(self.client.eval(_ACQUIRE, 1, LEASE_KEY, self.token, self.ttl_ms))
 
     def refresh(self) -> bool:
         """Extend the lease while a pass goes on (False when it was lost)."""
