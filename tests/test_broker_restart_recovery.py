@@ -158,3 +158,38 @@ def test_every_faust_consumer_fetches_through_the_guard():
     assert driver.Consumer.getmany is faust_consumer.Consumer.getmany
     assert faust_consumer.Consumer.getmany.__whaleid_guard__
     assert not getattr(faust_consumer.Consumer.getmany.__wrapped__, "__whaleid_guard__", False)
+
+
+def test_a_lost_input_topic_is_created_again_and_a_recreated_one_is_noticed_by_its_new_id(stack):
+    """Rules 3 and 4 against the real broker: a topic the broker does not list is created (else Faust's
+    rebalance retries its commit until a producer creates it); a topic created again has a new topic id, which
+    is reported so its partitions are read from the start however far the new log has grown."""
+    import time
+    import uuid
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    from services.chain.kafka_producers import kafka_options
+    from services.chain.topic_resets import TopicKeeper
+
+    name = f"keeper-{uuid.uuid4().hex[:8]}"
+    keeper = TopicKeeper(kafka_options(stack.settings), 4, 1)
+    admin = KafkaAdminClient(**kafka_options(stack.settings))
+    try:
+        assert keeper.check([name]) == ([name], [])  # missing: created
+        assert name in admin.list_topics()
+        assert keeper.check([name]) == ([], [])  # its id is remembered
+        first = keeper.ids[name]
+        assert keeper.check([name]) == ([], [])
+        admin.delete_topics([name])
+        time.sleep(0.5)
+        admin.create_topics([NewTopic(name, 4, 1)])
+        time.sleep(0.5)
+        assert keeper.check([name]) == ([], [name])  # created again behind the stage's back
+        assert keeper.ids[name] != first
+        assert keeper.check([name]) == ([], [])
+    finally:
+        admin.delete_topics([name])
+        admin.close()
+        keeper.close()

@@ -17,13 +17,15 @@ The policy (`install(app, interval_s)`), on every Faust consumer of the chain:
 2. **Every `interval_s` (a timer)**, for the partitions that get no message: a partition whose high-water mark
    (the next offset the broker will write, from the last fetch) is below the read offset, or fell below
    the highest high-water mark seen on it before (a log never shrinks), was reset: its state is dropped and it
-   is read again from its start. The second test catches a log that already refilled past the old position.
-
+   is read again from its start. The second test catches a log that refilled past a lagging stage's position.
 3. **Every `interval_s`, the stage's input topics exist**: after a broker lost its topics, Faust's rebalance
    (its commit before giving partitions up) retries for as long as the input topic is unknown to the broker, so
    a stage would stall until some producer happens to create it again, and the next stage waits on this one.
    A topic the agents read that the broker does not list is created (as Faust does at start: the app's
    partition count and replication factor).
+4. **Every `interval_s`, a topic created again** (its topic id changed; Kafka >= 2.8 and Tansu give ids): every
+   assigned partition of it is read again from its start, however far the new log has grown (the case rules 1
+   and 2 can miss: a stage whose position is still inside the refilled log and which never saw the mark fall).
 
 Either way the partition is read from the start of the log the broker now has ("earliest"): the stages are
 idempotent by sighting id, so reading again what was handled costs time, not duplicates. What the broker lost
@@ -125,35 +127,62 @@ def agent_topics(app) -> list[str]:
 
 
 class TopicKeeper:
-    """Rule 3: creates the stage's input topics when the broker does not list them (a kafka-python admin client,
-    made on first use and again after an error)."""
+    """Rules 3 and 4: creates the stage's input topics when the broker does not list them, and notices a topic
+    created again (a new topic id: Kafka >= 2.8 and Tansu give each topic one). A kafka-python admin client, made
+    on first use and again after an error."""
 
     def __init__(self, admin_options: dict, partitions: int, replication: int):
         self.admin_options = admin_options
         self.partitions = partitions
         self.replication = replication
+        self.ids: dict[str, str] = {}  # topic -> the id it had when last seen
         self._admin = None
 
-    def ensure(self, names: list[str]) -> list[str]:
-        """Create those of `names` the broker does not list; the ones created."""
+    def _client(self):
         from kafka import KafkaAdminClient
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self.admin_options, client_id="whaleid-topic-keeper",
+                                           request_timeout_ms=5000)
+        return self._admin
+
+    def _topic_ids(self, names: list[str]) -> dict[str, str | None]:
+        """{topic: its id, or None when the broker does not have it}."""
+        admin = self._client()
+        present = set(admin.list_topics())
+        ids: dict[str, str | None] = {name: None for name in names}
+        wanted = [name for name in names if name in present]
+        if wanted:
+            for entry in admin.describe_topics(wanted):
+                if entry.get("error_code", 0) == 0 and entry.get("name") in ids:
+                    ids[entry["name"]] = str(entry.get("topic_id") or "") or ""
+        return ids
+
+    def check(self, names: list[str]) -> tuple[list[str], list[str]]:
+        """(the topics of `names` created now, the topics whose id changed since the last check)."""
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
         if not names:
-            return []
+            return [], []
         try:
-            if self._admin is None:
-                self._admin = KafkaAdminClient(**self.admin_options, client_id="whaleid-topic-keeper",
-                                               request_timeout_ms=5000)
-            missing = sorted(set(names) - set(self._admin.list_topics()))
-            if not missing:
-                return []
-            try:
-                self._admin.create_topics([NewTopic(name, self.partitions, self.replication) for name in missing])
-            except TopicAlreadyExistsError:
-                pass
-            return missing
+            ids = self._topic_ids(names)
+            missing = sorted(name for name, topic_id in ids.items() if topic_id is None)
+            if missing:
+                try:
+                    self._client().create_topics([NewTopic(name, self.partitions, self.replication)
+                                                  for name in missing])
+                except TopicAlreadyExistsError:
+                    pass
+            changed = []
+            for name, topic_id in ids.items():
+                if not topic_id:  # missing (just created: its id is read next time) or not reported
+                    continue
+                before = self.ids.get(name)
+                if before is not None and before != topic_id:
+                    changed.append(name)
+                self.ids[name] = topic_id
+            return missing, sorted(changed)
         except Exception:
             self.close()
             raise
@@ -168,7 +197,7 @@ class TopicKeeper:
 
 
 def install(app, interval_s: float, admin_options: dict | None = None) -> None:
-    """Rules 1, 2 and 3 for `app` (2 and 3 only with an interval; 3 only with `admin_options`, the kafka-python
+    """Rules 1 to 4 for `app` (2 to 4 only with an interval; 3 and 4 only with `admin_options`, the kafka-python
     connection options)."""
     import asyncio
 
@@ -190,14 +219,20 @@ def install(app, interval_s: float, admin_options: dict | None = None) -> None:
         return
 
     @app.timer(interval=interval_s)
-    async def recreate_lost_topics():
+    async def keep_input_topics():
         try:
-            created = await asyncio.to_thread(keeper.ensure, agent_topics(app))
+            created, changed = await asyncio.to_thread(keeper.check, agent_topics(app))
         except Exception as exc:  # noqa: BLE001 - the broker is away: look again next time
             log.info("checking the input topics: %s: %s", type(exc).__name__, exc)
             return
         if created:
             log.warning("the broker lost the input topic(s) %s: created them again", ", ".join(created))
+        if changed:
+            consumer = app.consumer
+            for tp in sorted(tp for tp in consumer.assignment() if tp.topic in changed):
+                log.warning("%s [%d] belongs to a topic created again (a new topic id): reading it from its start",
+                            tp.topic, tp.partition)
+                await forget_and_rewind(consumer, tp)
 
 
 watch_topic_resets = install  # the former name
