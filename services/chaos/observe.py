@@ -46,6 +46,7 @@ class TopicObserver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self.resets = 0
 
     def start(self) -> "TopicObserver":
         self._thread = threading.Thread(target=self._run, name="chaos-topic-observer", daemon=True)
@@ -64,8 +65,24 @@ class TopicObserver:
                              auto_offset_reset="earliest", enable_auto_commit=True, consumer_timeout_ms=500,
                              metadata_max_age_ms=2000, request_timeout_ms=10000, reconnect_backoff_max_ms=1000)
 
+    def _rewind_reset_partitions(self, consumer, marks: dict) -> None:
+        """The chain's reset policy (docs/interfaces.md, "Delivery"), for this consumer: a partition whose
+        high-water mark fell (the broker restarted without its data, the topic was created again) is read again
+        from its start, so records written to the new log below the old position are not skipped."""
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            if high < marks.get(tp, 0):
+                log.info("topic observer: %s [%d] was reset (high-water mark %d < %d): reading it from its start",
+                         tp.topic, tp.partition, high, marks[tp])
+                consumer.seek_to_beginning(tp)
+                self.resets += 1
+            marks[tp] = high
+
     def _run(self) -> None:
         consumer = None
+        marks: dict = {}  # partition -> the highest high-water mark seen
         while not self._stop.is_set():
             try:
                 if consumer is None:
@@ -74,6 +91,7 @@ class TopicObserver:
                 for partition, messages in batches.items():
                     for message in messages:
                         self._add(partition.topic, message.key, message.value)
+                self._rewind_reset_partitions(consumer, marks)
             except Exception as exc:  # noqa: BLE001 - a broker restart: reconnect and read on
                 self.errors += 1
                 log.info("topic observer: %s: %s (reconnecting)", type(exc).__name__, exc)
