@@ -19,6 +19,7 @@ DEFAULT_NAME = "default"
 KNOWN_BACKBONES = tuple(f"EfficientNetB{i}" for i in range(8)) + tuple(f"EfficientNetLite{i}" for i in range(3))
 CHOICES = {
     "pooling": ("avg", "gem"),
+    "head": ("arcface", "none"),
     "strategy": ("auto", "tpu", "mirrored", "default"),
     "backbone": KNOWN_BACKBONES,
 }

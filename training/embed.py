@@ -68,6 +68,10 @@ def read_labels(run_dir: str | Path) -> dict[str, Any]:
 
 
 def model_id(config: dict[str, Any], epoch: int) -> str:
+    from training.general import general_model_id, is_general
+
+    if is_general(config):
+        return general_model_id(config)
     fold = config["fold"]
     return f"{config['name']}-{'all' if fold < 0 else f'f{fold}'}-e{epoch:03d}"
 
@@ -101,8 +105,9 @@ def load_trained_models(run_dir: str | Path, snapshot: int | str | Path | None =
         "model_id": model_id(config, epoch),
         "backbone": config["backbone"],
         "image_size": config["image_size"],
-        "embedding_size": config["embedding_size"],
+        "embedding_size": int(embedding_model.output.shape[-1]),
         "fold": config["fold"],
+        "trained": config.get("head") != "none",  # the general identifier: no fold was trained on
         "epoch": epoch,
         "eval_box_source": config["eval_box_source"],
         "checkpoint": str(checkpoint),

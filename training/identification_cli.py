@@ -18,7 +18,8 @@ def register(subparsers) -> None:
                     "several runs, the blend weights; writes RUN/tuning.json and RUN/threshold_curve.png.")
     evaluate.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
     evaluate.add_argument("--run", required=True, action="append", dest="runs",
-                          help="training run directory (repeat to blend several models; the first gets the files)")
+                          help="training run directory, or `general`: the general identifier, no training (repeat to blend "
+                               "several models; the first gets the files)")
     evaluate.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
     evaluate.add_argument("--folds", type=int, nargs="+", default=None,
                           help="folds to evaluate (default: the fold every run held out from training; a fold "
@@ -44,7 +45,8 @@ def register(subparsers) -> None:
                     "tuning.json (threshold(s), blend weights, flip TTA) and writes image,predictions.")
     predict.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
     predict.add_argument("--run", required=True, action="append", dest="runs",
-                         help="training run directory (repeat for a blend; tuning.json is read from the first)")
+                         help="training run directory, or `general`: the general identifier, no training (repeat for a "
+                              "blend; tuning.json is read from the first)")
     predict.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
     predict.add_argument("--out", required=True, help="submission CSV to write")
     predict.add_argument("--tuning", default=None, help="tuning.json to use (default: FIRST_RUN/tuning.json)")

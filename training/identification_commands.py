@@ -18,9 +18,11 @@ from services.identification.gallery import build_reference_gallery
 from services.identification.identifier import Identifier
 from services.identification.metrics import map_at_5, map_at_5_per_group
 from services.identification.submission import format_scores, write_submission
+from services.identification.threshold_choice import DEFAULT_QUANTILE, catalogue_threshold
 from services.identification.tuning import TUNING_FILE, Tuning
 from services.identification.vectors import blend, combine_flip
 from training.folds import FOLDS_FILE, read_folds
+from training.general import resolve_runs
 from training.plots import plot_threshold_curve
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,23 @@ def mirror_box(box, width: int):
     return (width - x1, y0, width - x0, y1)
 
 
-def read_run_folds(runs: Sequence[str]) -> dict[str, int]:
+def read_run_folds(runs: Sequence[str], individual_ids: Sequence[str] = ()) -> dict[str, int]:
+    """The runs' common folds.csv; runs of the general identifier have none (they trained on no fold): with only
+    those, the data's individuals in GENERAL_FOLDS folds (training's split, by individual)."""
+    from training.config import read_saved_config
+    from training.general import is_general
+
+    trained = [run for run in runs if not ((Path(run) / "config.yaml").is_file()
+                                           and is_general(read_saved_config(Path(run) / "config.yaml")))]
+    if not trained:
+        from training.data import split_folds
+
+        count = len(set(individual_ids))
+        if count < 2:
+            raise DataError(f"evaluation needs at least 2 individuals, the data has {count}")
+        return split_folds(list(individual_ids), min(GENERAL_FOLDS, count), seed=0)
     folds = None
-    for run in runs:
+    for run in trained:
         path = Path(run) / FOLDS_FILE
         if not path.is_file():
             raise ConfigError(f"run {run} has no {FOLDS_FILE}; is it a `whaleid train` run?")
@@ -85,21 +101,30 @@ def read_run_folds(runs: Sequence[str]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- evaluate
-def held_out_folds(runs: Sequence[str], embedders: Sequence) -> list[tuple[str, int]]:
-    """(run, the fold its training held out; -1: none) per blended run: `whaleid train` trains on every
-    individual of folds.csv but those of the config's `fold`."""
-    return [(str(run), int(e.info["fold"])) for run, e in zip(runs, embedders, strict=True)]
+GENERAL_FOLDS = 5  # the general identifier's evaluation: k-fold by individual, every fold held out
 
 
-def folds_to_evaluate(run_folds: Sequence[tuple[str, int]], requested: Sequence[int] | None,
-                      allow_in_fold: bool = False) -> tuple[list[int], list[int]]:
+def held_out_folds(runs: Sequence[str], embedders: Sequence) -> list[tuple[str, int | None]]:
+    """(run, the fold its training held out; -1: none; None: every fold, the general identifier trained on no
+    individual) per blended run: `whaleid train` trains on every individual of folds.csv but those of the
+    config's `fold`."""
+    return [(str(run), int(e.info["fold"]) if e.info.get("trained", True) else None)
+            for run, e in zip(runs, embedders, strict=True)]
+
+
+def folds_to_evaluate(run_folds: Sequence[tuple[str, int | None]], requested: Sequence[int] | None,
+                      allow_in_fold: bool = False, all_folds: Sequence[int] = ()) -> tuple[list[int], list[int]]:
     """(folds to evaluate, those of them some run trained on). A fold is clean for a blend only if EVERY run held
-    it out; asked-for folds that a run trained on are refused unless `allow_in_fold`; by default the folds every
-    run held out."""
-    common = set.intersection(*({held} if held >= 0 else set() for _, held in run_folds))
+    it out (a run that trained on nothing holds out `all_folds`); asked-for folds that a run trained on are
+    refused unless `allow_in_fold`; by default the folds every run held out."""
+    def clean(held):
+        return set(all_folds) if held is None else ({held} if held >= 0 else set())
+
+    common = set.intersection(*(clean(held) for _, held in run_folds))
     if requested:
         folds = sorted(set(requested))
-        trained = [(run, held, fold) for fold in folds for run, held in run_folds if fold != held or held < 0]
+        trained = [(run, held, fold) for fold in folds for run, held in run_folds
+                   if held is not None and (fold != held or held < 0)]
         if trained and not allow_in_fold:
             by_run: dict[tuple[str, int], list[str]] = {}
             for run, held, fold in trained:
@@ -130,14 +155,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from training.data import load_dataset
 
     data = load_dataset(args.data)
-    folds = read_run_folds(args.runs)
+    args.runs = resolve_runs(args.runs)
+    folds = read_run_folds(args.runs, [r.individual_id for r in data.train])
     missing = sorted({r.individual_id for r in data.train} - set(folds))
     if missing:
         raise DataError(f"{len(missing)} individual(s) of {args.data} are not in the run's {FOLDS_FILE} "
                         f"(another data set?): {', '.join(missing[:10])}")
     embedders = load_embedders(args.runs, args.snapshot)
     eval_folds, in_fold = folds_to_evaluate(held_out_folds(args.runs, embedders), args.folds,
-                                            args.allow_in_fold)
+                                            args.allow_in_fold, sorted(set(folds.values())))
     if in_fold:
         log.warning("folds %s were trained on by the model(s): their MAP@5 is optimistic (in-fold)", in_fold)
     images = [r.image for r in data.train]
@@ -147,7 +173,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     evaluation = evaluate_out_of_fold(embeddings, labelled, eval_folds, k=args.k,
                                       per_species=not args.no_per_species, flip_tta=args.flip_tta,
                                       references=getattr(args, "references", "photos"),
-                                      validation=getattr(args, "validation", "fold"))
+                                      validation=getattr(args, "validation", "fold"),
+                                      default_quantile=default_quantile(embedders[0]))
     report = {**evaluation.report, "in_fold": in_fold, "runs": [str(r) for r in args.runs]}
     evaluation.tuning.validation["in_fold"] = in_fold
     out_dir = Path(args.runs[0])
@@ -163,9 +190,19 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_quantile(embedder) -> float:
+    """The model's calibrated default: the config's new_individual_quantile of a catalogue's impostor scores
+    (services.identification.threshold_choice), served when a catalogue's validation cannot tune a threshold."""
+    return float(embedder.info.get("config", {}).get("new_individual_quantile", DEFAULT_QUANTILE))
+
+
 def format_evaluation(report: dict) -> str:
     tuned = "threshold/weights" if len(report["weights"]) > 1 else "threshold"
-    lines = [
+    choice = report.get("threshold_choice") or {}
+    lines = []
+    if choice:
+        lines.append(f"served: {describe_choice(choice)}")
+    lines += [
         f"out-of-fold MAP@5 (held out: {tuned} tuned on one half of the queries, split by individual, scored on "
         f"the other): {report['map5_held_out']:.4f}",
         f"out-of-fold MAP@5 (in-sample: {tuned} tuned on these queries): {report['map5_in_sample']:.4f} "
@@ -194,18 +231,24 @@ def predict_command(args: argparse.Namespace) -> int:
     data = load_dataset(args.data)
     if not data.test_images:
         raise DataError(f"{args.data}: no test images to predict")
-    tuning = Tuning.load(args.tuning or Path(args.runs[0]) / TUNING_FILE)
+    args.runs = resolve_runs(args.runs)
     embedders = load_embedders(args.runs, args.snapshot)
+    tuning, origin = tuning_for(args, embedders)
     model_ids = [e.model_id for e in embedders]
-    weights = tuning.weights if len(embedders) > 1 else {model_ids[0]: 1.0}
+    weights = tuning.weights if tuning is not None and len(embedders) > 1 else {model_ids[0]: 1.0}
+    flip_tta = tuning.flip_tta if tuning is not None else False
     unknown = sorted(set(model_ids) - set(weights))
     if unknown:
         raise ConfigError(f"the tuning file has no blend weight for {', '.join(unknown)} "
                           f"(it has {', '.join(weights) or 'none'}): run `whaleid evaluate` with these runs")
     train_images = [r.image for r in data.train]
-    gallery_emb = blend({e.model_id: embed_images(e, data, train_images, tuning.flip_tta) for e in embedders}, weights)
-    test_emb = blend({e.model_id: embed_images(e, data, data.test_images, tuning.flip_tta) for e in embedders},
-                     weights)
+    gallery_emb = blend({e.model_id: embed_images(e, data, train_images, flip_tta) for e in embedders}, weights)
+    test_emb = blend({e.model_id: embed_images(e, data, data.test_images, flip_tta) for e in embedders}, weights)
+    if tuning is None:
+        threshold = catalogue_threshold(gallery_emb, [r.individual_id for r in data.train], default_quantile(embedders[0]))
+        tuning = Tuning(threshold=threshold if threshold is not None else 0.5)
+        origin = f"threshold {tuning.threshold:.3f}, {origin}"
+    print(f"{', '.join(model_ids)}: {origin}", flush=True)
     references = getattr(args, "references", None) or tuning.validation.get("references") or "photos"
     gallery = build_reference_gallery(gallery_emb, [r.individual_id for r in data.train],
                                       [r.species for r in data.train], train_images, references, model_ids=model_ids)
@@ -220,6 +263,30 @@ def predict_command(args: argparse.Namespace) -> int:
         per_species = map_at_5_per_group(labels, ids, species)
         print(format_scores(map_at_5(labels, ids), per_species, len(ids)))
     return 0
+
+
+def describe_choice(choice: dict) -> str:
+    if choice.get("source") == "tuned":
+        interval = choice.get("interval")
+        span = f", 90% interval {interval[0]:.2f}-{interval[1]:.2f}" if interval else ""
+        return (f"threshold {choice['threshold']:.3f} tuned on {choice.get('queries')} validation queries "
+                f"({choice.get('known_queries')} known, {choice.get('new_queries')} new{span})")
+    return f"threshold {choice['threshold']:.3f}, the calibrated default ({choice.get('reason')})"
+
+
+def tuning_for(args: argparse.Namespace, embedders) -> tuple[Tuning | None, str]:
+    """(the tuning predict serves, a line saying which threshold and where it came from): --tuning, else the first
+    run's tuning.json; a run of the general identifier without one: (None, ...), the calibrated default on the
+    gallery."""
+    path = Path(args.tuning) if args.tuning else Path(args.runs[0]) / TUNING_FILE
+    if args.tuning or path.is_file() or embedders[0].info.get("trained", True) or len(embedders) > 1:
+        tuning = Tuning.load(path)
+        choice = tuning.validation.get("threshold_choice")
+        how = describe_choice(choice) if choice else f"threshold {tuning.threshold:.3f}"
+        return tuning, f"{how}, from {path}"
+    return None, (f"the calibrated default threshold (no {TUNING_FILE} in {args.runs[0]}: the "
+                  f"{default_quantile(embedders[0])} quantile of the gallery's impostor scores; `whaleid evaluate "
+                  "--run general` tunes one on your catalogue)")
 
 
 def truth_of(args: argparse.Namespace, data):

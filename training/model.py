@@ -143,9 +143,27 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
     return count
 
 
+def build_general_model(config: Mapping[str, Any]) -> keras.Model:
+    """The general identifier (`head: none`): the pretrained backbone, GeM (fixed power) or average pooling,
+    L2-normalised. Nothing in it is trained; its embedding is as wide as the backbone's last feature map."""
+    size = config["image_size"]
+    image = keras.Input((size, size, 3), name="image", dtype="float32")
+    backbone = build_backbone({**config, "freeze_layers": ""})
+    backbone.trainable = False
+    features = backbone(image)
+    if config["pooling"] == "gem":
+        pooled = GeMPooling(config["gem_p"], name="gem_pooling", trainable=False)(features)
+    else:
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pooling")(features)
+    return keras.Model(image, L2Normalize(name="embedding", dtype="float32")(pooled), name="general")
+
+
 def build_models(config: Mapping[str, Any], num_classes: int, num_species: int = 0, class_counts=None):
     """(train_model, embedding_model) for `num_classes` training individuals and `num_species` species;
     `class_counts` (training photos per class) sets per-class margins when `arcface_dynamic_margin` is on."""
+    if config.get("head") == "none":
+        model = build_general_model(config)
+        return model, model
     if num_classes < 2:
         raise ConfigError(f"training needs at least 2 individuals, got {num_classes}")
     size = config["image_size"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from services.errors import WhaleIdError
 
-TENSORFLOW_COMMANDS = {"train", "export", "evaluate", "predict", "demo", "baseline", "detector"}
+TENSORFLOW_COMMANDS = {"train", "general", "export", "evaluate", "predict", "demo", "baseline", "detector"}
 # Packages of the optional extras (pyproject.toml): a command that needs one says which extra to install.
 EXTRA_OF_PACKAGE = {
     "tensorflow": "training", "keras": "training", "tf2onnx": "training", "onnx": "training",
@@ -29,7 +29,7 @@ TENSORFLOW_LOG = ".whaleid/logs/tensorflow.log"
 
 COMMAND_MODULES = (
     "services.stack.cli",           # whaleid stack up|status|down|env
-    "training.cli",                 # whaleid synth | train | export
+    "training.cli",                 # whaleid synth | train | general | export
     "services.identification.cli",  # whaleid score
     "training.identification_cli",  # whaleid evaluate | predict
     "services.model_repo.cli",      # whaleid model-repo build|validate|reload|push|pull

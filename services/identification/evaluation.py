@@ -5,7 +5,9 @@ Split of one validation fold f (folds are assigned by individual, as in training
     individual that has several images;
   - queries: the other images of those fold-f individuals (truth: their id; known to the gallery but never trained
     on, like an animal added to the gallery after training) and every image of fold-f individuals with a single
-    image (truth: `new_individual`).
+    image (truth: `new_individual`), plus the first photo of each individual held out of the gallery entirely
+    (held_out_individuals: at least MIN_NEW_SHARE of a fold's individuals are new, so that every validation
+    has new animals to tune the threshold on).
 That is `validation="fold"`, the default and training's per-epoch validation. Its known queries are of animals
 the model never trained on, with one reference photo each; a deployment's gallery is mostly trained animals with
 several photos each, whose new photos score higher against their own animal, so the threshold tuned on it is too
@@ -56,10 +58,12 @@ from services.identification.tuning import (
     tune_per_species,
     weighted_mean,
 )
+from services.identification.threshold_choice import TUNED, ThresholdChoice, catalogue_threshold, choose_threshold
 from services.identification.vectors import blend
 
 log = logging.getLogger(__name__)
 
+MIN_NEW_SHARE = 0.2  # at least this share of a validation fold's individuals are new animals (held_out_individuals)
 HELD_OUT_PARTS = 2  # halves of the queries for the cross-fitted (held-out) MAP@5
 VALIDATIONS = ("fold", "live")
 LIVE_ROUNDS = 4  # live validation: at most this many held-out photos per trained individual
@@ -97,6 +101,27 @@ class FoldSplit:
     groups: list[str] | None = None
 
 
+def held_out_individuals(rows_by_individual: Mapping[str, Sequence[int]],
+                         share: float = MIN_NEW_SHARE) -> set[str]:
+    """Individuals of a fold with several photos to hold out of the gallery entirely, so that at least `share` of
+    the fold's individuals are new animals (those with a single photo already are): a fold whose animals all have
+    several photos would otherwise validate no new_individual at all, and tune a threshold that never answers it.
+    Chosen by a hash of the id (stable whatever the other individuals are); none when the fold has fewer than
+    4 individuals with several photos."""
+    singles = sum(1 for rows in rows_by_individual.values() if len(rows) == 1)
+    several = sorted((i for i, rows in rows_by_individual.items() if len(rows) > 1), key=_stable_hash)
+    wanted = int(np.ceil(share * len(rows_by_individual))) - singles
+    if wanted <= 0 or len(several) < 4:
+        return set()
+    return set(several[:min(wanted, len(several) // 2)])
+
+
+def _stable_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(text).encode()).hexdigest()
+
+
 def split_fold(data: LabelledImages, fold: int) -> FoldSplit:
     if fold not in set(data.folds.tolist()):
         raise DataError(f"fold {fold} has no images (folds present: {sorted(set(data.folds.tolist()))})")
@@ -105,9 +130,13 @@ def split_fold(data: LabelledImages, fold: int) -> FoldSplit:
         rows_by_individual.setdefault(data.individual_ids[row], []).append(int(row))
     gallery = [int(r) for r in np.flatnonzero(data.folds != fold)]
     queries, truths = [], []
+    held_out = held_out_individuals(rows_by_individual)
     for individual, rows in sorted(rows_by_individual.items()):
         rows.sort(key=lambda r: data.images[r])
-        if len(rows) == 1:
+        if individual in held_out:  # a new animal: its first photo, with no photo of it in the gallery
+            queries.append(rows[0])
+            truths.append(NEW_INDIVIDUAL)
+        elif len(rows) == 1:
             queries.append(rows[0])
             truths.append(NEW_INDIVIDUAL)
         else:
@@ -239,11 +268,15 @@ def evaluate_out_of_fold(
     blend_steps: int = 10,
     references: str = "photos",
     validation: str = "fold",
+    default_quantile: float | None = None,
 ) -> Evaluation:
     """Out-of-fold MAP@5 (in-sample and held out; per fold and per species at the in-sample threshold), tuned
     threshold(s) and, for several models, blend weights. Embeddings are (N, D) per model, rows aligned with
     `data`. `references`: how every validation gallery is built (gallery.REFERENCES); `validation`: `fold` or
-    `live` (VALIDATIONS, module docstring: with `live`, every MAP@5 figure is the weighted one)."""
+    `live` (VALIDATIONS, module docstring: with `live`, every MAP@5 figure is the weighted one).
+    `default_quantile`: the calibrated default (threshold_choice.catalogue_threshold: this quantile of the
+    catalogue's impostor scores) is served instead of the tuned threshold when the validation cannot tell (None:
+    always the tuned one). The choice is in report["threshold_choice"] and tuning.validation."""
     if not folds:
         raise DataError("evaluation: no folds to evaluate")
     if validation not in VALIDATIONS:
@@ -272,9 +305,14 @@ def evaluate_out_of_fold(
                                    weights=query_weight)
         held_out = {"map5": fitted["map5"], "thresholds": fitted["thresholds"]}
     sweep = sweep_threshold(oof.candidates, oof.truths, grid, query_weight)
-    threshold = sweep.best
+    default = (catalogue_threshold(blend(embeddings_by_model, weights), data.individual_ids, default_quantile)
+               if default_quantile is not None else None)
+    choice = (choose_threshold(oof.candidates, oof.truths, default, oof.groups, query_weight, grid)
+              if default is not None else
+              ThresholdChoice(sweep.best, TUNED, "tuned out of fold", sweep.best, queries=int(len(oof.truths))))
+    threshold = choice.threshold
     species_thresholds = (tune_per_species(oof.candidates, oof.truths, oof.species, threshold, grid,
-                                           weights=query_weight) if per_species else {})
+                                           weights=query_weight) if per_species and choice.source == TUNED else {})
     query_thresholds = np.array([species_thresholds.get(s, threshold) for s in oof.species], dtype=np.float32)
     fold_sweeps = {}
     for fold in folds:
@@ -293,6 +331,7 @@ def evaluate_out_of_fold(
         "map5_threshold_0": sweep_at(oof, 0.0, query_weight),
         "map5_threshold_1": sweep_at(oof, 1.0, query_weight),
         "threshold": threshold,
+        "threshold_choice": choice.as_dict(),
         "per_species_thresholds": species_thresholds,
         "per_fold": group_map5(ap, oof.folds, query_weight),
         "per_species": group_map5(ap, oof.species, query_weight),
@@ -316,7 +355,7 @@ def evaluate_out_of_fold(
                                                              "map5_per_species_thresholds", "map5_threshold_0",
                                                              "map5_threshold_1", "per_fold", "per_species", "queries",
                                                              "new_individual_share", "folds", "references",
-                                                             "validation")})
+                                                             "validation", "threshold_choice")})
     return Evaluation(tuning, sweep, fold_sweeps, report)
 
 

@@ -1,0 +1,99 @@
+"""The general identifier: a pretrained backbone's pooled features with no training at all.
+
+A researcher with 20 animals cannot train a model; the general identifier works on their catalogue the day it is
+imported, and fine-tuning (`whaleid train`) is an improvement on top of it that `whaleid evaluate` compares with
+it. It is written as a run directory like any training run (config.yaml with `head: none`, labels.json,
+checkpoints/epoch_000.weights.h5 holding the pretrained weights), so evaluate, predict, export, `gallery build`
+and `model-repo build` take it where they take a run: `--run general` is this model, written on first use to
+`runs/general` (or $WHALEID_GENERAL_RUN), or `whaleid general --out DIR [--set key=value]` writes one.
+
+Its embedding was never trained on any individual, so every fold of a catalogue is held out from it
+(`evaluate` scores them all). Like every model, its threshold falls back to the calibrated default (the
+config's `new_individual_quantile` of the catalogue's impostor scores, services.identification.threshold_choice)
+when a catalogue has too few validation queries to tune one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from services.errors import ConfigError
+from training.config import load_config, read_saved_config, save_config
+
+log = logging.getLogger(__name__)
+
+GENERAL = "general"
+DEFAULT_DIR = Path("runs") / GENERAL
+DIR_ENV = "WHALEID_GENERAL_RUN"
+# settings that change the embedding: a run written with other values is another model
+EMBEDDING_KEYS = ("backbone", "image_size", "weights", "pooling", "gem_p", "eval_box_source")
+
+
+def is_general(config: Mapping[str, Any]) -> bool:
+    """True for the general identifier's config (never trained: every fold is held out from it)."""
+    return config.get("head") == "none"
+
+
+def general_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    config = load_config(GENERAL, overrides)
+    if not is_general(config):
+        raise ConfigError("the general identifier needs head: none")
+    return config
+
+
+def general_model_id(config: Mapping[str, Any]) -> str:
+    """e.g. general-lite2-384 (a Triton model name: letters, digits and dashes)."""
+    backbone = str(config["backbone"]).lower().replace("efficientnet", "")
+    pooling = "" if config["pooling"] == "gem" else f"-{config['pooling']}"
+    return f"{config['name']}-{backbone}-{config['image_size']}{pooling}"
+
+
+def default_dir() -> Path:
+    return Path(os.environ.get(DIR_ENV) or DEFAULT_DIR)
+
+
+def write_general_run(out: str | Path, overrides: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write the general identifier as a run directory (kept as it is when `out` already holds the same one)."""
+    from training.embed import CHECKPOINT_DIR, LABELS_FILE, checkpoint_name
+    from training.model import build_general_model
+
+    out = Path(out)
+    config = general_config(overrides)
+    checkpoint = out / CHECKPOINT_DIR / checkpoint_name(0)
+    if (out / "config.yaml").is_file():
+        existing = read_saved_config(out / "config.yaml")
+        if not is_general(existing):
+            raise ConfigError(f"{out} holds a training run, not the general identifier: pass another --out")
+        same = all(existing.get(k) == config.get(k) for k in EMBEDDING_KEYS)
+        if same and checkpoint.is_file() and not overwrite:
+            return out
+        if not same and not overwrite:
+            raise ConfigError(f"{out} holds a general identifier with other settings "
+                              f"({', '.join(f'{k}={existing.get(k)}' for k in EMBEDDING_KEYS)}): pass --overwrite "
+                              "or another --out")
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    model = build_general_model(config)
+    model.save_weights(checkpoint)
+    save_config(config, out / "config.yaml")
+    (out / LABELS_FILE).write_text(json.dumps({"classes": [], "species": []}) + "\n")
+    log.info("wrote the general identifier %s to %s", general_model_id(config), out)
+    return out
+
+
+def resolve_run(spec: str | Path) -> str:
+    """A --run value: `general` is the general identifier (written on first use to runs/general, or
+    $WHALEID_GENERAL_RUN); anything else is a run directory, returned as it is."""
+    if str(spec) != GENERAL:
+        return str(spec)
+    target = default_dir()
+    if not (target / "config.yaml").is_file():
+        print(f"writing the general identifier to {target} (first use)", flush=True)
+    return str(write_general_run(target))
+
+
+def resolve_runs(specs) -> list[str]:
+    return [resolve_run(s) for s in specs]
