@@ -187,7 +187,11 @@ class SightingWorker(ChainStage):
                 continue
             seen.add(event.sighting_id)
             fresh.append(event)
-        prepared = await asyncio.gather(*(self._prepare_one(event) for event in fresh))  # S3 fetches in parallel
+        prepared = await asyncio.gather(*(self._prepare_one(event) for event in fresh),  # S3 fetches in parallel
+                                        return_exceptions=True)  # all of them end before an error is raised
+        errors = [item for item in prepared if isinstance(item, BaseException)]
+        if errors:
+            raise errors[0]
         todo = [item for item in prepared if item is not None]
         if todo:
             await self._embed_and_publish(todo)
