@@ -135,7 +135,7 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
     assert "downloading confirmed sightings" in err and f"embedding with {new.model_id}" in err  # progress bars
     assert summary["previous_version"] == plain.new_version and store.current_version() == summary["version"]
     assert summary["re_embedded"] and summary["model_id"] == new.model_id
-    assert summary["previous_model_ids"] == [old.model_id] and summary["tuning_source"] == "tuned"
+    assert summary["previous_model_ids"] == [old.model_id] and summary["tuning_source"] == "calibrated_default"  # 8 individuals
     assert summary["sightings_added"] == 3 and list(summary["skipped"]) == [sightings["gone"]]
     assert "is gone" in summary["skipped"][sightings["gone"]]
     served = Gallery.load(store.download(summary["version"], tmp_path / "served"))

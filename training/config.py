@@ -146,3 +146,16 @@ def read_saved_config(path: Path) -> dict[str, Any]:
     """A run's resolved config.yaml, merged over today's defaults (so keys added later get their default)."""
     default = _read_yaml(CONFIG_DIR / f"{DEFAULT_NAME}.yaml")
     return validate(_merge(default, _read_yaml(Path(path)), str(path)))
+
+
+def is_general(config: Mapping[str, Any]) -> bool:
+    """True for the general identifier's config (`head: none`, training/general.py): never trained, so every fold
+    is held out from it."""
+    return config.get("head") == "none"
+
+
+def general_model_id(config: Mapping[str, Any]) -> str:
+    """The general identifier's model id, e.g. general-lite2-384 (a Triton model name: letters, digits, dashes)."""
+    backbone = str(config["backbone"]).lower().replace("efficientnet", "")
+    pooling = "" if config["pooling"] == "gem" else f"-{config['pooling']}"
+    return f"{config['name']}-{backbone}-{config['image_size']}{pooling}"

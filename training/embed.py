@@ -16,7 +16,7 @@ import numpy as np
 
 from services import imaging
 from services.errors import ConfigError
-from training.config import read_saved_config
+from training.config import general_model_id, is_general, read_saved_config
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"epoch_(\d{3,})\.weights\.h5$")
@@ -68,8 +68,6 @@ def read_labels(run_dir: str | Path) -> dict[str, Any]:
 
 
 def model_id(config: dict[str, Any], epoch: int) -> str:
-    from training.general import general_model_id, is_general
-
     if is_general(config):
         return general_model_id(config)
     fold = config["fold"]

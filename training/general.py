@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from services.errors import ConfigError
-from training.config import load_config, read_saved_config, save_config
+from training.config import general_model_id, is_general, load_config, read_saved_config, save_config
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +33,11 @@ DIR_ENV = "WHALEID_GENERAL_RUN"
 EMBEDDING_KEYS = ("backbone", "image_size", "weights", "pooling", "gem_p", "eval_box_source")
 
 
-def is_general(config: Mapping[str, Any]) -> bool:
-    """True for the general identifier's config (never trained: every fold is held out from it)."""
-    return config.get("head") == "none"
-
-
 def general_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     config = load_config(GENERAL, overrides)
     if not is_general(config):
         raise ConfigError("the general identifier needs head: none")
     return config
-
-
-def general_model_id(config: Mapping[str, Any]) -> str:
-    """e.g. general-lite2-384 (a Triton model name: letters, digits and dashes)."""
-    backbone = str(config["backbone"]).lower().replace("efficientnet", "")
-    pooling = "" if config["pooling"] == "gem" else f"-{config['pooling']}"
-    return f"{config['name']}-{backbone}-{config['image_size']}{pooling}"
 
 
 def default_dir() -> Path:
@@ -85,15 +73,34 @@ def write_general_run(out: str | Path, overrides: Mapping[str, Any] | None = Non
 
 
 def resolve_run(spec: str | Path) -> str:
-    """A --run value: `general` is the general identifier (written on first use to runs/general, or
-    $WHALEID_GENERAL_RUN); anything else is a run directory, returned as it is."""
+    """A --run value: `general` is the general identifier in runs/general (or $WHALEID_GENERAL_RUN), written
+    there with general.yaml's settings on first use; anything else is a run directory, returned as it is."""
     if str(spec) != GENERAL:
         return str(spec)
     target = default_dir()
-    if not (target / "config.yaml").is_file():
-        print(f"writing the general identifier to {target} (first use)", flush=True)
+    if (target / "config.yaml").is_file():
+        if not is_general(read_saved_config(target / "config.yaml")):
+            raise ConfigError(f"{target} holds a training run, not the general identifier (${DIR_ENV} or "
+                              f"{DEFAULT_DIR} must be the general identifier's directory)")
+        return str(target)  # as written, also with `whaleid general --set ...` settings
+    print(f"writing the general identifier to {target} (first use)", flush=True)
     return str(write_general_run(target))
 
 
 def resolve_runs(specs) -> list[str]:
     return [resolve_run(s) for s in specs]
+
+
+def general_exports(run_dir: str | Path | None = None) -> Path:
+    """The exports directory (whaleid export) of the general identifier, exported once into RUN/exports: what
+    `model-repo build` serves when no --exports is given."""
+    from services.model_repo.exports import MANIFEST
+    from training.export import export_run
+
+    run = Path(run_dir) if run_dir is not None else Path(resolve_run(GENERAL))
+    config = read_saved_config(run / "config.yaml")
+    out = run / "exports"
+    if not (out / general_model_id(config) / MANIFEST).is_file():
+        print(f"exporting the general identifier {general_model_id(config)} to {out} (first use)", flush=True)
+        export_run(run, out)
+    return out

@@ -21,8 +21,8 @@ def register(subparsers) -> None:
 
 
 def _general(args) -> int:
-    from training.config import parse_set_options
-    from training.general import default_dir, general_config, general_model_id, write_general_run
+    from training.config import general_model_id, parse_set_options
+    from training.general import default_dir, general_config, write_general_run
 
     overrides = parse_set_options(args.set)
     out = write_general_run(args.out or default_dir(), overrides, overwrite=args.overwrite)

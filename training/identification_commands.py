@@ -18,7 +18,7 @@ from services.identification.gallery import build_reference_gallery
 from services.identification.identifier import Identifier
 from services.identification.metrics import map_at_5, map_at_5_per_group
 from services.identification.submission import format_scores, write_submission
-from services.identification.threshold_choice import DEFAULT_QUANTILE, catalogue_threshold
+from services.identification.threshold_choice import catalogue_threshold, configured_quantile, describe_choice
 from services.identification.tuning import TUNING_FILE, Tuning
 from services.identification.vectors import blend, combine_flip
 from training.folds import FOLDS_FILE, read_folds
@@ -76,8 +76,7 @@ def mirror_box(box, width: int):
 def read_run_folds(runs: Sequence[str], individual_ids: Sequence[str] = ()) -> dict[str, int]:
     """The runs' common folds.csv; runs of the general identifier have none (they trained on no fold): with only
     those, the data's individuals in GENERAL_FOLDS folds (training's split, by individual)."""
-    from training.config import read_saved_config
-    from training.general import is_general
+    from training.config import is_general, read_saved_config
 
     trained = [run for run in runs if not ((Path(run) / "config.yaml").is_file()
                                            and is_general(read_saved_config(Path(run) / "config.yaml")))]
@@ -191,9 +190,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def default_quantile(embedder) -> float:
-    """The model's calibrated default: the config's new_individual_quantile of a catalogue's impostor scores
-    (services.identification.threshold_choice), served when a catalogue's validation cannot tune a threshold."""
-    return float(embedder.info.get("config", {}).get("new_individual_quantile", DEFAULT_QUANTILE))
+    return configured_quantile(embedder.info.get("config", {}))
 
 
 def format_evaluation(report: dict) -> str:
@@ -244,12 +241,14 @@ def predict_command(args: argparse.Namespace) -> int:
     train_images = [r.image for r in data.train]
     gallery_emb = blend({e.model_id: embed_images(e, data, train_images, flip_tta) for e in embedders}, weights)
     test_emb = blend({e.model_id: embed_images(e, data, data.test_images, flip_tta) for e in embedders}, weights)
+    references = (getattr(args, "references", None) or (tuning.validation.get("references") if tuning else None)
+                  or "photos")
     if tuning is None:
-        threshold = catalogue_threshold(gallery_emb, [r.individual_id for r in data.train], default_quantile(embedders[0]))
+        threshold = catalogue_threshold(gallery_emb, [r.individual_id for r in data.train],
+                                        default_quantile(embedders[0]), references)
         tuning = Tuning(threshold=threshold if threshold is not None else 0.5)
         origin = f"threshold {tuning.threshold:.3f}, {origin}"
     print(f"{', '.join(model_ids)}: {origin}", flush=True)
-    references = getattr(args, "references", None) or tuning.validation.get("references") or "photos"
     gallery = build_reference_gallery(gallery_emb, [r.individual_id for r in data.train],
                                       [r.species for r in data.train], train_images, references, model_ids=model_ids)
     predictions = Identifier(gallery, tuning).identify(test_emb, new_share=args.new_share)
@@ -263,15 +262,6 @@ def predict_command(args: argparse.Namespace) -> int:
         per_species = map_at_5_per_group(labels, ids, species)
         print(format_scores(map_at_5(labels, ids), per_species, len(ids)))
     return 0
-
-
-def describe_choice(choice: dict) -> str:
-    if choice.get("source") == "tuned":
-        interval = choice.get("interval")
-        span = f", 90% interval {interval[0]:.2f}-{interval[1]:.2f}" if interval else ""
-        return (f"threshold {choice['threshold']:.3f} tuned on {choice.get('queries')} validation queries "
-                f"({choice.get('known_queries')} known, {choice.get('new_queries')} new{span})")
-    return f"threshold {choice['threshold']:.3f}, the calibrated default ({choice.get('reason')})"
 
 
 def tuning_for(args: argparse.Namespace, embedders) -> tuple[Tuning | None, str]:

@@ -75,6 +75,7 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
     """Gallery + tuning.json in `out` (module docstring); returns a summary (threshold, validation figures)."""
     from services.identification.evaluation import LabelledImages, build_tuned_gallery, split_gallery
     from services.identification.gallery import build_reference_gallery
+    from services.identification.threshold_choice import configured_quantile, describe_choice
 
     out = Path(out)
     images, ids, species = photos.images, photos.individual_ids, photos.species
@@ -97,19 +98,21 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
         progress(f"embedding {len(images)} photos with {tuner.model_id} for the threshold"
                  + (f" and with {embedder.model_id} for the gallery" if fold_embedder else " and the gallery"))
         embeddings = embed_photos(tuner, photos, progress_bar)
-        run_fold = int(tuner.info.get("config", {}).get("fold", 0))
-        unseen_fold = run_fold if run_fold >= 0 else 0  # individuals the run never trained on: held out
-        folds = np.array([folds_by_id.get(i, unseen_fold) for i in ids])
-        fold = run_fold if run_fold in set(folds.tolist()) else int(folds[0])
+        folds, eval_folds = validation_folds(tuner, folds_by_id, ids)
         labelled = LabelledImages(list(images), list(ids), list(species), folds)
-        gallery, evaluation = build_tuned_gallery({tuner.model_id: embeddings}, labelled, [fold])
+        gallery, evaluation = build_tuned_gallery({tuner.model_id: embeddings}, labelled, eval_folds,
+                                                  default_quantile=configured_quantile(tuner.info.get("config", {})))
         report = evaluation.report
-        progress(f"threshold tuned out of fold {fold} ({report['validation']} validation, {report['queries']} "
-                 f"queries): {evaluation.tuning.threshold:.3f} (validation MAP@5 {report['map5']:.3f} in sample, "
+        choice = report["threshold_choice"]
+        where = f"fold {eval_folds[0]}" if len(eval_folds) == 1 else f"{len(eval_folds)} folds"
+        progress(f"{describe_choice(choice)} ({report['validation']} "
+                 f"validation out of {where}; validation MAP@5 {report['map5']:.3f} in sample, "
                  f"{report['map5_held_out']:.3f} held out)")
         tuning = evaluation.tuning
         references = report["references"]
-        summary.update(tuning_source="tuned", fold=fold, references=references,
+        summary.update(tuning_source=choice["source"], threshold_reason=choice["reason"],
+                       threshold_interval=choice["interval"], fold=eval_folds[0], folds=eval_folds,
+                       references=references,
                        validation={k: report[k] for k in ("validation", "queries", "map5_in_sample",
                                                           "map5_held_out")})
         if fold_embedder is not None:
@@ -117,7 +120,7 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
 
             final = embed_photos(embedder, photos, progress_bar)
             tuning = transfer_tuning(tuning, embeddings, labelled, embedder.model_id, references)
-            progress(f"threshold for the final fit {embedder.model_id}: {tuning.threshold:.3f} (fold {fold}'s live "
+            progress(f"threshold for the final fit {embedder.model_id}: {tuning.threshold:.3f} (fold {eval_folds[0]}'s live "
                      f"validation re-tuned for a model trained on every known animal: MAP@5 "
                      f"{tuning.validation['final_fit']['map5_held_out']:.3f} held out)")
             gallery = split_gallery(final, labelled, np.arange(len(images)), references,
@@ -130,6 +133,26 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
     tuning.save(out / TUNING_FILE)
     summary.update(size=len(gallery), threshold=round(float(tuning.threshold), 4))
     return summary
+
+
+def validation_folds(embedder, folds_by_id: dict[str, int], ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """(fold of each photo, the folds to validate on). A trained run: its folds.csv, validated on the fold it held
+    out (individuals it never saw count as held out). The general identifier trained on no individual: the
+    catalogue's individuals in up to 5 folds (training's split), every one validated."""
+    if not embedder.info.get("trained", True):
+        from training.data import split_folds
+
+        count = len(set(ids))
+        if count < 2:
+            return np.zeros(len(ids), dtype=int), [0]
+        by_id = split_folds(list(ids), min(5, count), seed=0)
+        folds = np.array([by_id[i] for i in ids])
+        return folds, sorted(set(folds.tolist()))
+    run_fold = int(embedder.info.get("config", {}).get("fold", 0))
+    unseen_fold = run_fold if run_fold >= 0 else 0  # individuals the run never trained on: held out
+    folds = np.array([folds_by_id.get(i, unseen_fold) for i in ids])
+    fold = run_fold if run_fold in set(folds.tolist()) else int(folds[0])
+    return folds, [fold]
 
 
 def catalogue_photos(store, records: Sequence[dict], cache_dir: Path, progress_bar: bool = False) -> Photos:
@@ -145,11 +168,12 @@ def catalogue_photos(store, records: Sequence[dict], cache_dir: Path, progress_b
                   boxes=[dict(r.get("boxes") or {}) for r in records])
 
 
-def publish_catalogue_gallery(settings, run_dir: Path, tuning_path: Path | None = None,
+def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path: Path | None = None,
                               tuning_run: Path | None = None, progress: Callable[[str], None] = log.info,
                               progress_bar: bool = True, move_pointer: bool = True, catalogue=None,
                               store=None, extend=None, reason: str = "", reindexed: bool = False) -> dict:
-    """`whaleid gallery build`: the S3 catalogue embedded by `run_dir`, tuned (or `tuning_path`, or transferred
+    """`whaleid gallery build`: the S3 catalogue embedded by `run_dir` (None or `general`: the general identifier,
+    training.general), tuned (or `tuning_path`, or transferred
     from `tuning_run`), published as a new gallery version; the pointer moves unless `move_pointer` is False.
     `catalogue` (CatalogueStore) and `store` (GalleryStore) default to the settings' ones.
     `extend(gallery, embedder, tmp_dir) -> (gallery, added_sighting_ids, summary)` adds rows before publishing
@@ -167,7 +191,10 @@ def publish_catalogue_gallery(settings, run_dir: Path, tuning_path: Path | None 
     if not records:
         raise DataError(f"the catalogue in s3://{catalogue.bucket}/{catalogue.prefix}/ is empty: run `whaleid "
                         "catalogue import SRC` first")
+    from training.general import resolve_run
+
     given = Tuning.load(tuning_path) if tuning_path else None
+    run_dir = Path(resolve_run(run_dir or "general"))
     embedder = Embedder.from_run(run_dir)
     fold_embedder = Embedder.from_run(tuning_run) if tuning_run and given is None else None
     from training.folds import run_folds

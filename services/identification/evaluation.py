@@ -46,6 +46,12 @@ from services.identification.ranking import (
     average_precisions,
     rank_candidates,
 )
+from services.identification.threshold_choice import (
+    TUNED,
+    ThresholdChoice,
+    catalogue_threshold,
+    choose_threshold,
+)
 from services.identification.tuning import (
     DEFAULT_GRID,
     ThresholdSweep,
@@ -58,7 +64,6 @@ from services.identification.tuning import (
     tune_per_species,
     weighted_mean,
 )
-from services.identification.threshold_choice import TUNED, ThresholdChoice, catalogue_threshold, choose_threshold
 from services.identification.vectors import blend
 
 log = logging.getLogger(__name__)
@@ -305,7 +310,8 @@ def evaluate_out_of_fold(
                                    weights=query_weight)
         held_out = {"map5": fitted["map5"], "thresholds": fitted["thresholds"]}
     sweep = sweep_threshold(oof.candidates, oof.truths, grid, query_weight)
-    default = (catalogue_threshold(blend(embeddings_by_model, weights), data.individual_ids, default_quantile)
+    default = (catalogue_threshold(blend(embeddings_by_model, weights), data.individual_ids, default_quantile,
+                                   references)
                if default_quantile is not None else None)
     choice = (choose_threshold(oof.candidates, oof.truths, default, oof.groups, query_weight, grid)
               if default is not None else
@@ -369,13 +375,14 @@ def build_tuned_gallery(
     per_species: bool = True,
     flip_tta: bool = False,
     index_config: IndexConfig | None = None,
+    default_quantile: float | None = None,
 ) -> tuple[Gallery, Evaluation]:
     """What a deployment serves: the gallery of every labelled image (blended with the tuned weights, built as
     `references`) and its tuning, tuned out of fold on `folds` with validation galleries built the same way
     (`validation`: VALIDATIONS). The defaults are the ones measured best for a deployment (module docstring)."""
     evaluation = evaluate_out_of_fold(embeddings_by_model, data, folds, k=k, per_species=per_species,
                                       flip_tta=flip_tta, index_config=index_config, references=references,
-                                      validation=validation)
+                                      validation=validation, default_quantile=default_quantile)
     embeddings = blend(embeddings_by_model, evaluation.tuning.weights)
     gallery = split_gallery(embeddings, data, np.arange(len(data.images)), references, index_config,
                             model_ids=list(embeddings_by_model))

@@ -19,7 +19,7 @@ queries (by group: an individual's photos resampled together), and the MAP@5 at 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -54,11 +54,22 @@ class ThresholdChoice:
         return asdict(self)
 
     def describe(self) -> str:
-        if self.source == TUNED:
-            interval = (f", 90% interval {self.interval[0]:.2f}-{self.interval[1]:.2f}" if self.interval else "")
-            return (f"threshold {self.threshold:.3f} (tuned on {self.queries} validation queries: "
-                    f"{self.known_queries} known, {self.new_queries} new{interval})")
-        return f"threshold {self.threshold:.3f} (calibrated default: {self.reason})"
+        return describe_choice(self.as_dict())
+
+
+def describe_choice(choice: Mapping[str, Any]) -> str:
+    """One line on a threshold and where it came from (a ThresholdChoice as a dict, e.g. from tuning.json)."""
+    if choice.get("source") == TUNED:
+        interval = choice.get("interval")
+        span = f", 90% interval {interval[0]:.2f}-{interval[1]:.2f}" if interval else ""
+        return (f"threshold {choice['threshold']:.3f} tuned on {choice.get('queries')} validation queries "
+                f"({choice.get('known_queries')} known, {choice.get('new_queries')} new{span})")
+    return f"threshold {choice['threshold']:.3f}, the calibrated default ({choice.get('reason')})"
+
+
+def configured_quantile(config: Mapping[str, Any]) -> float:
+    """A model's calibrated-default quantile: its config's new_individual_quantile (DEFAULT_QUANTILE without)."""
+    return float(config.get("new_individual_quantile", DEFAULT_QUANTILE))
 
 
 def choose_threshold(candidates: Candidates, truths: Sequence[str], default: float, groups: Sequence[str] | None = None,
@@ -128,30 +139,41 @@ def bootstrap_interval(precisions: np.ndarray, weights: np.ndarray, grid: np.nda
     return [round(float(low), 3), round(float(high), 3)]
 
 
-def impostor_scores(embeddings, individual_ids: Sequence[str], sample: int = IMPOSTOR_SAMPLE,
-                    chunk: int = 256) -> np.ndarray:
-    """Each photo's best cosine score against a photo of another individual (rows L2-normalised); for a catalogue
-    of more than `sample` photos, those of a deterministic sample of them (against every photo)."""
+def impostor_scores(embeddings, individual_ids: Sequence[str], references=None, reference_ids=None,
+                    sample: int = IMPOSTOR_SAMPLE, chunk: int = 256) -> np.ndarray:
+    """Each photo's best cosine score against a reference row of another individual (rows L2-normalised;
+    references default to the photos themselves, or e.g. one mean per individual as a `means` gallery serves);
+    for a catalogue of more than `sample` photos, those of a deterministic sample of them."""
     embeddings = np.asarray(embeddings, dtype=np.float32)
     ids = np.asarray([str(i) for i in individual_ids], dtype=object)
-    if embeddings.shape[0] != ids.shape[0]:
-        raise ValueError(f"impostor scores: {embeddings.shape[0]} embeddings but {ids.shape[0]} ids")
+    refs = embeddings if references is None else np.asarray(references, dtype=np.float32)
+    ref_ids = ids if reference_ids is None else np.asarray([str(i) for i in reference_ids], dtype=object)
+    if embeddings.shape[0] != ids.shape[0] or refs.shape[0] != ref_ids.shape[0]:
+        raise ValueError(f"impostor scores: {embeddings.shape[0]} embeddings for {ids.shape[0]} ids, "
+                         f"{refs.shape[0]} references for {ref_ids.shape[0]} ids")
     rows = np.arange(len(ids))
     if len(rows) > sample:
         rows = np.sort(np.random.default_rng(0).choice(rows, sample, replace=False))
     out = np.full(len(rows), -np.inf, dtype=np.float32)
     for start in range(0, len(rows), chunk):
         part = rows[start:start + chunk]
-        scores = embeddings[part] @ embeddings.T
-        scores[ids[part][:, None] == ids[None, :]] = -np.inf
+        scores = embeddings[part] @ refs.T
+        scores[ids[part][:, None] == ref_ids[None, :]] = -np.inf
         out[start:start + len(part)] = scores.max(axis=1)
     return out[np.isfinite(out)]
 
 
-def catalogue_threshold(embeddings, individual_ids: Sequence[str], quantile: float = DEFAULT_QUANTILE) -> float | None:
-    """The calibrated default threshold of a catalogue: the `quantile` of its impostor scores (a share `quantile`
-    of new animals would score below it and be answered new). None for a catalogue of a single individual."""
-    scores = impostor_scores(embeddings, individual_ids)
+def catalogue_threshold(embeddings, individual_ids: Sequence[str], quantile: float = DEFAULT_QUANTILE,
+                        references: str = "photos") -> float | None:
+    """The calibrated default threshold of a catalogue: the `quantile` of its impostor scores against the
+    gallery rows it serves (`references`: photos, or means: one renormalised mean per individual), so that a
+    share `quantile` of new animals would score below it and be answered new. None for a single individual."""
+    from services.identification.gallery import individual_means
+
+    refs = ref_ids = None
+    if references == "means":
+        refs, ref_ids, *_ = individual_means(embeddings, individual_ids, ["-"] * len(individual_ids))
+    scores = impostor_scores(embeddings, individual_ids, refs, ref_ids)
     if scores.size == 0:
         return None
     return round(float(np.quantile(scores, quantile)), 4)

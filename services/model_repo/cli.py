@@ -19,7 +19,9 @@ def register(subparsers) -> None:
     build = commands.add_parser("build", help="write a Triton repository from exports and the tuning file",
                                 description="preprocess + one embedder per export + blend + ensemble; refuses "
                                             "missing models, checksum mismatches and wrong shapes")
-    build.add_argument("--exports", required=True, type=Path, help="exports directory (whaleid export --out)")
+    build.add_argument("--exports", type=Path,
+                       help="exports directory (whaleid export --out); default: the general identifier (no training, "
+                            "training/general.py), exported on first use")
     build.add_argument("--tuning", type=Path, help="tuning.json with blend weights (default: equal weights)")
     build.add_argument("--out", type=Path, help="repository directory (default: settings.model_repository)")
     build.add_argument("--detector", type=Path, metavar="DIR",
@@ -77,6 +79,13 @@ def _build(args: argparse.Namespace) -> int:
                            max_pixels=_max_pixels(), lean=args.lean, lean_instances=args.lean_instances,
                            lean_intra_op_threads=args.lean_intra_op_threads)
     out = _repository(args.out)
+    if args.exports is None:
+        from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
+        from training.general import general_exports
+
+        import_tensorflow_quietly(TENSORFLOW_LOG)
+
+        args.exports = general_exports()
     record = build_repository(args.exports, out, args.tuning, options, detector=args.detector)
     print(f"{out}: build {record['build_id']} ({record['target']}), models: {', '.join(record['models'])}; "
           f"{record['weights_source']}")

@@ -39,7 +39,9 @@ def register(subparsers) -> None:
     sp.set_defaults(func=_publish)
     sp = gsub.add_parser("build", help="embed the catalogue with a training run, tune the threshold, publish a "
                                        "new version and serve it")
-    sp.add_argument("--run", required=True, help="the training run whose model embeds the catalogue (served)")
+    sp.add_argument("--run", default="general",
+                    help="the training run whose model embeds the catalogue (served); default `general`: the general "
+                         "identifier, no training (training/general.py)")
     tuning = sp.add_mutually_exclusive_group()
     tuning.add_argument("--tuning", metavar="FILE", help="take the threshold from this tuning.json (e.g. the fold "
                                                          "run's for a final fit) instead of tuning")
@@ -216,7 +218,7 @@ def _build(args) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    summary = publish_catalogue_gallery(_settings(), Path(args.run), Path(args.tuning) if args.tuning else None,
+    summary = publish_catalogue_gallery(_settings(), args.run, Path(args.tuning) if args.tuning else None,
                                         Path(args.tuning_run) if args.tuning_run else None, progress=say,
                                         move_pointer=not args.no_switch)
     if args.json:
