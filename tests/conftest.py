@@ -42,6 +42,24 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - only when CI s
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def general_identifier(tmp_path_factory):
+    """The general identifier that `--run general`, `gallery build` / `model-repo build` without a run and
+    evaluate's comparison use in tests: Lite0 at 224 px in a session folder ($WHALEID_GENERAL_RUN, inherited by
+    subprocesses), where the configured Lite2 at 384 px would cost 4x the CPU and land in the checkout's runs/."""
+    from training.general import DIR_ENV, write_general_run
+
+    folder = write_general_run(tmp_path_factory.mktemp("general") / "run",
+                               {"backbone": "EfficientNetLite0", "image_size": 224})
+    previous = os.environ.get(DIR_ENV)
+    os.environ[DIR_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(DIR_ENV, None)
+    else:
+        os.environ[DIR_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     from services.settings import load_settings

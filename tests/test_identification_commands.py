@@ -61,6 +61,12 @@ def test_evaluate_writes_tuning_and_curve(dataset, pixel_models, capsys):
     report = json.loads(capsys.readouterr().out)
     assert set(report["per_fold"]) == {"0", "1", "2"} and report["in_fold"] == [1, 2]
     assert report["map5"] >= max(report["map5_threshold_0"], report["map5_threshold_1"])
+    # the general identifier (the session's, conftest) scored on the same folds, and a recommendation from the numbers
+    comparison = report["comparison"]
+    assert comparison["general_model_id"] == "general-lite0-224"
+    held = comparison["map5_held_out"]
+    assert held["run"] == report["map5_held_out"] and 0 <= held["general"] <= 1
+    assert comparison["recommend"] == ("run" if held["run"] > held["general"] else "general")
     assert report["map5"] == report["map5_in_sample"] and 0 <= report["map5_held_out"] <= 1
     tuning = Tuning.load(run)
     assert tuning.threshold == report["threshold"] and tuning.weights == {"pixels-f0-e001": 1.0}

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                           help="fold: held-out individuals against the other folds (Kaggle's test, default); live: "
                                "also held-out photos of trained individuals, weighted as a live stream "
                                "(what `gallery build` tunes with)")
+    evaluate.add_argument("--compare", choices=("general", "none"), default="general",
+                          help="general (default): also score the general identifier (`--run general`, no training) on "
+                               "the same folds and say which to serve; none: skip it")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(func=run_evaluate)
 

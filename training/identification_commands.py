@@ -169,12 +169,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     embeddings = {e.model_id: embed_images(e, data, images, args.flip_tta) for e in embedders}
     labelled = LabelledImages(images, [r.individual_id for r in data.train], [r.species for r in data.train],
                               np.array([folds[r.individual_id] for r in data.train]))
-    evaluation = evaluate_out_of_fold(embeddings, labelled, eval_folds, k=args.k,
-                                      per_species=not args.no_per_species, flip_tta=args.flip_tta,
-                                      references=getattr(args, "references", "photos"),
-                                      validation=getattr(args, "validation", "fold"),
-                                      default_quantile=default_quantile(embedders[0]))
+    def evaluate(by_model: dict, quantile: float):
+        return evaluate_out_of_fold(by_model, labelled, eval_folds, k=args.k, per_species=not args.no_per_species,
+                                    flip_tta=args.flip_tta, references=getattr(args, "references", "photos"),
+                                    validation=getattr(args, "validation", "fold"), default_quantile=quantile)
+
+    evaluation = evaluate(embeddings, default_quantile(embedders[0]))
     report = {**evaluation.report, "in_fold": in_fold, "runs": [str(r) for r in args.runs]}
+    if getattr(args, "compare", "general") == "general" and any(e.info.get("trained", True) for e in embedders):
+        report["comparison"] = compare_with_general(report, data, images, args.flip_tta, evaluate)
     evaluation.tuning.validation["in_fold"] = in_fold
     out_dir = Path(args.runs[0])
     tuning_path = evaluation.tuning.save(out_dir / TUNING_FILE)
@@ -187,6 +190,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
     else:
         print(format_evaluation(report))
     return 0
+
+
+def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bool, evaluate) -> dict:
+    """The general identifier (training/general.py) on the same folds, queries and settings as the trained run(s),
+    and which of the two to serve: the one with the higher held-out (cross-fitted) MAP@5; a tie goes to the
+    general identifier (nothing to retrain when the catalogue grows)."""
+    from training.embed import Embedder
+
+    general = Embedder.from_run(resolve_runs(["general"])[0])
+    other = evaluate({general.model_id: embed_images(general, data, images, flip_tta)},
+                     default_quantile(general)).report
+    trained, plain = float(report["map5_held_out"]), float(other["map5_held_out"])
+    return {"general_model_id": general.model_id, "general_run": str(general.info["run"]),
+            "map5_held_out": {"run": trained, "general": plain},
+            "map5_in_sample": {"run": report["map5_in_sample"], "general": other["map5_in_sample"]},
+            "known_top1_right": {"run": report.get("known_top1_right"), "general": other.get("known_top1_right")},
+            "general_threshold": other["threshold"], "general_threshold_choice": other["threshold_choice"],
+            "recommend": "run" if trained > plain else "general"}
 
 
 def default_quantile(embedder) -> float:
@@ -217,6 +238,14 @@ def format_evaluation(report: dict) -> str:
         width = max(len(name) for name in report["per_species"])
         lines.append("  per species (in-sample threshold):")
         lines += [f"    {name:<{width}}  {value:.4f}" for name, value in report["per_species"].items()]
+    comparison = report.get("comparison")
+    if comparison:
+        held = comparison["map5_held_out"]
+        advice = ("serve this run" if comparison["recommend"] == "run" else
+                  f"serve the general identifier (`--run general`, {comparison['general_run']}): fine-tuning did not "
+                  "beat it here")
+        lines.append(f"compared with the general identifier {comparison['general_model_id']} on the same folds: "
+                     f"MAP@5 held out {held['run']:.4f} (this run) vs {held['general']:.4f} (general): {advice}")
     lines += [f"tuning: {report['tuning_file']}", f"threshold curve: {report['threshold_curve']}"]
     return "\n".join(lines)
 
