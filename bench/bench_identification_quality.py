@@ -22,7 +22,26 @@ threshold tuned out of sample (`cross_fitted_map5`: two halves by individual, ea
 best on the other); `map5_in_sample` beside it is the optimistic figure. The real check has known queries only,
 so it reports MAP@5 with `new_individual` never first and the rank of the right animal.
 
-`python -m bench identification_quality [--individuals 200] [--quick] [--set KEY=VALUE] [--work DIR]` writes
+Real development sets (bench/real_sets.py, issue #21; skipped when ../shared/data is absent): nyala (test and
+train individuals, an open set split by encounter with held-out individuals as `new_individual`), the fins check,
+and box IoU on the real Happywhale boxes; methods side by side (`--real-methods`):
+  - `pixel`: raw pixels (training.baseline), centred on the gallery mean;
+  - `general`: the general identifier (training.general, its default config: EfficientNet-Lite2 @ 384, GeM);
+  - `general-lite0`: the same with EfficientNet-Lite0 @ 224 (overrides);
+  - `lite0@synth-photo`: the lite0 trained on synth-photo, only when the synthetic part's finished run is cached
+    in --work (never trained for the real part).
+The detector measured on the Happywhale boxes is `--detector-run RUN`, else the run cached in
+--work/detector-default, else one trained there with `whaleid detector train`'s default config (synthetic scenes,
+frozen Lite0; its training seconds are recorded).
+
+JSON keys: `sets` (synthetic looks and the old real-photos row: method -> map5...), `train_seconds`, `methods`,
+`real_sets` (real_sets.run's result: `sets` -> {nyala-test, nyala-train, fins} -> `methods` -> figures,
+`cost` -> method -> ms_per_image / cpu_ms_per_image over every real image it embedded, `methods` -> notes,
+`happywhale_boxes` -> whole_frame / detector / cam IoU summaries), `real_detector` (the detector run used and
+its training seconds). `--real-only` skips the synthetic part and keeps the synthetic keys of the previous JSON.
+
+`python -m bench identification_quality [--individuals 200] [--quick] [--set KEY=VALUE] [--work DIR]
+[--real-only] [--real-methods pixel general ...] [--detector-run RUN] [--no-cam]` writes
 bench/results/identification_quality.json and .png (runs and sets are kept in --work and reused).
 """
 
@@ -43,6 +62,9 @@ REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ph
 TRAIN_STYLE = "photo"
 OTHER_LOOKS = ("grey", "overcast", "textured")
 METHODS = ("pixel", "pretrained", "lite0", "b0-tiny")
+REAL_METHODS = ("pixel", "general", "general-lite0", f"lite0@synth-{TRAIN_STYLE}")
+GENERAL_LITE0 = {"backbone": "EfficientNetLite0", "image_size": 224}
+DETECTOR_CACHE = "detector-default"
 
 
 # ----------------------------------------------------------------------------- data
@@ -203,14 +225,21 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the lite0 config (a separate run directory per set of overrides)")
+    parser.add_argument("--real-only", action="store_true",
+                        help="only the real development sets (skips the synthetic part; minutes)")
+    parser.add_argument("--real-methods", nargs="*", default=list(REAL_METHODS))
+    parser.add_argument("--detector-run", type=Path, help="the detector run measured on the real boxes")
+    parser.add_argument("--no-cam", action="store_true", help="skip the activation-map localiser")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("faiss", "training.data", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    work = Path(args.work)
+    if args.real_only:
+        return real_only(args, work)
     from training.config import load_config, parse_set_options
     from training.embed import Embedder, pretrained_embedder
 
-    work = Path(args.work)
     individuals = 40 if args.quick else args.individuals
     epochs = {"lite0": 2, "b0-tiny": 2} if args.quick else {}
     looks = synth_styles()
@@ -259,10 +288,109 @@ def main(argv: list[str]) -> dict:
             models[f"b0-tiny@{first}"] = trained[("b0-tiny", first)]
         result["sets"]["real-photos"] = {m: score_real(f, real, m == "pixel") for m, f in models.items()}
         log.info("real-photos: %s", {m: r["map5"] for m, r in result["sets"]["real-photos"].items()})
+    result.update(real_part(args, work))
     RESULTS.mkdir(exist_ok=True)
     plot(result, RESULTS / "identification_quality.png")
     (RESULTS / "identification_quality.json").write_text(json.dumps(result, indent=2))
     print_table(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- the real development sets
+def run_tag(overrides: dict) -> str:
+    return "-".join(f"{k}={v}" for k, v in sorted(overrides.items())).replace("/", "_")
+
+
+def general_run(out: Path, overrides: dict | None = None) -> Path:
+    from services.errors import ConfigError
+    from training.general import write_general_run
+
+    try:
+        return write_general_run(out, overrides)
+    except ConfigError:  # written by an older default config: write the current one
+        return write_general_run(out, overrides, overwrite=True)
+
+
+def real_methods(names, work: Path, lite0_overrides: dict) -> dict:
+    """The real part's methods (module docstring); `lite0@synth-photo` only when its run is cached."""
+    from bench.real_sets import Method
+
+    methods = {}
+    for name in names:
+        if name == "pixel":
+            pixel = PixelFeatures()
+            methods[name] = Method(lambda paths, f=pixel: f.embed(paths, [None] * len(paths)), centre=True,
+                                   note="raw pixels (training.baseline), centred on the gallery mean")
+            continue
+        from training.embed import Embedder
+
+        if name in ("general", "general-lite0"):
+            overrides = GENERAL_LITE0 if name == "general-lite0" else None
+            embedder = Embedder.from_run(general_run(work / name, overrides))
+            note = f"general identifier {embedder.model_id} (no training)"
+        elif name == f"lite0@synth-{TRAIN_STYLE}":
+            from training.train import read_state
+
+            tag = run_tag(lite0_overrides)
+            run_dir = work / f"run-lite0-synth-{TRAIN_STYLE}{'-' + tag if tag else ''}"
+            state = read_state(run_dir) if (run_dir / "train_seconds.txt").exists() else {}
+            if not state or state.get("epoch") != state.get("epochs"):
+                log.info("%s: no finished run cached at %s, left out", name, run_dir)
+                continue
+            embedder = Embedder.from_run(run_dir)
+            note = f"lite0 trained on synth-{TRAIN_STYLE} ({run_dir.name}, cached)"
+        else:
+            raise SystemExit(f"unknown real method {name!r}; known: {', '.join(REAL_METHODS)}")
+        methods[name] = Method(lambda paths, e=embedder: e.embed_files(list(paths)), note=note)
+    return methods
+
+
+def real_detector(args, work: Path) -> tuple[tuple[Path, int] | None, dict]:
+    """(exported ONNX, input size) of the detector to measure and a record of where it came from."""
+    from training.detector.export import export_detector
+    from training.detector.train import RUN_FILE, config_with, train_detector
+
+    run = args.detector_run or work / DETECTOR_CACHE
+    if not (run / RUN_FILE).is_file():
+        if args.detector_run:
+            raise SystemExit(f"{run} is not a detector run (no {RUN_FILE})")
+        log.info("training the default detector on synthetic scenes into %s (cached)", run)
+        train_detector(run, config_with({}))
+    record = json.loads((run / RUN_FILE).read_text())
+    onnx_path = run / "export" / "model.onnx"
+    if not onnx_path.is_file():
+        export_detector(run)
+    config = config_with(record["config"])
+    note = (f"{config.backbone} head trained on {config.scenes} synthetic scenes ({config.looks}, mirrored) at "
+            f"{config.image_size} px, never on real photos; training took {record['seconds']['total']:.0f} s")
+    return (onnx_path, config.image_size), {"run": str(run), "config": record["config"],
+                                            "train_seconds": record["seconds"]["total"], "note": note}
+
+
+def real_part(args, work: Path) -> dict:
+    from bench import real_sets
+
+    if not (real_sets.NYALA.is_dir() or real_sets.REAL_PHOTOS.is_dir() or real_sets.HAPPYWHALE_BOXES.is_dir()):
+        log.info("real development sets absent (%s): skipped", real_sets.SHARED)
+        return {"real_sets": {}}
+    from training.config import parse_set_options
+
+    methods = real_methods(args.real_methods, work, parse_set_options(args.overrides))
+    detector, record = (None, {}) if real_sets.happywhale_boxes() is None else real_detector(args, work)
+    real = real_sets.run(methods, detector, record.get("note", ""), cam=not args.no_cam, log=log)
+    return {"real_sets": real, "real_detector": record}
+
+
+def real_only(args, work: Path) -> dict:
+    from bench import real_sets
+
+    path = RESULTS / "identification_quality.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    result = {k: v for k, v in previous.items() if k not in ("bench", "seconds", "real_sets", "real_detector")}
+    result.update(real_part(args, work))
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(real_sets.table(result["real_sets"]), flush=True)
     return result
 
 
@@ -275,6 +403,9 @@ def print_table(result: dict) -> None:
         print(f"{s:<16}" + "".join(f"{result['sets'][s].get(m, {}).get('map5', float('nan')):>{width}.3f}"
                                    for m in methods))
     print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["train_seconds"].items()))
+    from bench.real_sets import table
+
+    print(table(result.get("real_sets", {})))
 
 
 if __name__ == "__main__":
