@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 30.0
 POLL_MS = 200
 COMMITTED_TIMEOUT_MS = 10_000
+VERIFY_TIMEOUT_S = 3.0
 
 
 def kafka_producer(settings: Settings):
@@ -83,6 +84,42 @@ def _records(batch: dict) -> list[Record]:
             for tp, messages in batch.items() for m in messages]
 
 
+def _assign(consumer, tps: list) -> None:
+    """Assign `tps` with fresh partition state: kafka-python keeps a partition's state (its last high-water mark
+    among it) across `assign` calls that keep the partition, and `_read_to` must see this read's marks only."""
+    consumer.unsubscribe()
+    consumer.assign(tps)
+
+
+def _read_to(consumer, tp, end: int) -> bool:
+    """The consumer's position on `tp` reached `end`, or the last readable offset: the high-water mark of its
+    last fetch. Tansu can answer ListOffsets with an end beyond what a fetch ever returns (an offset taken by a
+    produce that failed while the broker restarted): waiting for it would never end, and the pass would never
+    check the topic."""
+    position = consumer.position(tp)
+    if position >= end:
+        return True
+    high = consumer.highwater(tp)
+    return high is not None and position >= high
+
+
+def readable_ends(consumer, offsets: dict, timeout_s: float) -> dict:
+    """{tp: the high-water mark a fetch from `offsets[tp]` reports} (what can actually be read; see `_read_to`),
+    for the partitions that answered within `timeout_s`. Reassigns the consumer."""
+    _assign(consumer, list(offsets))
+    for tp, offset in offsets.items():
+        consumer.seek(tp, offset)
+    found: dict = {}
+    deadline = time.monotonic() + timeout_s
+    while len(found) < len(offsets) and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=POLL_MS, max_records=1)
+        for tp in offsets:
+            high = consumer.highwater(tp)
+            if high is not None:
+                found[tp] = high
+    return found
+
+
 class PartitionReader:
     """Reading partitions of one topic by offset with a group-less consumer."""
 
@@ -125,7 +162,7 @@ class PartitionReader:
         """Read each partition from `starts` until its position reaches `ends` (a fetch returns whole batches, so
         records beyond are read too). Returns (records, {partition: next offset}, complete)."""
         tps = [self._tp(p) for p in starts]
-        self.consumer.assign(tps)
+        _assign(self.consumer, tps)
         for tp in tps:
             self.consumer.seek(tp, starts[tp.partition])
         todo = {p for p in starts if starts[p] < ends.get(p, 0)}
@@ -133,7 +170,7 @@ class PartitionReader:
         deadline = time.monotonic() + timeout_s
         while todo and time.monotonic() < deadline:
             records += _records(self.consumer.poll(timeout_ms=POLL_MS, max_records=2000))
-            todo = {p for p in todo if self.consumer.position(self._tp(p)) < ends[p]}
+            todo = {p for p in todo if not _read_to(self.consumer, self._tp(p), ends[p])}
         positions = {tp.partition: self.consumer.position(tp) for tp in tps}
         return records, positions, not todo
 
@@ -163,12 +200,18 @@ class GroupLag:
             consumer = self._consumers.get(group)
             if consumer is None:
                 consumer = self._consumers[group] = kafka_consumer(self.settings, group_id=group)
-            lag = 0
+            behind: dict = {}
             for tp in tps:
                 committed = consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-                lag += max(0, ends[tp] - (starts[tp] if committed is None else committed))
-            if lag:
-                return f"{group} is {lag} record(s) behind on {topic}"
+                position = starts[tp] if committed is None else committed
+                if ends[tp] > position:
+                    behind[tp] = position
+            if behind:  # what a fetch can read there, not what ListOffsets claims (see `_read_to`)
+                readable = readable_ends(self.reader, behind, VERIFY_TIMEOUT_S)
+                lag = sum(max(0, min(ends[tp], readable.get(tp, ends[tp])) - position)
+                          for tp, position in behind.items())
+                if lag:
+                    return f"{group} is {lag} record(s) behind on {topic}"
         return None
 
     def close(self) -> None:
