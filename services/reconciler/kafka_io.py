@@ -5,7 +5,9 @@ Tansu (the embedded broker) answers ListOffsets LATEST with the base offset of t
 offsets are short on topics written by a batching producer. The reconciler therefore (a) produces one record per
 batch where the profile says so (`faust_producer_max_batch_size`, 1 locally), (b) reads every partition up to at
 least the end offset it was given (a fetch returns whole batches), and (c) recognises a reset topic by the record
-before its stored position, not by comparing offsets alone.
+before its stored position, not by comparing offsets alone. (d) After a restart Tansu can also list an end
+offset beyond the last one a fetch ever returns (an offset taken by a produce that failed): a read, and a
+group's lag, stop at the high-water mark the fetch reports.
 
 The producer is idempotent like the bridge's (same kafka-python client, same setting
 `bridge_producer_idempotence`); every record it writes is keyed by its sighting id.
