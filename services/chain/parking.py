@@ -7,12 +7,15 @@ built with (services.model_versions). They are parked, not dead-lettered and not
 The matcher retries every parked sighting when it hot-swaps to another gallery version and every
 `matcher_parked_retry_interval_s`; those that now match are identified (the usual result / topics / stream path,
 idempotent by sighting id) and only then removed. Parked entries have no TTL: they wait for a gallery of their
-model (publish one, or re-embed the sightings); `parked_count` (ZCARD) says how many wait.
+model (publish one, or re-embed the sightings); `parked_count` (ZCARD) says how many wait. Both keys are capped at
+PARKED_MAX entries: parking past it drops the oldest (logged; the reconciler then re-drives or dead-letters them as
+`unresolved`, as any sighting without a result), so a flood of one unserved model cannot fill Redis.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
@@ -20,8 +23,11 @@ import redis
 from services import topics
 from services.chain.failures import TransientFailure
 
+log = logging.getLogger(__name__)
+
 PARKED_INDEX = "matcher:parked"
 PARKED_RECORDS = "matcher:parked:records"
+PARKED_MAX = 100_000  # most parked sightings kept; the oldest beyond it are dropped
 
 
 def _call(fn, *args, **kwargs):
@@ -31,8 +37,10 @@ def _call(fn, *args, **kwargs):
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
 
-def park(client: redis.Redis, record: topics.SightingEmbedded, reason: str, detail: str) -> None:
-    """Keep `record` until a gallery of its model is served (first parking time kept on re-delivery)."""
+def park(client: redis.Redis, record: topics.SightingEmbedded, reason: str, detail: str,
+         max_parked: int = PARKED_MAX) -> None:
+    """Keep `record` until a gallery of its model is served (first parking time kept on re-delivery); past
+    `max_parked` the oldest are dropped."""
     now = time.time()
     entry = json.dumps({"record": record.asdict(), "reason": reason, "detail": detail, "parked_at": now},
                        separators=(",", ":"))
@@ -41,7 +49,11 @@ def park(client: redis.Redis, record: topics.SightingEmbedded, reason: str, deta
         with client.pipeline(transaction=True) as pipe:
             pipe.hset(PARKED_RECORDS, record.sighting_id, entry)
             pipe.zadd(PARKED_INDEX, {record.sighting_id: now}, nx=True)
-            pipe.execute()
+            pipe.zrange(PARKED_INDEX, 0, -max_parked - 1)  # the oldest beyond the cap
+            dropped = pipe.execute()[-1]
+        if dropped:
+            log.warning("matcher: %d parked sightings dropped (over %d parked)", len(dropped), max_parked)
+            unpark(client, [d.decode() if isinstance(d, bytes) else str(d) for d in dropped])
 
     _call(write)
 
