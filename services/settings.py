@@ -104,7 +104,11 @@ class Settings:
     redis_marker_ttl_s: int = 30 * 24 * 3600  # embedded:/failure:/announced: markers against re-delivery (keep >= Kafka retention); 0 = never
     redis_stream_maxlen: int = 100_000  # the `identifications` stream is trimmed to about this many entries (XADD MAXLEN ~)
     redis_sighting_ttl_s: int = 30 * 24 * 3600  # sighting:<id> (metadata, owner, upload state) expires this long after its creation; 0 = never
-    redis_audit_maxlen: int = 1_000_000  # the global `confirmations:audit` stream is trimmed to about this many entries (each sighting's own trail is kept whole); 0 = never
+    redis_audit_maxlen: int = 1_000_000  # the global `confirmations:audit` stream is trimmed to about this many entries; 0 = never
+    redis_sighting_audit_maxlen: int = 1000  # each sighting's own trail `confirmations:audit:<id>` is trimmed to about this many entries (only sightings that exist get one); 0 = never
+    encounter_max_members: int = 200  # sightings one app may send with one `encounter` id; past it POST /v1/sightings answers 409 encounter_full
+    sightings_quota_per_minute: int = 600  # sightings one app may create per minute (Redis-counted); past it 429 with Retry-After; 0 = no limit
+    sightings_quota_per_day: int = 100_000  # sightings one app may create per UTC day; past it 429 with Retry-After; 0 = no limit
     matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
     # --- reconciler: every accepted upload ends identified or dead-lettered
     reconciler_interval_s: float = 10.0  # pause between two passes of `whaleid serve reconciler`
@@ -147,6 +151,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "gateway_researcher_tokens": "local-researcher=local-researcher-token",
         "gateway_admin_tokens": "local-admin=local-admin-token",
         "upload_size_required": False,  # apps may omit `size`: a size-bounded POST, replayable until it expires
+        "sightings_quota_per_minute": 0,  # the demo, the tests and `whaleid chaos` upload fast as one app
+        "sightings_quota_per_day": 0,
     },
     "production": {},
 }

@@ -4,7 +4,7 @@
 Body: {"action": "confirm" | "new" | "reject", "individual_id": "...", "researcher"?: "..."}. The researcher
 recorded is the credential's name; a body `researcher` that differs is refused (403 researcher_mismatch).
 201: stored and announced on the `confirmations` topic; 200: the same decision was already stored (it is
-announced again if an earlier announcement failed); 400 invalid body; 404 unknown sighting; 409 refused (unknown
+announced again if an earlier announcement failed); 400 invalid body or id (services.access.ids: at most 128 printable characters); 404 unknown sighting; 409 refused (unknown
 individual, conflicting earlier decision, no stored embedding); 503 model store or Kafka unavailable (a stored
 but unannounced confirmation is announced when the request is repeated).
 The rules live in services.operations.confirmations; this module is only the HTTP shape.
@@ -21,6 +21,7 @@ import redis as redis_lib
 from aiohttp import web
 
 from services.access.credentials import RESEARCHER
+from services.access.ids import id_problem
 from services.errors import ConfigError
 from services.gateway.auth import CREDENTIAL, allowed
 from services.operations.confirmations import ConfirmationRefused, ConfirmationService, stored_confirmation
@@ -46,7 +47,8 @@ class _State:
         self.settings = settings
         self.redis = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         self.service = ConfirmationService(self.redis, CurrentGalleryIndividuals(GalleryStore.from_settings(settings)),
-                                           audit_maxlen=settings.redis_audit_maxlen)
+                                           audit_maxlen=settings.redis_audit_maxlen,
+                                           sighting_audit_maxlen=settings.redis_sighting_audit_maxlen)
         self._producer = None
         self._lock = threading.Lock()
 
@@ -120,6 +122,8 @@ def add_routes(app: web.Application, ctx) -> None:
     @allowed(RESEARCHER)
     async def get_confirmation(request: web.Request) -> web.Response:
         sighting_id = request.match_info["sighting_id"]
+        if problem := id_problem(sighting_id, "the sighting id"):
+            return _error(400, "invalid_id", problem)
         conf = await asyncio.to_thread(stored_confirmation, state.redis, sighting_id)
         if conf is None:
             return _error(404, "not_found", f"sighting {sighting_id!r} has no confirmation")

@@ -30,11 +30,13 @@ _STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
 
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error"],
-              "properties": {"error": _STR, "code": _STR, "problems": {"type": "array", "items": _STR}}},
+              "properties": {"error": _STR, "code": _STR, "problems": {"type": "array", "items": _STR},
+                             "retry_after_s": {"type": "integer", "description": "429: seconds to wait (= Retry-After)"}}},
     "ConfirmationRequest": {
         "type": "object", "required": ["action"], "additionalProperties": False,
         "properties": {"action": {"type": "string", "enum": list(ACTIONS)},
-                       "individual_id": {"type": "string", "description": "required by confirm; refused by new"},
+                       "individual_id": {"type": "string", "maxLength": 128,
+                                         "description": "required by confirm; refused by new"},
                        "researcher": {"type": "string", "description": "optional; must be the credential's name"}}},
     "ConfirmationAnswer": {"type": "object", "required": ["confirmation"],
                            "properties": {"confirmation": _ref("Confirmation"), "created": {"type": "boolean"}}},
@@ -137,7 +139,10 @@ OPERATIONS = {
         "summary": "Create a sighting and get its one presigned upload",
         "request": "SightingRequest",
         "responses": {"201": ("created: send the photo as upload_method says", "SightingCreated"),
-                      "400": ("invalid body (every problem listed)", "Error")}},
+                      "400": ("invalid body (every problem listed)", "Error"),
+                      "409": ("encounter_full: the encounter has encounter_max_members sightings", "Error"),
+                      "429": ("quota_exceeded: the app's sightings quota for this minute or day is spent; "
+                              "Retry-After says when to retry", "Error")}},
     "list_sightings": {
         "summary": "Sightings newest first (apps: their own without GPS; researchers: all), cursor-paginated",
         "query": {"observer": "only this observer", "status": "pending | identified | failed",

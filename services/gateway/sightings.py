@@ -1,4 +1,5 @@
-"""Routes `POST /v1/sightings` (role app: create a sighting, get its one upload) and `GET /v1/sightings/{id}`
+"""Routes `POST /v1/sightings` (role app: create a sighting, get its one upload; per-app quotas and the encounter
+size limit in quotas.py: 429 with Retry-After, 409 encounter_full) and `GET /v1/sightings/{id}`
 (role app: its own sightings, without GPS; role researcher: every sighting). See visibility.py and presign.py."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from services.gateway.candidate_photos import attach_candidate_photos, with_refe
 from services.gateway.context import CTX, not_found
 from services.gateway.encounters import encounter_of, remember_member
 from services.gateway.listing import index_sighting, sighting_view
+from services.gateway.quotas import admit
 from services.gateway.validation import InvalidSighting, parse_sighting_request
 from services.metrics import UPLOADS
 
@@ -37,6 +39,10 @@ async def create_sighting(request: web.Request) -> web.Response:
         raise InvalidSighting(["the body is not valid JSON"]) from None
     sighting = parse_sighting_request(body, ctx.settings.max_upload_bytes,
                                       size_required=ctx.settings.upload_size_required)
+    refusal = await admit(ctx.redis, ctx.settings, request[CREDENTIAL].name, sighting.metadata.encounter)
+    if refusal is not None:  # per-app quota (429 + Retry-After) or a full encounter (409): nothing created
+        UPLOADS.labels(outcome=refusal.code).inc()
+        return refusal.response()
     sighting_id = new_sighting_id()
     key = upload_key(sighting_id, sighting.content_type)
     offer = ctx.signer.offer(key, sighting.content_type, sighting.size)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from services.access.ids import MAX_ID_LENGTH, id_problem
 from services.chain.store import EXTENSIONS
 from services.errors import DataError
 from services.topics import SightingMetadata
@@ -121,6 +122,9 @@ def parse_sighting_request(body: Any, max_upload_bytes: int, now: datetime | Non
     observer = _text(body, "observer", problems, required=True)
     species_hint = _text(body, "species_hint", problems, required=False)
     encounter = _text(body, "encounter", problems, required=False)
+    if encounter and (problem := id_problem(encounter, "encounter")):  # a key is made of it: an id's limits
+        problems.append(problem)
+        encounter = ""
     crop_box = _crop_box(body, problems)
     size = _size(body, max_upload_bytes, size_required, problems)
     content_type = body.get("content_type")
@@ -147,7 +151,7 @@ def request_schema(max_upload_bytes: int, size_required: bool = False) -> dict[s
         "crop_box": {"type": ["array", "null"], "items": {"type": "number", "minimum": 0}, "minItems": 4,
                      "maxItems": 4, "description": "[x0, y0, x1, y1] in pixels, x0 < x1 and y0 < y1"},
         "species_hint": {"type": "string", "maxLength": MAX_TEXT},
-        "encounter": {"type": "string", "maxLength": MAX_TEXT,
+        "encounter": {"type": "string", "maxLength": MAX_ID_LENGTH,
                       "description": "the app's id of one sighting event: its photos (of one animal) are identified "
                                      "together, the answer's `encounter` pools their candidates"},
         "size": {"type": "integer" if size_required else ["integer", "null"], "minimum": 1,

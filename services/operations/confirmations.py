@@ -9,9 +9,14 @@ such as PostgreSQL would be the production system of record for curation, with t
     confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
     confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why (trimmed to about
                            `audit_maxlen` entries, setting redis_audit_maxlen)
-    confirmations:audit:<id>  stream: the same entries of one sighting (its trail, whatever the global size)
+    confirmations:audit:<id>  stream: the same entries of one existing sighting (its trail, whatever the global
+                           size), trimmed to about `sighting_audit_maxlen` entries (setting
+                           redis_sighting_audit_maxlen). An attempt on an unknown sighting, or with an invalid id,
+                           goes to the global stream only: no key is made of an id nobody created.
 
-The confirmations, the index and each sighting's trail are the catalogue's record: they never expire.
+The confirmations, the index and each sighting's trail are the catalogue's record: they never expire. Ids are
+bounded (services.access.ids: at most 128 printable characters, else 400) and audited values are cut to
+AUDIT_VALUE_MAX characters, so no attempt writes an unbounded entry.
 
 Actions: `confirm` (into an id of the current gallery, a previously assigned new id or a name given by a rename;
 an id merged or renamed away is resolved to its survivor first, services.operations.identities), `new` (the system
@@ -35,6 +40,7 @@ from typing import Any, Callable
 
 import redis as redis_lib
 
+from services.access.ids import id_problem
 from services.errors import WhaleIdError
 from services.identification import NEW_INDIVIDUAL
 from services.metrics import CONFIRMATIONS
@@ -52,6 +58,8 @@ AUDIT_STREAM = "confirmations:audit"
 SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
 AUDIT_PAGE = 1000
 AUDIT_MAXLEN = 1_000_000  # == Settings.redis_audit_maxlen's default
+SIGHTING_AUDIT_MAXLEN = 1000  # == Settings.redis_sighting_audit_maxlen's default
+AUDIT_VALUE_MAX = 256  # characters kept of each audited value (a refused body may hold anything)
 NEW_ID_PREFIX = "whale-"
 
 
@@ -105,10 +113,12 @@ def confirmed_sightings(redis, since: float = 0.0) -> list[tuple[Confirmation, s
 class ConfirmationService:
     """Validates and records confirmations. `known` returns the served gallery's individuals."""
 
-    def __init__(self, redis, known: Callable[[], KnownIndividuals], audit_maxlen: int = AUDIT_MAXLEN):
+    def __init__(self, redis, known: Callable[[], KnownIndividuals], audit_maxlen: int = AUDIT_MAXLEN,
+                 sighting_audit_maxlen: int = SIGHTING_AUDIT_MAXLEN):
         self.redis = redis
         self.known = known
         self.audit_maxlen = int(audit_maxlen)
+        self.sighting_audit_maxlen = int(sighting_audit_maxlen)
 
     # --- the one entry point
     def submit(self, sighting_id: str, body: dict[str, Any],
@@ -123,10 +133,16 @@ class ConfirmationService:
             audited = dict(body) if isinstance(body, dict) else {}
             if researcher:
                 audited["researcher"] = researcher
-            self._audit(sighting_id, audited, outcome=exc.code, reason=str(exc))
+            own_trail = exc.code != "invalid_id" and self._known_sighting(sighting_id)  # no key of an unknown id
+            self._audit(sighting_id, audited, outcome=exc.code, reason=str(exc), own_trail=own_trail)
             raise
         CONFIRMATIONS.labels(action=conf.action, outcome="accepted" if created else "repeated").inc()
         return conf, created
+
+    def _known_sighting(self, sighting_id: str) -> bool:
+        """A sighting that exists or was decided (its trail may be written)."""
+        return records.sighting_exists(self.redis, sighting_id) \
+            or bool(self.redis.exists(CONFIRMATION_KEY.format(sighting_id)))
 
     def mark_published(self, sighting_id: str) -> None:
         self.redis.hset(CONFIRMATION_KEY.format(sighting_id), "published", "1")
@@ -136,6 +152,9 @@ class ConfirmationService:
 
     # --- steps
     def _submit(self, sighting_id: str, body: Any, authenticated: str | None) -> tuple[Confirmation, bool]:
+        problem = id_problem(sighting_id, "the sighting id")
+        if problem:
+            raise ConfirmationRefused(400, "invalid_id", problem)
         action, individual_id, researcher = self._parse(body, authenticated)
         if not records.sighting_exists(self.redis, sighting_id):
             raise ConfirmationRefused(404, "unknown_sighting", f"unknown sighting {sighting_id!r}")
@@ -168,6 +187,10 @@ class ConfirmationService:
         researcher = body.get("researcher") or ""
         if not isinstance(individual_id, str) or not isinstance(researcher, str):
             raise ConfirmationRefused(400, "invalid", "individual_id and researcher must be strings")
+        if individual_id and (problem := id_problem(individual_id, "individual_id")):
+            raise ConfirmationRefused(400, "invalid", problem)
+        if len(researcher) > AUDIT_VALUE_MAX:
+            raise ConfirmationRefused(400, "invalid", f"researcher is longer than {AUDIT_VALUE_MAX} characters")
         if authenticated:
             if researcher.strip() and researcher.strip() != authenticated:
                 raise ConfirmationRefused(403, "researcher_mismatch",
@@ -235,7 +258,7 @@ class ConfirmationService:
                         pipe.sadd(NEW_IDS_KEY, assigned)
                     _append_audit(pipe, sighting_id,
                                   self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version),
-                                  self.audit_maxlen)
+                                  self.audit_maxlen, self.sighting_audit_maxlen)
                     pipe.execute()
                     log.info("confirmation %s: %s %s by %s", sighting_id, action, assigned, researcher)
                     return conf, True
@@ -248,14 +271,16 @@ class ConfirmationService:
 
     @staticmethod
     def _audit_fields(sighting_id, body, outcome, reason, version="") -> dict[str, str]:
-        return {"sighting_id": sighting_id, "action": str(body.get("action", "")),
-                "individual_id": str(body.get("individual_id", "")), "researcher": str(body.get("researcher", "")),
-                "predicted": json.dumps(body.get("predicted")), "outcome": outcome, "reason": reason,
+        cut = lambda value: str(value)[:AUDIT_VALUE_MAX]  # noqa: E731 - a refused body may hold anything
+        return {"sighting_id": cut(sighting_id), "action": cut(body.get("action", "")),
+                "individual_id": cut(body.get("individual_id", "")), "researcher": cut(body.get("researcher", "")),
+                "predicted": json.dumps(body.get("predicted")), "outcome": outcome, "reason": cut(reason),
                 "gallery_version": version, "at": repr(time.time())}
 
-    def _audit(self, sighting_id, body, outcome, reason) -> None:
+    def _audit(self, sighting_id, body, outcome, reason, own_trail: bool = True) -> None:
         with self.redis.pipeline() as pipe:
-            _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason), self.audit_maxlen)
+            _append_audit(pipe, sighting_id, self._audit_fields(sighting_id, body, outcome, reason), self.audit_maxlen,
+                          self.sighting_audit_maxlen if own_trail else None)
             pipe.execute()
 
 
@@ -263,11 +288,15 @@ def _resolve(redis, individual_id: str) -> str:
     return resolve(redis, individual_id)
 
 
-def _append_audit(pipe, sighting_id: str, fields: dict[str, str], maxlen: int = AUDIT_MAXLEN) -> None:
-    """One attempt into the global stream (trimmed to about `maxlen`; 0 = never) and the sighting's own (queued on
-    a MULTI pipeline: both or neither)."""
+def _append_audit(pipe, sighting_id: str, fields: dict[str, str], maxlen: int = AUDIT_MAXLEN,
+                  sighting_maxlen: int | None = SIGHTING_AUDIT_MAXLEN) -> None:
+    """One attempt into the global stream (trimmed to about `maxlen`; 0 = never) and the sighting's own (trimmed to
+    about `sighting_maxlen`; 0 = never; None = not written: an unknown sighting gets no stream), queued on a MULTI
+    pipeline: both or neither."""
     pipe.xadd(AUDIT_STREAM, fields, maxlen=maxlen or None, approximate=True)
-    pipe.xadd(SIGHTING_AUDIT_STREAM.format(sighting_id), fields)
+    if sighting_maxlen is not None:
+        pipe.xadd(SIGHTING_AUDIT_STREAM.format(sighting_id), fields, maxlen=sighting_maxlen or None,
+                  approximate=True)
 
 
 def _next_id(entry_id: str) -> str:

@@ -44,6 +44,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import redis as redis_lib
 
+from services.access.ids import MAX_ID_LENGTH as _MAX_ID_LENGTH
+from services.access.ids import id_problem
 from services.errors import WhaleIdError
 from services.identification import NEW_INDIVIDUAL
 from services.operations.aliases import (  # noqa: F401 - re-exported: the identities API
@@ -76,7 +78,8 @@ LOG_STREAM = "identities:log"
 KINDS = ("merge", "rename")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 RESERVED = frozenset({NEW_INDIVIDUAL, "similar"})  # `similar` is a route: /v1/individuals/similar
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = _MAX_ID_LENGTH  # 128: the gateway's limit on every id (services.access.ids)
+LOG_VALUE_MAX = 600  # characters kept of each logged value (a note is at most 500)
 MAX_NOTE_LENGTH = 500
 
 
@@ -265,8 +268,12 @@ class IdentityService:
         try:
             if not researcher or not str(researcher).strip():
                 raise IdentityRefused(400, "invalid", "a researcher is required (who merges or renames)")
+            if problem := id_problem(source, "the individual id"):
+                raise IdentityRefused(400, "invalid", problem)
             fields = parse_request(request, body)
             target = fields["into" if kind == "merge" else "new_id"]
+            if problem := id_problem(target, "into" if kind == "merge" else "new_id"):
+                raise IdentityRefused(400, "invalid", problem)
             return step(str(source).strip(), target, str(researcher).strip(), fields.get("note", ""))
         except IdentityRefused as exc:
             self._log({"event": kind, "merge_id": "", "source": str(source), "target": target or _target(body, kind),
@@ -360,6 +367,8 @@ class IdentityService:
     def _undo(self, merge_id: str, researcher: str) -> IdentityOperation:
         if not researcher or not str(researcher).strip():
             raise IdentityRefused(400, "invalid", "a researcher is required (who undoes)")
+        if problem := id_problem(merge_id, "the merge id"):
+            raise IdentityRefused(400, "invalid", problem)
         key = OP_KEY.format(merge_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -417,7 +426,8 @@ class IdentityService:
 
     def _log_on(self, pipe, fields: dict[str, str]) -> None:
         entry = {"event": "", "merge_id": "", "source": "", "target": "", "researcher": "", "outcome": "",
-                 "reason": "", "note": "", **{k: str(v) for k, v in fields.items()}, "at": repr(time.time())}
+                 "reason": "", "note": "", **{k: str(v)[:LOG_VALUE_MAX] for k, v in fields.items()},
+                 "at": repr(time.time())}
         pipe.xadd(LOG_STREAM, entry, maxlen=self.log_maxlen or None, approximate=True)
 
     def _log(self, fields: dict[str, str]) -> None:
