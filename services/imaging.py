@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -67,6 +68,74 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
     16-bit images become 8-bit RGB (16-bit values are scaled, not clipped); of an animated image (or an MPO),
     the first frame.
     """
+    return decode_scaled(data, 1, max_pixels, max_aspect_ratio, formats).pixels
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What `decode_scaled` returns: the upright pixels, the upright size of the image as uploaded, and the
+    factor it was reduced by on each side (1: full size; JPEG only, libjpeg's DCT scaling)."""
+
+    pixels: np.ndarray  # uint8 (h, w, 3), upright
+    size: tuple[int, int]  # (width, height) of the uploaded image as shown: boxes are in these coordinates
+    scale: int = 1  # pixels has about size / scale on each side (ceil)
+
+    def to_pixels(self, box) -> list[float]:
+        """A box in the uploaded image's (upright) coordinates -> the same region in `pixels`' coordinates."""
+        fx, fy = self.pixels.shape[1] / self.size[0], self.pixels.shape[0] / self.size[1]
+        return [float(box[0]) * fx, float(box[1]) * fy, float(box[2]) * fx, float(box[3]) * fy]
+
+
+@dataclass(frozen=True)
+class Header:
+    """An image's header (nothing decoded): format, Pillow mode, stored size and upright size."""
+
+    format: str
+    mode: str
+    stored: tuple[int, int]  # (width, height) as stored
+    size: tuple[int, int]  # (width, height) as shown (EXIF orientation applied)
+
+
+DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # what libjpeg decodes at 1/2, 1/4 or 1/8 of the size (Image.draft)
+DRAFT_FACTORS = (8, 4, 2)
+
+
+def draft_factor(image_format: str, reduce: int) -> int:
+    """The factor a decode allowed to reduce by `reduce` (at most) really reduces by: 8, 4 or 2 for a JPEG,
+    else 1."""
+    if image_format not in DRAFT_FORMATS:
+        return 1
+    return next((f for f in DRAFT_FACTORS if f <= reduce), 1)
+
+
+def read_header(data: bytes) -> Header | None:
+    """The header of an image (no pixels decoded); None when it is not one Pillow can open."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                swapped = _header_orientation(image) in SWAPS_SIDES
+                return Header(str(image.format), image.mode, (width, height),
+                              (height, width) if swapped else (width, height))
+    except Exception:  # noqa: BLE001 - hostile headers raise many types; decode_image gives the reason
+        return None
+
+
+def _header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation as far as the header tells (a PNG whose eXIf chunk follows the pixels: 1)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return exif_orientation(image)
+
+
+def decode_scaled(data: bytes, reduce: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+                  formats: tuple[str, ...] = ACCEPTED_FORMATS) -> Decoded:
+    """decode_image, allowed to reduce a JPEG by up to `reduce` on each side (libjpeg decodes at 1/2, 1/4 or
+    1/8 of the size: Image.draft; every other format, and `reduce` 1, decodes at full size). Validation is the
+    same (the header's size against `max_pixels` and `max_aspect_ratio`; the whole stream is decoded, so a
+    truncated file is refused at any scale); `Decoded.size` is the uploaded image's upright size."""
     if not data:
         raise ImageRejected("empty", "zero bytes")
     try:
@@ -90,25 +159,50 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageRejected("bad_dimensions", f"{width}x{height}: one side is more than {max_aspect_ratio:g} "
                                               "times the other")
     try:
+        scale = draft_factor(image.format, int(reduce))
+        if scale > 1 and image.draft(image.mode, (width // scale, height // scale)) is None:
+            scale = 1  # Pillow could not reduce this one (e.g. several tiles): full size
         image.load()
-        rgb = _rgb(image)
-        turn = UPRIGHT.get(exif_orientation(image))
-        if turn is not None:
-            rgb = rgb.transpose(turn)
+        orientation = exif_orientation(image)
+        pixels = _rgb(image)
+        image.close()  # the decoded original is no longer needed: only the 8-bit RGB pixels stay
+        pixels = _upright(pixels, orientation)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected("truncated", f"the image does not decode fully: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a hostile body must be refused, never crash the caller
         raise ImageRejected("undecodable", f"{type(exc).__name__}: {exc}") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    size = (height, width) if orientation in SWAPS_SIDES else (width, height)
+    return Decoded(np.asarray(pixels, dtype=np.uint8), size, scale)
 
 
-def _rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB of any mode the accepted formats decode to; 16-bit grayscale is scaled to 8 bits."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.int64)
-        gray = ((np.clip(values, 0, 65535) + 128) // 257).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+SIXTEEN_BIT_ROWS_PIXELS = 1 << 20  # pixels converted at a time from 16 to 8 bits (bounded temporaries)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of any mode the accepted formats decode to; 16-bit grayscale is scaled to 8 bits
+    (round(v / 257), values clipped to 0..65535), a band of rows at a time: no 64-bit (or full-size 32-bit)
+    copy, only the 8-bit output beside the decoded image."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    width, height = image.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, SIXTEEN_BIT_ROWS_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        values = np.asarray(image.crop((0, top, width, bottom)))
+        if values.dtype.kind == "i":  # mode I: 32-bit signed
+            values = np.clip(values, 0, 65535)
+        gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        out[top:bottom] = gray[:, :, None]
+    return out
+
+
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels turned as the EXIF orientation says (what Image.transpose(UPRIGHT[orientation]) gives)."""
+    turned = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+              5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+              8: lambda a: np.rot90(a, 1)}.get(orientation)
+    return pixels if turned is None else np.ascontiguousarray(turned(pixels))
 
 
 def exif_orientation(image: Image.Image) -> int:

@@ -89,6 +89,7 @@ class Settings:
     # --- streaming chain: worker and matcher
     worker_batch_size: int = 16  # sightings per Triton call (the worker takes what is waiting, up to this)
     worker_batch_wait_s: float = 0.02  # how long the worker waits to fill a batch
+    worker_decode_budget_mb: float = 512  # estimated decode memory (header pixels x bytes) a worker's sightings may hold at once; the rest wait (0: no budget)
     retry_backoff_initial_s: float = 0.2  # first pause after a transient failure (Triton/S3 down); doubles
     retry_backoff_max_s: float = 5.0  # longest pause between retries (retries never give up: nothing is lost)
     triton_detector_model: str = "detector"  # crop detector in the Triton repository, used when it is loaded

@@ -20,20 +20,39 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from services import topics
 from services.chain.failures import PermanentFailure
 from services.errors import DataError
-from services.imaging import ImageRejected, decode_image, encode_png, encode_ppm
+from services.imaging import (
+    Decoded,
+    Header,
+    ImageRejected,
+    decode_scaled,
+    encode_png,
+    encode_ppm,
+    read_header,
+    validate_box,
+)
 from services.metrics import STEP_LATENCY, timed
 from services.settings import Settings
 from services.worker.cropping import Crop, CropStep, crop_sighting
+from services.worker.decode_budget import DecodeBudget, decode_cost, shared_budget
 from services.worker.storage import ObjectReader
 
 STAGE = "worker"
+# pixels the worker keeps on each side of what the model sees (the uploader's box, or the whole photo): the
+# served models resize to at most 384 (lite4 380) and the detector to 1024, so 1024 leaves a margin of 2.7 over
+# the largest embedding input. A JPEG whose region has 2x, 4x or 8x this on both sides is decoded at 1/2, 1/4
+# or 1/8 of its size (libjpeg's DCT scaling, Image.draft); pixels kept for Triton that are 2x this or more on
+# both sides are reduced (an integer box filter) before they are held for the batch's Triton call.
+MODEL_PIXELS_MIN_SIDE = 1024
+REDUCE_BAND_PIXELS = 1 << 20  # pixels reduced at a time by `_held`
 
 
 @dataclass
@@ -59,9 +78,11 @@ EXIF_ORIENTATION = 0x0112
 
 
 def plain_upload(data: bytes, image) -> bool:
-    """True when `data` is an image whose plain decoding is `image` (the validated pixels) with nothing left to
-    normalise: one frame, 8-bit RGB, JPEG or PNG, upright (no EXIF orientation other than 1), no transparency.
-    Reads the header only."""
+    """True when `data` is an image whose plain decoding is `image` (the validated pixels; or a `Decoded`, which
+    may be reduced: its size as uploaded is compared) with nothing left to normalise: one frame, 8-bit RGB,
+    JPEG or PNG, upright (no EXIF orientation other than 1), no transparency. Reads the header only."""
+    if isinstance(image, Decoded):
+        image = np.empty((image.size[1], image.size[0], 3), dtype=np.uint8)  # the shape only (nothing written)
     try:
         with Image.open(io.BytesIO(data)) as header:
             return (header.format in PLAIN_FORMATS and header.mode == "RGB"
@@ -83,24 +104,85 @@ def parse_event(raw: bytes) -> topics.SightingUploaded:
     return event
 
 
+def draft_reduction(region: tuple[float, float], min_side: int = MODEL_PIXELS_MIN_SIDE) -> int:
+    """The largest of 8, 4, 2 by which a region of (width, height) keeps at least `min_side` pixels on both
+    sides; 1 when none does."""
+    width, height = region
+    return next((f for f in (8, 4, 2) if width / f >= min_side and height / f >= min_side), 1)
+
+
+def _reduction(header: Header | None, metadata: dict, crop_steps: list[CropStep]) -> int:
+    """How much the worker may reduce a sighting's JPEG when decoding it: enough pixels must stay for the
+    uploader's box (in the uploaded image's upright coordinates), else for the whole photo; none (1) when a
+    detector may look for the box (its box is unknown before decoding), or the header or box is unusable."""
+    if header is None:
+        return 1
+    box = (metadata or {}).get("crop_box")
+    if box is None:
+        if any(getattr(step, "source", "") != "uploader" for step in crop_steps):
+            return 1
+        return draft_reduction(header.size)
+    try:
+        x0, y0, x1, y1 = validate_box(box, *header.size)
+    except Exception:  # noqa: BLE001 - an unusable box is refused after decoding (bad_box), as before
+        return 1
+    return draft_reduction((x1 - x0, y1 - y0))
+
+
+def _held(pixels: np.ndarray, view: bool, min_side: int = MODEL_PIXELS_MIN_SIDE) -> np.ndarray:
+    """The pixels to keep for the Triton call: an own copy of a crop (`view`: not a view that keeps the whole
+    photo alive), reduced by an integer box filter when it has 2x `min_side` or more on both sides."""
+    height, width = pixels.shape[:2]
+    factor = min(width // min_side, height // min_side)
+    if factor < 2:
+        return pixels.copy() if view else pixels
+    # Image.reduce a band of rows at a time (bands start on multiples of `factor`: the same blocks, the same
+    # pixels as one call), so no full-size 4-byte Pillow copy of the photo is made
+    rows = factor * max(1, REDUCE_BAND_PIXELS // (width * factor * factor))
+    return np.concatenate([np.asarray(Image.fromarray(np.ascontiguousarray(pixels[top:top + rows])).reduce(factor),
+                                      dtype=np.uint8) for top in range(0, height, rows)])
+
+
 def prepare(event: topics.SightingUploaded, objects: ObjectReader, settings: Settings,
-            crop_steps: list[CropStep]) -> PreparedSighting:
-    """Fetch (`objects.fetch`), validate and crop one sighting; PermanentFailure / TransientFailure on problems."""
+            crop_steps: list[CropStep], budget: DecodeBudget | None = None) -> PreparedSighting:
+    """Fetch (`objects.fetch`), validate and crop one sighting; PermanentFailure / TransientFailure on problems.
+
+    Memory: the decode waits for room in the worker's decode budget (`worker_decode_budget_mb`, its cost
+    estimated from the header: services.worker.decode_budget; `budget` overrides the process's shared one), a
+    large JPEG is decoded at the reduced size its box (or the whole photo) needs (`_reduction`; the box, in
+    the uploaded image's coordinates, is mapped onto the reduced pixels and recorded as given), and only the
+    crop's pixels (`_held`) outlive the decode."""
     if event.bucket != settings.sightings_bucket:
         raise PermanentFailure("wrong_bucket", f"{event.bucket!r} is not the sightings bucket")
     with timed(STEP_LATENCY, stage=STAGE, step="fetch"):
         data = objects.fetch(event.bucket, event.key, settings.max_upload_bytes)
-    with timed(STEP_LATENCY, stage=STAGE, step="validate"):
-        try:
-            image = decode_image(data, max_pixels=settings.max_image_pixels)
-        except ImageRejected as exc:
-            raise PermanentFailure(exc.reason, exc.detail) from None
-    with timed(STEP_LATENCY, stage=STAGE, step="crop"):
-        try:
-            crop = crop_sighting(image, event.metadata, crop_steps)
-        except DataError as exc:
-            raise PermanentFailure("bad_box", str(exc)) from None
-        plain = crop.box is None and crop.pixels is image and plain_upload(data, image)
+    header = read_header(data)
+    reduce = _reduction(header, event.metadata, crop_steps)
+    budget = budget if budget is not None else shared_budget(settings.worker_decode_budget_mb)
+    cost = decode_cost(header, reduce, settings.max_image_pixels)
+    with budget.hold(cost) if budget is not None else nullcontext():
+        with timed(STEP_LATENCY, stage=STAGE, step="validate"):
+            try:
+                decoded = decode_scaled(data, reduce, max_pixels=settings.max_image_pixels)
+            except ImageRejected as exc:
+                raise PermanentFailure(exc.reason, exc.detail) from None
+        image = decoded.pixels
+        with timed(STEP_LATENCY, stage=STAGE, step="crop"):
+            metadata = event.metadata
+            box = (metadata or {}).get("crop_box")
+            scaled = decoded.scale != 1 and box is not None
+            try:
+                if scaled:  # the uploader's box onto the reduced pixels; the record keeps it as given
+                    given = [float(v) for v in validate_box(box, *decoded.size)]
+                    metadata = {**metadata, "crop_box": decoded.to_pixels(given)}
+                crop = crop_sighting(image, metadata, crop_steps)
+            except DataError as exc:
+                raise PermanentFailure("bad_box", str(exc)) from None
+            if scaled and crop.box is not None and crop.source == "uploader":
+                crop = Crop(crop.pixels, given, crop.source)
+            plain = crop.box is None and crop.pixels is image and plain_upload(data, decoded)
+            crop = Crop(_held(crop.pixels, crop.pixels is not image), crop.box, crop.source)
+        del image, decoded
     # the whole photo as uploaded (every decoder turns it into these very pixels), else the pixels (encoded at
     # embed time, in the format the served build reads)
     return PreparedSighting(event, crop, data if plain else None)
