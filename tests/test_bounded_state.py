@@ -27,7 +27,12 @@ from fixtures_front import (
 from services import topics
 from services.chain import parking
 from services.gateway.quotas import DAY_KEY, MINUTE_KEY
-from services.operations.confirmations import AUDIT_STREAM, SIGHTING_AUDIT_STREAM
+from services.operations.confirmations import (
+    AUDIT_STREAM,
+    SIGHTING_AUDIT_STREAM,
+    ConfirmationService,
+    KnownIndividuals,
+)
 from services.settings import load_settings
 
 QUOTA_APP, QUOTA_TOKEN = "quota-app", "bounded-quota-app-token"
@@ -228,3 +233,65 @@ def test_matcher_parked_is_capped_and_drops_the_oldest(stack):
         assert parking.PARKED_MAX > 0  # the matcher's default cap
     finally:
         client.delete(parking.PARKED_INDEX, parking.PARKED_RECORDS)
+
+
+# --------------------------------------------------------------------------- the review queue's index
+def _commands(client) -> int:
+    """Commands Redis has run so far (all clients; INFO commandstats)."""
+    return sum(int(stats["calls"]) for name, stats in client.info("commandstats").items()
+               if name.startswith("cmdstat_"))
+
+
+def _queue_cost(client, url, observer) -> tuple[int, dict]:
+    before = _commands(client)
+    answer = requests.get(f"{url}/v1/review/queue", params={"observer": observer, "limit": 50},
+                          headers=bearer(RESEARCHER_TOKEN), timeout=60)
+    assert answer.status_code == 200, answer.text
+    return _commands(client) - before, answer.json()
+
+
+def test_the_review_queue_reads_an_index_whose_cost_does_not_grow_with_unrelated_keys(front):
+    from services.chain.results import store_identification
+    from services.gateway.review_queue import AWAITING_BUILT_KEY
+    from services.operations.confirmations import REVIEW_AWAITING_KEY
+
+    settings, url = front
+    client = redis_of(settings)
+    assert client.exists(AWAITING_BUILT_KEY)  # the gateway built (or found) the index at start
+    observer = f"queue-{uuid.uuid4().hex[:8]}"
+    sightings = [create_sighting(url, observer=observer)["sighting_id"] for _ in range(3)]
+    for n, sighting_id in enumerate(sightings):
+        assert client.zscore(REVIEW_AWAITING_KEY, sighting_id) is not None  # indexed when created
+        store_identification(client, topics.Identification(
+            sighting_id=sighting_id, candidates=[{"individual_id": "ind-a", "score": 0.6 + n / 10},
+                                                 {"individual_id": "ind-b", "score": 0.3}],
+            new_individual=False, model_version="toy", gallery_version="v-test", uploaded_at=time.time(),
+            identified_at=time.time(), species="humpback_whale", species_source="app", threshold=0.5))
+    _queue_cost(client, url, observer)  # warm (connections, the served catalogue)
+    small, answer = _queue_cost(client, url, observer)
+    assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings)
+
+    unrelated = 30_000
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(unrelated):
+            pipe.set(f"bounded-test:unrelated:{i}", "x", ex=600)
+        pipe.execute()
+    try:
+        large, answer = _queue_cost(client, url, observer)
+        assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings)
+        # a SCAN of the keyspace would take at least unrelated / 500 more SCAN calls (60); the index: none
+        assert large - small <= 5, (small, large)
+    finally:
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(unrelated):
+                pipe.delete(f"bounded-test:unrelated:{i}")
+            pipe.execute()
+
+    # a decision takes the sighting off the index and the queue
+    decided = sightings[0]  # (the service directly: the gateway's route needs a published gallery)
+    service = ConfirmationService(client, known=lambda: KnownIndividuals("v-test", frozenset({"ind-a", "ind-b"})))
+    conf, created = service.submit(decided, {"action": "reject"}, researcher="dr-fluke")
+    assert created and conf.individual_id == "ind-a"  # the top candidate is the one rejected
+    assert client.zscore(REVIEW_AWAITING_KEY, decided) is None
+    _cost, answer = _queue_cost(client, url, observer)
+    assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings[1:])

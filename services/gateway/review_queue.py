@@ -12,12 +12,17 @@ Encounters (photos an app sent with one `encounter` id) are one item: the most u
 review stands for it, its candidates are the encounter's pooled ones (encounters.py) and `encounter` lists every
 photo awaiting review; the page records the decision for each of them.
 
-The queue is read by a SCAN over identification:<id> (bounded by the identifications' TTL): fine for a
-catalogue's review backlog of thousands; a sorted index written by the matcher is the way past that.
+The queue is read from the index `review:awaiting` (sorted set: sighting id -> created_at), never by a SCAN: the
+gateway adds each sighting when it creates it (trimmed to the sightings' TTL), a stored decision removes it
+(services.operations.confirmations), and a request drops the entries it finds decided or expired. A request
+costs a fixed number of Redis round trips and commands in proportion to the sightings awaiting a decision,
+whatever else Redis holds. Sightings created before the index existed are added once, when a gateway first
+starts with it, from the sightings' own index `sightings:index` (marker `review:awaiting:built`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import date, datetime, timezone
 
@@ -28,13 +33,16 @@ from services.chain.store import decode_hash, read_json_value, sighting_key, sig
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, bad_query
 from services.gateway.encounters import pooled_encounter
+from services.gateway.listing import INDEX_KEY as SIGHTINGS_INDEX_KEY
 from services.gateway.photos import photo_url
 from services.gateway.references import REFERENCES, attach_catalogue, reference_photos
 from services.identification import NEW_INDIVIDUAL
-from services.operations.confirmations import CONFIRMATION_KEY
+from services.operations.confirmations import CONFIRMATION_KEY, REVIEW_AWAITING_KEY
 
-SCAN_COUNT = 500
+AWAITING_BUILT_KEY = "review:awaiting:built"
 EARTH_RADIUS_KM = 6371.0
+
+log = logging.getLogger(__name__)
 
 
 def margin(candidates: list[dict], threshold: float | None) -> float:
@@ -119,17 +127,58 @@ class Filters:
         return True
 
 
-async def _awaiting(redis) -> list[str]:
-    ids = []
-    async for key in redis.scan_iter(match="identification:*", count=SCAN_COUNT):
-        ids.append(key.decode().partition(":")[2])
+def await_review(pipe, sighting_id: str, created_at: float, ttl_s: float) -> None:
+    """Queue the index write of a new sighting on `pipe` (the MULTI that creates it)."""
+    pipe.zadd(REVIEW_AWAITING_KEY, {sighting_id: created_at})
+    if ttl_s:
+        pipe.zremrangebyscore(REVIEW_AWAITING_KEY, "-inf", f"({created_at - ttl_s}")
+
+
+async def build_awaiting_index(redis) -> int:
+    """Once per Redis (marker AWAITING_BUILT_KEY): add the undecided sightings of `sightings:index` created
+    before the review index existed. Returns how many were added."""
+    if not await redis.set(AWAITING_BUILT_KEY, "1", nx=True):
+        return 0
+    rows = await redis.zrange(SIGHTINGS_INDEX_KEY, 0, -1, withscores=True)
+    if not rows:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for member, _score in rows:
+            pipe.exists(CONFIRMATION_KEY.format(_text(member)))
+        decided = await pipe.execute()
+    undecided = {_text(member): score for (member, score), done in zip(rows, decided, strict=True) if not done}
+    if undecided:
+        await redis.zadd(REVIEW_AWAITING_KEY, undecided)
+    return len(undecided)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _awaiting(redis) -> tuple[list[str], list]:
+    """The sightings awaiting a decision (from the index) and, per sighting, its (identification, sighting hash)
+    as read; index entries found decided or expired (neither sighting nor identification left) are dropped."""
+    ids = [_text(m) for m in await redis.zrange(REVIEW_AWAITING_KEY, 0, -1)]
     if not ids:
-        return []
+        return [], []
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id in ids:
             pipe.exists(CONFIRMATION_KEY.format(sighting_id))
-        decided = await pipe.execute()
-    return [sighting_id for sighting_id, done in zip(ids, decided, strict=True) if not done]
+            pipe.get(f"identification:{sighting_id}")
+            pipe.hgetall(sighting_key(sighting_id))
+        raw = await pipe.execute()
+    kept, rows, stale = [], [], []
+    for n, sighting_id in enumerate(ids):
+        decided, identification, sighting = raw[3 * n], raw[3 * n + 1], raw[3 * n + 2]
+        if decided or (identification is None and not sighting):
+            stale.append(sighting_id)
+        else:
+            kept.append(sighting_id)
+            rows.append((identification, sighting))
+    if stale:
+        await redis.zrem(REVIEW_AWAITING_KEY, *stale)
+    return kept, rows
 
 
 def _item(ctx, sighting_id: str, identification: dict, sighting: dict, embedding: dict | None) -> dict:
@@ -169,15 +218,10 @@ async def review_queue(request: web.Request) -> web.Response:
         limit = 0
     if not 1 <= limit <= ctx.settings.gateway_list_max_limit:
         raise bad_query(f"limit must be within [1, {ctx.settings.gateway_list_max_limit}]")
-    ids = await _awaiting(ctx.redis)
-    async with ctx.redis.pipeline(transaction=False) as pipe:
-        for sighting_id in ids:
-            pipe.get(f"identification:{sighting_id}")
-            pipe.hgetall(sighting_key(sighting_id))
-        raw = await pipe.execute()
+    ids, raw = await _awaiting(ctx.redis)
     ranked = []
-    for n, sighting_id in enumerate(ids):
-        identification, sighting = read_json_value(raw[2 * n]), decode_hash(raw[2 * n + 1] or {})
+    for sighting_id, (raw_identification, raw_sighting) in zip(ids, raw, strict=True):
+        identification, sighting = read_json_value(raw_identification), decode_hash(raw_sighting or {})
         if not isinstance(identification, dict) or not identification.get("candidates"):
             continue
         if filters.keep(identification, sighting_metadata(sighting)):
@@ -248,4 +292,11 @@ def _encounter_view(ctx, group: list[tuple]) -> dict:
 
 def add_routes(app: web.Application, ctx) -> None:
     attach_catalogue(app, ctx.settings)
+
+    async def build_index(_app):
+        added = await build_awaiting_index(ctx.redis)
+        if added:
+            log.info("review queue: %d sightings created before the review index added to it", added)
+
+    app.on_startup.append(build_index)
     app.router.add_get("/v1/review/queue", review_queue, name="review_queue")

@@ -26,6 +26,7 @@ from services.gateway.context import CTX, not_found
 from services.gateway.encounters import encounter_of, remember_member
 from services.gateway.listing import index_sighting, sighting_view
 from services.gateway.quotas import admit
+from services.gateway.review_queue import await_review
 from services.gateway.validation import InvalidSighting, parse_sighting_request
 from services.metrics import UPLOADS
 
@@ -62,6 +63,7 @@ async def create_sighting(request: web.Request) -> web.Response:
         if ttl_s:
             pipe.expire(sighting_key(sighting_id), int(ttl_s))
         index_sighting(pipe, sighting_id, record["owner"], record["created_at"], ttl_s)  # GET /v1/sightings
+        await_review(pipe, sighting_id, record["created_at"], ttl_s)  # the review queue's index
         if sighting.metadata.encounter:
             remember_member(pipe, record["owner"], sighting.metadata.encounter, sighting_id, ttl_s)
         await pipe.execute()

@@ -7,6 +7,8 @@ such as PostgreSQL would be the production system of record for curation, with t
                            gallery_version, published (1 once announced on the `confirmations` topic)
     confirmations:index    sorted set: sighting id by confirmed_at (what re-indexing reads)
     confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
+    review:awaiting        sorted set: sighting id -> created_at of every sighting not decided yet (the gateway adds
+                           it when the sighting is created, a stored decision removes it): the review queue's index
     confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why (trimmed to about
                            `audit_maxlen` entries, setting redis_audit_maxlen)
     confirmations:audit:<id>  stream: the same entries of one existing sighting (its trail, whatever the global
@@ -56,6 +58,7 @@ INDEX_KEY = "confirmations:index"
 NEW_IDS_KEY = "confirmations:new-ids"
 AUDIT_STREAM = "confirmations:audit"
 SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
+REVIEW_AWAITING_KEY = "review:awaiting"  # sighting ids awaiting a decision (services.gateway.review_queue)
 AUDIT_PAGE = 1000
 AUDIT_MAXLEN = 1_000_000  # == Settings.redis_audit_maxlen's default
 SIGHTING_AUDIT_MAXLEN = 1000  # == Settings.redis_sighting_audit_maxlen's default
@@ -254,6 +257,7 @@ class ConfirmationService:
                         "predicted": json.dumps(predicted), "confirmed_at": repr(conf.confirmed_at),
                         "gallery_version": version, "published": "0"})
                     pipe.zadd(INDEX_KEY, {sighting_id: conf.confirmed_at})
+                    pipe.zrem(REVIEW_AWAITING_KEY, sighting_id)  # decided: off the review queue
                     if action == "new":
                         pipe.sadd(NEW_IDS_KEY, assigned)
                     _append_audit(pipe, sighting_id,
