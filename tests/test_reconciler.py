@@ -391,3 +391,24 @@ def test_a_lease_its_own_pass_could_not_release_does_not_lock_the_reconciler_out
     assert other.acquire() and not mine.acquire()
     other.release()
     assert client.get(LEASE_KEY) is None
+
+
+def test_a_reconciler_killed_mid_pass_locks_the_next_one_out_for_seconds_not_minutes(stack):
+    """The pass lease is short and renewed by a heartbeat while a pass runs: a long pass keeps it, and the lease
+    of a reconciler killed mid-pass (no release, no heartbeat) expires within LEASE_TTL_S (it was 120 s: the
+    scenarios after `kill_reconciler` waited that long for their re-drives)."""
+    from services.reconciler.reconciler import LEASE_TTL_S, _Heartbeat
+    from services.reconciler.state import LEASE_KEY, Lease
+
+    assert LEASE_TTL_S <= 15
+    client = redis.Redis.from_url(_db_url(stack, 13))
+    client.delete(LEASE_KEY)
+    killed, successor = Lease(client, 1.0), Lease(client, 1.0)
+    assert killed.acquire()
+    heartbeat = _Heartbeat(killed, 0.2).start()
+    time.sleep(2.0)  # a pass twice as long as the lease
+    assert not successor.acquire()  # still held: the heartbeat renewed it
+    heartbeat.stop()  # the process dies: nobody renews or releases it
+    time.sleep(1.6)  # its last renewal was at most 0.2 s before: it expires within 1.0 s of that
+    assert successor.acquire()
+    successor.release()

@@ -1,7 +1,10 @@
 """`Reconciler(settings).run_once()`: one pass over Redis, S3 and the topics; the counts of what it found.
 
 A pass runs three steps (services/reconciler/uploads.py, announcements.py, topic_audit.py) under the
-`reconciler:lease`, so two reconcilers (or a test's `run_once` next to the service) never overlap. A step that
+`reconciler:lease`, so two reconcilers (or a test's `run_once` next to the service) never overlap. The lease is
+short (`LEASE_TTL_S`) and renewed by a heartbeat thread while the pass runs, so a reconciler killed mid-pass
+locks its successor out for seconds, not minutes (a SIGKILL left a 120 s lease: the next scenarios waited for
+their re-drives until it expired). A step that
 fails (a server down) is reported and the pass goes on; its Kafka clients are then made again at the next pass
 (a broker restart leaves kafka-python clients unusable).
 """
@@ -9,6 +12,7 @@ fails (a server down) is reported and the pass goes on; its Kafka clients are th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +32,7 @@ from services.reconciler.uploads import STAGE, StaleUploads
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
+LEASE_TTL_S = 15.0  # the pass lease's lifetime; renewed every third of it while a pass runs
 
 WORKER_GROUP = "whaleid-worker"  # the Faust apps' ids (services.chain.faust_app.make_app): their consumer groups
 MATCHER_GROUP = "whaleid-matcher"
@@ -41,6 +46,32 @@ class ReconcilerTopics:
     identifications: str = topics.IDENTIFICATIONS
     new_individuals: str = topics.NEW_INDIVIDUALS
     dead_letter: str = topics.DEAD_LETTER
+
+
+class _Heartbeat:
+    """Renews the lease every `every_s` while a pass runs (a thread: a step can block for long on S3 or Kafka)."""
+
+    def __init__(self, lease: Lease, every_s: float):
+        self.lease = lease
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler-lease", daemon=True)
+
+    def start(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                if not self.lease.refresh():
+                    log.warning("reconciler: the lease was lost during a pass")
+            except Exception as exc:  # noqa: BLE001 - Redis away: the pass's own steps notice it
+                log.debug("reconciler: lease heartbeat: %s", exc)
 
 
 class LeaseHeld(TransientFailure):
@@ -72,7 +103,7 @@ class Reconciler:
         self._producer = None
         self._consumer = None
         self._lag: kafka_io.GroupLag | None = None
-        self.lease = Lease(self.redis, max(120.0, 3 * settings.reconciler_interval_s))
+        self.lease = Lease(self.redis, LEASE_TTL_S)
         self.uploads = StaleUploads(settings, self.redis, self.s3, self._produce, self.topics, clock)
         self.announcements = Announcements(settings, self.redis, self._produce, self.topics, clock)
         self.last_found: dict[str, list[str]] = {}  # kind -> sighting ids, of the last pass
@@ -89,9 +120,11 @@ class Reconciler:
             if time.monotonic() >= deadline:
                 raise LeaseHeld("another reconciler pass is running (reconciler:lease)")
             time.sleep(0.1)
+        heartbeat = _Heartbeat(self.lease, LEASE_TTL_S / 3).start()
         try:
             findings = self._pass()
         finally:
+            heartbeat.stop()
             self.lease.release()
         return dict(findings.counts)
 
