@@ -236,6 +236,26 @@ def test_matcher_parked_is_capped_and_drops_the_oldest(stack):
 
 
 # --------------------------------------------------------------------------- the review queue's index
+def _forget_decisions(client, sighting_ids, individual_ids=()) -> None:
+    """The session's Redis is shared by every test module (re-indexing reads confirmations:index): remove the
+    decisions this module made."""
+    from services.operations.confirmations import (
+        CONFIRMATION_KEY,
+        INDEX_KEY,
+        INDIVIDUAL_INDEX_KEY,
+        NEW_IDS_KEY,
+    )
+
+    with client.pipeline(transaction=False) as pipe:
+        for sighting_id in sighting_ids:
+            pipe.delete(CONFIRMATION_KEY.format(sighting_id))
+        pipe.zrem(INDEX_KEY, *sighting_ids)
+        for individual_id in individual_ids:
+            pipe.delete(INDIVIDUAL_INDEX_KEY.format(individual_id))
+            pipe.srem(NEW_IDS_KEY, individual_id)
+        pipe.execute()
+
+
 def _commands(client) -> int:
     """Commands Redis has run so far (all clients; INFO commandstats)."""
     return sum(int(stats["calls"]) for name, stats in client.info("commandstats").items()
@@ -290,8 +310,65 @@ def test_the_review_queue_reads_an_index_whose_cost_does_not_grow_with_unrelated
     # a decision takes the sighting off the index and the queue
     decided = sightings[0]  # (the service directly: the gateway's route needs a published gallery)
     service = ConfirmationService(client, known=lambda: KnownIndividuals("v-test", frozenset({"ind-a", "ind-b"})))
-    conf, created = service.submit(decided, {"action": "reject"}, researcher="dr-fluke")
-    assert created and conf.individual_id == "ind-a"  # the top candidate is the one rejected
-    assert client.zscore(REVIEW_AWAITING_KEY, decided) is None
-    _cost, answer = _queue_cost(client, url, observer)
-    assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings[1:])
+    try:
+        conf, created = service.submit(decided, {"action": "reject"}, researcher="dr-fluke")
+        assert created and conf.individual_id == "ind-a"  # the top candidate is the one rejected
+        assert client.zscore(REVIEW_AWAITING_KEY, decided) is None
+        _cost, answer = _queue_cost(client, url, observer)
+        assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings[1:])
+    finally:
+        _forget_decisions(client, [decided])
+
+
+# --------------------------------------------------------------------------- an individual's confirmations
+def _individual_cost(client, url, individual_id) -> tuple[int, dict]:
+    before = _commands(client)
+    answer = requests.get(f"{url}/v1/individuals/{individual_id}", headers=bearer(RESEARCHER_TOKEN), timeout=60)
+    assert answer.status_code == 200, answer.text
+    return _commands(client) - before, answer.json()
+
+
+def test_an_individuals_page_reads_its_own_index_not_every_confirmation(front):
+    from services.chain.results import store_embedding
+
+    settings, url = front
+    client = redis_of(settings)
+    service = ConfirmationService(client, known=lambda: KnownIndividuals("v-test", frozenset()))
+    sightings = [create_sighting(url)["sighting_id"] for _ in range(2)]
+    for sighting_id in sightings:
+        store_embedding(client, topics.SightingEmbedded(sighting_id=sighting_id, embedding=[0.1] * 8,
+                                                        model_version="toy"))
+    first, _ = service.submit(sightings[0], {"action": "new"}, researcher="dr-fluke")
+    try:
+        _page_cost_is_flat(client, url, service, sightings, first.individual_id)
+    finally:
+        _forget_decisions(client, sightings, [first.individual_id])
+
+
+def _page_cost_is_flat(client, url, service, sightings, individual) -> None:
+    from services.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY
+
+    service.submit(sightings[1], {"action": "confirm", "individual_id": individual}, researcher="dr-fluke")
+    _individual_cost(client, url, individual)  # warm
+    small, answer = _individual_cost(client, url, individual)
+    assert sorted(s["sighting_id"] for s in answer["sightings"]) == sorted(sightings)
+
+    others = [f"bounded-other-{uuid.uuid4().hex}" for _ in range(3000)]  # the rest of the catalogue's decisions
+    with client.pipeline(transaction=False) as pipe:
+        for n, sighting_id in enumerate(others):
+            pipe.hset(CONFIRMATION_KEY.format(sighting_id), mapping={
+                "action": "confirm", "individual_id": f"someone-{n % 50}", "researcher": "dr-tail",
+                "predicted": "null", "confirmed_at": repr(time.time()), "gallery_version": "v-test",
+                "published": "1"})
+            pipe.zadd(INDEX_KEY, {sighting_id: time.time()})
+        pipe.execute()
+    try:
+        large, answer = _individual_cost(client, url, individual)
+        assert sorted(s["sighting_id"] for s in answer["sightings"]) == sorted(sightings)
+        assert large - small <= 5, (small, large)  # reading the whole index: 3,000 HGETALLs more
+    finally:
+        with client.pipeline(transaction=False) as pipe:
+            for sighting_id in others:
+                pipe.delete(CONFIRMATION_KEY.format(sighting_id))
+            pipe.zrem(INDEX_KEY, *others)
+            pipe.execute()

@@ -5,8 +5,10 @@ Ids: those of the served gallery version, the new individuals confirmed since (c
 names given by renames, each as the live id it stands for (merges and renames: services.operations.identities).
 An id merged or renamed away resolves to its survivor: its page is the survivor's (`requested_id` says which was
 asked, `merged_from` lists the ids that resolve to it).
-An individual's sightings are the `confirm`/`new` decisions naming it or one of those ids (confirmations:index, read whole: fine
-for a catalogue of thousands of decisions; a per-individual index is the way past that), oldest photo first,
+An individual's sightings are the `confirm`/`new` decisions naming it or one of those ids, read from the
+per-individual indexes `confirmations:individual:<id>` (written with each decision; built once from
+confirmations:index when a gateway first starts with them, marker `confirmations:individual:built`), so a page
+costs in proportion to that individual's decisions, not to the catalogue's, oldest photo first,
 each with its metadata (GPS included: researchers only) and a presigned photo GET while `sighting:<id>` exists;
 its gallery photos are the served version's `sighting/<id>` rows (references.py).
 """
@@ -23,7 +25,13 @@ from services.gateway.auth import allowed
 from services.gateway.context import CTX, not_found
 from services.gateway.photos import photo_url
 from services.gateway.references import KNOWN, REFERENCES, attach_catalogue, reference_photos
-from services.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY, NEW_IDS_KEY
+from services.operations.confirmations import (
+    CONFIRMATION_KEY,
+    INDEX_KEY,
+    INDIVIDUAL_INDEX_BUILT_KEY,
+    INDIVIDUAL_INDEX_KEY,
+    NEW_IDS_KEY,
+)
 from services.operations.identities import ALIASES_KEY, NAMES_KEY, aliases_of, live_ids, resolve_in
 from services.operations.model_store import ModelStoreError
 
@@ -54,8 +62,38 @@ async def search_individuals(request: web.Request) -> web.Response:
                               "gallery_version": version})
 
 
-async def _decisions(redis, individual_ids: set[str]) -> list[tuple[str, dict[str, str]]]:
+async def build_individual_indexes(redis) -> int:
+    """Once per Redis (marker INDIVIDUAL_INDEX_BUILT_KEY): index the confirm/new decisions recorded before the
+    per-individual indexes existed. Returns how many were indexed."""
+    if not await redis.set(INDIVIDUAL_INDEX_BUILT_KEY, "1", nx=True):
+        return 0
     members = [m.decode() for m in await redis.zrange(INDEX_KEY, 0, -1)]
+    if not members:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for sighting_id in members:
+            pipe.hgetall(CONFIRMATION_KEY.format(sighting_id))
+        raw = await pipe.execute()
+    count = 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for sighting_id, fields in zip(members, raw, strict=True):
+            decision = decode_hash(fields or {})
+            if decision.get("action") in ("confirm", "new") and decision.get("individual_id"):
+                pipe.zadd(INDIVIDUAL_INDEX_KEY.format(decision["individual_id"]),
+                          {sighting_id: float(decision.get("confirmed_at") or 0)})
+                count += 1
+        await pipe.execute()
+    return count
+
+
+async def _decisions(redis, individual_ids: set[str]) -> list[tuple[str, dict[str, str]]]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for individual_id in sorted(individual_ids):
+            pipe.zrange(INDIVIDUAL_INDEX_KEY.format(individual_id), 0, -1)
+        indexed = await pipe.execute()
+    members = sorted({m.decode() for found in indexed for m in found})
+    if not members:
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id in members:
             pipe.hgetall(CONFIRMATION_KEY.format(sighting_id))
@@ -100,5 +138,10 @@ async def get_individual(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, ctx) -> None:
     attach_catalogue(app, ctx.settings)
+
+    async def build_indexes(_app):
+        await build_individual_indexes(ctx.redis)
+
+    app.on_startup.append(build_indexes)
     app.router.add_get("/v1/individuals", search_individuals, name="individuals")
     app.router.add_get("/v1/individuals/{individual_id}", get_individual, name="individual")

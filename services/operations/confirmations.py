@@ -7,6 +7,8 @@ such as PostgreSQL would be the production system of record for curation, with t
                            gallery_version, published (1 once announced on the `confirmations` topic)
     confirmations:index    sorted set: sighting id by confirmed_at (what re-indexing reads)
     confirmations:new-ids  set: individual ids assigned by `new` (valid targets of later confirmations)
+    confirmations:individual:<individual_id>  sorted set: sighting id -> confirmed_at of the `confirm`/`new`
+                           decisions recorded with that id (an individual's page reads these, not the whole index)
     review:awaiting        sorted set: sighting id -> created_at of every sighting not decided yet (the gateway adds
                            it when the sighting is created, a stored decision removes it): the review queue's index
     confirmations:audit    stream: every attempt, accepted or refused, with who/when/what/why (trimmed to about
@@ -59,6 +61,8 @@ NEW_IDS_KEY = "confirmations:new-ids"
 AUDIT_STREAM = "confirmations:audit"
 SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
 REVIEW_AWAITING_KEY = "review:awaiting"  # sighting ids awaiting a decision (services.gateway.review_queue)
+INDIVIDUAL_INDEX_KEY = "confirmations:individual:{}"  # confirm/new decisions recorded with one individual id
+INDIVIDUAL_INDEX_BUILT_KEY = "confirmations:individual:built"  # marker: the per-individual indexes were built
 AUDIT_PAGE = 1000
 AUDIT_MAXLEN = 1_000_000  # == Settings.redis_audit_maxlen's default
 SIGHTING_AUDIT_MAXLEN = 1000  # == Settings.redis_sighting_audit_maxlen's default
@@ -260,6 +264,8 @@ class ConfirmationService:
                     pipe.zrem(REVIEW_AWAITING_KEY, sighting_id)  # decided: off the review queue
                     if action == "new":
                         pipe.sadd(NEW_IDS_KEY, assigned)
+                    if action in ("confirm", "new"):  # final: a sighting's confirm/new is never replaced
+                        pipe.zadd(INDIVIDUAL_INDEX_KEY.format(assigned), {sighting_id: conf.confirmed_at})
                     _append_audit(pipe, sighting_id,
                                   self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version),
                                   self.audit_maxlen, self.sighting_audit_maxlen)
