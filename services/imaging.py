@@ -85,6 +85,13 @@ class Decoded:
         fx, fy = self.pixels.shape[1] / self.size[0], self.pixels.shape[0] / self.size[1]
         return [float(box[0]) * fx, float(box[1]) * fy, float(box[2]) * fx, float(box[3]) * fy]
 
+    def to_original(self, box) -> list[float]:
+        """A box in `pixels`' coordinates -> the uploaded image's (upright) coordinates, clamped to it."""
+        fx, fy = self.size[0] / self.pixels.shape[1], self.size[1] / self.pixels.shape[0]
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return [max(0.0, x0 * fx), max(0.0, y0 * fy), min(float(self.size[0]), x1 * fx),
+                min(float(self.size[1]), y1 * fy)]
+
 
 @dataclass(frozen=True)
 class Header:

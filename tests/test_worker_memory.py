@@ -222,20 +222,39 @@ def test_small_photos_are_decoded_as_before(settings):
     assert prepared.crop.pixels.base is None  # its own pixels: the whole photo is not kept alive by a view
 
 
-def test_with_a_detector_the_whole_photo_is_decoded(settings):
-    """The detector's box is unknown before decoding: no draft reduction then."""
+def test_with_a_ready_detector_the_whole_photo_is_decoded(settings):
+    """A ready detector's box is unknown before decoding: no draft reduction then; one that is not loaded finds
+    no box (the whole photo, reduced); one that becomes ready in between gets its box mapped back."""
     seen = []
 
     class Detector:
         source = "detector"
 
+        def __init__(self, answers):
+            self.answers = list(answers)  # what ready() says, in turn
+
+        def ready(self):
+            return self.answers.pop(0)
+
         def find_box(self, image, metadata):
             seen.append(image.shape)
-            return None
+            if not self.ready():
+                return None
+            height, width = image.shape[:2]
+            return [width / 4, height / 4, width / 2, height / 2]  # in the pixels it was given
 
     data = _jpeg(_scene(4200, 2100))
-    prepare(_event(settings, "d.jpg"), _S3({"d.jpg": data}), settings, [UploaderBox(), Detector()])
-    assert seen == [(2100, 4200, 3)]
+    prepared = prepare(_event(settings, "d.jpg"), _S3({"d.jpg": data}), settings,
+                       [UploaderBox(), Detector([True, True])])
+    assert seen == [(2100, 4200, 3)] and prepared.crop.box == [1050.0, 525.0, 2100.0, 1050.0]
+    assert np.array_equal(prepared.crop.pixels, decode_image(data)[525:1050, 1050:2100])
+    prepared = prepare(_event(settings, "d.jpg"), _S3({"d.jpg": data}), settings,
+                       [UploaderBox(), Detector([False, False])])
+    assert seen[1] == (1050, 2100, 3) and prepared.crop.box is None and prepared.original == data
+    prepared = prepare(_event(settings, "d.jpg"), _S3({"d.jpg": data}), settings,
+                       [UploaderBox(), Detector([False, True])])
+    assert seen[2] == (1050, 2100, 3) and prepared.crop.source == "detector"
+    assert prepared.crop.box == [1050.0, 525.0, 2100.0, 1050.0]  # the uploaded image's coordinates
 
 
 # ----------------------------------------------------------------------------- the decode budget

@@ -114,12 +114,14 @@ def draft_reduction(region: tuple[float, float], min_side: int = MODEL_PIXELS_MI
 def _reduction(header: Header | None, metadata: dict, crop_steps: list[CropStep]) -> int:
     """How much the worker may reduce a sighting's JPEG when decoding it: enough pixels must stay for the
     uploader's box (in the uploaded image's upright coordinates), else for the whole photo; none (1) when a
-    detector may look for the box (its box is unknown before decoding), or the header or box is unusable."""
+    detector that is ready may look for the box (its box is unknown before decoding; a step without `ready`
+    counts as ready), or the header or box is unusable."""
     if header is None:
         return 1
     box = (metadata or {}).get("crop_box")
     if box is None:
-        if any(getattr(step, "source", "") != "uploader" for step in crop_steps):
+        if any(getattr(step, "source", "") != "uploader" and getattr(step, "ready", lambda: True)()
+               for step in crop_steps):
             return 1
         return draft_reduction(header.size)
     try:
@@ -180,6 +182,8 @@ def prepare(event: topics.SightingUploaded, objects: ObjectReader, settings: Set
                 raise PermanentFailure("bad_box", str(exc)) from None
             if scaled and crop.box is not None and crop.source == "uploader":
                 crop = Crop(crop.pixels, given, crop.source)
+            elif decoded.scale != 1 and crop.box is not None:  # a detector that became ready meanwhile
+                crop = Crop(crop.pixels, decoded.to_original(crop.box), crop.source)
             plain = crop.box is None and crop.pixels is image and plain_upload(data, decoded)
             crop = Crop(_held(crop.pixels, crop.pixels is not image), crop.box, crop.source)
         del image, decoded
