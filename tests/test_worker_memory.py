@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from services import topics
-from services.chain.failures import PermanentFailure
 from services.imaging import UPRIGHT, ImageRejected, _rgb, _upright, decode_image, decode_scaled, read_header
 from services.settings import load_settings
 from services.worker.cropping import UploaderBox
@@ -377,3 +376,24 @@ def test_held_pixels_are_reduced_in_bands_like_one_reduce(monkeypatch):
     small = pixels[:100, :100]
     assert pipeline._held(small, view=True, min_side=64).base is None
     assert pipeline._held(pixels, view=False, min_side=200) is pixels
+
+
+def test_the_memory_bomb_cases_are_small_files_of_40mp():
+    """`whaleid chaos`'s memory_bomb scenario sends what it says: small files of 40 MP, a quarter over the limit,
+    and its peak-RSS probe sees memory that a process touches."""
+    import os
+
+    from services.chaos import hostile
+    from services.chaos.memory_bomb import PeakRss, bomb_cases
+
+    cases = bomb_cases(8, 40_000_000)
+    assert [c.expect for c in cases].count(hostile.DEAD_LETTER) == 2
+    for case in cases:
+        header = read_header(case.body)
+        width, height = header.stored
+        assert len(case.body) < 2_500_000 and header.mode in ("I;16", "CMYK")
+        assert (width * height > 40_000_000) == (case.expect == hostile.DEAD_LETTER)
+        assert width * height >= 40_000_000 - width
+    peak = PeakRss(os.getpid(), interval_s=0.01).start()
+    ballast = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
+    assert peak.stop() >= peak.before + ballast.nbytes // 2

@@ -146,7 +146,7 @@ def failure_reason(result: dict) -> str:
         reasons.append(f"lost {sum(result['lost'].values())} ({_counts(result['lost'])})")
     if any((result.get("duplicated") or {}).values()):
         reasons.append(f"duplicated {sum(result['duplicated'].values())} ({_counts(result['duplicated'])})")
-    if result.get("name") == "hostile_input":
+    if "bad_inputs" in result:  # hostile_input, memory_bomb: bad inputs must end with a reason
         if result.get("with_reason") != result.get("bad_inputs"):
             reasons.append(f"{result.get('with_reason')}/{result.get('bad_inputs')} bad inputs got a reason")
         for key in ("unusual_identified", "good_identified"):

@@ -76,5 +76,6 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 )}
 
 HOSTILE = "hostile_input"
+MEMORY_BOMB = "memory_bomb"  # services/chaos/memory_bomb.py
 FAST = ("kill_worker", "kill_matcher", "restart_kafka", HOSTILE)  # the subset `make test` runs
-ALL = (*SCENARIOS, HOSTILE)
+ALL = (*SCENARIOS, MEMORY_BOMB, HOSTILE)

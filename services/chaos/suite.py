@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Callable
 
 from services.chaos.environment import ChaosEnvironment
+from services.chaos.memory_bomb import run_memory_bomb
 from services.chaos.observe import TopicObserver, redis_outcome, stream_entries
 from services.chaos.runner import RunOptions, failure_reason, run_scenario, scenario_passed
-from services.chaos.scenarios import HOSTILE, SCENARIOS
+from services.chaos.scenarios import HOSTILE, MEMORY_BOMB, SCENARIOS
+
+MEMORY_BOMBS = 32  # memory_bomb: two worker batches of 16 40-megapixel files
 
 
 @dataclass
@@ -90,6 +93,9 @@ def _run_scenarios(env: ChaosEnvironment, options: SuiteOptions, progress, resul
                 try:
                     if name == HOSTILE:
                         result = run_hostile(env, options.hostile, options.settle_timeout_s, progress)
+                    elif name == MEMORY_BOMB:
+                        result = run_memory_bomb(env, MEMORY_BOMBS, options.settle_timeout_s, progress,
+                                                 _tokens(env.settings))
                     else:
                         result = run_scenario(env, observer, SCENARIOS[name], run, first_sighting=number * 100_000)
                         result["passed"] = scenario_passed(result)
