@@ -4,7 +4,7 @@
 Body: {"action": "confirm" | "new" | "reject", "individual_id": "...", "researcher"?: "..."}. The researcher
 recorded is the credential's name; a body `researcher` that differs is refused (403 researcher_mismatch).
 201: stored and announced on the `confirmations` topic; 200: the same decision was already stored (it is
-announced again if an earlier announcement failed); 400 invalid body or id (services.access.ids: at most 128 printable characters); 404 unknown sighting; 409 refused (unknown
+announced again if an earlier announcement failed); 400 invalid body or id (services.ids: at most 128 printable characters); 404 unknown sighting; 409 refused (unknown
 individual, conflicting earlier decision, no stored embedding); 503 model store or Kafka unavailable (a stored
 but unannounced confirmation is announced when the request is repeated).
 The rules live in services.operations.confirmations; this module is only the HTTP shape.
@@ -21,9 +21,9 @@ import redis as redis_lib
 from aiohttp import web
 
 from services.access.credentials import RESEARCHER
-from services.access.ids import id_problem
 from services.errors import ConfigError
 from services.gateway.auth import CREDENTIAL, allowed
+from services.ids import id_problem
 from services.operations.confirmations import ConfirmationRefused, ConfirmationService, stored_confirmation
 from services.operations.known import CurrentGalleryIndividuals
 from services.operations.model_store import GalleryStore, ModelStoreError

@@ -23,6 +23,7 @@ from services.access.credentials import RESEARCHER
 from services.chain.store import decode_hash, sighting_key, sighting_metadata
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, not_found
+from services.gateway.index_builds import build_in_background
 from services.gateway.photos import photo_url
 from services.gateway.references import KNOWN, REFERENCES, attach_catalogue, reference_photos
 from services.operations.confirmations import (
@@ -139,9 +140,6 @@ async def get_individual(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, ctx) -> None:
     attach_catalogue(app, ctx.settings)
 
-    async def build_indexes(_app):
-        await build_individual_indexes(ctx.redis)
-
-    app.on_startup.append(build_indexes)
+    build_in_background(app, "individual pages", lambda: build_individual_indexes(ctx.redis))
     app.router.add_get("/v1/individuals", search_individuals, name="individuals")
     app.router.add_get("/v1/individuals/{individual_id}", get_individual, name="individual")

@@ -33,6 +33,7 @@ from services.chain.store import decode_hash, read_json_value, sighting_key, sig
 from services.gateway.auth import allowed
 from services.gateway.context import CTX, bad_query
 from services.gateway.encounters import pooled_encounter
+from services.gateway.index_builds import build_in_background
 from services.gateway.listing import INDEX_KEY as SIGHTINGS_INDEX_KEY
 from services.gateway.photos import photo_url
 from services.gateway.references import REFERENCES, attach_catalogue, reference_photos
@@ -293,10 +294,5 @@ def _encounter_view(ctx, group: list[tuple]) -> dict:
 def add_routes(app: web.Application, ctx) -> None:
     attach_catalogue(app, ctx.settings)
 
-    async def build_index(_app):
-        added = await build_awaiting_index(ctx.redis)
-        if added:
-            log.info("review queue: %d sightings created before the review index added to it", added)
-
-    app.on_startup.append(build_index)
+    build_in_background(app, "review queue", lambda: build_awaiting_index(ctx.redis))
     app.router.add_get("/v1/review/queue", review_queue, name="review_queue")

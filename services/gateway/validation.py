@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from services.access.ids import MAX_ID_LENGTH, id_problem
 from services.chain.store import EXTENSIONS
 from services.errors import DataError
+from services.ids import MAX_ID_LENGTH, id_problem
 from services.topics import SightingMetadata
 
 REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")

@@ -19,7 +19,7 @@ such as PostgreSQL would be the production system of record for curation, with t
                            goes to the global stream only: no key is made of an id nobody created.
 
 The confirmations, the index and each sighting's trail are the catalogue's record: they never expire. Ids are
-bounded (services.access.ids: at most 128 printable characters, else 400) and audited values are cut to
+bounded (services.ids: at most 128 printable characters, else 400) and audited values are cut to
 AUDIT_VALUE_MAX characters, so no attempt writes an unbounded entry.
 
 Actions: `confirm` (into an id of the current gallery, a previously assigned new id or a name given by a rename;
@@ -44,9 +44,9 @@ from typing import Any, Callable
 
 import redis as redis_lib
 
-from services.access.ids import id_problem
 from services.errors import WhaleIdError
 from services.identification import NEW_INDIVIDUAL
+from services.ids import id_problem
 from services.metrics import CONFIRMATIONS
 from services.operations import records
 from services.operations.aliases import NAMES_KEY, resolve

@@ -44,10 +44,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import redis as redis_lib
 
-from services.access.ids import MAX_ID_LENGTH as _MAX_ID_LENGTH
-from services.access.ids import id_problem
 from services.errors import WhaleIdError
 from services.identification import NEW_INDIVIDUAL
+from services.ids import MAX_ID_LENGTH as _MAX_ID_LENGTH
+from services.ids import id_problem
 from services.operations.aliases import (  # noqa: F401 - re-exported: the identities API
     ALIASES_KEY,
     NAMES_KEY,
@@ -78,7 +78,7 @@ LOG_STREAM = "identities:log"
 KINDS = ("merge", "rename")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 RESERVED = frozenset({NEW_INDIVIDUAL, "similar"})  # `similar` is a route: /v1/individuals/similar
-MAX_ID_LENGTH = _MAX_ID_LENGTH  # 128: the gateway's limit on every id (services.access.ids)
+MAX_ID_LENGTH = _MAX_ID_LENGTH  # 128: the gateway's limit on every id (services.ids)
 LOG_VALUE_MAX = 600  # characters kept of each logged value (a note is at most 500)
 MAX_NOTE_LENGTH = 500
 
