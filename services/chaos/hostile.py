@@ -534,6 +534,10 @@ def _junk(length: int) -> bytes:
     return (TEXT * (length // len(TEXT) + 1))[:length]
 
 
+CREATE_ATTEMPTS = 5   # POST /v1/sightings tries per case when the gateway answers 502-504 or not at all
+CREATE_RETRY_S = 0.5  # pause before the n-th retry: n x this
+
+
 def submit(case: HostileCase, gateway_url: str, tokens: dict[str, str]) -> Submission:
     """Create the case's sighting and send its photo as an app would; refused (with the gateway's or S3's
     message), accepted (the photo is in S3; `settle` reads its fate) or error (no answer, 5xx)."""
@@ -544,7 +548,11 @@ def submit(case: HostileCase, gateway_url: str, tokens: dict[str, str]) -> Submi
 
     headers = {**_authorization(case.token, tokens), "Content-Type": "application/json"}
     payload = case.raw_body if case.raw_body is not None else json.dumps(case.metadata).encode()
-    status, raw = _http("POST", gateway_url.rstrip("/") + "/v1/sightings", payload, headers)
+    for attempt in range(CREATE_ATTEMPTS):  # an app retries a 503 ("retry later") or no answer, as the workload does
+        status, raw = _http("POST", gateway_url.rstrip("/") + "/v1/sightings", payload, headers)
+        if status not in (0, 502, 503, 504) or attempt == CREATE_ATTEMPTS - 1:
+            break
+        time.sleep(CREATE_RETRY_S * (attempt + 1))
     if status == 0 or status >= 500:
         return result(ERROR, gateway_reason(raw) or f"HTTP {status} without a message", status or None)
     if status != 201:
