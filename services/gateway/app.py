@@ -70,6 +70,23 @@ async def metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+REDIS_HEALTH_CHECK_S = 5  # a pooled connection idle this long is checked (PING) before it is used
+
+
+def gateway_redis(url: str) -> aioredis.Redis:
+    """The gateway's Redis client: a pooled connection that Redis closed while it sat idle (a Redis restart) is
+    found by a PING before use and replaced, and a connection error is retried twice, so the first requests after a
+    restart are not answered 503 for a stale connection."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return aioredis.Redis.from_url(url, health_check_interval=REDIS_HEALTH_CHECK_S,
+                                   retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                   retry_on_error=[RedisConnectionError, RedisTimeoutError])
+
+
 def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Application:
     """The gateway application (the caller runs it); refuses to build without safe tokens or Redis."""
     tokens = configured_tokens(settings)
@@ -82,8 +99,7 @@ def build_app(settings: Settings, route_modules=ROUTE_MODULES) -> web.Applicatio
         middlewares=[cors_middleware(settings), errors_middleware, timing_middleware, auth_middleware(credentials)],
         client_max_size=64 * 1024,  # JSON metadata only: photos go straight to S3
     )
-    ctx = GatewayContext(settings=settings, redis=aioredis.Redis.from_url(settings.redis_url),
-                         signer=UploadSigner(settings))
+    ctx = GatewayContext(settings=settings, redis=gateway_redis(settings.redis_url), signer=UploadSigner(settings))
     app[CTX] = ctx
     app.router.add_get("/healthz", healthz, name="healthz")
     if not settings.gateway_metrics_port:  # else /metrics is served on its own address (service.run_gateway)
