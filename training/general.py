@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 GENERAL = "general"
 DEFAULT_DIR = Path("runs") / GENERAL
 DIR_ENV = "WHALEID_GENERAL_RUN"
+GENERAL_FOLDS = 5  # a catalogue's folds for the general identifier (every one held out)
 # settings that change the embedding: a run written with other values is another model
 EMBEDDING_KEYS = ("backbone", "image_size", "weights", "pooling", "gem_p", "eval_box_source")
 
@@ -38,6 +39,18 @@ def general_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]
     if not is_general(config):
         raise ConfigError("the general identifier needs head: none")
     return config
+
+
+def general_folds(individual_ids) -> dict[str, int]:
+    """The folds a catalogue is validated on with the general identifier, which trained on none of them: its
+    individuals in up to GENERAL_FOLDS folds (training's split by individual, seed 0); a single individual is
+    fold 0."""
+    from training.data import split_folds
+
+    count = len(set(individual_ids))
+    if count < 2:
+        return {str(i): 0 for i in individual_ids}
+    return split_folds(list(individual_ids), min(GENERAL_FOLDS, count), seed=0)
 
 
 def default_dir() -> Path:

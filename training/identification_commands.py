@@ -22,7 +22,7 @@ from services.identification.threshold_choice import catalogue_threshold, config
 from services.identification.tuning import TUNING_FILE, Tuning
 from services.identification.vectors import blend, combine_flip
 from training.folds import FOLDS_FILE, read_folds
-from training.general import resolve_runs
+from training.general import general_folds, resolve_runs
 from training.plots import plot_threshold_curve
 
 log = logging.getLogger(__name__)
@@ -75,18 +75,16 @@ def mirror_box(box, width: int):
 
 def read_run_folds(runs: Sequence[str], individual_ids: Sequence[str] = ()) -> dict[str, int]:
     """The runs' common folds.csv; runs of the general identifier have none (they trained on no fold): with only
-    those, the data's individuals in GENERAL_FOLDS folds (training's split, by individual)."""
+    those, the data's individuals in training.general.general_folds."""
     from training.config import is_general, read_saved_config
 
     trained = [run for run in runs if not ((Path(run) / "config.yaml").is_file()
                                            and is_general(read_saved_config(Path(run) / "config.yaml")))]
     if not trained:
-        from training.data import split_folds
-
         count = len(set(individual_ids))
         if count < 2:
             raise DataError(f"evaluation needs at least 2 individuals, the data has {count}")
-        return split_folds(list(individual_ids), min(GENERAL_FOLDS, count), seed=0)
+        return general_folds(individual_ids)
     folds = None
     for run in trained:
         path = Path(run) / FOLDS_FILE
@@ -100,7 +98,6 @@ def read_run_folds(runs: Sequence[str], individual_ids: Sequence[str] = ()) -> d
 
 
 # ----------------------------------------------------------------------------- evaluate
-GENERAL_FOLDS = 5  # the general identifier's evaluation: k-fold by individual, every fold held out
 
 
 def held_out_folds(runs: Sequence[str], embedders: Sequence) -> list[tuple[str, int | None]]:

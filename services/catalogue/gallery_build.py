@@ -138,15 +138,12 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
 def validation_folds(embedder, folds_by_id: dict[str, int], ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """(fold of each photo, the folds to validate on). A trained run: its folds.csv, validated on the fold it held
     out (individuals it never saw count as held out). The general identifier trained on no individual: the
-    catalogue's individuals in up to 5 folds (training's split), every one validated."""
+    catalogue's individuals in training.general.general_folds, every one validated."""
     if not embedder.info.get("trained", True):
-        from training.data import split_folds
+        from training.general import general_folds
 
-        count = len(set(ids))
-        if count < 2:
-            return np.zeros(len(ids), dtype=int), [0]
-        by_id = split_folds(list(ids), min(5, count), seed=0)
-        folds = np.array([by_id[i] for i in ids])
+        by_id = general_folds(ids)
+        folds = np.array([by_id[str(i)] for i in ids])
         return folds, sorted(set(folds.tolist()))
     run_fold = int(embedder.info.get("config", {}).get("fold", 0))
     unseen_fold = run_fold if run_fold >= 0 else 0  # individuals the run never trained on: held out
