@@ -25,6 +25,34 @@ def _given_options(args: argparse.Namespace) -> list[str]:
     return [flag for flag, value in given.items() if value is not None]
 
 
+def stop_with_stack(settings, poll_s: float = 1.0, limit_s: float = 10.0) -> None:
+    """A service of the embedded stack stops when the stack is brought down for good (`whaleid stack down` removes
+    its state file), instead of retrying its servers forever: SIGTERM to itself (the services stop quickly when
+    their broker is gone: services.chain.shutdown), and an exit `limit_s` later should the stop hang. A server
+    restarted in place (chaos, `Stack.restart_server`) keeps the state file: the service rides it out."""
+    import logging
+    import os
+    import signal
+    import threading
+    import time
+
+    state = Path(settings.run_dir) / "state.json"
+    if settings.profile != "local" or not state.is_file():
+        return
+
+    def watch() -> None:
+        missing = 0
+        while missing < 2:  # twice in a row: never a rewrite in progress
+            time.sleep(poll_s)
+            missing = 0 if state.exists() else missing + 1
+        logging.getLogger(__name__).warning("the embedded stack in %s went down: stopping", settings.run_dir)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(limit_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="stop-with-stack", daemon=True).start()
+
+
 def _serve(args: argparse.Namespace) -> int:
     from services.settings import load_settings
 
@@ -38,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(config_file=args.config)
     if args.source is not None:
         settings = settings.with_overrides(bridge_source=args.source)
+    stop_with_stack(settings)
     if args.service == "webhooks":
         from services.webhooks import run_webhooks
 

@@ -145,5 +145,17 @@ def decode_original(raw: bytes):
 
 def run_app(app: faust.App, loglevel: str = "info") -> None:
     """Run a Faust app in this process until SIGTERM/SIGINT."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+class Worker(faust.Worker):
+    """A stop (SIGTERM/SIGINT) is bounded: quick and quiet when the broker is gone (services.chain.shutdown).
+    Named Worker: its log lines (`[^Worker]: Ready`) are what readiness checks wait for."""
+
+    def _schedule_shutdown(self, signal) -> None:
+        if not self._signal_stop_time:
+            from services.chain.shutdown import exit_after
+
+            exit_after(",".join(f"{url.host}:{url.port}" for url in self.app.conf.broker_consumer))
+        super()._schedule_shutdown(signal)
