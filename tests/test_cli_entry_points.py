@@ -36,3 +36,23 @@ def test_serve_refuses_every_option_a_service_does_not_use(capsys):
             if flag not in options:
                 assert main(["serve", service, flag, value]) == 2, (service, flag)
                 assert f"`serve {service}` does not use {flag}" in capsys.readouterr().err
+
+
+def test_upload_with_no_gateway_says_which_url_it_tried_and_what_to_do(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from services.stack.ports import free_port
+
+    photo = tmp_path / "fin.jpg"
+    Image.new("RGB", (32, 32)).save(photo)
+    monkeypatch.setenv("WHALEID_RUN_DIR", str(tmp_path / "stack"))  # no up.json beside it: nothing is up
+    monkeypatch.setenv("WHALEID_GATEWAY_PORT", str(free_port()))  # nothing listens there
+    assert main(["upload", str(photo), "--latitude", "1", "--longitude", "2", "--wait", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "no gateway answers at http://127.0.0.1:" in err and "--url" in err and "whaleid up" in err
+
+
+def test_down_with_nothing_up_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WHALEID_RUN_DIR", str(tmp_path / "stack"))
+    assert main(["down"]) == 0
+    assert "nothing is up" in capsys.readouterr().err

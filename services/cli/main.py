@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "training.identification_cli",  # whaleid evaluate | predict
     "services.model_repo.cli",      # whaleid model-repo build|validate|reload|push|pull
     "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
+    "services.demo.up_cli",         # whaleid up | down
     "services.operations.cli",      # whaleid reindex | gallery ...
     "services.operations.identities_cli",  # whaleid individuals merge|rename|undo|log|similar
     "services.catalogue.cli",       # whaleid catalogue import|status

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,13 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.demo.processes import ServiceProcess, service_env
+from services.demo.system import (
+    SERVICES,
+    System,
+    check_not_up,
+    free_port_block,  # noqa: F401 - services.chaos imports it from here
+    logs_to_file,
+    up_state_path,
+)
 from services.errors import WhaleIdError
 from services.gateway.client import CONTENT_TYPES, AppClient, Upload
-from services.service_ports import default_port
+from services.settings import load_settings
 
 log = logging.getLogger(__name__)
-SERVICES = ("worker", "matcher", "bridge", "reconciler", "gateway")  # start order: consumers first
+LOG_FILE = "demo.log"  # under the workdir: library logs (Kafka clients retrying while the broker starts, ...)
 
 
 class DemoError(WhaleIdError):
@@ -49,6 +57,7 @@ class Progress:
         self.started = time.monotonic()
 
     def __call__(self, message: str) -> None:
+        sys.stdout.flush()  # Keras's epoch lines first
         print(f"[demo {time.monotonic() - self.started:6.1f}s] {message}", file=self.stream, flush=True)
 
 
@@ -68,17 +77,6 @@ def read_truth(data_dir: Path) -> dict[str, str]:
         return {}
     with open(path, newline="") as fh:
         return {row["image"]: row["individual_id"] for row in csv.DictReader(fh)}
-
-
-def free_port_block(count: int = 5) -> int:
-    """A base port with `count` consecutive free ports (metrics of gateway, bridge, worker, matcher, reconciler)."""
-    from services.stack.ports import free_port, port_in_use
-
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and not any(port_in_use(base + i) for i in range(count)):
-            return base
-    raise DemoError("no block of free ports for the services' metrics")
 
 
 def app_metadata(data, image: str, box_source: str | None, index: int) -> dict[str, Any]:
@@ -117,20 +115,44 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """File descriptor 2 (TensorFlow's C++ messages, absl) into `path` for the block; restored after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log_file:
+            os.dup2(log_file.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_demo(options: DemoOptions) -> int:
+    workdir = Path(options.workdir).resolve()
+    logs_to_file(workdir / LOG_FILE)
+    console = sys.stderr if options.as_json else sys.stdout
+    with os.fdopen(os.dup(console.fileno()), "w", buffering=1) as stream, stderr_to(workdir / LOG_FILE):
+        return _run_demo(options, workdir, Progress(stream))
+
+
+def _run_demo(options: DemoOptions, workdir: Path, progress: Progress) -> int:
     from services.demo.model import prepare_model
 
-    progress = Progress(sys.stderr if options.as_json else sys.stdout)
-    for noisy in ("kafka", "botocore", "urllib3", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    workdir = Path(options.workdir).resolve()
-    progress(f"whaleid demo in {workdir} ({options.individuals} individuals, config {options.model_config})")
+    progress(f"whaleid demo in {workdir} ({options.individuals} individuals, config {options.model_config}; "
+             f"logs in {workdir / LOG_FILE})")
+    state_path = up_state_path(load_settings(config_file=options.config))
+    if options.keep_up:
+        check_not_up(state_path)
     # with --json, stdout carries only the summary: training's progress (Keras prints) goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if options.as_json else contextlib.nullcontext():
         model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     chain = DemoChain(options, model, run_dir, progress)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM tears down like Ctrl-C
+    summary, rows = None, []
     try:
         chain.start()
         summary, rows = chain.upload_and_collect()
@@ -138,73 +160,61 @@ def run_demo(options: DemoOptions) -> int:
         progress("interrupted: bringing everything down")
         raise
     finally:
-        if options.keep_up and chain.started:
-            pids = {service.name: service.proc.pid for service in chain.services if service.running()}
-            (run_dir / "services.json").write_text(json.dumps(pids, indent=1))
-            progress(f"--keep-up: the stack and the services stay up; stop them with "
-                     f"`whaleid stack down --run-dir {run_dir / 'stack'}` and `kill {' '.join(map(str, pids.values()))}` "
-                     f"(PIDs also in {run_dir / 'services.json'})")
+        if options.keep_up and chain.started and summary is not None:
+            chain.system.write_state(state_path, "demo")
         else:
             chain.stop()
     chain.print_report(summary, rows)
+    if options.keep_up:
+        progress(f"--keep-up: the stack and the services stay up (state in {state_path}); stop them with "
+                 f"`whaleid down`")
+        progress(f"gateway:     {chain.system.gateway_url}   (`whaleid upload PHOTO --latitude LAT --longitude LON` "
+                 f"finds it)")
+        progress(f"review page: {chain.system.review_url}")
     return 0 if summary["identified"] and not summary["pending"] else 1
 
 
 class DemoChain:
-    """The stack and the four services of one demo run (logs under `run_dir`)."""
+    """The stack and the five services of one demo run (logs under `run_dir`)."""
 
     def __init__(self, options: DemoOptions, model, run_dir: Path, progress):
         self.options, self.model, self.run_dir, self.progress = options, model, run_dir, progress
-        self.stack = None
-        self.services: list[ServiceProcess] = []
+        self.system: System | None = None
         self.started = False
         self.settings = None
 
+    @property
+    def services(self):
+        return self.system.services if self.system is not None else []
+
+    @property
+    def stack(self):
+        return self.system.stack if self.system is not None else None
+
     def start(self) -> None:
+        from services.identification import Gallery
         from services.operations.model_store import GalleryStore
-        from services.settings import load_settings
-        from services.stack import Stack
-        from services.stack.ports import free_port
         from services.triton_client import EmbeddingClient
 
-        stack_dir = self.run_dir / "stack"
-        overrides = {"run_dir": stack_dir, "model_repository": self.model.repository, "gateway_port": free_port(),
-                     "metrics_port_base": free_port_block()}
-        base = load_settings(config_file=self.options.config, **overrides)
-        self.progress(f"bringing the embedded stack up in {stack_dir}")
-        self.stack = Stack(base)
-        self.stack.up(timeout=180)
+        base = load_settings(config_file=self.options.config)
+        self.system = System(base, self.run_dir / "stack", self.run_dir / "logs", self.progress,
+                             config=self.options.config, extra_env=self.options.extra_env)
+        self.settings = self.system.start_stack(self.model.repository, timeout=180, gateway_port=_free_port())
         self.started = True
-        self.settings = load_settings(config_file=self.options.config, **overrides)  # now with the addresses
         with EmbeddingClient.from_settings(self.settings) as client:
             client.wait_ready(120)
             self.progress(f"Triton serves {client.model_version()}")
 
         store = GalleryStore.from_settings(self.settings)
         gallery_dir = self.model.gallery_dir
-        from services.identification import Gallery
-
         gallery = Gallery.load(gallery_dir)
         version = store.publish(gallery_dir, parent=None, added_sightings=[], individuals=gallery.individual_ids,
                                 size=len(gallery))
         store.set_current(version, "whaleid demo")
         self.progress(f"gallery {version} published ({len(gallery)} embeddings of "
                       f"{len(set(gallery.individual_ids))} individuals)")
-
-        env = service_env(stack_dir, **{k: str(v) for k, v in overrides.items() if k != "run_dir"},
-                          **self.options.extra_env)
-        logs = self.run_dir / "logs"
-        for name in SERVICES:  # worker/matcher/bridge metrics on their default ports above the free base
-            self.services.append(ServiceProcess(name, env, logs, metrics_port=None).start())
-            port = overrides["gateway_port"] if name == "gateway" else default_port(overrides["metrics_port_base"], name, 0)
-            self.stack.add_scrape_target(f"whaleid-{name}", f"127.0.0.1:{port}")
-        self.progress(f"started {', '.join(SERVICES)} (logs in {logs}); waiting until they are ready")
-        for service in self.services:
-            service.wait_ready(180)
-        self.client = AppClient(f"http://{self.settings.gateway_host}:{self.settings.gateway_port}",
-                                self.settings.gateway_token)
-        self.client.wait_healthy(60)
-        self.progress("all services ready")
+        self.system.start_services(SERVICES, timeout=180)
+        self.client = self.system.client
 
     def upload_and_collect(self) -> tuple[dict, list[dict]]:
         from services.demo.report import summarise
@@ -253,11 +263,15 @@ class DemoChain:
             print(f"{key:>30}: {value}")
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-        if self.stack is not None:
-            self.stack.down()
+        if self.system is not None:
+            self.system.stop()
             self.progress("stack and services stopped")
+
+
+def _free_port() -> int:
+    from services.stack.ports import free_port
+
+    return free_port()
 
 
 def _box_source(model) -> str | None:

@@ -9,11 +9,61 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from services.errors import WhaleIdError
 
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+STATE_FILE = "up.json"  # written by `whaleid up` / `whaleid demo --keep-up` beside the stack's run dir
+
+
+def up_state_path(settings) -> Path:
+    """Where `whaleid up` records the running system: `up.json` beside the stack's run dir (`.whaleid/up.json`
+    by default)."""
+    return Path(settings.run_dir).resolve().parent / STATE_FILE
+
+
+def running_gateway(settings) -> str | None:
+    """The gateway URL that `whaleid up` or `whaleid demo --keep-up` recorded, while its process runs."""
+    import os
+
+    try:
+        state = json.loads(up_state_path(settings).read_text())
+        pid = int(state["services"]["gateway"]["pid"])
+        os.kill(pid, 0)
+        return str(state["gateway_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def gateway_url(settings, url: str | None = None) -> tuple[str, str]:
+    """(the gateway URL to use, where it came from): `url` if given, else the running system's (`whaleid up`),
+    else the settings' gateway_host:gateway_port."""
+    if url:
+        return url, "--url"
+    found = running_gateway(settings)
+    if found:
+        return found, f"`whaleid up` ({up_state_path(settings)})"
+    return f"http://{settings.gateway_host}:{settings.gateway_port}", "settings gateway_host/gateway_port"
+
+
+def unreachable(error: Exception, url: str, source: str) -> "GatewayError":
+    """The error of a gateway that did not answer, saying which URL was tried, why that one, and what to do."""
+    return GatewayError(f"no gateway answers at {url} (from {source}): {error}. Start the system with `whaleid up` "
+                        f"(it prints the gateway's URL), or pass the --url of a running gateway "
+                        f"(`whaleid demo --keep-up` prints it too)")
+
+
+def review_url(settings, base_url: str) -> str:
+    """The review page; in the local profile with the (public) local researcher token in its fragment."""
+    from services.access.credentials import parse_pairs
+
+    url = f"{base_url.rstrip('/')}/review"
+    tokens = parse_pairs("gateway_researcher_tokens", settings.gateway_researcher_tokens or "")
+    if settings.profile != "local" or not tokens:
+        return url
+    return f"{url}#token={next(iter(tokens.values()))}"
 
 
 class GatewayError(WhaleIdError):

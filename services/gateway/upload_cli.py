@@ -137,7 +137,7 @@ def describe_encounter(encounter: dict) -> str:
 
 def run_upload(args: argparse.Namespace) -> int:
     from services.errors import DataError
-    from services.gateway.client import CONTENT_TYPES, AppClient
+    from services.gateway.client import CONTENT_TYPES, AppClient, GatewayError, gateway_url, unreachable
     from services.settings import load_settings
 
     settings = load_settings(config_file=args.config)
@@ -150,11 +150,14 @@ def run_upload(args: argparse.Namespace) -> int:
         if path.suffix.lower() not in CONTENT_TYPES:
             raise DataError(f"{path}: not a {', '.join(sorted(CONTENT_TYPES))} file")
     metadata = [sighting_metadata(path, args) for path in paths]  # every photo checked before any is sent
-    client = AppClient(args.url or f"http://{settings.gateway_host}:{settings.gateway_port}",
-                       args.token if args.token is not None else settings.gateway_token)
+    url, source = gateway_url(settings, args.url)
+    client = AppClient(url, args.token if args.token is not None else settings.gateway_token)
     uploads = []
     for path, fields in zip(paths, metadata, strict=True):
-        uploads.append(client.upload(path.read_bytes(), path.name, CONTENT_TYPES[path.suffix.lower()], fields))
+        try:
+            uploads.append(client.upload(path.read_bytes(), path.name, CONTENT_TYPES[path.suffix.lower()], fields))
+        except GatewayError as exc:
+            raise unreachable(exc, url, source) if exc.status is None else exc from None
         if not args.json:
             print(f"{path.name}: uploaded as sighting {uploads[-1].sighting_id}", file=sys.stderr)
     answers = client.wait(uploads, args.wait, lambda text: print(text, file=sys.stderr)) if args.wait > 0 else {}
