@@ -140,7 +140,7 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     results.announce(redis_client, _identification("e2", 0.9))  # e2 was announced before (a re-delivery)
     assert results.store_embeddings_and_check(redis_client, [first, second], 60) == [False, True]
     stored = json.loads(redis_client.get(results.embedding_key("e1")))
-    assert stored == first.asdict() and 0 < redis_client.ttl(results.embedding_key("e1")) <= 60
+    assert stored == first.to_data() and 0 < redis_client.ttl(results.embedding_key("e1")) <= 60
     # the raw JSON the worker produced is stored as it came (the same JSON value)
     assert results.store_embeddings_and_check(redis_client, [first], 0, [first.to_json()]) == [False]
     assert redis_client.get(results.embedding_key("e1")) == first.to_json()

@@ -180,6 +180,33 @@ def test_bad_events_are_dead_lettered_and_good_ones_still_identified(matcher):
     assert any(v["sighting_id"] == short and v["reason"] == "embedding_mismatch" for v in letters)
 
 
+def test_records_of_an_unknown_version_or_malformed_are_dead_lettered_and_version_1_is_still_read(matcher):
+    """One partition, produced together: a version 1 record (float list, as written before #23), one of a
+    version the matcher does not know, one whose embedding_f32 is not base64, and a version 2 one. The unknown
+    and malformed ones are dead-lettered with their reasons, the others identified, in one batch."""
+    partition_key = uuid.uuid4().hex
+    old, future, broken, good = (uuid.uuid4().hex for _ in range(4))
+    v1 = {"sighting_id": old, "embedding": [float(v) for v in near(2, 7)], "model_version": "test-model"}
+    v2 = topics.SightingEmbedded(sighting_id=good, embedding=near(3, 8), model_version="test-model").to_data()
+    for value in (v1, {**v2, "sighting_id": future, "record_version": 99},
+                  {**v2, "sighting_id": broken, "embedding_f32": "not base64!"}, v2):
+        matcher.producer.send(topics.SIGHTINGS_EMBEDDED, key=partition_key.encode(), value=json.dumps(value).encode())
+    matcher.producer.flush()
+    wait_until(lambda: all(identification(matcher.redis, s) for s in (old, good))
+               and all(failure(matcher.redis, s) for s in (future, broken)), 30, "results and dead letters")
+    assert identification(matcher.redis, old)["candidates"][0]["individual_id"] == "beluga-2"
+    assert identification(matcher.redis, good)["candidates"][0]["individual_id"] == "beluga-3"
+    assert failure(matcher.redis, future)["reason"] == "unsupported_record_version"
+    assert "99" in failure(matcher.redis, future)["detail"]
+    assert failure(matcher.redis, broken)["reason"] == "malformed_event"
+    assert identification(matcher.redis, future) is None and identification(matcher.redis, broken) is None
+    letters = {v["sighting_id"]: v for _, v in read_topic(matcher.settings.kafka_bootstrap, topics.DEAD_LETTER)
+               if v and v.get("stage") == "matcher"}
+    assert letters[future]["reason"] == "unsupported_record_version"
+    assert letters[future]["original"]["record_version"] == 99  # the event as it came
+    assert letters[broken]["reason"] == "malformed_event"
+
+
 def test_reload_page_hot_swaps_the_gallery(matcher):
     assert matcher.web("GET") == {"version": matcher.first_version}
     assert matcher.web("POST") == {"swapped": False, "version": matcher.first_version}

@@ -29,7 +29,7 @@ SAMPLES = [
     ),  # fmt: skip
     topics.SightingEmbedded(
         sighting_id="s1",
-        embedding=[0.6, 0.8],
+        embedding=[0.5, 0.75],  # float32-exact values: record version 2 carries float32
         model_version="b0-tiny-f0-e003",
         crop_box=None,
         crop_source="full",

@@ -300,10 +300,19 @@ def reload_gallery(chain) -> dict:
         return json.loads(response.read())
 
 
+def reload_model(chain) -> dict:
+    """The worker's reload path (what reloads the ensemble in Triton calls it): read the served model now."""
+    request = urllib.request.Request(f"http://127.0.0.1:{chain.worker.web_port}/model/reload/", method="POST",
+                                     data=b"", headers={"Authorization": "Bearer local-admin-token"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_its_model(chain):
-    """Triton reloads the ensemble with another build (no outage): the worker tags the next embeddings with the
-    new version and registers its model ids; the matcher parks them (the gallery holds another model's
-    embeddings) until a gallery of that model is served, then identifies them."""
+    """Triton reloads the ensemble with another build (no outage) and tells the worker (its reload page): the
+    worker tags the next embeddings with the new version and registers its model ids; the matcher parks them
+    (the gallery holds another model's embeddings) until a gallery of that model is served, then identifies
+    them."""
     import tritonclient.grpc as grpcclient
 
     config = chain.repository / "ensemble" / "config.pbtxt"
@@ -312,6 +321,7 @@ def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_
     try:
         config.write_text(toy_config("toy-b", ["toy-embedder-b"]))
         admin.load_model("ensemble")
+        assert reload_model(chain)["model_version"] == "ensemble:1:toy-b"
         sighting = chain.upload(jpeg_bytes(photo(2)))
         wait_until(lambda: parked(chain.redis, sighting), 60, "the sighting parked by the matcher")
         stored = topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting}"))
@@ -331,6 +341,7 @@ def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_
     finally:
         config.write_text(original)
         admin.load_model("ensemble")
+        reload_model(chain)
         admin.close()
         publish_toy_gallery(chain.store, chain.embeddings, chain.root / f"gallery-{uuid.uuid4().hex[:6]}",
                             TOY_MODEL_IDS)

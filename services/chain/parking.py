@@ -42,7 +42,7 @@ def park(client: redis.Redis, record: topics.SightingEmbedded, reason: str, deta
     """Keep `record` until a gallery of its model is served (first parking time kept on re-delivery); past
     `max_parked` the oldest are dropped."""
     now = time.time()
-    entry = json.dumps({"record": record.asdict(), "reason": reason, "detail": detail, "parked_at": now},
+    entry = json.dumps({"record": record.to_data(), "reason": reason, "detail": detail, "parked_at": now},
                        separators=(",", ":"))
 
     def write():

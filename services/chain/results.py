@@ -4,8 +4,8 @@
                                   (TTL redis_result_ttl_s)
     announced:<sighting_id>       set after the identification was announced (topics, then the stream entry)
                                   (TTL redis_marker_ttl_s)
-    embedding:<sighting_id>       JSON {sighting_id, model_version, embedding, crop_box, crop_source, metadata,
-                                  uploaded_at, embedded_at}: re-indexing of confirmed sightings reuses it
+    embedding:<sighting_id>       JSON of the SightingEmbedded record (topics; record_version 2: embedding_f32, a
+                                  version 1 record as it came: embedding): re-indexing of confirmed sightings reuses it
                                   (TTL redis_embedding_ttl_s: confirm within it)
     stream `identifications`      one entry per identification: {sighting_id, identification (JSON)}, trimmed to
                                   about redis_stream_maxlen entries at each XADD (MAXLEN ~)
@@ -14,7 +14,7 @@ A TTL or maxlen of 0 means none.
 
 from __future__ import annotations
 
-import json
+import hashlib
 
 import redis
 
@@ -42,8 +42,7 @@ def _redis_call(fn, *args, **kwargs):
 
 
 def store_embedding(client: redis.Redis, record: topics.SightingEmbedded, ttl_s: int = 0) -> None:
-    _redis_call(client.set, embedding_key(record.sighting_id), json.dumps(record.asdict(), separators=(",", ":")),
-                ex=ttl_s or None)
+    _redis_call(client.set, embedding_key(record.sighting_id), record.to_json(), ex=ttl_s or None)
 
 
 def load_embedding(client: redis.Redis, sighting_id: str) -> topics.SightingEmbedded | None:
@@ -63,7 +62,7 @@ def is_announced(client: redis.Redis, sighting_id: str) -> bool:
 def store_embeddings_and_check(client: redis.Redis, records: list[topics.SightingEmbedded], ttl_s: int = 0,
                                encoded: list[bytes | None] | None = None) -> list[bool]:
     """`store_embedding` then `is_announced` for each record of a batch, in that order, in one round trip.
-    `encoded[i]`: the JSON of `records[i].asdict()` when the caller has it already (else None: encoded here)."""
+    `encoded[i]`: the record's JSON (`to_json()`) when the caller has it already (else None: encoded here)."""
     if not records:
         return []
     encoded = encoded if encoded is not None else [None] * len(records)
@@ -72,7 +71,7 @@ def store_embeddings_and_check(client: redis.Redis, records: list[topics.Sightin
         with client.pipeline(transaction=False) as pipe:
             for record, as_json in zip(records, encoded, strict=True):
                 pipe.set(embedding_key(record.sighting_id),
-                         as_json if as_json is not None else json.dumps(record.asdict(), separators=(",", ":")),
+                         as_json if as_json is not None else record.to_json(),
                          ex=ttl_s or None)
                 pipe.exists(announced_key(record.sighting_id))
             replies = pipe.execute()
@@ -166,14 +165,21 @@ def announce_many(client: redis.Redis, identifications: list[topics.Identificati
     if not identifications:
         return []
 
+    sha = hashlib.sha1(_ANNOUNCE_ONCE.encode()).hexdigest()
+
     def run():
-        script = client.register_script(_ANNOUNCE_ONCE)
-        with client.pipeline(transaction=False) as pipe:
-            for identification in identifications:
-                script(keys=[announced_key(identification.sighting_id), stream],
-                       args=[identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s)],
-                       client=pipe)
-            return [bool(reply) for reply in pipe.execute()]
+        for attempt in range(2):  # EVALSHA: no SCRIPT EXISTS round trip before each batch's pipeline
+            with client.pipeline(transaction=False) as pipe:
+                for identification in identifications:
+                    pipe.evalsha(sha, 2, announced_key(identification.sighting_id), stream,
+                                 identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s))
+                try:
+                    return [bool(reply) for reply in pipe.execute()]
+                except redis.exceptions.NoScriptError:  # a new (or restarted) Redis: none of them ran
+                    if attempt:
+                        raise
+                    client.script_load(_ANNOUNCE_ONCE)
+        return []
 
     return _redis_call(run)
 

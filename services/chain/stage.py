@@ -78,6 +78,32 @@ class ChainStage:
 
         await self.retry(f"produce {key}", attempt)
 
+    async def send_many(self, topic, items: list[tuple[str, bytes]]) -> None:
+        """Produce a batch of (key, JSON value) at once, then wait for every acknowledgement (the producer
+        sends what is queued together); what was not acknowledged is produced again while Kafka is unavailable."""
+        backoff = self.backoff()
+        pending = list(items)
+        while pending:
+            futures = []
+            try:
+                for key, value in pending:
+                    futures.append(await topic.send(key=key.encode(), value=value))
+            except Exception as exc:  # noqa: BLE001 - the producer refused to queue: retry the rest
+                error: BaseException | None = exc
+            else:
+                error = None
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [item for item, outcome in zip(pending, outcomes, strict=False) if isinstance(outcome, BaseException)]
+            pending = failed + pending[len(futures):]
+            if not pending:
+                return
+            error = error or next(o for o in outcomes if isinstance(o, BaseException))
+            delay = backoff.next_delay()
+            log.warning("%s produce of %d records to %s: transient failure, retrying in %.1fs: %s", self.stage,
+                        len(pending), topic.get_topic_name(), delay, error)
+            EVENTS.labels(stage=self.stage, outcome="retry").inc()
+            await asyncio.sleep(delay)
+
     async def dead_letter(self, failure: PermanentFailure, original, sighting_id: str) -> None:
         """sightings.dead-letter (reason + original event) and Redis `failure:<id>`."""
         record = dead_letter_record(self.stage, failure.reason, original, sighting_id, failure.detail)

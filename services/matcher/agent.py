@@ -20,7 +20,6 @@ is parked (services.chain.parking), not dead-lettered, and retried after every g
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 
@@ -166,7 +165,7 @@ class SightingMatcher(ChainStage):
                 identified = await asyncio.to_thread(self.matcher.identify, records, state)
         except PermanentFailure as exc:
             if len(records) == 1:
-                await self.dead_letter(exc, records[0].asdict(), records[0].sighting_id)
+                await self.dead_letter(exc, records[0].to_data(), records[0].sighting_id)
                 return
             for record in records:  # isolate the one that cannot be ranked
                 await self._identify_and_publish([record], state)
@@ -194,21 +193,35 @@ class SightingMatcher(ChainStage):
         EVENTS.labels(stage=STAGE, outcome="identified").inc(len(stored))
 
 
+_WIRE_FIELDS: list[str] | None = None  # the keys of the current record version's JSON, in order
+
+
+def _wire_fields() -> list[str]:
+    global _WIRE_FIELDS
+    if _WIRE_FIELDS is None:
+        _WIRE_FIELDS = list(topics.SightingEmbedded(sighting_id="", embedding=[1.0], model_version="").to_data())
+    return _WIRE_FIELDS
+
+
 def _parse(raw: bytes) -> tuple[topics.SightingEmbedded, bytes | None]:
-    """(the record, `raw` itself when it holds exactly the record's fields in their order: then it is the JSON
-    value `store_embedding` would write, which need not be encoded again; else None)."""
+    """(the record, `raw` itself when it is the current record version with exactly its fields in their order:
+    then it is the JSON value `store_embedding` would write, which need not be encoded again; else None).
+    A malformed record or one of a version this reader does not know: PermanentFailure with the reason
+    (`malformed_event`, `unsupported_record_version`)."""
     try:
-        data = json.loads(raw)
+        data = topics.loads(raw)
         record = topics.SightingEmbedded.from_data(data)
+    except topics.RecordError as exc:
+        raise PermanentFailure(exc.reason, str(exc)) from None
     except Exception as exc:  # noqa: BLE001
         raise PermanentFailure("malformed_event", f"not a SightingEmbedded record: {exc}") from None
-    if not record.sighting_id or not record.embedding:
+    if not record.sighting_id or not isinstance(record.sighting_id, str) or not len(record.embedding):
         raise PermanentFailure("malformed_event", "sighting_id and embedding are required")
     if not _valid_embedding(record.embedding):  # it would fail the whole batch's search (and crash the agent)
         raise PermanentFailure("malformed_event", "the embedding must be finite numbers, not a zero vector")
     if not _valid_scores(record.species_scores):
         raise PermanentFailure("malformed_event", "species_scores must map species names to finite probabilities")
-    return record, (bytes(raw) if list(data) == list(record.asdict()) else None)
+    return record, (bytes(raw) if list(data) == _wire_fields() else None)
 
 
 def _valid_embedding(values) -> bool:

@@ -2,8 +2,9 @@
 
     sighting:<id>        hash, the upload's metadata (gateway)
     identification:<id>  JSON string: candidates, new_individual, gallery_version, ... (matcher)
-    embedding:<id>       the sighting's blended embedding (matcher): JSON {"embedding": [...], ...}, a bare
-                         JSON list, or raw little-endian float32 bytes
+    embedding:<id>       the sighting's blended embedding (matcher): the SightingEmbedded record's JSON (version 2
+                         `embedding_f32`, version 1 `embedding`: topics.embedding_of), a bare JSON list, or raw
+                         little-endian float32 bytes
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from services import topics
 from services.errors import DataError
 
 SIGHTING_KEY = "sighting:{}"
@@ -70,8 +72,11 @@ def decode_embedding(raw: bytes | str | None, sighting_id: str) -> np.ndarray:
             value = json.loads(data)
         except ValueError:
             raise DataError(f"embedding:{sighting_id} is not valid JSON") from None
-        if isinstance(value, dict):
-            value = value.get("embedding")
+        if isinstance(value, dict):  # a SightingEmbedded record, any version it reads (embedding_f32 or embedding)
+            try:
+                value = topics.embedding_of(value)
+            except topics.RecordError as exc:
+                raise DataError(f"embedding:{sighting_id}: {exc}") from None
         vector = np.asarray(value, dtype=np.float32)
     elif len(data) % 4 == 0 and data:
         vector = np.frombuffer(data, dtype="<f4").astype(np.float32)

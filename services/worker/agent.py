@@ -12,12 +12,13 @@ says: back off and retry, never dead-letter. Only a refusal of the input (INVALI
 permanent: a batch is then split so each crop is tried alone, and a crop refused `REFUSALS_BEFORE_DEAD_LETTER`
 times is dead-lettered (`embedding_failed`).
 
-Model version: before each batch the worker reads the ensemble's config parameters (one cheap gRPC call, no
-inference) and re-reads `<model>:<version>[:<build_id>]` when they changed, so a Triton reload of the ensemble
-is noticed at the next batch, not only after an outage; the same check after the Triton call makes sure the
-whole batch was embedded by the version it is tagged with (else it is embedded again). Each served version is
-registered in Redis with the export model ids it blends (services.model_versions) before records carrying it
-are published.
+Model version: read from Triton at start-up (`<model>:<version>[:<build_id>]`, the ensemble's config
+parameters, its species names), never per batch. It is read again on the reload path: `POST /model/reload/` on
+the worker's Faust web port (an admin's token; what reloads Triton calls it, then the next batch is tagged with
+the new version), after any transient Triton failure (the server may have restarted with another model), when
+the model refuses an input, and every MODEL_CHECK_S by a timer (a reload nobody announced: until then, at most
+that long, embeddings are tagged with the version read before). Each served version is registered in Redis with
+the export model ids it blends (services.model_versions) before records carrying it are published.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faust.web
+
 from services import model_versions as versions
 from services import topics
+from services.access.admin_gate import AdminGate
 from services.chain import markers
 from services.chain.failures import PermanentFailure, TransientFailure
 from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
@@ -55,6 +59,7 @@ log = logging.getLogger(__name__)
 REFUSALS_BEFORE_DEAD_LETTER = 3  # the model refused this one crop (a permanent error) this many times in a row
 REGISTRY_REFRESH_S = 3600.0  # re-register the served version this often (its Redis entry has a TTL)
 FETCH_THREADS_MAX = 32  # threads fetching and preparing one batch's sightings (at most worker_batch_size)
+MODEL_CHECK_S = 5.0  # the timer's look at the ensemble's config (a Triton reload nobody announced)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class ServedModel:
     model_ids: tuple[str, ...]
     fingerprint: str
     image_formats: frozenset[str] = frozenset()  # what it decodes beyond uploads (`PPM`: the worker's pixels)
+    species: tuple[str, ...] = ()  # the SPECIES output's column names (() without a species head)
 
 
 def _model_ids(fingerprint: str) -> tuple[str, ...]:
@@ -124,8 +130,18 @@ class EmbeddingService:
             raise TransientFailure(f"cannot read the ensemble's config from Triton: {exc}") from None
         return json.dumps(parameters, sort_keys=True)
 
+    def current(self) -> ServedModel | None:
+        """The served ensemble as last read (None: never read, or forgotten after a Triton failure)."""
+        return self._served
+
     def served_model(self) -> ServedModel:
-        """The served ensemble; its version is re-read only when the config parameters changed."""
+        """The served ensemble as last read (no Triton call); read now when it never was or was forgotten."""
+        served = self._served
+        return served if served is not None else self.check_model()
+
+    def check_model(self) -> ServedModel:
+        """Read the ensemble's config parameters (one metadata call) and, when they changed, its version: the
+        reload path (start-up, the reload page, the timer, after a Triton failure)."""
         fingerprint = self.fingerprint()
         served = self._served
         if served is not None and served.fingerprint == fingerprint:
@@ -133,9 +149,11 @@ class EmbeddingService:
         self.client.forget_config()  # batch size and species names may have changed with the model
         try:
             version = self.client.model_version()
+            species = tuple(self.client.species_names())
         except Exception as exc:  # noqa: BLE001 - Triton went away between the two calls
             raise TransientFailure(f"cannot read the model version from Triton: {exc}") from None
-        self._served = ServedModel(version, _model_ids(fingerprint), fingerprint, _image_formats(fingerprint))
+        self._served = ServedModel(version, _model_ids(fingerprint), fingerprint, _image_formats(fingerprint),
+                                   species)
         if served is not None and served.version != version:
             log.warning("worker: Triton now serves %s (was %s)", version, served.version)
         else:
@@ -242,8 +260,15 @@ class SightingWorker(ChainStage):
                             failure.message)
                 await asyncio.sleep(delay)
 
+    async def check_model(self) -> ServedModel:
+        """The reload path: read the served ensemble again now (and register a new version)."""
+        await asyncio.to_thread(self.embedder.check_model)  # one try: TransientFailure while Triton is away
+        return await self._served_model()
+
     async def _served_model(self):
-        served = await self.in_thread("model version", self.embedder.served_model)
+        served = self.embedder.current()  # no Triton call per batch: read on the reload path
+        if served is None:
+            served = await self.in_thread("model version", self.embedder.served_model)
         version, when = self._registered
         if served.version != version or time.monotonic() - when > REGISTRY_REFRESH_S:
             await self.in_thread("register model version", versions.register, self.redis, served.version,
@@ -259,6 +284,7 @@ class SightingWorker(ChainStage):
             except _ModelChanged:
                 log.warning("worker: the ensemble changed (was %s): embedding %d crops with the new one",
                             served.version, len(batch))
+                self.embedder.forget_model_version()  # the next _served_model reads the new one
                 continue
             except PermanentFailure as exc:
                 if len(batch) == 1:
@@ -267,19 +293,21 @@ class SightingWorker(ChainStage):
                 for single in batch:  # isolate the request Triton refuses
                     await self._embed_and_publish([single])
                 return
-            after = await self.in_thread("model check", self.embedder.fingerprint)
-            if after == served.fingerprint:
+            current = self.embedder.current()  # forgotten (a Triton failure) or read again meanwhile?
+            if current is None:
+                current = await self.in_thread("model check", self.embedder.check_model)
+            if current.fingerprint == served.fingerprint:
                 break
-            log.warning("worker: the ensemble changed during the Triton call (was %s): embedding %d crops again",
-                        served.version, len(batch))
+            log.warning("worker: the served model was read again during the Triton call (was %s): embedding %d "
+                        "crops again", served.version, len(batch))
         model_version = served.version
-        names = await self.in_thread("species names", self.embedder.species_names)
+        names = list(served.species)
         rows = species if species is not None else [None] * len(batch)
         records = [embedded_record(p, e, model_version, species_scores(names, s))
                    for p, e, s in zip(batch, embeddings, rows, strict=True)]
         ids = [r.sighting_id for r in records]
         with self.timed_step("publish"):  # the whole batch: produce all, wait for every ack, then mark
-            await asyncio.gather(*(self.send(self.embedded_topic, r.sighting_id, r) for r in records))
+            await self.send_many(self.embedded_topic, [(r.sighting_id, r.to_json()) for r in records])
             await self.in_thread("mark embedded", markers.mark_embedded_many, self.redis, ids, model_version,
                                  self.settings.redis_marker_ttl_s)
         EVENTS.labels(stage=STAGE, outcome="embedded").inc(len(records))
@@ -304,6 +332,38 @@ def build_worker_app(settings: Settings, web_port: int):
     async def embed_sightings(stream):
         async for raws in stream.take(settings.worker_batch_size, within=settings.worker_batch_wait_s):
             await worker.handle_batch(list(raws))
+
+    async def check_model(level: int = logging.WARNING) -> ServedModel | None:
+        try:
+            return await worker.check_model()
+        except Exception as exc:  # noqa: BLE001 - Triton away: the next batch (or timer) reads it again
+            log.log(level, "worker: cannot read the served model now: %s", exc)
+            return None
+
+    @app.timer(interval=MODEL_CHECK_S)
+    async def look_at_the_model():
+        await check_model(logging.DEBUG)
+
+    admin_gate = AdminGate(settings)
+
+    @app.page("/model/reload/")
+    class ModelReload(faust.web.View):
+        """GET: the served model version as last read; POST (an admin's bearer token): read it from Triton now
+        (after a reload of the ensemble, so the next batch is tagged with the new version)."""
+
+        async def get(self, request):
+            served = worker.embedder.current()
+            return self.json({"model_version": served.version if served else None})
+
+        async def post(self, request):
+            refusal = admin_gate.refusal(request.headers.get("Authorization"))
+            if refusal is not None:
+                return self.json({"error": refusal[1]}, status=refusal[0])
+            served = await check_model()
+            if served is None:
+                return self.json({"error": "Triton did not answer; the worker reads it again at its next batch"},
+                                 status=503)
+            return self.json({"model_version": served.version, "model_ids": list(served.model_ids)})
 
     app.whaleid_worker = worker
     return app
