@@ -179,10 +179,10 @@ class SightingMatcher(ChainStage):
         its records are produced concurrently, each awaited until acknowledged."""
         stored = await self.in_thread("store results", results.store_identifications, self.redis, identified,
                                       self.settings.redis_result_ttl_s)
-        sends = [self.send(self.identifications_topic, s.sighting_id, s) for s in stored]
-        sends += [self.send(self.new_topic, s.sighting_id, results.new_individual_record(s))
-                  for s in stored if s.new_individual]
-        await asyncio.gather(*sends)
+        await asyncio.gather(  # each topic's records produced at once, every acknowledgement awaited
+            self.send_many(self.identifications_topic, [(s.sighting_id, s.to_json()) for s in stored]),
+            self.send_many(self.new_topic, [(s.sighting_id, results.new_individual_record(s).to_json())
+                                            for s in stored if s.new_individual]))
         firsts = await self.in_thread("announce", results.announce_many, self.redis, stored,
                                       self.settings.redis_marker_ttl_s, self.settings.redis_stream_maxlen)
         for identification, first in zip(stored, firsts, strict=True):

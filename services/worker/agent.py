@@ -205,7 +205,9 @@ class SightingWorker(ChainStage):
                 continue
             seen.add(event.sighting_id)
             fresh.append(event)
-        prepared = await asyncio.gather(*(self._prepare_one(event) for event in fresh),  # S3 fetches in parallel
+        first = await asyncio.to_thread(self._prepare_batch, fresh)  # one hop to the loop for the whole batch
+        prepared = await asyncio.gather(*(self._after_first_try(event, outcome)  # failures: retried or dead-lettered
+                                          for event, outcome in zip(fresh, first, strict=True)),
                                         return_exceptions=True)  # all of them end before an error is raised
         errors = [item for item in prepared if isinstance(item, BaseException)]
         if errors:
@@ -213,6 +215,31 @@ class SightingWorker(ChainStage):
         todo = [item for item in prepared if item is not None]
         if todo:
             await self._embed_and_publish(todo)
+
+    def _prepare_batch(self, events) -> list:
+        """The first try of each event's `prepare` on the fetch pool (the S3 GETs of a batch overlap), waited for
+        in this thread: the prepared sighting or the exception, per event."""
+        futures = [self.pool.submit(prepare, event, self.objects, self.settings, self.crop_steps) for event in events]
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - handled per event by _after_first_try
+                outcomes.append(exc)
+        return outcomes
+
+    async def _after_first_try(self, event, outcome) -> PreparedSighting | None:
+        if isinstance(outcome, PermanentFailure):
+            await self.dead_letter(outcome, event.asdict(), event.sighting_id)
+            return None
+        if isinstance(outcome, TransientFailure):
+            log.warning("%s sighting %s: transient failure, retrying: %s", self.stage, event.sighting_id, outcome)
+            EVENTS.labels(stage=self.stage, outcome="retry").inc()
+            await asyncio.sleep(self.backoff().next_delay())
+            return await self._prepare_one(event)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def _prepare_one(self, event) -> PreparedSighting | None:
         try:
