@@ -37,6 +37,7 @@ import numpy as np
 
 log = logging.getLogger("bench.chain")
 RESULTS = Path(__file__).parent / "results"
+CHAIN_OWN = ("worker", "matcher", "kafka", "redis")  # the process trees of the chain's own cost (not Triton)
 POLL_S = 0.25  # between the waiter's reads of the results (times come from the records, not from the polls)
 
 
@@ -437,6 +438,11 @@ def run_chain(args, s3_kind: str) -> dict:
             "raw_cpu_ms_per_crop": raw_cpu, "core_cpu_ms_per_sighting": core_cpu,
             # on a host whose cores every process shares, core/raw cannot exceed raw CPU per crop / core CPU per sighting
             "core_over_raw_cpu_bound": round(sum(raw_cpu.values()) / max(1e-9, sum(core_cpu.values())), 3),
+            # the chain's own CPU per sighting (#23): worker + matcher + the broker and Redis they use, without
+            # Triton; and with S3 (the worker's GETs) as well
+            "chain_own_cpu_ms_per_sighting": round(sum(core_cpu.get(n, 0.0) for n in CHAIN_OWN), 2),
+            "chain_own_with_s3_cpu_ms_per_sighting": round(sum(core_cpu.get(n, 0.0) for n in (*CHAIN_OWN, "s3")), 2),
+            "target_chain_own_cpu_ms_per_sighting": 1.5,
             "offered_rate": round(offered, 2),
             "steady_sightings": len(latencies),
             "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
