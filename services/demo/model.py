@@ -105,10 +105,11 @@ def offline_predictions(embedder, data, gallery_dir: Path, box_source: str | Non
     return result
 
 
-def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, progress: Callable[[str], None]) -> DemoModel:
+def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, progress: Callable[[str], None],
+                  overrides: dict | None = None) -> DemoModel:
     from training.config import load_config
 
-    config = load_config(config_name)
+    config = load_config(config_name, overrides)
     root = Path(workdir) / "cache" / cache_key(config, individuals, seed)
     progress(f"model cache {root}")
     final_fit = config["fold"] >= 0  # else the run already trains on every individual: serve it

@@ -21,6 +21,7 @@ from services.demo.system import (
     check_not_up,
     free_port_block,  # noqa: F401 - services.chaos imports it from here
     logs_to_file,
+    stderr_to,
     up_state_path,
 )
 from services.errors import WhaleIdError
@@ -28,6 +29,8 @@ from services.gateway.client import CONTENT_TYPES, AppClient, Upload
 from services.settings import load_settings
 
 log = logging.getLogger(__name__)
+# The demo's training: lite0's recipe, validated once, at the last epoch (each validation embeds every train photo)
+DEMO_TRAINING = {"validate_every": 20}
 LOG_FILE = "demo.log"  # under the workdir: library logs (Kafka clients retrying while the broker starts, ...)
 
 
@@ -44,6 +47,7 @@ class DemoOptions:
     config: str | None = None  # settings TOML
     seed: int = 0
     model_config: str = "lite0"
+    model_overrides: dict = field(default_factory=lambda: dict(DEMO_TRAINING))
     result_timeout_s: float = 300.0
     hostile: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -115,21 +119,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@contextlib.contextmanager
-def stderr_to(path: Path):
-    """File descriptor 2 (TensorFlow's C++ messages, absl) into `path` for the block; restored after."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(path, "ab") as log_file:
-            os.dup2(log_file.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def run_demo(options: DemoOptions) -> int:
     workdir = Path(options.workdir).resolve()
     logs_to_file(workdir / LOG_FILE)
@@ -148,7 +137,8 @@ def _run_demo(options: DemoOptions, workdir: Path, progress: Progress) -> int:
         check_not_up(state_path)
     # with --json, stdout carries only the summary: training's progress (Keras prints) goes to stderr
     with contextlib.redirect_stdout(sys.stderr) if options.as_json else contextlib.nullcontext():
-        model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress)
+        model = prepare_model(workdir, options.individuals, options.seed, options.model_config, progress,
+                              options.model_overrides)
     run_dir = workdir / "runs" / time.strftime("%Y%m%d-%H%M%S")
     chain = DemoChain(options, model, run_dir, progress)
     signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM tears down like Ctrl-C

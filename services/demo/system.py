@@ -7,6 +7,7 @@ A service whose stack goes away (`whaleid stack down`) exits by itself (services
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -159,6 +160,21 @@ def logs_to_file(path: Path) -> None:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """File descriptor 2 (TensorFlow's C++ messages, absl) into `path` for the block; restored after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log_file:
+            os.dup2(log_file.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def check_not_up(path: Path) -> None:

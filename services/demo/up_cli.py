@@ -84,7 +84,7 @@ def _export(run_dir: Path, out: Path) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from services.demo.system import System, check_not_up, logs_to_file, up_state_path
+    from services.demo.system import check_not_up, logs_to_file, stderr_to, up_state_path
     from services.settings import load_settings
 
     began = time.monotonic()
@@ -93,6 +93,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_not_up(state_path)
     home = state_path.parent / "up"
     logs_to_file(home / "logs" / LOG_FILE)
+    with stderr_to(home / "logs" / LOG_FILE):  # TensorFlow's C++ lines while exporting and embedding
+        return _up(args, settings, state_path, home, began)
+
+
+def _up(args, settings, state_path: Path, home: Path, began: float) -> int:
+    from services.demo.system import SERVICES, System
+
     repository = served_repository(args.run, home, settings)
     system = System(settings, Path(settings.run_dir), home / "logs", say, config=args.config)
     try:
@@ -106,7 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                                 progress=say, progress_bar=False)
             say(f"gallery {summary['version']} published and served ({summary['size']} embeddings of "
                 f"{summary['individuals']} individuals, {summary['model_id']}, threshold {summary['threshold']:.3f})")
-        names = ("worker", "matcher", "bridge", "reconciler", "gateway") + (("webhooks",) if served.webhook_urls else ())
+        names = SERVICES + (("webhooks",) if served.webhook_urls else ())
         system.start_services(names, timeout=args.timeout)
     except BaseException:
         say("whaleid up: stopping what it started")
