@@ -179,7 +179,9 @@ def stop_pid(pid: int, owner: str, grace: float = GRACE_S) -> bool:
     is_leader = os.getpgid(pid) == pid if pid_alive(pid) else True
     began = time.monotonic()
     if not _wait_dead(pid, grace):
-        log.warning("process %d did not stop within %.0f s of SIGTERM; killing it", pid, grace)
+        # a grace shorter than the default is chosen for a server that is safe to kill (weed): no warning
+        log.log(logging.WARNING if grace >= GRACE_S else logging.INFO,
+                "process %d did not stop within %.0f s of SIGTERM; killing it", pid, grace)
         os.killpg(pid, signal.SIGKILL) if is_leader else os.kill(pid, signal.SIGKILL)
         _wait_dead(pid, 5)
     if is_leader and _group_alive(pid):  # children left behind by the leader: give them a moment, then kill

@@ -19,6 +19,7 @@ class ManagedServer:
 
     name = "server"
     after: tuple[str, ...] = ()  # servers of the same stack that must be healthy before this one starts
+    stop_grace_s: float | None = None  # seconds between SIGTERM and SIGKILL (None: process.GRACE_S)
 
     def __init__(self, log_dir: Path, owner: str) -> None:
         self.log_dir = Path(log_dir)
@@ -99,7 +100,7 @@ class ManagedServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.stop()
+            self.process.stop(**({"grace": self.stop_grace_s} if self.stop_grace_s is not None else {}))
 
     def log_tail(self, lines: int = 25) -> str:
         return self.process.log_tail(lines) if self.process else ""

@@ -38,6 +38,7 @@ PORT_NAMES = ("kafka", "s3", "redis", "triton_http", "triton_grpc", "triton_metr
 S3_KINDS = ("moto", "seaweedfs")  # setting stack_s3 / Stack(s3=...)
 DATA_DIRS = ("redis",)  # besides SeaweedFS's: what `up(fresh=True)` wipes under the run dir
 STATE_FILE = "state.json"
+STOP_GRACE = {"s3": {"grace": SeaweedFSServer.stop_grace_s}}  # stop_pid options of a recorded server (moto: instant)
 
 
 def owner_marker(run_dir: Path, server: str) -> str:
@@ -322,7 +323,7 @@ class Stack:
             if name in self._running:
                 self._running[name].stop()
                 return name
-            if stop_pid(entry["pid"], owner_marker(self.run_dir, name)):
+            if stop_pid(entry["pid"], owner_marker(self.run_dir, name), **STOP_GRACE.get(name, {})):
                 remove_grpc_sockets(entry.get("grpc_ports", []))  # SeaweedFS's, left in /tmp
                 return name
             if pid_alive(entry["pid"]):
