@@ -9,8 +9,14 @@ TIMEOUT_S = 2.0
 
 
 def check_kafka(bootstrap: str) -> None:
-    """Bootstrap a kafka-python admin client and list the topics (ApiVersions + Metadata requests)."""
+    """Bootstrap a kafka-python admin client and list the topics (ApiVersions + Metadata requests). A broker
+    that does not accept connections yet is reported without the client (which logs each refusal as an ERROR)."""
+    import socket
+
     from kafka import KafkaAdminClient
+
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    socket.create_connection((host or "127.0.0.1", int(port)), timeout=TIMEOUT_S).close()
 
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap,
