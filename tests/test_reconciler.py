@@ -39,11 +39,12 @@ from kafka.admin import KafkaAdminClient
 
 from services import topics
 from services.chain import results
+from services.chain.store import OPEN_SIGHTINGS_KEY, open_sighting, sighting_key
 from services.reconciler import KINDS, Reconciler, ReconcilerTopics
 from services.stack.ports import free_port
 
 TOY = "reconciler_toy"  # the toy ensemble under its own name in the session's Triton
-DB, SERVICE_DB = 11, 12  # Redis databases of this module's chain and of the reconciler process
+DB, SERVICE_DB, COST_DB = 11, 12, 13  # Redis databases: this module's chain, the reconciler process, the cost test
 KNOWN = 4
 
 
@@ -130,7 +131,10 @@ def add_sighting(settings, client, s3, *, upload: bool = True, recorded: bool = 
     if recorded:
         record["uploaded_at"] = time.time() - age_s
     record.update(fields)
-    client.hset(f"sighting:{sighting_id}", mapping=record)
+    with client.pipeline(transaction=True) as pipe:  # the hash and the reconciler's index, as the gateway writes them
+        pipe.hset(f"sighting:{sighting_id}", mapping=record)
+        open_sighting(pipe, sighting_id, record["created_at"])
+        pipe.execute()
     return sighting_id
 
 
@@ -412,3 +416,60 @@ def test_a_reconciler_killed_mid_pass_locks_the_next_one_out_for_seconds_not_min
     time.sleep(1.6)  # its last renewal was at most 0.2 s before: it expires within 1.0 s of that
     assert successor.acquire()
     successor.release()
+
+
+# --------------------------------------------------------------------------- cost of a pass
+class _CountingConnection(redis.Connection):
+    """Counts the commands sent (one by one and in pipelines) by the clients of one pool."""
+
+    sent: list[str] = []
+
+    def send_command(self, *args, **kwargs):
+        type(self).sent.append(str(args[0]).upper())
+        return super().send_command(*args, **kwargs)
+
+    def pack_commands(self, commands):
+        type(self).sent.extend(str(command[0]).upper() for command in commands)
+        return super().pack_commands(commands)
+
+
+def test_a_pass_costs_what_is_open_not_what_redis_holds(base):
+    """Issue 22 item 5: the reconciler reads its indexes (`sightings:open`, `identifications:unannounced`), never a
+    scan of every key. 20,000 resolved sightings in the index are dropped by one pass; then a pass with those
+    keys (and 20,000 announced results) in Redis sends the same commands as a pass over an empty database."""
+    settings = base[0].with_overrides(redis_url=base[0].redis_url.rsplit("/", 1)[0] + f"/{COST_DB}")
+    db = redis.Redis.from_url(settings.redis_url)
+    db.flushdb()
+    pool = redis.ConnectionPool(connection_class=_CountingConnection, **db.connection_pool.connection_kwargs)
+    counted = redis.Redis(connection_pool=pool)
+    names = fresh_topics(uploaded=1, dead_letter=1, identifications=1, new_individuals=1)
+
+    def one_pass(reconciler) -> list[str]:
+        _CountingConnection.sent = []
+        counts = reconciler.run_once()
+        assert counts["errors"] == 0, reconciler.last_findings.summary()
+        return sorted(_CountingConnection.sent)
+
+    try:
+        with Reconciler(settings, redis_client=counted, topic_names=names, backlog=lambda: None) as reconciler:
+            one_pass(reconciler)  # the connection's own set-up commands
+            empty = one_pass(reconciler)
+            now = time.time()
+            with db.pipeline(transaction=False) as pipe:
+                for n in range(20_000):
+                    sighting_id = f"resolved-{n}"
+                    pipe.hset(sighting_key(sighting_id), mapping={"created_at": now - 60, "uploaded_at": now - 60})
+                    open_sighting(pipe, sighting_id, now - 60)
+                    pipe.set(results.identification_key(sighting_id), "{}")
+                    pipe.set(results.announced_key(sighting_id), "1")
+                pipe.execute()
+            one_pass(reconciler)  # drops them from the index, all resolved
+            assert db.zcard(OPEN_SIGHTINGS_KEY) == 0
+            assert db.dbsize() >= 60_000
+            full = one_pass(reconciler)
+        assert "SCAN" not in full and "KEYS" not in full
+        assert full == empty, (len(full), len(empty))
+    finally:
+        db.flushdb()
+        counted.close()
+        db.close()

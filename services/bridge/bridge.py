@@ -28,6 +28,7 @@ from services.chain.markers import record_failure
 from services.chain.store import (
     BadUploadKey,
     decode_hash,
+    open_sighting,
     parse_upload_key,
     sighting_key,
     sighting_metadata,
@@ -238,6 +239,7 @@ class UploadBridge:
             self.dedupe.done(*upload.claim_key, client=pipe)
         for sighting_id, event in batch.uploaded:
             pipe.hset(sighting_key(sighting_id), mapping={"uploaded_at": now, "size": event.size, "etag": event.etag})
+            open_sighting(pipe, sighting_id, now, only_new=True)  # the reconciler's index (the gateway's entry kept)
         for sighting_id, reason, detail in batch.failures:
             record_failure(pipe, sighting_id, STAGE, reason, detail, now)
         with timed(STEP_LATENCY, stage=STAGE, step="commit"):

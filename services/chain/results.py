@@ -7,6 +7,8 @@
     embedding:<sighting_id>       JSON of the SightingEmbedded record (topics; record_version 2: embedding_f32, a
                                   version 1 record as it came: embedding): re-indexing of confirmed sightings reuses it
                                   (TTL redis_embedding_ttl_s: confirm within it)
+    identifications:unannounced   sorted set, sighting id -> identified_at: added with each stored result, removed
+                                  when it is announced, so the reconciler reads only what is still unannounced
     stream `identifications`      one entry per identification: {sighting_id, identification (JSON)}, trimmed to
                                   about redis_stream_maxlen entries at each XADD (MAXLEN ~)
 A TTL or maxlen of 0 means none.
@@ -23,6 +25,7 @@ from services.chain.failures import TransientFailure
 from services.chain.store import identification_key
 
 IDENTIFICATIONS_STREAM = "identifications"
+UNANNOUNCED_INDEX = "identifications:unannounced"
 STREAM_MAXLEN = 100_000
 
 
@@ -92,7 +95,8 @@ def store_identifications(client: redis.Redis, identifications: list[topics.Iden
             for identification in identifications:
                 pipe.set(identification_key(identification.sighting_id), identification.to_json(), nx=True,
                          ex=ttl_s or None)
-            created = pipe.execute()
+            pipe.zadd(UNANNOUNCED_INDEX, {i.sighting_id: i.identified_at for i in identifications})
+            created = pipe.execute()[:-1]
         earlier = [i for i, ok in zip(identifications, created, strict=True) if not ok]
         if not earlier:
             return list(identifications)
@@ -123,14 +127,21 @@ def announced_many(client: redis.Redis, sighting_ids: list[str]) -> list[bool]:
 def store_identification(client: redis.Redis, identification: topics.Identification,
                          ttl_s: int = 0) -> topics.Identification:
     """Write the result unless one exists; returns the result that is stored (the earlier one on re-delivery)."""
-    created = _redis_call(client.set, identification_key(identification.sighting_id), identification.to_json(),
-                          nx=True, ex=ttl_s or None)
+    def run():
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(identification_key(identification.sighting_id), identification.to_json(), nx=True,
+                     ex=ttl_s or None)
+            pipe.zadd(UNANNOUNCED_INDEX, {identification.sighting_id: identification.identified_at})
+            return pipe.execute()[0]
+
+    created = _redis_call(run)
     if created:
         return identification
     return stored_identification(client, identification.sighting_id) or identification
 
 
 _ANNOUNCE_ONCE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
 local created
 if tonumber(ARGV[4]) > 0 then
   created = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4])
@@ -171,7 +182,7 @@ def announce_many(client: redis.Redis, identifications: list[topics.Identificati
         for attempt in range(2):  # EVALSHA: no SCRIPT EXISTS round trip before each batch's pipeline
             with client.pipeline(transaction=False) as pipe:
                 for identification in identifications:
-                    pipe.evalsha(sha, 2, announced_key(identification.sighting_id), stream,
+                    pipe.evalsha(sha, 3, announced_key(identification.sighting_id), stream, UNANNOUNCED_INDEX,
                                  identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s))
                 try:
                     return [bool(reply) for reply in pipe.execute()]
@@ -187,7 +198,8 @@ def announce_many(client: redis.Redis, identifications: list[topics.Identificati
 def announce(client: redis.Redis, identification: topics.Identification, marker_ttl_s: int = 0,
              maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM) -> bool:
     """Add the stream entry once per sighting: the `announced:` marker (TTL `marker_ttl_s`) and the XADD (stream
-    trimmed to about `maxlen`) run atomically (a Lua script). False when the sighting was announced before."""
-    keys = [announced_key(identification.sighting_id), stream]
+    trimmed to about `maxlen`) run atomically (a Lua script), and the sighting leaves `identifications:unannounced`.
+    False when the sighting was announced before."""
+    keys = [announced_key(identification.sighting_id), stream, UNANNOUNCED_INDEX]
     args = [identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s)]
     return bool(_redis_call(client.eval, _ANNOUNCE_ONCE, len(keys), *keys, *args))

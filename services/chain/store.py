@@ -9,6 +9,10 @@
                                   event), written by the gateway, same TTL as the sightings
     failure:<id>                  Redis string, JSON {"stage", "reason", "detail", "failed_at"}, written by the
                                   stage that dead-lettered the sighting (services.chain.markers.record_failure)
+    sightings:open                Redis sorted set, sighting id -> created_at: the sightings that may still need
+                                  the reconciler (added by the gateway at creation and by the bridge at upload,
+                                  removed by the reconciler once identified, failed, expired or never uploadable),
+                                  so a reconciler pass costs what is open, not what Redis holds
 
 Pure functions only (no I/O), so the async gateway and the synchronous bridge share them.
 """
@@ -55,6 +59,14 @@ def sighting_key(sighting_id: str) -> str:
 
 def identification_key(sighting_id: str) -> str:
     return f"identification:{sighting_id}"
+
+
+OPEN_SIGHTINGS_KEY = "sightings:open"
+
+
+def open_sighting(pipe, sighting_id: str, at: float, only_new: bool = False) -> None:
+    """Queue the `sightings:open` entry of a sighting on `pipe` (`only_new`: keep an earlier entry's time)."""
+    pipe.zadd(OPEN_SIGHTINGS_KEY, {sighting_id: at}, nx=only_new)
 
 
 def encounter_key(owner: str, encounter: str) -> str:

@@ -16,6 +16,7 @@ from services.chain.store import (
     decode_hash,
     identification_key,
     new_sighting_id,
+    open_sighting,
     read_json_value,
     sighting_key,
     upload_key,
@@ -64,6 +65,7 @@ async def create_sighting(request: web.Request) -> web.Response:
             pipe.expire(sighting_key(sighting_id), int(ttl_s))
         index_sighting(pipe, sighting_id, record["owner"], record["created_at"], ttl_s)  # GET /v1/sightings
         await_review(pipe, sighting_id, record["created_at"], ttl_s)  # the review queue's index
+        open_sighting(pipe, sighting_id, record["created_at"])  # the reconciler's index
         if sighting.metadata.encounter:
             remember_member(pipe, record["owner"], sighting.metadata.encounter, sighting_id, ttl_s)
         await pipe.execute()

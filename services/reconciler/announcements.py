@@ -2,6 +2,11 @@
 and its stream entry). Each one older than `reconciler_announce_grace_s` is announced exactly as the matcher
 does it: produced to `identifications` (and `new-individuals` when new_individual), keyed by sighting id, with the
 stored result as content, acknowledged; then `results.announce` (marker + stream entry, once).
+
+The candidates come from the index `identifications:unannounced` (services.chain.results: added with each stored
+result, removed by its announcement), read in chunks of SCAN_COUNT up to the grace: a pass costs what is still
+unannounced, never a scan of every key. Entries whose result expired, or that were announced meanwhile, are
+dropped from the index here.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 SCAN_COUNT = 500
-PREFIX = "identification:"
+INDEX = results.UNANNOUNCED_INDEX
 
 
 def topic_records(identification: topics.Identification, topic_names) -> list[tuple[str, str, bytes]]:
@@ -41,28 +46,31 @@ class Announcements:
         self.clock = clock
 
     def run(self, findings: Findings) -> None:
-        batch: list[str] = []
-        for raw in self.redis.scan_iter(match=PREFIX + "*", count=SCAN_COUNT):
-            batch.append((raw.decode() if isinstance(raw, bytes) else str(raw))[len(PREFIX):])
-            if len(batch) >= SCAN_COUNT:
-                self._batch(batch, findings)
-                batch = []
-        if batch:
-            self._batch(batch, findings)
+        until = self.clock() - self.settings.reconciler_announce_grace_s
+        offset = 0
+        while True:
+            raw_ids = self.redis.zrangebyscore(INDEX, "-inf", until, start=offset, num=SCAN_COUNT)
+            if not raw_ids:
+                return
+            ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
+            offset += len(ids) - self._batch(ids, findings)
+            if len(ids) < SCAN_COUNT:
+                return
 
-    def _batch(self, ids: list[str], findings: Findings) -> None:
+    def _batch(self, ids: list[str], findings: Findings) -> int:
+        """Announce what is due among `ids`; returns how many left the index (so the next chunk's offset holds)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for sighting_id in ids:
                 pipe.exists(results.announced_key(sighting_id))
             announced = pipe.execute()
         waiting = [s for s, done in zip(ids, announced, strict=True) if not done]
-        if not waiting:
-            return
+        gone = [s for s, done in zip(ids, announced, strict=True) if done]
         now = self.clock()
         due = []
-        for sighting_id, raw in zip(waiting, self.redis.mget([results.identification_key(s) for s in waiting]),
-                                    strict=True):
-            if raw is None:
+        stored = self.redis.mget([results.identification_key(s) for s in waiting]) if waiting else []
+        for sighting_id, raw in zip(waiting, stored, strict=True):
+            if raw is None:  # the result expired: nothing left to announce
+                gone.append(sighting_id)
                 continue
             try:
                 identification = topics.Identification.from_json(raw)
@@ -72,8 +80,10 @@ class Announcements:
                 continue
             if now - identification.identified_at > self.settings.reconciler_announce_grace_s:
                 due.append(identification)
+        if gone:
+            self.redis.zrem(INDEX, *gone)
         if not due:
-            return
+            return len(gone)
         self.produce([record for identification in due for record in topic_records(identification, self.topics)])
         for identification in due:
             if results.announce(self.redis, identification, self.settings.redis_marker_ttl_s,
@@ -82,3 +92,4 @@ class Announcements:
                 IDENTIFICATIONS.labels(result="new_individual" if identification.new_individual else "known").inc()
                 log.info("reconciler: identification of %s announced (the matcher had stored it only)",
                          identification.sighting_id)
+        return len(gone) + len(due)  # announce() took each due one out of the index

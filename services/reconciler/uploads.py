@@ -9,6 +9,11 @@ its upload, or its last re-drive) exceeds `reconciler_stale_after_s`:
 - the upload was recorded but the photo is gone: dead-lettered `object_missing`.
 - never uploaded (no photo yet): left alone, counted `awaiting_upload` (not looked up in S3 any more once its
   upload URL expired long ago).
+
+The sightings come from the index `sightings:open` (services.chain.store: the gateway adds each sighting it
+creates, the bridge each upload), read in chunks of SCAN_COUNT: a pass costs what is open, never a scan of every
+key. A sighting leaves the index here once it is identified or failed, once its hash is gone (expired), or once
+its upload URL expired long ago with no photo (a late upload event puts it back).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from services import topics
 from services.chain.failures import TransientFailure
 from services.chain.markers import embedded_key, failure_key, record_failure
 from services.chain.parking import PARKED_INDEX
-from services.chain.store import decode_hash, identification_key, sighting_metadata
+from services.chain.store import (
+    OPEN_SIGHTINGS_KEY,
+    decode_hash,
+    identification_key,
+    sighting_key,
+    sighting_metadata,
+)
 from services.metrics import DEAD_LETTERS
 from services.reconciler.findings import Findings
 from services.settings import Settings
@@ -54,35 +65,42 @@ class StaleUploads:
         self.clock = clock
 
     def run(self, findings: Findings) -> None:
-        batch: list[str] = []
-        for raw in self.redis.scan_iter(match="sighting:*", count=SCAN_COUNT):
-            batch.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-            if len(batch) >= SCAN_COUNT:
-                self._batch(batch, findings)
-                batch = []
-        if batch:
-            self._batch(batch, findings)
+        ttl_s = self.settings.redis_sighting_ttl_s
+        if ttl_s:  # their hashes expired with them
+            self.redis.zremrangebyscore(OPEN_SIGHTINGS_KEY, "-inf", f"({self.clock() - ttl_s}")
+        offset = 0
+        while True:
+            raw_ids = self.redis.zrange(OPEN_SIGHTINGS_KEY, offset, offset + SCAN_COUNT - 1)
+            if not raw_ids:
+                return
+            ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
+            offset += len(ids) - self._batch(ids, findings)
+            if len(ids) < SCAN_COUNT:
+                return
 
-    def _batch(self, keys: list[str], findings: Findings) -> None:
-        ids = [key.split(":", 1)[1] for key in keys]
-        findings.add("sightings", count=len(ids))
+    def _batch(self, ids: list[str], findings: Findings) -> int:
+        """Examine the open sightings among `ids`; returns how many left the index."""
         with self.redis.pipeline(transaction=False) as pipe:
             for sighting_id in ids:
                 pipe.exists(identification_key(sighting_id), failure_key(sighting_id))
                 pipe.zscore(PARKED_INDEX, sighting_id)
+                pipe.hgetall(sighting_key(sighting_id))
             answers = pipe.execute()
-        open_ids = [s for i, s in enumerate(ids) if not answers[2 * i] and answers[2 * i + 1] is None]
-        if not open_ids:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for sighting_id in open_ids:
-                pipe.hgetall(f"sighting:{sighting_id}")
-            hashes = pipe.execute()
-        for sighting_id, raw in zip(open_ids, hashes, strict=True):
-            if raw:  # expired between the scan and the read
-                self._examine(sighting_id, decode_hash(raw), findings)
+        closed = []
+        for i, sighting_id in enumerate(ids):
+            resolved, parked, raw = answers[3 * i: 3 * i + 3]
+            if resolved or not raw:  # identified or failed, or its hash expired
+                closed.append(sighting_id)
+                continue
+            findings.add("sightings")
+            if parked is None and self._examine(sighting_id, decode_hash(raw), findings) == "closed":
+                closed.append(sighting_id)
+        if closed:
+            self.redis.zrem(OPEN_SIGHTINGS_KEY, *closed)
+        return len(closed)
 
-    def _examine(self, sighting_id: str, record: dict[str, str], findings: Findings) -> None:
+    def _examine(self, sighting_id: str, record: dict[str, str], findings: Findings) -> str | None:
+        """What one open sighting needs; "closed" when it can leave the index (nothing can change it any more)."""
         now = self.clock()
         stale = self.settings.reconciler_stale_after_s
         uploaded_at = _float(record.get("uploaded_at"))
@@ -99,7 +117,7 @@ class StaleUploads:
             return
         if not uploaded_at and created_at and now - created_at > self.settings.upload_url_expires_s + 2 * stale:
             findings.add("awaiting_upload", sighting_id)  # its upload URL expired long ago: no photo can come
-            return
+            return "closed"
         head = self._head(bucket, key)
         if head is None:
             if uploaded_at:
