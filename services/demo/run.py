@@ -29,8 +29,10 @@ from services.gateway.client import CONTENT_TYPES, AppClient, Upload
 from services.settings import load_settings
 
 log = logging.getLogger(__name__)
-# The demo's training: lite0's recipe, validated once, at the last epoch (each validation embeds every train photo)
-DEMO_TRAINING = {"validate_every": 20}
+# The demo's training: lite0's recipe (20 epochs), validated once, at the last epoch (each validation embeds every
+# train photo), on 60 individuals (141 train photos: the fold run and the final fit fit in the 5-minute demo)
+DEMO_TRAINING = {"epochs": 20, "validate_every": 20}
+DEMO_INDIVIDUALS = 60
 LOG_FILE = "demo.log"  # under the workdir: library logs (Kafka clients retrying while the broker starts, ...)
 
 
@@ -40,7 +42,7 @@ class DemoError(WhaleIdError):
 
 @dataclass
 class DemoOptions:
-    individuals: int = 100
+    individuals: int = DEMO_INDIVIDUALS
     workdir: Path = Path(".whaleid/demo")
     keep_up: bool = False
     as_json: bool = False

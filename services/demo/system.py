@@ -1,6 +1,9 @@
 """The whole local system, as `docker compose` runs one: the embedded stack and the chain's services as detached
 processes, recorded in one state file (`up.json` beside the stack's run dir: `.whaleid/up.json` by default), which
-`whaleid up`, `whaleid demo --keep-up`, `whaleid down` and `whaleid upload` share (format: docs/interfaces.md).
+`whaleid up`, `whaleid demo --keep-up`, `whaleid down` and `whaleid upload` share. Its JSON: `by` (up | demo),
+`started_at`, `stack_run_dir` (the stack's own state.json is there), `stack_started`, `gateway_url`, `review_url`,
+`metrics_port_base`, `logs`, `services` {name: {`pid`, `log`, `web_port`?}}; each service's environment carries
+`WHALEID_STACK_OWNER=<stack_run_dir>#service:<name>`, so a PID reused by another process is never signalled.
 
 Stopping is services first (they drain and commit in about a second while their servers are there), then the stack.
 A service whose stack goes away (`whaleid stack down`) exits by itself (services/streaming_cli.py)."""
