@@ -433,3 +433,17 @@ def test_cli_up_status_env_down_leaves_nothing_running(tmp_path):
     assert [pid for pid in pids if pid_alive(pid)] == []
     gone = whaleid("status")
     assert gone.returncode == 2 and "no stack is up" in gone.stderr
+
+
+def test_kafka_health_check_of_a_broker_not_listening_yet_logs_no_error(caplog):
+    """A stack start polls the broker before it listens: the refusals are not kafka-python ERROR lines on the
+    console (the `ERROR kafka.net.connection ... ECONNREFUSED` of every `whaleid demo` start)."""
+    import logging
+
+    from services.stack.health import check_kafka
+    from services.stack.ports import free_port
+
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(ConnectionRefusedError):
+            check_kafka(f"127.0.0.1:{free_port()}")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

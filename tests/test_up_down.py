@@ -80,6 +80,7 @@ def test_up_upload_down(home):
     assert not (root / "up.json").exists()
     assert_quiet(up, upload, down)
     assert "CancelledError" not in service_logs(state)
+    print(up.stdout, upload.stdout, down.stdout, sep="\n")  # the figures, with -s
 
 
 def test_services_exit_when_the_stack_goes_down_first(home):
