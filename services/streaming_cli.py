@@ -124,7 +124,7 @@ def register(subparsers) -> None:
         "demo", help="the whole story on the embedded stack: data, tiny model, gallery, stack, services, uploads",
     )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON (progress goes to stderr)")
-    demo.add_argument("--individuals", type=int, default=60, help="individuals in the synthetic data set (default 60)")
+    demo.add_argument("--individuals", type=int, default=100, help="individuals in the synthetic data set")
     demo.add_argument("--workdir", type=Path, default=Path(".whaleid/demo"),
                       help="where data, model, cache and logs go (the trained model is cached here)")
     demo.add_argument("--keep-up", action="store_true", help="leave the stack and services running at the end")

@@ -105,12 +105,27 @@ def offline_predictions(embedder, data, gallery_dir: Path, box_source: str | Non
     return result
 
 
+def save_backbone(run_dir: Path, path: Path) -> Path:
+    """The backbone weights of a run's last snapshot, as a Keras weights file that config `weights` loads."""
+    import keras
+
+    from training.embed import Embedder
+
+    model = Embedder.from_run(run_dir).model
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    backbone.save_weights(path)
+    return path
+
+
 def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, progress: Callable[[str], None],
-                  overrides: dict | None = None) -> DemoModel:
+                  overrides: dict | None = None, final_epochs: int | None = None) -> DemoModel:
+    """`final_epochs`: the final fit starts from the fold run's backbone and trains that many epochs (a new
+    embedding layer and head on every individual); None: the config's recipe from ImageNet."""
     from training.config import load_config
 
     config = load_config(config_name, overrides)
-    root = Path(workdir) / "cache" / cache_key(config, individuals, seed)
+    key_of = config if final_epochs is None else {**config, "final_epochs": final_epochs}
+    root = Path(workdir) / "cache" / cache_key(key_of, individuals, seed)
     progress(f"model cache {root}")
     final_fit = config["fold"] >= 0  # else the run already trains on every individual: serve it
 
@@ -128,7 +143,11 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
         from training.train import final_fit_config
         from training.train import train as train_run
 
-        train_run(final_fit_config(config), data_dir, out, verbose=2)
+        final = final_fit_config(config)
+        if final_epochs is not None:
+            start = save_backbone(run_dir, out.parent / "fold_backbone.weights.h5")
+            final = {**final, "weights": str(start), "epochs": final_epochs, "validate_every": 0}
+        train_run(final, data_dir, out, verbose=2)
 
     def export(out: Path) -> None:
         from training.export import export_run
@@ -175,7 +194,9 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
     served_dir = run_dir
     if final_fit:
         served_dir = cached_step(root / "final", f"final fit of {config_name} on every individual "
-                                                 f"({config.get('epochs')} epochs)", train_final, progress)
+                                                 + (f"({config.get('epochs')} epochs)" if final_epochs is None else
+                                                    f"({final_epochs} epochs from the fold run's backbone)"),
+                                 train_final, progress)
     served = served_model_id(served_dir)
     stamp = f"served {served}" + (f", threshold from {served_model_id(run_dir)}" if final_fit else "")
     exports_dir = cached_step(root / "exports", f"exporting {served} to ONNX", export, progress, stamp)
