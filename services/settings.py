@@ -129,7 +129,12 @@ class Settings:
     # --- webhooks per app for finished identifications
     webhook_urls: str = ""  # app=https://host/path[,app=...]: where each app's identifications and new individuals are POSTed (apps as the gateway names them); empty: no webhooks
     webhook_secrets: str = field(default="", repr=False)  # app=secret[,app=secret]: each app's HMAC-SHA256 key (X-WhaleId-Signature), at least 16 characters
-    webhook_timeout_s: float = 5.0  # timeout of one webhook call
+    webhook_timeout_s: float = 5.0  # timeout of one socket operation of a webhook call (connect, send, read)
+    webhook_deadline_s: float = 10.0  # total wall-clock limit of one webhook attempt (connect, request, the answer's status and headers): a receiver that drips bytes is cut here and retried
+    webhook_queue_size: int = 100  # deliveries queued in memory per endpoint; past it they wait in Redis (webhooks:retry:<app>)
+    webhook_endpoint_concurrency: int = 2  # sender threads per endpoint: a slow receiver holds only its own
+    webhook_backlog_max: int = 10000  # deliveries of one app waiting (queued or for a retry); past it a new one is dead-lettered backlog_full
+    webhook_allow_private: bool = False  # allow webhook URLs that resolve to loopback, private, link-local or reserved addresses (off: refused, dead-lettered private_address)
     webhook_max_attempts: int = 8  # attempts before a delivery goes to the dead letters (Redis stream webhooks:dead-letter)
     webhook_backoff_initial_s: float = 2.0  # pause after the first failed attempt; doubles each time
     webhook_backoff_max_s: float = 300.0  # longest pause between two attempts (also caps a Retry-After)
@@ -154,6 +159,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "upload_size_required": False,  # apps may omit `size`: a size-bounded POST, replayable until it expires
         "sightings_quota_per_minute": 0,  # the demo, the tests and `whaleid chaos` upload fast as one app
         "sightings_quota_per_day": 0,
+        "webhook_allow_private": True,  # the tests' and `whaleid chaos`'s receivers are on loopback
     },
     "production": {},
 }

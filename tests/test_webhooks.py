@@ -1,11 +1,15 @@
 """Webhooks per app for finished identifications (#12): signed with HMAC-SHA256, retried with capped exponential
-backoff, dead-lettered after N failures. The receivers are real HTTP servers (http.server in a thread); Redis
-and Kafka are the session stack's (Redis: a database of its own)."""
+backoff, dead-lettered after N failures; isolated per endpoint (#22 item 6): a total deadline per attempt, a bounded
+queue per endpoint, private addresses refused by a setting. The receivers are real HTTP servers (http.server in a
+thread, and a raw TCP server that drips its answer one byte per second); Redis and Kafka are the session stack's
+(Redis: a database of its own)."""
 
 from __future__ import annotations
 
 import json
 import re
+import select
+import socket
 import threading
 import time
 import uuid
@@ -18,7 +22,7 @@ from prometheus_client import REGISTRY
 from services.errors import ConfigError
 from services.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
 from services.webhooks import service as hooks
-from services.webhooks.endpoints import endpoints_from_settings
+from services.webhooks.endpoints import Endpoint, endpoints_from_settings
 from services.webhooks.signing import sign, verify
 
 REDIS_DB = 12
@@ -83,12 +87,13 @@ def redis_db(stack):
 
 
 def hook_settings(stack, receiver, path: str, **overrides):
-    return stack.settings.with_overrides(
+    values = dict(
         redis_url=stack.settings.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}",
         gateway_app_tokens="hook-app=hook-app-token-000000000000,quiet-app=quiet-app-token-0000000000",
         webhook_urls=f"hook-app={receiver.url(path)}", webhook_secrets=f"hook-app={SECRET}",
         webhook_backoff_initial_s=0.05, webhook_backoff_max_s=0.2, webhook_max_attempts=4,
-        webhooks_group=f"test-webhooks-{uuid.uuid4().hex[:8]}", **overrides)
+        webhooks_group=f"test-webhooks-{uuid.uuid4().hex[:8]}")
+    return stack.settings.with_overrides(**{**values, **overrides})
 
 
 def sighting(redis_db, owner: str = "hook-app") -> str:
@@ -160,8 +165,8 @@ def test_a_failing_then_succeeding_receiver_gets_the_call_again_with_backoff(sta
     sighting_id = sighting(redis_db)
     before = counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered")
     assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "retried"
-    assert redis_db.zcard(hooks.RETRY_KEY) == 1
-    due = redis_db.zscore(hooks.RETRY_KEY, f"identification:{sighting_id}")
+    assert redis_db.zcard(hooks.retry_key("hook-app")) == 1
+    due = redis_db.zscore(hooks.retry_key("hook-app"), f"identification:{sighting_id}")
     assert 0.04 < due - time.time() <= 0.06  # the first pause: webhook_backoff_initial_s
     drain(service, lambda: len(receiver.on(path)) == 3)
     calls = receiver.on(path)
@@ -176,7 +181,7 @@ def test_a_failing_then_succeeding_receiver_gets_the_call_again_with_backoff(sta
     assert payload["data"]["candidates"] == [{"individual_id": "ind-a", "score": 0.91}]
     assert payload["metadata"]["observer"] == "obs-1" and "latitude" not in payload["metadata"]  # an app: no GPS
     assert redis_db.exists(f"webhooks:delivered:identification:{sighting_id}")
-    assert redis_db.hlen(hooks.PENDING_KEY) == 0 and redis_db.zcard(hooks.RETRY_KEY) == 0
+    assert redis_db.hlen(hooks.PENDING_KEY) == 0 and redis_db.zcard(hooks.retry_key("hook-app")) == 0
     assert counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered") == before + 1
     # a topic duplicate is not sent again
     assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "duplicate"
@@ -258,3 +263,176 @@ def test_serve_webhooks_refuses_to_start_without_a_webhook(monkeypatch, capsys):
     assert "no webhook is configured" in capsys.readouterr().err
     assert main(["serve", "webhooks", "--index", "1"]) == 2
     assert "`serve webhooks` does not use --index: it takes --config, --metrics-port" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- isolation (#22 item 6)
+class DripReceiver:
+    """A receiver that reads the request, then answers one byte per second (a status line with a long header):
+    it never finishes within a deadline. Records, per connection, when it was accepted and when the caller hung
+    up (a send failed), and the delivery id."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 200 + b"\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
+        self.connections: list[dict] = []
+        self.lock = threading.Lock()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/drip") -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}{path}"
+
+    def _accept(self):
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        entry = {"accepted": time.monotonic(), "ended": None, "delivery": ""}
+        with self.lock:
+            self.connections.append(entry)
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    raise ConnectionError
+                head += chunk
+            match = re.search(rb"X-WhaleId-Delivery: ([^\r]+)", head)
+            entry["delivery"] = match.group(1).decode() if match else ""
+            for byte in self.ANSWER:  # one byte per interval; a hang-up is seen at once (readable, then b"")
+                if self.closed.is_set() or (select.select([conn], [], [], self.interval_s)[0] and not conn.recv(1)):
+                    break
+                conn.sendall(bytes([byte]))
+        except OSError:
+            pass
+        finally:
+            entry["ended"] = time.monotonic()
+            conn.close()
+
+    def open_now(self) -> int:
+        with self.lock:
+            return sum(1 for c in self.connections if c["ended"] is None)
+
+    def close(self):
+        self.closed.set()
+        self.server.close()
+
+
+@pytest.fixture
+def dripper():
+    server = DripReceiver()
+    yield server
+    server.close()
+
+
+def test_a_dripping_answer_ends_at_the_attempts_deadline(dripper):
+    sender = hooks.Sender(timeout_s=5.0, deadline_s=1.5)  # each byte comes within the per-read timeout
+    endpoint = Endpoint("drip-app", dripper.url(), SECRET)
+    job = hooks.Job("identification:s1", "drip-app", "identification", "s1", "{}", attempts=1)
+    began = time.monotonic()
+    answer = sender.post(endpoint, job)
+    took = time.monotonic() - began
+    assert not answer.ok and answer.retry and answer.error == "deadline exceeded (1.5 s)", answer
+    assert 1.4 <= took < 2.5, took
+    deadline = time.monotonic() + 5
+    while dripper.open_now():  # the receiver sees the hang-up at its next byte
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, receiver, dripper, redis_db):
+    """8 deliveries to a receiver that drips its answer, then 10 to a fast one, through Kafka and the real loop:
+    the fast ones arrive within seconds while the dripper still holds connections; each dripping attempt ends by
+    the deadline; every dripping delivery ends in the dead letters with a reason (max_attempts after deadlines,
+    or backlog_full when the app's queue and backlog were full); nothing stays pending."""
+    from kafka import KafkaProducer
+
+    path = f"/fast-{uuid.uuid4().hex[:6]}"
+    settings = hook_settings(
+        stack, receiver, path,
+        gateway_app_tokens="hook-app=hook-app-token-000000000000,drip-app=drip-app-token-0000000000",
+        webhook_urls=f"hook-app={receiver.url(path)},drip-app={dripper.url()}",
+        webhook_secrets=f"hook-app={SECRET},drip-app={OTHER_SECRET}",
+        webhook_timeout_s=5.0, webhook_deadline_s=2.0, webhook_max_attempts=2, webhook_backoff_initial_s=0.2,
+        webhook_backoff_max_s=0.5, webhook_queue_size=2, webhook_endpoint_concurrency=2, webhook_backlog_max=4)
+    stop = threading.Event()
+    loop = threading.Thread(target=hooks.run_webhooks, args=(settings,), kwargs={"metrics_port": 0, "stop": stop},
+                            daemon=True)
+    loop.start()
+    try:
+        drips = [sighting(redis_db, owner="drip-app") for _ in range(8)]
+        fasts = [sighting(redis_db) for _ in range(10)]
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        for sighting_id in drips + fasts:
+            producer.send(IDENTIFICATIONS, key=sighting_id.encode(), value=identification(sighting_id))
+        producer.flush()
+        producer.close()
+        sent = time.monotonic()
+        expected = {f"identification:{s}" for s in fasts}
+        while {json.loads(c["body"])["delivery_id"] for c in receiver.on(path)} != expected:
+            assert time.monotonic() - sent < 30, "the fast receiver's deliveries did not arrive"
+            time.sleep(0.05)
+        fast_s = time.monotonic() - sent
+        stuck = dripper.open_now()
+        deadline = time.monotonic() + 60
+        while redis_db.xlen(hooks.DEAD_LETTER_STREAM) < len(drips):
+            assert time.monotonic() < deadline, redis_db.xlen(hooks.DEAD_LETTER_STREAM)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loop.join(timeout=15)
+    assert not loop.is_alive()
+    assert stuck >= 1, "the dripper held no connection when the fast deliveries arrived"
+    assert fast_s < 8.0, fast_s  # poll, hand-over and POST; not behind the dripper (it holds each attempt 2 s)
+    dead = {f[b"delivery_id"].decode(): {k.decode(): v.decode() for k, v in f.items()}
+            for _, f in redis_db.xrange(hooks.DEAD_LETTER_STREAM)}
+    assert set(dead) == {f"identification:{s}" for s in drips}
+    reasons = sorted(d["reason"] for d in dead.values())
+    assert set(reasons) == {"max_attempts", "backlog_full"}, reasons
+    for entry in dead.values():
+        if entry["reason"] == "max_attempts":
+            assert entry["attempts"] == "2" and entry["last_error"] == "deadline exceeded (2 s)", entry
+        else:
+            assert entry["attempts"] == "0" and "webhook_backlog_max" in entry["last_error"], entry
+    attempts = [c for c in dripper.connections if c["delivery"]]
+    assert len(attempts) == 2 * reasons.count("max_attempts")
+    assert max(c["ended"] - c["accepted"] for c in attempts) < 2.0 + 1.5  # the deadline, + the next byte's wait
+    assert redis_db.hlen(hooks.PENDING_KEY) == 0
+    assert redis_db.zcard(hooks.retry_key("drip-app")) == redis_db.zcard(hooks.retry_key("hook-app")) == 0
+    assert not any(redis_db.exists(f"webhooks:delivered:identification:{s}") for s in drips)
+
+
+def test_private_addresses_are_refused_unless_allowed(stack, receiver, redis_db):
+    from services.settings import load_settings
+    from services.webhooks.sender import is_private
+
+    assert load_settings(profile="production", environ={}).webhook_allow_private is False
+    assert load_settings(profile="local", environ={}).webhook_allow_private is True  # tests' loopback receivers
+    assert all(map(is_private, ("127.0.0.1", "10.1.2.3", "192.168.0.9", "169.254.169.254", "::1", "0.0.0.0",
+                                "fd00::1", "224.0.0.1")))
+    assert not any(map(is_private, ("93.184.216.34", "2606:4700::1111")))
+    path = f"/private-{uuid.uuid4().hex[:6]}"
+    service = hooks.WebhookService(hook_settings(stack, receiver, path, webhook_allow_private=False), redis_db)
+    sighting_id = sighting(redis_db)
+    assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "dead_lettered"
+    (_, fields), = redis_db.xrange(hooks.DEAD_LETTER_STREAM)
+    assert fields[b"reason"] == b"private_address" and b"127.0.0.1" in fields[b"last_error"], fields
+    assert receiver.on(path) == []  # never connected
+
+
+def test_jobs_pending_without_a_due_time_and_the_old_single_retry_set_are_recovered(stack, receiver, redis_db):
+    service = hooks.WebhookService(hook_settings(stack, receiver, "/unused"), redis_db)
+    crashed = hooks.Job("identification:a", "hook-app", "identification", "a", "{}", attempts=1)
+    older = hooks.Job("identification:b", "hook-app", "identification", "b", "{}", attempts=2)
+    redis_db.hset(hooks.PENDING_KEY, mapping={crashed.delivery_id: crashed.to_json(), older.delivery_id: older.to_json()})
+    redis_db.zadd(hooks.LEGACY_RETRY_KEY, {older.delivery_id: 1234.0})
+    assert service.recover() == 2
+    assert redis_db.zscore(hooks.retry_key("hook-app"), older.delivery_id) == 1234.0
+    assert abs(redis_db.zscore(hooks.retry_key("hook-app"), crashed.delivery_id) - time.time()) < 5
+    assert not redis_db.exists(hooks.LEGACY_RETRY_KEY) and service.recover() == 0
