@@ -166,3 +166,53 @@ def test_the_report_is_written_failing_or_not_with_the_first_failure_at_the_top(
                         suite.ChaosEnvironment(tmp_path, lambda message: None))
     assert rows["first_failure"] == {"scenario": "restart_kafka", "reason": "good photos dead-lettered (unresolved 3)"}
     assert rows["failed"] == [rows["first_failure"]] and rows["not_run"] == ["s3_slow"] and not rows["passed"]
+
+
+# --------------------------------------------------------------------------- the new faults' parts
+def test_a_full_volume_refuses_writes_with_507_and_lets_reads_through():
+    server = _echo_server()
+    proxy = FaultProxy("127.0.0.1", server.getsockname()[1]).start()
+    try:
+        proxy.set_full(True)
+        put = b"PUT /sightings/a.jpg HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(put)
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 507 ") and b"<Code>InsufficientStorage</Code>" in answer, answer
+        assert proxy.refused_writes == 1
+        assert _round_trip(proxy.port, b"GET /x HTTP/1.1\r\n\r\n") == b"GET /x HTTP/1.1\r\n\r\n"  # reads pass
+        proxy.set_full(False)
+        assert _round_trip(proxy.port, put) == put  # space again: the write reaches the server
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_each_malformed_record_is_found_by_its_marker_in_a_dead_letter():
+    from services.chaos.malformed import KINDS, _match, malformed_records
+
+    records = malformed_records("0123abcd", per_kind=4)
+    assert [k for k, _, _ in records].count("garbage") == 4 and {k for k, _, _ in records} == set(KINDS)
+    markers = {m for _, m, _ in records}
+    found: dict = {}
+    for kind, marker, value in records:  # the dead letter as the chain writes it: decode_original(raw)
+        from services.chain.faust_app import decode_original
+
+        original = decode_original(value)
+        _match(json.dumps({"stage": "matcher", "reason": "malformed_event", "original": original,
+                           "sighting_id": marker if kind == "unknown_version" else ""}).encode(), markers, found)
+    assert set(found) == markers
+
+
+def test_a_scenarios_problems_and_unreasoned_bad_inputs_fail_it():
+    from services.chaos.runner import failure_reason
+
+    ok = {"name": "malformed_record", "uploaded": 3, "identified": 3, "dead_lettered": {}, "refused": 0,
+          "lost": {"sightings": 0}, "duplicated": {"stream": 0}, "redelivered": {}, "bad_inputs": 6,
+          "with_reason": 6, "problems": []}
+    assert scenario_passed(ok) and failure_reason({**ok, "passed": True}) == ""
+    short = {**ok, "with_reason": 5, "problems": ["1 malformed record(s) without a dead letter"], "passed": False}
+    assert not scenario_passed(short)
+    assert failure_reason(short) == "5/6 bad inputs got a reason; 1 malformed record(s) without a dead letter"

@@ -1,6 +1,7 @@
 """Everything one `whaleid chaos` run works on: the embedded stack (Kafka broker, S3, Redis, Triton serving the
-probe model), a gallery of probe individuals, the chain's services as processes, and a fault proxy in front of
-S3 for the services that read photos (worker, reconciler). All on loopback, under `workdir`."""
+probe model), a gallery of probe individuals, the chain's services as processes, a fault proxy in front of S3 for
+the services that read photos (worker, reconciler) and another for the gateway, whose presigned upload URLs then
+lead the apps' PUTs through it (a full volume refuses them). All on loopback, under `workdir`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("worker", "matcher", "bridge", "reconciler", "gateway")  # start order: consumers first
 S3_VIA_PROXY = ("worker", "reconciler")  # the services whose S3 reads a scenario can slow down or cut
+S3_VIA_UPLOAD_PROXY = ("gateway",)  # presigns the apps' uploads for the upload proxy's address
 
 # Chain settings for a run: short reconciler ages, so a lost event is re-driven within seconds.
 CHAIN_SETTINGS = {
@@ -32,6 +34,7 @@ CHAIN_SETTINGS = {
     "reconciler_announce_grace_s": 5,
     "retry_backoff_initial_s": 0.2,
     "retry_backoff_max_s": 2,
+    "gateway_app_tokens": "chaos-drip=chaos-drip-token-0000000000000000",  # webhook_slow's second app
 }
 
 
@@ -47,6 +50,7 @@ class ChaosEnvironment:
         self.stack = None
         self.settings = None
         self.proxy: FaultProxy | None = None
+        self.upload_proxy: FaultProxy | None = None
         self.services: dict[str, ServiceProcess] = {}
         self.redis = None
         self.gallery_versions: list[str] = []
@@ -71,6 +75,7 @@ class ChaosEnvironment:
         self.settings = load_settings(profile="local", environ={}, **self.overrides)
         s3 = urllib.parse.urlparse(self.settings.s3_endpoint)
         self.proxy = FaultProxy(s3.hostname, s3.port).start()
+        self.upload_proxy = FaultProxy(s3.hostname, s3.port).start()
         with EmbeddingClient.from_settings(self.settings) as client:
             client.wait_ready(120)
         self.redis = redis_client(self.settings.redis_url)
@@ -88,8 +93,9 @@ class ChaosEnvironment:
                 service.stop()
             except Exception as exc:  # noqa: BLE001 - tear everything down regardless
                 log.warning("stopping %s: %s", service.name, exc)
-        if self.proxy is not None:
-            self.proxy.close()
+        for proxy in (self.proxy, self.upload_proxy):
+            if proxy is not None:
+                proxy.close()
         if self.stack is not None:
             self.stack.down()
 
@@ -102,15 +108,18 @@ class ChaosEnvironment:
         return f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
 
     # ------------------------------------------------------------------ services
-    def service_env(self, name: str) -> dict[str, str]:
+    def service_env(self, name: str, extra: dict | None = None) -> dict[str, str]:
         settings = {k: str(v) for k, v in self.overrides.items() if k != "run_dir"}
-        settings.update({k: str(v) for k, v in {**CHAIN_SETTINGS, **self.chain_settings}.items()})
+        settings.update({k: str(v) for k, v in {**CHAIN_SETTINGS, **self.chain_settings, **(extra or {})}.items()})
         if name in S3_VIA_PROXY:
             settings["s3_endpoint"] = f"http://{self.proxy.address}"
+        if name in S3_VIA_UPLOAD_PROXY:
+            settings["s3_endpoint"] = f"http://{self.upload_proxy.address}"
         return service_env(self.overrides["run_dir"], **settings)
 
-    def start_service(self, name: str) -> ServiceProcess:
-        service = ServiceProcess(name, self.service_env(name), self.log_dir, metrics_port=0)
+    def start_service(self, name: str, extra: dict | None = None) -> ServiceProcess:
+        """Start `whaleid serve <name>` (`extra`: settings for this service only)."""
+        service = ServiceProcess(name, self.service_env(name, extra), self.log_dir, metrics_port=0)
         self.services[name] = service.start()
         return service
 

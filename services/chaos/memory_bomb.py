@@ -135,6 +135,7 @@ def run_memory_bomb(env, count: int, timeout_s: float, progress, tokens: dict[st
         "duplicated": {},
         "redelivered": {},
         "bad_inputs": summary["bad_inputs"],
+        "hostile_sent": len(cases),
         "with_reason": summary["with_reason"],
         "mismatches": summary["mismatches"][:20],
         "by_category": summary["by_category"],

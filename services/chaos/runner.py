@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from services import topics
 from services.chaos.environment import ChaosEnvironment
 from services.chaos.observe import TopicObserver, redis_outcome, stream_entries
-from services.chaos.scenarios import Scenario
+from services.chaos.scenarios import HOSTILE, MEMORY_BOMB, Scenario
 from services.chaos.workload import Workload
 
 
@@ -57,6 +57,8 @@ def run_scenario(env: ChaosEnvironment, observer: TopicObserver, scenario: Scena
         name=scenario.name, fault=scenario.fault, fault_s=round(recovered_at - fault_at, 1),
         recover_s=round(settled_at - recovered_at, 1) if settled_at is not None else None,
     )
+    if scenario.check is not None:
+        result.update(scenario.check(env, options.settle_timeout_s))
     return result
 
 
@@ -126,9 +128,11 @@ def _count(workload: Workload, state: dict) -> dict:
 
 
 def scenario_passed(result: dict) -> bool:
-    """Nothing lost, nothing duplicated, and no good photo dead-lettered (a fault is not the photo's fault)."""
+    """Nothing lost, nothing duplicated, no good photo dead-lettered (a fault is not the photo's fault), every bad
+    input (a scenario's own, e.g. malformed records) with its reason, and none of the scenario's `problems`."""
     return (not any(result["lost"].values()) and not any(result["duplicated"].values())
-            and not result["dead_lettered"] and not result["refused"])
+            and not result["dead_lettered"] and not result["refused"] and not result.get("problems")
+            and result.get("with_reason") == result.get("bad_inputs"))
 
 
 def _counts(counts: dict) -> str:
@@ -146,9 +150,10 @@ def failure_reason(result: dict) -> str:
         reasons.append(f"lost {sum(result['lost'].values())} ({_counts(result['lost'])})")
     if any((result.get("duplicated") or {}).values()):
         reasons.append(f"duplicated {sum(result['duplicated'].values())} ({_counts(result['duplicated'])})")
-    if "bad_inputs" in result:  # hostile_input, memory_bomb: bad inputs must end with a reason
-        if result.get("with_reason") != result.get("bad_inputs"):
-            reasons.append(f"{result.get('with_reason')}/{result.get('bad_inputs')} bad inputs got a reason")
+    if result.get("with_reason") != result.get("bad_inputs"):  # bad inputs must end with a reason
+        reasons.append(f"{result.get('with_reason')}/{result.get('bad_inputs')} bad inputs got a reason")
+    reasons += result.get("problems") or []
+    if result.get("name") in (HOSTILE, MEMORY_BOMB):  # their dead letters are the bad inputs'
         for key in ("unusual_identified", "good_identified"):
             done, _, total = str(result.get(key, "")).partition("/")
             if done != total:

@@ -11,7 +11,8 @@ from services.chaos.environment import ChaosEnvironment
 from services.chaos.memory_bomb import run_memory_bomb
 from services.chaos.observe import TopicObserver, redis_outcome, stream_entries
 from services.chaos.runner import RunOptions, failure_reason, run_scenario, scenario_passed
-from services.chaos.scenarios import HOSTILE, MEMORY_BOMB, SCENARIOS
+from services.chaos.scenarios import HOSTILE, MEMORY_BOMB, SCENARIOS, WEBHOOK_SLOW
+from services.chaos.webhook_drip import run_webhook_slow
 
 MEMORY_BOMBS = 32  # memory_bomb: two worker batches of 16 40-megapixel files
 
@@ -67,7 +68,17 @@ def report(results: list[dict], planned: list[str], began: float, env, error: st
     return {"passed": passed, "first_failure": first,
             "failed": [{"scenario": r["name"], "reason": r["failure"]} for r in results if not r["passed"]],
             "not_run": not_run, "error": error, "seconds": round(time.monotonic() - began, 1),
+            "scenarios_run": len(results), "hostile_inputs": hostile_inputs(results),
             "logs": str(env.log_dir), "scenarios": results}
+
+
+def hostile_inputs(results: list[dict]) -> int:
+    """Hostile inputs sent in all: hostile_input's (invalid ones and valid photos in unusual encodings), the
+    memory bombs, the malformed records."""
+    total = 0
+    for result in results:
+        total += result.get("hostile_sent", result.get("bad_inputs", 0)) or 0
+    return total
 
 
 def write_report(result: dict, workdir: Path) -> Path | None:
@@ -93,6 +104,8 @@ def _run_scenarios(env: ChaosEnvironment, options: SuiteOptions, progress, resul
                 try:
                     if name == HOSTILE:
                         result = run_hostile(env, options.hostile, options.settle_timeout_s, progress)
+                    elif name == WEBHOOK_SLOW:
+                        result = run_webhook_slow(env, run, number * 100_000, progress)
                     elif name == MEMORY_BOMB:
                         result = run_memory_bomb(env, MEMORY_BOMBS, options.settle_timeout_s, progress,
                                                  _tokens(env.settings))
@@ -166,6 +179,7 @@ def run_hostile(env: ChaosEnvironment, count: int, timeout_s: float, progress) -
         "redelivered": {},
         "bad_inputs": summary["bad_inputs"],
         "with_reason": summary["with_reason"],
+        "hostile_sent": count,
         "unusual_identified": f"{summary['unusual_identified']}/{summary['unusual_valid']}",
         "good_identified": f"{summary['good_identified']}/{summary['good']}",
         "mismatches": summary["mismatches"][:20],
