@@ -111,6 +111,7 @@ class Settings:
     sightings_quota_per_minute: int = 600  # sightings one app may create per minute (Redis-counted); past it 429 with Retry-After; 0 = no limit
     sightings_quota_per_day: int = 100_000  # sightings one app may create per UTC day; past it 429 with Retry-After; 0 = no limit
     matcher_parked_retry_interval_s: float = 60.0  # parked sightings (model not in the gallery) are retried this often and on a gallery swap
+    matcher_parked_max: int = 100_000  # most sightings parked at once; parking past it drops the oldest (the reconciler re-drives them)
     # --- reconciler: every accepted upload ends identified or dead-lettered
     reconciler_interval_s: float = 10.0  # pause between two passes of `whaleid serve reconciler`
     reconciler_stale_after_s: float = 60.0  # an uploaded sighting without result or failure this long after its upload (or last re-drive) is re-driven

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 PARKED_INDEX = "matcher:parked"
 PARKED_RECORDS = "matcher:parked:records"
-PARKED_MAX = 100_000  # most parked sightings kept; the oldest beyond it are dropped
+PARKED_MAX = 100_000  # most parked sightings kept (the matcher passes settings.matcher_parked_max)
 
 
 def _call(fn, *args, **kwargs):

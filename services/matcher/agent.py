@@ -107,7 +107,8 @@ class SightingMatcher(ChainStage):
         return ready, refused
 
     async def _park(self, record: topics.SightingEmbedded, check: VersionCheck, state: ModelState | None) -> None:
-        await self.in_thread("park", parking.park, self.redis, record, check.reason, check.detail)
+        await self.in_thread("park", parking.park, self.redis, record, check.reason, check.detail,
+                             self.settings.matcher_parked_max)
         EVENTS.labels(stage=STAGE, outcome="parked").inc()
         log.warning("matcher: sighting %s parked (gallery %s cannot rank it, %s): %s", record.sighting_id,
                     state.version if state else "none", check.reason, check.detail)
