@@ -4,7 +4,7 @@ It brings up its own stack and services under `--workdir` (loopback only), runs 
 hundred sightings streamed while one fault is injected), prints one row per scenario and, with `--json`, the
 report on stdout (progress on stderr); the same report is written, failing or not, to `report.json` in the
 run's directory: `passed`, `first_failure` (the first failing scenario and its reason), `failed`, `not_run`,
-`error`, then `scenarios` (one row each). `passed` is true only when nothing
+`error`, `scenarios_run`, `hostile_inputs` (sent in all), then `scenarios` (one row each). `passed` is true only when nothing
 was lost or duplicated in any scenario, no good photo was dead-lettered, and every bad input got a reason.
 Exit code 0 when passed, 1 otherwise.
 """
