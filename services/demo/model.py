@@ -9,7 +9,12 @@ MAP@5). A config with `fold: -1` is served as it is, its threshold tuned on its 
 Measured on the demo's 100 individuals (seed 0, `lite0`; 58 known test photos, 13 of them of fold-0 animals, and
 25 new): serving the fold-0 run, known top-1 right 26/58 (fold-0 animals 1/13), best known candidate right 40/58,
 new answered new 20/25, MAP@5 0.684; serving a final fit (three trainings), 36-37/58, 43-44/58, 18/25,
-0.747-0.754; on 464 fresh renders of the same animals (and 120 unseen ones) MAP@5 0.634 -> 0.698-0.705."""
+0.747-0.754; on 464 fresh renders of the same animals (and 120 unseen ones) MAP@5 0.634 -> 0.698-0.705.
+Cheaper recipes, cold `whaleid demo` on the 2 shared cores (issue 23; live MAP@5 = offline, 83/83 same top 5):
+20 + 20 epochs from ImageNet 603-700 s, live MAP@5 0.739; fold run 12 + final fit 12 epochs 0.696 (prepare 257 s);
+the same at 160 px 0.657, 128 px 0.579; 60 individuals, 20 + 20 epochs: 252 s, 0.682 (45 test photos); fold run
+16 epochs + a final fit of 6 epochs from its backbone (`final_epochs`): 284 s, 0.689 (known top-1 31/58); fold
+run 12 + 10 from its backbone (the demo's default): 301 s, 0.732 (38/58, 41/58, new answered new 15/25)."""
 
 from __future__ import annotations
 
