@@ -22,6 +22,7 @@ from services import topics
 from services.bridge.events import Ignored, Malformed, ObjectCreated
 from services.bridge.seaweedfs_events import parse_event
 from services.bridge.seaweedfs_pb import filer_pb2
+from services.chain.store import open_sighting
 
 WEED = Path(sys.executable).parent / "weed"
 needs_weed = pytest.mark.skipif(not WEED.exists() and shutil.which("weed") is None,
@@ -271,10 +272,13 @@ def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers
     settings, stack, s3 = weed_stack["settings"], weed_stack["stack"], _s3(weed_stack["settings"])
     weed_pid = stack.state["servers"]["s3"]["pid"]
     during = [f"weed-down-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
-    for sighting_id in during:
-        redis_of(settings).hset(f"sighting:{sighting_id}", mapping={
-            "metadata": json.dumps({"observer": "ship"}), "created_at": time.time(),
-            "key": f"uploads/{sighting_id}.jpg", "bucket": settings.sightings_bucket})
+    for sighting_id in during:  # as the gateway creates them: the hash and the reconciler's index entry
+        with redis_of(settings).pipeline(transaction=True) as pipe:
+            pipe.hset(f"sighting:{sighting_id}", mapping={
+                "metadata": json.dumps({"observer": "ship"}), "created_at": time.time(),
+                "key": f"uploads/{sighting_id}.jpg", "bucket": settings.sightings_bucket})
+            open_sighting(pipe, sighting_id, time.time())
+            pipe.execute()
     stack.stop_server("kafka")
     for n, sighting_id in enumerate(during):  # weed accepts the PUTs; their events may be dropped or retried
         time.sleep(3 * n)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import select
-import socket
 import threading
 import time
 import uuid
@@ -19,6 +17,7 @@ import pytest
 import redis as redis_lib
 from prometheus_client import REGISTRY
 
+from services.chaos.webhook_drip import DripReceiver
 from services.errors import ConfigError
 from services.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
 from services.webhooks import service as hooks
@@ -266,64 +265,6 @@ def test_serve_webhooks_refuses_to_start_without_a_webhook(monkeypatch, capsys):
 
 
 # ----------------------------------------------------------------------------- isolation (#22 item 6)
-class DripReceiver:
-    """A receiver that reads the request, then answers one byte per second (a status line with a long header):
-    it never finishes within a deadline. Records, per connection, when it was accepted and when the caller hung
-    up (a send failed), and the delivery id."""
-
-    ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 200 + b"\r\nContent-Length: 0\r\n\r\n"
-
-    def __init__(self, interval_s: float = 1.0):
-        self.interval_s = interval_s
-        self.connections: list[dict] = []
-        self.lock = threading.Lock()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def url(self, path: str = "/drip") -> str:
-        return f"http://127.0.0.1:{self.server.getsockname()[1]}{path}"
-
-    def _accept(self):
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        entry = {"accepted": time.monotonic(), "ended": None, "delivery": ""}
-        with self.lock:
-            self.connections.append(entry)
-        try:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    raise ConnectionError
-                head += chunk
-            match = re.search(rb"X-WhaleId-Delivery: ([^\r]+)", head)
-            entry["delivery"] = match.group(1).decode() if match else ""
-            for byte in self.ANSWER:  # one byte per interval; a hang-up is seen at once (readable, then b"")
-                if self.closed.is_set() or (select.select([conn], [], [], self.interval_s)[0] and not conn.recv(1)):
-                    break
-                conn.sendall(bytes([byte]))
-        except OSError:
-            pass
-        finally:
-            entry["ended"] = time.monotonic()
-            conn.close()
-
-    def open_now(self) -> int:
-        with self.lock:
-            return sum(1 for c in self.connections if c["ended"] is None)
-
-    def close(self):
-        self.closed.set()
-        self.server.close()
-
-
 @pytest.fixture
 def dripper():
     server = DripReceiver()
@@ -333,7 +274,7 @@ def dripper():
 
 def test_a_dripping_answer_ends_at_the_attempts_deadline(dripper):
     sender = hooks.Sender(timeout_s=5.0, deadline_s=1.5)  # each byte comes within the per-read timeout
-    endpoint = Endpoint("drip-app", dripper.url(), SECRET)
+    endpoint = Endpoint("drip-app", dripper.url, SECRET)
     job = hooks.Job("identification:s1", "drip-app", "identification", "s1", "{}", attempts=1)
     began = time.monotonic()
     answer = sender.post(endpoint, job)
@@ -357,7 +298,7 @@ def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, recei
     settings = hook_settings(
         stack, receiver, path,
         gateway_app_tokens="hook-app=hook-app-token-000000000000,drip-app=drip-app-token-0000000000",
-        webhook_urls=f"hook-app={receiver.url(path)},drip-app={dripper.url()}",
+        webhook_urls=f"hook-app={receiver.url(path)},drip-app={dripper.url}",
         webhook_secrets=f"hook-app={SECRET},drip-app={OTHER_SECRET}",
         webhook_timeout_s=5.0, webhook_deadline_s=2.0, webhook_max_attempts=2, webhook_backoff_initial_s=0.2,
         webhook_backoff_max_s=0.5, webhook_queue_size=2, webhook_endpoint_concurrency=2, webhook_backlog_max=4)

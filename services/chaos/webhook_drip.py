@@ -69,12 +69,14 @@ class FastReceiver:
 
 
 class DripReceiver:
-    """Reads the request, then answers one byte per second; records each connection's delivery id, when it was
-    accepted and when the caller hung up."""
+    """Reads the request, then answers one byte per `interval_s` (a status line with a long header: it never
+    finishes within a deadline); records each connection's delivery id, when it was accepted and when the caller
+    hung up. Also the dripping receiver of tests/test_webhooks.py."""
 
     ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 300 + b"\r\nContent-Length: 0\r\n\r\n"
 
-    def __init__(self):
+    def __init__(self, interval_s: float = 1.0):
+        self.interval_s = interval_s
         self.connections: list[dict] = []
         self.lock = threading.Lock()
         self.closed = threading.Event()
@@ -107,7 +109,7 @@ class DripReceiver:
             found = re.search(rb"X-WhaleId-Delivery: ([^\r]+)", head)
             entry["delivery"] = found.group(1).decode() if found else ""
             for byte in self.ANSWER:  # one byte per interval; a hang-up is seen at once (readable, then b"")
-                if self.closed.is_set() or (select.select([conn], [], [], 1.0)[0] and not conn.recv(1)):
+                if self.closed.is_set() or (select.select([conn], [], [], self.interval_s)[0] and not conn.recv(1)):
                     break
                 conn.sendall(bytes([byte]))
         except OSError:

@@ -18,7 +18,7 @@ from typing import Callable
 from services import topics
 from services.chain import results
 from services.metrics import IDENTIFICATIONS
-from services.reconciler.findings import Findings
+from services.reconciler.findings import Findings, read_index
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,7 @@ class Announcements:
 
     def run(self, findings: Findings) -> None:
         until = self.clock() - self.settings.reconciler_announce_grace_s
-        offset = 0
-        while True:
-            raw_ids = self.redis.zrangebyscore(INDEX, "-inf", until, start=offset, num=SCAN_COUNT)
-            if not raw_ids:
-                return
-            ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
-            offset += len(ids) - self._batch(ids, findings)
-            if len(ids) < SCAN_COUNT:
-                return
+        read_index(self.redis, INDEX, lambda ids: self._batch(ids, findings), SCAN_COUNT, until)
 
     def _batch(self, ids: list[str], findings: Findings) -> int:
         """Announce what is due among `ids`; returns how many left the index (so the next chunk's offset holds)."""

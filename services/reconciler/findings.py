@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 # Lost work found and repaired (whaleid_reconciler_found_total{kind}; the alert fires on any of them).
 FOUND_KINDS = ("redriven", "unresolved", "object_missing", "unannounced", "missing_from_topic")
@@ -43,3 +43,17 @@ class Findings:
         open_ = ", ".join(f"{state} {self.counts[state]}" for state in OPEN_STATES)
         extra = "".join(f", {kind} {self.counts[kind]}" for kind in ("topic_resets", "errors") if self.counts[kind])
         return f"{found} ({open_} of {self.counts['sightings']} sightings{extra})"
+
+
+def read_index(redis, key: str, handle: Callable[[list[str]], int], chunk: int, until: float | str = "+inf") -> None:
+    """Hand the members of the sorted set `key` with score <= `until` to `handle`, `chunk` at a time, oldest first;
+    `handle` returns how many of them it took out of the set, so the next chunk starts where this one ended."""
+    offset = 0
+    while True:
+        members: Sequence = redis.zrangebyscore(key, "-inf", until, start=offset, num=chunk)
+        if not members:
+            return
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        offset += len(ids) - handle(ids)
+        if len(ids) < chunk:
+            return

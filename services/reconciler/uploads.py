@@ -36,7 +36,7 @@ from services.chain.store import (
     sighting_metadata,
 )
 from services.metrics import DEAD_LETTERS
-from services.reconciler.findings import Findings
+from services.reconciler.findings import Findings, read_index
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,7 @@ class StaleUploads:
         ttl_s = self.settings.redis_sighting_ttl_s
         if ttl_s:  # their hashes expired with them
             self.redis.zremrangebyscore(OPEN_SIGHTINGS_KEY, "-inf", f"({self.clock() - ttl_s}")
-        offset = 0
-        while True:
-            raw_ids = self.redis.zrange(OPEN_SIGHTINGS_KEY, offset, offset + SCAN_COUNT - 1)
-            if not raw_ids:
-                return
-            ids = [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in raw_ids]
-            offset += len(ids) - self._batch(ids, findings)
-            if len(ids) < SCAN_COUNT:
-                return
+        read_index(self.redis, OPEN_SIGHTINGS_KEY, lambda ids: self._batch(ids, findings), SCAN_COUNT)
 
     def _batch(self, ids: list[str], findings: Findings) -> int:
         """Examine the open sightings among `ids`; returns how many left the index."""
