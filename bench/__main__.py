@@ -41,7 +41,7 @@ def quiet_tensorflow() -> None:
 def run_benchmark(name: str, options: list[str]) -> dict:
     """Run benchmark `name` with its own options; its result (with `bench` and `seconds`) is also written to
     bench/results/<name>.json."""
-    from services.errors import ConfigError
+    from services.core.errors import ConfigError
 
     if name not in benchmark_names():
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(benchmark_names())}")

@@ -26,7 +26,7 @@ MODES = ("one_by_one", "batched")
 
 def step_seconds() -> dict[str, float]:
     """Total seconds per bridge step so far (the process's STEP_LATENCY histogram)."""
-    from services.metrics import STEP_LATENCY
+    from services.core.metrics import STEP_LATENCY
 
     totals: dict[str, float] = {}
     for metric in STEP_LATENCY.collect():
@@ -46,8 +46,8 @@ def fill_queue(settings, s3, redis, count: int, prefix: str) -> None:
 
 def drain(bridge, count: int, batched: bool) -> tuple[float, dict[str, float]]:
     """Receive until `count` messages were handled; (seconds, seconds per step: receive and the bridge's work)."""
-    from services.bridge.bridge import MAX_MESSAGES
-    from services.metrics import STEP_LATENCY, timed
+    from services.chain.bridge.bridge import MAX_MESSAGES
+    from services.core.metrics import STEP_LATENCY, timed
 
     before = step_seconds()
     handled, start = 0, time.perf_counter()
@@ -101,15 +101,15 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="drains per mode (alternating)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "botocore", "urllib3", "services.bridge"):
+    for noisy in ("kafka", "botocore", "urllib3", "services.chain.bridge"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from services.bridge.bridge import UploadBridge
-    from services.bridge.clients import kafka_producer, sqs_client, upload_queue_url
+    from services.chain.bridge.bridge import UploadBridge
+    from services.chain.bridge.clients import kafka_producer, sqs_client, upload_queue_url
     from services.chain.markers import redis_client
-    from services.operations.model_store import s3_client
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.curation.operations.model_store import s3_client
+    from services.devtools.stack import Stack
 
     root = Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     overrides = {"run_dir": root / "stack", "model_repository": root}

@@ -180,8 +180,8 @@ def core_saturated(settings, redis_client, images: list[bytes], count: int, time
     `on_start()` is called once the objects are in S3, just before the first event."""
     from kafka import KafkaProducer
 
-    from services import topics
-    from services.operations.model_store import s3_client
+    from services.core import topics
+    from services.curation.operations.model_store import s3_client
 
     s3 = s3_client(settings)
     events = []
@@ -355,15 +355,15 @@ def run_chain(args, s3_kind: str) -> dict:
 
     import redis
 
-    from services.demo.model import untrained_repository
-    from services.demo.processes import ServiceProcess, service_env
-    from services.gateway.client import AppClient
-    from services.identification import Tuning, build_gallery
-    from services.operations.model_store import GalleryStore
-    from services.settings import load_settings
-    from services.stack import Stack
-    from services.stack.ports import free_port
-    from services.triton_client import EmbeddingClient
+    from services.chain.gateway.client import AppClient
+    from services.core.identification import Tuning, build_gallery
+    from services.core.settings import load_settings
+    from services.curation.operations.model_store import GalleryStore
+    from services.devtools.demo.model import untrained_repository
+    from services.devtools.demo.processes import ServiceProcess, service_env
+    from services.devtools.stack import Stack
+    from services.devtools.stack.ports import free_port
+    from services.serving.triton_client import EmbeddingClient
 
     progress = lambda message: log.info(message)  # noqa: E731
     repository = untrained_repository(args.workdir.resolve(), args.config, progress)
@@ -387,7 +387,7 @@ def run_chain(args, s3_kind: str) -> dict:
 
         images = photos(64)
         # what the worker sends for these uploads (plain upright RGB JPEGs, no box): the uploaded bytes themselves
-        # (services.worker.pipeline.prepare), so raw and chain make Triton decode the same JPEGs
+        # (services.chain.worker.pipeline.prepare), so raw and chain make Triton decode the same JPEGs
         import os
 
         servers = {name: int(entry["pid"]) for name, entry in stack.state["servers"].items() if entry.get("pid")}

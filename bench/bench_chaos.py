@@ -34,9 +34,9 @@ def plot(results: list[dict], path: Path) -> Path | None:
 
 
 def main(argv: list[str]) -> dict:
-    from services.chaos.report import table
-    from services.chaos.scenarios import ALL
-    from services.chaos.suite import SuiteOptions, run_suite
+    from services.devtools.chaos.report import table
+    from services.devtools.chaos.scenarios import ALL
+    from services.devtools.chaos.suite import SuiteOptions, run_suite
 
     parser = argparse.ArgumentParser(prog="python -m bench chaos")
     parser.add_argument("--sightings", type=int, default=300)

@@ -3,10 +3,10 @@ to a build whose `image_formats` lists PPM), side by side in one run.
 
 For photo-like crops of several sizes (a smooth random scene plus sensor noise, the hard case for PNG's
 filters; real photos behave alike), it measures CPU milliseconds (process time, best of `--repeats` rounds, the
-two formats interleaved) to encode in the worker (`services.imaging.encode_png` / `encode_ppm`) and to decode in
+two formats interleaved) to encode in the worker (`services.core.imaging.encode_png` / `encode_ppm`) and to decode in
 the served model (`decode_image(..., formats=TRANSFER_FORMATS)`), the bytes sent, and checks that both decode to
 the identical pixels. Also the whole worker step for a photo with an uploader box: fetch aside, decode the
-upload, crop, encode (`services.worker.pipeline.prepare` + `PreparedSighting.payload`).
+upload, crop, encode (`services.chain.worker.pipeline.prepare` + `PreparedSighting.payload`).
 `python -m bench crop_transfer [--sizes 320x240,800x600,1600x1200] [--repeats 5]`.
 """
 
@@ -47,11 +47,11 @@ def cpu_ms(fn, repeats: int) -> float:
 def main(argv: list[str]) -> dict:
     from PIL import Image
 
-    from services.imaging import TRANSFER_FORMATS, decode_image, encode_png, encode_ppm
-    from services.settings import load_settings
-    from services.topics import SightingUploaded
-    from services.worker.cropping import UploaderBox
-    from services.worker.pipeline import prepare
+    from services.chain.worker.cropping import UploaderBox
+    from services.chain.worker.pipeline import prepare
+    from services.core.imaging import TRANSFER_FORMATS, decode_image, encode_png, encode_ppm
+    from services.core.settings import load_settings
+    from services.core.topics import SightingUploaded
 
     parser = argparse.ArgumentParser(prog="python -m bench crop_transfer")
     parser.add_argument("--sizes", default="320x240,800x600,1600x1200", help="crop sizes WxH, comma-separated")

@@ -1,14 +1,14 @@
 """The crop detector against the truth, on a look it never saw (issue #15 item 2).
 
 1. Box quality: a detector trained on scenes of the training looks (photo, grey, overcast; or `--run` an existing
-   detector run) is exported to ONNX and run as served (services.imaging's resize of the whole photo, onnxruntime)
+   detector run) is exported to ONNX and run as served (services.core.imaging's resize of the whole photo, onnxruntime)
    on fresh scenes of the held-out look (`textured`: procedural sea, camera effects) and, for reference, of the
    training looks. Mean IoU with the main animal's true box, share with IoU >= 0.5, presence accuracy, against the
    trivial whole-frame box; `served_mean_iou` is what the worker crops (the box from score 0.5, else the photo).
 2. Identification: single-animal scenes of `--individuals` individuals; the gallery is their training-look scenes
    cropped with the true box, the queries their held-out-look scenes cropped three ways: the true box, the
    detector's box (the whole photo where its score is below 0.5, as the worker does), the whole photo. MAP@5 of
-   each through the identification core (services.identification: Gallery, rank_candidates, map_at_5). The
+   each through the identification core (services.core.identification: Gallery, rank_candidates, map_at_5). The
    embedder: an identification export (`--embedder EXPORT_DIR` with model.onnx + manifest.json), else the
    pretrained EfficientNet-Lite0 (ImageNet weights, average-pooled 1280-d features) that the identification model
    starts from. Every query is a known individual (no new_individual).
@@ -34,7 +34,7 @@ def _detect(onnx_path: Path, image_size: int, photos: list[np.ndarray]) -> tuple
     """(normalised boxes (N, 4), scores (N,)) as the served model computes them."""
     import onnxruntime as ort
 
-    from services.imaging import resize_for_model
+    from services.core.imaging import resize_for_model
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     boxes, scores = [], []
@@ -83,7 +83,7 @@ class _Embedder:
             self.name = "pretrained EfficientNet-Lite0 (ImageNet), average-pooled features"
 
     def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
-        from services.imaging import resize_for_model
+        from services.core.imaging import resize_for_model
 
         batch = np.stack([resize_for_model(c, self.size) for c in crops])
         if self.model is None:
@@ -92,16 +92,16 @@ class _Embedder:
 
 
 def _crop(photo: np.ndarray, box) -> np.ndarray:
-    from services.imaging import crop
+    from services.core.imaging import crop
 
     return photo if box is None else crop(photo, box)
 
 
 def _identification(onnx_path: Path, image_size: int, individuals: int, per_look: int, seed: int,
                     embedder_dir: Path | None, held_out: str, train_looks: str) -> dict:
-    from services.identification.gallery import Gallery
-    from services.identification.metrics import map_at_5
-    from services.identification.ranking import rank_candidates
+    from services.core.identification.gallery import Gallery
+    from services.core.identification.metrics import map_at_5
+    from services.core.identification.ranking import rank_candidates
     from training.synth.scenes import SceneConfig, population, render_scene
 
     pool, canonical = population(seed + 101, individuals)

@@ -7,7 +7,7 @@
    (serialised) and RSS growth, batched and single-query milliseconds per query, recall@5 against exact search
    and the share of queries whose individual is among the top 5. Approximate indexes use the gallery's own
    IndexConfig (what the matcher serves above `exact_max_size`).
-3. `scale.matcher`: the matcher's gallery loading code (services.matcher.matching.Matcher.reload: download,
+3. `scale.matcher`: the matcher's gallery loading code (services.chain.matcher.matching.Matcher.reload: download,
    Gallery.load with its checksums, the index) in a fresh process on that gallery saved as the served config
    writes it: start-up time and RSS, the first identification, then a hot swap to a second version (the reload
    path): time from the swap's start to its first identification, and the RSS while two versions are held.
@@ -44,8 +44,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from services.identification import Gallery, Tuning
-from services.identification.gallery import IndexConfig, build_index
+from services.core.identification import Gallery, Tuning
+from services.core.identification.gallery import IndexConfig, build_index
 
 log = logging.getLogger("bench.identification")
 DIM = 512
@@ -297,9 +297,9 @@ class DirectoryStore:
 
 def matcher_probe(root: str) -> dict:
     """In a fresh process: the matcher's start-up (first reload) and a hot swap, each to its first identification."""
-    from services import topics
-    from services.matcher.matching import Matcher
-    from services.settings import Settings
+    from services.chain.matcher.matching import Matcher
+    from services.core import topics
+    from services.core.settings import Settings
 
     store = DirectoryStore(Path(root))
     record = topics.SightingEmbedded(sighting_id="bench-1", model_version="bench-model",

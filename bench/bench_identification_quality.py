@@ -114,7 +114,7 @@ class PixelFeatures:
     model_id = "pixel"
 
     def embed(self, paths, boxes) -> np.ndarray:
-        from services.imaging import load_image_file, preprocess
+        from services.core.imaging import load_image_file, preprocess
         from training.baseline import PIXEL_SIZE, pixel_features
 
         rows = [pixel_features(preprocess(load_image_file(p), PIXEL_SIZE, b)) for p, b in zip(paths, boxes, strict=True)]
@@ -130,7 +130,7 @@ class EmbedderFeatures:
 
 
 def identify(features, gallery_paths, gallery_boxes, gallery_ids, query_paths, query_boxes, centre: bool):
-    from services.identification import build_gallery, rank_candidates
+    from services.core.identification import build_gallery, rank_candidates
 
     gallery_x = features.embed(gallery_paths, gallery_boxes)
     query_x = features.embed(query_paths, query_boxes)
@@ -145,7 +145,7 @@ def identify(features, gallery_paths, gallery_boxes, gallery_ids, query_paths, q
 
 
 def score_synth(features, data_dir: Path, centre: bool) -> dict:
-    from services.identification.tuning import cross_fitted_map5
+    from services.core.identification.tuning import cross_fitted_map5
     from training.data import load_dataset
 
     data = load_dataset(data_dir)
@@ -162,8 +162,8 @@ def score_synth(features, data_dir: Path, centre: bool) -> dict:
 
 
 def score_real(features, check: dict, centre: bool) -> dict:
-    from services.identification import map_at_5
-    from services.identification.ranking import insert_new_individual
+    from services.core.identification import map_at_5
+    from services.core.identification.ranking import insert_new_individual
 
     candidates = identify(features, check["gallery"], [None] * len(check["gallery"]), check["ids"],
                           check["queries"], [None] * len(check["queries"]), centre)
@@ -302,7 +302,7 @@ def run_tag(overrides: dict) -> str:
 
 
 def general_run(out: Path, overrides: dict | None = None) -> Path:
-    from services.errors import ConfigError
+    from services.core.errors import ConfigError
     from training.general import write_general_run
 
     try:

@@ -23,14 +23,14 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from services.model_repo.bench import benchmark
+from services.serving.model_repo.bench import benchmark
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("bench.triton")
 
 
 def main(argv: list[str]) -> dict:
-    from services.errors import ConfigError
+    from services.core.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="whaleid bench triton",
                                      description="in-process onnxruntime ensemble vs Triton over gRPC (batch 1 and "
@@ -67,11 +67,11 @@ def cpu_per_crop(exports: Path | None, batches: list[int], crops: int, rounds: i
     """Triton's CPU ms per crop for each layout and batch size: both layouts served at once, rounds alternating
     over layouts and batch sizes, medians; the same JPEG crops as the latency benchmark."""
     from bench.bench_chain import process_tree_cpu
-    from services.model_repo.bench import bench_images, tiny_exports
-    from services.model_repo.builder import build_repository
-    from services.model_repo.configs import BuildOptions
-    from services.stack.triton import launch_triton
-    from services.triton_client import EmbeddingClient
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.model_repo.bench import bench_images, tiny_exports
+    from services.serving.model_repo.builder import build_repository
+    from services.serving.model_repo.configs import BuildOptions
+    from services.serving.triton_client import EmbeddingClient
 
     layouts = ("standard", "lean")
     images = bench_images(32)

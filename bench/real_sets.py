@@ -10,7 +10,7 @@ Sets (keys of the JSON's `real_sets`):
     (by encounter number, at least one) is the gallery and the rest are queries. An encounter (the number before
     `_` in `<encounter>_<left|right>photo.jpg`) is never split. No method here trains on nyala, so both splits are
     held out from every method. Per method:
-      `map5_cross_fitted` (services.identification.tuning.cross_fitted_map5: two halves by individual, each
+      `map5_cross_fitted` (services.core.identification.tuning.cross_fitted_map5: two halves by individual, each
       scored at the threshold best on the other), `map5_calibrated_default` at `calibrated_threshold`
       (threshold_choice.catalogue_threshold of the gallery alone: no query seen), `map5_best_optimistic` at
       `best_threshold_optimistic` (tuned on the queries themselves: an upper bound, not a result),
@@ -52,11 +52,11 @@ HAPPYWHALE_BOXES = SHARED / "real-reid" / "happywhale-boxes"
 REAL_PHOTOS = SHARED / "real-photos"
 NEW_SHARE = 0.25
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-NEW_INDIVIDUAL = "new_individual"  # services.identification.ranking.NEW_INDIVIDUAL (kept import-free here)
+NEW_INDIVIDUAL = "new_individual"  # services.core.identification.ranking.NEW_INDIVIDUAL (kept import-free here)
 CAM_FRACTION = 0.2  # Zhou et al. 2016 (class activation maps) box their localisation at 20% of the map's maximum
 CAM_CLASSES = (2, 3, 4, 147, 148, 149, 150)  # ImageNet: great white, tiger, hammerhead; grey whale, killer whale,
 # dugong, sea lion
-DETECTOR_MIN_SCORE = 0.5  # services.worker.cropping.DETECTOR_MIN_SCORE
+DETECTOR_MIN_SCORE = 0.5  # services.chain.worker.cropping.DETECTOR_MIN_SCORE
 
 
 # ----------------------------------------------------------------------------- nyala: the open-set split
@@ -183,7 +183,7 @@ def prepare(gallery_x: np.ndarray, query_x: np.ndarray, centre: bool) -> tuple[n
 
 
 def _rank(gallery_x, gallery_ids, query_x, k: int = 50):
-    from services.identification import build_gallery, rank_candidates
+    from services.core.identification import build_gallery, rank_candidates
 
     gallery = build_gallery(gallery_x, list(gallery_ids), ["unknown"] * len(gallery_ids),
                             [str(i) for i in range(len(gallery_ids))])
@@ -191,15 +191,15 @@ def _rank(gallery_x, gallery_ids, query_x, k: int = 50):
 
 
 def _map5_at(candidates, truths, threshold: float) -> float:
-    from services.identification.ranking import average_precisions
+    from services.core.identification.ranking import average_precisions
 
     return round(float(average_precisions(candidates, truths, np.array([threshold], np.float32))[0].mean()), 4)
 
 
 def score_open_set(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarray) -> dict:
     """The open-set figures of one method (module docstring); features already prepared (`prepare`)."""
-    from services.identification.threshold_choice import catalogue_threshold
-    from services.identification.tuning import cross_fitted_map5, sweep_threshold
+    from services.core.identification.threshold_choice import catalogue_threshold
+    from services.core.identification.tuning import cross_fitted_map5, sweep_threshold
 
     candidates = _rank(gallery_x, split.gallery_ids, query_x)
     truths = np.asarray(split.truths, dtype=object)
@@ -254,8 +254,8 @@ def viewpoint(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarray) -
 
 def score_closed(check: ClosedCheck, gallery_x: np.ndarray, query_x: np.ndarray) -> dict:
     """Rank of the right animal per query and MAP@5 with `new_individual` never answered."""
-    from services.identification import map_at_5
-    from services.identification.ranking import insert_new_individual
+    from services.core.identification import map_at_5
+    from services.core.identification.ranking import insert_new_individual
 
     candidates = _rank(gallery_x, check.gallery_ids, query_x)
     predictions = [[i for i, _ in p] for p in insert_new_individual(candidates, -np.inf)]
@@ -319,7 +319,7 @@ def iou_summary(ious: np.ndarray, sources: Sequence[str]) -> dict:
 
 
 def _load(paths) -> list[np.ndarray]:
-    from services.imaging import load_image_file
+    from services.core.imaging import load_image_file
 
     return [load_image_file(p) for p in paths]
 
@@ -328,7 +328,7 @@ def detector_boxes(onnx_path: Path, image_size: int, photos: list[np.ndarray]) -
     """(pixel boxes, scores) of the exported detector run as served: the whole photo resized, onnxruntime."""
     import onnxruntime as ort
 
-    from services.imaging import resize_for_model
+    from services.core.imaging import resize_for_model
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     boxes, scores = [], []
@@ -356,7 +356,7 @@ class CamLocaliser:
         self.size, self.name = size, f"{backbone}@{size}"
 
     def maps(self, photos: list[np.ndarray]) -> np.ndarray:
-        from services.imaging import resize_for_model
+        from services.core.imaging import resize_for_model
 
         out = []
         for start in range(0, len(photos), 16):

@@ -8,7 +8,7 @@ tests that ask for it (`WHALEID_TEST_S3=moto` runs the session stack on moto too
   .state             the state dict (docs/interfaces.md)
   .model_repository  Path of Triton's (initially empty) model repository: write a model there, then load it
                      with tritonclient `load_model(name)` (Triton runs with --model-control-mode=explicit)
-  .stack             the services.stack.Stack (e.g. `.stack.add_scrape_target(job, "127.0.0.1:PORT")`)
+  .stack             the services.devtools.stack.Stack (e.g. `.stack.add_scrape_target(job, "127.0.0.1:PORT")`)
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 @dataclass
 class RunningStack:
-    stack: Any  # services.stack.Stack
-    settings: Any  # services.settings.Settings
+    stack: Any  # services.devtools.stack.Stack
+    settings: Any  # services.core.settings.Settings
     state: dict
     model_repository: Path
 
@@ -62,8 +62,8 @@ def general_identifier(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack
 
     root = tmp_path_factory.mktemp("stack")
     model_repository = root / "model_repository"
@@ -87,8 +87,8 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def moto_stack(tmp_path_factory):
     """The AWS production shape for the tests of the SQS path: moto's S3 notifies an SQS queue (no Triton)."""
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack
 
     root = tmp_path_factory.mktemp("moto-stack")
     run_dir = root / "run"

@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from services import topics
-from services.demo.processes import ServiceProcess  # noqa: F401 - re-exported for the chain tests
+from services.core import topics
+from services.devtools.demo.processes import ServiceProcess  # noqa: F401 - re-exported for the chain tests
 
 TOY_MODEL_IDS = ("toy-embedder",)
 

@@ -20,9 +20,9 @@ from botocore.credentials import Credentials
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from services.settings import Settings
-from services.stack.ports import free_port
-from services.topics import ALL_TOPICS
+from services.core.settings import Settings
+from services.core.topics import ALL_TOPICS
+from services.devtools.stack.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "front-test-token"  # the app named `app` (gateway_token)
@@ -98,7 +98,7 @@ class ServiceProcess:
 def start_gateway(settings: Settings, log_dir: Path, **extra) -> tuple[ServiceProcess, str]:
     """The gateway as its own process; `extra` settings are passed as WHALEID_* variables."""
     port = free_port()
-    gateway = ServiceProcess("services.gateway", service_env(settings, gateway_port=port, **extra),
+    gateway = ServiceProcess("services.chain.gateway", service_env(settings, gateway_port=port, **extra),
                              log_dir / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -117,7 +117,7 @@ def start_gateway(settings: Settings, log_dir: Path, **extra) -> tuple[ServicePr
 def start_bridge(settings: Settings, log_dir: Path) -> ServiceProcess:
     metrics_port = free_port()
     env = service_env(settings, metrics_port_base=metrics_port - 1, bridge_poll_wait_s=1)  # bridge = base + 1
-    bridge = ServiceProcess("services.bridge", env, log_dir / "bridge.log")
+    bridge = ServiceProcess("services.chain.bridge", env, log_dir / "bridge.log")
     bridge.wait_for_log("bridge: ")
     bridge.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     return bridge

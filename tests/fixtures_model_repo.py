@@ -66,8 +66,8 @@ def exported(tmp_path_factory) -> Path:
 
 def crops(count: int = 6) -> list[bytes]:
     """Encoded crops: JPEGs of different sizes (the bench's images) and PNGs (lossless, as the worker sends)."""
-    from services.imaging import encode_png
-    from services.model_repo.bench import bench_images
+    from services.core.imaging import encode_png
+    from services.serving.model_repo.bench import bench_images
 
     rng = np.random.default_rng(7)
     jpegs = bench_images(count // 2, seed=3, size=(200, 150)) + bench_images(1, seed=4, size=(90, 300))
@@ -110,7 +110,7 @@ def fake_export(exports: Path, model_id: str, image_size: int = 64, dim: int = 5
                 seed: int = 0, species: list[str] | tuple[str, ...] = ()) -> Path:
     """EXPORTS/<model_id>/{model.onnx, manifest.json} as training.export writes them, around `tiny_onnx`
     (with a species output over `species` when given)."""
-    from services.checksums import sha256_file
+    from services.core.checksums import sha256_file
     from training.export import MANIFEST, build_manifest
 
     folder = exports / model_id
@@ -130,7 +130,7 @@ def fake_detector_export(folder: Path, image_size: int = 96, seed: int = 0) -> P
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from services.checksums import sha256_file
+    from services.core.checksums import sha256_file
 
     rng = np.random.default_rng(seed)
     initializers = [numpy_helper.from_array((rng.normal(size=(3, 4)) / 60).astype(np.float32), "wb"),

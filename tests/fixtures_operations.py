@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from services.identification import Tuning, build_gallery
-from services.operations.model_store import GalleryStore
-from services.operations.publish import publish_gallery
+from services.core.identification import Tuning, build_gallery
+from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.publish import publish_gallery
 
 DIM = 512
 NOISE = 0.02

@@ -53,7 +53,7 @@ def test_every_variant_builds_and_takes_its_weights(backbone):
 
 
 def test_weights_of_another_variant_are_refused(tmp_path):
-    from services.errors import ConfigError
+    from services.core.errors import ConfigError
 
     model = lite.build_efficientnet_lite("EfficientNetLite2", (64, 64, 3))
     with pytest.raises(ConfigError, match="another variant"):

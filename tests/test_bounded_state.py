@@ -24,16 +24,16 @@ from fixtures_front import (
     start_gateway,
 )
 
-from services import topics
 from services.chain import parking
-from services.gateway.quotas import DAY_KEY, MINUTE_KEY
-from services.operations.confirmations import (
+from services.chain.gateway.quotas import DAY_KEY, MINUTE_KEY
+from services.core import topics
+from services.core.settings import load_settings
+from services.curation.operations.confirmations import (
     AUDIT_STREAM,
     SIGHTING_AUDIT_STREAM,
     ConfirmationService,
     KnownIndividuals,
 )
-from services.settings import load_settings
 
 QUOTA_APP, QUOTA_TOKEN = "quota-app", "bounded-quota-app-token"
 PER_MINUTE, PER_DAY = 40, 10_000
@@ -239,7 +239,7 @@ def test_matcher_parked_is_capped_and_drops_the_oldest(stack):
 def _forget_decisions(client, sighting_ids, individual_ids=()) -> None:
     """The session's Redis is shared by every test module (re-indexing reads confirmations:index): remove the
     decisions this module made."""
-    from services.operations.confirmations import (
+    from services.curation.operations.confirmations import (
         CONFIRMATION_KEY,
         INDEX_KEY,
         INDIVIDUAL_INDEX_KEY,
@@ -271,9 +271,9 @@ def _queue_cost(client, url, observer) -> tuple[int, dict]:
 
 
 def test_the_review_queue_reads_an_index_whose_cost_does_not_grow_with_unrelated_keys(front):
+    from services.chain.gateway.review_queue import AWAITING_BUILT_KEY
     from services.chain.results import store_identification
-    from services.gateway.review_queue import AWAITING_BUILT_KEY
-    from services.operations.confirmations import REVIEW_AWAITING_KEY
+    from services.curation.operations.confirmations import REVIEW_AWAITING_KEY
 
     settings, url = front
     client = redis_of(settings)
@@ -349,7 +349,7 @@ def test_an_individuals_page_reads_its_own_index_not_every_confirmation(front):
 
 
 def _page_cost_is_flat(client, url, service, sightings, individual) -> None:
-    from services.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY
+    from services.curation.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY
 
     service.submit(sightings[1], {"action": "confirm", "individual_id": individual}, researcher="dr-fluke")
     _individual_cost(client, url, individual)  # warm

@@ -26,10 +26,10 @@ from fixtures_front import (
 )
 from kafka.errors import KafkaError
 
-from services import topics
-from services.bridge.bridge import UploadBridge
-from services.bridge.clients import kafka_producer
-from services.bridge.dedupe import Claim, Deduplicator
+from services.chain.bridge.bridge import UploadBridge
+from services.chain.bridge.clients import kafka_producer
+from services.chain.bridge.dedupe import Claim, Deduplicator
+from services.core import topics
 
 
 @pytest.fixture(scope="module")

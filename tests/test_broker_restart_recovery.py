@@ -212,7 +212,7 @@ def test_the_reconciler_reads_a_partition_to_what_a_fetch_can_return_not_to_a_li
     """After a broker restart Tansu answered ListOffsets with end 3 while fetches return offsets 0-1 and a
     high-water mark of 2 (an offset taken by a produce that failed): the reconciler waited for offset 3 in every
     pass, never checked the topic, and two identifications missing from it were never produced again."""
-    from services.reconciler.kafka_io import _read_to
+    from services.chain.reconciler.kafka_io import _read_to
 
     hole, behind, done, unfetched = "p0", "p1", "p2", "p3"
     consumer = _KafkaPythonConsumer(positions={hole: 2, behind: 1, done: 3, unfetched: 0},

@@ -26,11 +26,11 @@ from fixtures_front import (
     start_gateway,
 )
 
-from services.catalogue.importer import import_catalogue
-from services.catalogue.store import CatalogueStore
-from services.identification import Tuning, build_gallery
-from services.operations.model_store import GalleryStore
-from services.operations.publish import publish_gallery
+from services.core.identification import Tuning, build_gallery
+from services.curation.catalogue.importer import import_catalogue
+from services.curation.catalogue.store import CatalogueStore
+from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.publish import publish_gallery
 from tests.test_catalogue import photo
 
 

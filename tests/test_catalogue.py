@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.catalogue.importer import import_catalogue
-from services.catalogue.store import CatalogueStore
+from services.curation.catalogue.importer import import_catalogue
+from services.curation.catalogue.store import CatalogueStore
 
 
 def photo(path: Path, seed: int, fmt: str = "JPEG", size: tuple[int, int] = (48, 32)) -> Path:
@@ -37,7 +37,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 
 @pytest.fixture
 def catalogue(stack):
-    from services.operations.model_store import s3_client
+    from services.curation.operations.model_store import s3_client
 
     return CatalogueStore(s3_client(stack.settings), stack.settings.models_bucket,
                           prefix=f"test-catalogue-{uuid.uuid4().hex[:8]}")
@@ -132,8 +132,8 @@ def test_bad_rows_are_reported_by_line_and_the_good_ones_go_in(tmp_path, catalog
     assert reasons[11] == "empty image" and "go together" in reasons[12]
     assert report.added == 2 and len(catalogue.records()) == 2
     # the command: a summary with every bad row by line, exit code 1
-    from services.catalogue import cli
     from services.cli.main import main
+    from services.curation.catalogue import cli
 
     monkeypatch.setattr(cli, "_store", lambda: catalogue)
     assert main(["catalogue", "import", str(listing), "--no-progress"]) == 1
@@ -182,9 +182,9 @@ def small_run(tmp_path_factory):
 
 
 def test_gallery_build_publishes_a_version_the_matcher_loads(tmp_path, stack, catalogue, small_run):
-    from services.identification import Tuning
-    from services.matcher.matching import Matcher
-    from services.operations.model_store import GalleryStore
+    from services.chain.matcher.matching import Matcher
+    from services.core.identification import Tuning
+    from services.curation.operations.model_store import GalleryStore
 
     src = tmp_path / "folders"
     individuals = [f"ind{i:02d}" for i in range(10)]
@@ -198,7 +198,7 @@ def test_gallery_build_publishes_a_version_the_matcher_loads(tmp_path, stack, ca
         f"{ind},{i % 5}\n" for i, ind in enumerate(individuals)))
     settings = dataclasses.replace(stack.settings, gallery_prefix=f"test-galleries-{uuid.uuid4().hex[:8]}")
     store = GalleryStore.from_settings(settings)
-    from services.catalogue.gallery_build import publish_catalogue_gallery
+    from services.curation.catalogue.gallery_build import publish_catalogue_gallery
 
     messages = []
     summary = publish_catalogue_gallery(settings, small_run, progress=messages.append, progress_bar=False,

@@ -1,7 +1,7 @@
 """End to end on real servers: app -> gateway -> presigned PUT to S3 -> SQS event -> bridge -> Kafka -> worker
 (S3, validate, crop, Triton ensemble built from an exported b0-tiny snapshot) -> matcher (gallery from the model
 store) -> Redis -> gateway GET. The live predictions must equal the offline ones of the same model
-(training.embed.Embedder + services.identification.Identifier) on the same photos."""
+(training.embed.Embedder + services.core.identification.Identifier) on the same photos."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from fixtures_chain import ServiceProcess, chain_env, stream_counts, wait_announ
 from fixtures_model_repo import EPOCHS, exported, snapshot_run
 from fixtures_synth import synth_dataset
 
-from services.demo.run import app_metadata, hostile_uploads, read_truth, result_row, wait_for_results
-from services.gateway.client import AppClient
-from services.stack.ports import free_port
+from services.chain.gateway.client import AppClient
+from services.devtools.demo.run import app_metadata, hostile_uploads, read_truth, result_row, wait_for_results
+from services.devtools.stack.ports import free_port
 
 TOKEN = "chain-test-token"
 SNAPSHOT = EPOCHS[-1]  # the snapshot `exported` holds: served by Triton and evaluated offline
@@ -26,11 +26,11 @@ SNAPSHOT = EPOCHS[-1]  # the snapshot `exported` holds: served by Triton and eva
 
 @pytest.fixture(scope="module")
 def e2e(stack, tmp_path_factory):
-    from services.demo.model import offline_predictions
-    from services.identification import Gallery, Tuning, build_gallery
-    from services.model_repo.builder import build_repository
-    from services.operations.model_store import GalleryStore
-    from services.stack.triton import launch_triton
+    from services.core.identification import Gallery, Tuning, build_gallery
+    from services.curation.operations.model_store import GalleryStore
+    from services.devtools.demo.model import offline_predictions
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.model_repo.builder import build_repository
     from training.data import load_dataset
     from training.embed import Embedder
 
@@ -103,7 +103,7 @@ def test_uploads_through_the_gateway_are_identified_as_offline(e2e):
     live = {r["image"]: r["predictions"] for r in rows}
     assert live == {image: e2e["offline"]["predictions"][image] for image in live}
 
-    from services.demo.report import summarise
+    from services.devtools.demo.report import summarise
 
     summary = summarise(rows, read_truth(e2e["data_dir"]), e2e["offline"]["predictions"], [])
     assert summary["identified"] == len(uploads)
@@ -167,7 +167,7 @@ def test_an_encounters_photos_are_pooled_in_each_answer(e2e, capsys):
     """Photos sent with one `encounter` id: each answer carries the encounter, its candidates pooled from the
     photos' own identifications by the identification core (best score per individual)."""
     from services.cli.main import main
-    from services.identification.encounters import pool_predictions
+    from services.core.identification.encounters import pool_predictions
 
     data, client = e2e["data"], e2e["client"]
     truth = read_truth(e2e["data_dir"])

@@ -11,12 +11,12 @@ import threading
 import time
 from pathlib import Path
 
-from services import topics
-from services.chaos.observe import TopicObserver
-from services.chaos.proxy import FaultProxy
-from services.chaos.runner import _count, scenario_passed
-from services.chaos.scenarios import FAST
-from services.chaos.workload import Uploaded, Workload
+from services.core import topics
+from services.devtools.chaos.observe import TopicObserver
+from services.devtools.chaos.proxy import FaultProxy
+from services.devtools.chaos.runner import _count, scenario_passed
+from services.devtools.chaos.scenarios import FAST
+from services.devtools.chaos.workload import Uploaded, Workload
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"name", "uploaded", "identified", "dead_lettered", "lost", "duplicated", "redelivered", "recover_s", "passed"}
@@ -141,8 +141,8 @@ def test_the_topic_observer_keeps_each_distinct_record_per_key():
 
 def test_the_report_is_written_failing_or_not_with_the_first_failure_at_the_top(tmp_path, monkeypatch):
     """A run whose stack never comes up still writes its report; a failing row names its reason first."""
-    from services.chaos import suite
-    from services.chaos.runner import failure_reason
+    from services.devtools.chaos import suite
+    from services.devtools.chaos.runner import failure_reason
 
     def broken_start(self):
         raise RuntimeError("the broker would not start")
@@ -191,7 +191,7 @@ def test_a_full_volume_refuses_writes_with_507_and_lets_reads_through():
 
 
 def test_each_malformed_record_is_found_by_its_marker_in_a_dead_letter():
-    from services.chaos.malformed import KINDS, _match, malformed_records
+    from services.devtools.chaos.malformed import KINDS, _match, malformed_records
 
     records = malformed_records("0123abcd", per_kind=4)
     assert [k for k, _, _ in records].count("garbage") == 4 and {k for k, _, _ in records} == set(KINDS)
@@ -207,7 +207,7 @@ def test_each_malformed_record_is_found_by_its_marker_in_a_dead_letter():
 
 
 def test_a_scenarios_problems_and_unreasoned_bad_inputs_fail_it():
-    from services.chaos.runner import failure_reason
+    from services.devtools.chaos.runner import failure_reason
 
     ok = {"name": "malformed_record", "uploaded": 3, "identified": 3, "dead_lettered": {}, "refused": 0,
           "lost": {"sightings": 0}, "duplicated": {"stream": 0}, "redelivered": {}, "bad_inputs": 6,

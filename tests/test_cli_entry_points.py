@@ -28,7 +28,7 @@ def test_python_m_bench_is_the_same_entry():
 
 
 def test_serve_refuses_every_option_a_service_does_not_use(capsys):
-    from services.streaming_cli import SERVICE_OPTIONS
+    from services.chain.serve_cli import SERVICE_OPTIONS
 
     all_options = {"--index": "1", "--web-port": "1", "--metrics-port": "0", "--source": "sqs"}
     for service, options in SERVICE_OPTIONS.items():
@@ -41,7 +41,7 @@ def test_serve_refuses_every_option_a_service_does_not_use(capsys):
 def test_upload_with_no_gateway_says_which_url_it_tried_and_what_to_do(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from services.stack.ports import free_port
+    from services.devtools.stack.ports import free_port
 
     photo = tmp_path / "fin.jpg"
     Image.new("RGB", (32, 32)).save(photo)

@@ -13,15 +13,15 @@ import certifi
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.access.admin_gate import AdminGate
-from services.access.token_policy import is_loopback
 from services.chain import faust_app
+from services.chain.gateway import service as gateway_service
+from services.chain.gateway.app import build_app
 from services.chain.kafka_producers import kafka_options
-from services.errors import ConfigError
-from services.gateway import service as gateway_service
-from services.gateway.app import build_app
-from services.settings import load_settings, redacted_url
-from services.stack.ports import free_port
+from services.core.access.admin_gate import AdminGate
+from services.core.access.token_policy import is_loopback
+from services.core.errors import ConfigError
+from services.core.settings import load_settings, redacted_url
+from services.devtools.stack.ports import free_port
 
 SAFE = {"gateway_token": "a" * 32, "gateway_admin_tokens": "ops=" + "b" * 32,
         "gateway_researcher_tokens": "ana=" + "c" * 32}

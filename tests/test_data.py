@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fixtures_synth import synth_dataset
 
-from services import imaging
-from services.errors import DataError
+from services.core import imaging
+from services.core.errors import DataError
 from training.baseline import knn_map5, pixel_baseline_map5
 from training.data import LABEL_FIXES, NEW_INDIVIDUAL, load_dataset, split_folds
 from training.synth.species import SPECIES_NAMES

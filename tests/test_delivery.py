@@ -1,7 +1,7 @@
 """Delivery guarantees of the chain (issue 11), on real servers (session stack: Kafka, S3, Redis, Triton):
 
 - Triton failures are classified from tritonclient's real exceptions: overload and unavailability are transient,
-  only a refusal of the input is permanent (services.triton_client.failures);
+  only a refusal of the input is permanent (services.serving.triton_client.failures);
 - the producers are idempotent where the client and the broker allow it (kafka-python in the bridge: yes, also
   against Tansu; aiokafka in Faust: Tansu refuses it, so the local profile turns it off);
 - the matcher is at least once with the sighting id as idempotency key: a re-delivery yields one Redis result and
@@ -37,7 +37,7 @@ from fixtures_chain import (
 )
 from kafka import KafkaProducer
 
-from services import topics
+from services.core import topics
 
 DIM = 512
 KNOWN = 4
@@ -60,7 +60,7 @@ def near(index: int, seed: int) -> np.ndarray:
 def test_status_codes_and_messages_are_classified():
     from tritonclient.utils import InferenceServerException
 
-    from services.triton_client.failures import classify
+    from services.serving.triton_client.failures import classify
 
     def kind(status, message="x"):
         return classify(InferenceServerException(msg=message, status=status))
@@ -151,8 +151,8 @@ def _raised(fn):
 def test_real_triton_failures_are_classified(probe_triton):
     """Exceptions raised by tritonclient against a real Triton: overload/unavailable are transient, refusals of
     the input are permanent."""
-    from services.stack.ports import free_port
-    from services.triton_client.failures import classify
+    from services.devtools.stack.ports import free_port
+    from services.serving.triton_client.failures import classify
 
     timeout = classify(_raised(lambda: _infer(probe_triton, b"slow", timeout=0.3)))
     assert (timeout.kind, timeout.transient, timeout.status) == ("overloaded", True, "DEADLINE_EXCEEDED")
@@ -189,7 +189,12 @@ def test_real_triton_failures_are_classified(probe_triton):
 
 
 def test_embedding_client_errors_carry_the_classification(probe_triton):
-    from services.triton_client import EmbeddingClient, TritonRequestError, TritonUnavailable, is_transient
+    from services.serving.triton_client import (
+        EmbeddingClient,
+        TritonRequestError,
+        TritonUnavailable,
+        is_transient,
+    )
 
     with EmbeddingClient(probe_triton, model="delivery_probe", timeout_s=0.3, retries=0) as client:
         slow = _raised(lambda: client.embed([b"slow"]))
@@ -204,7 +209,7 @@ def test_embedding_client_errors_carry_the_classification(probe_triton):
 
 # ============================================================================ idempotent producers
 def test_the_bridge_producer_is_idempotent_against_tansu(stack):
-    from services.bridge.clients import kafka_producer
+    from services.chain.bridge.clients import kafka_producer
 
     producer = kafka_producer(stack.settings)
     try:
@@ -217,7 +222,7 @@ def test_the_bridge_producer_is_idempotent_against_tansu(stack):
 
 def test_faust_producers_are_idempotent_in_production_and_not_on_tansu(tmp_path):
     from services.chain.faust_app import make_app, use_idempotent_producer
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     async def idempotent(profile: str) -> bool:
         settings = load_settings(profile=profile, environ={}, kafka_bootstrap="127.0.0.1:1",
@@ -259,7 +264,7 @@ def test_tansu_refuses_the_aiokafka_idempotent_producer(stack):
 
 # ============================================================================ the matcher: at least once, versions
 def _publish(store, root, model_ids, reason: str) -> str:
-    from services.identification import Tuning, build_gallery
+    from services.core.identification import Tuning, build_gallery
 
     labels = [f"ind-{i}" for i in range(KNOWN)]
     gallery = build_gallery(CENTRES, labels, ["beluga"] * KNOWN, [f"g{i}.jpg" for i in range(KNOWN)],
@@ -290,7 +295,7 @@ class Delivery:
 
     def register(self, model_version: str, model_ids) -> None:
         """What the worker does when it first sees a served build."""
-        from services import model_versions as versions
+        from services.core import model_versions as versions
 
         versions.register(self.redis, model_version, list(model_ids), 3600)
 
@@ -307,7 +312,7 @@ class Delivery:
 @pytest.fixture(scope="module")
 def delivery(stack, tmp_path_factory):
     """`whaleid serve matcher` over a gallery made by ["model-a"], with short TTLs and a 1 s parked retry."""
-    from services.operations.model_store import GalleryStore
+    from services.curation.operations.model_store import GalleryStore
 
     root = tmp_path_factory.mktemp("delivery")
     settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")
@@ -429,13 +434,13 @@ def test_the_stream_is_trimmed_to_about_maxlen(stack):
 def test_reindex_adds_only_embeddings_of_the_gallerys_models(stack, tmp_path):
     from fixtures_operations import seed_sighting
 
-    from services import model_versions as versions
-    from services.identification import Tuning, build_gallery
-    from services.operations.confirmations import ConfirmationService
-    from services.operations.known import CurrentGalleryIndividuals
-    from services.operations.model_store import GalleryStore
-    from services.operations.publish import publish_gallery
-    from services.operations.reindex import reindex
+    from services.core import model_versions as versions
+    from services.core.identification import Tuning, build_gallery
+    from services.curation.operations.confirmations import ConfirmationService
+    from services.curation.operations.known import CurrentGalleryIndividuals
+    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.publish import publish_gallery
+    from services.curation.operations.reindex import reindex
 
     settings = stack.settings.with_overrides(gallery_prefix=f"galleries-{uuid.uuid4().hex[:6]}",
                                              redis_url=stack.settings.redis_url.rsplit("/", 1)[0] + "/9")

@@ -1,5 +1,5 @@
 """deploy/ is consistent with the code: alert rules pass promtool (check + unit tests), the dashboard and the
-alerts query only metrics of services/metrics.py, the manifests parse, kustomize lists every file, containers use
+alerts query only metrics of services/core/metrics.py, the manifests parse, kustomize lists every file, containers use
 images built here (or NGC Triton / Redis), ports the services listen on, `whaleid` sub-commands that parse, and
 WHALEID_* settings that exist; consumer replicas never exceed their topic's partitions.
 
@@ -24,10 +24,10 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-from services import metrics, topics
 from services.cli.main import build_parser
-from services.service_ports import default_port
-from services.settings import describe_settings, load_settings
+from services.core import metrics, topics
+from services.core.service_ports import default_port
+from services.core.settings import describe_settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 BASE = DEPLOY / "k8s"  # the kustomize base (overlays may not live inside it: kustomize calls that a cycle)
@@ -120,7 +120,7 @@ def test_alerts_cover_down_dead_letters_latency_and_stale_index():
 # --------------------------------------------------------------------------- metric names
 def test_dashboard_and_alerts_query_only_exported_metrics_and_show_all_of_them():
     registered = {family.name for family in REGISTRY.collect() if family.name.startswith("whaleid_")}
-    # METRIC_NAMES is exactly what services/metrics.py registers (counters' families drop "_total")
+    # METRIC_NAMES is exactly what services/core/metrics.py registers (counters' families drop "_total")
     assert {name.removesuffix("_total") for name in metrics.METRIC_NAMES} == registered
     dashboard = set().union(*map(_metric_names, _dashboard_exprs()))
     alerts = set().union(*(_metric_names(r["expr"]) for r in _alert_rules()))

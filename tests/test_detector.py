@@ -58,7 +58,7 @@ class _Client:
 
 
 def test_the_detector_step_rechecks_readiness_at_most_every_recheck_s():
-    from services.worker.cropping import TritonDetector
+    from services.chain.worker.cropping import TritonDetector
 
     now = [0.0]
     detector = TritonDetector("127.0.0.1:1", "detector", recheck_s=10.0, clock=lambda: now[0])
@@ -98,8 +98,8 @@ def test_a_tiny_detector_beats_the_whole_frame_box(detector_run):
 
 @pytest.fixture(scope="module")
 def served(detector_run, tmp_path_factory):
-    from services.model_repo import build_repository
-    from services.stack.triton import launch_triton
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.model_repo import build_repository
 
     root, _, export = detector_run
     fake_export(root / "exports", "m")
@@ -126,8 +126,8 @@ def _jpeg(pixels: np.ndarray, exif_orientation: int | None = None) -> bytes:
 def test_the_worker_crops_with_the_served_detector(served, detector_run):
     import tritonclient.grpc as grpcclient
 
-    from services.imaging import decode_image
-    from services.worker.cropping import TritonDetector, UploaderBox, crop_sighting
+    from services.chain.worker.cropping import TritonDetector, UploaderBox, crop_sighting
+    from services.core.imaging import decode_image
     from training.detector.data import iou
     from training.synth.scenes import iter_scenes
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.errors import DataError
-from services.identification import NEW_INDIVIDUAL, build_gallery, map_at_5, rank_candidates
-from services.identification.encounters import pool_candidates, pool_predictions
-from services.identification.ranking import insert_new_individual
+from services.core.errors import DataError
+from services.core.identification import NEW_INDIVIDUAL, build_gallery, map_at_5, rank_candidates
+from services.core.identification.encounters import pool_candidates, pool_predictions
+from services.core.identification.ranking import insert_new_individual
 
 
 def test_pool_predictions_takes_each_individuals_best_score():

@@ -20,7 +20,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_manifest_follows_the_interface_and_checksums_match(exports, run_dir):
-    from services.checksums import sha256_file
+    from services.core.checksums import sha256_file
 
     folders = sorted(p.name for p in exports.iterdir())
     assert folders == [f"b0-tiny-f0-e{EPOCHS[-1]:03d}"]  # and no staging folder left behind
@@ -53,14 +53,14 @@ def test_onnx_embeds_real_crops_like_the_offline_embedder(exports, run_dir):
     training.embed gives for the same images (the contract the served ensemble builds on)."""
     import onnxruntime as ort
 
-    from services.imaging import decode_image
+    from services.core.imaging import decode_image
     from training.embed import Embedder
 
     images = [decode_image(b) for b in crops()]
     embedder = Embedder.from_run(run_dir, EPOCHS[-1])
     offline = embedder.embed_images(images)
     session = ort.InferenceSession(str(exports / embedder.model_id / "model.onnx"), providers=["CPUExecutionProvider"])
-    from services.imaging import preprocess
+    from services.core.imaging import preprocess
 
     pixels = np.stack([preprocess(image, embedder.image_size) for image in images])
     served = session.run(["embedding"], {"image": pixels})[0]

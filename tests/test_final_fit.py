@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
 
 
 def labelled_images(count: int = 60, individuals: int = 15, dimension: int = 16, seed: int = 0):
-    from services.identification.evaluation import LabelledImages
+    from services.core.identification.evaluation import LabelledImages
 
     rng = np.random.default_rng(seed)
     ids = [f"id{i % individuals:02d}" for i in range(count)]
@@ -55,7 +55,7 @@ def test_the_final_fit_trains_every_individual(runs):
 
 
 def test_the_final_fits_weights_give_the_known_share_to_trained_individuals():
-    from services.identification.evaluation import live_splits, live_weights
+    from services.core.identification.evaluation import live_splits, live_weights
     from training.train import final_fit_weights
 
     labelled, _ = labelled_images()
@@ -68,10 +68,10 @@ def test_the_final_fits_weights_give_the_known_share_to_trained_individuals():
 
 
 def test_transfer_tuning_retunes_the_fold_runs_validation_for_the_final_fit():
-    from services.errors import ConfigError
-    from services.identification import Tuning
-    from services.identification.evaluation import live_splits, rank_out_of_fold
-    from services.identification.tuning import sweep_threshold
+    from services.core.errors import ConfigError
+    from services.core.identification import Tuning
+    from services.core.identification.evaluation import live_splits, rank_out_of_fold
+    from services.core.identification.tuning import sweep_threshold
     from training.train import final_fit_weights, transfer_tuning
 
     labelled, fold_embeddings = labelled_images()
@@ -91,8 +91,8 @@ def test_transfer_tuning_retunes_the_fold_runs_validation_for_the_final_fit():
 
 
 def test_the_demo_gallery_serves_the_final_fit_with_the_fold_runs_threshold(runs, tmp_path):
-    from services.demo.model import build_gallery_dir
-    from services.identification import Gallery, Tuning
+    from services.core.identification import Gallery, Tuning
+    from services.devtools.demo.model import build_gallery_dir
     from training.data import load_dataset
     from training.embed import Embedder
 
@@ -108,7 +108,7 @@ def test_the_demo_gallery_serves_the_final_fit_with_the_fold_runs_threshold(runs
 
 
 def test_a_cached_demo_step_built_from_other_inputs_is_rebuilt(tmp_path):
-    from services.demo.model import cached_step
+    from services.devtools.demo.model import cached_step
 
     built = []
 

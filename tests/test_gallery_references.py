@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from fixtures_identification import centres, noisy, unit
 
-from services.errors import DataError
-from services.identification import NEW_INDIVIDUAL, Gallery, Identifier, map_at_5, rank_candidates
-from services.identification.evaluation import (
+from services.core.errors import DataError
+from services.core.identification import NEW_INDIVIDUAL, Gallery, Identifier, map_at_5, rank_candidates
+from services.core.identification.evaluation import (
     LabelledImages,
     build_tuned_gallery,
     evaluate_out_of_fold,
@@ -16,8 +16,8 @@ from services.identification.evaluation import (
     live_weights,
     split_fold,
 )
-from services.identification.gallery import MEAN_IMAGE_PREFIX, build_reference_gallery, individual_means
-from services.identification.tuning import cross_fitted_map5, sweep_threshold
+from services.core.identification.gallery import MEAN_IMAGE_PREFIX, build_reference_gallery, individual_means
+from services.core.identification.tuning import cross_fitted_map5, sweep_threshold
 
 DIM = 32
 

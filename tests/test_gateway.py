@@ -1,4 +1,4 @@
-"""The upload gateway against real Redis and S3 (moto_server), run as its own process (`python -m services.gateway`)."""
+"""The upload gateway against real Redis and S3 (moto_server), run as its own process (`python -m services.chain.gateway`)."""
 
 from __future__ import annotations
 

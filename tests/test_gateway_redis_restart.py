@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from services.gateway.app import REDIS_HEALTH_CHECK_S, gateway_redis
-from services.stack.ports import free_port
-from services.stack.redis import RedisServer
+from services.chain.gateway.app import REDIS_HEALTH_CHECK_S, gateway_redis
+from services.devtools.stack.ports import free_port
+from services.devtools.stack.redis import RedisServer
 
 
 def test_a_burst_after_a_redis_restart_finds_no_stale_connection(tmp_path):

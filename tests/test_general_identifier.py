@@ -83,9 +83,9 @@ def test_evaluate_scores_every_fold_and_says_where_the_threshold_came_from(gener
 
 
 def test_gallery_build_validates_the_general_identifier_on_every_fold(general_run, data, tmp_path):
-    from services.catalogue.gallery_build import Photos, build_gallery_dir
-    from services.identification.gallery import Gallery
-    from services.identification.tuning import Tuning
+    from services.core.identification.gallery import Gallery
+    from services.core.identification.tuning import Tuning
+    from services.curation.catalogue.gallery_build import Photos, build_gallery_dir
     from training.data import load_dataset
     from training.embed import Embedder
 
@@ -107,9 +107,9 @@ def test_model_repo_build_serves_the_general_identifier_through_triton(general_r
     """No --exports: `model-repo build` exports the general identifier ($WHALEID_GENERAL_RUN) and serves it; Triton's
     embeddings equal the offline ones."""
     from services.cli.main import main
-    from services.imaging import decode_image
-    from services.stack import launch_triton
-    from services.triton_client import EmbeddingClient
+    from services.core.imaging import decode_image
+    from services.devtools.stack import launch_triton
+    from services.serving.triton_client import EmbeddingClient
     from training.embed import Embedder
     from training.general import DIR_ENV
 

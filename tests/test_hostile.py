@@ -1,4 +1,4 @@
-"""The hostile-input corpus of `whaleid chaos` (services/chaos/hostile.py): first at the decoder (every body is
+"""The hostile-input corpus of `whaleid chaos` (services/devtools/chaos/hostile.py): first at the decoder (every body is
 refused with a reason or decodes upright to the photo it shows), then through the real chain (gateway, moto S3,
 SQS, bridge, Kafka, worker, Triton serving the toy ensemble, matcher, Redis): every case ends as a correct system
 ends it, with a reason for every refusal and dead letter, and nothing accepted is left pending."""
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from fixtures_chain import ServiceProcess, chain_env, png_bytes, write_toy_repository
 
-from services.chaos.hostile import (
+from services.chain.gateway.client import AppClient
+from services.core.imaging import ImageRejected, decode_image
+from services.devtools.chaos.hostile import (
     DEAD_LETTER,
     IDENTIFIED,
     KINDS,
@@ -25,9 +27,7 @@ from services.chaos.hostile import (
     submit_all,
     summarise,
 )
-from services.gateway.client import AppClient
-from services.imaging import ImageRejected, decode_image
-from services.stack.ports import free_port
+from services.devtools.stack.ports import free_port
 
 KNOWN = 6  # gallery individuals: photo(0..5) as whale-0..whale-5
 MAX_UPLOAD = 300_000
@@ -81,10 +81,10 @@ def test_the_decoder_refuses_each_bad_body_with_a_reason_and_decodes_each_valid_
 @pytest.fixture(scope="module")
 def chain(stack, tmp_path_factory):
     """Toy Triton + a gallery of photo(0..5) + the worker, matcher, bridge and gateway as processes."""
-    from services.identification import Tuning, build_gallery
-    from services.operations.model_store import GalleryStore
-    from services.stack.triton import launch_triton
-    from services.triton_client import EmbeddingClient
+    from services.core.identification import Tuning, build_gallery
+    from services.curation.operations.model_store import GalleryStore
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.triton_client import EmbeddingClient
 
     root = tmp_path_factory.mktemp("hostile")
     triton = launch_triton(write_toy_repository(root / "repo"), root / "triton")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from services import imaging
 from services.cli.main import main
-from services.identification import Tuning
+from services.core import imaging
+from services.core.identification import Tuning
 from training import identification_commands as commands
 
 

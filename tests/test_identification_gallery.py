@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from fixtures_identification import centres, noisy
 
-from services.errors import DataError
-from services.identification import Gallery, IndexConfig, build_gallery
+from services.core.errors import DataError
+from services.core.identification import Gallery, IndexConfig, build_gallery
 
 
 def small_gallery(n=12, dim=8, seed=0, **kwargs):

@@ -11,9 +11,9 @@ from fixtures_identification import centres, noisy
 from test_identification_commands import PixelEmbedder
 
 from services.cli.main import main
-from services.errors import ConfigError
-from services.identification import Tuning
-from services.identification.evaluation import (
+from services.core.errors import ConfigError
+from services.core.identification import Tuning
+from services.core.identification.evaluation import (
     BlendScores,
     LabelledImages,
     cross_fitted_blend_map5,
@@ -22,7 +22,7 @@ from services.identification.evaluation import (
     rank_out_of_fold,
     split_fold,
 )
-from services.identification.tuning import cross_fitted_map5
+from services.core.identification.tuning import cross_fitted_map5
 from training import identification_commands as commands
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from services.cli.main import main
-from services.errors import DataError
-from services.identification.metrics import average_precision_at_5, map_at_5, map_at_5_per_group
+from services.core.errors import DataError
+from services.core.identification.metrics import average_precision_at_5, map_at_5, map_at_5_per_group
 
 
 @pytest.mark.parametrize("predictions, truth, expected", [

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from fixtures_identification import centres, identification_set, noisy, unit
 
-from services.errors import DataError
-from services.identification import (
+from services.core.errors import DataError
+from services.core.identification import (
     NEW_INDIVIDUAL,
     Identifier,
     Tuning,
@@ -15,9 +15,9 @@ from services.identification import (
     map_at_5,
     rank_candidates,
 )
-from services.identification.evaluation import LabelledImages, evaluate_out_of_fold, split_fold
-from services.identification.ranking import Candidates, average_precisions, insert_new_individual
-from services.identification.tuning import (
+from services.core.identification.evaluation import LabelledImages, evaluate_out_of_fold, split_fold
+from services.core.identification.ranking import Candidates, average_precisions, insert_new_individual
+from services.core.identification.tuning import (
     optimise_blend_weights,
     sweep_threshold,
     tune_per_species,

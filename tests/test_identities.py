@@ -1,4 +1,4 @@
-"""Merging and renaming individuals, with undo, and the "too similar individuals" list (services.operations.identities)
+"""Merging and renaming individuals, with undo, and the "too similar individuals" list (services.curation.operations.identities)
 against the session's real Redis and S3: the alias map and the log in Redis, confirmations resolving merged ids,
 `reindex` relabelling old and new gallery rows (and restoring them after an undo), the gateway's routes (in-process
 aiohttp server, answers validated against /openapi.json) and the `whaleid individuals` commands."""
@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from fixtures_operations import Clusters, seed_sighting
 
 from services.cli.main import main as whaleid
-from services.identification import Tuning, build_gallery
-from services.operations.confirmations import ConfirmationService, stored_confirmation
-from services.operations.identities import (
+from services.core.identification import Tuning, build_gallery
+from services.curation.operations.confirmations import ConfirmationService, stored_confirmation
+from services.curation.operations.identities import (
     ALIASES_KEY,
     ORIGINAL_KEY,
     IdentityRefused,
@@ -30,11 +30,11 @@ from services.operations.identities import (
     request_schema,
     similar_individuals,
 )
-from services.operations.known import CurrentGalleryIndividuals
-from services.operations.model_store import GalleryStore
-from services.operations.publish import publish_gallery
-from services.operations.reindex import reindex
-from services.stack.ports import free_port
+from services.curation.operations.known import CurrentGalleryIndividuals
+from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.publish import publish_gallery
+from services.curation.operations.reindex import reindex
+from services.devtools.stack.ports import free_port
 
 INDIVIDUALS = [f"ind-{i}" for i in range(4)]
 PER_INDIVIDUAL = 3
@@ -247,7 +247,7 @@ def test_similar_individuals_are_listed_until_merged(env, tmp_path):
     clusters = Clusters()
     _publish(store, clusters, tmp_path, twins=True)
     folder = store.download(store.current_version(), tmp_path / "g")
-    from services.identification.gallery import Gallery
+    from services.core.identification.gallery import Gallery
 
     gallery, tuning = Gallery.load(folder), Tuning.load(folder / "tuning.json")
     pairs = similar_individuals(gallery, tuning)
@@ -278,8 +278,8 @@ def test_the_cli_prints_and_undoes(env, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- the gateway's routes
 def test_gateway_routes_merge_rename_undo_similar(env, tmp_path):
-    from services.gateway.app import build_app
-    from services.gateway.openapi import build_document
+    from services.chain.gateway.app import build_app
+    from services.chain.gateway.openapi import build_document
 
     settings, store, client = env
     clusters = Clusters()

@@ -10,15 +10,15 @@ import json
 import numpy as np
 import pytest
 
-from services import topics
-from services.imaging import TRANSFER_FORMATS, ImageRejected, crop, decode_image
-from services.settings import load_settings
-from services.worker.cropping import UploaderBox
-from services.worker.pipeline import prepare
+from services.chain.worker.cropping import UploaderBox
+from services.chain.worker.pipeline import prepare
+from services.core import topics
+from services.core.imaging import TRANSFER_FORMATS, ImageRejected, crop, decode_image
+from services.core.settings import load_settings
 
 
 class _S3:
-    """What services.worker.storage.ObjectReader.fetch returns for an accepted object (its checks of size and
+    """What services.chain.worker.storage.ObjectReader.fetch returns for an accepted object (its checks of size and
     content type run against a real S3 in tests/test_worker.py)."""
 
     def __init__(self, data: bytes):
@@ -164,7 +164,7 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
 
 
 def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own():
-    from services.matcher.agent import _parse
+    from services.chain.matcher.agent import _parse
 
     record = _embedded("p1")
     raw = record.to_json()
@@ -179,7 +179,7 @@ def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own
 def test_an_embedding_no_search_can_rank_is_a_malformed_event_not_a_crash(embedding):
     """A zero or non-finite vector used to fail the whole batch's search inside the agent (the batch was lost)."""
     from services.chain.failures import PermanentFailure
-    from services.matcher.agent import _parse
+    from services.chain.matcher.agent import _parse
 
     record = _embedded("z1")
     raw = json.dumps({**record.asdict(), "embedding": embedding}).encode()
@@ -191,7 +191,7 @@ def test_an_embedding_no_search_can_rank_is_a_malformed_event_not_a_crash(embedd
 def test_a_batch_of_large_crops_is_split_into_requests_of_bounded_size():
     """Raw PPM crops are large (a 12 MP portrait photo is 36 MB): one request carries at most max_batch_size
     images and REQUEST_MAX_BYTES of them (one larger image alone), in order, every image once."""
-    from services.triton_client.client import request_chunks
+    from services.serving.triton_client.client import request_chunks
 
     mb = 2**20
     sizes = [10 * mb, 30 * mb, 30 * mb, 100 * mb, 1 * mb, 1 * mb, 1 * mb]

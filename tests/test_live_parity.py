@@ -46,7 +46,7 @@ def test_exported_species_output_equals_the_keras_species_head(exports, run_dir)
     independently of the export code: the train model called on the image)."""
     import onnxruntime as ort
 
-    from services.imaging import decode_image, preprocess
+    from services.core.imaging import decode_image, preprocess
     from training.embed import load_trained_models
 
     train_model, _, info = load_trained_models(run_dir, EPOCHS[-1])
@@ -119,8 +119,8 @@ def test_a_run_without_species_head_keeps_one_output(tmp_path):
 # ----------------------------------------------------------------------------- repository: flip TTA + SPECIES
 @pytest.fixture(scope="module")
 def flip_repository(tmp_path_factory, exports):
-    from services.identification.tuning import Tuning
-    from services.model_repo import build_repository
+    from services.core.identification.tuning import Tuning
+    from services.serving.model_repo import build_repository
 
     root = tmp_path_factory.mktemp("flip_repo")
     folder = root / "exports"
@@ -133,8 +133,8 @@ def flip_repository(tmp_path_factory, exports):
 
 
 def test_flip_repository_layout(flip_repository):
-    from services.model_repo import validate_repository
-    from services.model_repo.validation import read_config
+    from services.serving.model_repo import validate_repository
+    from services.serving.model_repo.validation import read_config
 
     record = validate_repository(flip_repository)
     assert record["flip_tta"] is True and record["species"] == ["beluga", "killer_whale", "humpback_whale"]
@@ -150,7 +150,7 @@ def test_flip_repository_layout(flip_repository):
 def test_repository_with_a_wrong_species_output_is_refused(flip_repository, tmp_path):
     import shutil
 
-    from services.model_repo import RepositoryError, validate_repository
+    from services.serving.model_repo import RepositoryError, validate_repository
 
     broken = tmp_path / "repository"
     shutil.copytree(flip_repository, broken)
@@ -167,8 +167,8 @@ def test_repository_with_a_wrong_species_output_is_refused(flip_repository, tmp_
 
 @pytest.fixture(scope="module")
 def flip_client(flip_repository, tmp_path_factory):
-    from services.stack import launch_triton
-    from services.triton_client import EmbeddingClient
+    from services.devtools.stack import launch_triton
+    from services.serving.triton_client import EmbeddingClient
 
     with launch_triton(flip_repository, tmp_path_factory.mktemp("triton_flip")) as server:
         server.wait_healthy(120)
@@ -183,8 +183,8 @@ def _offline(run_dir, flip_repository, images: list[bytes]):
     both views, averaged with the same weights."""
     import onnxruntime as ort
 
-    from services.identification.vectors import blend, blend_probabilities, combine_flip
-    from services.imaging import decode_image, preprocess
+    from services.core.identification.vectors import blend, blend_probabilities, combine_flip
+    from services.core.imaging import decode_image, preprocess
     from training.embed import load_trained_models
 
     decoded = [decode_image(b) for b in images]
@@ -207,7 +207,7 @@ def _offline(run_dir, flip_repository, images: list[bytes]):
 
 
 def test_triton_with_flip_tta_serves_the_offline_combine_flip_embeddings(flip_client, run_dir, flip_repository):
-    from services.model_repo.direct import DirectEnsemble
+    from services.serving.model_repo.direct import DirectEnsemble
 
     images = crops()
     offline, without_flip, offline_species = _offline(run_dir, flip_repository, images)
@@ -230,10 +230,10 @@ CENTRES /= np.linalg.norm(CENTRES, axis=1, keepdims=True)
 
 @pytest.fixture()
 def matcher(tmp_path):
-    """services.matcher.matching.Matcher serving a small gallery whose tuning has per-species thresholds."""
-    from services.identification import Tuning, build_gallery
-    from services.matcher.matching import Matcher, load_state
-    from services.settings import load_settings
+    """services.chain.matcher.matching.Matcher serving a small gallery whose tuning has per-species thresholds."""
+    from services.chain.matcher.matching import Matcher, load_state
+    from services.core.identification import Tuning, build_gallery
+    from services.core.settings import load_settings
 
     gallery = build_gallery(CENTRES, ["w0", "w1", "k0", "k1"], ["beluga", "beluga", "killer_whale", "killer_whale"],
                             [f"g{i}.jpg" for i in range(4)])
@@ -246,7 +246,7 @@ def matcher(tmp_path):
 
 def _record(index: int, hint: str = "", scores=None):
     """An embedded sighting close to gallery entry `index` (cosine ~0.96)."""
-    from services import topics
+    from services.core import topics
 
     noisy = CENTRES[index] + np.random.default_rng(index).normal(size=32) * 0.05
     return topics.SightingEmbedded(sighting_id=f"s{index}-{hint}-{bool(scores)}",
@@ -277,7 +277,7 @@ def test_matcher_prefers_the_apps_hint_to_the_model(matcher):
 
 
 def test_species_choice_rules():
-    from services.matcher.matching import SpeciesChoice, choose_species
+    from services.chain.matcher.matching import SpeciesChoice, choose_species
 
     assert choose_species({"species_hint": " orca "}, {"beluga": 1.0}, 0.5) == SpeciesChoice("orca", "app")
     assert choose_species({"species_hint": ""}, {"beluga": 0.7, "orca": 0.3}, 0.5) == SpeciesChoice("beluga", "model")

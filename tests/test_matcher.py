@@ -26,8 +26,8 @@ from fixtures_chain import (
 )
 from kafka import KafkaProducer
 
-from services import topics
-from services.stack.ports import free_port
+from services.core import topics
+from services.devtools.stack.ports import free_port
 
 DIM = 512
 KNOWN = 8
@@ -42,7 +42,7 @@ CENTRES = unit(np.random.default_rng(3).normal(size=(KNOWN + 4, DIM)))
 
 
 def publish(store, root, labels: list[str], threshold: float = 0.6) -> str:
-    from services.identification import Tuning, build_gallery
+    from services.core.identification import Tuning, build_gallery
 
     gallery = build_gallery(CENTRES[:KNOWN], labels, ["beluga"] * KNOWN, [f"g{i}.jpg" for i in range(KNOWN)])
     folder = root / f"gallery-{uuid.uuid4().hex[:6]}"
@@ -56,7 +56,7 @@ def publish(store, root, labels: list[str], threshold: float = 0.6) -> str:
 
 @pytest.fixture(scope="module")
 def matcher(stack, tmp_path_factory):
-    from services.operations.model_store import GalleryStore
+    from services.curation.operations.model_store import GalleryStore
 
     root = tmp_path_factory.mktemp("chain-matcher")
     settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 from training.config import load_config, parse_set_options, read_saved_config, save_config
 
 

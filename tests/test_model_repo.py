@@ -1,6 +1,6 @@
-"""`whaleid model-repo build` + a real Triton (bundled python backend) + services.triton_client.
+"""`whaleid model-repo build` + a real Triton (bundled python backend) + services.serving.triton_client.
 
-Served embeddings are compared with the offline path (training.embed + services.imaging + the identification
+Served embeddings are compared with the offline path (training.embed + services.core.imaging + the identification
 blend) on the same encoded crops; broken exports/repositories are refused before Triton starts, naming the model.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from fixtures_model_repo import EPOCHS, crops, exported, fake_export, snapshot_run
 
-from services.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
-from services.triton_client import (
+from services.serving.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
+from services.serving.triton_client import (
     EmbeddingClient,
     InvalidEmbeddingInput,
     TritonRequestError,
@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
-    from services.identification.tuning import Tuning
+    from services.core.identification.tuning import Tuning
 
     root = tmp_path_factory.mktemp("model_repo")
     exports = root / "exports"
@@ -47,7 +47,7 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(repository, tmp_path_factory):
-    from services.stack import launch_triton
+    from services.devtools.stack import launch_triton
 
     with launch_triton(repository, tmp_path_factory.mktemp("triton")) as server:
         server.wait_healthy(120)
@@ -63,12 +63,12 @@ def client(triton):
 
 # ----------------------------------------------------------------------------- served == offline
 def test_served_embeddings_equal_the_offline_blend(client, run_dir, repository):
-    """Offline: training.embed for the snapshot, onnxruntime on services.imaging.preprocess pixels for the
+    """Offline: training.embed for the snapshot, onnxruntime on services.core.imaging.preprocess pixels for the
     probe, the identification core's blend with the tuning weights."""
     import onnxruntime as ort
 
-    from services.identification.vectors import blend
-    from services.imaging import decode_image, preprocess
+    from services.core.identification.vectors import blend
+    from services.core.imaging import decode_image, preprocess
     from training.embed import Embedder
 
     images = crops()
@@ -115,7 +115,7 @@ def test_reload_brings_the_ensemble_back_into_the_running_server(client, reposit
 
     import tritonclient.grpc as grpcclient
 
-    from services.model_repo.serving import reload_models
+    from services.serving.model_repo.serving import reload_models
 
     with grpcclient.InferenceServerClient(triton.grpc) as admin:
         admin.unload_model("ensemble")
@@ -162,8 +162,8 @@ def test_undecodable_images_fail_with_the_item_and_reason(client):
 
 
 def test_unreachable_server_is_retried_with_backoff_then_reported():
-    from services.metrics import TRITON_RETRIES
-    from services.stack.ports import free_port
+    from services.core.metrics import TRITON_RETRIES
+    from services.devtools.stack.ports import free_port
 
     before = TRITON_RETRIES._value.get()
     client = EmbeddingClient(f"127.0.0.1:{free_port()}", retries=2, backoff=0.01)
@@ -187,7 +187,7 @@ def test_repository_with_a_missing_or_changed_model_file_is_refused(repository, 
     with pytest.raises(RepositoryError, match=f"model {name}: checksum mismatch"):
         validate_repository(broken)
     # the stack's Triton refuses to start on it, naming the model, before any server process exists
-    from services.stack import ServerStartError, launch_triton
+    from services.devtools.stack import ServerStartError, launch_triton
 
     with pytest.raises(ServerStartError, match=f"triton failed to start: .*model {name}: checksum mismatch"):
         launch_triton(broken, tmp_path / "triton")
@@ -236,7 +236,7 @@ def test_exports_with_wrong_shapes_or_files_are_refused_naming_the_model(tmp_pat
 
 # ----------------------------------------------------------------------------- build options
 def test_missing_tuning_weights_fall_back_to_equal_weights_and_say_so(tmp_path, caplog):
-    from services.identification.tuning import Tuning
+    from services.core.identification.tuning import Tuning
 
     fake_export(tmp_path / "exports", "a", seed=1)
     fake_export(tmp_path / "exports", "b", seed=2)
@@ -250,8 +250,8 @@ def test_missing_tuning_weights_fall_back_to_equal_weights_and_say_so(tmp_path, 
 
 
 def test_one_onnx_artifact_two_configs_cpu_and_gpu(tmp_path):
-    from services.checksums import sha256_file
-    from services.model_repo.validation import read_config
+    from services.core.checksums import sha256_file
+    from services.serving.model_repo.validation import read_config
 
     export = fake_export(tmp_path / "exports", "m")
     cpu = build_repository(tmp_path / "exports", tmp_path / "cpu")
@@ -288,8 +288,8 @@ def test_cli_build_writes_the_repository(tmp_path, capsys):
 def test_mixed_input_sizes_get_one_preprocess_each_and_match_in_process(tmp_path):
     """Two embedders at 64 and 96 px: preprocess_64 + preprocess_96 in one ensemble, served == in-process,
     through the benchmark's own code path (a smoke run; timings are not asserted)."""
-    from services.model_repo.bench import run_benchmark
-    from services.stack import launch_triton
+    from services.devtools.stack import launch_triton
+    from services.serving.model_repo.bench import run_benchmark
 
     fake_export(tmp_path / "exports", "small", image_size=64, seed=1)
     fake_export(tmp_path / "exports", "large", image_size=96, seed=2)
@@ -304,8 +304,8 @@ def test_mixed_input_sizes_get_one_preprocess_each_and_match_in_process(tmp_path
 
 
 def test_push_and_pull_through_the_model_store(stack, tmp_path):
-    from services.model_repo.store import pull, push
-    from services.operations.model_store import s3_client
+    from services.curation.operations.model_store import s3_client
+    from services.serving.model_repo.store import pull, push
 
     fake_export(tmp_path / "exports", "m")
     built = build_repository(tmp_path / "exports", tmp_path / "repo")

@@ -1,7 +1,7 @@
 """The lean CPU layout (`whaleid model-repo build --lean`, issue #15 item 4): `ensemble` -> one python-backend
 step (`pipeline`: decode + resize once, uint8) running one fused ONNX graph (every embedder, flip TTA, blend,
 species). Served by a real Triton, its embeddings and species equal the offline path computed here from the
-exports themselves (services.imaging + onnxruntime per export + services.identification.vectors), and clients
+exports themselves (services.core.imaging + onnxruntime per export + services.core.identification.vectors), and clients
 see the same contract (IMAGE -> EMBEDDING [+ SPECIES], parameters) as the default layout."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, fake_export
 
-from services.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
+from services.serving.model_repo import BuildOptions, RepositoryError, build_repository, validate_repository
 
 REAL = f"b0-tiny-f0-e{EPOCHS[-1]:03d}"  # exported EfficientNet snapshot: 64 px, species head
 PROBE = "probe"  # a tiny second embedder at 96 px with other species: two input sizes, a species union
@@ -30,7 +30,7 @@ def exports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def repository(exports, tmp_path_factory):
-    from services.identification.tuning import Tuning
+    from services.core.identification.tuning import Tuning
 
     root = tmp_path_factory.mktemp("lean_repo")
     tuning = Tuning(weights=WEIGHTS, flip_tta=True).save(root / "tuning.json")
@@ -42,9 +42,9 @@ def offline(exports, images: list[bytes]) -> tuple[np.ndarray, np.ndarray, list[
     """EMBEDDING and SPECIES as the offline evaluation computes them, from the export files."""
     import onnxruntime as ort
 
-    from services.identification.vectors import blend, blend_probabilities, combine_flip
-    from services.imaging import decode_image, resize_for_model
-    from services.model_repo.exports import load_exports
+    from services.core.identification.vectors import blend, blend_probabilities, combine_flip
+    from services.core.imaging import decode_image, resize_for_model
+    from services.core.model_exports import load_exports
 
     decoded = [decode_image(b) for b in images]
     embeddings, parts, names = {}, [], []
@@ -62,7 +62,7 @@ def offline(exports, images: list[bytes]) -> tuple[np.ndarray, np.ndarray, list[
 
 
 def test_lean_layout_is_one_python_step_behind_the_same_ensemble_contract(repository):
-    from services.model_repo.validation import read_config
+    from services.serving.model_repo.validation import read_config
 
     record = validate_repository(repository)
     assert record["models"] == ["ensemble", "pipeline"] and record["lean"]["image_sizes"] == [64, 96]
@@ -76,7 +76,7 @@ def test_lean_layout_is_one_python_step_behind_the_same_ensemble_contract(reposi
     assert pipeline.backend == "python" and pipeline.dynamic_batching.max_queue_delay_microseconds == 0
     assert (repository / "pipeline" / "1" / "whaleid_imaging.py").is_file()
     # the fused graph takes uint8 pixels: normalisation is inside the graph
-    from services.model_repo.onnx_io import onnx_signature
+    from services.core.onnx_signature import onnx_signature
 
     inputs, outputs = onnx_signature(repository / "pipeline" / "1" / "model.onnx")
     assert [(i.name, i.dtype) for i in inputs] == [("pixels_64", "uint8"), ("pixels_96", "uint8")]
@@ -84,7 +84,7 @@ def test_lean_layout_is_one_python_step_behind_the_same_ensemble_contract(reposi
 
 
 def test_lean_in_process_equals_the_offline_path(repository, exports):
-    from services.model_repo.direct import DirectEnsemble
+    from services.serving.model_repo.direct import DirectEnsemble
 
     images = crops(6)
     embedding, species = DirectEnsemble(repository).embed_with_species(images)
@@ -94,8 +94,8 @@ def test_lean_in_process_equals_the_offline_path(repository, exports):
 
 
 def test_lean_repository_served_by_triton_matches_offline(repository, exports, tmp_path):
-    from services.stack import launch_triton
-    from services.triton_client import EmbeddingClient, TritonRequestError
+    from services.devtools.stack import launch_triton
+    from services.serving.triton_client import EmbeddingClient, TritonRequestError
 
     images = crops(6)
     want_embedding, want_species, names = offline(exports, images)

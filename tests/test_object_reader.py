@@ -1,4 +1,4 @@
-"""The worker's S3 reads (services.worker.storage.ObjectReader: botocore's SigV4 signer + one urllib3 pool, not
+"""The worker's S3 reads (services.chain.worker.storage.ObjectReader: botocore's SigV4 signer + one urllib3 pool, not
 boto3's get_object) against the real servers: SeaweedFS (the session stack) and moto (the AWS path). The same
 bytes as boto3 for keys that need quoting; each refusal with its reason; an S3 that does not answer is transient
 (the worker retries), never a dead letter."""
@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from services.chain.failures import PermanentFailure, TransientFailure
-from services.worker.storage import ObjectReader
+from services.chain.worker.storage import ObjectReader
 
 KEYS = ["uploads/plain.jpg", "uploads/with space/and+plus.jpg", "uploads/ünï-cødé/(1)=~!.jpg"]
 
@@ -22,7 +22,7 @@ def s3_settings(request):
 
 
 def _boto3(settings):
-    from services.operations.model_store import s3_client
+    from services.curation.operations.model_store import s3_client
 
     return s3_client(settings)
 
@@ -75,8 +75,8 @@ def test_wrong_credentials_are_refused_as_boto3_is_refused(s3_settings):
 
 
 def test_an_s3_that_does_not_answer_is_transient():
-    from services.settings import load_settings
-    from services.stack.ports import free_port
+    from services.core.settings import load_settings
+    from services.devtools.stack.ports import free_port
 
     settings = load_settings(profile="local", environ={}, s3_endpoint=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(TransientFailure, match="S3 unavailable reading s3://b/k.jpg"):
@@ -84,7 +84,7 @@ def test_an_s3_that_does_not_answer_is_transient():
 
 
 def test_aws_is_read_virtual_hosted():
-    from services.settings import load_settings
+    from services.core.settings import load_settings
 
     settings = load_settings(profile="local", environ={}, s3_endpoint="", s3_region="eu-west-1")
     reader = ObjectReader(settings)

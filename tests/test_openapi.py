@@ -7,10 +7,10 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from services.gateway.app import build_app
-from services.gateway.openapi import build_document, render_html
-from services.gateway.validation import InvalidSighting, parse_sighting_request
-from services.settings import load_settings
+from services.chain.gateway.app import build_app
+from services.chain.gateway.openapi import build_document, render_html
+from services.chain.gateway.validation import InvalidSighting, parse_sighting_request
+from services.core.settings import load_settings
 
 MAX_BYTES = 1000
 

@@ -1,6 +1,6 @@
 """Operations (#7) against real servers: gallery versions + pointer + rollback in S3 (moto), confirmations through
 the real gateway (aiohttp server, Redis, Kafka), re-indexing into a version the real matcher serves, a hot swap
-during a running stream (`whaleid serve matcher` subprocess), and a real Prometheus scraping services.metrics."""
+during a running stream (`whaleid serve matcher` subprocess), and a real Prometheus scraping services.core.metrics."""
 
 from __future__ import annotations
 
@@ -32,20 +32,20 @@ from fixtures_operations import Clusters, publish_initial_gallery, seed_sighting
 from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
-from services import topics
 from services.cli.main import main as whaleid
-from services.operations.confirmations import (
+from services.core import topics
+from services.curation.operations.confirmations import (
     AUDIT_STREAM,
     ConfirmationRefused,
     ConfirmationService,
     audit_trail,
     stored_confirmation,
 )
-from services.operations.known import CurrentGalleryIndividuals
-from services.operations.model_store import GalleryStore, ModelStoreError, UnsafePath
-from services.operations.reindex import reindex
-from services.stack.binaries import on_path
-from services.stack.ports import free_port
+from services.curation.operations.known import CurrentGalleryIndividuals
+from services.curation.operations.model_store import GalleryStore, ModelStoreError, UnsafePath
+from services.curation.operations.reindex import reindex
+from services.devtools.stack.binaries import on_path
+from services.devtools.stack.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -117,7 +117,7 @@ def test_versions_pointer_and_one_command_rollback(env, tmp_path, capsys):
 def _gateway_calls(settings, calls):
     """POST each (sighting_id, body[, token]) to the real gateway app (default: dr-fluke's researcher token);
     returns [(status, json)], then the GET of the first sighting's confirmation."""
-    from services.gateway.app import build_app
+    from services.chain.gateway.app import build_app
 
     async def run():
         server = TestServer(build_app(settings), host="127.0.0.1", port=free_port())
@@ -250,8 +250,8 @@ def test_gallery_download_refuses_paths_outside_the_folder(env, tmp_path, path):
 def test_model_repo_pull_refuses_paths_outside_the_repository(moto_stack, tmp_path, key):
     """On moto: SeaweedFS (the session stack's S3) refuses such keys itself (InvalidRequest); AWS S3 and moto
     store them, so `pull` must refuse them."""
-    from services.errors import RepositoryError
-    from services.model_repo.store import pull
+    from services.core.errors import RepositoryError
+    from services.serving.model_repo.store import pull
 
     settings = moto_stack.settings
     store = GalleryStore.from_settings(settings)
@@ -267,7 +267,7 @@ def test_model_repo_pull_refuses_paths_outside_the_repository(moto_stack, tmp_pa
 
 # --------------------------------------------------------------------------- confirm -> reindex -> identified
 def test_confirm_reindex_identifies_then_rollback(env, tmp_path, capsys):
-    from services.matcher.matching import Matcher
+    from services.chain.matcher.matching import Matcher
 
     settings, store, client = env
     clusters = Clusters()
@@ -378,7 +378,7 @@ def test_hot_swap_during_stream_loses_and_duplicates_nothing(env, ops, tmp_path)
 # --------------------------------------------------------------------------- Prometheus
 EXPORTER = textwrap.dedent("""
     import sys, time
-    from services import metrics as m
+    from services.core import metrics as m
     m.STEP_LATENCY.labels(stage="worker", step="embed").observe(0.04)
     m.END_TO_END_LATENCY.observe(0.8)
     m.TRITON_LATENCY.observe(0.03)

@@ -1,5 +1,5 @@
 """`whaleid export --precision fp32|bf16|int8` (issue #15, item 3): the reduced models are checked against fp32
-on the identification metric (MAP@5 through services.identification), and the manifest says what they are."""
+on the identification metric (MAP@5 through services.core.identification), and the manifest says what they are."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def _ops(path) -> set[str]:
 
 
 def test_int8_export_keeps_the_identification_metric_and_says_int8(int8_export, data):
-    from services.checksums import sha256_file
-    from services.model_repo.exports import check_export
+    from services.core.checksums import sha256_file
+    from services.core.model_exports import check_export
     from training import quantize
 
     manifest = json.loads((int8_export / "manifest.json").read_text())

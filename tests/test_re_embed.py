@@ -17,7 +17,7 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
-from services.catalogue.importer import import_catalogue
+from services.curation.catalogue.importer import import_catalogue
 from tests.test_catalogue import catalogue, photo, small_run  # noqa: F401  (fixtures)
 
 REDIS_DB = 11  # confirmations:index is global: this test's confirmations live in their own database
@@ -58,7 +58,7 @@ def jpeg(seed: int, size=(64, 48)) -> bytes:
 
 
 def confirm(client, sighting_id: str, individual_id: str, action: str = "confirm", version: str = "") -> None:
-    """What ConfirmationService stores for an accepted decision (services/operations/confirmations.py)."""
+    """What ConfirmationService stores for an accepted decision (services/curation/operations/confirmations.py)."""
     now = time.time()
     client.hset(f"confirmation:{sighting_id}", mapping={
         "action": action, "individual_id": individual_id, "researcher": "dr-test", "predicted": "[]",
@@ -82,12 +82,12 @@ def seed_sighting(client, s3, bucket: str, data: bytes, *, crop_box=None, keep_h
 
 def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
         tmp_path, stack, catalogue, small_run, new_run, redis_db, capsys):  # noqa: F811
-    from services.catalogue.gallery_build import publish_catalogue_gallery
-    from services.catalogue.re_embed import re_embed
-    from services.identification.gallery import Gallery
-    from services.matcher.matching import Matcher
-    from services.operations.model_store import GalleryStore, s3_client
-    from services.operations.reindex import reindex
+    from services.chain.matcher.matching import Matcher
+    from services.core.identification.gallery import Gallery
+    from services.curation.catalogue.gallery_build import publish_catalogue_gallery
+    from services.curation.catalogue.re_embed import re_embed
+    from services.curation.operations.model_store import GalleryStore, s3_client
+    from services.curation.operations.reindex import reindex
     from training.embed import Embedder
 
     src = tmp_path / "folders"
@@ -165,7 +165,7 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
 
     # --keep-threshold: the served version's tuning is carried over as it is (weights now name the new model);
     # a merge (ind01 into ind00) relabels the rows as a plain re-index does
-    from services.operations.identities import ALIASES_KEY
+    from services.curation.operations.identities import ALIASES_KEY
 
     redis_db.hset(ALIASES_KEY, "ind01", "ind00")
     kept = re_embed(settings, new_run, keep_threshold=True, progress=lambda m: None, progress_bar=False,

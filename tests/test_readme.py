@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from services.settings_doc import settings_table
+from services.core.settings_doc import settings_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -13,7 +13,7 @@ def test_readme_settings_table_matches_the_settings():
     start = text.index("\n", start) + 1
     end = text.index("<!-- settings-table:end -->")
     assert text[start:end].strip() == settings_table().strip(), (
-        "README's settings table is stale: regenerate it with `python -m services.settings_doc`"
+        "README's settings table is stale: regenerate it with `python -m services.core.settings_doc`"
     )
 
 

@@ -37,11 +37,11 @@ from fixtures_chain import (
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from services import topics
 from services.chain import results
+from services.chain.reconciler import KINDS, Reconciler, ReconcilerTopics
 from services.chain.store import OPEN_SIGHTINGS_KEY, open_sighting, sighting_key
-from services.reconciler import KINDS, Reconciler, ReconcilerTopics
-from services.stack.ports import free_port
+from services.core import topics
+from services.devtools.stack.ports import free_port
 
 TOY = "reconciler_toy"  # the toy ensemble under its own name in the session's Triton
 DB, SERVICE_DB, COST_DB = 11, 12, 13  # Redis databases: this module's chain, the reconciler process, the cost test
@@ -71,8 +71,8 @@ def chain(stack, base, tmp_path_factory):
     `whaleid serve worker` + `matcher` on this module's Redis database."""
     import tritonclient.grpc as grpcclient
 
-    from services.identification import Tuning, build_gallery
-    from services.operations.model_store import GalleryStore
+    from services.core.identification import Tuning, build_gallery
+    from services.curation.operations.model_store import GalleryStore
 
     settings, client, s3 = base
     root = tmp_path_factory.mktemp("chain-reconciler")
@@ -382,7 +382,7 @@ def test_serve_reconciler_refuses_the_faust_options():
 def test_a_lease_its_own_pass_could_not_release_does_not_lock_the_reconciler_out(stack):
     """Redis went away mid-pass: the release failed, and Redis came back with the lease from its append-only
     file. The same reconciler takes it again at once; another one still waits until it is released."""
-    from services.reconciler.state import LEASE_KEY, Lease
+    from services.chain.reconciler.state import LEASE_KEY, Lease
 
     client = redis.Redis.from_url(_db_url(stack, 13))
     client.delete(LEASE_KEY)
@@ -401,8 +401,8 @@ def test_a_reconciler_killed_mid_pass_locks_the_next_one_out_for_seconds_not_min
     """The pass lease is short and renewed by a heartbeat while a pass runs: a long pass keeps it, and the lease
     of a reconciler killed mid-pass (no release, no heartbeat) expires within LEASE_TTL_S (it was 120 s: the
     scenarios after `kill_reconciler` waited that long for their re-drives)."""
-    from services.reconciler.reconciler import LEASE_TTL_S, _Heartbeat
-    from services.reconciler.state import LEASE_KEY, Lease
+    from services.chain.reconciler.reconciler import LEASE_TTL_S, _Heartbeat
+    from services.chain.reconciler.state import LEASE_KEY, Lease
 
     assert LEASE_TTL_S <= 15
     client = redis.Redis.from_url(_db_url(stack, 13))

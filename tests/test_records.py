@@ -1,4 +1,4 @@
-"""The versioned SightingEmbedded record (services/topics.py, docs/interfaces.md "Records on the topics"): version 2
+"""The versioned SightingEmbedded record (services/core/topics.py, docs/interfaces.md "Records on the topics"): version 2
 carries Triton's float32 embedding as base64 bytes; version 1 (a JSON float list) still parses; unknown versions
 and malformed embeddings are refused with their reason; scores do not move."""
 
@@ -10,10 +10,10 @@ import faust
 import numpy as np
 import pytest
 
-from services import topics
-from services.errors import DataError
-from services.identification import Identifier, Tuning, build_gallery
-from services.operations.records import decode_embedding
+from services.core import topics
+from services.core.errors import DataError
+from services.core.identification import Identifier, Tuning, build_gallery
+from services.curation.operations.records import decode_embedding
 
 
 def unit(rows: np.ndarray) -> np.ndarray:

@@ -37,20 +37,25 @@ from fixtures_front import (
 )
 from fixtures_operations import Clusters
 
-from services import topics
 from services.chain.results import store_embedding, store_identification
-from services.identification import Tuning, build_gallery
-from services.operations.confirmations import (
+from services.core import topics
+from services.core.identification import Tuning, build_gallery
+from services.curation.operations.confirmations import (
     NEW_IDS_KEY,
     ConfirmationService,
     audit_trail,
     stored_confirmation,
 )
-from services.operations.identities import ORIGINAL_KEY, IdentityService, ServedSimilarities, read_aliases
-from services.operations.known import CurrentGalleryIndividuals
-from services.operations.model_store import GalleryStore
-from services.operations.publish import publish_gallery
-from services.operations.reindex import reindex
+from services.curation.operations.identities import (
+    ORIGINAL_KEY,
+    IdentityService,
+    ServedSimilarities,
+    read_aliases,
+)
+from services.curation.operations.known import CurrentGalleryIndividuals
+from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.publish import publish_gallery
+from services.curation.operations.reindex import reindex
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 needs_chromium = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""Roles at the gateway, through its real HTTP API (`python -m services.gateway` against the session's Redis, S3 and
+"""Roles at the gateway, through its real HTTP API (`python -m services.chain.gateway` against the session's Redis, S3 and
 Kafka): app / researcher / admin credentials, 401 for unknown tokens, 403 for the wrong role, apps confined to
 their own sightings without GPS, the researcher taken from the credential, admin gallery operations; and the
 production profile refusing unsafe tokens at start."""
@@ -28,11 +28,11 @@ from fixtures_front import (
 )
 from fixtures_operations import Clusters, publish_initial_gallery, seed_sighting
 
-from services.errors import ConfigError
-from services.gateway.app import build_app
-from services.operations.confirmations import audit_trail, stored_confirmation
-from services.operations.model_store import GalleryStore
-from services.settings import load_settings
+from services.chain.gateway.app import build_app
+from services.core.errors import ConfigError
+from services.core.settings import load_settings
+from services.curation.operations.confirmations import audit_trail, stored_confirmation
+from services.curation.operations.model_store import GalleryStore
 
 INDIVIDUALS = ["ind-0", "ind-1", "ind-2"]
 SAFE = "s" * 40  # a token the production profile accepts
@@ -246,7 +246,7 @@ def test_token_tables_that_cannot_work_are_refused_in_any_profile(overrides, wor
 def test_the_gateway_process_refuses_to_start_with_the_default_token_in_production(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "WHALEID_PROFILE": "production", "WHALEID_GATEWAY_TOKEN": "local-dev-token",
            "WHALEID_REDIS_URL": "redis://127.0.0.1:1/0", "WHALEID_RUN_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "services.gateway"], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "services.chain.gateway"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0
     assert "gateway_token" in done.stderr and "local profile's default" in done.stderr, done.stderr

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from services import topics
-from services.bridge.events import Ignored, Malformed, ObjectCreated
-from services.bridge.seaweedfs_events import parse_event
-from services.bridge.seaweedfs_pb import filer_pb2
+from services.chain.bridge.events import Ignored, Malformed, ObjectCreated
+from services.chain.bridge.seaweedfs_events import parse_event
+from services.chain.bridge.seaweedfs_pb import filer_pb2
 from services.chain.store import open_sighting
+from services.core import topics
 
 WEED = Path(sys.executable).parent / "weed"
 needs_weed = pytest.mark.skipif(not WEED.exists() and shutil.which("weed") is None,
@@ -94,8 +94,8 @@ def test_a_value_that_is_not_an_event_notification_is_malformed():
 
 
 def test_the_stack_refuses_an_unknown_s3_kind(tmp_path):
-    from services.settings import load_settings
-    from services.stack import Stack, StackError
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack, StackError
 
     with pytest.raises(StackError, match="unknown S3 server"):
         Stack(load_settings(profile="local", environ={}, run_dir=tmp_path), s3="minio")
@@ -106,9 +106,9 @@ class _Bridge:
     """The bridge's SeaweedFS source in a thread of the test (the same code `whaleid serve bridge` runs)."""
 
     def __init__(self, settings):
-        from services.bridge.bridge import UploadBridge
-        from services.bridge.clients import kafka_producer, seaweedfs_events_consumer
-        from services.bridge.seaweedfs_source import SeaweedFSEventSource
+        from services.chain.bridge.bridge import UploadBridge
+        from services.chain.bridge.clients import kafka_producer, seaweedfs_events_consumer
+        from services.chain.bridge.seaweedfs_source import SeaweedFSEventSource
         from services.chain.markers import redis_client
 
         self.redis = redis_client(settings.redis_url)
@@ -135,8 +135,8 @@ def weed_stack(tmp_path_factory):
     from fixtures_front import TopicReader
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack
 
     run_dir = tmp_path_factory.mktemp("weed-stack") / "run"
     base = load_settings(profile="local", environ={}, run_dir=run_dir)
@@ -182,7 +182,7 @@ def _for(sighting_id):
 def test_presigned_put_to_seaweedfs_becomes_one_uploaded_record(weed_stack):
     from fixtures_front import redis_of
 
-    from services.gateway.presign import UploadSigner
+    from services.chain.gateway.presign import UploadSigner
 
     settings = weed_stack["settings"]
     sighting_id = f"weed-{uuid.uuid4().hex[:8]}"
@@ -267,7 +267,7 @@ def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers
     from fixtures_front import TopicReader, redis_of
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from services.reconciler import Reconciler
+    from services.chain.reconciler import Reconciler
 
     settings, stack, s3 = weed_stack["settings"], weed_stack["stack"], _s3(weed_stack["settings"])
     weed_pid = stack.state["servers"]["s3"]["pid"]
@@ -327,9 +327,9 @@ def test_photos_galleries_and_redis_keys_survive_stack_down_and_up(weed_stack, t
     """Last in this module: it restarts the module's stack (the bridge thread reconnects to the new broker)."""
     from fixtures_front import redis_of
 
-    from services.operations.model_store import GalleryStore
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.curation.operations.model_store import GalleryStore
+    from services.devtools.stack import Stack
 
     settings, stack = weed_stack["settings"], weed_stack["stack"]
     s3 = _s3(settings)
@@ -365,8 +365,8 @@ def test_photos_galleries_and_redis_keys_survive_stack_down_and_up(weed_stack, t
 
 @needs_weed
 def test_fresh_wipes_the_data_and_grpc_sockets_are_removed(tmp_path):
-    from services.settings import load_settings
-    from services.stack import Stack
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack
 
     run_dir = tmp_path / "run"
     settings = load_settings(profile="local", environ={}, run_dir=run_dir)

@@ -4,13 +4,13 @@
   to this environment's copies), what a Triton image needs besides the repository; `services`, `training` and
   the rest of the project are not importable in it (checked).
 - Vendored code: `preprocess/1/whaleid_imaging.py` and `blend/1/whaleid_vectors.py`, imported from the built
-  repository in that environment, compute byte for byte what `services.imaging` and
-  `services.identification.vectors` compute in-process: JPEG, PNG, EXIF-rotated, 16-bit, palette, alpha, CMYK,
+  repository in that environment, compute byte for byte what `services.core.imaging` and
+  `services.core.identification.vectors` compute in-process: JPEG, PNG, EXIF-rotated, 16-bit, palette, alpha, CMYK,
   WebP and MPO images, with and without a crop box, and the same refusals with the same reasons.
 - Triton: the repository, copied elsewhere, served by the bundled tritonserver with that environment first on
   PATH, no PYTHONPATH and its working directory outside the project: every model loads, the preprocess model's
-  pixels equal services.imaging's, and the ensemble's embeddings and species equal the offline path
-  (services.imaging + onnxruntime in-process + the identification blend).
+  pixels equal services.core.imaging's, and the ensemble's embeddings and species equal the offline path
+  (services.core.imaging + onnxruntime in-process + the identification blend).
 - The builder refuses a template or vendored module that imports what Triton's python backend lacks.
 """
 
@@ -31,7 +31,7 @@ import pytest
 from fixtures_model_repo import EPOCHS, SERVED_SPECIES, crops, exported, fake_detector_export, fake_export
 from PIL import Image
 
-from services.errors import RepositoryError
+from services.core.errors import RepositoryError
 
 REAL = f"b0-tiny-f0-e{EPOCHS[-1]:03d}"  # the exported EfficientNet snapshot (64 px, species head)
 PROBE = "probe"  # a tiny second embedder (96 px: a second preprocess model) with other species
@@ -58,8 +58,8 @@ def pure_python_env(root: Path) -> Path:
 
 def pure_env_vars(python_env: Path, home: Path) -> dict[str, str]:
     """A whole environment (nothing inherited): the pure venv first on PATH, no PYTHONPATH, the libraries
-    Triton needs (services.stack.triton.triton_env's LD_LIBRARY_PATH)."""
-    from services.stack.triton import triton_env
+    Triton needs (services.devtools.stack.triton.triton_env's LD_LIBRARY_PATH)."""
+    from services.devtools.stack.triton import triton_env
 
     return {"PATH": f"{python_env / 'bin'}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
             "LD_LIBRARY_PATH": triton_env()["LD_LIBRARY_PATH"]}
@@ -85,8 +85,8 @@ def python_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     """Built (flip TTA, species, two input sizes, a detector), then copied away from where it was built."""
-    from services.identification.tuning import Tuning
-    from services.model_repo import build_repository
+    from services.core.identification.tuning import Tuning
+    from services.serving.model_repo import build_repository
 
     root = tmp_path_factory.mktemp("self_contained")
     folder = root / "exports"
@@ -178,8 +178,8 @@ open(sys.argv[4], "w").write(json.dumps(results))
 
 
 def _in_process(cases: dict) -> tuple[dict, dict]:
-    from services.errors import DataError
-    from services.imaging import ImageRejected, crop, decode_image, preprocess, resize_for_model
+    from services.core.errors import DataError
+    from services.core.imaging import ImageRejected, crop, decode_image, preprocess, resize_for_model
 
     results, arrays = {}, {}
     for key, case in cases.items():
@@ -258,8 +258,8 @@ open(sys.argv[4], "w").write(out_error)
 
 
 def test_vendored_vectors_are_the_identification_blend_byte_for_byte(repository, python_env, tmp_path):
-    from services.errors import DataError
-    from services.identification.vectors import blend, blend_probabilities, combine_flip
+    from services.core.errors import DataError
+    from services.core.identification.vectors import blend, blend_probabilities, combine_flip
 
     rng = np.random.default_rng(2)
     a, b, c = (rng.normal(size=(5, 512)).astype(np.float32) for _ in range(3))
@@ -282,7 +282,7 @@ def test_vendored_vectors_are_the_identification_blend_byte_for_byte(repository,
 def test_repository_python_sources_import_only_numpy_pillow_onnxruntime(repository):
     import ast
 
-    from services.model_repo.validation import validate_repository
+    from services.serving.model_repo.validation import validate_repository
 
     record = validate_repository(repository)
     python_models = sorted({path.split("/")[0] for path in record["python_sources"]})
@@ -297,7 +297,7 @@ def test_repository_python_sources_import_only_numpy_pillow_onnxruntime(reposito
     assert third_party == {"numpy", "PIL", "onnxruntime", "triton_python_backend_utils",
                            "whaleid_imaging", "whaleid_vectors"}
     vendored = (repository / "preprocess_64" / "1" / "whaleid_imaging.py").read_text()
-    assert vendored.startswith("# Generated by `whaleid model-repo build` from services.imaging")
+    assert vendored.startswith("# Generated by `whaleid model-repo build` from services.core.imaging")
     assert "def decode_image(" in vendored
     assert not [line for line in vendored.splitlines() if line.startswith(("import services", "from services"))]
 
@@ -333,9 +333,9 @@ def isolated_triton(repository, python_env, tmp_path_factory):
     whole environment of its own (pure_env_vars) and its working directory outside the project."""
     import tritonclient.grpc as grpcclient
 
-    from services.stack.binaries import package_file
-    from services.stack.ports import free_ports
-    from services.stack.triton import python_backend_dir
+    from services.devtools.stack.binaries import package_file
+    from services.devtools.stack.ports import free_ports
+    from services.devtools.stack.triton import python_backend_dir
 
     root = tmp_path_factory.mktemp("isolated_triton")
     probe = repository / "environment_probe"
@@ -395,7 +395,7 @@ def _infer(client, model: str, inputs: dict, outputs: list[str]) -> dict[str, np
 
 
 def _decodable(images: dict[str, bytes]) -> dict[str, bytes]:
-    from services.imaging import ImageRejected, decode_image
+    from services.core.imaging import ImageRejected, decode_image
 
     kept = {}
     for name, data in images.items():
@@ -408,7 +408,7 @@ def _decodable(images: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def test_triton_without_the_project_loads_every_model(isolated_triton, repository):
-    from services.model_repo.validation import validate_repository
+    from services.serving.model_repo.validation import validate_repository
 
     client = isolated_triton
     record = validate_repository(repository)
@@ -421,12 +421,12 @@ def test_triton_without_the_project_loads_every_model(isolated_triton, repositor
 
 
 def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_species(isolated_triton, repository):
-    """Offline: services.imaging (decode, resize; the mirrored crop for flip TTA), onnxruntime in-process on
+    """Offline: services.core.imaging (decode, resize; the mirrored crop for flip TTA), onnxruntime in-process on
     each export's model.onnx, the identification blend with the tuning weights."""
     import onnxruntime as ort
 
-    from services.identification.vectors import blend, blend_probabilities, combine_flip
-    from services.imaging import decode_image, resize_for_model
+    from services.core.identification.vectors import blend, blend_probabilities, combine_flip
+    from services.core.imaging import decode_image, resize_for_model
 
     client = isolated_triton
     images = _decodable(sample_images())
@@ -459,7 +459,7 @@ def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_spe
         assert np.max(np.abs(offline - single)) > 1e-3
 
     # the worker's pixels as binary PPM: the embeddings of the very same pixels sent as the upload itself
-    from services.imaging import encode_ppm
+    from services.core.imaging import encode_ppm
 
     ppm = np.array([[encode_ppm(decoded[names.index(n)])] for n in ("jpeg", "jpeg_exif_6")], dtype=np.object_)
     as_ppm = _infer(client, "ensemble", {"IMAGE": ppm}, ["EMBEDDING"])["EMBEDDING"]
@@ -476,10 +476,10 @@ def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_spe
 
 def test_triton_without_the_project_serves_the_offline_detector_boxes(isolated_triton, repository):
     """The detector model (its vendored decode: EXIF-upright, then resized as in training) gives the boxes of
-    services.imaging + onnxruntime in-process, in pixels of the upright photo."""
+    services.core.imaging + onnxruntime in-process, in pixels of the upright photo."""
     import onnxruntime as ort
 
-    from services.imaging import decode_image, encode_ppm, resize_for_model
+    from services.core.imaging import decode_image, encode_ppm, resize_for_model
 
     images = _decodable(sample_images())
     names = list(images)
@@ -505,16 +505,16 @@ def test_triton_without_the_project_serves_the_offline_detector_boxes(isolated_t
 
 # ----------------------------------------------------------------------------- the builder refuses
 def test_vendoring_refuses_a_module_with_project_imports(tmp_path, monkeypatch):
-    from services.model_repo import vendor
+    from services.serving.model_repo import vendor
 
     module = tmp_path / "impure_module.py"
-    module.write_text('"""doc"""\nimport numpy as np\nfrom services.errors import DataError\n'
-                      "from services.settings import load_settings\n")
+    module.write_text('"""doc"""\nimport numpy as np\nfrom services.core.errors import DataError\n'
+                      "from services.core.settings import load_settings\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(RepositoryError, match=r"cannot vendor impure_module .*line 4 imports services.settings "
+    with pytest.raises(RepositoryError, match=r"cannot vendor impure_module .*line 4 imports services.core.settings "
                                               r"\(load_settings\)"):
         vendor.vendored_source(vendor.Vendored("impure_module", "impure.py"))
-    module.write_text('"""doc"""\nfrom services.errors import DataError\n\n\ndef f():\n    raise DataError("x")\n')
+    module.write_text('"""doc"""\nfrom services.core.errors import DataError\n\n\ndef f():\n    raise DataError("x")\n')
     text = vendor.vendored_source(vendor.Vendored("impure_module", "impure.py"))
     namespace: dict = {}
     exec(compile(text, "impure.py", "exec"), namespace)  # noqa: S102 - the generated module stands alone
@@ -531,20 +531,20 @@ def test_vendoring_refuses_a_module_with_project_imports(tmp_path, monkeypatch):
 
 
 def test_a_template_with_a_project_import_fails_the_build(tmp_path, monkeypatch):
-    from services.model_repo import build_repository, builder
+    from services.serving.model_repo import build_repository, builder
 
     fake_export(tmp_path / "exports", "m")
     original = builder.template_source
     monkeypatch.setattr(builder, "template_source", lambda name: original(name) + (
-        "\nfrom services.identification.vectors import blend\n" if name == "blend" else ""))
+        "\nfrom services.core.identification.vectors import blend\n" if name == "blend" else ""))
     with pytest.raises(RepositoryError, match=r"model blend: 1/model.py: line \d+ imports "
-                                              r"services.identification.vectors"):
+                                              r"services.core.identification.vectors"):
         build_repository(tmp_path / "exports", tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
 
 
 def test_a_changed_python_source_is_refused_by_validation(repository, tmp_path):
-    from services.model_repo.validation import validate_repository
+    from services.serving.model_repo.validation import validate_repository
 
     broken = tmp_path / "repo"
     shutil.copytree(repository, broken, ignore=shutil.ignore_patterns("environment_probe"))
@@ -558,7 +558,7 @@ def test_a_changed_python_source_is_refused_by_validation(repository, tmp_path):
 
 
 def test_a_repository_built_before_vendoring_is_accepted_with_a_warning(repository, tmp_path, caplog):
-    from services.model_repo.validation import validate_repository
+    from services.serving.model_repo.validation import validate_repository
 
     old = tmp_path / "repo"
     shutil.copytree(repository, old, ignore=shutil.ignore_patterns("environment_probe"))
@@ -572,19 +572,19 @@ def test_a_repository_built_before_vendoring_is_accepted_with_a_warning(reposito
 def test_templates_are_package_data():
     import importlib.resources
 
-    from services.model_repo.builder import VENDORED
+    from services.serving.model_repo.builder import VENDORED
 
-    folder = importlib.resources.files("services.model_repo").joinpath("templates")
+    folder = importlib.resources.files("services.serving.model_repo").joinpath("templates")
     assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".py")) == sorted(f"{t}.py" for t in VENDORED)
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert '"services.model_repo" = ["templates/*.py"]' in pyproject
+    assert '"services.serving.model_repo" = ["templates/*.py"]' in pyproject
 
 
 INSTALLED_BUILD = r"""
 import json, sys
 from pathlib import Path
 import services
-from services.model_repo import build_repository
+from services.serving.model_repo import build_repository
 record = build_repository(Path(sys.argv[1]), Path(sys.argv[2]))
 print(json.dumps({"services": services.__file__, "sources": sorted(record["python_sources"])}))
 """
@@ -592,7 +592,7 @@ print(json.dumps({"services": services.__file__, "sources": sorted(record["pytho
 
 def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
     """Templates and vendored sources come from the installed package, not from a checkout (no parents[2])."""
-    from services.model_repo.builder import template_source
+    from services.serving.model_repo.builder import template_source
 
     project = Path(__file__).resolve().parents[1]
     source = tmp_path / "src"
@@ -625,7 +625,7 @@ def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
 def test_the_build_id_covers_the_served_python_code(tmp_path, monkeypatch, lean):
     """Same exports, weights and code: the same build id; the same exports with changed preprocessing code (a
     vendored module or a template): another build id, so the worker tags embeddings made by other code apart."""
-    from services.model_repo import BuildOptions, build_repository, builder, vendor
+    from services.serving.model_repo import BuildOptions, build_repository, builder, vendor
 
     fake_export(tmp_path / "exports", "m")
     options = BuildOptions(lean=lean)
@@ -635,7 +635,7 @@ def test_the_build_id_covers_the_served_python_code(tmp_path, monkeypatch, lean)
 
     original_vendored = vendor.vendored_source
     monkeypatch.setattr(vendor, "vendored_source", lambda v: original_vendored(v) + (
-        "\n# another resize\n" if v.module == "services.imaging" else ""))
+        "\n# another resize\n" if v.module == "services.core.imaging" else ""))
     vendored_changed = build_repository(tmp_path / "exports", tmp_path / "c", options=options)
     monkeypatch.setattr(vendor, "vendored_source", original_vendored)
     original_template = builder.template_source

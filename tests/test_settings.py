@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import ConfigError
-from services.settings import Settings, describe_settings, load_settings
+from services.core.errors import ConfigError
+from services.core.settings import Settings, describe_settings, load_settings
 
 
 def write_state(run_dir: Path, **servers) -> None:

@@ -23,7 +23,7 @@ from fixtures_front import (
     start_gateway,
 )
 
-from services.access.cors import bucket_cors_rules
+from services.core.access.cors import bucket_cors_rules
 
 ORIGIN = "https://app.example"
 

@@ -17,10 +17,10 @@ from urllib.parse import unquote_plus
 import numpy as np
 import pytest
 
-from services.settings import load_settings
-from services.stack import ServerStartError, Stack, launch_triton
-from services.stack.ports import free_ports, port_in_use
-from services.stack.process import ServerProcess, pid_alive, stop_pid
+from services.core.settings import load_settings
+from services.devtools.stack import ServerStartError, Stack, launch_triton
+from services.devtools.stack.ports import free_ports, port_in_use
+from services.devtools.stack.process import ServerProcess, pid_alive, stop_pid
 
 WHALEID = str(Path(sys.executable).parent / "whaleid")
 STATE_KEYS = {
@@ -306,9 +306,9 @@ def test_prometheus_scrapes_the_stack_and_added_targets(stack):
 
 
 def test_scrape_targets_are_file_sd_json_and_bad_ones_are_refused(tmp_path):
-    from services.errors import ConfigError
-    from services.stack.prometheus import prometheus_config
-    from services.stack.scrape_targets import read_targets, remove_target, write_target
+    from services.core.errors import ConfigError
+    from services.devtools.stack.prometheus import prometheus_config
+    from services.devtools.stack.scrape_targets import read_targets, remove_target, write_target
 
     path = write_target(tmp_path, "worker", ["127.0.0.1:9401", "127.0.0.1:9402"])
     assert json.loads(path.read_text()) == [
@@ -440,8 +440,8 @@ def test_kafka_health_check_of_a_broker_not_listening_yet_logs_no_error(caplog):
     console (the `ERROR kafka.net.connection ... ECONNREFUSED` of every `whaleid demo` start)."""
     import logging
 
-    from services.stack.health import check_kafka
-    from services.stack.ports import free_port
+    from services.devtools.stack.health import check_kafka
+    from services.devtools.stack.ports import free_port
 
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(ConnectionRefusedError):

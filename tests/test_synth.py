@@ -12,7 +12,7 @@ from fixtures_synth import synth_dataset
 from PIL import Image
 
 from services.cli.main import main as whaleid
-from services.errors import DataError
+from services.core.errors import DataError
 from training.synth import NEW_INDIVIDUAL, generate
 from training.synth.individuals import make_individual
 from training.synth.plan import plan

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from services.cli.main import main as whaleid
-from services.errors import DataError
+from services.core.errors import DataError
 from training.data import load_dataset
 from training.synth import STYLE_NAMES, generate
 from training.synth.individuals import make_individual

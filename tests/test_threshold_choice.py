@@ -1,4 +1,4 @@
-"""The threshold rules (services/identification/threshold_choice.py): tuned when the validation can tell, the
+"""The threshold rules (services/core/identification/threshold_choice.py): tuned when the validation can tell, the
 calibrated default when it is too small or the tuned threshold lies beyond every score, with an interval; every
 validation fold holds new individuals."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.identification.evaluation import LabelledImages, split_fold
-from services.identification.ranking import NEW_INDIVIDUAL, Candidates
-from services.identification.threshold_choice import (
+from services.core.identification.evaluation import LabelledImages, split_fold
+from services.core.identification.ranking import NEW_INDIVIDUAL, Candidates
+from services.core.identification.threshold_choice import (
     DEFAULT,
     MIN_QUERIES,
     TUNED,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services import topics
+from services.core import topics
 
 SAMPLES = [
     topics.SightingMetadata(

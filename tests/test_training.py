@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fixtures_training import tiny_run
 
-from services import imaging
 from services.cli.main import main as whaleid
-from services.errors import ConfigError
+from services.core import imaging
+from services.core.errors import ConfigError
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +86,7 @@ def test_embedder_api_matches_the_server_preprocessing(trained):
     assert from_files.shape == (5, 512) and from_files.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(from_files, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(from_files, from_images, atol=1e-6)
-    # the tf.data eval path is byte-identical to services.imaging.preprocess
+    # the tf.data eval path is byte-identical to services.core.imaging.preprocess
     batch = next(iter(eval_dataset([str(p) for p in paths], boxes, 64, 8))).numpy()
     expected = np.stack([imaging.preprocess(imaging.load_image_file(p), 64, b) for p, b in zip(paths, boxes,
                                                                                                strict=True)])

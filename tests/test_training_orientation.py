@@ -1,6 +1,6 @@
 """Training's tf.data decoder sees a photo the way the server does: the EXIF orientation applied.
 
-The server (services.imaging.decode_image) turns a phone's portrait photo upright; tf.io.decode_image does not.
+The server (services.core.imaging.decode_image) turns a phone's portrait photo upright; tf.io.decode_image does not.
 Without training.pipeline.upright, a model would train on sideways photos and boxes drawn on the upright photo
 would not fit them.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services import imaging
+from services.core import imaging
 
 ORIENTATION_TAG = 0x0112
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fixtures_synth import synth_dataset
 
-from services.stack.process import pid_alive
+from services.devtools.stack.process import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 WHALEID = [sys.executable, "-m", "services.cli.main"]

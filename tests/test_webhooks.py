@@ -17,12 +17,12 @@ import pytest
 import redis as redis_lib
 from prometheus_client import REGISTRY
 
-from services.chaos.webhook_drip import DripReceiver
-from services.errors import ConfigError
-from services.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
-from services.webhooks import service as hooks
-from services.webhooks.endpoints import Endpoint, endpoints_from_settings
-from services.webhooks.signing import sign, verify
+from services.chain.webhooks import service as hooks
+from services.chain.webhooks.endpoints import Endpoint, endpoints_from_settings
+from services.chain.webhooks.signing import sign, verify
+from services.core.errors import ConfigError
+from services.core.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
+from services.devtools.chaos.webhook_drip import DripReceiver
 
 REDIS_DB = 12
 SECRET = "s3cret-for-hook-app-0123"
@@ -350,8 +350,8 @@ def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, recei
 
 
 def test_private_addresses_are_refused_unless_allowed(stack, receiver, redis_db):
-    from services.settings import load_settings
-    from services.webhooks.sender import is_private
+    from services.chain.webhooks.sender import is_private
+    from services.core.settings import load_settings
 
     assert load_settings(profile="production", environ={}).webhook_allow_private is False
     assert load_settings(profile="local", environ={}).webhook_allow_private is True  # tests' loopback receivers

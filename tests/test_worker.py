@@ -38,7 +38,7 @@ from fixtures_chain import (
 )
 from kafka import KafkaProducer
 
-from services import topics
+from services.core import topics
 
 KNOWN = 6  # gallery individuals (toy photos 0..5)
 MAX_UPLOAD = 300_000
@@ -49,9 +49,9 @@ TTLS = {"redis_result_ttl_s": 3 * 86400, "redis_embedding_ttl_s": 4 * 86400, "re
 @pytest.fixture(scope="module")
 def chain(stack, tmp_path_factory):
     """Toy Triton + gallery of the toy photos + `whaleid serve worker` and `matcher` subprocesses."""
-    from services.operations.model_store import GalleryStore
-    from services.stack.triton import launch_triton
-    from services.triton_client import EmbeddingClient
+    from services.curation.operations.model_store import GalleryStore
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.triton_client import EmbeddingClient
 
     root = tmp_path_factory.mktemp("chain-worker")
     repository = write_toy_repository(root / "repo", detector=True)
@@ -95,7 +95,7 @@ def chain(stack, tmp_path_factory):
 
 def publish_toy_gallery(store, embeddings, folder, model_ids) -> str:
     """The toy photos 0..KNOWN-1 as whale-0.., recorded as made by the export models `model_ids`; made current."""
-    from services.identification import Tuning, build_gallery
+    from services.core.identification import Tuning, build_gallery
 
     gallery = build_gallery(embeddings, [f"whale-{i}" for i in range(KNOWN)], ["humpback_whale"] * KNOWN,
                             [f"g{i}.jpg" for i in range(KNOWN)], model_ids=list(model_ids))
@@ -258,7 +258,7 @@ def test_a_killed_worker_restarts_and_every_sighting_is_identified_once(chain):
 
 
 def test_triton_down_then_back_drains_the_backlog(chain):
-    from services.stack.triton import TritonServer
+    from services.devtools.stack.triton import TritonServer
 
     ports = (chain.triton.http_port, chain.triton.grpc_port, chain.triton.metrics_port)
     chain.triton.stop()

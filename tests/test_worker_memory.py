@@ -16,12 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services import topics
-from services.imaging import UPRIGHT, ImageRejected, _rgb, _upright, decode_image, decode_scaled, read_header
-from services.settings import load_settings
-from services.worker.cropping import UploaderBox
-from services.worker.decode_budget import DecodeBudget, decode_cost
-from services.worker.pipeline import MODEL_PIXELS_MIN_SIDE, draft_reduction, prepare
+from services.chain.worker.cropping import UploaderBox
+from services.chain.worker.decode_budget import DecodeBudget, decode_cost
+from services.chain.worker.pipeline import MODEL_PIXELS_MIN_SIDE, draft_reduction, prepare
+from services.core import topics
+from services.core.imaging import (
+    UPRIGHT,
+    ImageRejected,
+    _rgb,
+    _upright,
+    decode_image,
+    decode_scaled,
+    read_header,
+)
+from services.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BOMB_SIZE = (8000, 5000)  # 40 MP: exactly the default max_image_pixels, so a valid photo
@@ -93,7 +101,7 @@ def test_16bit_modes_give_the_legacy_pixels():
 
 def test_16bit_rows_are_converted_in_bands(monkeypatch):
     """Several bands (the row count does not divide the height) give the pixels of one."""
-    import services.imaging as imaging
+    import services.core.imaging as imaging
 
     values = np.random.default_rng(1).integers(0, 65536, (101, 64), dtype=np.uint16)
     image = Image.fromarray(values)
@@ -117,7 +125,7 @@ def test_upright_is_pillows_transpose(orientation):
 PEAK_SCRIPT = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from services.imaging import decode_image
+    from services.core.imaging import decode_image
 
     def rss(field):
         for line in open("/proc/self/status"):
@@ -294,10 +302,10 @@ BATCH_SCRIPT = textwrap.dedent("""
     import tracemalloc
     from test_worker_memory import _S3, _event
     from services.chain.failures import PermanentFailure
-    from services.settings import load_settings
-    from services.worker.cropping import UploaderBox
-    from services.worker.decode_budget import DecodeBudget
-    from services.worker.pipeline import prepare
+    from services.core.settings import load_settings
+    from services.chain.worker.cropping import UploaderBox
+    from services.chain.worker.decode_budget import DecodeBudget
+    from services.chain.worker.pipeline import prepare
 
     def rss(field):
         for line in open("/proc/self/status"):
@@ -366,7 +374,7 @@ def test_a_batch_of_bombs_is_decoded_within_the_budget(tmp_path):
 
 
 def test_held_pixels_are_reduced_in_bands_like_one_reduce(monkeypatch):
-    import services.worker.pipeline as pipeline
+    import services.chain.worker.pipeline as pipeline
 
     pixels = np.random.default_rng(2).integers(0, 256, (64 * 5 + 7, 64 * 3 + 2, 3), dtype=np.uint8)
     monkeypatch.setattr(pipeline, "REDUCE_BAND_PIXELS", 1000)  # several bands, the last one partial
@@ -383,8 +391,8 @@ def test_the_memory_bomb_cases_are_small_files_of_40mp():
     and its peak-RSS probe sees memory that a process touches."""
     import os
 
-    from services.chaos import hostile
-    from services.chaos.memory_bomb import PeakRss, bomb_cases
+    from services.devtools.chaos import hostile
+    from services.devtools.chaos.memory_bomb import PeakRss, bomb_cases
 
     cases = bomb_cases(8, 40_000_000)
     assert [c.expect for c in cases].count(hostile.DEAD_LETTER) == 2

@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from services.errors import DataError
-from services.identification import build_gallery, map_at_5, rank_candidates
-from services.identification.ranking import NEW_INDIVIDUAL, insert_new_individual
-from services.identification.tuning import sweep_threshold
-from services.imaging import preprocess
+from services.core.errors import DataError
+from services.core.identification import build_gallery, map_at_5, rank_candidates
+from services.core.identification.ranking import NEW_INDIVIDUAL, insert_new_individual
+from services.core.identification.tuning import sweep_threshold
+from services.core.imaging import preprocess
 from training.data import HappywhaleData, load_dataset
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ K_NEIGHBOURS = 50
 
 
 def pixel_features(crop: np.ndarray) -> np.ndarray:
-    """Raw colour pixels of the crop (float32 from services.imaging.preprocess), flattened."""
+    """Raw colour pixels of the crop (float32 from services.core.imaging.preprocess), flattened."""
     return crop.reshape(-1) / 255.0
 
 

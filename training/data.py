@@ -19,8 +19,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from services import imaging
-from services.errors import DataError
+from services.core import imaging
+from services.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class HappywhaleData:
         return imaging.load_image_file(self.image_path(image))
 
     def eval_input(self, image: str, size: int, box_source: str | None) -> np.ndarray:
-        """float32 (size, size, 3) in [0, 255]: the same preprocessing as the server (services.imaging)."""
+        """float32 (size, size, 3) in [0, 255]: the same preprocessing as the server (services.core.imaging)."""
         return imaging.preprocess(self.load_image(image), size, self.eval_box(image, box_source))
 
 

@@ -12,7 +12,7 @@ def _synth(args) -> int:
     if args.scenes:
         return _scenes(args)
     if args.individuals is None:
-        from services.errors import ConfigError
+        from services.core.errors import ConfigError
 
         raise ConfigError("synth: --individuals is required (unless --scenes N)")
     summary = generate(

@@ -1,7 +1,7 @@
 """Load a trained embedder from a run directory and embed images with the server's preprocessing.
 
 `load_embedding_model(run_dir, snapshot=None)` -> (keras.Model, info): the model maps float32 NHWC images in
-[0, 255] to L2-normalised embeddings. `Embedder.from_run(run_dir)` wraps it with services.imaging.preprocess.
+[0, 255] to L2-normalised embeddings. `Embedder.from_run(run_dir)` wraps it with services.core.imaging.preprocess.
 Snapshots: None = the last checkpoint; an epoch number (3), a file name (epoch_003.weights.h5) or a path.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from services import imaging
-from services.errors import ConfigError
+from services.core import imaging
+from services.core.errors import ConfigError
 from training.config import general_model_id, is_general, read_saved_config
 
 CHECKPOINT_DIR = "checkpoints"
@@ -199,10 +199,10 @@ def heldout_map5(embedder: Embedder, data) -> dict[str, Any]:
     """MAP@5 on a data set's test split (needs test_truth.csv): gallery = every train image, queries = the test
     images, identification core ranking. `map5`: new_individual never first; `map5_tuned`: at the best
     new_individual threshold of a sweep over these queries (as the pixel baseline reports it)."""
-    from services.errors import DataError
-    from services.identification import build_gallery, map_at_5, rank_candidates
-    from services.identification.ranking import insert_new_individual
-    from services.identification.tuning import sweep_threshold
+    from services.core.errors import DataError
+    from services.core.identification import build_gallery, map_at_5, rank_candidates
+    from services.core.identification.ranking import insert_new_individual
+    from services.core.identification.tuning import sweep_threshold
 
     if not data.truth:
         raise DataError(f"{data.root}: held-out MAP@5 needs test_truth.csv")

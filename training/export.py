@@ -29,9 +29,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from services.checksums import sha256_file
-from services.errors import WhaleIdError
-from services.model_repo.onnx_io import INPUT_NAME, OUTPUT_NAME, SPECIES_OUTPUT, embedder_signature_problems
+from services.core.checksums import sha256_file
+from services.core.errors import WhaleIdError
+from services.core.onnx_signature import INPUT_NAME, OUTPUT_NAME, SPECIES_OUTPUT, embedder_signature_problems
 
 log = logging.getLogger(__name__)
 

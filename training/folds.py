@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 from typing import Mapping
 
-from services.errors import DataError
+from services.core.errors import DataError
 
 FOLDS_FILE = "folds.csv"
 
@@ -22,7 +22,7 @@ def write_folds(path: Path, folds: Mapping[str, int]) -> None:
 
 def read_folds(path: Path) -> dict[str, int]:
     """{individual_id: fold} of a folds.csv, checked: bad rows and repeated individuals are errors naming the lines."""
-    from services.identification.submission import read_csv_rows
+    from services.core.identification.submission import read_csv_rows
 
     folds, problems = {}, []
     for line, row in read_csv_rows(path, ("individual_id", "fold")):

@@ -9,7 +9,7 @@ and `model-repo build` take it where they take a run: `--run general` is this mo
 
 Its embedding was never trained on any individual, so every fold of a catalogue is held out from it
 (`evaluate` scores them all). Like every model, its threshold falls back to the calibrated default (the
-config's `new_individual_quantile` of the catalogue's impostor scores, services.identification.threshold_choice)
+config's `new_individual_quantile` of the catalogue's impostor scores, services.core.identification.threshold_choice)
 when a catalogue has too few validation queries to tune one.
 """
 
@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 from training.config import general_model_id, is_general, load_config, read_saved_config, save_config
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def resolve_runs(specs) -> list[str]:
 def general_exports(run_dir: str | Path | None = None) -> Path:
     """The exports directory (whaleid export) of the general identifier, exported once into RUN/exports: what
     `model-repo build` serves when no --exports is given."""
-    from services.model_repo.exports import MANIFEST
+    from services.core.model_exports import MANIFEST
     from training.export import export_run
 
     run = Path(run_dir) if run_dir is not None else Path(resolve_run(GENERAL))

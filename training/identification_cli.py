@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from services.identification.evaluation import VALIDATIONS
-from services.identification.gallery import REFERENCES
+from services.core.identification.evaluation import VALIDATIONS
+from services.core.identification.gallery import REFERENCES
 
 
 def register(subparsers) -> None:

@@ -1,5 +1,5 @@
 """`whaleid evaluate` and `whaleid predict`: training's Embedder and data loader + the identification core
-(services.identification: numpy and faiss only, which never imports training).
+(services.core.identification: numpy and faiss only, which never imports training).
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from typing import Sequence
 
 import numpy as np
 
-from services.errors import ConfigError, DataError
-from services.identification.gallery import build_reference_gallery
-from services.identification.identifier import Identifier
-from services.identification.metrics import map_at_5, map_at_5_per_group
-from services.identification.submission import format_scores, write_submission
-from services.identification.threshold_choice import catalogue_threshold, configured_quantile, describe_choice
-from services.identification.tuning import TUNING_FILE, Tuning
-from services.identification.vectors import blend, combine_flip
+from services.core.errors import ConfigError, DataError
+from services.core.identification.gallery import build_reference_gallery
+from services.core.identification.identifier import Identifier
+from services.core.identification.metrics import map_at_5, map_at_5_per_group
+from services.core.identification.submission import format_scores, write_submission
+from services.core.identification.threshold_choice import (
+    catalogue_threshold,
+    configured_quantile,
+    describe_choice,
+)
+from services.core.identification.tuning import TUNING_FILE, Tuning
+from services.core.identification.vectors import blend, combine_flip
 from training.folds import FOLDS_FILE, read_folds
 from training.general import general_folds, resolve_runs
 from training.plots import plot_threshold_curve
@@ -147,7 +151,7 @@ def describe_fold(held: int) -> str:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from services.identification.evaluation import LabelledImages, evaluate_out_of_fold
+    from services.core.identification.evaluation import LabelledImages, evaluate_out_of_fold
     from training.data import load_dataset
 
     data = load_dataset(args.data)
@@ -308,7 +312,7 @@ def tuning_for(args: argparse.Namespace, embedders) -> tuple[Tuning | None, str]
 def truth_of(args: argparse.Namespace, data):
     """(individual_ids, species) of the test images from --truth, else from the data set's test_truth.csv."""
     if args.truth:
-        from services.identification.submission import read_truth
+        from services.core.identification.submission import read_truth
 
         truth = read_truth(args.truth)
         by_image = dict(zip(truth.images, zip(truth.individual_ids, truth.species or [""] * len(truth.images),

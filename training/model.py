@@ -2,7 +2,7 @@
 
 `build_models(config, num_classes, num_species)` returns (train_model, embedding_model) sharing their layers:
 - embedding_model: float32 NHWC images in [0, 255] -> L2-normalised embeddings (Keras EfficientNet rescales and
-  normalises inside the network, so the input is the output of services.imaging.preprocess);
+  normalises inside the network, so the input is the output of services.core.imaging.preprocess);
 - train_model: {"image", "label"} -> {"arcface": Elastic ArcFace logits, "species": species logits (optional)}.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import keras
 from keras import ops
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 from training.arcface import ElasticArcFace, dynamic_margins
 
 

@@ -3,8 +3,8 @@
 - `train_dataset`: parallel decode (AUTOTUNE; the EXIF orientation applied, as the server does), a random crop among the image's boxes (the whole image when it has
   none) grown by a random expansion and shifted by a small jitter, resized with antialiased bilinear (as Pillow's
   bilinear does when shrinking), hue / saturation / contrast / brightness jitter, random grayscale, optional flip.
-- `eval_dataset`: deterministic, and literally the server's preprocessing: services.imaging.load_image_file then
-  services.imaging.preprocess (crop to the eval box, Pillow bilinear resize, float32 0..255), run in parallel
+- `eval_dataset`: deterministic, and literally the server's preprocessing: services.core.imaging.load_image_file then
+  services.core.imaging.preprocess (crop to the eval box, Pillow bilinear resize, float32 0..255), run in parallel
   tf.numpy_function calls.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from services import imaging
+from services.core import imaging
 
 Box = Sequence[float]
 
@@ -48,7 +48,7 @@ def _padded_boxes(train_boxes: list[list[Box]]) -> tuple[np.ndarray, np.ndarray]
 
 
 def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """The image turned as its EXIF orientation (1..8) says, as services.imaging.decode_image does with Pillow."""
+    """The image turned as its EXIF orientation (1..8) says, as services.core.imaging.decode_image does with Pillow."""
     def transpose(x):
         return tf.transpose(x, (1, 0, 2))
 
@@ -145,12 +145,12 @@ def train_dataset(samples: Samples, config: Mapping[str, Any], batch_size: int, 
 
 
 def eval_arrays(path: str, box: Box | None, size: int) -> np.ndarray:
-    """The server's preprocessing of one image file (services.imaging)."""
+    """The server's preprocessing of one image file (services.core.imaging)."""
     return imaging.preprocess(imaging.load_image_file(path), size, box)
 
 
 def eval_dataset(paths: Sequence[str], boxes: Sequence[Box | None], size: int, batch_size: int) -> tf.data.Dataset:
-    """Deterministic eval images in order: float32 (size, size, 3) batches, identical to services.imaging."""
+    """Deterministic eval images in order: float32 (size, size, 3) batches, identical to services.core.imaging."""
     table = [(str(p), None if b is None else [float(v) for v in b]) for p, b in zip(paths, boxes, strict=True)]
 
     def load(index):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from services.identification.tuning import ThresholdSweep
+from services.core.identification.tuning import ThresholdSweep
 
 
 def plot_threshold_curve(sweep: ThresholdSweep, path: str | Path, title: str = "new_individual threshold",

@@ -8,7 +8,7 @@ only), it reports:
   - the model's FLOPs (2 x MACs of its Conv/MatMul/Gemm nodes, from the ONNX graph's inferred shapes) and the
     ratio of the measured time to this machine's fp32 limit: FLOPs / the SGEMM rate the bench measures itself
     (numpy float32 matmul, best of several);
-  - MAP@5 of each precision on a held-out synthetic set of another look than training (services.identification:
+  - MAP@5 of each precision on a held-out synthetic set of another look than training (services.core.identification:
     gallery = its train split, queries = its test split, thresholds cross-fitted; also at the fp32 threshold).
 int8 is calibrated on crops of the training data, never the held-out set. Targets: int8 >= 2x faster than fp32
 (batch 8), MAP@5 loss <= 0.005. Exports are cached under --work (a B5 export takes minutes here).

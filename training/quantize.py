@@ -1,7 +1,7 @@
 """Reduced-precision embedders (`whaleid export --precision fp32|bf16|int8`) and their identification parity.
 
 - `int8`: onnxruntime static quantisation of the fp32 ONNX export (QDQ format, per-channel int8 weights, uint8
-  activations, MinMax calibration) calibrated on training crops (the eval path: services.imaging crop + resize of
+  activations, MinMax calibration) calibrated on training crops (the eval path: services.core.imaging crop + resize of
   the data's train images at their eval box). On x86 with VNNI/AMX onnxruntime runs the QDQ Conv/MatMul pairs as
   integer kernels.
 - `bf16`: onnxruntime's CPU execution provider has no bfloat16 compute kernels (ONNX Conv does not even accept
@@ -11,9 +11,9 @@
   (`compute: fp32` in the manifest) and the speed is fp32's; the accuracy is that of bf16 weights. On a GPU (or a
   build with bf16 kernels) a real bf16 graph is a later step.
 
-Parity is checked on the identification metric, not only on embedding distance: MAP@5 (services.identification:
+Parity is checked on the identification metric, not only on embedding distance: MAP@5 (services.core.identification:
 FAISS gallery, best score per individual, `new_individual` by threshold, Kaggle's MAP@5) of the reduced model
-against the fp32 model on the same gallery and queries, thresholds cross-fitted (services.identification.tuning
+against the fp32 model on the same gallery and queries, thresholds cross-fitted (services.core.identification.tuning
 .cross_fitted_map5) and, as deployed, the reduced model scored at the fp32 model's tuned threshold.
 """
 
@@ -43,7 +43,7 @@ def _dataset(data_dir: Path):
 
 
 def crops_of(data, images: Sequence[str], image_size: int, box_source: str | None) -> np.ndarray:
-    """float32 (N, S, S, 3) in [0, 255]: the eval path (services.imaging, as the server) of `images`."""
+    """float32 (N, S, S, 3) in [0, 255]: the eval path (services.core.imaging, as the server) of `images`."""
     return np.stack([data.eval_input(image, image_size, box_source) for image in images]).astype(np.float32)
 
 
@@ -243,7 +243,7 @@ class ParitySet:
         self.query_crops = crops_of(data, [q for q, _ in queries], image_size, box_source)
 
     def candidates(self, embed):
-        from services.identification import build_gallery, rank_candidates
+        from services.core.identification import build_gallery, rank_candidates
 
         gallery = build_gallery(embed(self.gallery_crops), self.gallery_ids, ["unknown"] * len(self.gallery_ids),
                                 self.gallery_images)
@@ -254,7 +254,7 @@ def identification_scores(parity: ParitySet, models: dict[str, Any], reference: 
     """{name: {"map5" (cross-fitted thresholds), "map5_in_sample", "map5_at_reference_threshold"}} of each model
     (a path or an onnxruntime session) on the parity set; the reference's best in-sample threshold is applied to
     every model (a reduced model served with the fp32 model's tuning)."""
-    from services.identification.tuning import cross_fitted_map5, sweep_threshold
+    from services.core.identification.tuning import cross_fitted_map5, sweep_threshold
 
     results: dict[str, dict] = {}
     candidates = {name: parity.candidates(lambda crops, m=model: embed_crops(m, crops)) for name, model in models.items()}

@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Validation (fold k; config `fold`, -1 = no validation): fold k's individuals are
 are identified the way the service identifies new photos: the gallery is every training image plus, for each
 validation individual with two or more photos, its first photo; the queries are the remaining validation photos
 (truth: their individual, now in the gallery) and the photos of validation individuals with a single photo
-(truth: `new_individual`, as it is not in the gallery) — services.identification.evaluation.split_fold, the
+(truth: `new_individual`, as it is not in the gallery) — services.core.identification.evaluation.split_fold, the
 same split `whaleid evaluate` uses. MAP@5 comes from the identification core (nearest
 neighbours, best score per individual, `new_individual` inserted by a threshold) at the threshold that is best on
 this validation set (reported as val_threshold), as the Happywhale solutions tuned it.
@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from services.errors import ConfigError, DataError
+from services.core.errors import ConfigError, DataError
 from training.config import read_saved_config, save_config
 from training.data import load_dataset, split_folds
 from training.embed import CHECKPOINT_DIR, LABELS_FILE, checkpoint_name, list_checkpoints, model_id
@@ -46,7 +46,7 @@ OPTIMIZER_FILE = "optimizer.npz"
 # ----------------------------------------------------------------------------- data and folds
 def labelled_images(data, folds: Mapping[str, int]):
     """The identification core's view of the train images (rows aligned with data.train)."""
-    from services.identification.evaluation import LabelledImages
+    from services.core.identification.evaluation import LabelledImages
 
     return LabelledImages([r.image for r in data.train], [r.individual_id for r in data.train],
                           [r.species for r in data.train], np.array([folds[r.individual_id] for r in data.train]))
@@ -69,7 +69,7 @@ def samples_for(data, rows: Sequence[int], classes: Mapping[str, int], species: 
 
 def validation_map5(embeddings: np.ndarray, labelled, fold: int, model: str = "model") -> dict[str, float]:
     """Out-of-fold MAP@5 of one fold from the identification core (its split: see the module docstring)."""
-    from services.identification.evaluation import evaluate_out_of_fold
+    from services.core.identification.evaluation import evaluate_out_of_fold
 
     report = evaluate_out_of_fold({model: embeddings}, labelled, [fold], per_species=False).report
     return {"map5": report["map5"], "threshold": report["threshold"], "queries": report["queries"],
@@ -209,7 +209,7 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
     import keras
     import tensorflow as tf
 
-    from services.identification.evaluation import split_fold
+    from services.core.identification.evaluation import split_fold
     from training.model import build_models
     from training.pipeline import eval_dataset, train_dataset
     from training.schedule import WarmupPeakDecay, plot_schedule
@@ -302,8 +302,8 @@ def final_fit_weights(labelled, splits) -> np.ndarray:
     deployment: new_individual keeps its share (`live_weights`), the whole known share goes to the trained
     individuals' queries, as a final fit trained on every known animal (the fold's known-untrained queries, which
     stand for animals the model never trained on, get weight 0)."""
-    from services.identification.evaluation import live_weights
-    from services.identification.ranking import NEW_INDIVIDUAL
+    from services.core.identification.evaluation import live_weights
+    from services.core.identification.ranking import NEW_INDIVIDUAL
 
     weights = live_weights(labelled, splits)
     kinds = np.concatenate([np.where(np.asarray(s.truths, dtype=object) == NEW_INDIVIDUAL, "new",
@@ -328,8 +328,13 @@ def transfer_tuning(tuning, fold_embeddings: np.ndarray, labelled, model_id: str
     the transfer (`map5_in_sample` / `map5_held_out`: the fold run's live validation weighted so, at the
     re-tuned threshold). Measured on the demo (three final fits): rescaling the threshold by how the trained
     photos' median score moved between the two models did not help (it moved by 1-2%, within retraining noise)."""
-    from services.identification.evaluation import live_splits, rank_out_of_fold
-    from services.identification.tuning import Tuning, cross_fitted_map5, sweep_threshold, tune_per_species
+    from services.core.identification.evaluation import live_splits, rank_out_of_fold
+    from services.core.identification.tuning import (
+        Tuning,
+        cross_fitted_map5,
+        sweep_threshold,
+        tune_per_species,
+    )
 
     folds = [int(f) for f in tuning.validation.get("folds") or []]
     if len(folds) != 1:

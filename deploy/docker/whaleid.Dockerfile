@@ -12,11 +12,11 @@ COPY pyproject.toml README.md ./
 COPY services ./services
 COPY training ./training
 # `model-repo build` reads its python-backend templates from the installed package (package data
-# services/model_repo/templates/) and vendors services/imaging.py + services/identification/vectors.py into the
+# services/serving/model_repo/templates/) and vendors services/core/imaging.py + services/core/identification/vectors.py into the
 # repository, so nothing outside `services` is needed; the check below fails the image build if they are missing.
 RUN /opt/whaleid/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/whaleid/bin/pip install --no-cache-dir . \
- && cd / && /opt/whaleid/bin/python -c "from services.model_repo import builder, vendor; \
+ && cd / && /opt/whaleid/bin/python -c "from services.serving.model_repo import builder, vendor; \
 [builder.template_source(t) for t in builder.VENDORED]; [vendor.vendored_source(v) for v in (vendor.IMAGING, vendor.VECTORS)]"
 
 FROM python:3.11-slim-bookworm

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from services.errors import WhaleIdError
+from services.core.errors import TransientFailure, WhaleIdError
+
+__all__ = ["PermanentFailure", "TransientFailure", "Backoff"]
 
 
 class PermanentFailure(WhaleIdError):
@@ -12,10 +14,6 @@ class PermanentFailure(WhaleIdError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class TransientFailure(WhaleIdError):
-    """A server the stage needs (S3, Triton, Redis) is unavailable; retry the same event later."""
 
 
 class Backoff:

@@ -1,4 +1,4 @@
-"""The Faust application of a chain stage (worker, matcher), configured from `services.settings` only.
+"""The Faust application of a chain stage (worker, matcher), configured from `services.core.settings` only.
 
 Local profile: the Tansu workarounds of ENVIRONMENT.md (short sessions, unbatched producer, memory store);
 production: Faust's defaults. Topics carry raw JSON bytes: each stage decodes the records itself so that a
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import faust
 
-from services import topics
 from services.chain import topic_resets
-from services.settings import Settings
+from services.core import topics
+from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def use_idempotent_producer(enabled: bool) -> None:
 def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     """A Faust app for `stage` (consumer group `whaleid-<stage>`)."""
     if not settings.kafka_bootstrap:
-        from services.errors import ConfigError
+        from services.core.errors import ConfigError
 
         raise ConfigError("no Kafka bootstrap address: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
     datadir = Path(settings.run_dir) / "faust" / f"{stage}-{web_port}"

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def kafka_options(settings) -> dict:
     """Bootstrap, security and SASL options of every kafka-python client (ConfigError without a bootstrap)."""
     if not settings.kafka_bootstrap:
-        from services.errors import ConfigError
+        from services.core.errors import ConfigError
 
         raise ConfigError("no Kafka bootstrap: start the stack (`whaleid stack up`) or set WHALEID_KAFKA_BOOTSTRAP")
     options = {"bootstrap_servers": settings.kafka_bootstrap.split(","),

@@ -20,7 +20,7 @@ MARKER_TTL_S = 30 * 24 * 3600  # == Settings.redis_marker_ttl_s's default
 
 def redis_client(url: str) -> redis.Redis:
     if not url:
-        from services.errors import ConfigError
+        from services.core.errors import ConfigError
 
         raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)

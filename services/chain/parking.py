@@ -1,5 +1,5 @@
 """Sightings the matcher cannot rank yet because their embedding comes from a model the served gallery was not
-built with (services.model_versions). They are parked, not dead-lettered and not lost:
+built with (services.core.model_versions). They are parked, not dead-lettered and not lost:
 
     matcher:parked            sorted set: sighting id -> when it was first parked (epoch seconds)
     matcher:parked:records    hash: sighting id -> JSON {"record": SightingEmbedded, "reason", "detail", "parked_at"}
@@ -20,8 +20,8 @@ import time
 
 import redis
 
-from services import topics
 from services.chain.failures import TransientFailure
+from services.core import topics
 
 log = logging.getLogger(__name__)
 

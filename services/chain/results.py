@@ -20,9 +20,9 @@ import hashlib
 
 import redis
 
-from services import topics
 from services.chain.failures import TransientFailure
 from services.chain.store import identification_key
+from services.core import topics
 
 IDENTIFICATIONS_STREAM = "identifications"
 UNANNOUNCED_INDEX = "identifications:unannounced"

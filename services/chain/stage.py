@@ -21,8 +21,8 @@ from typing import Any, Awaitable, Callable, TypeVar
 from services.chain import markers
 from services.chain.failures import Backoff, PermanentFailure, TransientFailure
 from services.chain.faust_app import dead_letter_record, decode_original, send_and_wait
-from services.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY
-from services.settings import Settings
+from services.core.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY
+from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -4,7 +4,7 @@
     sighting:<id>                 Redis hash written by the gateway: metadata (SightingMetadata JSON),
                                   content_type, bucket, key, declared_size, created_at; the bridge adds
                                   uploaded_at, size, etag when the upload event arrives
-    identification:<id>           Redis string, JSON of services.topics.Identification (written by the matcher)
+    identification:<id>           Redis string, JSON of services.core.topics.Identification (written by the matcher)
     encounter:<owner>:<id>        Redis set: the sighting ids of one app's encounter (photos of one sighting
                                   event), written by the gateway, same TTL as the sightings
     failure:<id>                  Redis string, JSON {"stage", "reason", "detail", "failed_at"}, written by the

@@ -29,7 +29,7 @@ The policy (`install(app, interval_s)`), on every Faust consumer of the chain:
 
 Either way the partition is read from the start of the log the broker now has ("earliest"): the stages are
 idempotent by sighting id, so reading again what was handled costs time, not duplicates. What the broker lost
-for good is the reconciler's to re-drive (services/reconciler). On a broker that keeps its data none of this
+for good is the reconciler's to re-drive (services/chain/reconciler). On a broker that keeps its data none of this
 triggers.
 """
 

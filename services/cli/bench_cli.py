@@ -38,7 +38,7 @@ def _names() -> list[str]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from services.errors import ConfigError
+    from services.core.errors import ConfigError
 
     _checkout_on_path()
     try:

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from services.errors import WhaleIdError
+from services.core.errors import WhaleIdError
 
 TENSORFLOW_COMMANDS = {"train", "general", "export", "evaluate", "predict", "demo", "baseline", "detector"}
 # Packages of the optional extras (pyproject.toml): a command that needs one says which extra to install.
@@ -28,19 +28,20 @@ EXTRA_OF_PACKAGE = {
 TENSORFLOW_LOG = ".whaleid/logs/tensorflow.log"
 
 COMMAND_MODULES = (
-    "services.stack.cli",           # whaleid stack up|status|down|env
-    "training.cli",                 # whaleid synth | train | general | export
-    "services.identification.cli",  # whaleid score
-    "training.identification_cli",  # whaleid evaluate | predict
-    "services.model_repo.cli",      # whaleid model-repo build|validate|reload|push|pull
-    "services.streaming_cli",       # whaleid serve gateway|bridge|worker|matcher | demo
-    "services.demo.up_cli",         # whaleid up | down
-    "services.operations.cli",      # whaleid reindex | gallery ...
-    "services.operations.identities_cli",  # whaleid individuals merge|rename|undo|log|similar
-    "services.catalogue.cli",       # whaleid catalogue import|status
-    "services.gateway.upload_cli",  # whaleid upload PHOTO ...
-    "services.chaos.cli",           # whaleid chaos
-    "services.cli.bench_cli",       # whaleid bench NAME (= python -m bench NAME)
+    "services.devtools.stack.cli",                     # whaleid stack up|status|down|env
+    "training.cli",                                    # whaleid synth | train | general | export
+    "services.core.identification.cli",                # whaleid score
+    "training.identification_cli",                     # whaleid evaluate | predict
+    "services.serving.model_repo.cli",                 # whaleid model-repo build|validate|reload|push|pull
+    "services.chain.serve_cli",                        # whaleid serve gateway|bridge|worker|matcher|reconciler|webhooks
+    "services.devtools.demo.demo_cli",                 # whaleid demo
+    "services.devtools.demo.up_cli",                   # whaleid up | down
+    "services.curation.operations.cli",                # whaleid reindex | gallery ...
+    "services.curation.operations.identities_cli",     # whaleid individuals merge|rename|undo|log|similar
+    "services.curation.catalogue.cli",                 # whaleid catalogue import|status
+    "services.chain.gateway.upload_cli",               # whaleid upload PHOTO ...
+    "services.devtools.chaos.cli",                     # whaleid chaos
+    "services.cli.bench_cli",                          # whaleid bench NAME (= python -m bench NAME)
 )
 
 

@@ -4,7 +4,7 @@
 EfficientNet-Lite is EfficientNet without squeeze-excitation, with ReLU6, the stem (32) and head (1280) not
 scaled, and the repeats of the first and last stage not scaled either. Convolutions use TF "same" padding (Keras'
 `padding="same"` is exactly that), BatchNormalization eps 1e-3, and the input is (x - 127) / 128 of RGB pixels in
-[0, 255] (done inside the network, so the model takes what services.imaging.preprocess returns, like the Keras
+[0, 255] (done inside the network, so the model takes what services.core.imaging.preprocess returns, like the Keras
 EfficientNets).
 
 Layers carry the PyTorch names (`_blocks.3._expand_conv` -> `blocks_3_expand_conv`) so `load_lite_weights` maps
@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 
 # (kernel, stride, expand ratio, output filters, repeats): EfficientNet-B0's stages
 BASE_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3),

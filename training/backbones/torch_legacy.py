@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {

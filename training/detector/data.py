@@ -1,7 +1,7 @@
-"""Scenes -> detector inputs (float32 S x S x 3 in [0, 255], services.imaging's resize, as served) and targets
+"""Scenes -> detector inputs (float32 S x S x 3 in [0, 255], services.core.imaging's resize, as served) and targets
 (normalised main box x0 y0 x1 y1 and presence: 1 when the scene shows an animal); IoU of normalised boxes.
 
-The photo is resized to S x S without keeping its aspect ratio (services.imaging.resize_for_model, the resize
+The photo is resized to S x S without keeping its aspect ratio (services.core.imaging.resize_for_model, the resize
 the served model applies), so a box normalised by the photo's width and height is the same in both frames.
 """
 
@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from services.imaging import resize_for_model
+from services.core.imaging import resize_for_model
 
 
 def normalised(box, width: int, height: int) -> np.ndarray:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.checksums import sha256_file
-from services.errors import WhaleIdError
+from services.core.checksums import sha256_file
+from services.core.errors import WhaleIdError
 from training.detector.model import BOX_OUTPUT, INPUT, SCORE_OUTPUT
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.errors import ConfigError
+from services.core.errors import ConfigError
 from training.detector.config import DetectorConfig
 from training.detector.data import box_report, jittered, mirrored, scene_arrays, stack_scenes
 from training.detector.model import build_backbone, build_head, detection_loss, serving_model

@@ -58,7 +58,7 @@ NUISANCE_PRESETS: dict[str, Nuisance] = {
 
 
 def nuisance_preset(name: str) -> Nuisance:
-    from services.errors import DataError
+    from services.core.errors import DataError
 
     if name not in NUISANCE_PRESETS:
         raise DataError(f"unknown nuisance preset {name!r}; expected one of {', '.join(NUISANCE_PRESETS)}")

@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from services.errors import DataError
+from services.core.errors import DataError
 from training.synth import render
 from training.synth.camera import camera, tone
 from training.synth.individuals import Individual, make_individual

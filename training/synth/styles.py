@@ -96,7 +96,7 @@ STYLE_NAMES = (*STYLES, "random")
 
 
 def check_style(name: str) -> None:
-    from services.errors import DataError
+    from services.core.errors import DataError
 
     if name not in STYLE_NAMES:
         raise DataError(f"unknown style {name!r}; expected one of {', '.join(STYLE_NAMES)}")

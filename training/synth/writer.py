@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.errors import DataError
+from services.core.errors import DataError
 from training.synth import boxes as detectors
 from training.synth.individuals import make_individual
 from training.synth.plan import hex_ids, plan

@@ -1,0 +1,2 @@
+"""Curating the catalogue: importing a catalogue and building its gallery (catalogue/), confirmations, identity
+edits, reindex and the model store (operations/)."""

@@ -1,7 +1,0 @@
-"""The upload gateway for apps (`whaleid serve gateway`, `python -m services.gateway`)."""
-
-
-def run_gateway(settings) -> int:
-    from services.gateway.service import run_gateway as _run
-
-    return _run(settings)

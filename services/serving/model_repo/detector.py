@@ -1,0 +1,89 @@
+"""The optional `detector` model of a built repository (`whaleid model-repo build --detector EXPORT`).
+
+EXPORT is what `whaleid detector export` writes (model.onnx + detector.json). The model folder holds the ONNX
+file, the python-backend template `templates/detector.py` with services.core.imaging vendored next to it (decode, EXIF
+orientation, resize: self-contained like the other python models) and its config; repository.json gets a
+`detector` entry (image size, checksum, the export's validation figures) and lists it among the models. The
+worker finds the model by its name (settings.triton_detector_model, default `detector`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from services.core.checksums import sha256_file
+from services.core.errors import RepositoryError
+from services.core.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
+
+NAME = "detector"
+ONNX_FILE, MANIFEST = "model.onnx", "detector.json"
+
+
+def read_export(directory: Path) -> dict[str, Any]:
+    folder = Path(directory)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise RepositoryError(f"--detector {folder}: not a detector export (no {MANIFEST}; run `whaleid detector "
+                              "export RUN`)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RepositoryError(f"--detector {folder}: cannot read {MANIFEST}: {exc}") from None
+    if manifest.get("kind") != "detector":
+        raise RepositoryError(f"--detector {folder}: {MANIFEST} has kind {manifest.get('kind')!r}, not 'detector'")
+    onnx_path = folder / ONNX_FILE
+    if not onnx_path.is_file():
+        raise RepositoryError(f"--detector {folder}: {ONNX_FILE} is missing")
+    if sha256_file(onnx_path) != manifest.get("files", {}).get(ONNX_FILE):
+        raise RepositoryError(f"--detector {folder}: checksum mismatch for {onnx_path}: not the exported model")
+    return manifest
+
+
+def detector_config(image_size: int, options) -> str:
+    return f"""name: "{NAME}"
+backend: "python"
+max_batch_size: {options.max_batch_size}
+input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {{ name: "BOX" data_type: TYPE_FP32 dims: [ 4 ] }},
+         {{ name: "BOX_NORM" data_type: TYPE_FP32 dims: [ 4 ] }},
+         {{ name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}
+parameters {{ key: "image_size" value {{ string_value: "{image_size}" }} }}
+parameters {{ key: "max_pixels" value {{ string_value: "{options.max_pixels}" }} }}
+parameters {{ key: "intra_op_threads" value {{ string_value: "{options.intra_op_threads}" }} }}
+parameters {{ key: "{FORMATS_PARAMETER}" value {{ string_value: "{FORMATS_PARAMETER_VALUE}" }} }}
+"""
+
+
+def add_detector(root: Path, export_dir: Path, options, record: dict[str, Any], copy_template) -> dict[str, Any]:
+    """Write root/detector/ and add it to the record (returned; repository.json is rewritten by the caller).
+    `copy_template(template, model_dir, sources)` is the builder's own (import checks, checksums)."""
+    manifest = read_export(export_dir)
+    size = int(manifest["image_size"])
+    model_dir = root / NAME
+    (model_dir / "1").mkdir(parents=True)
+    shutil.copy2(Path(export_dir) / ONNX_FILE, model_dir / "1" / ONNX_FILE)
+    sources = dict(record["python_sources"])
+    copy_template("detector", model_dir, sources)
+    (model_dir / "config.pbtxt").write_text(detector_config(size, options))
+    record = {**record, "python_sources": dict(sorted(sources.items())),
+              "models": sorted({*record["models"], NAME}),
+              "detector": {"name": NAME, "image_size": size, "sha256": manifest["files"][ONNX_FILE],
+                           "backbone": manifest.get("backbone"), "export": str(Path(export_dir).resolve()),
+                           "validation": manifest.get("validation"), "looks": manifest.get("looks")}}
+    return record
+
+
+def check_detector(root: Path, record: dict[str, Any]) -> None:
+    """A recorded detector has its model.onnx with the recorded checksum and the outputs the worker reads."""
+    entry = record.get("detector")
+    if not entry:
+        return
+    onnx_path = Path(root) / entry["name"] / "1" / ONNX_FILE
+    if not onnx_path.is_file():
+        raise RepositoryError(f"model {entry['name']}: {onnx_path} is missing")
+    if sha256_file(onnx_path) != entry["sha256"]:
+        raise RepositoryError(f"model {entry['name']}: checksum mismatch for {onnx_path}: not the exported detector")

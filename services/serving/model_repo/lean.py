@@ -1,0 +1,167 @@
+"""The lean CPU layout of the repository (`whaleid model-repo build --lean`).
+
+The default CPU layout runs three python-backend hops per request (preprocess -> embedder_* -> blend), each
+with its own shared-memory IPC to a stub process and its own dynamic batcher. The lean layout has one:
+
+    OUT/pipeline/   python backend: decode + resize once (the vendored services.core.imaging, so pixels are the
+                    eval path's), the crops as uint8, then ONE onnxruntime run of 1/model.onnx
+    OUT/pipeline/1/model.onnx   one graph for the whole ensemble: per input size a uint8 input
+                    `pixels_<size>` [V*N, S, S, 3] (V = 2 views with flip TTA: the crops, then their mirror
+                    images), cast to float inside the graph (each export's own normalisation follows), every
+                    export's graph (names prefixed), the flip-TTA combination (per view L2-normalised, summed,
+                    re-normalised), the weighted blend (re-normalised) -> EMBEDDING [N, D]; with species heads the
+                    weighted average of the members' probabilities -> SPECIES [N, S] (blend_probabilities)
+    OUT/ensemble/   platform "ensemble" with that single step: the same contract (IMAGE -> EMBEDDING
+                    [+ SPECIES]) and parameters as the default layout
+
+The GPU target keeps its layout (native onnxruntime_onnx embedders). The arithmetic is that of
+services.core.identification.vectors written as ONNX operators; tests check it against the offline path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+PIPELINE = "pipeline"
+FUSED_FILE = "model.onnx"
+
+
+def pixels_input(size: int) -> str:
+    return f"pixels_{size}"
+
+
+def fused_graph(members: Sequence[tuple[Path, str, int, Sequence[str]]], weights: Sequence[float], flip_tta: bool,
+                species: Sequence[str], embedding_size: int):
+    """One ONNX model for the ensemble. `members`: (onnx path, model id, image size, species names) in blend
+    order; `weights` sum to 1 (the tuning's)."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    views = 2 if flip_tta else 1
+    nodes, initializers, value_infos, opsets = [], [], [], {}
+    sizes = sorted({size for _, _, size, _ in members})
+    inputs = [helper.make_tensor_value_info(pixels_input(s), TensorProto.UINT8, ["views_batch", s, s, 3])
+              for s in sizes]
+    for size in sizes:
+        nodes.append(helper.make_node("Cast", [pixels_input(size)], [f"float_pixels_{size}"], to=TensorProto.FLOAT,
+                                      name=f"cast_pixels_{size}"))
+
+    def const(name: str, values, dtype=np.float32):
+        initializers.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+        return name
+
+    view_shape = const("view_shape_emb", [views, -1, embedding_size], np.int64)
+    axis0 = const("axis0", [0], np.int64)
+    weighted, species_parts = [], []
+    total_weight = float(sum(weights))
+    for index, ((path, _model_id, size, names), weight) in enumerate(zip(members, weights, strict=True)):
+        model = onnx.load(str(path))
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+        prefix = f"m{index}_"
+        model = compose.add_prefix(model, prefix)
+        graph = model.graph
+        image = graph.input[0].name  # the export's `image`, prefixed
+        nodes.append(helper.make_node("Identity", [f"float_pixels_{size}"], [image], name=f"{prefix}feed"))
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        value_infos.extend(graph.value_info)
+        outputs = {o.name[len(prefix):]: o.name for o in graph.output}
+        emb = outputs["embedding"]
+        nodes += [
+            helper.make_node("Reshape", [emb, view_shape], [f"{prefix}views"]),
+            helper.make_node("LpNormalization", [f"{prefix}views"], [f"{prefix}views_n"], axis=-1, p=2),
+            helper.make_node("ReduceSum", [f"{prefix}views_n", axis0], [f"{prefix}sum"], keepdims=0),
+            helper.make_node("LpNormalization", [f"{prefix}sum"], [f"{prefix}combined"], axis=-1, p=2),
+            helper.make_node("Mul", [f"{prefix}combined", const(f"{prefix}weight", np.float32(weight))],
+                             [f"{prefix}weighted"]),
+        ]
+        weighted.append(f"{prefix}weighted")
+        if names:
+            column = {str(n): i for i, n in enumerate(species)}
+            mapping = np.zeros((len(names), len(species)), dtype=np.float32)
+            for k, name in enumerate(names):
+                mapping[k, column[str(name)]] = weight / total_weight / views
+            shape = const(f"{prefix}species_shape", [views, -1, len(names)], np.int64)
+            nodes += [
+                helper.make_node("Reshape", [outputs["species"], shape], [f"{prefix}species_views"]),
+                helper.make_node("ReduceSum", [f"{prefix}species_views", axis0], [f"{prefix}species_sum"],
+                                 keepdims=0),
+                helper.make_node("MatMul", [f"{prefix}species_sum", const(f"{prefix}species_map", mapping)],
+                                 [f"{prefix}species_part"]),
+            ]
+            species_parts.append(f"{prefix}species_part")
+    nodes.append(helper.make_node("Sum", weighted, ["blended"]) if len(weighted) > 1
+                 else helper.make_node("Identity", weighted, ["blended"]))
+    nodes.append(helper.make_node("LpNormalization", ["blended"], ["EMBEDDING"], axis=-1, p=2))
+    outputs = [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", embedding_size])]
+    if species:
+        nodes.append(helper.make_node("Sum", species_parts, ["SPECIES"]) if len(species_parts) > 1
+                     else helper.make_node("Identity", species_parts, ["SPECIES"]))
+        outputs.append(helper.make_tensor_value_info("SPECIES", TensorProto.FLOAT, ["batch", len(species)]))
+    graph = helper.make_graph(nodes, "whaleid_ensemble", inputs, outputs, initializers, value_info=value_infos)
+    opsets[""] = max(opsets.get("", 0), 17)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def pipeline_config(sizes: Sequence[int], embedding_size: int, species: Sequence[str], options, flip_tta: bool,
+                    parameters: dict[str, str]) -> str:
+    from services.serving.model_repo.configs import _parameters
+
+    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
+    if species:
+        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
+    batching = (f"dynamic_batching {{ max_queue_delay_microseconds: {options.lean_queue_delay_us} }}")
+    return f"""name: "{PIPELINE}"
+backend: "python"
+max_batch_size: {options.max_batch_size}
+input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {", ".join(outputs)} ]
+instance_group [ {{ count: {options.lean_instances} kind: KIND_CPU }} ]
+{batching}
+{_parameters({"image_sizes": ",".join(str(s) for s in sizes), "max_pixels": options.max_pixels,
+              "flip_tta": "true" if flip_tta else "false", "intra_op_threads": options.lean_intra_op_threads,
+              "species": "true" if species else "false", **parameters})}
+"""
+
+
+def lean_ensemble_config(embedding_size: int, species: Sequence[str], options, parameters: dict[str, str]) -> str:
+    import json
+
+    from services.serving.model_repo.configs import _parameters
+
+    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
+    maps = ['output_map { key: "EMBEDDING" value: "EMBEDDING" }']
+    if species:
+        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
+        maps.append('output_map { key: "SPECIES" value: "SPECIES" }')
+    return f"""name: "ensemble"
+platform: "ensemble"
+max_batch_size: {options.max_batch_size}
+input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {", ".join(outputs)} ]
+ensemble_scheduling {{ step [
+  {{ model_name: "{PIPELINE}" model_version: -1
+    input_map {{ key: "IMAGE" value: "IMAGE" }}
+    {" ".join(maps)} }}
+] }}
+{_parameters({**parameters, "species": json.dumps(list(species))})}
+"""
+
+
+def lean_pixels(decoded: Sequence[np.ndarray], sizes: Sequence[int], flip_tta: bool, resize) -> dict[str, np.ndarray]:
+    """{pixels_<size>: uint8 (V*N, S, S, 3)}: each decoded crop resized (`resize`: services.core.imaging's
+    resize_for_model), then with flip TTA each crop mirrored before the resize; what `pipeline` feeds its graph."""
+    feeds = {}
+    for size in sizes:
+        rows = [resize(image, size) for image in decoded]
+        if flip_tta:
+            rows += [resize(np.ascontiguousarray(image[:, ::-1]), size) for image in decoded]
+        feeds[pixels_input(size)] = np.stack(rows).astype(np.uint8)
+    return feeds
