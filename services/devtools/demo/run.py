@@ -1,4 +1,4 @@
-"""`whaleid demo`: prepare (or reuse) the tiny model, bring the embedded stack up, start the five services,
+"""`whaleid demo`: prepare (or reuse) the lite0 model it serves, bring the embedded stack up, start the five services,
 upload the test photos through the gateway as an app would, wait for the identifications, report, tear down."""
 
 from __future__ import annotations
