@@ -108,7 +108,7 @@ def main(argv: list[str]) -> dict:
     from services.chain.bridge.clients import kafka_producer, sqs_client, upload_queue_url
     from services.chain.markers import redis_client
     from services.core.settings import load_settings
-    from services.curation.operations.model_store import s3_client
+    from services.curation.operations.gallery_versions import s3_client
     from services.devtools.stack import Stack
 
     root = Path(tempfile.mkdtemp(prefix="bench-bridge-"))

@@ -181,7 +181,7 @@ def core_saturated(settings, redis_client, images: list[bytes], count: int, time
     from kafka import KafkaProducer
 
     from services.core import topics
-    from services.curation.operations.model_store import s3_client
+    from services.curation.operations.gallery_versions import s3_client
 
     s3 = s3_client(settings)
     events = []
@@ -358,7 +358,7 @@ def run_chain(args, s3_kind: str) -> dict:
     from services.chain.gateway.client import AppClient
     from services.core.identification import Tuning, build_gallery
     from services.core.settings import load_settings
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.devtools.demo.model import untrained_repository
     from services.devtools.demo.processes import ServiceProcess, service_env
     from services.devtools.stack import Stack

@@ -14,6 +14,7 @@ import json
 import redis
 
 from services.chain.failures import TransientFailure
+from services.core.keys import embedded_key, failure_key
 
 MARKER_TTL_S = 30 * 24 * 3600  # == Settings.redis_marker_ttl_s's default
 
@@ -24,14 +25,6 @@ def redis_client(url: str) -> redis.Redis:
 
         raise ConfigError("no Redis URL: start the stack (`whaleid stack up`) or set WHALEID_REDIS_URL")
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
-
-
-def embedded_key(sighting_id: str) -> str:
-    return f"embedded:{sighting_id}"
-
-
-def failure_key(sighting_id: str) -> str:
-    return f"failure:{sighting_id}"
 
 
 def already_handled(client: redis.Redis, sighting_id: str) -> bool:

@@ -22,11 +22,10 @@ import redis
 
 from services.chain.failures import TransientFailure
 from services.core import topics
+from services.core.keys import PARKED_INDEX, PARKED_RECORDS
 
 log = logging.getLogger(__name__)
 
-PARKED_INDEX = "matcher:parked"
-PARKED_RECORDS = "matcher:parked:records"
 PARKED_MAX = 100_000  # most parked sightings kept (the matcher passes settings.matcher_parked_max)
 
 
@@ -90,6 +89,3 @@ def unpark(client: redis.Redis, sighting_ids: list[str]) -> None:
 
     _call(remove)
 
-
-def is_parked(client: redis.Redis, sighting_id: str) -> bool:
-    return _call(client.zscore, PARKED_INDEX, sighting_id) is not None

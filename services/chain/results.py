@@ -1,4 +1,5 @@
-"""What the matcher keeps in Redis (every key with a TTL from the settings, the stream trimmed).
+"""What the matcher keeps in Redis (every key with a TTL from the settings, the stream trimmed; the keys are
+built in services.core.keys).
 
     identification:<sighting_id>  JSON of topics.Identification, written once (SET NX): re-deliveries change nothing
                                   (TTL redis_result_ttl_s)
@@ -21,20 +22,16 @@ import hashlib
 import redis
 
 from services.chain.failures import TransientFailure
-from services.chain.store import identification_key
 from services.core import topics
+from services.core.keys import (
+    IDENTIFICATIONS_STREAM,
+    UNANNOUNCED_INDEX,
+    announced_key,
+    embedding_key,
+    identification_key,
+)
 
-IDENTIFICATIONS_STREAM = "identifications"
-UNANNOUNCED_INDEX = "identifications:unannounced"
 STREAM_MAXLEN = 100_000
-
-
-def announced_key(sighting_id: str) -> str:
-    return f"announced:{sighting_id}"
-
-
-def embedding_key(sighting_id: str) -> str:
-    return f"embedding:{sighting_id}"
 
 
 def _redis_call(fn, *args, **kwargs):
@@ -46,11 +43,6 @@ def _redis_call(fn, *args, **kwargs):
 
 def store_embedding(client: redis.Redis, record: topics.SightingEmbedded, ttl_s: int = 0) -> None:
     _redis_call(client.set, embedding_key(record.sighting_id), record.to_json(), ex=ttl_s or None)
-
-
-def load_embedding(client: redis.Redis, sighting_id: str) -> topics.SightingEmbedded | None:
-    raw = _redis_call(client.get, embedding_key(sighting_id))
-    return None if raw is None else topics.SightingEmbedded.from_json(raw)
 
 
 def stored_identification(client: redis.Redis, sighting_id: str) -> topics.Identification | None:

@@ -4,7 +4,7 @@ The worker tags each embedding with `model_version` = `<model>:<version>[:<build
 (`EmbeddingClient.model_version()`, e.g. `ensemble:1:3f2a9c01b7de`). A gallery records the export model ids its
 embeddings came from (`model_ids` in its `manifest.json`, e.g. `["lite0-f0-e019"]`); the ensemble records the
 export model ids it blends in its config parameter `model_ids` (and in `repository.json`). The worker links the
-two in Redis when it first sees a served build:
+two in Redis when it first sees a served build (the key: services.core.keys.model_version_key):
 
     model-version:<model_version>   JSON {"model_version", "model_ids": [...], "registered_at"}
                                     (TTL redis_embedding_ttl_s, refreshed while the build is served)
@@ -28,12 +28,7 @@ from typing import Sequence
 import redis
 
 from services.core.errors import TransientFailure
-
-REGISTRY_PREFIX = "model-version:"
-
-
-def registry_key(model_version: str) -> str:
-    return REGISTRY_PREFIX + model_version
+from services.core.keys import model_version_key
 
 
 def build_id(model_version: str) -> str:
@@ -46,7 +41,7 @@ def register(client: redis.Redis, model_version: str, model_ids: Sequence[str], 
     """Record which export model ids the served `model_version` blends (the worker, before it publishes)."""
     value = json.dumps({"model_version": model_version, "model_ids": list(model_ids), "registered_at": time.time()})
     try:
-        client.set(registry_key(model_version), value, ex=ttl_s or None)
+        client.set(model_version_key(model_version), value, ex=ttl_s or None)
     except redis.RedisError as exc:
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
@@ -54,7 +49,7 @@ def register(client: redis.Redis, model_version: str, model_ids: Sequence[str], 
 def registered_model_ids(client: redis.Redis, model_version: str) -> list[str] | None:
     """The model ids the worker registered for `model_version`; None when it never did (or the entry expired)."""
     try:
-        raw = client.get(registry_key(model_version))
+        raw = client.get(model_version_key(model_version))
     except redis.RedisError as exc:
         raise TransientFailure(f"Redis unavailable: {exc}") from None
     if raw is None:

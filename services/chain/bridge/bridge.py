@@ -24,15 +24,9 @@ from services.chain.bridge.dedupe import Claim, Deduplicator
 from services.chain.bridge.events import Ignored, Malformed, ObjectCreated, ParsedRecord, parse_message
 from services.chain.failures import Backoff, TransientFailure
 from services.chain.markers import record_failure
-from services.chain.store import (
-    BadUploadKey,
-    decode_hash,
-    open_sighting,
-    parse_upload_key,
-    sighting_key,
-    sighting_metadata,
-)
+from services.chain.sighting_records import decode_hash, open_sighting, sighting_metadata
 from services.core import topics
+from services.core.keys import BadUploadKey, parse_upload_key, sighting_key
 from services.core.metrics import DEAD_LETTERS, EVENTS, STEP_LATENCY, timed
 from services.core.settings import Settings
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 
+from services.core.keys import bridge_seen_key
+
 CLAIMED = b"claimed"
 DONE = b"done"
 
@@ -18,10 +20,6 @@ class Claim(enum.Enum):
     NEW = "new"  # ours to produce
     DUPLICATE = "duplicate"  # already produced
     IN_FLIGHT = "in_flight"  # someone else holds the claim: retry later
-
-
-def seen_key(key: str, token: str) -> str:
-    return f"bridge:seen:{key}:{token}"
 
 
 class Deduplicator:
@@ -39,7 +37,7 @@ class Deduplicator:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for key, token in pairs:
-            name = seen_key(key, token)
+            name = bridge_seen_key(key, token)
             pipe.set(name, CLAIMED, nx=True, ex=self.claim_ttl_s)
             pipe.get(name)
         replies = pipe.execute()
@@ -48,12 +46,12 @@ class Deduplicator:
 
     def done(self, key: str, token: str, client=None) -> None:
         """Mark a produced (key, token); `client` may be a pipeline of the caller's (default: this Redis)."""
-        (client or self.redis).set(seen_key(key, token), DONE, ex=self.done_ttl_s)
+        (client or self.redis).set(bridge_seen_key(key, token), DONE, ex=self.done_ttl_s)
 
     def release_many(self, pairs: list[tuple[str, str]]) -> None:
         """Give claims back after a failure, so the redelivered events are produced."""
         if pairs:
-            self.redis.delete(*(seen_key(key, token) for key, token in pairs))
+            self.redis.delete(*(bridge_seen_key(key, token) for key, token in pairs))
 
     def release(self, key: str, token: str) -> None:
         self.release_many([(key, token)])

@@ -29,10 +29,11 @@ from aiohttp import web
 
 from services.chain.gateway.photos import photo_url
 from services.chain.gateway.references import REFERENCES, SIGHTING_IMAGE_PREFIX, attach_catalogue
-from services.chain.store import decode_hash, sighting_key
+from services.chain.sighting_records import decode_hash
 from services.core.access.visibility import may_read
 from services.core.errors import WhaleIdError
 from services.core.identification import NEW_INDIVIDUAL
+from services.core.keys import sighting_key
 
 log = logging.getLogger(__name__)
 SOURCES = ("gallery_match", "catalogue", "confirmed_sighting")
@@ -40,7 +41,7 @@ SIGHTINGS_PER_INDIVIDUAL = 3
 
 
 class CatalogueFirstPhotos:
-    """Callable -> {individual_id: S3 key of its first catalogue photo} (services.curation.catalogue.store)."""
+    """Callable -> {individual_id: S3 key of its first catalogue photo} (services.curation.catalogue.photo_bucket)."""
 
     def __init__(self, catalogue, refresh_s: float = 60.0):
         self.catalogue, self.refresh_s = catalogue, refresh_s
@@ -110,7 +111,7 @@ SCHEMAS = {
 
 def attach_candidate_photos(app: web.Application, settings) -> None:
     """app[REFERENCES] (references.attach_catalogue) and app[CATALOGUE_PHOTOS], made once per app."""
-    from services.curation.catalogue.store import CatalogueStore
+    from services.curation.catalogue.photo_bucket import CatalogueStore
 
     attach_catalogue(app, settings)
     if CATALOGUE_PHOTOS not in app:

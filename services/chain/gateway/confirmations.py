@@ -30,8 +30,8 @@ from services.curation.operations.confirmations import (
     ConfirmationService,
     stored_confirmation,
 )
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 from services.curation.operations.known import CurrentGalleryIndividuals
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
 
 log = logging.getLogger(__name__)
 

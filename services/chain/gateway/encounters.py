@@ -11,9 +11,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from services.chain.store import encounter_key, identification_key, read_json_value
+from services.chain.sighting_records import read_json_value
 from services.core.identification import NEW_INDIVIDUAL
 from services.core.identification.encounters import pool_predictions
+from services.core.keys import encounter_key, identification_key
 
 MAX_MEMBERS = 200  # photos pooled per encounter (a sighting event, not a catalogue)
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from services.chain.gateway.auth import CREDENTIAL, allowed
 from services.core.access.credentials import ADMIN
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 
 log = logging.getLogger(__name__)
 STORE = web.AppKey("gallery_store", GalleryStore)

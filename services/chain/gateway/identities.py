@@ -27,8 +27,8 @@ from services.chain.gateway.context import bad_query
 from services.chain.gateway.references import KNOWN, attach_catalogue
 from services.core.access.credentials import RESEARCHER
 from services.core.errors import ConfigError, DataError
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 from services.curation.operations.identities import IdentityRefused, IdentityService, ServedSimilarities
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,12 @@ from services.chain.gateway.context import CTX, not_found
 from services.chain.gateway.index_builds import build_in_background
 from services.chain.gateway.photos import photo_url
 from services.chain.gateway.references import KNOWN, REFERENCES, attach_catalogue, reference_photos
-from services.chain.store import decode_hash, sighting_key, sighting_metadata
+from services.chain.sighting_records import decode_hash, sighting_metadata
+from services.core import keys
 from services.core.access.credentials import RESEARCHER
-from services.curation.operations.confirmations import (
-    CONFIRMATION_KEY,
-    INDEX_KEY,
-    INDIVIDUAL_INDEX_BUILT_KEY,
-    INDIVIDUAL_INDEX_KEY,
-    NEW_IDS_KEY,
-)
-from services.curation.operations.identities import ALIASES_KEY, NAMES_KEY, aliases_of, live_ids, resolve_in
-from services.curation.operations.model_store import ModelStoreError
+from services.core.keys import sighting_key
+from services.curation.operations.gallery_versions import ModelStoreError
+from services.curation.operations.identities import aliases_of, live_ids, resolve_in
 
 MAX_INDIVIDUALS = 50
 MAX_GALLERY_PHOTOS = 12
@@ -48,9 +43,9 @@ async def _known(request: web.Request) -> tuple[set[str], str | None, set[str], 
         ids, version = set(known.ids), known.version
     except ModelStoreError:
         ids, version = set(), None
-    aliases = decode_hash(await ctx.redis.hgetall(ALIASES_KEY))
-    others = {m.decode() for m in await ctx.redis.smembers(NEW_IDS_KEY)}
-    others |= {m.decode() for m in await ctx.redis.smembers(NAMES_KEY)}
+    aliases = decode_hash(await ctx.redis.hgetall(keys.IDENTITY_ALIASES_KEY))
+    others = {m.decode() for m in await ctx.redis.smembers(keys.CONFIRMATIONS_NEW_IDS_KEY)}
+    others |= {m.decode() for m in await ctx.redis.smembers(keys.IDENTITY_NAMES_KEY)}
     return live_ids(ids | others, aliases), version, ids, aliases
 
 
@@ -64,23 +59,23 @@ async def search_individuals(request: web.Request) -> web.Response:
 
 
 async def build_individual_indexes(redis) -> int:
-    """Once per Redis (marker INDIVIDUAL_INDEX_BUILT_KEY): index the confirm/new decisions recorded before the
+    """Once per Redis (marker confirmations:individual:built): index the confirm/new decisions recorded before the
     per-individual indexes existed. Returns how many were indexed."""
-    if not await redis.set(INDIVIDUAL_INDEX_BUILT_KEY, "1", nx=True):
+    if not await redis.set(keys.INDIVIDUAL_CONFIRMATIONS_BUILT_KEY, "1", nx=True):
         return 0
-    members = [m.decode() for m in await redis.zrange(INDEX_KEY, 0, -1)]
+    members = [m.decode() for m in await redis.zrange(keys.CONFIRMATIONS_INDEX_KEY, 0, -1)]
     if not members:
         return 0
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id in members:
-            pipe.hgetall(CONFIRMATION_KEY.format(sighting_id))
+            pipe.hgetall(keys.confirmation_key(sighting_id))
         raw = await pipe.execute()
     count = 0
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id, fields in zip(members, raw, strict=True):
             decision = decode_hash(fields or {})
             if decision.get("action") in ("confirm", "new") and decision.get("individual_id"):
-                pipe.zadd(INDIVIDUAL_INDEX_KEY.format(decision["individual_id"]),
+                pipe.zadd(keys.individual_confirmations_key(decision["individual_id"]),
                           {sighting_id: float(decision.get("confirmed_at") or 0)})
                 count += 1
         await pipe.execute()
@@ -90,14 +85,14 @@ async def build_individual_indexes(redis) -> int:
 async def _decisions(redis, individual_ids: set[str]) -> list[tuple[str, dict[str, str]]]:
     async with redis.pipeline(transaction=False) as pipe:
         for individual_id in sorted(individual_ids):
-            pipe.zrange(INDIVIDUAL_INDEX_KEY.format(individual_id), 0, -1)
+            pipe.zrange(keys.individual_confirmations_key(individual_id), 0, -1)
         indexed = await pipe.execute()
     members = sorted({m.decode() for found in indexed for m in found})
     if not members:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id in members:
-            pipe.hgetall(CONFIRMATION_KEY.format(sighting_id))
+            pipe.hgetall(keys.confirmation_key(sighting_id))
         raw = await pipe.execute()
     decisions = [(sid, decode_hash(fields or {})) for sid, fields in zip(members, raw, strict=True)]
     return [(sid, d) for sid, d in decisions

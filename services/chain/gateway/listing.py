@@ -27,20 +27,17 @@ from aiohttp import web
 from services.chain.gateway.auth import CREDENTIAL, allowed
 from services.chain.gateway.candidate_photos import with_reference_photos
 from services.chain.gateway.context import CTX, bad_query
-from services.chain.markers import failure_key
-from services.chain.store import (
-    decode_hash,
-    identification_key,
-    read_json_value,
-    sighting_key,
-    sighting_metadata,
-    sighting_status,
-)
+from services.chain.sighting_records import decode_hash, read_json_value, sighting_metadata, sighting_status
 from services.core.access.credentials import APP, RESEARCHER, Credential
 from services.core.access.visibility import may_read, visible_metadata
+from services.core.keys import (
+    SIGHTINGS_INDEX_KEY,
+    failure_key,
+    identification_key,
+    owner_sightings_key,
+    sighting_key,
+)
 
-INDEX_KEY = "sightings:index"
-OWNER_INDEX_KEY = "sightings:owner:{}"
 STATUSES = ("pending", "identified", "failed")
 DEFAULT_LIMIT = 50
 SCAN_FACTOR = 10
@@ -48,7 +45,7 @@ SCAN_FACTOR = 10
 
 def index_sighting(pipe, sighting_id: str, owner: str, created_at: float, ttl_s: float) -> None:
     """Queue the index writes of a new sighting on `pipe` (the MULTI that writes its hash)."""
-    for key in (INDEX_KEY, OWNER_INDEX_KEY.format(owner)):
+    for key in (SIGHTINGS_INDEX_KEY, owner_sightings_key(owner)):
         pipe.zadd(key, {sighting_id: created_at})
         if ttl_s:
             pipe.zremrangebyscore(key, "-inf", f"({created_at - ttl_s}")
@@ -123,7 +120,7 @@ async def list_sightings(request: web.Request) -> web.Response:
         raise bad_query(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     low = _since(query["since"]) if query.get("since") else "-inf"
     cursor = decode_cursor(query["cursor"]) if query.get("cursor") else None
-    key = OWNER_INDEX_KEY.format(credential.name) if credential.role == APP else INDEX_KEY
+    key = owner_sightings_key(credential.name) if credential.role == APP else SIGHTINGS_INDEX_KEY
     items, expired, scanned, last, exhausted = [], [], 0, cursor, False
     batch = max(limit * 2, 50)
     while len(items) < limit and scanned < SCAN_FACTOR * limit:
@@ -165,7 +162,7 @@ async def list_sightings(request: web.Request) -> web.Response:
                 break
     if expired:  # hashes gone (TTL): drop their entries (an owner's index is also trimmed at its next write)
         async with ctx.redis.pipeline(transaction=False) as pipe:
-            for index in {key, INDEX_KEY}:
+            for index in {key, SIGHTINGS_INDEX_KEY}:
                 pipe.zrem(index, *expired)
             await pipe.execute()
     next_cursor = None if exhausted or last is None else encode_cursor(*last)

@@ -18,11 +18,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from services.chain.store import encounter_key
+from services.core.keys import encounter_key, quota_key
 
-MINUTE_KEY = "quota:sightings:{}:minute:{}"
-DAY_KEY = "quota:sightings:{}:day:{}"
-WINDOWS = (("minute", 60, MINUTE_KEY), ("day", 86400, DAY_KEY))
+WINDOWS = (("minute", 60), ("day", 86400))
 
 
 @dataclass(frozen=True)
@@ -45,18 +43,18 @@ async def admit(redis, settings, app: str, encounter: str = "", now: float | Non
     """Count one sighting of `app` (and check its encounter); a Refusal when it must not be created."""
     now = time.time() if now is None else now
     limits = {"minute": settings.sightings_quota_per_minute, "day": settings.sightings_quota_per_day}
-    active = [(name, span, key) for name, span, key in WINDOWS if limits[name] > 0]
+    active = [(name, span) for name, span in WINDOWS if limits[name] > 0]
     if not active and not encounter:
         return None
     async with redis.pipeline(transaction=False) as pipe:
-        for _name, span, key in active:
-            window_key = key.format(app, int(now // span))
+        for name, span in active:
+            window_key = quota_key(app, name, int(now // span))
             pipe.incr(window_key)
             pipe.expire(window_key, 2 * span)
         if encounter:
             pipe.scard(encounter_key(app, encounter))
         answers = await pipe.execute()
-    for i, (name, span, _key) in enumerate(active):
+    for i, (name, span) in enumerate(active):
         count = int(answers[2 * i])
         if count > limits[name]:
             retry = max(1, math.ceil((int(now // span) + 1) * span - now))

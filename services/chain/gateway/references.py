@@ -19,10 +19,10 @@ import time
 from aiohttp import web
 
 from services.chain.gateway.photos import photo_url
-from services.chain.store import sighting_key
 from services.core.identification.gallery import ENTRIES_FILE
+from services.core.keys import sighting_key
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 from services.curation.operations.known import CurrentGalleryIndividuals
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
 
 SIGHTING_IMAGE_PREFIX = "sighting/"  # == services.curation.operations.reindex.IMAGE_PREFIX
 PER_INDIVIDUAL = 2

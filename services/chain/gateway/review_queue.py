@@ -32,15 +32,21 @@ from services.chain.gateway.auth import allowed
 from services.chain.gateway.context import CTX, bad_query
 from services.chain.gateway.encounters import pooled_encounter
 from services.chain.gateway.index_builds import build_in_background
-from services.chain.gateway.listing import INDEX_KEY as SIGHTINGS_INDEX_KEY
 from services.chain.gateway.photos import photo_url
 from services.chain.gateway.references import REFERENCES, attach_catalogue, reference_photos
-from services.chain.store import decode_hash, read_json_value, sighting_key, sighting_metadata
+from services.chain.sighting_records import decode_hash, read_json_value, sighting_metadata
 from services.core.access.credentials import RESEARCHER
 from services.core.identification import NEW_INDIVIDUAL
-from services.curation.operations.confirmations import CONFIRMATION_KEY, REVIEW_AWAITING_KEY
+from services.core.keys import (
+    REVIEW_AWAITING_BUILT_KEY,
+    REVIEW_AWAITING_KEY,
+    SIGHTINGS_INDEX_KEY,
+    confirmation_key,
+    embedding_key,
+    identification_key,
+    sighting_key,
+)
 
-AWAITING_BUILT_KEY = "review:awaiting:built"
 EARTH_RADIUS_KM = 6371.0
 
 log = logging.getLogger(__name__)
@@ -136,16 +142,16 @@ def await_review(pipe, sighting_id: str, created_at: float, ttl_s: float) -> Non
 
 
 async def build_awaiting_index(redis) -> int:
-    """Once per Redis (marker AWAITING_BUILT_KEY): add the undecided sightings of `sightings:index` created
+    """Once per Redis (marker REVIEW_AWAITING_BUILT_KEY): add the undecided sightings of `sightings:index` created
     before the review index existed. Returns how many were added."""
-    if not await redis.set(AWAITING_BUILT_KEY, "1", nx=True):
+    if not await redis.set(REVIEW_AWAITING_BUILT_KEY, "1", nx=True):
         return 0
     rows = await redis.zrange(SIGHTINGS_INDEX_KEY, 0, -1, withscores=True)
     if not rows:
         return 0
     async with redis.pipeline(transaction=False) as pipe:
         for member, _score in rows:
-            pipe.exists(CONFIRMATION_KEY.format(_text(member)))
+            pipe.exists(confirmation_key(_text(member)))
         decided = await pipe.execute()
     undecided = {_text(member): score for (member, score), done in zip(rows, decided, strict=True) if not done}
     if undecided:
@@ -165,8 +171,8 @@ async def _awaiting(redis) -> tuple[list[str], list]:
         return [], []
     async with redis.pipeline(transaction=False) as pipe:
         for sighting_id in ids:
-            pipe.exists(CONFIRMATION_KEY.format(sighting_id))
-            pipe.get(f"identification:{sighting_id}")
+            pipe.exists(confirmation_key(sighting_id))
+            pipe.get(identification_key(sighting_id))
             pipe.hgetall(sighting_key(sighting_id))
         raw = await pipe.execute()
     kept, rows, stale = [], [], []
@@ -233,7 +239,7 @@ async def review_queue(request: web.Request) -> web.Response:
     page = ranked[:limit]
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for _, sighting_id, _, _ in page:
-            pipe.get(f"embedding:{sighting_id}")
+            pipe.get(embedding_key(sighting_id))
         embeddings = await pipe.execute()
     items = []
     for (_, sighting_id, identification, sighting), raw_embedding in zip(page, embeddings, strict=True):

@@ -17,18 +17,10 @@ from services.chain.gateway.listing import index_sighting, sighting_view
 from services.chain.gateway.quotas import admit
 from services.chain.gateway.review_queue import await_review
 from services.chain.gateway.validation import InvalidSighting, parse_sighting_request
-from services.chain.markers import failure_key
-from services.chain.store import (
-    decode_hash,
-    identification_key,
-    new_sighting_id,
-    open_sighting,
-    read_json_value,
-    sighting_key,
-    upload_key,
-)
+from services.chain.sighting_records import decode_hash, new_sighting_id, open_sighting, read_json_value
 from services.core.access.credentials import APP, RESEARCHER
 from services.core.access.visibility import may_read
+from services.core.keys import failure_key, identification_key, sighting_key, upload_key
 from services.core.metrics import UPLOADS
 
 

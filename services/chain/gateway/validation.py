@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from services.chain.store import EXTENSIONS
 from services.core.errors import DataError
 from services.core.ids import MAX_ID_LENGTH, id_problem
+from services.core.keys import EXTENSIONS
 from services.core.topics import SightingMetadata
 
 REQUIRED = ("taken_at", "latitude", "longitude", "observer", "content_type")

@@ -242,7 +242,7 @@ def _valid_scores(scores) -> bool:
 
 def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None = None):
     """The matcher's Faust app: the agent, the gallery-pointer timer and the reload page."""
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     if matcher is None:
         matcher = Matcher(settings, GalleryStore.from_settings(settings))

@@ -78,7 +78,7 @@ def load_state(directory: Path, version: str, built_at: float = 0.0) -> ModelSta
 
 
 class Matcher:
-    """Serves one gallery version at a time from the model store (services.curation.operations.model_store)."""
+    """Serves one gallery version at a time from the model store (services.curation.operations.gallery_versions)."""
 
     def __init__(self, settings: Settings, store, species_min_probability: float | None = None):
         self.settings = settings

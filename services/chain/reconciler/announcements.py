@@ -18,13 +18,13 @@ from typing import Callable
 from services.chain import results
 from services.chain.reconciler.findings import Findings, read_index
 from services.core import topics
+from services.core.keys import UNANNOUNCED_INDEX, announced_key, identification_key
 from services.core.metrics import IDENTIFICATIONS
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SCAN_COUNT = 500
-INDEX = results.UNANNOUNCED_INDEX
 
 
 def topic_records(identification: topics.Identification, topic_names) -> list[tuple[str, str, bytes]]:
@@ -47,19 +47,19 @@ class Announcements:
 
     def run(self, findings: Findings) -> None:
         until = self.clock() - self.settings.reconciler_announce_grace_s
-        read_index(self.redis, INDEX, lambda ids: self._batch(ids, findings), SCAN_COUNT, until)
+        read_index(self.redis, UNANNOUNCED_INDEX, lambda ids: self._batch(ids, findings), SCAN_COUNT, until)
 
     def _batch(self, ids: list[str], findings: Findings) -> int:
         """Announce what is due among `ids`; returns how many left the index (so the next chunk's offset holds)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for sighting_id in ids:
-                pipe.exists(results.announced_key(sighting_id))
+                pipe.exists(announced_key(sighting_id))
             announced = pipe.execute()
         waiting = [s for s, done in zip(ids, announced, strict=True) if not done]
         gone = [s for s, done in zip(ids, announced, strict=True) if done]
         now = self.clock()
         due = []
-        stored = self.redis.mget([results.identification_key(s) for s in waiting]) if waiting else []
+        stored = self.redis.mget([identification_key(s) for s in waiting]) if waiting else []
         for sighting_id, raw in zip(waiting, stored, strict=True):
             if raw is None:  # the result expired: nothing left to announce
                 gone.append(sighting_id)
@@ -73,7 +73,7 @@ class Announcements:
             if now - identification.identified_at > self.settings.reconciler_announce_grace_s:
                 due.append(identification)
         if gone:
-            self.redis.zrem(INDEX, *gone)
+            self.redis.zrem(UNANNOUNCED_INDEX, *gone)
         if not due:
             return len(gone)
         self.produce([record for identification in due for record in topic_records(identification, self.topics)])

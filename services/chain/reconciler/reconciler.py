@@ -86,7 +86,7 @@ class LeaseHeld(TransientFailure):
 
 def s3_client(settings: Settings):
     """S3 with short timeouts: a HEAD must not hold a pass for a minute when S3 is away."""
-    from services.curation.operations.model_store import s3_client as store_client
+    from services.curation.operations.gallery_versions import s3_client as store_client
 
     return store_client(settings, Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=3,
                                          read_timeout=10))

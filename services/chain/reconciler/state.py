@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 import redis
 
-LEASE_KEY = "reconciler:lease"
+from services.core.keys import (
+    RECONCILER_LEASE_KEY,
+    reconciler_checked_key,
+    reconciler_position_key,
+    reconciler_seen_key,
+)
 
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -52,18 +57,6 @@ return 0
 """
 
 
-def seen_key(topic: str) -> str:
-    return f"reconciler:seen:{topic}"
-
-
-def position_key(topic: str) -> str:
-    return f"reconciler:position:{topic}"
-
-
-def checked_key(topic: str) -> str:
-    return f"reconciler:checked:{topic}"
-
-
 def text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -89,14 +82,14 @@ class Lease:
         """True when the lease is free or already this owner's: a pass that could not release it (Redis went
         away mid-pass and came back with its append-only file) must not lock its own reconciler out until the
         lease expires."""
-        return bool(self.client.eval(_ACQUIRE, 1, LEASE_KEY, self.token, self.ttl_ms))
+        return bool(self.client.eval(_ACQUIRE, 1, RECONCILER_LEASE_KEY, self.token, self.ttl_ms))
 
     def refresh(self) -> bool:
         """Extend the lease while a pass goes on (False when it was lost)."""
-        return bool(self.client.eval(_REFRESH, 1, LEASE_KEY, self.token, self.ttl_ms))
+        return bool(self.client.eval(_REFRESH, 1, RECONCILER_LEASE_KEY, self.token, self.ttl_ms))
 
     def release(self) -> None:
-        self.client.eval(_RELEASE, 1, LEASE_KEY, self.token)
+        self.client.eval(_RELEASE, 1, RECONCILER_LEASE_KEY, self.token)
 
 
 class TopicState:
@@ -107,22 +100,26 @@ class TopicState:
         self.topic = topic
         self.ttl_s = ttl_s
 
+    def _keys(self) -> tuple[str, str, str]:
+        return (reconciler_seen_key(self.topic), reconciler_position_key(self.topic),
+                reconciler_checked_key(self.topic))
+
     def exists(self) -> tuple[bool, bool]:
         """(the positions exist, the seen set exists)."""
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.exists(position_key(self.topic))
-            pipe.exists(seen_key(self.topic))
+            pipe.exists(reconciler_position_key(self.topic))
+            pipe.exists(reconciler_seen_key(self.topic))
             positions, seen = pipe.execute()
         return bool(positions), bool(seen)
 
     def positions(self) -> tuple[list[int] | None, dict[int, Position]]:
         """(the partitions read last time or None, {partition: Position})."""
-        raw = {text(k): text(v) for k, v in self.client.hgetall(position_key(self.topic)).items()}
+        raw = {text(k): text(v) for k, v in self.client.hgetall(reconciler_position_key(self.topic)).items()}
         partitions = json.loads(raw.pop("partitions")) if "partitions" in raw else None
         return partitions, {int(p): Position(**json.loads(v)) for p, v in raw.items()}
 
     def clear(self) -> None:
-        self.client.delete(seen_key(self.topic), position_key(self.topic), checked_key(self.topic))
+        self.client.delete(*self._keys())
 
     def save(self, partitions: list[int], positions: dict[int, Position], seen: dict[str, float],
              trim_before: float) -> None:
@@ -130,14 +127,14 @@ class TopicState:
         mapping = {"partitions": json.dumps(sorted(partitions))}
         mapping.update({str(p): json.dumps(vars(pos)) for p, pos in positions.items()})
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(position_key(self.topic))
-            pipe.hset(position_key(self.topic), mapping=mapping)
+            pipe.delete(reconciler_position_key(self.topic))
+            pipe.hset(reconciler_position_key(self.topic), mapping=mapping)
             if seen:
-                pipe.zadd(seen_key(self.topic), seen)
-            pipe.zremrangebyscore(seen_key(self.topic), "-inf", f"({trim_before}")
+                pipe.zadd(reconciler_seen_key(self.topic), seen)
+            pipe.zremrangebyscore(reconciler_seen_key(self.topic), "-inf", f"({trim_before}")
             # the member "" (never a sighting id) keeps the set in existence when the topic is empty or everything
             # was trimmed: a missing set means "expired"
-            pipe.zadd(seen_key(self.topic), {"": trim_before})
+            pipe.zadd(reconciler_seen_key(self.topic), {"": trim_before})
             self._expire(pipe)
             pipe.execute()
 
@@ -145,20 +142,20 @@ class TopicState:
         """The keys of `keys` never read from the topic."""
         if not keys:
             return []
-        scores = self.client.zmscore(seen_key(self.topic), keys)
+        scores = self.client.zmscore(reconciler_seen_key(self.topic), keys)
         return [key for key, score in zip(keys, scores, strict=True) if score is None]
 
     def cursor(self) -> str | None:
-        raw = self.client.get(checked_key(self.topic))
+        raw = self.client.get(reconciler_checked_key(self.topic))
         return None if raw is None else text(raw)
 
     def set_cursor(self, stream_id: str) -> None:
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(checked_key(self.topic), stream_id)
+            pipe.set(reconciler_checked_key(self.topic), stream_id)
             self._expire(pipe)
             pipe.execute()
 
     def _expire(self, pipe) -> None:
         if self.ttl_s:
-            for key in (seen_key(self.topic), position_key(self.topic), checked_key(self.topic)):
+            for key in self._keys():
                 pipe.expire(key, self.ttl_s)

@@ -23,6 +23,7 @@ from services.chain.reconciler.findings import Findings
 from services.chain.reconciler.kafka_io import PartitionReader
 from services.chain.reconciler.state import Position, TopicState, text
 from services.core import topics
+from services.core.keys import IDENTIFICATIONS_STREAM
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class TopicAudit:
     """One topic: `only_new` for `new-individuals` (which carries new_individual identifications only)."""
 
     def __init__(self, settings: Settings, redis, reader: PartitionReader, produce: Callable[[list], list],
-                 topic: str, only_new: bool = False, stream: str = results.IDENTIFICATIONS_STREAM):
+                 topic: str, only_new: bool = False, stream: str = IDENTIFICATIONS_STREAM):
         self.settings = settings
         self.redis = redis
         self.reader = reader

@@ -10,7 +10,7 @@ its upload, or its last re-drive) exceeds `reconciler_stale_after_s`:
 - never uploaded (no photo yet): left alone, counted `awaiting_upload` (not looked up in S3 any more once its
   upload URL expired long ago).
 
-The sightings come from the index `sightings:open` (services.chain.store: the gateway adds each sighting it
+The sightings come from the index `sightings:open` (services.chain.sighting_records: the gateway adds each sighting it
 creates, the bridge each upload), read in chunks of SCAN_COUNT: a pass costs what is open, never a scan of every
 key. A sighting leaves the index here once it is identified or failed, once its hash is gone (expired), or once
 its upload URL expired long ago with no photo (a late upload event puts it back).
@@ -25,17 +25,18 @@ from typing import Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.chain.failures import TransientFailure
-from services.chain.markers import embedded_key, failure_key, record_failure
-from services.chain.parking import PARKED_INDEX
+from services.chain.markers import record_failure
 from services.chain.reconciler.findings import Findings, read_index
-from services.chain.store import (
+from services.chain.sighting_records import decode_hash, sighting_metadata
+from services.core import topics
+from services.core.keys import (
     OPEN_SIGHTINGS_KEY,
-    decode_hash,
+    PARKED_INDEX,
+    embedded_key,
+    failure_key,
     identification_key,
     sighting_key,
-    sighting_metadata,
 )
-from services.core import topics
 from services.core.metrics import DEAD_LETTERS
 from services.core.settings import Settings
 
@@ -161,7 +162,7 @@ class StaleUploads:
         try:
             metadata = sighting_metadata(record)
         except ValueError as exc:
-            self._dead_letter(sighting_id, record, "bad_metadata", f"sighting:{sighting_id} metadata is not JSON: "
+            self._dead_letter(sighting_id, record, "bad_metadata", f"{sighting_key(sighting_id)} metadata is not JSON: "
                                                                    f"{exc}", findings)
             return
         event = topics.SightingUploaded(
@@ -172,7 +173,7 @@ class StaleUploads:
         # the worker skips a sighting it embedded before; that embedding was lost on the way to a result
         self.redis.delete(embedded_key(sighting_id))
         self.produce([(self.topics.uploaded, sighting_id, event.to_json())])
-        sighting = f"sighting:{sighting_id}"
+        sighting = sighting_key(sighting_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(sighting, "redriven_at", now)
             pipe.hincrby(sighting, "redrives", 1)

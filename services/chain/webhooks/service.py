@@ -52,17 +52,20 @@ from services.chain.webhooks.sender import Answer, Sender
 from services.core.access.credentials import APP, Credential
 from services.core.access.visibility import visible_metadata
 from services.core.errors import ConfigError
+from services.core.keys import (
+    WEBHOOKS_DEAD_LETTER_STREAM,
+    WEBHOOKS_LEGACY_RETRY_KEY,
+    WEBHOOKS_PENDING_KEY,
+    sighting_key,
+    webhooks_delivered_key,
+    webhooks_retry_key,
+)
 from services.core.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LATENCY, WEBHOOK_RECORDS, WEBHOOK_RETRY_QUEUE
 from services.core.topics import IDENTIFICATIONS, NEW_INDIVIDUALS
 
 log = logging.getLogger(__name__)
 
 EVENTS = {IDENTIFICATIONS: "identification", NEW_INDIVIDUALS: "new_individual"}
-PENDING_KEY = "webhooks:pending"
-RETRY_KEY = "webhooks:retry:{}"  # .format(app)
-LEGACY_RETRY_KEY = "webhooks:retry"
-DELIVERED_KEY = "webhooks:delivered:{}"
-DEAD_LETTER_STREAM = "webhooks:dead-letter"
 POLL_MS = 500
 DUE_BATCH = 100
 
@@ -91,10 +94,6 @@ class Job:
 def backoff_s(attempt: int, initial_s: float, max_s: float) -> float:
     """The pause after failed attempt number `attempt` (1, 2, ...): initial x 2^(attempt-1), at most max_s."""
     return float(min(max_s, initial_s * 2 ** max(0, attempt - 1)))
-
-
-def retry_key(app: str) -> str:
-    return RETRY_KEY.format(app)
 
 
 def _text(value) -> str:
@@ -144,15 +143,15 @@ class WebhookService:
         while self._orphans:
             job = self._orphans[0]
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(PENDING_KEY, job.delivery_id, job.to_json())
-                pipe.zadd(retry_key(job.app), {job.delivery_id: self.clock() + pause})
+                pipe.hset(WEBHOOKS_PENDING_KEY, job.delivery_id, job.to_json())
+                pipe.zadd(webhooks_retry_key(job.app), {job.delivery_id: self.clock() + pause})
                 pipe.execute()
             self._orphans.popleft()
 
     def backlog(self, app: str) -> int:
         """Deliveries of `app` waiting: in its Redis retry set and in its lane's queue."""
         lane = self.lanes.get(app) if self.lanes is not None else None
-        return int(self.redis.zcard(retry_key(app))) + (lane.waiting() if lane is not None else 0)
+        return int(self.redis.zcard(webhooks_retry_key(app))) + (lane.waiting() if lane is not None else 0)
 
     # --- topic records
     def handle_record(self, topic: str, key, value) -> str:
@@ -173,14 +172,15 @@ class WebhookService:
         sighting_id = str(record.get("sighting_id") or (_text(key) if key else "")) if isinstance(record, dict) else ""
         if not sighting_id:
             return "malformed"
-        owner, metadata = self.redis.hmget(f"sighting:{sighting_id}", "owner", "metadata")
+        owner, metadata = self.redis.hmget(sighting_key(sighting_id), "owner", "metadata")
         if not owner:
             return "no_owner"
         app = _text(owner)
         if app not in self.endpoints:
             return "no_webhook"
         delivery_id = f"{event}:{sighting_id}"
-        if self.redis.exists(DELIVERED_KEY.format(delivery_id)) or self.redis.hexists(PENDING_KEY, delivery_id):
+        if (self.redis.exists(webhooks_delivered_key(delivery_id))
+                or self.redis.hexists(WEBHOOKS_PENDING_KEY, delivery_id)):
             return "duplicate"
         try:
             meta = json.loads(_text(metadata)) if metadata else {}
@@ -202,12 +202,12 @@ class WebhookService:
             job.last_error = f"{self.backlog_max} deliveries of this app already wait (webhook_backlog_max)"
             return self._dead_letter(job, "backlog_full")
         if lane.room():
-            self.redis.hset(PENDING_KEY, job.delivery_id, job.to_json())
+            self.redis.hset(WEBHOOKS_PENDING_KEY, job.delivery_id, job.to_json())
             if lane.offer(job):
                 return "queued"
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(PENDING_KEY, job.delivery_id, job.to_json())
-            pipe.zadd(retry_key(job.app), {job.delivery_id: self.clock()})
+            pipe.hset(WEBHOOKS_PENDING_KEY, job.delivery_id, job.to_json())
+            pipe.zadd(webhooks_retry_key(job.app), {job.delivery_id: self.clock()})
             pipe.execute()
         WEBHOOK_DELIVERIES.labels(app=job.app, outcome="deferred").inc()
         return "deferred"
@@ -224,9 +224,9 @@ class WebhookService:
         if answer.ok:
             ttl = int(self.settings.redis_marker_ttl_s)
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.set(DELIVERED_KEY.format(job.delivery_id), job.attempts, ex=ttl or None)
-                pipe.hdel(PENDING_KEY, job.delivery_id)
-                pipe.zrem(retry_key(job.app), job.delivery_id)
+                pipe.set(webhooks_delivered_key(job.delivery_id), job.attempts, ex=ttl or None)
+                pipe.hdel(WEBHOOKS_PENDING_KEY, job.delivery_id)
+                pipe.zrem(webhooks_retry_key(job.app), job.delivery_id)
                 pipe.execute()
             WEBHOOK_DELIVERIES.labels(app=job.app, outcome="delivered").inc()
             log.info("webhook %s -> %s delivered (attempt %d, HTTP %s)", job.delivery_id, job.app, job.attempts,
@@ -241,8 +241,8 @@ class WebhookService:
         if answer.retry_after is not None:
             pause = min(max(pause, answer.retry_after), float(self.settings.webhook_backoff_max_s))
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(PENDING_KEY, job.delivery_id, job.to_json())
-            pipe.zadd(retry_key(job.app), {job.delivery_id: self.clock() + pause})
+            pipe.hset(WEBHOOKS_PENDING_KEY, job.delivery_id, job.to_json())
+            pipe.zadd(webhooks_retry_key(job.app), {job.delivery_id: self.clock() + pause})
             pipe.execute()
         WEBHOOK_DELIVERIES.labels(app=job.app, outcome="retried").inc()
         log.warning("webhook %s -> %s failed (attempt %d/%d: %s); next attempt in %.1f s", job.delivery_id, job.app,
@@ -255,9 +255,9 @@ class WebhookService:
                   "dead_at": self.clock()}
         maxlen = int(self.settings.redis_stream_maxlen) or None
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=maxlen, approximate=True)
-            pipe.hdel(PENDING_KEY, job.delivery_id)
-            pipe.zrem(retry_key(job.app), job.delivery_id)
+            pipe.xadd(WEBHOOKS_DEAD_LETTER_STREAM, fields, maxlen=maxlen, approximate=True)
+            pipe.hdel(WEBHOOKS_PENDING_KEY, job.delivery_id)
+            pipe.zrem(webhooks_retry_key(job.app), job.delivery_id)
             pipe.execute()
         WEBHOOK_DELIVERIES.labels(app=job.app, outcome="dead_lettered").inc()
         log.error("webhook %s -> %s dead-lettered (%s after %d attempt(s): %s)", job.delivery_id, job.app, reason,
@@ -268,15 +268,15 @@ class WebhookService:
     def recover(self) -> int:
         """Pending jobs without a due time in their app's retry set (a crash while queued or in flight) are due
         now, keeping a due time from the single retry set of earlier versions; returns how many."""
-        legacy = {_text(m): score for m, score in self.redis.zrange(LEGACY_RETRY_KEY, 0, -1, withscores=True)}
+        legacy = {_text(m): score for m, score in self.redis.zrange(WEBHOOKS_LEGACY_RETRY_KEY, 0, -1, withscores=True)}
         now, moved = self.clock(), 0
-        for delivery_id, raw in self.redis.hscan_iter(PENDING_KEY):
+        for delivery_id, raw in self.redis.hscan_iter(WEBHOOKS_PENDING_KEY):
             delivery_id, app = _text(delivery_id), Job.from_json(raw).app
-            if self.redis.zscore(retry_key(app), delivery_id) is None:
-                self.redis.zadd(retry_key(app), {delivery_id: legacy.get(delivery_id, now)})
+            if self.redis.zscore(webhooks_retry_key(app), delivery_id) is None:
+                self.redis.zadd(webhooks_retry_key(app), {delivery_id: legacy.get(delivery_id, now)})
                 moved += 1
         if legacy:
-            self.redis.delete(LEGACY_RETRY_KEY)
+            self.redis.delete(WEBHOOKS_LEGACY_RETRY_KEY)
         return moved
 
     def process_due(self, limit: int = DUE_BATCH) -> list[str]:
@@ -289,11 +289,11 @@ class WebhookService:
             take = lane.room() if lane is not None else limit
             if take <= 0:
                 continue
-            due = self.redis.zrangebyscore(retry_key(app), "-inf", self.clock(), start=0, num=take)
+            due = self.redis.zrangebyscore(webhooks_retry_key(app), "-inf", self.clock(), start=0, num=take)
             for delivery_id in map(_text, due):
-                if not self.redis.zrem(retry_key(app), delivery_id):
+                if not self.redis.zrem(webhooks_retry_key(app), delivery_id):
                     continue  # another replica claimed it
-                raw = self.redis.hget(PENDING_KEY, delivery_id)
+                raw = self.redis.hget(WEBHOOKS_PENDING_KEY, delivery_id)
                 if raw is None:
                     continue
                 job = Job.from_json(raw)
@@ -302,8 +302,8 @@ class WebhookService:
                 elif lane.offer(job):
                     outcomes.append("queued")
                 else:  # cannot happen with one thread filling the lane; kept due rather than dropped
-                    self.redis.zadd(retry_key(app), {delivery_id: self.clock()})
-        WEBHOOK_RETRY_QUEUE.set(sum(int(self.redis.zcard(retry_key(app))) for app in self.endpoints))
+                    self.redis.zadd(webhooks_retry_key(app), {delivery_id: self.clock()})
+        WEBHOOK_RETRY_QUEUE.set(sum(int(self.redis.zcard(webhooks_retry_key(app))) for app in self.endpoints))
         return outcomes
 
     # --- the loop

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def _store():
     from services.core.settings import load_settings
-    from services.curation.catalogue.store import CatalogueStore
+    from services.curation.catalogue.photo_bucket import CatalogueStore
 
     return CatalogueStore.from_settings(load_settings())
 

@@ -11,7 +11,8 @@ Gallery.save files + tuning.json to `out`, three ways:
     embeddings and transferred to the final fit (`training.train.transfer_tuning`), whose embeddings make the
     gallery;
   - `tuning` (e.g. another run's tuning.json): taken as it is (its weights now name `embedder`), no tuning.
-`publish_catalogue_gallery` embeds the S3 catalogue (services.curation.catalogue.store) that way and publishes a version.
+`publish_catalogue_gallery` embeds the S3 catalogue (services.curation.catalogue.photo_bucket) that way and publishes a
+version.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
     (`whaleid reindex --re-embed`: the confirmed sightings, services.curation.catalogue.re_embed); `reason` and
     `reindexed` go to the pointer."""
     from services.core.identification.tuning import Tuning
-    from services.curation.catalogue.store import CatalogueStore
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.catalogue.photo_bucket import CatalogueStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.curation.operations.publish import publish_gallery
     from training.embed import Embedder
 

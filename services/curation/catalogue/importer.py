@@ -1,5 +1,6 @@
 """`import_catalogue(src, store)`: read a source (services.curation.catalogue.sources), check each photo's content, store
-the new photos and records (services.curation.catalogue.store). Bad rows are reported and skipped; the good ones go in."""
+the new photos and records (services.curation.catalogue.photo_bucket). Bad rows are reported and skipped; the good
+ones go in."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from pathlib import Path
 from PIL import Image
 
 from services.core import imaging
+from services.curation.catalogue.photo_bucket import CatalogueStore, now
 from services.curation.catalogue.progress import ProgressBar
 from services.curation.catalogue.sources import BadRow, SourceRow, read_source
-from services.curation.catalogue.store import CatalogueStore, now
 
 log = logging.getLogger(__name__)
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}

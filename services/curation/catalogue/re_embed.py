@@ -4,8 +4,8 @@ A plain `whaleid reindex` recomputes nothing: confirmed sightings enter with the
 ingest, made by the model that served then. When the model changes (a new training run), those embeddings and
 the catalogue's are of another model, so everything is embedded again with RUN's model:
 
-  1. the catalogue (services.curation.catalogue.store: the photos `whaleid catalogue import` put in S3) is embedded and
-     the threshold re-tuned exactly as `whaleid gallery build` does (`publish_catalogue_gallery`, the same
+  1. the catalogue (services.curation.catalogue.photo_bucket: the photos `whaleid catalogue import` put in S3) is
+     embedded and the threshold re-tuned exactly as `whaleid gallery build` does (`publish_catalogue_gallery`, the same
      options: `tuning_run`, `tuning_path`), or, with `keep_threshold`, the served version's tuning.json is kept
      as it is (its blend weights now name RUN's model);
   2. every confirmed sighting (`confirmed_sightings`: `confirm`/`new` decisions in Redis) is embedded from its
@@ -33,8 +33,9 @@ from typing import Callable
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.chain.store import CONTENT_TYPES, upload_key
+from services.core import keys
 from services.core.errors import ConfigError, DataError
+from services.core.keys import CONTENT_TYPES, upload_key
 from services.curation.catalogue.gallery_build import Photos, embed_photos, publish_catalogue_gallery
 from services.curation.catalogue.progress import ProgressBar
 from services.curation.operations import records
@@ -81,9 +82,9 @@ def _box(value) -> list[float] | None:
 def sighting_photo_source(redis, sighting_id: str, sightings_bucket: str) -> tuple[str, list[str], list | None]:
     """(bucket, candidate keys, crop box) of a sighting's photo, from its `sighting:<id>` hash (the key the
     gateway signed) or, once that hash expired, the keys the gateway would have used."""
-    fields = {_text(k): _text(v) for k, v in (redis.hgetall(records.SIGHTING_KEY.format(sighting_id)) or {}).items()}
+    fields = {_text(k): _text(v) for k, v in (redis.hgetall(keys.sighting_key(sighting_id)) or {}).items()}
     metadata = _json(fields.get("metadata"))
-    stored = _json(redis.get(records.EMBEDDING_KEY.format(sighting_id)))
+    stored = _json(redis.get(keys.embedding_key(sighting_id)))
     box = _box(stored.get("crop_box")) or _box(metadata.get("crop_box"))
     if fields.get("key"):
         return fields.get("bucket") or sightings_bucket, [fields["key"]], box
@@ -143,7 +144,7 @@ def confirmed_photos(redis, s3, sightings_bucket: str, species_of: dict[str, str
 
 def _served_tuning(store, cache_dir: Path) -> tuple[Path, str]:
     """The served version's tuning.json, saved under cache_dir, and the version's name."""
-    from services.curation.operations.model_store import TUNING_FILE, ModelStoreError
+    from services.curation.operations.gallery_versions import TUNING_FILE, ModelStoreError
 
     version = store.current_version()
     if version is None:
@@ -169,7 +170,7 @@ def re_embed(settings, run_dir: Path, *, keep_threshold: bool = False, tuning_pa
     import tempfile
 
     from services.core.metrics import REINDEX_LAST_SUCCESS
-    from services.curation.operations.model_store import GalleryStore, s3_client
+    from services.curation.operations.gallery_versions import GalleryStore, s3_client
 
     if keep_threshold and (tuning_path or tuning_run):
         raise ConfigError("--keep-threshold takes the served version's threshold: it cannot be combined with "

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping
 
-ALIASES_KEY = "identities:aliases"
-NAMES_KEY = "identities:names"
+from services.core import keys
+
 ORIGINAL_KEY = "original_individual_id"  # gallery row metadata: the id the row was catalogued / confirmed with
 
 
@@ -75,7 +75,7 @@ def row_metadata(meta: Mapping[str, Any], base: str, new: str) -> dict[str, Any]
 
 
 def read_aliases(redis) -> dict[str, str]:
-    return _decode(redis.hgetall(ALIASES_KEY))
+    return _decode(redis.hgetall(keys.IDENTITY_ALIASES_KEY))
 
 
 def resolve(redis, individual_id: str) -> str:
@@ -83,4 +83,4 @@ def resolve(redis, individual_id: str) -> str:
 
 
 def read_names(redis) -> set[str]:
-    return {_text(m) for m in redis.smembers(NAMES_KEY)}
+    return {_text(m) for m in redis.smembers(keys.IDENTITY_NAMES_KEY)}

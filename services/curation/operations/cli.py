@@ -66,7 +66,7 @@ def _settings():
 
 
 def _store(settings):
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     return GalleryStore.from_settings(settings)
 
@@ -175,7 +175,7 @@ def _print_pointer(pointer, as_json: bool) -> None:
 
 
 def _current(args) -> int:
-    from services.curation.operations.model_store import ModelStoreError
+    from services.curation.operations.gallery_versions import ModelStoreError
 
     pointer = _store(_settings()).pointer()
     if pointer is None:

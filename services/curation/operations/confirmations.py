@@ -44,25 +44,18 @@ from typing import Any, Callable
 
 import redis as redis_lib
 
+from services.core import keys
 from services.core.errors import WhaleIdError
 from services.core.identification import NEW_INDIVIDUAL
 from services.core.ids import id_problem
 from services.core.metrics import CONFIRMATIONS
 from services.core.topics import Confirmation
 from services.curation.operations import records
-from services.curation.operations.aliases import NAMES_KEY, resolve
+from services.curation.operations.aliases import resolve
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("confirm", "new", "reject")
-CONFIRMATION_KEY = "confirmation:{}"
-INDEX_KEY = "confirmations:index"
-NEW_IDS_KEY = "confirmations:new-ids"
-AUDIT_STREAM = "confirmations:audit"
-SIGHTING_AUDIT_STREAM = "confirmations:audit:{}"
-REVIEW_AWAITING_KEY = "review:awaiting"  # sighting ids awaiting a decision (services.chain.gateway.review_queue)
-INDIVIDUAL_INDEX_KEY = "confirmations:individual:{}"  # confirm/new decisions recorded with one individual id
-INDIVIDUAL_INDEX_BUILT_KEY = "confirmations:individual:built"  # marker: the per-individual indexes were built
 AUDIT_PAGE = 1000
 AUDIT_MAXLEN = 1_000_000  # == Settings.redis_audit_maxlen's default
 SIGHTING_AUDIT_MAXLEN = 1000  # == Settings.redis_sighting_audit_maxlen's default
@@ -96,7 +89,7 @@ def _text(value) -> str:
 
 
 def stored_confirmation(redis, sighting_id: str) -> Confirmation | None:
-    raw = redis.hgetall(CONFIRMATION_KEY.format(sighting_id))
+    raw = redis.hgetall(keys.confirmation_key(sighting_id))
     if not raw:
         return None
     fields = {_text(k): _text(v) for k, v in raw.items()}
@@ -108,11 +101,11 @@ def stored_confirmation(redis, sighting_id: str) -> Confirmation | None:
 def confirmed_sightings(redis, since: float = 0.0) -> list[tuple[Confirmation, str]]:
     """(confirmation, gallery_version at the time) of every `confirm`/`new`, oldest first."""
     out = []
-    for member in redis.zrangebyscore(INDEX_KEY, since, "+inf"):
+    for member in redis.zrangebyscore(keys.CONFIRMATIONS_INDEX_KEY, since, "+inf"):
         sighting_id = _text(member)
         conf = stored_confirmation(redis, sighting_id)
         if conf is not None and conf.action in ("confirm", "new"):
-            version = _text(redis.hget(CONFIRMATION_KEY.format(sighting_id), "gallery_version") or "")
+            version = _text(redis.hget(keys.confirmation_key(sighting_id), "gallery_version") or "")
             out.append((conf, version))
     return out
 
@@ -149,13 +142,13 @@ class ConfirmationService:
     def _known_sighting(self, sighting_id: str) -> bool:
         """A sighting that exists or was decided (its trail may be written)."""
         return records.sighting_exists(self.redis, sighting_id) \
-            or bool(self.redis.exists(CONFIRMATION_KEY.format(sighting_id)))
+            or bool(self.redis.exists(keys.confirmation_key(sighting_id)))
 
     def mark_published(self, sighting_id: str) -> None:
-        self.redis.hset(CONFIRMATION_KEY.format(sighting_id), "published", "1")
+        self.redis.hset(keys.confirmation_key(sighting_id), "published", "1")
 
     def is_published(self, sighting_id: str) -> bool:
-        return _text(self.redis.hget(CONFIRMATION_KEY.format(sighting_id), "published") or "0") == "1"
+        return _text(self.redis.hget(keys.confirmation_key(sighting_id), "published") or "0") == "1"
 
     # --- steps
     def _submit(self, sighting_id: str, body: Any, authenticated: str | None) -> tuple[Confirmation, bool]:
@@ -167,7 +160,7 @@ class ConfirmationService:
             raise ConfirmationRefused(404, "unknown_sighting", f"unknown sighting {sighting_id!r}")
         identification = records.read_identification(self.redis, sighting_id)
         predicted = (identification or {}).get("candidates")
-        if action in ("confirm", "new") and not self.redis.exists(records.EMBEDDING_KEY.format(sighting_id)):
+        if action in ("confirm", "new") and not self.redis.exists(keys.embedding_key(sighting_id)):
             raise ConfirmationRefused(409, "no_embedding",
                                       f"sighting {sighting_id} has no stored embedding yet (not processed, or "
                                       "failed); it cannot enter the gallery")
@@ -216,8 +209,8 @@ class ConfirmationService:
         return action, individual_id.strip(), researcher.strip()
 
     def _check_known(self, individual_id: str, known: KnownIndividuals) -> None:
-        if individual_id in known.ids or self.redis.sismember(NEW_IDS_KEY, individual_id) \
-                or self.redis.sismember(NAMES_KEY, individual_id):
+        if individual_id in known.ids or self.redis.sismember(keys.CONFIRMATIONS_NEW_IDS_KEY, individual_id) \
+                or self.redis.sismember(keys.IDENTITY_NAMES_KEY, individual_id):
             return
         raise ConfirmationRefused(409, "unknown_individual",
                                   f"individual {individual_id!r} is neither in gallery version {known.version} nor "
@@ -232,7 +225,7 @@ class ConfirmationService:
                                   f"sighting {sighting_id} has no predicted individual to reject; name one")
 
     def _store(self, sighting_id, action, individual_id, researcher, predicted, version):
-        key = CONFIRMATION_KEY.format(sighting_id)
+        key = keys.confirmation_key(sighting_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -260,12 +253,12 @@ class ConfirmationService:
                         "action": action, "individual_id": assigned, "researcher": researcher,
                         "predicted": json.dumps(predicted), "confirmed_at": repr(conf.confirmed_at),
                         "gallery_version": version, "published": "0"})
-                    pipe.zadd(INDEX_KEY, {sighting_id: conf.confirmed_at})
-                    pipe.zrem(REVIEW_AWAITING_KEY, sighting_id)  # decided: off the review queue
+                    pipe.zadd(keys.CONFIRMATIONS_INDEX_KEY, {sighting_id: conf.confirmed_at})
+                    pipe.zrem(keys.REVIEW_AWAITING_KEY, sighting_id)  # decided: off the review queue
                     if action == "new":
-                        pipe.sadd(NEW_IDS_KEY, assigned)
+                        pipe.sadd(keys.CONFIRMATIONS_NEW_IDS_KEY, assigned)
                     if action in ("confirm", "new"):  # final: a sighting's confirm/new is never replaced
-                        pipe.zadd(INDIVIDUAL_INDEX_KEY.format(assigned), {sighting_id: conf.confirmed_at})
+                        pipe.zadd(keys.individual_confirmations_key(assigned), {sighting_id: conf.confirmed_at})
                     _append_audit(pipe, sighting_id,
                                   self._audit_fields(sighting_id, conf.asdict(), "accepted", "", version),
                                   self.audit_maxlen, self.sighting_audit_maxlen)
@@ -303,9 +296,9 @@ def _append_audit(pipe, sighting_id: str, fields: dict[str, str], maxlen: int = 
     """One attempt into the global stream (trimmed to about `maxlen`; 0 = never) and the sighting's own (trimmed to
     about `sighting_maxlen`; 0 = never; None = not written: an unknown sighting gets no stream), queued on a MULTI
     pipeline: both or neither."""
-    pipe.xadd(AUDIT_STREAM, fields, maxlen=maxlen or None, approximate=True)
+    pipe.xadd(keys.CONFIRMATIONS_AUDIT_STREAM, fields, maxlen=maxlen or None, approximate=True)
     if sighting_maxlen is not None:
-        pipe.xadd(SIGHTING_AUDIT_STREAM.format(sighting_id), fields, maxlen=sighting_maxlen or None,
+        pipe.xadd(keys.confirmation_audit_stream(sighting_id), fields, maxlen=sighting_maxlen or None,
                   approximate=True)
 
 
@@ -332,7 +325,7 @@ def audit_trail(redis, sighting_id: str | None = None, page_size: int = AUDIT_PA
 
     A sighting's trail is its own stream; a sighting without one (attempts recorded before per-sighting streams
     existed) is looked up by paging through the whole global stream."""
-    if sighting_id is not None and redis.exists(SIGHTING_AUDIT_STREAM.format(sighting_id)):
-        return list(read_stream(redis, SIGHTING_AUDIT_STREAM.format(sighting_id), page_size))
-    return [entry for entry in read_stream(redis, AUDIT_STREAM, page_size)
+    if sighting_id is not None and redis.exists(keys.confirmation_audit_stream(sighting_id)):
+        return list(read_stream(redis, keys.confirmation_audit_stream(sighting_id), page_size))
+    return [entry for entry in read_stream(redis, keys.CONFIRMATIONS_AUDIT_STREAM, page_size)
             if sighting_id is None or entry.get("sighting_id") == sighting_id]

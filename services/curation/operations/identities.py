@@ -44,13 +44,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import redis as redis_lib
 
+from services.core import keys
 from services.core.errors import WhaleIdError
 from services.core.identification import NEW_INDIVIDUAL
 from services.core.ids import MAX_ID_LENGTH as _MAX_ID_LENGTH
 from services.core.ids import id_problem
 from services.curation.operations.aliases import (  # noqa: F401 - re-exported: the identities API
-    ALIASES_KEY,
-    NAMES_KEY,
     ORIGINAL_KEY,
     aliases_of,
     live_ids,
@@ -63,18 +62,12 @@ from services.curation.operations.aliases import (  # noqa: F401 - re-exported: 
 )
 from services.curation.operations.confirmations import (
     AUDIT_MAXLEN,
-    CONFIRMATION_KEY,
-    INDEX_KEY,
-    NEW_IDS_KEY,
     KnownIndividuals,
     read_stream,
 )
 
 log = logging.getLogger(__name__)
 
-OPS_KEY = "identities:ops"
-OP_KEY = "identities:op:{}"
-LOG_STREAM = "identities:log"
 KINDS = ("merge", "rename")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 RESERVED = frozenset({NEW_INDIVIDUAL, "similar"})  # `similar` is a route: /v1/individuals/similar
@@ -207,18 +200,18 @@ class IdentityService:
 
     def live_ids(self) -> set[str]:
         known = self.known()
-        new_ids = {_text(m) for m in self.redis.smembers(NEW_IDS_KEY)}
+        new_ids = {_text(m) for m in self.redis.smembers(keys.CONFIRMATIONS_NEW_IDS_KEY)}
         return live_ids(set(known.ids) | new_ids | read_names(self.redis), self.aliases())
 
     def get(self, merge_id: str) -> IdentityOperation:
-        fields = _decode(self.redis.hgetall(OP_KEY.format(merge_id)))
+        fields = _decode(self.redis.hgetall(keys.identity_op_key(merge_id)))
         if not fields:
             raise IdentityRefused(404, "unknown_merge", f"no merge or rename {merge_id!r}")
         return _operation(fields)
 
     def operations(self, individual: str | None = None, limit: int = 50) -> list[IdentityOperation]:
         """Newest first; with `individual`, those involving it or an id that resolves to it."""
-        members = [_text(m) for m in self.redis.zrevrange(OPS_KEY, 0, -1)]
+        members = [_text(m) for m in self.redis.zrevrange(keys.IDENTITY_OPS_KEY, 0, -1)]
         wanted = None
         if individual:
             aliases = self.aliases()
@@ -227,7 +220,7 @@ class IdentityService:
         out = []
         with self.redis.pipeline(transaction=False) as pipe:
             for merge_id in members:
-                pipe.hgetall(OP_KEY.format(merge_id))
+                pipe.hgetall(keys.identity_op_key(merge_id))
             rows = pipe.execute()
         for raw in rows:
             fields = _decode(raw)
@@ -241,7 +234,7 @@ class IdentityService:
         return out
 
     def log_entries(self) -> list[dict[str, str]]:
-        return list(read_stream(self.redis, LOG_STREAM))
+        return list(read_stream(self.redis, keys.IDENTITY_LOG_STREAM))
 
     # --- changing
     def merge(self, source: str, body: Any, researcher: str) -> IdentityOperation:
@@ -308,10 +301,10 @@ class IdentityService:
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(ALIASES_KEY, NAMES_KEY, NEW_IDS_KEY)
-                    aliases = _decode(pipe.hgetall(ALIASES_KEY))
-                    names = {_text(m) for m in pipe.smembers(NAMES_KEY)}
-                    new_ids = {_text(m) for m in pipe.smembers(NEW_IDS_KEY)}
+                    pipe.watch(keys.IDENTITY_ALIASES_KEY, keys.IDENTITY_NAMES_KEY, keys.CONFIRMATIONS_NEW_IDS_KEY)
+                    aliases = _decode(pipe.hgetall(keys.IDENTITY_ALIASES_KEY))
+                    names = {_text(m) for m in pipe.smembers(keys.IDENTITY_NAMES_KEY)}
+                    new_ids = {_text(m) for m in pipe.smembers(keys.CONFIRMATIONS_NEW_IDS_KEY)}
                     op = compute(pipe, aliases, names, new_ids, known)
                     pipe.execute()
                     return op
@@ -352,13 +345,13 @@ class IdentityService:
                                researcher=researcher, at=time.time(), note=note, gallery_version=version)
         pipe.multi()
         for alias in changes:
-            pipe.hset(ALIASES_KEY, alias, target)
-        pipe.sadd(NAMES_KEY, *names)
-        pipe.hset(OP_KEY.format(op.merge_id), mapping={
+            pipe.hset(keys.IDENTITY_ALIASES_KEY, alias, target)
+        pipe.sadd(keys.IDENTITY_NAMES_KEY, *names)
+        pipe.hset(keys.identity_op_key(op.merge_id), mapping={
             "merge_id": op.merge_id, "kind": kind, "source": source, "target": target, "researcher": researcher,
             "at": repr(op.at), "note": note, "gallery_version": version, "changes": json.dumps(changes),
             "undone": "0"})
-        pipe.zadd(OPS_KEY, {op.merge_id: op.at})
+        pipe.zadd(keys.IDENTITY_OPS_KEY, {op.merge_id: op.at})
         self._log_on(pipe, {"event": kind, "merge_id": op.merge_id, "source": source, "target": target,
                             "researcher": researcher, "outcome": "accepted", "reason": "", "note": note})
         log.info("identities: %s %s -> %s by %s (%s)", kind, source, target, researcher, op.merge_id)
@@ -369,11 +362,11 @@ class IdentityService:
             raise IdentityRefused(400, "invalid", "a researcher is required (who undoes)")
         if problem := id_problem(merge_id, "the merge id"):
             raise IdentityRefused(400, "invalid", problem)
-        key = OP_KEY.format(merge_id)
+        key = keys.identity_op_key(merge_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(ALIASES_KEY, NAMES_KEY, key, OPS_KEY)
+                    pipe.watch(keys.IDENTITY_ALIASES_KEY, keys.IDENTITY_NAMES_KEY, key, keys.IDENTITY_OPS_KEY)
                     fields = _decode(pipe.hgetall(key))
                     if not fields:
                         raise IdentityRefused(404, "unknown_merge", f"no merge or rename {merge_id!r}")
@@ -386,11 +379,11 @@ class IdentityService:
                     pipe.multi()
                     for alias, before in json.loads(fields.get("changes") or "{}").items():
                         if before is None:
-                            pipe.hdel(ALIASES_KEY, alias)
+                            pipe.hdel(keys.IDENTITY_ALIASES_KEY, alias)
                         else:
-                            pipe.hset(ALIASES_KEY, alias, before)
+                            pipe.hset(keys.IDENTITY_ALIASES_KEY, alias, before)
                     if op.kind == "rename":
-                        pipe.srem(NAMES_KEY, op.target)
+                        pipe.srem(keys.IDENTITY_NAMES_KEY, op.target)
                     pipe.hset(key, mapping={"undone": "1", "undone_by": researcher, "undone_at": repr(now)})
                     self._log_on(pipe, {"event": "undo", "merge_id": merge_id, "source": op.source,
                                         "target": op.target, "researcher": researcher, "outcome": "accepted",
@@ -404,11 +397,11 @@ class IdentityService:
 
     def _refuse_blocked(self, pipe, op: IdentityOperation) -> None:
         involved = {op.source, op.target}
-        for member in pipe.zrangebyscore(OPS_KEY, op.at, "+inf"):
+        for member in pipe.zrangebyscore(keys.IDENTITY_OPS_KEY, op.at, "+inf"):
             other_id = _text(member)
             if other_id == op.merge_id:
                 continue
-            other = _decode(pipe.hgetall(OP_KEY.format(other_id)))
+            other = _decode(pipe.hgetall(keys.identity_op_key(other_id)))
             if other and other.get("undone") != "1" and float(other.get("at") or 0) >= op.at \
                     and {other["source"], other["target"]} & involved:
                 raise IdentityRefused(409, "undo_blocked",
@@ -416,8 +409,8 @@ class IdentityService:
                                       f"involves {', '.join(sorted({other['source'], other['target']} & involved))};"
                                       f" undo it first")
         if op.kind == "rename":
-            named = [sid for sid in (_text(m) for m in pipe.zrange(INDEX_KEY, 0, -1))
-                     if _text(pipe.hget(CONFIRMATION_KEY.format(sid), "individual_id") or "") == op.target]
+            named = [sid for sid in (_text(m) for m in pipe.zrange(keys.CONFIRMATIONS_INDEX_KEY, 0, -1))
+                     if _text(pipe.hget(keys.confirmation_key(sid), "individual_id") or "") == op.target]
             if named:
                 raise IdentityRefused(409, "undo_blocked",
                                       f"{len(named)} decision(s) were recorded into {op.target!r} since the rename "
@@ -428,7 +421,7 @@ class IdentityService:
         entry = {"event": "", "merge_id": "", "source": "", "target": "", "researcher": "", "outcome": "",
                  "reason": "", "note": "", **{k: str(v)[:LOG_VALUE_MAX] for k, v in fields.items()},
                  "at": repr(time.time())}
-        pipe.xadd(LOG_STREAM, entry, maxlen=self.log_maxlen or None, approximate=True)
+        pipe.xadd(keys.IDENTITY_LOG_STREAM, entry, maxlen=self.log_maxlen or None, approximate=True)
 
     def _log(self, fields: dict[str, str]) -> None:
         with self.redis.pipeline() as pipe:
@@ -507,7 +500,7 @@ class ServedSimilarities:
 
         from services.core.identification.gallery import Gallery
         from services.core.identification.tuning import Tuning
-        from services.curation.operations.model_store import TUNING_FILE, ModelStoreError
+        from services.curation.operations.gallery_versions import TUNING_FILE, ModelStoreError
 
         with self._lock:
             pointer = self.store.pointer()

@@ -12,7 +12,7 @@ import time
 
 from services.core.metrics import REINDEX_LAST_SUCCESS
 from services.curation.operations.confirmations import KnownIndividuals
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 
 
 class CurrentGalleryIndividuals:

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from services.curation.operations.model_store import TUNING_FILE, GalleryStore, ModelStoreError
+from services.curation.operations.gallery_versions import TUNING_FILE, GalleryStore, ModelStoreError
 
 
 def publish_gallery(store: GalleryStore, gallery, tuning_path: Path | str, *, reason: str,

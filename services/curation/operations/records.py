@@ -1,4 +1,5 @@
-"""Reading what the chain stored per sighting in Redis (written by the gateway and the matcher).
+"""Reading what the chain stored per sighting in Redis (written by the gateway and the matcher; the keys:
+services.core.keys).
 
     sighting:<id>        hash, the upload's metadata (gateway)
     identification:<id>  JSON string: candidates, new_individual, gallery_version, ... (matcher)
@@ -16,30 +17,27 @@ import numpy as np
 
 from services.core import topics
 from services.core.errors import DataError
-
-SIGHTING_KEY = "sighting:{}"
-IDENTIFICATION_KEY = "identification:{}"
-EMBEDDING_KEY = "embedding:{}"
+from services.core.keys import embedding_key, identification_key, sighting_key
 
 
 def sighting_exists(redis, sighting_id: str) -> bool:
-    return bool(redis.exists(SIGHTING_KEY.format(sighting_id), IDENTIFICATION_KEY.format(sighting_id),
-                             EMBEDDING_KEY.format(sighting_id)))
+    return bool(redis.exists(sighting_key(sighting_id), identification_key(sighting_id),
+                             embedding_key(sighting_id)))
 
 
 def read_identification(redis, sighting_id: str) -> dict[str, Any] | None:
-    raw = redis.get(IDENTIFICATION_KEY.format(sighting_id))
+    raw = redis.get(identification_key(sighting_id))
     if raw is None:
         return None
     try:
         return json.loads(raw)
     except ValueError:
-        raise DataError(f"identification:{sighting_id} is not JSON") from None
+        raise DataError(f"{identification_key(sighting_id)} is not JSON") from None
 
 
 def read_species_hint(redis, sighting_id: str) -> str:
     """The uploader's species hint from the sighting's metadata, '' when absent."""
-    key = SIGHTING_KEY.format(sighting_id)
+    key = sighting_key(sighting_id)
     kind = redis.type(key)
     kind = kind.decode() if isinstance(kind, bytes) else kind
     if kind == "hash":
@@ -64,31 +62,31 @@ def read_species_hint(redis, sighting_id: str) -> str:
 def decode_embedding(raw: bytes | str | None, sighting_id: str) -> np.ndarray:
     """The stored embedding as float32 (D,), whatever of the accepted encodings it uses."""
     if raw is None:
-        raise DataError(f"sighting {sighting_id} has no stored embedding (embedding:{sighting_id})")
+        raise DataError(f"sighting {sighting_id} has no stored embedding ({embedding_key(sighting_id)})")
     data = raw.encode() if isinstance(raw, str) else raw
     stripped = data.lstrip()[:1]
     if stripped in (b"[", b"{"):
         try:
             value = json.loads(data)
         except ValueError:
-            raise DataError(f"embedding:{sighting_id} is not valid JSON") from None
+            raise DataError(f"{embedding_key(sighting_id)} is not valid JSON") from None
         if isinstance(value, dict):  # a SightingEmbedded record, any version it reads (embedding_f32 or embedding)
             try:
                 value = topics.embedding_of(value)
             except topics.RecordError as exc:
-                raise DataError(f"embedding:{sighting_id}: {exc}") from None
+                raise DataError(f"{embedding_key(sighting_id)}: {exc}") from None
         vector = np.asarray(value, dtype=np.float32)
     elif len(data) % 4 == 0 and data:
         vector = np.frombuffer(data, dtype="<f4").astype(np.float32)
     else:
-        raise DataError(f"embedding:{sighting_id}: unrecognised encoding ({len(data)} bytes)")
+        raise DataError(f"{embedding_key(sighting_id)}: unrecognised encoding ({len(data)} bytes)")
     if vector.ndim != 1 or vector.size == 0 or not np.all(np.isfinite(vector)):
-        raise DataError(f"embedding:{sighting_id} is not a finite vector (shape {vector.shape})")
+        raise DataError(f"{embedding_key(sighting_id)} is not a finite vector (shape {vector.shape})")
     return vector
 
 
 def read_embedding(redis, sighting_id: str) -> np.ndarray:
-    return decode_embedding(redis.get(EMBEDDING_KEY.format(sighting_id)), sighting_id)
+    return decode_embedding(redis.get(embedding_key(sighting_id)), sighting_id)
 
 
 def _text(value) -> str:

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core import keys
 from services.core.errors import DataError
 from services.core.metrics import REINDEX_LAST_SUCCESS
 from services.core.model_versions import VersionChecker
 from services.curation.operations import identities, records
 from services.curation.operations.confirmations import confirmed_sightings
-from services.curation.operations.model_store import GalleryStore, ModelStoreError
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
 from services.curation.operations.publish import TUNING_FILE, publish_gallery
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _pending_rows(gallery, redis, report: ReindexReport, aliases=None):
 
 def _stored_model_version(redis, sighting_id: str) -> str:
     """The `model_version` of the stored `embedding:<id>` record ("" for a bare list or raw bytes)."""
-    raw = redis.get(records.EMBEDDING_KEY.format(sighting_id))
+    raw = redis.get(keys.embedding_key(sighting_id))
     data = raw.encode() if isinstance(raw, str) else raw
     if not data or data.lstrip()[:1] != b"{":
         return ""

@@ -149,7 +149,7 @@ class ChaosEnvironment:
 
         from services.core.identification import Tuning, build_gallery
         from services.core.imaging import decode_image, encode_png
-        from services.curation.operations.model_store import GalleryStore
+        from services.curation.operations.gallery_versions import GalleryStore
 
         ids, images, rows = [], [], []
         for individual in range(individuals):

@@ -15,6 +15,7 @@ import time
 import uuid
 
 from services.core import topics
+from services.core.keys import failure_key
 
 NAME = "malformed_record"
 PER_KIND = 50
@@ -139,5 +140,5 @@ def _match(value: bytes, markers: set[str], found: dict) -> None:
 def _failure_markers(redis, sighting_ids: list[str]) -> dict[str, bool]:
     pipe = redis.pipeline(transaction=False)
     for sighting_id in sighting_ids:
-        pipe.exists(f"failure:{sighting_id}")
+        pipe.exists(failure_key(sighting_id))
     return {s: bool(v) for s, v in zip(sighting_ids, pipe.execute(), strict=True)}

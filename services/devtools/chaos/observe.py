@@ -22,6 +22,7 @@ import uuid
 from collections import defaultdict
 
 from services.core import topics
+from services.core.keys import failure_key, identification_key
 
 log = logging.getLogger(__name__)
 OBSERVED_TOPICS = (topics.IDENTIFICATIONS, topics.NEW_INDIVIDUALS, topics.DEAD_LETTER)
@@ -123,8 +124,8 @@ def redis_outcome(client, sighting_ids: list[str]) -> dict[str, dict]:
     """{sighting id: {"status": identified|failed|pending, "reason": str, "new_individual": bool, "top1": str}}."""
     pipe = client.pipeline(transaction=False)
     for sighting_id in sighting_ids:
-        pipe.get(f"identification:{sighting_id}")
-        pipe.get(f"failure:{sighting_id}")
+        pipe.get(identification_key(sighting_id))
+        pipe.get(failure_key(sighting_id))
     values = pipe.execute()
     outcome = {}
     for index, sighting_id in enumerate(sighting_ids):

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from services.core.keys import chaos_filler_key
 from services.devtools.chaos.environment import ChaosEnvironment
 from services.devtools.chaos.malformed import MalformedInjection
 
@@ -72,7 +73,6 @@ class RedisFull:
     refused with OOM; recovered by deleting the filler (space freed) and restoring the limit. The row tells how
     many writes Redis refused (the filler's; the chain's are refused alike)."""
 
-    FILLER = "chaos:maxmemory:filler:{}"
     BLOCK = 16 * 1024
 
     def __init__(self):
@@ -87,7 +87,7 @@ class RedisFull:
         block = b"\0" * self.BLOCK
         while not self._stop.is_set():
             try:
-                client.set(self.FILLER.format(self.fillers), block)
+                client.set(chaos_filler_key(self.fillers), block)
                 self.fillers += 1
             except redis.exceptions.OutOfMemoryError:
                 self.refused += 1
@@ -116,7 +116,7 @@ class RedisFull:
             self._thread.join(5)
         client = env.redis
         for first in range(0, self.fillers, 1000):
-            client.delete(*(self.FILLER.format(n) for n in range(first, min(self.fillers, first + 1000))))
+            client.delete(*(chaos_filler_key(n) for n in range(first, min(self.fillers, first + 1000))))
         for key, value in self.saved.items():
             client.config_set(key, value)
 

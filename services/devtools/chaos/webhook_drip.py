@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from services.core import topics
+from services.core.keys import WEBHOOKS_DEAD_LETTER_STREAM  # the webhooks service's; chaos sees it as an app
 from services.devtools.chaos.workload import Workload
 
 NAME = "webhook_slow"
@@ -30,7 +31,6 @@ DEADLINE_S = 2.0
 FAST_MAX_S = 10.0
 DRIP_SIGHTINGS = 30
 GROUP = "whaleid-chaos-webhooks"
-DEAD_LETTER_STREAM = "webhooks:dead-letter"  # the webhooks service's (docs/interfaces.md); chaos sees it as an app
 WEBHOOK_SETTINGS = {"webhook_deadline_s": DEADLINE_S, "webhook_timeout_s": 5.0, "webhook_max_attempts": 2,
                     "webhook_backoff_initial_s": 0.5, "webhook_backoff_max_s": 1.0, "webhook_queue_size": 4,
                     "webhook_endpoint_concurrency": 2, "webhook_backlog_max": 12, "webhooks_group": GROUP}
@@ -175,7 +175,7 @@ def run_webhook_slow(env, options, first_sighting: int, progress) -> dict:
         deadline = time.monotonic() + options.settle_timeout_s
         stuck_seen = 0
         while True:
-            state = _state(env, fast, good_ids, drip_ids, redis_outcome, DEAD_LETTER_STREAM)
+            state = _state(env, fast, good_ids, drip_ids, redis_outcome, WEBHOOKS_DEAD_LETTER_STREAM)
             stuck_seen = max(stuck_seen, drip.open_now())
             if state["open"] == 0 or time.monotonic() > deadline:
                 break

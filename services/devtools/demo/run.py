@@ -189,7 +189,7 @@ class DemoChain:
 
     def start(self) -> None:
         from services.core.identification import Gallery
-        from services.curation.operations.model_store import GalleryStore
+        from services.curation.operations.gallery_versions import GalleryStore
         from services.serving.triton_client import EmbeddingClient
 
         base = load_settings(config_file=self.options.config)

@@ -130,7 +130,7 @@ def _up(args, settings, state_path: Path, home: Path, began: float) -> int:
 
 def _import_catalogue(src: Path, settings) -> None:
     from services.curation.catalogue.importer import import_catalogue
-    from services.curation.catalogue.store import CatalogueStore
+    from services.curation.catalogue.photo_bucket import CatalogueStore
 
     report = import_catalogue(src, CatalogueStore.from_settings(settings), progress=False)
     say(f"catalogue {src} imported ({report.added} added, {len(report.bad)} bad): {report.catalogue_photos} photos "

@@ -28,7 +28,7 @@ POINTER = "current"
 
 def _client_and_bucket(bucket: str | None, settings=None):
     from services.core.settings import load_settings
-    from services.curation.operations.model_store import s3_client
+    from services.curation.operations.gallery_versions import s3_client
 
     settings = settings or load_settings()
     return s3_client(settings), bucket or settings.models_bucket
@@ -56,7 +56,7 @@ def push(repository: Path, bucket: str | None = None, prefix: str = "model_repos
 def pull(repository: Path, bucket: str | None = None, prefix: str = "model_repository",
          build_id: str | None = None, settings=None) -> dict[str, Any]:
     """Download a build (default: the one `current` names), validate it, then replace `repository`."""
-    from services.curation.operations.model_store import UnsafePath, contained_path
+    from services.curation.operations.gallery_versions import UnsafePath, contained_path
 
     client, bucket = _client_and_bucket(bucket, settings)
     prefix = prefix.strip("/")

@@ -42,7 +42,7 @@ class CatalogueStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CatalogueStore":
-        from services.curation.operations.model_store import s3_client
+        from services.curation.operations.gallery_versions import s3_client
 
         return cls(s3_client(settings), settings.models_bucket)
 
