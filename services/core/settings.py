@@ -288,5 +288,5 @@ def redis_url_with_password(url: str, password: str) -> str:
 
 
 def describe_settings() -> list[tuple[str, str, Any]]:
-    """(name, environment variable, default) for every setting; used by the README table test."""
+    """(name, environment variable, default) for every setting; the settings table of docs/configuration.md."""
     return [(f.name, ENV_PREFIX + f.name.upper(), f.default) for f in fields(Settings)]

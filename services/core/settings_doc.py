@@ -1,6 +1,8 @@
-"""The README's settings table, generated from services/core/settings.py (`python -m services.core.settings_doc`).
+"""The settings table of docs/configuration.md, generated from services/core/settings.py
+(`python -m services.core.settings_doc`).
 
-tests/test_readme.py checks that README.md holds exactly this table, so the documentation cannot drift.
+tests/unit/test_readme.py checks that docs/configuration.md holds exactly this table, so the documentation
+cannot drift.
 """
 
 from __future__ import annotations
