@@ -234,5 +234,3 @@ def install(app, interval_s: float, admin_options: dict | None = None) -> None:
                             tp.topic, tp.partition)
                 await forget_and_rewind(consumer, tp)
 
-
-watch_topic_resets = install  # the former name

@@ -1,74 +1,94 @@
 """The Redis keys of the chain, in one place (as services.core.topics is for the Kafka topics), and the S3 key of
 an uploaded photo.
 
-The key strings are a contract with the data already in Redis (and S3): changing one loses that data. Every
-module builds its keys here; tests/unit/test_keys.py fails on a key written anywhere else under services/.
+The key strings are a contract with the data already in Redis (and S3): changing one orphans that data. Every
+module builds its keys here; tests/unit/test_keys.py fails on a key literal written anywhere else under services/.
+docs/interfaces.md "Redis keys" has the same table, with each key's expiry.
 
-Redis (type; written by -> read by):
+    key                                      type   holds (written by -> read by)
+    sighting:<id>                            hash   metadata (SightingMetadata JSON), content_type, bucket, key,
+                                                    declared_size, owner, upload_method, created_at; the bridge adds
+                                                    uploaded_at, size, etag (gateway, bridge, reconciler -> every
+                                                    stage, reindex, re-embed, webhooks)
+    sightings:index                          zset   sighting id -> created_at: every sighting (gateway -> listing,
+                                                    review queue, individuals)
+    sightings:owner:<app>                    zset   sighting id -> created_at: one app's sightings (gateway ->
+                                                    listing)
+    sightings:open                           zset   sighting id -> created_at: sightings that may still need the
+                                                    reconciler (gateway, bridge -> reconciler, which removes them)
+    encounter:<app>:<encounter>              set    the sighting ids of one app's encounter (gateway -> gateway)
+    quota:sightings:<app>:<window>:<n>       string INCR counter of an app's sightings in minute or day n (epoch //
+                                                    span) (gateway -> gateway)
+    review:awaiting                          zset   sighting id -> created_at: sightings awaiting a decision
+                                                    (gateway; confirmations remove -> review queue)
+    review:awaiting:built                    string marker: review:awaiting was built from sightings:index (gateway
+                                                    -> gateway)
+    bridge:seen:<s3 key>:<etag>              string "claimed" | "done": an upload event's dedupe claim (bridge ->
+                                                    bridge)
+    embedded:<id>                            string model version: the worker produced the embedding (worker ->
+                                                    worker, reconciler)
+    failure:<id>                             string JSON {stage, reason, detail, failed_at}: a permanent failure
+                                                    (any stage -> gateway, reconciler, chaos)
+    model-version:<model_version>            string JSON {model_version, model_ids, registered_at} (worker ->
+                                                    matcher, reindex)
+    embedding:<id>                           string JSON of the SightingEmbedded record (matcher -> reindex,
+                                                    confirmations, review queue, re-embed)
+    identification:<id>                      string JSON of topics.Identification (SET NX: the first result is kept)
+                                                    (matcher -> gateway, reconciler, chaos)
+    announced:<id>                           string marker: the identification was announced (matcher, reconciler ->
+                                                    matcher, reconciler)
+    identifications:unannounced              zset   sighting id -> identified_at: stored, not yet announced (matcher
+                                                    -> reconciler)
+    identifications                          stream {sighting_id, identification}: one entry per announced
+                                                    identification (matcher, reconciler -> reconciler's topic audit)
+    matcher:parked                           zset   sighting id -> first parked at: sightings of a model the gallery
+                                                    was not built with (matcher -> matcher, reconciler)
+    matcher:parked:records                   hash   sighting id -> JSON {record, reason, detail, parked_at} (matcher
+                                                    -> matcher)
+    reconciler:lease                         string the token of the reconciler running a pass (Lua scripts,
+                                                    KEYS[1]) (reconciler -> reconciler)
+    reconciler:seen:<topic>                  zset   record key -> record timestamp: what the topic audit read
+                                                    (reconciler -> reconciler)
+    reconciler:position:<topic>              hash   "partitions" and "<p>" -> the topic audit's read positions
+                                                    (reconciler -> reconciler)
+    reconciler:checked:<topic>               string the identifications stream id the audit checked up to
+                                                    (reconciler -> reconciler)
+    webhooks:pending                         hash   delivery id -> JSON of a job, from hand-over to outcome
+                                                    (webhooks -> webhooks)
+    webhooks:retry:<app>                     zset   delivery id -> due time (webhooks -> webhooks)
+    webhooks:retry                           zset   the single retry set of older releases ((older releases) ->
+                                                    webhooks (moves it into the per-app sets))
+    webhooks:delivered:<delivery id>         string attempts: the delivery succeeded (webhooks -> webhooks)
+    webhooks:dead-letter                     stream {delivery_id, app, event, sighting_id, reason, attempts,
+                                                    last_error, body, dead_at} (webhooks -> operators, chaos)
+    confirmation:<id>                        hash   a decision: action, individual_id, researcher, predicted,
+                                                    confirmed_at, gallery_version, published (confirmations ->
+                                                    gateway, reindex, identities)
+    confirmations:index                      zset   sighting id -> confirmed_at (confirmations -> reindex,
+                                                    identities, gateway)
+    confirmations:new-ids                    set    individual ids assigned by `new` decisions (confirmations ->
+                                                    confirmations, gateway, identities)
+    confirmations:audit                      stream every attempt, accepted or refused, with the reason
+                                                    (confirmations -> `whaleid confirmations audit`)
+    confirmations:audit:<id>                 stream the attempts on one sighting (confirmations -> `whaleid
+                                                    confirmations audit`)
+    confirmations:individual:<individual_id> zset   sighting id -> confirmed_at: confirm/new decisions naming the
+                                                    individual (confirmations, gateway -> gateway (individual
+                                                    pages))
+    confirmations:individual:built           string marker: the per-individual sets were built (gateway -> gateway)
+    identities:aliases                       hash   old id -> live id (merges, renames; flattened) (identities ->
+                                                    gateway, confirmations, reindex)
+    identities:names                         set    ids that took part in edits + new names (identities -> gateway,
+                                                    confirmations)
+    identities:ops                           zset   merge id -> at (identities -> identities)
+    identities:op:<merge_id>                 hash   one identity edit (+ `changes`: the alias entries before, for
+                                                    undo) (identities -> identities)
+    identities:log                           stream every identity edit attempt (identities -> identities)
+    chaos:maxmemory:filler:<n>               string filler of the chaos suite's Redis-full scenario (chaos -> chaos)
 
-    sighting:<id>                       hash: metadata (SightingMetadata JSON), content_type, bucket, key,
-                                        declared_size, created_at, owner; the bridge adds uploaded_at, size, etag
-                                        (gateway, bridge, reconciler -> every stage, reindex, re-embed)
-    sightings:index                     sorted set, sighting id -> created_at: every sighting (gateway -> listing,
-                                        review queue)
-    sightings:owner:<app>               sorted set, sighting id -> created_at: one app's sightings (gateway -> listing)
-    sightings:open                      sorted set, sighting id -> created_at: sightings that may still need the
-                                        reconciler (gateway, bridge -> reconciler, which removes them)
-    encounter:<app>:<encounter>         set of sighting ids: one app's encounter (gateway -> gateway)
-    quota:sightings:<app>:<window>:<n>  string counter (INCR, TTL 2 windows): sightings created by an app in minute
-                                        or day n (gateway)
-    review:awaiting                     sorted set, sighting id -> created_at: sightings awaiting a decision
-                                        (gateway adds, confirmations remove -> review queue)
-    review:awaiting:built               marker string: review:awaiting was built from sightings:index (gateway)
-    bridge:seen:<s3 key>:<etag>         string "claimed" | "done": an upload event's dedupe claim (bridge)
-    embedded:<id>                       string, the model version: the worker produced its embedding (worker ->
-                                        worker, reconciler)
-    failure:<id>                        string, JSON {stage, reason, detail, failed_at}: a permanent failure (any
-                                        stage -> gateway, reconciler, chaos)
-    model-version:<model_version>       string, JSON {model_version, model_ids, registered_at} (worker -> matcher,
-                                        reindex)
-    embedding:<id>                      string, JSON of the SightingEmbedded record (matcher -> reindex,
-                                        confirmations, review queue, re-embed)
-    identification:<id>                 string, JSON of topics.Identification (matcher, SET NX -> gateway,
-                                        reconciler, webhooks, chaos)
-    announced:<id>                      marker string: the identification was announced (matcher, reconciler)
-    identifications:unannounced         sorted set, sighting id -> identified_at (matcher -> reconciler)
-    identifications                     stream: one entry per announced identification {sighting_id,
-                                        identification} (matcher -> reconciler's audit)
-    matcher:parked                      sorted set, sighting id -> parked_at: sightings of an unserved model (matcher
-                                        -> matcher, reconciler)
-    matcher:parked:records              hash, sighting id -> JSON {record, reason, detail, parked_at} (matcher)
-    reconciler:lease                    string, the holder's token (PX TTL): one reconciler pass at a time
-    reconciler:seen:<topic>             hash, sighting id -> when the reconciler's topic audit saw it on <topic>
-    reconciler:position:<topic>         hash, partition -> next offset of the reconciler's topic audit
-    reconciler:checked:<topic>          string, the identifications stream id the audit has checked up to
-    webhooks:pending                    hash, delivery id -> JSON of a pending delivery job (webhooks)
-    webhooks:retry:<app>                sorted set, delivery id -> when it is due (webhooks)
-    webhooks:retry                      sorted set of the releases before per-app lanes (webhooks migrates it)
-    webhooks:delivered:<delivery id>    string, attempts: the delivery succeeded (webhooks, TTL)
-    webhooks:dead-letter                stream: deliveries given up {delivery_id, app, reason, ...} (webhooks ->
-                                        operators, chaos)
-    confirmation:<id>                   hash: a researcher's decision (confirmations -> gateway, reindex,
-                                        identities)
-    confirmations:index                 sorted set, sighting id -> confirmed_at (confirmations -> reindex,
-                                        identities, gateway)
-    confirmations:new-ids               set: individual ids created by "new" decisions (confirmations -> gateway,
-                                        identities)
-    confirmations:audit                 stream: every decision (confirmations -> `whaleid confirmations audit`)
-    confirmations:audit:<id>            stream: the decisions on one sighting (confirmations)
-    confirmations:individual:<ind>      sorted set, sighting id -> confirmed_at: decisions naming one individual
-                                        (confirmations, gateway -> gateway's individuals)
-    confirmations:individual:built      marker string: the per-individual indexes were built (gateway)
-    identities:aliases                  hash, alias -> individual id it was merged/renamed into (identities)
-    identities:names                    set: individual ids created by renames and merges (identities)
-    identities:ops                      sorted set, op id -> at: identity edits (identities)
-    identities:op:<op id>               hash: one identity edit (identities)
-    identities:log                      stream: the identity edits' log (identities)
-    chaos:maxmemory:filler:<n>          string: filler written by the chaos suite's maxmemory scenario (chaos)
-
-S3 (settings.sightings_bucket):
-
-    uploads/<sighting_id>.<ext>         the uploaded photo (ext from its content type: jpg, png, webp)
+    S3, settings.sightings_bucket:
+    uploads/<sighting_id>.<ext>              the uploaded photo, ext jpg | png | webp from its content type (the app's
+                                             presigned PUT -> bridge, worker, reconciler, re-embed)
 """
 
 from __future__ import annotations

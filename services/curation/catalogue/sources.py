@@ -29,7 +29,6 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 RESERVED_IDS = ("new_individual",)
 UNKNOWN_SPECIES = "unknown"
 CSV_REQUIRED = ("image", "individual_id")
-CSV_OPTIONAL = ("species", "encounter", "date", "latitude", "longitude")
 KAGGLE_COLUMNS = ("image", "species", "individual_id")
 BOX_COLUMNS = ("image", "source", "x0", "y0", "x1", "y1")
 
