@@ -11,13 +11,14 @@ RUN python -m venv /opt/whaleid
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY training ./training
-# `model-repo build` reads its python-backend templates from the installed package (package data
-# services/serving/model_repo/templates/) and vendors services/core/imaging.py + services/core/identification/vectors.py into the
-# repository, so nothing outside `services` is needed; the check below fails the image build if they are missing.
+COPY model_repo ./model_repo
+# `model-repo build` reads the models' config.pbtxt templates and python-backend sources from the installed package
+# (package data model_repo/) and vendors services/core/imaging.py + services/core/identification/vectors.py into the
+# repository, so nothing of the checkout is needed at run time; the check below fails the image build if they are missing.
 RUN /opt/whaleid/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/whaleid/bin/pip install --no-cache-dir . \
- && cd / && /opt/whaleid/bin/python -c "from services.serving.model_repo import builder, vendor; \
-[builder.template_source(t) for t in builder.VENDORED]; [vendor.vendored_source(v) for v in (vendor.IMAGING, vendor.VECTORS)]"
+ && cd / && /opt/whaleid/bin/python -c "from services.serving.model_repo import builder, templates, vendor; \
+[builder.template_source(t) for t in builder.VENDORED]; [templates.config_template(m) for m in templates.MODELS]; [vendor.vendored_source(v) for v in (vendor.IMAGING, vendor.VECTORS)]"
 
 FROM python:3.11-slim-bookworm
 RUN useradd --create-home --uid 10001 whaleid

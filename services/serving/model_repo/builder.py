@@ -10,11 +10,13 @@
     OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING [+ SPECIES]
     OUT/repository.json        what was built (models, checksums, weights, flip TTA, species, build id)
 
-The python-backend models are self-contained (services.serving.model_repo.vendor): each model.py comes from this
-package's `templates/` (package data) and imports only numpy, Pillow, onnxruntime, Triton's utilities and the
-modules vendored next to it, generated from the project's own source (services.core.imaging -> whaleid_imaging.py,
-services.core.identification.vectors -> whaleid_vectors.py). Triton needs no `services` package; repository.json
-records the checksum of every python source.
+The models' sources are the top-level `model_repo/` folder (package data, services.serving.model_repo.templates):
+each model's `config.pbtxt` template, filled by services.serving.model_repo.configs, and each python model's
+`1/model.py`. The python-backend models are self-contained (services.serving.model_repo.vendor): each model.py
+imports only numpy, Pillow, onnxruntime, Triton's utilities and the modules vendored next to it, generated from
+the project's own source (services.core.imaging -> whaleid_imaging.py, services.core.identification.vectors ->
+whaleid_vectors.py). Triton needs no `services` package; repository.json records the checksum of every python
+source.
 
 Flip TTA comes from the tuning file (`flip_tta`, written by `whaleid evaluate --flip-tta`), so the served
 embeddings are those the evaluation scored.
@@ -27,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import importlib.resources
 import json
 import logging
 import shutil
@@ -39,16 +40,16 @@ from services.core.errors import RepositoryError
 from services.core.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
 from services.core.model_exports import ONNX_FILE, Export, load_exports
 from services.serving.model_repo import configs, vendor
+from services.serving.model_repo.templates import model_source
 from services.serving.model_repo.validation import RECORD, validate_repository
 
 log = logging.getLogger(__name__)
 
 REQUIREMENTS = "requirements.txt"
-TEMPLATES = "templates"  # python-backend sources: package data of services.serving.model_repo (templates/<name>.py)
-# the project modules each template needs vendored next to its model.py
+# the python models of model_repo/ (<model>/1/model.py) and the project modules each needs vendored next to it
 VENDORED: dict[str, tuple[vendor.Vendored, ...]] = {
     "preprocess": (vendor.IMAGING,),
-    "embedder_onnx": (),
+    "embedder": (),  # the cpu target's embedders
     "blend": (vendor.VECTORS,),
     "pipeline": (vendor.IMAGING,),  # the lean cpu layout's single step (services.serving.model_repo.lean)
     "detector": (vendor.IMAGING,),  # the optional crop detector (services.serving.model_repo.detector)
@@ -111,13 +112,9 @@ def python_requirements(target: str) -> dict[str, str]:
 
 
 def template_source(template: str) -> str:
-    """The text of a python-backend template (package data: works from a checkout and an installed wheel)."""
-    resource = importlib.resources.files("services.serving.model_repo").joinpath(TEMPLATES).joinpath(f"{template}.py")
-    try:
-        return resource.read_text(encoding="utf-8")
-    except (FileNotFoundError, OSError) as exc:
-        raise RepositoryError(f"python-backend template {template}.py is missing from the services.serving.model_repo "
-                              f"package ({exc}); reinstall the project") from None
+    """The text of model_repo/<template>/1/model.py, a python-backend model (package data: works from a checkout
+    and an installed wheel)."""
+    return model_source(template)
 
 
 def _copy_template(template: str, model_dir: Path, sources: dict[str, str]) -> None:
@@ -168,10 +165,10 @@ def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequen
     parameters = {"build_id": build_id, "model_ids": json.dumps([e.model_id for e in exports]),
                   "weights": json.dumps([round(w, 6) for w in weights]), "flip_tta": "true" if flip_tta else "false",
                   FORMATS_PARAMETER: FORMATS_PARAMETER_VALUE}
-    (root / lean.PIPELINE / "config.pbtxt").write_text(lean.pipeline_config(
-        sizes, dim, species, options, flip_tta, {"pillow_version": requirements["Pillow"]}))
+    (root / lean.PIPELINE / "config.pbtxt").write_text(configs.pipeline_config(
+        sizes, dim, species, options, flip_tta, requirements["Pillow"]))
     (root / "ensemble" / "1").mkdir(parents=True)
-    (root / "ensemble" / "config.pbtxt").write_text(lean.lean_ensemble_config(dim, species, options, parameters))
+    (root / "ensemble" / "config.pbtxt").write_text(configs.lean_ensemble_config(dim, species, options, parameters))
     embedders = [{"name": lean.PIPELINE, "model_id": e.model_id, "image_size": e.image_size, "embedding_size": dim,
                   "sha256": e.onnx_sha256, "weight": w, "species": list(e.species),
                   "precision": e.manifest.get("precision", "fp32"), "export": str(e.directory.resolve()),
@@ -215,7 +212,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         (root / name / "1").mkdir(parents=True)
         shutil.copy2(export.onnx_path, root / name / "1" / ONNX_FILE)
         if options.target == "cpu":
-            _copy_template("embedder_onnx", root / name, sources)
+            _copy_template("embedder", root / name, sources)
         config = configs.embedder_config(name, export.image_size, dim, options, export.model_id, len(export.species))
         (root / name / "config.pbtxt").write_text(config)
         embedders.append({"name": name, "model_id": export.model_id, "image_size": export.image_size,

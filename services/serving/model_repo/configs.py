@@ -1,8 +1,12 @@
-"""Triton `config.pbtxt` templates of the repository's models, filled from data (BuildOptions + exports).
+"""The Triton `config.pbtxt` of each model the build writes: the template in `model_repo/<model>/config.pbtxt`,
+filled from data (BuildOptions + exports) by services.serving.model_repo.templates. What varies in length with
+the exports (input lists, ensemble steps, optional outputs) is built here as pbtxt blocks; the rest is the
+template's.
 
 One artifact, two configs: an embedder's model.onnx is served by a python-backend model running onnxruntime
-(`cpu` target: Triton's bundled build has no onnxruntime backend) or by Triton's native `onnxruntime_onnx`
-platform (`gpu` target, optionally with the TensorRT execution accelerator).
+(`cpu` target, template `embedder`: Triton's bundled build has no onnxruntime backend) or by Triton's native
+`onnxruntime_onnx` platform (`gpu` target, template `embedder_gpu`, optionally with the TensorRT execution
+accelerator).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Sequence
+
+from services.serving.model_repo.templates import render_config
 
 TARGETS = ("cpu", "gpu")
 
@@ -31,28 +37,10 @@ class BuildOptions:
     lean_intra_op_threads: int = 1  # onnxruntime threads per lean instance (2 instances x 1 on 2 cores)
 
 
-def _dynamic_batching(options: BuildOptions) -> str:
-    return f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}"
-
-
-def _parameters(values: dict[str, str]) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value {{ string_value: {json.dumps(str(v))} }} }}'
-                     for k, v in values.items())
-
-
-def preprocess_config(name: str, image_size: int, options: BuildOptions, flip_tta: bool = False,
-                      pillow_version: str = "") -> str:
-    flipped = (f',\n         {{ name: "PIXELS_FLIP" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}'
-               if flip_tta else "")
-    return f"""name: "{name}"
-backend: "python"
-max_batch_size: {options.max_batch_size}
-input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "PIXELS" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }}{flipped} ]
-instance_group [ {{ count: {options.preprocess_instances} kind: KIND_CPU }} ]
-{_dynamic_batching(options)}
-{_parameters({"image_size": image_size, "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta),
-              "pillow_version": pillow_version})}
+TENSORRT = """optimization { execution_accelerators { gpu_execution_accelerator : [ {
+  name : "tensorrt"
+  parameters { key: "precision_mode" value: "FP16" }
+  parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ] } }
 """
 
 
@@ -60,36 +48,38 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _embedder_io(image_size: int, embedding_size: int, species_count: int = 0) -> str:
-    species = (f',\n         {{ name: "species" data_type: TYPE_FP32 dims: [ {species_count} ] }}'
-               if species_count else "")
-    return (f'input [ {{ name: "image" data_type: TYPE_FP32 dims: [ {image_size}, {image_size}, 3 ] }} ]\n'
-            f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}{species} ]')
+def _tensor(name: str, *dims: int) -> str:
+    return f'{{ name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(str(d) for d in dims)} ] }}'
+
+
+def _outputs(embedding_size: int, species: Sequence[str]) -> str:
+    """EMBEDDING [+ SPECIES]: the ensemble's contract, also the blend's and the lean pipeline's outputs."""
+    outputs = [_tensor("EMBEDDING", embedding_size)] + ([_tensor("SPECIES", len(species))] if species else [])
+    return ", ".join(outputs)
+
+
+def _optional_output(name: str, *dims: int, present: bool) -> str:
+    return f",\n         {_tensor(name, *dims)}" if present else ""
+
+
+def preprocess_config(name: str, image_size: int, options: BuildOptions, flip_tta: bool = False,
+                      pillow_version: str = "") -> str:
+    return render_config("preprocess", {
+        "name": name, "max_batch_size": options.max_batch_size, "image_size": image_size,
+        "preprocess_instances": options.preprocess_instances, "max_queue_delay_us": options.max_queue_delay_us,
+        "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta), "pillow_version": pillow_version,
+    }, {"flip_output": _optional_output("PIXELS_FLIP", image_size, image_size, 3, present=flip_tta)})
 
 
 def embedder_config(name: str, image_size: int, embedding_size: int, options: BuildOptions, model_id: str,
                     species_count: int = 0) -> str:
-    head = (f'name: "{name}"\nmax_batch_size: {options.max_batch_size}\n'
-            f'{_embedder_io(image_size, embedding_size, species_count)}\n')
+    values = {"name": name, "max_batch_size": options.max_batch_size, "image_size": image_size,
+              "embedding_size": embedding_size, "embedder_instances": options.embedder_instances,
+              "max_queue_delay_us": options.max_queue_delay_us, "model_id": model_id}
+    blocks = {"species_output": _optional_output("species", species_count, present=bool(species_count))}
     if options.target == "cpu":
-        return head + f"""backend: "python"
-instance_group [ {{ count: {options.embedder_instances} kind: KIND_CPU }} ]
-{_dynamic_batching(options)}
-{_parameters({"model_id": model_id, "intra_op_threads": options.intra_op_threads})}
-"""
-    accelerator = ""
-    if options.tensorrt:
-        accelerator = """optimization { execution_accelerators { gpu_execution_accelerator : [ {
-  name : "tensorrt"
-  parameters { key: "precision_mode" value: "FP16" }
-  parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ] } }
-"""
-    return head + f"""platform: "onnxruntime_onnx"
-default_model_filename: "model.onnx"
-instance_group [ {{ count: {options.embedder_instances} kind: KIND_GPU }} ]
-{_dynamic_batching(options)}
-{accelerator}{_parameters({"model_id": model_id})}
-"""
+        return render_config("embedder", {**values, "intra_op_threads": options.intra_op_threads}, blocks)
+    return render_config("embedder_gpu", values, {**blocks, "accelerator": TENSORRT if options.tensorrt else ""})
 
 
 @dataclass(frozen=True)
@@ -109,38 +99,19 @@ def views(flip_tta: bool) -> tuple[str, ...]:
 
 def blend_config(members: Sequence[Member], weights: Sequence[float], embedding_size: int, options: BuildOptions,
                  species: Sequence[str] = (), flip_tta: bool = False) -> str:
-    inputs = [f'{{ name: "EMB{view}_{i}" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}'
-              for i in range(len(members)) for view in views(flip_tta)]
-    inputs += [f'{{ name: "SPC{view}_{i}" data_type: TYPE_FP32 dims: [ {len(m.species)} ] }}'
+    inputs = [_tensor(f"EMB{view}_{i}", embedding_size) for i in range(len(members)) for view in views(flip_tta)]
+    inputs += [_tensor(f"SPC{view}_{i}", len(m.species))
                for i, m in enumerate(members) if m.species for view in views(flip_tta)]
-    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
-    if species:
-        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
-    joined = ",\n  ".join(inputs)
-    parameters = {"model_ids": json.dumps([m.model_id for m in members]), "weights": json.dumps([float(w) for w in weights]),
-                  "flip_tta": _flag(flip_tta), "species": json.dumps(list(species)),
-                  "member_species": json.dumps([list(m.species) for m in members])}
-    return f"""name: "blend"
-backend: "python"
-max_batch_size: {options.max_batch_size}
-input [
-  {joined}
-]
-output [ {", ".join(outputs)} ]
-instance_group [ {{ count: {options.blend_instances} kind: KIND_CPU }} ]
-{_parameters(parameters)}
-"""
+    return render_config("blend", {
+        "max_batch_size": options.max_batch_size, "blend_instances": options.blend_instances,
+        "model_ids": json.dumps([m.model_id for m in members]), "weights": json.dumps([float(w) for w in weights]),
+        "flip_tta": _flag(flip_tta), "species": json.dumps(list(species)),
+        "member_species": json.dumps([list(m.species) for m in members]),
+    }, {"inputs": ",\n  ".join(inputs), "outputs": _outputs(embedding_size, species)})
 
 
-def ensemble_config(
-    preprocess_by_size: dict[int, str],
-    members: Sequence[Member],
-    embedding_size: int,
-    options: BuildOptions,
-    parameters: dict[str, str],
-    species: Sequence[str] = (),
-    flip_tta: bool = False,
-) -> str:
+def ensemble_steps(preprocess_by_size: dict[int, str], members: Sequence[Member], species: Sequence[str],
+                   flip_tta: bool) -> str:
     """IMAGE -> preprocess (PIXELS [+ PIXELS_FLIP]) -> each embedder once per view -> blend -> EMBEDDING
     [+ SPECIES]. An embedder serves both views: two steps of one model."""
     steps = []
@@ -162,22 +133,59 @@ def ensemble_config(
             steps.append(f'{{ model_name: "{member.name}" model_version: -1\n'
                          f'    input_map {{ key: "image" value: "pixels{tag}_{member.image_size}" }}\n'
                          f'    {" ".join(maps)} }}')
-    blend_outputs = ['output_map { key: "EMBEDDING" value: "EMBEDDING" }']
-    if species:
-        blend_outputs.append('output_map { key: "SPECIES" value: "SPECIES" }')
     steps.append('{ model_name: "blend" model_version: -1\n    ' + "\n    ".join(blend_inputs) +
-                 f'\n    {" ".join(blend_outputs)} }}')
-    joined = ",\n  ".join(steps)
-    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
-    if species:
-        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
-    return f"""name: "ensemble"
-platform: "ensemble"
-max_batch_size: {options.max_batch_size}
-input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {", ".join(outputs)} ]
-ensemble_scheduling {{ step [
-  {joined}
-] }}
-{_parameters({**parameters, "species": json.dumps(list(species)), "flip_tta": _flag(flip_tta)})}
-"""
+                 f'\n    {output_maps(species)} }}')
+    return ",\n  ".join(steps)
+
+
+def output_maps(species: Sequence[str]) -> str:
+    """The ensemble's last step maps its EMBEDDING [+ SPECIES] to the ensemble's outputs of the same names."""
+    return " ".join(f'output_map {{ key: "{name}" value: "{name}" }}'
+                    for name in ("EMBEDDING", "SPECIES")[:2 if species else 1])
+
+
+def ensemble_config(
+    preprocess_by_size: dict[int, str],
+    members: Sequence[Member],
+    embedding_size: int,
+    options: BuildOptions,
+    parameters: dict[str, str],
+    species: Sequence[str] = (),
+    flip_tta: bool = False,
+) -> str:
+    """The standard layout's ensemble; `parameters`: build_id, model_ids, weights, image_formats."""
+    return render_config("ensemble", {
+        "max_batch_size": options.max_batch_size, **parameters, "species": json.dumps(list(species)),
+        "flip_tta": _flag(flip_tta),
+    }, {"outputs": _outputs(embedding_size, species),
+        "steps": ensemble_steps(preprocess_by_size, members, species, flip_tta)})
+
+
+def pipeline_config(sizes: Sequence[int], embedding_size: int, species: Sequence[str], options: BuildOptions,
+                    flip_tta: bool, pillow_version: str) -> str:
+    """The lean layout's single python step (services.serving.model_repo.lean)."""
+    return render_config("pipeline", {
+        "max_batch_size": options.max_batch_size, "lean_instances": options.lean_instances,
+        "lean_queue_delay_us": options.lean_queue_delay_us, "image_sizes": ",".join(str(s) for s in sizes),
+        "max_pixels": options.max_pixels, "flip_tta": _flag(flip_tta),
+        "lean_intra_op_threads": options.lean_intra_op_threads, "species": _flag(bool(species)),
+        "pillow_version": pillow_version,
+    }, {"outputs": _outputs(embedding_size, species)})
+
+
+def lean_ensemble_config(embedding_size: int, species: Sequence[str], options: BuildOptions,
+                         parameters: dict[str, str]) -> str:
+    """The lean layout's ensemble: the same contract; `parameters`: build_id, model_ids, weights, flip_tta,
+    image_formats."""
+    return render_config("ensemble_lean", {
+        "max_batch_size": options.max_batch_size, **parameters, "species": json.dumps(list(species)),
+    }, {"outputs": _outputs(embedding_size, species), "output_maps": output_maps(species)})
+
+
+def detector_config(image_size: int, options: BuildOptions, image_formats: str) -> str:
+    """The optional crop detector (services.serving.model_repo.detector)."""
+    return render_config("detector", {
+        "max_batch_size": options.max_batch_size, "max_queue_delay_us": options.max_queue_delay_us,
+        "image_size": image_size, "max_pixels": options.max_pixels, "intra_op_threads": options.intra_op_threads,
+        "image_formats": image_formats,
+    })

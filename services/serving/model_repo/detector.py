@@ -1,7 +1,7 @@
 """The optional `detector` model of a built repository (`whaleid model-repo build --detector EXPORT`).
 
 EXPORT is what `whaleid detector export` writes (model.onnx + detector.json). The model folder holds the ONNX
-file, the python-backend template `templates/detector.py` with services.core.imaging vendored next to it (decode, EXIF
+file, the python-backend source `model_repo/detector/1/model.py` with services.core.imaging vendored next to it (decode, EXIF
 orientation, resize: self-contained like the other python models) and its config; repository.json gets a
 `detector` entry (image size, checksum, the export's validation figures) and lists it among the models. The
 worker finds the model by its name (settings.triton_detector_model, default `detector`).
@@ -16,7 +16,8 @@ from typing import Any
 
 from services.core.checksums import sha256_file
 from services.core.errors import RepositoryError
-from services.core.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
+from services.core.imaging import FORMATS_PARAMETER_VALUE
+from services.serving.model_repo.configs import detector_config
 
 NAME = "detector"
 ONNX_FILE, MANIFEST = "model.onnx", "detector.json"
@@ -41,23 +42,6 @@ def read_export(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def detector_config(image_size: int, options) -> str:
-    return f"""name: "{NAME}"
-backend: "python"
-max_batch_size: {options.max_batch_size}
-input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {{ name: "BOX" data_type: TYPE_FP32 dims: [ 4 ] }},
-         {{ name: "BOX_NORM" data_type: TYPE_FP32 dims: [ 4 ] }},
-         {{ name: "SCORE" data_type: TYPE_FP32 dims: [ 1 ] }} ]
-instance_group [ {{ count: 1 kind: KIND_CPU }} ]
-dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}
-parameters {{ key: "image_size" value {{ string_value: "{image_size}" }} }}
-parameters {{ key: "max_pixels" value {{ string_value: "{options.max_pixels}" }} }}
-parameters {{ key: "intra_op_threads" value {{ string_value: "{options.intra_op_threads}" }} }}
-parameters {{ key: "{FORMATS_PARAMETER}" value {{ string_value: "{FORMATS_PARAMETER_VALUE}" }} }}
-"""
-
-
 def add_detector(root: Path, export_dir: Path, options, record: dict[str, Any], copy_template) -> dict[str, Any]:
     """Write root/detector/ and add it to the record (returned; repository.json is rewritten by the caller).
     `copy_template(template, model_dir, sources)` is the builder's own (import checks, checksums)."""
@@ -68,7 +52,7 @@ def add_detector(root: Path, export_dir: Path, options, record: dict[str, Any], 
     shutil.copy2(Path(export_dir) / ONNX_FILE, model_dir / "1" / ONNX_FILE)
     sources = dict(record["python_sources"])
     copy_template("detector", model_dir, sources)
-    (model_dir / "config.pbtxt").write_text(detector_config(size, options))
+    (model_dir / "config.pbtxt").write_text(detector_config(size, options, FORMATS_PARAMETER_VALUE))
     record = {**record, "python_sources": dict(sorted(sources.items())),
               "models": sorted({*record["models"], NAME}),
               "detector": {"name": NAME, "image_size": size, "sha256": manifest["files"][ONNX_FILE],

@@ -110,51 +110,6 @@ def fused_graph(members: Sequence[tuple[Path, str, int, Sequence[str]]], weights
     return model
 
 
-def pipeline_config(sizes: Sequence[int], embedding_size: int, species: Sequence[str], options, flip_tta: bool,
-                    parameters: dict[str, str]) -> str:
-    from services.serving.model_repo.configs import _parameters
-
-    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
-    if species:
-        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
-    batching = (f"dynamic_batching {{ max_queue_delay_microseconds: {options.lean_queue_delay_us} }}")
-    return f"""name: "{PIPELINE}"
-backend: "python"
-max_batch_size: {options.max_batch_size}
-input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {", ".join(outputs)} ]
-instance_group [ {{ count: {options.lean_instances} kind: KIND_CPU }} ]
-{batching}
-{_parameters({"image_sizes": ",".join(str(s) for s in sizes), "max_pixels": options.max_pixels,
-              "flip_tta": "true" if flip_tta else "false", "intra_op_threads": options.lean_intra_op_threads,
-              "species": "true" if species else "false", **parameters})}
-"""
-
-
-def lean_ensemble_config(embedding_size: int, species: Sequence[str], options, parameters: dict[str, str]) -> str:
-    import json
-
-    from services.serving.model_repo.configs import _parameters
-
-    outputs = [f'{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ {embedding_size} ] }}']
-    maps = ['output_map { key: "EMBEDDING" value: "EMBEDDING" }']
-    if species:
-        outputs.append(f'{{ name: "SPECIES" data_type: TYPE_FP32 dims: [ {len(species)} ] }}')
-        maps.append('output_map { key: "SPECIES" value: "SPECIES" }')
-    return f"""name: "ensemble"
-platform: "ensemble"
-max_batch_size: {options.max_batch_size}
-input [ {{ name: "IMAGE" data_type: TYPE_STRING dims: [ 1 ] }} ]
-output [ {", ".join(outputs)} ]
-ensemble_scheduling {{ step [
-  {{ model_name: "{PIPELINE}" model_version: -1
-    input_map {{ key: "IMAGE" value: "IMAGE" }}
-    {" ".join(maps)} }}
-] }}
-{_parameters({**parameters, "species": json.dumps(list(species))})}
-"""
-
-
 def lean_pixels(decoded: Sequence[np.ndarray], sizes: Sequence[int], flip_tta: bool, resize) -> dict[str, np.ndarray]:
     """{pixels_<size>: uint8 (V*N, S, S, 3)}: each decoded crop resized (`resize`: services.core.imaging's
     resize_for_model), then with flip TTA each crop mirrored before the resize; what `pipeline` feeds its graph."""
