@@ -178,7 +178,7 @@ class UploadBridge:
         try:
             metadata = sighting_metadata(sighting)
         except ValueError as exc:
-            self._dead_letter(batch, "bad_metadata", f"sighting:{sighting_id} metadata is not JSON: {exc}",
+            self._dead_letter(batch, "bad_metadata", f"{sighting_key(sighting_id)} metadata is not JSON: {exc}",
                               event.original, sighting_id)
             return
         uploaded = topics.SightingUploaded(

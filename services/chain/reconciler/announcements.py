@@ -67,7 +67,7 @@ class Announcements:
             try:
                 identification = topics.Identification.from_json(raw)
             except Exception as exc:  # noqa: BLE001 - not ours to repair; reported
-                log.warning("reconciler: identification:%s is unreadable: %s", sighting_id, exc)
+                log.warning("reconciler: %s is unreadable: %s", identification_key(sighting_id), exc)
                 findings.add("errors", sighting_id)
                 continue
             if now - identification.identified_at > self.settings.reconciler_announce_grace_s:
