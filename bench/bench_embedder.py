@@ -1,5 +1,5 @@
 """`whaleid bench embedder` (= `python -m bench embedder`): fp32, bf16 and int8 embedders side by side in one run
-(training.precision_bench): ms per image at batch 1 and 8, the ratio to this machine's measured SGEMM limit and
+(bench/precision.py): ms per image at batch 1 and 8, the ratio to this machine's measured SGEMM limit and
 MAP@5 on a held-out synthetic look, for Lite0@224 and EfficientNetB5@456 (`--no-b5` skips the slow B5 export).
 Writes bench/results/embedder.json and embedder.png; exports are cached in bench/results/embedder_work.
 """
@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from training.precision_bench import benchmark
+from bench.precision import benchmark
 
 RESULTS = Path(__file__).parent / "results"
 

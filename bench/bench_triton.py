@@ -23,7 +23,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from services.serving.model_repo.bench import benchmark
+from bench.triton_serving import benchmark
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("bench.triton")
@@ -67,8 +67,8 @@ def cpu_per_crop(exports: Path | None, batches: list[int], crops: int, rounds: i
     """Triton's CPU ms per crop for each layout and batch size: both layouts served at once, rounds alternating
     over layouts and batch sizes, medians; the same JPEG crops as the latency benchmark."""
     from bench.bench_chain import process_tree_cpu
+    from bench.triton_serving import bench_images, tiny_exports
     from services.devtools.stack.triton import launch_triton
-    from services.serving.model_repo.bench import bench_images, tiny_exports
     from services.serving.model_repo.builder import build_repository
     from services.serving.model_repo.configs import BuildOptions
     from services.serving.triton_client import EmbeddingClient

@@ -7,8 +7,6 @@ from pathlib import Path
 
 from services.serving.model_repo.configs import TARGETS, BuildOptions
 
-BENCH_RESULTS = Path("bench/results")
-
 
 def register(subparsers) -> None:
     """Add this stage's sub-commands to `whaleid`."""
@@ -121,7 +119,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from services.serving.model_repo.store import push
+    from services.serving.model_repo.repository_builds import push
 
     repository = _repository(args.repository)
     uri = push(repository, args.bucket, args.prefix)
@@ -130,7 +128,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from services.serving.model_repo.store import pull
+    from services.serving.model_repo.repository_builds import pull
 
     repository = _repository(args.repository)
     record = pull(repository, args.bucket, args.prefix)

@@ -1,4 +1,5 @@
-"""`whaleid bench triton`: the ensemble in-process (onnxruntime) vs served by Triton over gRPC, same images.
+"""The measurement of `whaleid bench triton` (bench/bench_triton.py): the ensemble in-process (onnxruntime) vs served
+by Triton over gRPC, same images.
 
 Measured in one run, alternating the two paths for `rounds` rounds (medians reported, since the machine is
 shared): batch-1 latency (sequential requests of one image) and throughput with `concurrency` clients each

@@ -1,4 +1,4 @@
-"""`whaleid bench embedder`: fp32, bf16 and int8 embedders side by side in one run.
+"""The measurement of `whaleid bench embedder` (bench/bench_embedder.py): fp32, bf16 and int8 embedders side by side.
 
 For the default model (lite0: EfficientNet-Lite0 at 224 px; the trained run when one is given or found, else the
 pretrained backbone with an untrained head) and, unless `--no-b5`, EfficientNetB5 at 456 px (untrained: speed
@@ -30,7 +30,7 @@ from training import quantize
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"  # the checkout's (a wheel has none)
+RESULTS = Path(__file__).resolve().parent / "results"  # bench/results: the checkout's (with an editable install)
 IQ_WORK = RESULTS / "identification_quality_work"  # bench identification_quality's runs and looks, when present
 TARGET_SPEEDUP, TARGET_MAP5_LOSS = 2.0, 0.005
 

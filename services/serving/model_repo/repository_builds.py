@@ -1,4 +1,5 @@
-"""The built repository in the model store (S3, bucket `settings.models_bucket`):
+"""Builds of the Triton repository in the model store (S3, bucket `settings.models_bucket`), `whaleid model-repo
+push|pull`:
 
     <prefix>/<build_id>/...              every file of the repository; repository.json uploaded LAST
     <prefix>/current                     {"build_id": ...}: the build `pull` fetches
