@@ -3,11 +3,11 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# checkov (tests/test_deploy.py) pins boto3 and packaging below pyproject.toml's pins: it gets a venv of its own
+# checkov (tests/unit/test_deploy.py) pins boto3 and packaging below pyproject.toml's pins: it gets a venv of its own
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-fast bench lint clean
 
 install: $(STAMP) $(TOOLS_STAMP)
 
@@ -29,16 +29,22 @@ $(TOOLS_STAMP): deploy/requirements-checks.txt
 demo: install
 	$(BIN)/whaleid demo
 
+# test: both lanes, tests/unit/ (no servers, no training) and tests/integration/ (the embedded stack, training, end
+# to end); test-fast: the unit lane alone, a few minutes. pytest's exit 5 ("no tests collected") is a failure.
 test: install
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (this is a failure)" >&2; exit 1; fi; exit $$rc
+
+test-fast: install
+	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: pytest collected no tests (this is a failure)" >&2; exit 1; fi; exit $$rc
 
 bench: install
 	$(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check services training tests bench
-	$(BIN)/python -m pytest -q tests/test_import_graph.py  # no import circles
+	$(BIN)/python -m pytest -q tests/unit/test_import_graph.py  # no import circles
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .whaleid runs build *.egg-info

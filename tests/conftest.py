@@ -1,45 +1,38 @@
-"""Session fixtures shared by every test module.
+"""Fixtures and hooks shared by both lanes of the suite.
 
-`stack`: the whole embedded stack (Kafka, S3 = SeaweedFS as by default, its filer events on Kafka, Redis, Triton,
-Prometheus when installed) brought up ONCE per session in a temporary run dir, and always brought down at the end.
-`moto_stack`: Kafka, moto (S3 + SQS: the AWS path S3 -> SQS -> bridge) and Redis, brought up once, only for the
-tests that ask for it (`WHALEID_TEST_S3=moto` runs the session stack on moto too). Each yields a `RunningStack`:
-  .settings          Settings (local profile, no WHALEID_* environment) with every address filled
-  .state             the state dict (docs/interfaces.md)
-  .model_repository  Path of Triton's (initially empty) model repository: write a model there, then load it
-                     with tritonclient `load_model(name)` (Triton runs with --model-control-mode=explicit)
-  .stack             the services.devtools.stack.Stack (e.g. `.stack.add_scrape_target(job, "127.0.0.1:PORT")`)
+tests/unit/         runs with no servers and no training: `make test-fast`.
+tests/integration/  the embedded stack, real training, the browser, end to end: its conftest.py adds the server
+                    fixtures (`stack`, `moto_stack`) and the trained or exported models.
+tests/support/      helpers (functions, constants, builders; never fixtures), imported as `support.<module>`
+                    (pyproject.toml's pytest `pythonpath`).
+
+Each test gets the marker of its lane (`unit` or `integration`) from its folder, so `-m unit` selects the same
+tests as the folder does.
+
+`general_identifier` (autouse): the general identifier's run, a session folder (see its docstring).
+`synth_dataset`: `synth_dataset(**options)` -> (data_dir, summary) of `training.synth.generate(**SMALL, **options)`,
+generated once per session and set of options.
+`snapshot_run`: a run directory with two untrained b0-tiny snapshots (support.model_repo.build_snapshot_run).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
-
-@dataclass
-class RunningStack:
-    stack: Any  # services.devtools.stack.Stack
-    settings: Any  # services.core.settings.Settings
-    state: dict
-    model_repository: Path
+TESTS = Path(__file__).resolve().parent
+LANES = ("unit", "integration")
+SMALL = {"individuals": 50, "seed": 5, "misspelt_share": 0.25}  # the data tests' synthetic set
 
 
 def pytest_configure(config):
     # kafka-python 3.0 loads its protocol schemas with deprecated importlib.resources calls, on every client
     config.addinivalue_line("filterwarnings", "ignore:read_text is deprecated:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore:open_text is deprecated:DeprecationWarning")
-
-
-def _terminate_as_interrupt(signum, frame):  # pragma: no cover - only when CI stops the run
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,43 +53,35 @@ def general_identifier(tmp_path_factory):
         os.environ[DIR_ENV] = previous
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    from services.core.settings import load_settings
-    from services.devtools.stack import Stack
-
-    root = tmp_path_factory.mktemp("stack")
-    model_repository = root / "model_repository"
-    model_repository.mkdir()
-    run_dir = root / "run"
-    settings = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=model_repository)
-    # a SIGTERM (CI cancelling the run) becomes an interrupt, so the teardown below still stops the servers
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    running = Stack(settings, s3=os.environ.get("WHALEID_TEST_S3") or None)  # e.g. WHALEID_TEST_S3=moto
-    state = running.up(timeout=120)
-    try:
-        filled = load_settings(
-            profile="local", environ={}, run_dir=run_dir, model_repository=model_repository
-        )
-        yield RunningStack(stack=running, settings=filled, state=state, model_repository=model_repository)
-    finally:
-        running.down()
+def pytest_collection_modifyitems(config, items):
+    """The lane's marker, from the folder the test lives in (tests/unit/... -> `unit`)."""
+    for item in items:
+        path = Path(item.path).resolve()
+        lane = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else None
+        if lane not in LANES:
+            raise pytest.UsageError(f"{item.nodeid}: a test lives in tests/unit/ or tests/integration/")
+        item.add_marker(lane)
 
 
 @pytest.fixture(scope="session")
-def moto_stack(tmp_path_factory):
-    """The AWS production shape for the tests of the SQS path: moto's S3 notifies an SQS queue (no Triton)."""
-    from services.core.settings import load_settings
-    from services.devtools.stack import Stack
+def synth_dataset(tmp_path_factory):
+    made: dict[tuple, tuple] = {}
 
-    root = tmp_path_factory.mktemp("moto-stack")
-    run_dir = root / "run"
-    settings = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=root)
-    running = Stack(settings, servers=("kafka", "s3", "redis"), s3="moto")
-    state = running.up(timeout=120)
-    try:
-        filled = load_settings(profile="local", environ={}, run_dir=run_dir, model_repository=root)
-        yield RunningStack(stack=running, settings=filled, state=state, model_repository=root)
-    finally:
-        running.down()
+    def make(**options):
+        from training.synth import generate
+
+        arguments = {**SMALL, **options}
+        key = tuple(sorted(arguments.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp("synth")
+            made[key] = (out, generate(out, preview=False, **arguments))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def snapshot_run(tmp_path_factory) -> Path:
+    from support.model_repo import build_snapshot_run
+
+    return build_snapshot_run(tmp_path_factory.mktemp("snapshot_run"))
