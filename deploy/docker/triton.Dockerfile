@@ -2,7 +2,7 @@
 # Triton for GPU nodes: NGC's image (onnxruntime + TensorRT + python backends) plus what the python-backend models
 # of `whaleid model-repo build` import that NGC's image lacks: Pillow, at the version the repository is built
 # with (decoding and resizing are byte-identical to the offline path only with the same Pillow; the preprocess
-# model warns at load when they differ). numpy comes with the image. tests/test_deploy.py checks that the pin
+# model warns at load when they differ). numpy comes with the image. tests/unit/test_deploy.py checks that the pin
 # below is pyproject.toml's.
 # Build:  docker build -f deploy/docker/triton.Dockerfile -t whaleid-triton:0.1.0 deploy/docker
 # (Instead of a derived image, Triton's EXECUTION_ENV_PATH can point each python model at a conda-pack'ed

@@ -4,7 +4,7 @@ The document is generated from the running app: one operation per registered rou
 GET), its roles read from the handler's `@allowed(...)` (auth.py), its schemas from the models the handlers
 use: the sighting request from validation.request_schema (the same constants as parse_sighting_request), the
 records from services.core.topics (their annotations), the confirmation actions from services.curation.operations. A route
-without an entry in OPERATIONS is still listed, flagged `x-undocumented` (tests/test_openapi.py refuses that).
+without an entry in OPERATIONS is still listed, flagged `x-undocumented` (tests/unit/test_openapi.py refuses that).
 Both routes are public, as the source is: the document holds no data and no secret.
 """
 

@@ -1,7 +1,7 @@
 """Validation of the JSON body of `POST /v1/sightings` (types and ranges); every problem is reported by name.
 
 `request_schema()` is the JSON Schema of the same body (served in /openapi.json), built from the same constants
-(REQUIRED, OPTIONAL, the ranges, MAX_TEXT, the content types); tests/test_openapi.py checks both agree."""
+(REQUIRED, OPTIONAL, the ranges, MAX_TEXT, the content types); tests/unit/test_openapi.py checks both agree."""
 
 from __future__ import annotations
 

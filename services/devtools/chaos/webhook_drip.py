@@ -71,7 +71,7 @@ class FastReceiver:
 class DripReceiver:
     """Reads the request, then answers one byte per `interval_s` (a status line with a long header: it never
     finishes within a deadline); records each connection's delivery id, when it was accepted and when the caller
-    hung up. Also the dripping receiver of tests/test_webhooks.py."""
+    hung up. Also the dripping receiver of tests/integration/test_webhooks.py."""
 
     ANSWER = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 300 + b"\r\nContent-Length: 0\r\n\r\n"
 
