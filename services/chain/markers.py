@@ -47,13 +47,6 @@ def handled_many(client: redis.Redis, sighting_ids: list[str]) -> list[bool]:
         raise TransientFailure(f"Redis unavailable: {exc}") from None
 
 
-def mark_embedded(client: redis.Redis, sighting_id: str, model_version: str, ttl_s: int = MARKER_TTL_S) -> bool:
-    try:
-        return bool(client.set(embedded_key(sighting_id), model_version, nx=True, ex=ttl_s or None))
-    except redis.RedisError as exc:
-        raise TransientFailure(f"Redis unavailable: {exc}") from None
-
-
 def mark_embedded_many(client: redis.Redis, sighting_ids: list[str], model_version: str,
                        ttl_s: int = MARKER_TTL_S) -> None:
     try:

@@ -118,8 +118,8 @@ def tiny_run(tmp_path_factory, tiny_data):
 
 @pytest.fixture
 def catalogue(stack):
-    from services.curation.catalogue.store import CatalogueStore
-    from services.curation.operations.model_store import s3_client
+    from services.curation.catalogue.photo_bucket import CatalogueStore
+    from services.curation.operations.gallery_versions import s3_client
 
     return CatalogueStore(s3_client(stack.settings), stack.settings.models_bucket,
                           prefix=f"test-catalogue-{uuid.uuid4().hex[:8]}")

@@ -14,15 +14,9 @@ import redis
 import requests
 
 from services.chain import parking
-from services.chain.gateway.quotas import DAY_KEY, MINUTE_KEY
-from services.core import topics
+from services.core import keys, topics
 from services.core.settings import load_settings
-from services.curation.operations.confirmations import (
-    AUDIT_STREAM,
-    SIGHTING_AUDIT_STREAM,
-    ConfirmationService,
-    KnownIndividuals,
-)
+from services.curation.operations.confirmations import ConfirmationService, KnownIndividuals
 from support.front import (
     OTHER_APP_TOKEN,
     RESEARCHER_TOKEN,
@@ -79,7 +73,7 @@ def test_a_sighting_id_over_128_characters_is_refused_and_makes_no_key(front):
     response = _confirm(url, long_id, {"action": "new"})
     assert response.status_code == 400 and response.json()["code"] == "invalid_id", response.text
     assert "128" in response.json()["error"]
-    assert not redis_of(settings).exists(SIGHTING_AUDIT_STREAM.format(long_id))
+    assert not redis_of(settings).exists(keys.confirmation_audit_stream(long_id))
     got = requests.get(f"{url}/v1/sightings/{long_id}/confirmation", headers=bearer(RESEARCHER_TOKEN), timeout=10)
     assert got.status_code == 400
 
@@ -101,7 +95,7 @@ def test_an_encounter_id_over_128_characters_is_refused(front):
                              headers=bearer(TOKEN), timeout=10)
     assert response.status_code == 400, response.text
     assert any("128" in p for p in response.json()["problems"])
-    assert not redis_of(settings).exists(f"encounter:app:{'e' * 129}")
+    assert not redis_of(settings).exists(keys.encounter_key("app", 'e' * 129))
 
 
 # --------------------------------------------------------------------------- confirmations' audit
@@ -109,12 +103,12 @@ def test_a_refused_confirmation_on_an_unknown_sighting_makes_no_key(front):
     settings, url = front
     client = redis_of(settings)
     unknown = uuid.uuid4().hex
-    before = client.xlen(AUDIT_STREAM)
+    before = client.xlen(keys.CONFIRMATIONS_AUDIT_STREAM)
     response = _confirm(url, unknown, {"action": "confirm", "individual_id": "whale-1"})
     assert response.status_code == 404 and response.json()["code"] == "unknown_sighting"
-    assert not client.exists(SIGHTING_AUDIT_STREAM.format(unknown))  # no key of an id nobody created
-    assert client.xlen(AUDIT_STREAM) == before + 1  # the attempt is in the global (capped) stream
-    last = client.xrevrange(AUDIT_STREAM, count=1)[0][1]
+    assert not client.exists(keys.confirmation_audit_stream(unknown))  # no key of an id nobody created
+    assert client.xlen(keys.CONFIRMATIONS_AUDIT_STREAM) == before + 1  # the attempt is in the global (capped) stream
+    last = client.xrevrange(keys.CONFIRMATIONS_AUDIT_STREAM, count=1)[0][1]
     assert last[b"sighting_id"] == unknown.encode() and last[b"outcome"] == b"unknown_sighting"
 
 
@@ -129,9 +123,9 @@ def test_a_sightings_audit_trail_is_capped(front):
                                     json={"action": "confirm", "individual_id": f"whale-{i}"},
                                     headers=bearer(RESEARCHER_TOKEN), timeout=10)
             assert response.status_code == 409, response.text
-    trail = client.xlen(SIGHTING_AUDIT_STREAM.format(sighting_id))
+    trail = client.xlen(keys.confirmation_audit_stream(sighting_id))
     assert TRAIL_MAX <= trail <= TRAIL_MAX + STREAM_NODE, trail  # MAXLEN ~ TRAIL_MAX: whole nodes trimmed
-    newest = client.xrevrange(SIGHTING_AUDIT_STREAM.format(sighting_id), count=1)[0][1]
+    newest = client.xrevrange(keys.confirmation_audit_stream(sighting_id), count=1)[0][1]
     assert newest[b"individual_id"] == f"whale-{attempts - 1}".encode()  # the newest kept, the oldest dropped
 
 
@@ -145,7 +139,7 @@ def test_an_encounter_takes_at_most_encounter_max_members(front):
                              timeout=10)
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "encounter_full" and "encounter_max_members" in response.json()["error"]
-    assert redis_of(settings).scard(f"encounter:app:{encounter}") == ENCOUNTER_MAX
+    assert redis_of(settings).scard(keys.encounter_key("app", encounter)) == ENCOUNTER_MAX
     # another app's encounter of the same name is its own
     other = requests.post(f"{url}/v1/sightings", json=sighting_body(encounter=encounter),
                           headers=bearer(OTHER_APP_TOKEN), timeout=10)
@@ -167,7 +161,7 @@ def test_past_the_per_minute_quota_an_app_gets_429_with_retry_after(front):
     if time.time() % 60 > 55:  # both requests in one minute
         time.sleep(60.5 - time.time() % 60)
     now = time.time()
-    minute_keys = [MINUTE_KEY.format(QUOTA_APP, m) for m in (int(now // 60), int(now // 60) + 1)]
+    minute_keys = [keys.quota_key(QUOTA_APP, "minute", m) for m in (int(now // 60), int(now // 60) + 1)]
     for key in minute_keys:  # this minute and the next (the request may cross into it)
         client.set(key, PER_MINUTE - 1, ex=180)
     try:
@@ -188,7 +182,7 @@ def test_past_the_per_day_quota_an_app_gets_429_until_the_next_utc_day(front):
     settings, url = front
     client = redis_of(settings)
     day = int(time.time() // 86400)
-    client.set(DAY_KEY.format(QUOTA_APP, day), PER_DAY, ex=3600)
+    client.set(keys.quota_key(QUOTA_APP, "day", day), PER_DAY, ex=3600)
     try:
         refused = _post_as_quota_app(url)
         assert refused.status_code == 429, refused.text
@@ -196,7 +190,7 @@ def test_past_the_per_day_quota_an_app_gets_429_until_the_next_utc_day(front):
         seconds_to_midnight = (day + 1) * 86400 - time.time()
         assert abs(int(refused.headers["Retry-After"]) - seconds_to_midnight) <= 5
     finally:
-        client.delete(DAY_KEY.format(QUOTA_APP, day))
+        client.delete(keys.quota_key(QUOTA_APP, "day", day))
 
 
 def test_the_quota_counters_expire(front):
@@ -204,10 +198,10 @@ def test_the_quota_counters_expire(front):
     client = redis_of(settings)
     assert _post_as_quota_app(url).status_code == 201
     now = time.time()
-    minute_keys = [MINUTE_KEY.format(QUOTA_APP, m) for m in (int(now // 60) - 1, int(now // 60))]
+    minute_keys = [keys.quota_key(QUOTA_APP, "minute", m) for m in (int(now // 60) - 1, int(now // 60))]
     ttls = [client.ttl(k) for k in minute_keys if client.exists(k)]
     assert ttls and all(0 < t <= 120 for t in ttls), ttls
-    assert 0 < client.ttl(DAY_KEY.format(QUOTA_APP, int(now // 86400))) <= 2 * 86400
+    assert 0 < client.ttl(keys.quota_key(QUOTA_APP, "day", int(now // 86400))) <= 2 * 86400
 
 
 def test_quotas_are_off_in_the_local_profile_and_on_in_production():
@@ -220,7 +214,7 @@ def test_quotas_are_off_in_the_local_profile_and_on_in_production():
 # --------------------------------------------------------------------------- matcher:parked
 def test_matcher_parked_is_capped_and_drops_the_oldest(stack):
     client = redis.Redis.from_url(stack.settings.redis_url, db=14)  # a database of its own: the matcher's is db 0
-    client.delete(parking.PARKED_INDEX, parking.PARKED_RECORDS)
+    client.delete(keys.PARKED_INDEX, keys.PARKED_RECORDS)
     try:
         ids = [f"parked-{i}" for i in range(7)]
         for sighting_id in ids:
@@ -228,31 +222,25 @@ def test_matcher_parked_is_capped_and_drops_the_oldest(stack):
             parking.park(client, record, "model_not_in_gallery", "test", max_parked=4)
             time.sleep(0.002)  # distinct parking times
         assert parking.parked_count(client) == 4
-        assert client.hlen(parking.PARKED_RECORDS) == 4
+        assert client.hlen(keys.PARKED_RECORDS) == 4
         assert [sid for sid, _ in parking.parked_page(client, 0, 10)] == ids[-4:]
         assert parking.PARKED_MAX > 0  # the matcher's default cap
     finally:
-        client.delete(parking.PARKED_INDEX, parking.PARKED_RECORDS)
+        client.delete(keys.PARKED_INDEX, keys.PARKED_RECORDS)
 
 
 # --------------------------------------------------------------------------- the review queue's index
 def _forget_decisions(client, sighting_ids, individual_ids=()) -> None:
     """The session's Redis is shared by every test module (re-indexing reads confirmations:index): remove the
     decisions this module made."""
-    from services.curation.operations.confirmations import (
-        CONFIRMATION_KEY,
-        INDEX_KEY,
-        INDIVIDUAL_INDEX_KEY,
-        NEW_IDS_KEY,
-    )
 
     with client.pipeline(transaction=False) as pipe:
         for sighting_id in sighting_ids:
-            pipe.delete(CONFIRMATION_KEY.format(sighting_id))
-        pipe.zrem(INDEX_KEY, *sighting_ids)
+            pipe.delete(keys.confirmation_key(sighting_id))
+        pipe.zrem(keys.CONFIRMATIONS_INDEX_KEY, *sighting_ids)
         for individual_id in individual_ids:
-            pipe.delete(INDIVIDUAL_INDEX_KEY.format(individual_id))
-            pipe.srem(NEW_IDS_KEY, individual_id)
+            pipe.delete(keys.individual_confirmations_key(individual_id))
+            pipe.srem(keys.CONFIRMATIONS_NEW_IDS_KEY, individual_id)
         pipe.execute()
 
 
@@ -271,20 +259,18 @@ def _queue_cost(client, url, observer) -> tuple[int, dict]:
 
 
 def test_the_review_queue_reads_an_index_whose_cost_does_not_grow_with_unrelated_keys(front):
-    from services.chain.gateway.review_queue import AWAITING_BUILT_KEY
     from services.chain.results import store_identification
-    from services.curation.operations.confirmations import REVIEW_AWAITING_KEY
 
     settings, url = front
     client = redis_of(settings)
     deadline = time.monotonic() + 30
-    while not client.exists(AWAITING_BUILT_KEY) and time.monotonic() < deadline:
+    while not client.exists(keys.REVIEW_AWAITING_BUILT_KEY) and time.monotonic() < deadline:
         time.sleep(0.1)  # the gateway builds (or finds) the index in the background after it starts
-    assert client.exists(AWAITING_BUILT_KEY)
+    assert client.exists(keys.REVIEW_AWAITING_BUILT_KEY)
     observer = f"queue-{uuid.uuid4().hex[:8]}"
     sightings = [create_sighting(url, observer=observer)["sighting_id"] for _ in range(3)]
     for n, sighting_id in enumerate(sightings):
-        assert client.zscore(REVIEW_AWAITING_KEY, sighting_id) is not None  # indexed when created
+        assert client.zscore(keys.REVIEW_AWAITING_KEY, sighting_id) is not None  # indexed when created
         store_identification(client, topics.Identification(
             sighting_id=sighting_id, candidates=[{"individual_id": "ind-a", "score": 0.6 + n / 10},
                                                  {"individual_id": "ind-b", "score": 0.3}],
@@ -316,7 +302,7 @@ def test_the_review_queue_reads_an_index_whose_cost_does_not_grow_with_unrelated
     try:
         conf, created = service.submit(decided, {"action": "reject"}, researcher="dr-fluke")
         assert created and conf.individual_id == "ind-a"  # the top candidate is the one rejected
-        assert client.zscore(REVIEW_AWAITING_KEY, decided) is None
+        assert client.zscore(keys.REVIEW_AWAITING_KEY, decided) is None
         _cost, answer = _queue_cost(client, url, observer)
         assert sorted(item["sighting_id"] for item in answer["items"]) == sorted(sightings[1:])
     finally:
@@ -349,7 +335,6 @@ def test_an_individuals_page_reads_its_own_index_not_every_confirmation(front):
 
 
 def _page_cost_is_flat(client, url, service, sightings, individual) -> None:
-    from services.curation.operations.confirmations import CONFIRMATION_KEY, INDEX_KEY
 
     service.submit(sightings[1], {"action": "confirm", "individual_id": individual}, researcher="dr-fluke")
     _individual_cost(client, url, individual)  # warm
@@ -359,11 +344,11 @@ def _page_cost_is_flat(client, url, service, sightings, individual) -> None:
     others = [f"bounded-other-{uuid.uuid4().hex}" for _ in range(3000)]  # the rest of the catalogue's decisions
     with client.pipeline(transaction=False) as pipe:
         for n, sighting_id in enumerate(others):
-            pipe.hset(CONFIRMATION_KEY.format(sighting_id), mapping={
+            pipe.hset(keys.confirmation_key(sighting_id), mapping={
                 "action": "confirm", "individual_id": f"someone-{n % 50}", "researcher": "dr-tail",
                 "predicted": "null", "confirmed_at": repr(time.time()), "gallery_version": "v-test",
                 "published": "1"})
-            pipe.zadd(INDEX_KEY, {sighting_id: time.time()})
+            pipe.zadd(keys.CONFIRMATIONS_INDEX_KEY, {sighting_id: time.time()})
         pipe.execute()
     try:
         large, answer = _individual_cost(client, url, individual)
@@ -372,6 +357,6 @@ def _page_cost_is_flat(client, url, service, sightings, individual) -> None:
     finally:
         with client.pipeline(transaction=False) as pipe:
             for sighting_id in others:
-                pipe.delete(CONFIRMATION_KEY.format(sighting_id))
-            pipe.zrem(INDEX_KEY, *others)
+                pipe.delete(keys.confirmation_key(sighting_id))
+            pipe.zrem(keys.CONFIRMATIONS_INDEX_KEY, *others)
             pipe.execute()

@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 from services.chain.bridge.bridge import UploadBridge
 from services.chain.bridge.clients import kafka_producer
 from services.chain.bridge.dedupe import Claim, Deduplicator
-from services.core import topics
+from services.core import keys, topics
 from support.front import (
     JPEG_BYTES,
     MAX_UPLOAD_BYTES,
@@ -92,7 +92,7 @@ def test_upload_through_the_gateway_produces_one_record_with_metadata(chain):
 def test_url_encoded_key_with_spaces_and_plus_is_decoded(chain):
     settings = chain["settings"]
     sighting_id = f"whale 7+{uuid.uuid4().hex[:6]}"
-    redis_of(settings).hset(f"sighting:{sighting_id}", mapping={"metadata": json.dumps({"observer": "ship"})})
+    redis_of(settings).hset(keys.sighting_key(sighting_id), mapping={"metadata": json.dumps({"observer": "ship"})})
     aws(settings, "s3").put_object(Bucket=settings.sightings_bucket, Key=f"uploads/{sighting_id}.jpg",
                                    Body=JPEG_BYTES, ContentType="image/jpeg")
     records = chain["uploaded"].matching(_for(sighting_id), expected=1)

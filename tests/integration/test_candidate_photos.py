@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import requests
 
+from services.core import keys
 from services.core.identification import Tuning, build_gallery
 from services.curation.catalogue.importer import import_catalogue
-from services.curation.catalogue.store import CatalogueStore
-from services.curation.operations.model_store import GalleryStore
+from services.curation.catalogue.photo_bucket import CatalogueStore
+from services.curation.operations.gallery_versions import GalleryStore
 from services.curation.operations.publish import publish_gallery
 from support.catalogue import photo
 from support.front import (
@@ -54,7 +55,7 @@ def world(stack, tmp_path_factory):
         sighting_id = uuid.uuid4().hex
         key = f"uploads/{sighting_id}.jpg"
         s3.put_object(Bucket=settings.sightings_bucket, Key=key, Body=f"photo of {individual}".encode())
-        redis.hset(f"sighting:{sighting_id}", mapping={"key": key, "bucket": settings.sightings_bucket,
+        redis.hset(keys.sighting_key(sighting_id), mapping={"key": key, "bucket": settings.sightings_bucket,
                                                       "owner": owner, "metadata": "{}", "created_at": time.time()})
         confirmed[individual] = (sighting_id, key)
     names = ["ind-a", "ind-b", "whale-mine", "whale-theirs"]
@@ -82,7 +83,7 @@ def identified(world, token: str = TOKEN, candidates=None) -> str:
         {"individual_id": "whale-mine", "score": 0.4},
         {"individual_id": "whale-theirs", "score": 0.3},
         {"individual_id": "ind-nowhere", "score": 0.2}]
-    world["redis"].set(f"identification:{sighting_id}", json.dumps({
+    world["redis"].set(keys.identification_key(sighting_id), json.dumps({
         "sighting_id": sighting_id, "candidates": candidates, "new_individual": False, "model_version": "m",
         "gallery_version": "v"}))
     return sighting_id
@@ -125,7 +126,7 @@ def test_each_candidate_gets_a_photo_the_app_may_show(world):
     assert requests.get(mine["url"], timeout=10).content == b"photo of whale-mine"
     assert url not in match["url"]
     # the stored identification is not changed
-    stored = json.loads(world["redis"].get(f"identification:{sighting_id}"))
+    stored = json.loads(world["redis"].get(keys.identification_key(sighting_id)))
     assert all("reference_photo" not in c for c in stored["candidates"])
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from services.curation.catalogue.importer import import_catalogue
-from services.curation.catalogue.store import CatalogueStore
+from services.curation.catalogue.photo_bucket import CatalogueStore
 from support.catalogue import photo, write_csv
 
 
@@ -134,7 +134,7 @@ def test_reimport_is_idempotent_and_updates_metadata_only(tmp_path, catalogue):
 def test_gallery_build_publishes_a_version_the_matcher_loads(tmp_path, stack, catalogue, small_run):
     from services.chain.matcher.matching import Matcher
     from services.core.identification import Tuning
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     src = tmp_path / "folders"
     individuals = [f"ind{i:02d}" for i in range(10)]

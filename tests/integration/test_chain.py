@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from services.chain.gateway.client import AppClient
+from services.core import keys
 from services.devtools.demo.run import app_metadata, hostile_uploads, read_truth, result_row, wait_for_results
 from services.devtools.stack.ports import free_port
 from support.chain import ServiceProcess, chain_env, stream_counts, wait_announced
@@ -26,7 +27,7 @@ SNAPSHOT = EPOCHS[-1]  # the snapshot `exported` holds: served by Triton and eva
 @pytest.fixture(scope="module")
 def e2e(stack, tmp_path_factory, exported, snapshot_run, synth_dataset):
     from services.core.identification import Gallery, Tuning, build_gallery
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.devtools.demo.model import offline_predictions
     from services.devtools.stack.triton import launch_triton
     from services.serving.model_repo.builder import build_repository
@@ -140,7 +141,7 @@ def test_whaleid_upload_answers_as_the_app_does(e2e, tmp_path, capsys):
     assert row["status"] == "identified" and row["photo"] == image
     live = [c["individual_id"] for c in row["answer"]["identification"]["candidates"]]
     assert live == e2e["offline"]["predictions"][image]
-    assert json.loads(e2e["redis"].hget(f"sighting:{row['sighting_id']}", "metadata"))["observer"] == "cli-test"
+    assert json.loads(e2e["redis"].hget(keys.sighting_key(row['sighting_id']), "metadata"))["observer"] == "cli-test"
 
     photo = _with_exif(data.image_path(image), tmp_path / "phone.jpg", latitude=-12.5, longitude=-45.0)
     assert main(["upload", str(photo), "--url", client.base_url, "--token", TOKEN, "--wait", "120"]) == 0
@@ -153,7 +154,7 @@ def test_whaleid_upload_answers_as_the_app_does(e2e, tmp_path, capsys):
 
     taken_at = datetime.fromisoformat(answer["metadata"]["taken_at"].replace("Z", "+00:00"))
     assert taken_at == datetime(2026, 11, 30, 9, 15, tzinfo=timezone.utc)  # from the photo's EXIF
-    stored = json.loads(e2e["redis"].hget(f"sighting:{sighting_id}", "metadata"))  # GPS: researchers only
+    stored = json.loads(e2e["redis"].hget(keys.sighting_key(sighting_id), "metadata"))  # GPS: researchers only
     assert stored["latitude"] == pytest.approx(-12.5) and stored["longitude"] == pytest.approx(-45.5)
 
     no_gps = tmp_path / "no-gps.jpg"

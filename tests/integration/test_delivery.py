@@ -26,7 +26,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from services.core import topics
+from services.core import keys, topics
 from support.chain import (
     ServiceProcess,
     chain_env,
@@ -312,7 +312,7 @@ class Delivery:
 @pytest.fixture(scope="module")
 def delivery(stack, tmp_path_factory):
     """`whaleid serve matcher` over a gallery made by ["model-a"], with short TTLs and a 1 s parked retry."""
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     root = tmp_path_factory.mktemp("delivery")
     settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")
@@ -351,7 +351,7 @@ def test_a_redelivery_yields_one_result_one_stream_entry_and_identical_topic_dup
 
     # the state a crash leaves between producing to the topics and the announcement: result stored, topics
     # produced, no `announced:` marker and (the marker and the entry are one atomic script) no stream entry
-    client.delete(f"announced:{sighting}")
+    client.delete(keys.announced_key(sighting))
     client.xdel("identifications", *_stream_entry_ids(client, sighting))
     delivery.send(near(2, 2), sighting_id=sighting)  # re-delivered (even with another embedding)
     wait_announced(client, [sighting], 60)
@@ -376,7 +376,7 @@ def test_an_unknown_model_version_is_parked_then_identified_once_it_is_known(del
     version = f"ensemble:1:unregistered-{uuid.uuid4().hex[:6]}"
     sighting = delivery.send(near(0, 10), model_version=version)
     wait_until(lambda: parked(client, sighting), 60, "the sighting parked")
-    entry = json.loads(client.hget("matcher:parked:records", sighting))
+    entry = json.loads(client.hget(keys.PARKED_RECORDS, sighting))
     assert entry["reason"] == "unknown_model_version" and entry["record"]["model_version"] == version
     assert identification(client, sighting) is None and failure(client, sighting) is None
     assert "parked" in delivery.service.log_text(since_start=True)
@@ -395,7 +395,7 @@ def test_another_models_embedding_waits_for_a_gallery_of_that_model(delivery):
     delivery.register("ensemble:1:build-b", ["model-b"])
     other = delivery.send(near(3, 20), model_version="ensemble:1:build-b")
     wait_until(lambda: parked(client, other), 60, "the other model's sighting parked")
-    assert json.loads(client.hget("matcher:parked:records", other))["reason"] == "model_mismatch"
+    assert json.loads(client.hget(keys.PARKED_RECORDS, other))["reason"] == "model_mismatch"
     same = delivery.send(near(2, 21))  # the gallery's own model still flows
     wait_announced(client, [same], 60)
     assert identification(client, other) is None and failure(client, other) is None
@@ -424,9 +424,9 @@ def test_the_stream_is_trimmed_to_about_maxlen(stack):
         assert not results.announce(client, record, marker_ttl_s=120, maxlen=50, stream=stream)  # once only
         # MAXLEN ~ removes whole stream nodes (up to 100 entries each): about maxlen, never the 300 added
         assert 50 <= client.xlen(stream) < 50 + 100
-        assert 0 < client.ttl(results.announced_key(ids[0])) <= 120
+        assert 0 < client.ttl(keys.announced_key(ids[0])) <= 120
     finally:
-        client.delete(stream, *[results.announced_key(s) for s in ids])
+        client.delete(stream, *[keys.announced_key(s) for s in ids])
         client.close()
 
 
@@ -435,8 +435,8 @@ def test_reindex_adds_only_embeddings_of_the_gallerys_models(stack, tmp_path):
     from services.core import model_versions as versions
     from services.core.identification import Tuning, build_gallery
     from services.curation.operations.confirmations import ConfirmationService
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.curation.operations.known import CurrentGalleryIndividuals
-    from services.curation.operations.model_store import GalleryStore
     from services.curation.operations.publish import publish_gallery
     from services.curation.operations.reindex import reindex
     from support.operations import seed_sighting
@@ -459,7 +459,7 @@ def test_reindex_adds_only_embeddings_of_the_gallerys_models(stack, tmp_path):
         sighting = seed_sighting(client, embedding, [("ind-1", 0.9)])
         stored = ({"sighting_id": sighting, "model_version": model_version, "embedding": [float(x) for x in embedding]}
                   if model_version is not None else [float(x) for x in embedding])  # None: a bare list (legacy)
-        client.set(f"embedding:{sighting}", json.dumps(stored))
+        client.set(keys.embedding_key(sighting), json.dumps(stored))
         service.submit(sighting, {"action": "confirm", "individual_id": "ind-1", "researcher": "dr-fluke"})
         return sighting
 

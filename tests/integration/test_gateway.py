@@ -9,6 +9,7 @@ import json
 import pytest
 import requests
 
+from services.core import keys
 from support.front import (
     JPEG_BYTES,
     MAX_UPLOAD_BYTES,
@@ -67,13 +68,13 @@ def test_create_sighting_stores_metadata_and_signs_one_key(front):
     assert created["upload_headers"] == {"Content-Type": "image/jpeg", "Content-Length": str(len(JPEG_BYTES)),
                                          "If-None-Match": "*"}
 
-    stored = {k.decode(): v.decode() for k, v in redis_of(settings).hgetall(f"sighting:{sighting_id}").items()}
+    stored = {k.decode(): v.decode() for k, v in redis_of(settings).hgetall(keys.sighting_key(sighting_id)).items()}
     metadata = json.loads(stored["metadata"])
     assert metadata["crop_box"] == [10.0, 20.0, 300.0, 200.0]
     assert metadata["species_hint"] == "humpback_whale"
     assert metadata["observer"] == "app-user-7" and metadata["latitude"] == -33.9
     assert stored["owner"] == "app" and stored["upload_method"] == "PUT"
-    ttl = redis_of(settings).ttl(f"sighting:{sighting_id}")  # bounded state: the hash expires (redis_sighting_ttl_s)
+    ttl = redis_of(settings).ttl(keys.sighting_key(sighting_id))  # bounded state: the hash expires (redis_sighting_ttl_s)
     assert settings.redis_sighting_ttl_s - 600 < ttl <= settings.redis_sighting_ttl_s
 
     assert upload(created, JPEG_BYTES).status_code == 200
@@ -164,13 +165,13 @@ def test_sighting_status_follows_the_chain(front):
     assert "identification" not in status and status["uploaded_at"] is None
 
     r = redis_of(settings)
-    r.set(f"failure:{sid}", json.dumps({"stage": "worker", "reason": "truncated", "detail": "x", "failed_at": 1.0}))
+    r.set(keys.failure_key(sid), json.dumps({"stage": "worker", "reason": "truncated", "detail": "x", "failed_at": 1.0}))
     status = requests.get(f"{url}/v1/sightings/{sid}", headers=AUTH, timeout=5).json()
     assert status["status"] == "failed" and status["failure"]["reason"] == "truncated"
 
     identification = {"sighting_id": sid, "candidates": [{"individual_id": "w-1", "score": 0.9}],
                       "new_individual": False, "model_version": "m", "gallery_version": "g"}
-    r.set(f"identification:{sid}", json.dumps(identification))
+    r.set(keys.identification_key(sid), json.dumps(identification))
     status = requests.get(f"{url}/v1/sightings/{sid}", headers=AUTH, timeout=5).json()
     assert status["status"] == "identified" and status["identification"] == {**identification, "candidates": [
         {"individual_id": "w-1", "score": 0.9, "reference_photo": None}]}  # no gallery nor catalogue photo of w-1

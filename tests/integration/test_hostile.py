@@ -82,7 +82,7 @@ def test_the_decoder_refuses_each_bad_body_with_a_reason_and_decodes_each_valid_
 def chain(stack, tmp_path_factory):
     """Toy Triton + a gallery of photo(0..5) + the worker, matcher, bridge and gateway as processes."""
     from services.core.identification import Tuning, build_gallery
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.devtools.stack.triton import launch_triton
     from services.serving.triton_client import EmbeddingClient
 

@@ -17,10 +17,11 @@ import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.cli.main import main as whaleid
+from services.core import keys
 from services.core.identification import Tuning, build_gallery
 from services.curation.operations.confirmations import ConfirmationService, stored_confirmation
+from services.curation.operations.gallery_versions import GalleryStore
 from services.curation.operations.identities import (
-    ALIASES_KEY,
     ORIGINAL_KEY,
     IdentityRefused,
     IdentityService,
@@ -30,7 +31,6 @@ from services.curation.operations.identities import (
     similar_individuals,
 )
 from services.curation.operations.known import CurrentGalleryIndividuals
-from services.curation.operations.model_store import GalleryStore
 from services.curation.operations.publish import publish_gallery
 from services.curation.operations.reindex import reindex
 from services.devtools.stack.ports import free_port
@@ -265,7 +265,7 @@ def test_the_cli_prints_and_undoes(env, tmp_path, capsys):
     assert [(p["a"], p["b"]) for p in json.loads(capsys.readouterr().out)["pairs"]] == [("ind-2", "ind-3")]
     assert whaleid(["individuals", "merge", "ind-3", "--into", "ind-2", "--researcher", "dr-cli", "--json"]) == 0
     op = json.loads(capsys.readouterr().out)
-    assert op["researcher"] == "dr-cli" and client.hget(ALIASES_KEY, "ind-3") == b"ind-2"
+    assert op["researcher"] == "dr-cli" and client.hget(keys.IDENTITY_ALIASES_KEY, "ind-3") == b"ind-2"
     assert whaleid(["individuals", "similar", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pairs"] == []
     assert whaleid(["individuals", "rename", "ind-2", "ind-0", "--researcher", "dr-cli"]) == 2

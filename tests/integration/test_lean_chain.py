@@ -12,7 +12,7 @@ import pytest
 
 from services.chain.worker.cropping import UploaderBox
 from services.chain.worker.pipeline import prepare
-from services.core import topics
+from services.core import keys, topics
 from services.core.imaging import TRANSFER_FORMATS, ImageRejected, crop, decode_image
 from services.core.settings import load_settings
 
@@ -125,7 +125,7 @@ def _identification(sighting_id: str, score: float) -> topics.Identification:
 def test_the_worker_checks_a_batch_of_markers_in_one_pipeline(redis_client):
     from services.chain import markers
 
-    markers.mark_embedded(redis_client, "a", "m:1")
+    markers.mark_embedded_many(redis_client, ["a"], "m:1")
     markers.record_failure(redis_client, "b", "worker", "too_large", "big", 1.0)
     ids = ["a", "b", "c", "a"]
     assert markers.handled_many(redis_client, ids) == [markers.already_handled(redis_client, i) for i in ids]
@@ -139,11 +139,11 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     first, second = _embedded("e1"), _embedded("e2")
     results.announce(redis_client, _identification("e2", 0.9))  # e2 was announced before (a re-delivery)
     assert results.store_embeddings_and_check(redis_client, [first, second], 60) == [False, True]
-    stored = json.loads(redis_client.get(results.embedding_key("e1")))
-    assert stored == first.to_data() and 0 < redis_client.ttl(results.embedding_key("e1")) <= 60
+    stored = json.loads(redis_client.get(keys.embedding_key("e1")))
+    assert stored == first.to_data() and 0 < redis_client.ttl(keys.embedding_key("e1")) <= 60
     # the raw JSON the worker produced is stored as it came (the same JSON value)
     assert results.store_embeddings_and_check(redis_client, [first], 0, [first.to_json()]) == [False]
-    assert redis_client.get(results.embedding_key("e1")) == first.to_json()
+    assert redis_client.get(keys.embedding_key("e1")) == first.to_json()
     assert results.announced_many(redis_client, ["e1", "e2"]) == [False, True]
 
     earlier = _identification("i1", 0.5)
@@ -160,7 +160,7 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     entries = redis_client.xrange(stream)
     assert [e[1][b"sighting_id"] for e in entries] == [b"i1", b"i2", b"i3"]
     assert json.loads(entries[0][1][b"identification"])["candidates"][0]["score"] == 0.5
-    assert 0 < redis_client.ttl(results.announced_key("i3")) <= 60
+    assert 0 < redis_client.ttl(keys.announced_key("i3")) <= 60
 
 
 def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own():

@@ -16,7 +16,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from services.core import topics
+from services.core import keys, topics
 from services.devtools.stack.ports import free_port
 from support.chain import (
     ServiceProcess,
@@ -56,7 +56,7 @@ def publish(store, root, labels: list[str], threshold: float = 0.6) -> str:
 
 @pytest.fixture(scope="module")
 def matcher(stack, tmp_path_factory):
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     root = tmp_path_factory.mktemp("chain-matcher")
     settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}")
@@ -125,7 +125,7 @@ def test_results_in_redis_stream_and_topics(matcher):
         assert result["model_version"] == "test-model"
         assert result["gallery_version"] == matcher.first_version
         assert result["uploaded_at"] <= result["identified_at"]
-        stored = topics.SightingEmbedded.from_json(matcher.redis.get(f"embedding:{sighting_id}"))
+        stored = topics.SightingEmbedded.from_json(matcher.redis.get(keys.embedding_key(sighting_id)))
         assert np.allclose(stored.embedding, near(i, 100 + i), atol=1e-6)
     new = identification(matcher.redis, unseen)
     assert new["new_individual"] is True and new["candidates"][0]["individual_id"] == "new_individual"

@@ -22,7 +22,7 @@ def s3_settings(request):
 
 
 def _boto3(settings):
-    from services.curation.operations.model_store import s3_client
+    from services.curation.operations.gallery_versions import s3_client
 
     return s3_client(settings)
 

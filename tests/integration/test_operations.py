@@ -23,16 +23,15 @@ from kafka import KafkaProducer
 from prometheus_client import REGISTRY
 
 from services.cli.main import main as whaleid
-from services.core import topics
+from services.core import keys, topics
 from services.curation.operations.confirmations import (
-    AUDIT_STREAM,
     ConfirmationRefused,
     ConfirmationService,
     audit_trail,
     stored_confirmation,
 )
+from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError, UnsafePath
 from services.curation.operations.known import CurrentGalleryIndividuals
-from services.curation.operations.model_store import GalleryStore, ModelStoreError, UnsafePath
 from services.curation.operations.reindex import reindex
 from services.devtools.stack.binaries import on_path
 from services.devtools.stack.ports import free_port
@@ -204,7 +203,7 @@ def test_audit_trail_finds_entries_wherever_they_are_in_the_stream(env):
     pipe = client.pipeline(transaction=False)
     for n in range(1500):
         target = legacy if n in (3, 1400) else f"other-{n}"
-        pipe.xadd(AUDIT_STREAM, {"sighting_id": target, "action": "confirm", "outcome": "accepted", "n": str(n)})
+        pipe.xadd(keys.CONFIRMATIONS_AUDIT_STREAM, {"sighting_id": target, "action": "confirm", "outcome": "accepted", "n": str(n)})
     pipe.execute()
     service = ConfirmationService(client, known=lambda: None)
     late = uuid.uuid4().hex
@@ -222,7 +221,7 @@ def test_audit_trail_finds_entries_wherever_they_are_in_the_stream(env):
     trimmed = ConfirmationService(client, known=lambda: None, audit_maxlen=200)
     with pytest.raises(ConfirmationRefused):
         trimmed.submit(late, {"action": "confirm", "individual_id": "ind-0"}, researcher="dr-fluke")
-    assert 200 <= client.xlen(AUDIT_STREAM) < 1400
+    assert 200 <= client.xlen(keys.CONFIRMATIONS_AUDIT_STREAM) < 1400
     assert [e["outcome"] for e in audit_trail(client, late)] == ["unknown_sighting", "unknown_sighting"]
 
 
@@ -251,7 +250,7 @@ def test_model_repo_pull_refuses_paths_outside_the_repository(moto_stack, tmp_pa
     """On moto: SeaweedFS (the session stack's S3) refuses such keys itself (InvalidRequest); AWS S3 and moto
     store them, so `pull` must refuse them."""
     from services.core.errors import RepositoryError
-    from services.serving.model_repo.store import pull
+    from services.serving.model_repo.repository_builds import pull
 
     settings = moto_stack.settings
     store = GalleryStore.from_settings(settings)
@@ -288,7 +287,7 @@ def test_confirm_reindex_identifies_then_rollback(env, tmp_path, capsys):
     new_id = service.submit(s_new, {"action": "new", "researcher": "dr-fluke"})[0].individual_id
     service.submit(s_known, {"action": "confirm", "individual_id": "ind-2", "researcher": "dr-fluke"})
     service.submit(s_lost, {"action": "confirm", "individual_id": "ind-3", "researcher": "dr-fluke"})
-    client.delete(f"embedding:{s_lost}")  # e.g. expired: reported, not silently dropped
+    client.delete(keys.embedding_key(s_lost))  # e.g. expired: reported, not silently dropped
 
     dry = reindex(store, client, dry_run=True)
     assert dry.new_version is None and store.current_version() == v1 and sorted(dry.added) == sorted([s_new, s_known])
@@ -361,7 +360,7 @@ def test_hot_swap_during_stream_loses_and_duplicates_nothing(env, ops, tmp_path)
     finally:
         producer.close()
         matcher.stop()
-    results = {s: json.loads(client.get(f"identification:{s}")) for s in sent}
+    results = {s: json.loads(client.get(keys.identification_key(s))) for s in sent}
     counts = stream_counts(client)
     assert all(counts.get(s) == 1 for s in sent), "each sighting announced exactly once"
     on_topic = [k for k, _ in read_topic(settings.kafka_bootstrap, topics.IDENTIFICATIONS) if k in set(sent)]

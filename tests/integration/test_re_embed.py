@@ -17,6 +17,7 @@ import pytest
 import redis as redis_lib
 from PIL import Image
 
+from services.core import keys
 from services.curation.catalogue.importer import import_catalogue
 from support.catalogue import photo
 
@@ -60,10 +61,10 @@ def jpeg(seed: int, size=(64, 48)) -> bytes:
 def confirm(client, sighting_id: str, individual_id: str, action: str = "confirm", version: str = "") -> None:
     """What ConfirmationService stores for an accepted decision (services/curation/operations/confirmations.py)."""
     now = time.time()
-    client.hset(f"confirmation:{sighting_id}", mapping={
+    client.hset(keys.confirmation_key(sighting_id), mapping={
         "action": action, "individual_id": individual_id, "researcher": "dr-test", "predicted": "[]",
         "confirmed_at": now, "gallery_version": version})
-    client.zadd("confirmations:index", {sighting_id: now})
+    client.zadd(keys.CONFIRMATIONS_INDEX_KEY, {sighting_id: now})
 
 
 def seed_sighting(client, s3, bucket: str, data: bytes, *, crop_box=None, keep_hash: bool = True,
@@ -74,7 +75,7 @@ def seed_sighting(client, s3, bucket: str, data: bytes, *, crop_box=None, keep_h
     if upload:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
     if keep_hash:
-        client.hset(f"sighting:{sighting_id}", mapping={
+        client.hset(keys.sighting_key(sighting_id), mapping={
             "metadata": json.dumps({"observer": "test", "species_hint": "beluga", "crop_box": crop_box}),
             "bucket": bucket, "key": key, "created_at": time.time()})
     return sighting_id
@@ -86,7 +87,7 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
     from services.core.identification.gallery import Gallery
     from services.curation.catalogue.gallery_build import publish_catalogue_gallery
     from services.curation.catalogue.re_embed import re_embed
-    from services.curation.operations.model_store import GalleryStore, s3_client
+    from services.curation.operations.gallery_versions import GalleryStore, s3_client
     from services.curation.operations.reindex import reindex
     from training.embed import Embedder
 
@@ -120,7 +121,7 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
         path = tmp_path / f"{name}.jpg"
         path.write_bytes(photos[name])
         vector = old.embed_files([path])[0]
-        redis_db.set(f"embedding:{sighting_id}", json.dumps({
+        redis_db.set(keys.embedding_key(sighting_id), json.dumps({
             "sighting_id": sighting_id, "model_version": old.model_id, "embedding": vector.tolist(),
             "crop_box": [8, 2, 60, 44] if name == "worker" else None}))
     confirm(redis_db, sightings["cropped"], "ind00", version=first["version"])
@@ -165,9 +166,7 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
 
     # --keep-threshold: the served version's tuning is carried over as it is (weights now name the new model);
     # a merge (ind01 into ind00) relabels the rows as a plain re-index does
-    from services.curation.operations.identities import ALIASES_KEY
-
-    redis_db.hset(ALIASES_KEY, "ind01", "ind00")
+    redis_db.hset(keys.IDENTITY_ALIASES_KEY, "ind01", "ind00")
     kept = re_embed(settings, new_run, keep_threshold=True, progress=lambda m: None, progress_bar=False,
                     catalogue=catalogue, store=store, redis=redis_db, s3=s3)
     assert kept["relabelled"] == {"ind01 -> ind00": 1}

@@ -24,8 +24,8 @@ from kafka.admin import KafkaAdminClient
 
 from services.chain import results
 from services.chain.reconciler import KINDS, Reconciler, ReconcilerTopics
-from services.chain.store import OPEN_SIGHTINGS_KEY, open_sighting, sighting_key
-from services.core import topics
+from services.chain.sighting_records import open_sighting
+from services.core import keys, topics
 from services.devtools.stack.ports import free_port
 from support.chain import (
     TOY_MODEL,
@@ -72,7 +72,7 @@ def chain(stack, base, tmp_path_factory):
     import tritonclient.grpc as grpcclient
 
     from services.core.identification import Tuning, build_gallery
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
 
     settings, client, s3 = base
     root = tmp_path_factory.mktemp("chain-reconciler")
@@ -132,7 +132,7 @@ def add_sighting(settings, client, s3, *, upload: bool = True, recorded: bool = 
         record["uploaded_at"] = time.time() - age_s
     record.update(fields)
     with client.pipeline(transaction=True) as pipe:  # the hash and the reconciler's index, as the gateway writes them
-        pipe.hset(f"sighting:{sighting_id}", mapping=record)
+        pipe.hset(keys.sighting_key(sighting_id), mapping=record)
         open_sighting(pipe, sighting_id, record["created_at"])
         pipe.execute()
     return sighting_id
@@ -187,7 +187,7 @@ def test_lost_upload_events_are_redriven_and_identified_exactly_once(chain):
     settings, client, s3 = chain
     lost_uploaded = add_sighting(settings, client, s3)  # the bridge's sightings.uploaded record was lost
     lost_embedded = add_sighting(settings, client, s3)  # the worker's sightings.embedded record was lost
-    client.set(f"embedded:{lost_embedded}", "reconciler_toy:1:toy")
+    client.set(keys.embedded_key(lost_embedded), "reconciler_toy:1:toy")
     never_bridged = add_sighting(settings, client, s3, recorded=False)  # the S3 event never reached the bridge
     ids = [lost_uploaded, lost_embedded, never_bridged]
     with Reconciler(settings) as reconciler:
@@ -199,10 +199,10 @@ def test_lost_upload_events_are_redriven_and_identified_exactly_once(chain):
         result = identification(client, sighting_id)
         assert result["model_version"] == "reconciler_toy:1:toy" and len(result["candidates"]) == 5
         assert counts[sighting_id] == 1, sighting_id
-        sighting = {k.decode(): v.decode() for k, v in client.hgetall(f"sighting:{sighting_id}").items()}
+        sighting = {k.decode(): v.decode() for k, v in client.hgetall(keys.sighting_key(sighting_id)).items()}
         assert int(sighting["redrives"]) >= 1 and float(sighting["redriven_at"]) > 0
         assert failure(client, sighting_id) is None
-    assert float(client.hget(f"sighting:{never_bridged}", "uploaded_at")) > 0  # recorded as the bridge would
+    assert float(client.hget(keys.sighting_key(never_bridged), "uploaded_at")) > 0  # recorded as the bridge would
     assert all(set(p) == set(KINDS) for p in passes)
     published = [k for k, _ in read_topic(settings.kafka_bootstrap, topics.IDENTIFICATIONS)]
     assert all(published.count(sighting_id) == 1 for sighting_id in ids)
@@ -222,7 +222,7 @@ def test_an_unannounced_identification_is_announced_once(base):
         assert not any(stored.sighting_id in ids for ids in reconciler.last_found.values())
         assert second["topic_resets"] == 0
     assert stream_counts(client)[stored.sighting_id] == 1
-    entry = [json.loads(f[b"identification"]) for _, f in client.xrange(results.IDENTIFICATIONS_STREAM)
+    entry = [json.loads(f[b"identification"]) for _, f in client.xrange(keys.IDENTIFICATIONS_STREAM)
              if f[b"sighting_id"].decode() == stored.sighting_id]
     assert entry == [stored.asdict()]
     assert keyed(settings.kafka_bootstrap, topics.IDENTIFICATIONS, stored.sighting_id) == [stored.asdict()]
@@ -258,7 +258,7 @@ def test_a_reset_topic_is_detected_and_refilled_once(base):
         # the broker lost both topics; `identifications` comes back with other records at least as far as the
         # offsets read before (offsets alone would not tell), `new-individuals` does not come back
         positions = {int(p): json.loads(v)["next"] for p, v in
-                     client.hgetall(f"reconciler:position:{names.identifications}").items() if p != b"partitions"}
+                     client.hgetall(keys.reconciler_position_key(names.identifications)).items() if p != b"partitions"}
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         try:
             admin.delete_topics([names.identifications, names.new_individuals])
@@ -320,7 +320,7 @@ def test_a_vanished_photo_is_dead_lettered_and_an_awaited_one_left_alone(base):
         reconciler.run_once()
         assert awaited in reconciler.last_found["awaiting_upload"]
     assert failure(client, vanished)["reason"] == "object_missing"
-    assert failure(client, awaited) is None and not client.hexists(f"sighting:{awaited}", "redrives")
+    assert failure(client, awaited) is None and not client.hexists(keys.sighting_key(awaited), "redrives")
     letters = keyed(settings.kafka_bootstrap, names.dead_letter, vanished)
     assert [(d["stage"], d["reason"]) for d in letters] == [("reconciler", "object_missing")]
     assert letters[0]["original"]["key"] == f"uploads/{vanished}.jpg" and letters[0]["detail"]
@@ -339,7 +339,7 @@ def test_nothing_is_redriven_again_or_given_up_while_the_chain_has_a_backlog(bas
             counts = reconciler.run_once()
             assert sighting_id in reconciler.last_found["deferred"] and counts["deferred"] >= 1
     assert failure(client, sighting_id) is None
-    assert client.hget(f"sighting:{sighting_id}", "redrives") == b"1"
+    assert client.hget(keys.sighting_key(sighting_id), "redrives") == b"1"
 
 
 # --------------------------------------------------------------------------- the process
@@ -382,19 +382,19 @@ def test_serve_reconciler_refuses_the_faust_options():
 def test_a_lease_its_own_pass_could_not_release_does_not_lock_the_reconciler_out(stack):
     """Redis went away mid-pass: the release failed, and Redis came back with the lease from its append-only
     file. The same reconciler takes it again at once; another one still waits until it is released."""
-    from services.chain.reconciler.state import LEASE_KEY, Lease
+    from services.chain.reconciler.state import Lease
 
     client = redis.Redis.from_url(_db_url(stack, 13))
-    client.delete(LEASE_KEY)
+    client.delete(keys.RECONCILER_LEASE_KEY)
     mine, other = Lease(client, 120), Lease(client, 120)
     assert mine.acquire()
-    client.pexpire(LEASE_KEY, 60_000)  # time passed; the pass died before its release
-    assert mine.acquire() and client.pttl(LEASE_KEY) > 60_000  # taken again, its time renewed
+    client.pexpire(keys.RECONCILER_LEASE_KEY, 60_000)  # time passed; the pass died before its release
+    assert mine.acquire() and client.pttl(keys.RECONCILER_LEASE_KEY) > 60_000  # taken again, its time renewed
     assert not other.acquire()
     mine.release()
     assert other.acquire() and not mine.acquire()
     other.release()
-    assert client.get(LEASE_KEY) is None
+    assert client.get(keys.RECONCILER_LEASE_KEY) is None
 
 
 def test_a_reconciler_killed_mid_pass_locks_the_next_one_out_for_seconds_not_minutes(stack):
@@ -402,11 +402,11 @@ def test_a_reconciler_killed_mid_pass_locks_the_next_one_out_for_seconds_not_min
     of a reconciler killed mid-pass (no release, no heartbeat) expires within LEASE_TTL_S (it was 120 s: the
     scenarios after `kill_reconciler` waited that long for their re-drives)."""
     from services.chain.reconciler.reconciler import LEASE_TTL_S, _Heartbeat
-    from services.chain.reconciler.state import LEASE_KEY, Lease
+    from services.chain.reconciler.state import Lease
 
     assert LEASE_TTL_S <= 15
     client = redis.Redis.from_url(_db_url(stack, 13))
-    client.delete(LEASE_KEY)
+    client.delete(keys.RECONCILER_LEASE_KEY)
     killed, successor = Lease(client, 1.0), Lease(client, 1.0)
     assert killed.acquire()
     heartbeat = _Heartbeat(killed, 0.2).start()
@@ -458,13 +458,13 @@ def test_a_pass_costs_what_is_open_not_what_redis_holds(base):
             with db.pipeline(transaction=False) as pipe:
                 for n in range(20_000):
                     sighting_id = f"resolved-{n}"
-                    pipe.hset(sighting_key(sighting_id), mapping={"created_at": now - 60, "uploaded_at": now - 60})
+                    pipe.hset(keys.sighting_key(sighting_id), mapping={"created_at": now - 60, "uploaded_at": now - 60})
                     open_sighting(pipe, sighting_id, now - 60)
                     pipe.set(results.identification_key(sighting_id), "{}")
-                    pipe.set(results.announced_key(sighting_id), "1")
+                    pipe.set(keys.announced_key(sighting_id), "1")
                 pipe.execute()
             one_pass(reconciler)  # drops them from the index, all resolved
-            assert db.zcard(OPEN_SIGHTINGS_KEY) == 0
+            assert db.zcard(keys.OPEN_SIGHTINGS_KEY) == 0
             assert db.dbsize() >= 60_000
             full = one_pass(reconciler)
         assert "SCAN" not in full and "KEYS" not in full

@@ -28,14 +28,10 @@ import pytest
 import requests
 
 from services.chain.results import store_embedding, store_identification
-from services.core import topics
+from services.core import keys, topics
 from services.core.identification import Tuning, build_gallery
-from services.curation.operations.confirmations import (
-    NEW_IDS_KEY,
-    ConfirmationService,
-    audit_trail,
-    stored_confirmation,
-)
+from services.curation.operations.confirmations import ConfirmationService, audit_trail, stored_confirmation
+from services.curation.operations.gallery_versions import GalleryStore
 from services.curation.operations.identities import (
     ORIGINAL_KEY,
     IdentityService,
@@ -43,7 +39,6 @@ from services.curation.operations.identities import (
     read_aliases,
 )
 from services.curation.operations.known import CurrentGalleryIndividuals
-from services.curation.operations.model_store import GalleryStore
 from services.curation.operations.publish import publish_gallery
 from services.curation.operations.reindex import reindex
 from support.front import (
@@ -293,7 +288,7 @@ def test_review_queue_confirm_and_duplicate_guard(review, browser, tmp_path):
     _shown(browser, ids["clear"])
     created = stored_confirmation(client, ids["guarded"])
     assert created.action == "new" and created.individual_id.startswith("whale-")
-    assert client.sismember(NEW_IDS_KEY, created.individual_id)
+    assert client.sismember(keys.CONFIRMATIONS_NEW_IDS_KEY, created.individual_id)
 
     # "another individual": search by id, confirm the last sighting into the new individual
     _press(browser, "a")

@@ -18,7 +18,7 @@ from services.chain.gateway.app import build_app
 from services.core.errors import ConfigError
 from services.core.settings import load_settings
 from services.curation.operations.confirmations import audit_trail, stored_confirmation
-from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.gallery_versions import GalleryStore
 from support.front import (
     ADMIN_TOKEN,
     JPEG_BYTES,

@@ -21,8 +21,8 @@ import requests
 from services.chain.bridge.events import Ignored, Malformed, ObjectCreated
 from services.chain.bridge.seaweedfs_events import parse_event
 from services.chain.bridge.seaweedfs_pb import filer_pb2
-from services.chain.store import open_sighting
-from services.core import topics
+from services.chain.sighting_records import open_sighting
+from services.core import keys, topics
 
 WEED = Path(sys.executable).parent / "weed"
 needs_weed = pytest.mark.skipif(not WEED.exists() and shutil.which("weed") is None,
@@ -170,7 +170,7 @@ def _s3(settings):
 def _sighting(settings, sighting_id: str) -> None:
     from support.front import redis_of
 
-    redis_of(settings).hset(f"sighting:{sighting_id}", mapping={"metadata": json.dumps({"observer": "ship"}),
+    redis_of(settings).hset(keys.sighting_key(sighting_id), mapping={"metadata": json.dumps({"observer": "ship"}),
                                                                 "created_at": time.time()})
 
 
@@ -197,7 +197,7 @@ def test_presigned_put_to_seaweedfs_becomes_one_uploaded_record(weed_stack):
     assert (record.bucket, record.key, record.size) == (settings.sightings_bucket, key, len(JPEG))
     assert record.event_name == "ObjectCreated:Put" and record.metadata == {"observer": "ship"}
     print(f"presigned PUT -> sightings.uploaded produced: {1000 * (record.uploaded_at - began):.1f} ms")
-    state = {k.decode(): v.decode() for k, v in redis_of(settings).hgetall(f"sighting:{sighting_id}").items()}
+    state = {k.decode(): v.decode() for k, v in redis_of(settings).hgetall(keys.sighting_key(sighting_id)).items()}
     etag = _s3(settings).head_object(Bucket=settings.sightings_bucket, Key=key)["ETag"].strip('"')
     assert state["etag"] == etag and int(state["size"]) == len(JPEG) and float(state["uploaded_at"]) >= began
     # the single-use offer: a second PUT of the same URL is refused by weed (If-None-Match: *)
@@ -273,7 +273,7 @@ def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers
     during = [f"weed-down-{n}-{uuid.uuid4().hex[:8]}" for n in range(2)]
     for sighting_id in during:  # as the gateway creates them: the hash and the reconciler's index entry
         with redis_of(settings).pipeline(transaction=True) as pipe:
-            pipe.hset(f"sighting:{sighting_id}", mapping={
+            pipe.hset(keys.sighting_key(sighting_id), mapping={
                 "metadata": json.dumps({"observer": "ship"}), "created_at": time.time(),
                 "key": f"uploads/{sighting_id}.jpg", "bucket": settings.sightings_bucket})
             open_sighting(pipe, sighting_id, time.time())
@@ -302,7 +302,7 @@ def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers
     s3.put_object(Bucket=settings.sightings_bucket, Key=f"uploads/{after}.jpg", Body=JPEG, ContentType="image/jpeg")
     records = readers[topics.SIGHTINGS_UPLOADED].matching(_for(after), expected=1, timeout=60)
     assert [r["event_name"] for r in records] == ["ObjectCreated:Put"]  # weed -> Kafka -> bridge, all reconnected
-    bridged = {s for s in during if redis_of(settings).hget(f"sighting:{s}", "uploaded_at")}
+    bridged = {s for s in during if redis_of(settings).hget(keys.sighting_key(s), "uploaded_at")}
     print(f"events of uploads while the broker was down: {len(during) - len(bridged)} dropped by weed, "
           f"{len(bridged)} delivered late")
 
@@ -318,14 +318,14 @@ def test_after_a_broker_restart_weed_publishes_again_and_the_reconciler_recovers
         expected = (["ObjectCreated:Put"] if sighting_id in bridged else []) + ["whaleid:Redrive"]
         assert [r["event_name"] for r in records] == expected
         assert records[-1]["size"] == len(JPEG)
-        assert float(redis_of(settings).hget(f"sighting:{sighting_id}", "uploaded_at")) > 0
+        assert float(redis_of(settings).hget(keys.sighting_key(sighting_id), "uploaded_at")) > 0
 
 
 @needs_weed
 def test_photos_galleries_and_redis_keys_survive_stack_down_and_up(weed_stack, tmp_path):
     """Last in this module: it restarts the module's stack (the bridge thread reconnects to the new broker)."""
     from services.core.settings import load_settings
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.devtools.stack import Stack
     from support.front import redis_of
 

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import requests
 
+from services.core import keys
 from services.core.access.cors import bucket_cors_rules
 from support.front import (
     OTHER_APP_TOKEN,
@@ -89,7 +90,7 @@ def test_status_and_since_filters(listing):
     time.sleep(0.05)
     cut = time.time()
     done = create_sighting(url, observer=observer)["sighting_id"]
-    redis_of(settings).set(f"identification:{done}", json.dumps({
+    redis_of(settings).set(keys.identification_key(done), json.dumps({
         "sighting_id": done, "candidates": [{"individual_id": "ind-0", "score": 0.9}], "new_individual": False,
         "model_version": "m", "gallery_version": "g"}))
     identified = _all_pages(url, RESEARCHER_TOKEN, observer=observer, status="identified")
@@ -115,9 +116,9 @@ def test_expired_sightings_leave_the_index(listing):
     observer = f"obs-{uuid.uuid4().hex[:8]}"
     gone = create_sighting(url, observer=observer)["sighting_id"]
     kept = create_sighting(url, observer=observer)["sighting_id"]
-    redis_of(settings).delete(f"sighting:{gone}")  # as its TTL would
+    redis_of(settings).delete(keys.sighting_key(gone))  # as its TTL would
     assert [i["sighting_id"] for i in _all_pages(url, TOKEN, observer=observer)] == [kept]
-    assert redis_of(settings).zscore("sightings:index", gone) is None
+    assert redis_of(settings).zscore(keys.SIGHTINGS_INDEX_KEY, gone) is None
 
 
 def test_cors_preflight_and_headers_for_allowed_origins_only(listing):

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from services.chain.webhooks import service as hooks
 from services.chain.webhooks.endpoints import Endpoint, endpoints_from_settings
 from services.chain.webhooks.signing import sign, verify
+from services.core import keys
 from services.core.errors import ConfigError
 from services.core.topics import IDENTIFICATIONS, NEW_INDIVIDUALS, Identification, NewIndividual
 from services.devtools.chaos.webhook_drip import DripReceiver
@@ -97,7 +98,7 @@ def hook_settings(stack, receiver, path: str, **overrides):
 
 def sighting(redis_db, owner: str = "hook-app") -> str:
     sighting_id = uuid.uuid4().hex
-    redis_db.hset(f"sighting:{sighting_id}", mapping={"owner": owner, "metadata": json.dumps(
+    redis_db.hset(keys.sighting_key(sighting_id), mapping={"owner": owner, "metadata": json.dumps(
         {"observer": "obs-1", "latitude": 64.1, "longitude": -21.9, "taken_at": "2026-11-20T08:30:00+00:00"})})
     return sighting_id
 
@@ -164,8 +165,8 @@ def test_a_failing_then_succeeding_receiver_gets_the_call_again_with_backoff(sta
     sighting_id = sighting(redis_db)
     before = counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered")
     assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "retried"
-    assert redis_db.zcard(hooks.retry_key("hook-app")) == 1
-    due = redis_db.zscore(hooks.retry_key("hook-app"), f"identification:{sighting_id}")
+    assert redis_db.zcard(keys.webhooks_retry_key("hook-app")) == 1
+    due = redis_db.zscore(keys.webhooks_retry_key("hook-app"), f"identification:{sighting_id}")
     assert 0.04 < due - time.time() <= 0.06  # the first pause: webhook_backoff_initial_s
     drain(service, lambda: len(receiver.on(path)) == 3)
     calls = receiver.on(path)
@@ -179,8 +180,8 @@ def test_a_failing_then_succeeding_receiver_gets_the_call_again_with_backoff(sta
     assert (payload["event"], payload["app"], payload["sighting_id"]) == ("identification", "hook-app", sighting_id)
     assert payload["data"]["candidates"] == [{"individual_id": "ind-a", "score": 0.91}]
     assert payload["metadata"]["observer"] == "obs-1" and "latitude" not in payload["metadata"]  # an app: no GPS
-    assert redis_db.exists(f"webhooks:delivered:identification:{sighting_id}")
-    assert redis_db.hlen(hooks.PENDING_KEY) == 0 and redis_db.zcard(hooks.retry_key("hook-app")) == 0
+    assert redis_db.exists(keys.webhooks_delivered_key(f"identification:{sighting_id}"))
+    assert redis_db.hlen(keys.WEBHOOKS_PENDING_KEY) == 0 and redis_db.zcard(keys.webhooks_retry_key("hook-app")) == 0
     assert counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="delivered") == before + 1
     # a topic duplicate is not sent again
     assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "duplicate"
@@ -194,19 +195,19 @@ def test_after_n_failures_the_delivery_is_dead_lettered(stack, receiver, redis_d
     sighting_id = sighting(redis_db)
     before = counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="dead_lettered")
     service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id))
-    drain(service, lambda: redis_db.xlen(hooks.DEAD_LETTER_STREAM) == 1)
-    (_, fields), = redis_db.xrange(hooks.DEAD_LETTER_STREAM)
+    drain(service, lambda: redis_db.xlen(keys.WEBHOOKS_DEAD_LETTER_STREAM) == 1)
+    (_, fields), = redis_db.xrange(keys.WEBHOOKS_DEAD_LETTER_STREAM)
     fields = {k.decode(): v.decode() for k, v in fields.items()}
     assert (fields["reason"], fields["attempts"], fields["last_error"]) == ("max_attempts", "4", "HTTP 500")
     assert fields["sighting_id"] == sighting_id and json.loads(fields["body"])["sighting_id"] == sighting_id
-    assert len(receiver.on(path)) == 4 and redis_db.hlen(hooks.PENDING_KEY) == 0
+    assert len(receiver.on(path)) == 4 and redis_db.hlen(keys.WEBHOOKS_PENDING_KEY) == 0
     assert counter("whaleid_webhook_deliveries_total", app="hook-app", outcome="dead_lettered") == before + 1
     # a refusal (4xx) is not retried
     refused = sighting(redis_db)
     receiver.script[path] = [400]
     assert service.handle_record(IDENTIFICATIONS, refused.encode(), identification(refused)) == "dead_lettered"
-    assert json.loads(redis_db.xrevrange(hooks.DEAD_LETTER_STREAM, count=1)[0][1][b"body"])["sighting_id"] == refused
-    assert redis_db.xrevrange(hooks.DEAD_LETTER_STREAM, count=1)[0][1][b"reason"] == b"rejected"
+    assert json.loads(redis_db.xrevrange(keys.WEBHOOKS_DEAD_LETTER_STREAM, count=1)[0][1][b"body"])["sighting_id"] == refused
+    assert redis_db.xrevrange(keys.WEBHOOKS_DEAD_LETTER_STREAM, count=1)[0][1][b"reason"] == b"rejected"
 
 
 def test_only_the_owners_webhook_is_called(stack, receiver, redis_db):
@@ -251,7 +252,7 @@ def test_the_service_consumes_both_topics_through_kafka(stack, receiver, redis_d
     for call in receiver.on(path):
         headers = call["headers"]
         assert verify(SECRET, call["body"], headers["X-WhaleId-Timestamp"], headers["X-WhaleId-Signature"])
-    assert redis_db.exists(f"webhooks:delivered:new_individual:{new}", f"webhooks:delivered:identification:{known}") == 2
+    assert redis_db.exists(keys.webhooks_delivered_key(f"new_individual:{new}"), keys.webhooks_delivered_key(f"identification:{known}")) == 2
 
 
 def test_serve_webhooks_refuses_to_start_without_a_webhook(monkeypatch, capsys):
@@ -322,8 +323,8 @@ def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, recei
         fast_s = time.monotonic() - sent
         stuck = dripper.open_now()
         deadline = time.monotonic() + 60
-        while redis_db.xlen(hooks.DEAD_LETTER_STREAM) < len(drips):
-            assert time.monotonic() < deadline, redis_db.xlen(hooks.DEAD_LETTER_STREAM)
+        while redis_db.xlen(keys.WEBHOOKS_DEAD_LETTER_STREAM) < len(drips):
+            assert time.monotonic() < deadline, redis_db.xlen(keys.WEBHOOKS_DEAD_LETTER_STREAM)
             time.sleep(0.1)
     finally:
         stop.set()
@@ -332,7 +333,7 @@ def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, recei
     assert stuck >= 1, "the dripper held no connection when the fast deliveries arrived"
     assert fast_s < 8.0, fast_s  # poll, hand-over and POST; not behind the dripper (it holds each attempt 2 s)
     dead = {f[b"delivery_id"].decode(): {k.decode(): v.decode() for k, v in f.items()}
-            for _, f in redis_db.xrange(hooks.DEAD_LETTER_STREAM)}
+            for _, f in redis_db.xrange(keys.WEBHOOKS_DEAD_LETTER_STREAM)}
     assert set(dead) == {f"identification:{s}" for s in drips}
     reasons = sorted(d["reason"] for d in dead.values())
     assert set(reasons) == {"max_attempts", "backlog_full"}, reasons
@@ -344,9 +345,9 @@ def test_a_dripping_receiver_does_not_stall_another_apps_deliveries(stack, recei
     attempts = [c for c in dripper.connections if c["delivery"]]
     assert len(attempts) == 2 * reasons.count("max_attempts")
     assert max(c["ended"] - c["accepted"] for c in attempts) < 2.0 + 1.5  # the deadline, + the next byte's wait
-    assert redis_db.hlen(hooks.PENDING_KEY) == 0
-    assert redis_db.zcard(hooks.retry_key("drip-app")) == redis_db.zcard(hooks.retry_key("hook-app")) == 0
-    assert not any(redis_db.exists(f"webhooks:delivered:identification:{s}") for s in drips)
+    assert redis_db.hlen(keys.WEBHOOKS_PENDING_KEY) == 0
+    assert redis_db.zcard(keys.webhooks_retry_key("drip-app")) == redis_db.zcard(keys.webhooks_retry_key("hook-app")) == 0
+    assert not any(redis_db.exists(keys.webhooks_delivered_key(f"identification:{s}")) for s in drips)
 
 
 def test_private_addresses_are_refused_unless_allowed(stack, receiver, redis_db):
@@ -362,7 +363,7 @@ def test_private_addresses_are_refused_unless_allowed(stack, receiver, redis_db)
     service = hooks.WebhookService(hook_settings(stack, receiver, path, webhook_allow_private=False), redis_db)
     sighting_id = sighting(redis_db)
     assert service.handle_record(IDENTIFICATIONS, sighting_id.encode(), identification(sighting_id)) == "dead_lettered"
-    (_, fields), = redis_db.xrange(hooks.DEAD_LETTER_STREAM)
+    (_, fields), = redis_db.xrange(keys.WEBHOOKS_DEAD_LETTER_STREAM)
     assert fields[b"reason"] == b"private_address" and b"127.0.0.1" in fields[b"last_error"], fields
     assert receiver.on(path) == []  # never connected
 
@@ -371,9 +372,9 @@ def test_jobs_pending_without_a_due_time_and_the_old_single_retry_set_are_recove
     service = hooks.WebhookService(hook_settings(stack, receiver, "/unused"), redis_db)
     crashed = hooks.Job("identification:a", "hook-app", "identification", "a", "{}", attempts=1)
     older = hooks.Job("identification:b", "hook-app", "identification", "b", "{}", attempts=2)
-    redis_db.hset(hooks.PENDING_KEY, mapping={crashed.delivery_id: crashed.to_json(), older.delivery_id: older.to_json()})
-    redis_db.zadd(hooks.LEGACY_RETRY_KEY, {older.delivery_id: 1234.0})
+    redis_db.hset(keys.WEBHOOKS_PENDING_KEY, mapping={crashed.delivery_id: crashed.to_json(), older.delivery_id: older.to_json()})
+    redis_db.zadd(keys.WEBHOOKS_LEGACY_RETRY_KEY, {older.delivery_id: 1234.0})
     assert service.recover() == 2
-    assert redis_db.zscore(hooks.retry_key("hook-app"), older.delivery_id) == 1234.0
-    assert abs(redis_db.zscore(hooks.retry_key("hook-app"), crashed.delivery_id) - time.time()) < 5
-    assert not redis_db.exists(hooks.LEGACY_RETRY_KEY) and service.recover() == 0
+    assert redis_db.zscore(keys.webhooks_retry_key("hook-app"), older.delivery_id) == 1234.0
+    assert abs(redis_db.zscore(keys.webhooks_retry_key("hook-app"), crashed.delivery_id) - time.time()) < 5
+    assert not redis_db.exists(keys.WEBHOOKS_LEGACY_RETRY_KEY) and service.recover() == 0

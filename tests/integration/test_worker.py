@@ -16,7 +16,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
-from services.core import topics
+from services.core import keys, topics
 from support.chain import (
     TOY_MODEL_IDS,
     ServiceProcess,
@@ -49,7 +49,7 @@ TTLS = {"redis_result_ttl_s": 3 * 86400, "redis_embedding_ttl_s": 4 * 86400, "re
 @pytest.fixture(scope="module")
 def chain(stack, tmp_path_factory):
     """Toy Triton + gallery of the toy photos + `whaleid serve worker` and `matcher` subprocesses."""
-    from services.curation.operations.model_store import GalleryStore
+    from services.curation.operations.gallery_versions import GalleryStore
     from services.devtools.stack.triton import launch_triton
     from services.serving.triton_client import EmbeddingClient
 
@@ -154,19 +154,19 @@ def test_good_uploads_are_identified_with_the_full_record(chain):
         assert result["gallery_version"].startswith("v")
         assert 0 < result["uploaded_at"] <= result["identified_at"]
     assert identification(chain.redis, unknown)["new_individual"] is True
-    stored = chain.redis.get(f"embedding:{ids[0]}")
+    stored = chain.redis.get(keys.embedding_key(ids[0]))
     embedding = np.asarray(topics.SightingEmbedded.from_json(stored).embedding)
     assert embedding.shape == (512,) and abs(np.linalg.norm(embedding) - 1) < 1e-4
     new_individuals = {key for key, _ in read_topic(chain.settings.kafka_bootstrap, topics.NEW_INDIVIDUALS)}
     assert unknown in new_individuals and not set(ids) & new_individuals
     # bounded state: every key the worker and the matcher wrote expires within its configured TTL (the worker's
     # marker comes after the produce was acknowledged: possibly after the matcher's announcement)
-    wait_until(lambda: all(chain.redis.exists(f"embedded:{s}") for s in ids), 30, "the worker's embedded markers")
+    wait_until(lambda: all(chain.redis.exists(keys.embedded_key(s)) for s in ids), 30, "the worker's embedded markers")
     for sighting_id in ids:
-        assert_ttl(chain.redis, f"embedded:{sighting_id}", TTLS["redis_marker_ttl_s"])
-        assert_ttl(chain.redis, f"announced:{sighting_id}", TTLS["redis_marker_ttl_s"])
-        assert_ttl(chain.redis, f"identification:{sighting_id}", TTLS["redis_result_ttl_s"])
-        assert_ttl(chain.redis, f"embedding:{sighting_id}", TTLS["redis_embedding_ttl_s"])
+        assert_ttl(chain.redis, keys.embedded_key(sighting_id), TTLS["redis_marker_ttl_s"])
+        assert_ttl(chain.redis, keys.announced_key(sighting_id), TTLS["redis_marker_ttl_s"])
+        assert_ttl(chain.redis, keys.identification_key(sighting_id), TTLS["redis_result_ttl_s"])
+        assert_ttl(chain.redis, keys.embedding_key(sighting_id), TTLS["redis_embedding_ttl_s"])
     assert_ttl(chain.redis, "model-version:ensemble:1:toy", TTLS["redis_embedding_ttl_s"])
 
 
@@ -198,7 +198,7 @@ def test_hostile_uploads_go_to_the_dead_letter_topic_with_reasons(chain):
     assert any(v["reason"] == "malformed_event" and v["original"] == "{not json" for _, v in letters)
     assert identification(chain.redis, good)["candidates"][0]["individual_id"] == "whale-2"
     for sighting_id in hostile.values():
-        assert_ttl(chain.redis, f"failure:{sighting_id}", TTLS["redis_marker_ttl_s"])
+        assert_ttl(chain.redis, keys.failure_key(sighting_id), TTLS["redis_marker_ttl_s"])
 
 
 def test_duplicate_events_give_one_identification(chain):
@@ -230,7 +230,7 @@ def test_crop_step_uploader_box_then_detector_then_whole_image(chain):
     chain.wait_identified([boxed, detected, plain])
 
     def embedded(sighting_id):
-        return topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting_id}"))
+        return topics.SightingEmbedded.from_json(chain.redis.get(keys.embedding_key(sighting_id)))
 
     assert embedded(boxed).crop_source == "uploader" and embedded(boxed).crop_box == [150.0, 100.0, 350.0, 250.0]
     assert embedded(detected).crop_source == "detector"
@@ -324,7 +324,7 @@ def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_
         assert reload_model(chain)["model_version"] == "ensemble:1:toy-b"
         sighting = chain.upload(jpeg_bytes(photo(2)))
         wait_until(lambda: parked(chain.redis, sighting), 60, "the sighting parked by the matcher")
-        stored = topics.SightingEmbedded.from_json(chain.redis.get(f"embedding:{sighting}"))
+        stored = topics.SightingEmbedded.from_json(chain.redis.get(keys.embedding_key(sighting)))
         assert stored.model_version == "ensemble:1:toy-b"
         registered = json.loads(chain.redis.get("model-version:ensemble:1:toy-b"))
         assert registered["model_ids"] == ["toy-embedder-b"]

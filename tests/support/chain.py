@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from services.core import topics
+from services.core import keys, topics
 from services.devtools.demo.processes import ServiceProcess  # noqa: F401 - re-exported for the chain tests
 
 TOY_MODEL_IDS = ("toy-embedder",)
@@ -231,7 +231,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
 
 
 def identification(redis_client, sighting_id: str) -> dict | None:
-    raw = redis_client.get(f"identification:{sighting_id}")
+    raw = redis_client.get(keys.identification_key(sighting_id))
     return None if raw is None else json.loads(raw)
 
 
@@ -239,7 +239,7 @@ def announced(redis_client, sighting_id: str) -> bool:
     """Whether the matcher finished a sighting: its last step adds the stream entry and the `announced:` marker in
     one atomic script, after the result key and the Kafka topics. Tests that assert on the stream or the topics
     wait on this, not on the result key (written first)."""
-    return bool(redis_client.exists(f"announced:{sighting_id}"))
+    return bool(redis_client.exists(keys.announced_key(sighting_id)))
 
 
 def wait_announced(redis_client, sighting_ids, timeout: float, what: str = "") -> None:
@@ -250,11 +250,11 @@ def wait_announced(redis_client, sighting_ids, timeout: float, what: str = "") -
 
 def parked(redis_client, sighting_id: str) -> bool:
     """Whether the matcher parked the sighting (its model version is not among the gallery's models)."""
-    return redis_client.zscore("matcher:parked", sighting_id) is not None
+    return redis_client.zscore(keys.PARKED_INDEX, sighting_id) is not None
 
 
 def failure(redis_client, sighting_id: str) -> dict | None:
-    raw = redis_client.get(f"failure:{sighting_id}")
+    raw = redis_client.get(keys.failure_key(sighting_id))
     return None if raw is None else json.loads(raw)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from services.core import keys
 from services.core.identification import Tuning, build_gallery
-from services.curation.operations.model_store import GalleryStore
+from services.curation.operations.gallery_versions import GalleryStore
 from services.curation.operations.publish import publish_gallery
 
 DIM = 512
@@ -54,13 +55,13 @@ def seed_sighting(client: redis.Redis, embedding: np.ndarray | None, candidates:
                   species_hint: str = "", gallery_version: str = "v-test") -> str:
     """Store what the gateway and the matcher would have stored for one processed sighting."""
     sighting_id = uuid.uuid4().hex
-    client.hset(f"sighting:{sighting_id}", mapping={
+    client.hset(keys.sighting_key(sighting_id), mapping={
         "metadata": json.dumps({"observer": "test", "species_hint": species_hint}), "created_at": time.time()})
     if embedding is not None:
-        client.set(f"embedding:{sighting_id}", json.dumps({
+        client.set(keys.embedding_key(sighting_id), json.dumps({
             "sighting_id": sighting_id, "model_version": "toy", "embedding": [float(x) for x in embedding]}))
     if candidates is not None:
-        client.set(f"identification:{sighting_id}", json.dumps({
+        client.set(keys.identification_key(sighting_id), json.dumps({
             "sighting_id": sighting_id, "candidates": [{"individual_id": i, "score": s} for i, s in candidates],
             "new_individual": bool(candidates) and candidates[0][0] == "new_individual",
             "gallery_version": gallery_version}))

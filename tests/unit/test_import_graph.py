@@ -147,7 +147,7 @@ def test_stage_packages_do_not_import_each_other():
     """What stages share is services/chain's plumbing (and services/core): a change for one stage reaches no other,
     and the plumbing imports no stage."""
     graph = import_graph()
-    assert _stage("services.chain.worker.agent") == "worker" and _stage("services.chain.store") is None
+    assert _stage("services.chain.worker.agent") == "worker" and _stage("services.chain.sighting_records") is None
     for name, edges in graph.items():
         if not name.startswith("services.chain."):
             continue
