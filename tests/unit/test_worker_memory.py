@@ -389,6 +389,7 @@ def test_held_pixels_are_reduced_in_bands_like_one_reduce(monkeypatch):
 def test_the_memory_bomb_cases_are_small_files_of_40mp():
     """`whaleid chaos`'s memory_bomb scenario sends what it says: small files of 40 MP, a quarter over the limit,
     and its peak-RSS probe sees memory that a process touches."""
+    import mmap
     import os
 
     from services.devtools.chaos import hostile
@@ -403,5 +404,12 @@ def test_the_memory_bomb_cases_are_small_files_of_40mp():
         assert (width * height > 40_000_000) == (case.expect == hostile.DEAD_LETTER)
         assert width * height >= 40_000_000 - width
     peak = PeakRss(os.getpid(), interval_s=0.01).start()
-    ballast = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched
-    assert peak.stop() >= peak.before + ballast.nbytes // 2
+    # 64 MiB of fresh pages from the kernel, touched: a heap allocation could reuse pages the process already
+    # holds resident (freed by earlier tests in the same process), and then the RSS would not move
+    ballast = mmap.mmap(-1, 64 << 20)
+    try:
+        for offset in range(0, len(ballast), mmap.PAGESIZE):
+            ballast[offset] = 1
+        assert peak.stop() >= peak.before + len(ballast) // 2
+    finally:
+        ballast.close()
