@@ -288,8 +288,8 @@ def test_cli_build_writes_the_repository(tmp_path, capsys):
 def test_mixed_input_sizes_get_one_preprocess_each_and_match_in_process(tmp_path):
     """Two embedders at 64 and 96 px: preprocess_64 + preprocess_96 in one ensemble, served == in-process,
     through the benchmark's own code path (a smoke run; timings are not asserted)."""
+    from bench.triton_serving import run_benchmark
     from services.devtools.stack import launch_triton
-    from services.serving.model_repo.bench import run_benchmark
 
     fake_export(tmp_path / "exports", "small", image_size=64, seed=1)
     fake_export(tmp_path / "exports", "large", image_size=96, seed=2)
@@ -304,8 +304,8 @@ def test_mixed_input_sizes_get_one_preprocess_each_and_match_in_process(tmp_path
 
 
 def test_push_and_pull_through_the_model_store(stack, tmp_path):
-    from services.curation.operations.model_store import s3_client
-    from services.serving.model_repo.store import pull, push
+    from services.curation.operations.gallery_versions import s3_client
+    from services.serving.model_repo.repository_builds import pull, push
 
     fake_export(tmp_path / "exports", "m")
     built = build_repository(tmp_path / "exports", tmp_path / "repo")

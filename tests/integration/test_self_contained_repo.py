@@ -569,29 +569,21 @@ def test_a_repository_built_before_vendoring_is_accepted_with_a_warning(reposito
     assert "built before python sources were vendored: blend, detector, embedder_" in caplog.text
 
 
-def test_templates_are_package_data():
-    import importlib.resources
-
-    from services.serving.model_repo.builder import VENDORED
-
-    folder = importlib.resources.files("services.serving.model_repo").joinpath("templates")
-    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".py")) == sorted(f"{t}.py" for t in VENDORED)
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    assert '"services.serving.model_repo" = ["templates/*.py"]' in pyproject
-
-
 INSTALLED_BUILD = r"""
-import json, sys
+import importlib.resources, json, sys
 from pathlib import Path
 import services
 from services.serving.model_repo import build_repository
 record = build_repository(Path(sys.argv[1]), Path(sys.argv[2]))
-print(json.dumps({"services": services.__file__, "sources": sorted(record["python_sources"])}))
+template = importlib.resources.files("model_repo") / "preprocess" / "config.pbtxt"
+print(json.dumps({"services": services.__file__, "template": str(template),
+                  "sources": sorted(record["python_sources"])}))
 """
 
 
 def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
-    """Templates and vendored sources come from the installed package, not from a checkout (no parents[2])."""
+    """Templates (model_repo/, package data) and vendored sources come from the installed wheel, not from a
+    checkout."""
     from services.serving.model_repo.builder import template_source
 
     project = Path(__file__).resolve().parents[2]
@@ -599,7 +591,8 @@ def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(project / name, source / name)
-    shutil.copytree(project / "services", source / "services", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("services", "model_repo"):
+        shutil.copytree(project / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
                    check=True, capture_output=True, timeout=300, cwd=tmp_path)
@@ -614,6 +607,7 @@ def test_an_installed_wheel_builds_a_self_contained_repository(tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["services"] == str(tmp_path / "site" / "services" / "__init__.py")
+    assert result["template"] == str(tmp_path / "site" / "model_repo" / "preprocess" / "config.pbtxt")
     assert result["sources"] == ["blend/1/model.py", "blend/1/whaleid_vectors.py", "embedder_m/1/model.py",
                                  "preprocess/1/model.py", "preprocess/1/whaleid_imaging.py"]
     assert (tmp_path / "repo" / "preprocess" / "1" / "model.py").read_text() == template_source("preprocess")

@@ -54,8 +54,8 @@ def export_last_snapshot(run: Path, root: Path) -> Path:
 
 def crops(count: int = 6) -> list[bytes]:
     """Encoded crops: JPEGs of different sizes (the bench's images) and PNGs (lossless, as the worker sends)."""
+    from bench.triton_serving import bench_images
     from services.core.imaging import encode_png
-    from services.serving.model_repo.bench import bench_images
 
     rng = np.random.default_rng(7)
     jpegs = bench_images(count // 2, seed=3, size=(200, 150)) + bench_images(1, seed=4, size=(90, 300))

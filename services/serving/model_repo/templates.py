@@ -4,8 +4,8 @@
     model_repo/<model>/1/model.py     the python-backend source (python models only; ONNX models get the export's
                                       model.onnx instead)
 
-`model_repo` is package data (pyproject.toml ships it as the data-only package `model_repo`), read with
-importlib.resources, so an installed wheel builds repositories as a checkout does.
+`model_repo` is package data (pyproject.toml ships it as the package `model_repo`, data and an `__init__.py`),
+read with importlib.resources, so an installed wheel builds repositories as a checkout does.
 
 Template syntax: `${name}` (letters, digits, `_`) is replaced by a value; lines starting with `#` are the
 template's own comments and are dropped. Values are text inserted into pbtxt string literals and numbers
@@ -32,10 +32,7 @@ MODELS = ("preprocess", "embedder", "embedder_gpu", "blend", "ensemble", "pipeli
 
 def _read(model: str, name: str) -> str:
     try:
-        resource = importlib.resources.files(PACKAGE) / model
-        for part in name.split("/"):  # one level at a time: a namespace package's path takes one name
-            resource = resource / part
-        return resource.read_text(encoding="utf-8")
+        return importlib.resources.files(PACKAGE).joinpath(model, *name.split("/")).read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, OSError) as exc:
         raise RepositoryError(f"{PACKAGE}/{model}/{name} is missing from the installed project ({exc}); "
                               "reinstall it (pip install -e .)") from None
