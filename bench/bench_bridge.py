@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.core import keys
+
 log = logging.getLogger("bench.bridge")
 RESULTS = Path(__file__).parent / "results"
 MODES = ("one_by_one", "batched")
@@ -40,7 +42,7 @@ def fill_queue(settings, s3, redis, count: int, prefix: str) -> None:
     """`count` sightings in Redis and their objects in S3: one upload event each in the SQS queue."""
     for i in range(count):
         sighting_id = f"{prefix}-{i:05d}"
-        redis.hset(f"sighting:{sighting_id}", mapping={"metadata": json.dumps({"observer": "bench"})})
+        redis.hset(keys.sighting_key(sighting_id), mapping={"metadata": json.dumps({"observer": "bench"})})
         s3.put_object(Bucket=settings.sightings_bucket, Key=f"uploads/{sighting_id}.jpg", Body=b"\xff\xd8" * 64)
 
 

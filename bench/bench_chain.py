@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core import keys
+
 log = logging.getLogger("bench.chain")
 RESULTS = Path(__file__).parent / "results"
 CHAIN_OWN = ("worker", "matcher", "kafka", "redis")  # the process trees of the chain's own cost (not Triton)
@@ -88,7 +90,7 @@ class Uploader:
         deadline = time.monotonic() + timeout
         while len(found) < len(ids) and time.monotonic() < deadline:
             pending = [i for i in ids if i not in found]
-            for sighting_id, raw in zip(pending, self.redis.mget([f"identification:{i}" for i in pending]),
+            for sighting_id, raw in zip(pending, self.redis.mget([keys.identification_key(i) for i in pending]),
                                         strict=True):
                 if raw is not None:
                     found[sighting_id] = json.loads(raw)["identified_at"]
@@ -103,8 +105,8 @@ def stage_breakdown(uploader: Uploader, ids: list[str]) -> dict[str, float]:
     bridge -> worker produced (embedded_at), worker -> matcher wrote the result (identified_at)."""
     hops: dict[str, list[float]] = {"upload_to_bridge_ms": [], "bridge_to_embedded_ms": [], "embedded_to_identified_ms": []}
     for sighting_id in ids:
-        embedded = json.loads(uploader.redis.get(f"embedding:{sighting_id}"))
-        identified = json.loads(uploader.redis.get(f"identification:{sighting_id}"))
+        embedded = json.loads(uploader.redis.get(keys.embedding_key(sighting_id)))
+        identified = json.loads(uploader.redis.get(keys.identification_key(sighting_id)))
         hops["upload_to_bridge_ms"].append(embedded["uploaded_at"] - uploader.sent[sighting_id])
         hops["bridge_to_embedded_ms"].append(embedded["embedded_at"] - embedded["uploaded_at"])
         hops["embedded_to_identified_ms"].append(identified["identified_at"] - embedded["embedded_at"])
@@ -339,7 +341,7 @@ def hop_percentiles(uploader: "Uploader", ids: list[str]) -> tuple[dict, dict]:
     """p50/p99 ms of upload -> bridge produced (uploaded_at) and of upload -> worker produced (embedded_at)."""
     to_bridge, to_worker = [], []
     for sighting_id in ids:
-        embedded = json.loads(uploader.redis.get(f"embedding:{sighting_id}"))
+        embedded = json.loads(uploader.redis.get(keys.embedding_key(sighting_id)))
         to_bridge.append(embedded["uploaded_at"] - uploader.sent[sighting_id])
         to_worker.append(embedded["embedded_at"] - uploader.sent[sighting_id])
     return ({"p50_ms": pct(to_bridge, 50), "p99_ms": pct(to_bridge, 99)},
