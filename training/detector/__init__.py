@@ -6,6 +6,6 @@
     export.py   `whaleid detector export RUN`: ONNX (tf2onnx, parity-checked) + detector.json
     cli.py      the `whaleid detector` sub-commands
 
-Served by the Triton model `detector` (services/serving/model_repo/templates/detector.py, `whaleid model-repo build
+Served by the Triton model `detector` (model_repo/detector/, `whaleid model-repo build
 --detector EXPORT`), which the worker uses whenever Triton has it loaded (services/chain/worker/cropping.py).
 """
