@@ -43,7 +43,7 @@ bench: install
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check services training tests bench
+	$(BIN)/ruff check services training tests bench model_repo
 	$(BIN)/python -m pytest -q tests/unit/test_import_graph.py  # no import circles
 
 clean:

@@ -3,7 +3,7 @@
 1. Training images/s (one optimizer step of the real train model: Elastic ArcFace + species head, Adam) for
    EfficientNetB0 at 128 px (batch 16) and EfficientNetB5 at 256 px (batch 4), on whatever device TensorFlow
    sees (CPU here; a GPU when present). The first step (graph trace) is timed separately.
-2. Held-out MAP@5 on the synthetic set of tests/support/training.py: raw-pixel and colour-histogram
+2. Held-out MAP@5 on the synthetic set of training/tiny_recipe.py: raw-pixel and colour-histogram
    nearest-neighbour baselines vs the untrained and the trained b0-tiny embedder (gallery = train images,
    queries = test images; `map5`: new_individual never first; `map5_tuned`: best threshold on the queries).
 
@@ -58,13 +58,12 @@ def training_speed(backbone: str, size: int, batch: int, steps: int) -> dict:
 
 
 def map5_comparison(work: Path) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny run recipe
-    from support.training import SYNTH, TRAIN_CONFIG, TRAIN_OVERRIDES
     from training.baseline import pixel_baseline_map5
     from training.config import load_config
     from training.data import load_dataset
     from training.embed import Embedder, heldout_map5, untrained_embedder
     from training.synth import generate
+    from training.tiny_recipe import SYNTH, TRAIN_CONFIG, TRAIN_OVERRIDES
     from training.train import train
 
     data_dir, run_dir = work / "data", work / "run"

@@ -48,7 +48,7 @@ def chain(moto_stack, tmp_path_factory):
         dead = TopicReader(settings.kafka_bootstrap, topics.DEAD_LETTER)
         cleanup.callback(dead.close)
         yield {"settings": settings, "url": url, "uploaded": uploaded, "dead": dead, "bridge": bridge}
-    assert exits == {"bridge": 0, "gateway": 0}, f"not stopped cleanly on SIGTERM:\n{bridge.log()}"
+    assert exits == {"bridge": 0, "gateway": 0}, f"not stopped cleanly on SIGTERM:\n{bridge.log_text()}"
 
 
 def _for(sighting_id):

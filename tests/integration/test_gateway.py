@@ -36,7 +36,7 @@ def front(stack, tmp_path_factory):
         gateway, url = start_gateway(settings, run_dir)
         cleanup.callback(lambda: exits.setdefault("gateway", gateway.stop()))
         yield settings, url
-    assert exits == {"gateway": 0}, f"gateway did not stop cleanly on SIGTERM:\n{gateway.log()}"
+    assert exits == {"gateway": 0}, f"gateway did not stop cleanly on SIGTERM:\n{gateway.log_text()}"
 
 
 def _sighting_keys(settings) -> set[bytes]:

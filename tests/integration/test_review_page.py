@@ -138,7 +138,7 @@ def review(stack, tmp_path_factory):
         ids = {name: _seed(settings, url, observer, n, cands, version) for n, (name, cands) in enumerate(SEEDS.items())}
         yield {"settings": settings, "url": url, "observer": observer, "ids": ids, "gateway": gateway,
                "clusters": Clusters(seed=11)}
-    assert exits == {"gateway": 0}, gateway.log()
+    assert exits == {"gateway": 0}, gateway.log_text()
 
 
 @pytest.fixture()

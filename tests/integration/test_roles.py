@@ -52,7 +52,7 @@ def roles(stack, tmp_path_factory):
         gateway, url = start_gateway(settings, run_dir, gallery_prefix=settings.gallery_prefix)
         cleanup.callback(lambda: exits.setdefault("gateway", gateway.stop()))
         yield {"settings": settings, "url": url, "clusters": clusters, "versions": versions, "gateway": gateway}
-    assert exits == {"gateway": 0}, gateway.log()
+    assert exits == {"gateway": 0}, gateway.log_text()
 
 
 def _call(url: str, method: str, path: str, token: str | None = None, raw_header: str | None = None, **kw):

@@ -38,7 +38,7 @@ def listing(stack, tmp_path_factory):
         gateway, url = start_gateway(settings, run_dir, gateway_cors_origins=ORIGIN)
         cleanup.callback(lambda: exits.setdefault("gateway", gateway.stop()))
         yield settings, url
-    assert exits == {"gateway": 0}, gateway.log()
+    assert exits == {"gateway": 0}, gateway.log_text()
 
 
 def _get(url, token, **params):

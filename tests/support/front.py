@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -22,6 +19,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from services.core.settings import Settings
 from services.core.topics import ALL_TOPICS
+from services.devtools.demo.processes import ServiceProcess
 from services.devtools.stack.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,45 +59,11 @@ def service_env(settings: Settings, **extra) -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
-    """`python -m <module>` with WHALEID_* settings; stop() sends SIGTERM and returns the exit code."""
-
-    def __init__(self, module: str, env: dict[str, str], log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.proc.args} exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-
 def start_gateway(settings: Settings, log_dir: Path, **extra) -> tuple[ServiceProcess, str]:
     """The gateway as its own process; `extra` settings are passed as WHALEID_* variables."""
     port = free_port()
-    gateway = ServiceProcess("services.chain.gateway", service_env(settings, gateway_port=port, **extra),
-                             log_dir / "gateway.log")
+    gateway = ServiceProcess("gateway", service_env(settings, gateway_port=port, **extra), log_dir,
+                             metrics_port=None).start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -110,15 +74,15 @@ def start_gateway(settings: Settings, log_dir: Path, **extra) -> tuple[ServicePr
             pass
         if gateway.proc.poll() is not None or time.monotonic() > deadline:
             gateway.stop()
-            raise AssertionError(f"gateway did not start:\n{gateway.log()}")
+            raise AssertionError(f"gateway did not start:\n{gateway.log_text()}")
         time.sleep(0.1)
 
 
 def start_bridge(settings: Settings, log_dir: Path) -> ServiceProcess:
     metrics_port = free_port()
     env = service_env(settings, metrics_port_base=metrics_port - 1, bridge_poll_wait_s=1)  # bridge = base + 1
-    bridge = ServiceProcess("services.chain.bridge", env, log_dir / "bridge.log")
-    bridge.wait_for_log("bridge: ")
+    bridge = ServiceProcess("bridge", env, log_dir, metrics_port=None).start()
+    bridge.wait_log("bridge: ", timeout=30)
     bridge.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     return bridge
 

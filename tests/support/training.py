@@ -2,7 +2,7 @@
 (the data set alone) and `tiny_run` (a `TinyRun`: data_dir, run_dir, summary, config) of tests/conftest.py.
 
 The data set and the training run are made once per pytest session with `training.synth.generate` and
-`training.train.train` (config b0-tiny: EfficientNetB0 at 64 px from scratch). bench/bench_training.py uses the same recipe.
+`training.train.train` (config b0-tiny: EfficientNetB0 at 64 px from scratch). The recipe itself is training/tiny_recipe.py (bench/bench_training.py uses it too).
 Treat both directories as read-only: copy the run before changing it (e.g. to resume it).
 """
 
@@ -12,13 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The synthetic set: 36 individuals, ~200 train and ~60 test images (a third of the test images show new animals),
-# with a flatter photos-per-individual tail than the generator's default (zipf 1.1): from scratch, a B0 cannot
-# learn individuals seen once or twice in the few hundred steps a test can afford.
-SYNTH = {"individuals": 36, "seed": 5, "image_size": 128, "zipf_a": 1.1, "max_photos": 12, "preview": False}
-TRAIN_CONFIG = "b0-tiny"
-# 10 folds: fold 0 (a tenth of the individuals) is validated every 10 epochs; the rest is trained on.
-TRAIN_OVERRIDES: dict[str, Any] = {"folds": 10, "fold": 0, "epochs": 40, "snapshot_every": 10, "validate_every": 10}
+from training.tiny_recipe import SYNTH, TRAIN_CONFIG, TRAIN_OVERRIDES  # noqa: F401 - the recipe, re-exported
 
 
 @dataclass(frozen=True)

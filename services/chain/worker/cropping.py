@@ -2,9 +2,10 @@
 else the whole image. One step, pluggable: `CropStep` objects are tried in order, the first box wins.
 
 Detector contract (optional Triton model, name `settings.triton_detector_model`; `whaleid model-repo build
---detector` builds one): input `IMAGE` (TYPE_STRING, dims [1], PNG/JPEG bytes), outputs `BOX` (TYPE_FP32, dims
-[4], x0 y0 x1 y1 in pixels of the image sent), optionally `BOX_NORM` (the same normalised to 0..1, preferred when
-present) and `SCORE` (TYPE_FP32, dims [1]); the box is used when the score is at least `DETECTOR_MIN_SCORE`.
+--detector` builds one): input `IMAGE` (TYPE_STRING, dims [1], encoded image bytes: binary PPM or PNG, see
+below), outputs `BOX` (TYPE_FP32, dims [4], x0 y0 x1 y1 in pixels of the image sent), optionally `BOX_NORM`
+(the same normalised to 0..1, preferred when present) and `SCORE` (TYPE_FP32, dims [1]); the box is used when
+the score is at least `DETECTOR_MIN_SCORE`.
 
 The detector is picked up whenever Triton has it loaded, not only at start: its readiness is asked at most once
 every `recheck_s` seconds (one cheap gRPC call, cached in between); while it is not ready the step finds no box

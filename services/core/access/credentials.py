@@ -19,11 +19,9 @@ from services.core.errors import ConfigError
 from services.core.settings import Settings
 
 APP, RESEARCHER, ADMIN = "app", "researcher", "admin"
-ROLES = (APP, RESEARCHER, ADMIN)
 DEFAULT_APP_NAME = "app"
 LIST_SETTINGS = {"gateway_app_tokens": APP, "gateway_researcher_tokens": RESEARCHER,
                  "gateway_admin_tokens": ADMIN}
-TOKEN_SETTINGS = ("gateway_token", *LIST_SETTINGS)
 
 
 @dataclass(frozen=True)

@@ -88,14 +88,17 @@ class ServiceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if not self.running():
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM to its process group, a kill after `timeout`; returns the exit code (None: never started)."""
+        if self.proc is None:
+            return None
+        if self.running():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
 
 
 def service_env(run_dir: Path, **settings) -> dict[str, str]:
