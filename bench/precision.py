@@ -1,8 +1,9 @@
 """The measurement of `whaleid bench embedder` (bench/bench_embedder.py): fp32, bf16 and int8 embedders side by side.
 
 For the default model (lite0: EfficientNet-Lite0 at 224 px; the trained run when one is given or found, else the
-pretrained backbone with an untrained head) and, unless `--no-b5`, EfficientNetB5 at 456 px (untrained: speed
-only), it reports:
+pretrained backbone with an untrained head), the general identifier when bench identification_quality left it
+(lite2: EfficientNet-Lite2 at 384 px, ImageNet features GeM-pooled, no training; `--no-lite2` skips it) and, unless
+`--no-b5`, EfficientNetB5 at 456 px (untrained: speed only), it reports:
   - ms per image at batch 1 and 8 for each precision, the precisions interleaved round by round (medians), so a
     shared machine's noise hits them alike;
   - the model's FLOPs (2 x MACs of its Conv/MatMul/Gemm nodes, from the ONNX graph's inferred shapes) and the
@@ -89,17 +90,17 @@ def _export(model, info: dict, out_dir: Path) -> Path:
     return folder / "model.onnx"
 
 
-def default_model(work: Path, run: Path | None) -> tuple[Path, dict]:
-    """fp32 ONNX of the default model: the trained lite0 `run` (exported once), else pretrained Lite0 with an
-    untrained embedding head."""
+def default_model(work: Path, run: Path | None, name: str = "lite0") -> tuple[Path, dict]:
+    """fp32 ONNX of the default model: the trained lite0 `run` (or any run, e.g. the general identifier, as
+    `name`; exported once), else pretrained Lite0 with an untrained embedding head."""
     if run is not None and (Path(run) / "checkpoints").is_dir():
         from training.export import export_run, load_serving_model
 
         model, info = load_serving_model(Path(run))
-        folder = work / "exports" / "lite0" / info["model_id"]
+        folder = work / "exports" / name / info["model_id"]
         if not (folder / "model.onnx").is_file():
-            export_run(Path(run), work / "exports" / "lite0")
-        return folder / "model.onnx", {"model": "lite0", "weights": f"trained run {run}", **_info(info)}
+            export_run(Path(run), work / "exports" / name)
+        return folder / "model.onnx", {"model": name, "weights": f"run {run}", **_info(info)}
     import keras
 
     from training.config import load_config
@@ -139,19 +140,24 @@ def _info(info: dict) -> dict:
             "eval_box_source": info.get("eval_box_source") or "fullbody"}
 
 
-def reduced_models(fp32: Path, calibration: np.ndarray) -> dict[str, tuple[Path, dict]]:
+INT8_VARIANTS = {  # precision name -> quantize_int8 keywords; "int8" is what `whaleid export --precision int8` writes
+    "int8": {},
+    "int8_mixed12": {"fp32_leading_convs": quantize.MIXED_FP32_LEADING_CONVS},  # the first 12 Convs fp32
+}
+
+
+def reduced_models(fp32: Path, calibration: np.ndarray,
+                   precisions=("bf16", "int8", "int8_mixed12")) -> dict[str, tuple[Path, dict]]:
     """{precision: (onnx path, how it was made)}, converted next to `fp32` once (cached)."""
     out = {"fp32": (fp32, {"compute": "fp32"})}
-    for precision in ("bf16", "int8", "int8_mixed12"):
+    for precision in precisions:
         path = fp32.with_name(f"model.{precision}.onnx")
         meta = path.with_suffix(".json")
         if not path.is_file() or not meta.is_file():
             if precision == "bf16":
                 how = quantize.bf16_weights(fp32, path)
-            else:  # int8: what `whaleid export --precision int8` writes; int8_mixed12: the first 12 Convs fp32
-                how = quantize.quantize_int8(fp32, path, calibration,
-                                             fp32_leading_convs=quantize.MIXED_FP32_LEADING_CONVS
-                                             if precision == "int8_mixed12" else quantize.DEFAULT_FP32_LEADING_CONVS)
+            else:
+                how = quantize.quantize_int8(fp32, path, calibration, **INT8_VARIANTS[precision])
             meta.write_text(json.dumps(how))
         out[precision] = (path, json.loads(meta.read_text()))
     return out
@@ -183,9 +189,10 @@ def time_precisions(paths: dict[str, Path], crops: np.ndarray, batches=(1, 8), r
 
 
 def bench_model(name: str, fp32: Path, meta: dict, calibration: np.ndarray, heldout: Path | None,
-                limit_gflops: float, rounds: int, map5: bool, max_queries: int) -> dict[str, Any]:
+                limit_gflops: float, rounds: int, map5: bool, max_queries: int,
+                precisions=("bf16", "int8", "int8_mixed12")) -> dict[str, Any]:
     size = meta["image_size"]
-    models = reduced_models(fp32, calibration)
+    models = reduced_models(fp32, calibration, precisions)
     gflops = model_gflops(fp32)
     limit_ms = gflops / limit_gflops * 1000.0
     timing_crops = calibration if len(calibration) >= 8 else np.repeat(calibration, 8, axis=0)
@@ -247,7 +254,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(f"{row['backbone']} @{row['image_size']} px", fontsize=9)
         ax.legend(fontsize=7)
     ax = axes[-1]
-    names = list(result["models"][models[0]]["precisions"])
+    names = list(dict.fromkeys(p for name in models for p in result["models"][name]["precisions"]))
     for j, name in enumerate(models):
         row = result["models"][name]
         values = [row["precisions"].get(p, {}).get("map5", np.nan) for p in names]
@@ -265,7 +272,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def benchmark(work: Path = RESULTS / "embedder_work", run: Path | None = None, train_data: Path | None = None,
               heldout: Path | None = None, b5: bool = True, b5_size: int = 456, rounds: int = 5,
               calibration_images: int = 64, b5_map5: bool = False, max_queries: int = 200,
-              plot_path: Path | None = RESULTS / "embedder.png") -> dict[str, Any]:
+              plot_path: Path | None = RESULTS / "embedder.png", lite2: bool = True) -> dict[str, Any]:
     work = Path(work)
     run = run if run is not None else (IQ_WORK / "run-lite0-synth-photo" if (IQ_WORK / "run-lite0-synth-photo").is_dir()
                                        else None)
@@ -295,6 +302,13 @@ def benchmark(work: Path = RESULTS / "embedder_work", run: Path | None = None, t
                                              box_source=meta["eval_box_source"])
     result["models"]["lite0"] = bench_model("lite0", fp32, meta, calibration, heldout, limit, rounds, True,
                                             max_queries)
+    general = IQ_WORK / "general"  # the general identifier (Lite2@384, ImageNet features, no training)
+    if lite2 and (general / "checkpoints").is_dir():
+        fp32, meta = default_model(work, general, "lite2")
+        calibration = quantize.calibration_crops(train_data, meta["image_size"], calibration_images,
+                                                 box_source=meta["eval_box_source"])
+        result["models"]["lite2"] = bench_model("lite2", fp32, meta, calibration, heldout, limit, rounds, True,
+                                                max_queries, ("int8",))
     if b5:
         fp32, meta = b5_model(work, b5_size)
         calibration = quantize.calibration_crops(train_data, b5_size, min(calibration_images, 16),
