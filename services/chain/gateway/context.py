@@ -30,3 +30,15 @@ def bad_query(problem: str) -> web.HTTPBadRequest:
     """A 400 for a bad query parameter, {"error", "problems"} like an invalid body (not counted as an upload)."""
     return web.HTTPBadRequest(text=json.dumps({"error": f"invalid query: {problem}", "problems": [problem]}),
                               content_type="application/json")
+
+
+def query_limit(text: str | None, default: int, maximum: int) -> int:
+    """The `limit` query parameter of a listing: `default` when absent, else an integer from 1 to `maximum`
+    (bad_query otherwise)."""
+    try:
+        limit = int(text) if text else default
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= maximum:
+        raise bad_query(f"limit must be an integer from 1 to {maximum}, got {text!r}")
+    return limit

@@ -23,7 +23,7 @@ import redis as redis_lib
 from aiohttp import web
 
 from services.chain.gateway.auth import CREDENTIAL, allowed
-from services.chain.gateway.context import bad_query
+from services.chain.gateway.context import query_limit
 from services.chain.gateway.references import KNOWN, attach_catalogue
 from services.core.access.credentials import RESEARCHER
 from services.core.errors import ConfigError, DataError
@@ -48,17 +48,6 @@ class _State:
 
 def _error(status: int, code: str, reason: str) -> web.Response:
     return web.json_response({"error": reason, "code": code}, status=status)
-
-
-def _limit(request: web.Request, default: int) -> int:
-    text = request.query.get("limit", "")
-    try:
-        value = int(text) if text else default
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIST:
-        raise bad_query(f"limit must be an integer from 1 to {MAX_LIST}, got {text!r}")
-    return value
 
 
 async def _call(fn, *args, status: int = 200) -> web.Response:
@@ -104,12 +93,12 @@ def add_routes(app: web.Application, ctx) -> None:
     @allowed(RESEARCHER)
     async def merges(request: web.Request) -> web.Response:
         individual = request.query.get("individual", "").strip() or None
-        ops = await asyncio.to_thread(state.service.operations, individual, _limit(request, 50))
+        ops = await asyncio.to_thread(state.service.operations, individual, query_limit(request.query.get("limit"), 50, MAX_LIST))
         return web.json_response({"operations": [op.asdict() for op in ops]})
 
     @allowed(RESEARCHER)
     async def similar(request: web.Request) -> web.Response:
-        limit = _limit(request, 50)
+        limit = query_limit(request.query.get("limit"), 50, MAX_LIST)
         try:
             version, threshold, pairs = await asyncio.to_thread(state.similar, MAX_LIST)
         except (ModelStoreError, DataError) as exc:

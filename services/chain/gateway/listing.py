@@ -26,7 +26,7 @@ from aiohttp import web
 
 from services.chain.gateway.auth import CREDENTIAL, allowed
 from services.chain.gateway.candidate_photos import with_reference_photos
-from services.chain.gateway.context import CTX, bad_query
+from services.chain.gateway.context import CTX, bad_query, query_limit
 from services.chain.sighting_records import decode_hash, read_json_value, sighting_metadata, sighting_status
 from services.core.access.credentials import APP, RESEARCHER, Credential
 from services.core.access.visibility import may_read, visible_metadata
@@ -81,16 +81,6 @@ def decode_cursor(text: str) -> tuple[float, str]:
     raise bad_query(f"cursor {text[:40]!r} is not a cursor of this listing")
 
 
-def _limit(text: str | None, maximum: int) -> int:
-    try:
-        limit = int(text) if text else DEFAULT_LIMIT
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= maximum:
-        raise bad_query(f"limit must be an integer within [1, {maximum}], got {text!r}")
-    return limit
-
-
 def sighting_view(credential: Credential, sighting_id: str, sighting: dict, identification, failure) -> dict:
     """One sighting as GET /v1/sightings/{id} and the listing answer it."""
     answer = {
@@ -114,7 +104,7 @@ async def list_sightings(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     credential = request[CREDENTIAL]
     query = request.query
-    limit = _limit(query.get("limit"), int(ctx.settings.gateway_list_max_limit))
+    limit = query_limit(query.get("limit"), DEFAULT_LIMIT, int(ctx.settings.gateway_list_max_limit))
     status, observer = query.get("status", ""), query.get("observer", "")
     if status and status not in STATUSES:
         raise bad_query(f"status must be one of {', '.join(STATUSES)}, got {status!r}")

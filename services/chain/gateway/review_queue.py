@@ -29,7 +29,7 @@ from datetime import date, datetime, timezone
 from aiohttp import web
 
 from services.chain.gateway.auth import allowed
-from services.chain.gateway.context import CTX, bad_query
+from services.chain.gateway.context import CTX, bad_query, query_limit
 from services.chain.gateway.encounters import pooled_encounter
 from services.chain.gateway.index_builds import build_in_background
 from services.chain.gateway.photos import photo_url
@@ -219,12 +219,7 @@ def _item(ctx, sighting_id: str, identification: dict, sighting: dict, embedding
 async def review_queue(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     filters = Filters(request.query)
-    try:
-        limit = int(request.query.get("limit") or 20)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= ctx.settings.gateway_list_max_limit:
-        raise bad_query(f"limit must be within [1, {ctx.settings.gateway_list_max_limit}]")
+    limit = query_limit(request.query.get("limit"), 20, int(ctx.settings.gateway_list_max_limit))
     ids, raw = await _awaiting(ctx.redis)
     ranked = []
     for sighting_id, (raw_identification, raw_sighting) in zip(ids, raw, strict=True):
