@@ -13,14 +13,12 @@ import uuid
 import jsonschema
 import numpy as np
 import pytest
-import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.cli.main import main as whaleid
 from services.core import keys
 from services.core.identification import Tuning, build_gallery
 from services.curation.operations.confirmations import ConfirmationService, stored_confirmation
-from services.curation.operations.gallery_versions import GalleryStore
 from services.curation.operations.identities import (
     ORIGINAL_KEY,
     IdentityRefused,
@@ -34,7 +32,7 @@ from services.curation.operations.known import CurrentGalleryIndividuals
 from services.curation.operations.publish import publish_gallery
 from services.curation.operations.reindex import reindex
 from services.devtools.stack.ports import free_port
-from support.operations import Clusters, seed_sighting
+from support.operations import Clusters, isolated_catalogue, seed_sighting
 
 INDIVIDUALS = [f"ind-{i}" for i in range(4)]
 PER_INDIVIDUAL = 3
@@ -44,19 +42,10 @@ RESEARCHER_TOKEN = "identities-researcher-token"  # the researcher dr-fluke
 
 
 @pytest.fixture
-def env(stack, tmp_path, monkeypatch):
-    base = stack.settings
-    settings = base.with_overrides(gallery_prefix=f"galleries-id-{uuid.uuid4().hex[:6]}",
-                                   redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{next(_db_numbers)}",
-                                   gateway_token=APP_TOKEN, gateway_researcher_tokens=f"dr-fluke={RESEARCHER_TOKEN}")
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    for name in ("run_dir", "gallery_prefix", "redis_url", "s3_endpoint", "kafka_bootstrap"):
-        monkeypatch.setenv(f"WHALEID_{name.upper()}", str(getattr(settings, name)))
-    monkeypatch.setenv("WHALEID_PROFILE", "local")
-    store = GalleryStore.from_settings(settings)
-    yield settings, store, client
-    client.close()
+def env(stack, monkeypatch):
+    with isolated_catalogue(stack.settings, monkeypatch, next(_db_numbers), "galleries-id", APP_TOKEN,
+                            RESEARCHER_TOKEN) as env:
+        yield env
 
 
 def _publish(store, clusters, tmp_path, twins: bool = False) -> str:

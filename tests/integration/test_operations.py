@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from aiohttp.test_utils import TestClient, TestServer
 from kafka import KafkaProducer
@@ -44,7 +43,7 @@ from support.chain import (
     wait_announced,
     wait_until,
 )
-from support.operations import Clusters, publish_initial_gallery, seed_sighting
+from support.operations import Clusters, isolated_catalogue, publish_initial_gallery, seed_sighting
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -61,21 +60,11 @@ def ops(stack):
 
 
 @pytest.fixture
-def env(ops, tmp_path, monkeypatch):
+def env(ops, monkeypatch):
     """Per test: its own gallery prefix and Redis database, exported as WHALEID_* for the CLI."""
-    stack, base = ops
-    db = next(_db_numbers)
-    settings = base.with_overrides(gallery_prefix=f"galleries-{uuid.uuid4().hex[:6]}",
-                                   redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
-                                   gateway_token=APP_TOKEN, gateway_researcher_tokens=f"dr-fluke={RESEARCHER_TOKEN}")
-    client = redis.Redis.from_url(settings.redis_url)
-    client.flushdb()
-    for name in ("run_dir", "gallery_prefix", "redis_url", "s3_endpoint", "kafka_bootstrap"):
-        monkeypatch.setenv(f"WHALEID_{name.upper()}", str(getattr(settings, name)))
-    monkeypatch.setenv("WHALEID_PROFILE", "local")
-    store = GalleryStore.from_settings(settings)
-    yield settings, store, client
-    client.close()
+    with isolated_catalogue(ops[1], monkeypatch, next(_db_numbers), "galleries", APP_TOKEN,
+                            RESEARCHER_TOKEN) as env:
+        yield env
 
 
 def _sample(metric: str, **labels) -> float:

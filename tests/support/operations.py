@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,26 @@ from services.curation.operations.publish import publish_gallery
 
 DIM = 512
 NOISE = 0.02
+CLI_SETTINGS = ("run_dir", "gallery_prefix", "redis_url", "s3_endpoint", "kafka_bootstrap")
+
+
+@contextmanager
+def isolated_catalogue(base, monkeypatch, db: int, prefix: str, app_token: str,
+                       researcher_token: str) -> Iterator[tuple]:
+    """One test's own gallery prefix and (flushed) Redis database on the session's stack, exported as WHALEID_*
+    for the CLI, with an app token and the researcher dr-fluke: yields (settings, GalleryStore, redis client)."""
+    settings = base.with_overrides(gallery_prefix=f"{prefix}-{uuid.uuid4().hex[:6]}",
+                                   redis_url=base.redis_url.rsplit("/", 1)[0] + f"/{db}",
+                                   gateway_token=app_token, gateway_researcher_tokens=f"dr-fluke={researcher_token}")
+    client = redis.Redis.from_url(settings.redis_url)
+    client.flushdb()
+    for name in CLI_SETTINGS:
+        monkeypatch.setenv(f"WHALEID_{name.upper()}", str(getattr(settings, name)))
+    monkeypatch.setenv("WHALEID_PROFILE", "local")
+    try:
+        yield settings, GalleryStore.from_settings(settings), client
+    finally:
+        client.close()
 
 
 class Clusters:
