@@ -19,7 +19,7 @@ def _synth(args) -> int:
         args.out, individuals=args.individuals, seed=args.seed, species=args.species, image_size=args.image_size,
         test_new_share=args.test_new_share, max_photos=args.max_photos, misspelt_share=args.misspelt_share,
         jpeg_quality=args.jpeg_quality, zipf_a=args.zipf_a, nuisance=args.nuisance, overwrite=args.overwrite,
-        preview=not args.no_preview, style=args.style,
+        preview=not args.no_preview, style=args.style, progress=True,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from services.core.errors import DataError
+from services.core.progress import ProgressBar
 from training.synth import boxes as detectors
 from training.synth.individuals import make_individual
 from training.synth.plan import hex_ids, plan
@@ -86,7 +87,7 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), image_size: int = 192,
              test_new_share: float = 0.3, max_photos: int = 12, misspelt_share: float = 0.05,
              jpeg_quality: int = 90, zipf_a: float = 1.8, nuisance: Nuisance | str = "normal",
-             overwrite: bool = False, preview: bool = True, progress_every: int = 250, style: str = "photo") -> dict:
+             overwrite: bool = False, preview: bool = True, progress: bool = False, style: str = "photo") -> dict:
     """Write a synthetic Happywhale data set to out_dir; returns the counts (also in dataset.json).
 
     style: photo | grey | overcast | textured | random (styles.py); each photo's style draws come from their own
@@ -104,12 +105,12 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
     planned = plan(np.random.default_rng([seed, 0]), individuals, SPECIES[:species], max_photos, test_new_share, zipf_a)
     total = sum(p.train_photos + p.test_photos for p in planned)
     names = iter(hex_ids(np.random.default_rng([seed, 1]), total, 14))
-    log.info("synth: %d individuals, %d photos (%dx%d) -> %s", individuals, total, width, height, out)
+    log.debug("synth: %d individuals, %d photos (%dx%d) -> %s", individuals, total, width, height, out)
+    bar = ProgressBar(f"drawing {total} photos of {individuals} individuals", total, enabled=progress)
 
     train_rows, truth_rows, box_rows, samples = [], [], [], {}
     style_counts: dict[str, int] = {}
     grey_images = 0
-    done = 0
     for individual_plan in planned:
         individual = make_individual(np.random.default_rng([seed, 2, individual_plan.index]),
                                      individual_plan.individual_id, individual_plan.species)
@@ -141,9 +142,7 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
                 truth_id = NEW_INDIVIDUAL if individual_plan.is_new else individual.individual_id
                 truth_rows.append((image, truth_id, species_name))
             samples.setdefault(individual.individual_id, []).append((split, image, tight))
-            done += 1
-            if progress_every and done % progress_every == 0:
-                log.info("synth: %d/%d photos (%.0f/s)", done, total, done / (time.monotonic() - started))
+            bar.update()
 
     train_rows.sort()
     truth_rows.sort()
@@ -170,7 +169,7 @@ def generate(out_dir, individuals: int, seed: int, species: int = len(SPECIES), 
     description = {"generator": "whaleid synth", "format_version": FORMAT_VERSION, "parameters": parameters,
                    "species": [s.name for s in SPECIES[:species]], "counts": summary}
     (out / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-    log.info("synth: wrote %d train and %d test images in %.1f s", summary["train_images"], summary["test_images"],
+    log.debug("synth: wrote %d train and %d test images in %.1f s", summary["train_images"], summary["test_images"],
              time.monotonic() - started)
     return summary
 

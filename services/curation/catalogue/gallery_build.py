@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from services.core.errors import DataError
-from services.curation.catalogue.progress import ProgressBar
+from services.core.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 TUNING_FILE = "tuning.json"

@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from services.core import imaging
+from services.core.progress import ProgressBar
 from services.curation.catalogue.photo_bucket import CatalogueStore, now
-from services.curation.catalogue.progress import ProgressBar
 from services.curation.catalogue.sources import BadRow, SourceRow, read_source
 
 log = logging.getLogger(__name__)

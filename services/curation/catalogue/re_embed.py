@@ -36,8 +36,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from services.core import keys
 from services.core.errors import ConfigError, DataError
 from services.core.keys import CONTENT_TYPES, upload_key
+from services.core.progress import ProgressBar
 from services.curation.catalogue.gallery_build import Photos, embed_photos, publish_catalogue_gallery
-from services.curation.catalogue.progress import ProgressBar
 from services.curation.operations import records
 from services.curation.operations.confirmations import confirmed_sightings
 from services.curation.operations.reindex import UNKNOWN_SPECIES, sighting_image

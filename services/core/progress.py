@@ -1,4 +1,5 @@
-"""A small progress bar for long catalogue steps (stderr; a redrawn bar on a terminal, lines every 10% else)."""
+"""A small progress bar for long steps (stderr; a redrawn bar on a terminal, lines every 10% else): catalogue imports,
+gallery builds, re-embedding, `whaleid synth`."""
 
 from __future__ import annotations
 
