@@ -43,9 +43,6 @@ def load_embedders(runs: Sequence[str], snapshot: str | None) -> list:
     ids = [e.model_id for e in embedders]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"runs give the same model id twice ({', '.join(ids)}); blend different models")
-    sizes = {e.embedding_size for e in embedders}
-    if len(sizes) > 1:
-        raise ConfigError(f"runs have different embedding sizes {sorted(sizes)}; they cannot be blended")
     return embedders
 
 

@@ -114,8 +114,4 @@ def load_exports(exports_dir: Path) -> list[Export]:
             raise RepositoryError(f"model {export.model_id}: exported twice ({by_id[export.model_id].directory} "
                                   f"and {export.directory})")
         by_id[export.model_id] = export
-    sizes = {e.model_id: e.embedding_size for e in exports}
-    if len(set(sizes.values())) > 1:
-        listing = ", ".join(f"model {m} gives {d}-d" for m, d in sizes.items())
-        raise RepositoryError(f"embedding size mismatch between the exports ({listing}); a blend needs one size")
     return sorted(exports, key=lambda e: e.model_id)

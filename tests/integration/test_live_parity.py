@@ -143,7 +143,7 @@ def test_flip_repository_layout(flip_repository):
     steps = [s.model_name for s in ensemble.ensemble_scheduling.step]
     assert steps == ["preprocess", f"embedder_{REAL}", f"embedder_{REAL}", f"embedder_{PROBE}",
                      f"embedder_{PROBE}", "blend"]  # one model per embedder, called for each view
-    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("EMBEDDING", [512]), ("SPECIES", [3])]
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("EMBEDDING", [1024]), ("SPECIES", [3])]  # two 512-d members, concatenated
     assert json.loads(ensemble.parameters["species"].string_value) == record["species"]
     assert [o.name for o in read_config(flip_repository / "preprocess").output] == ["PIXELS", "PIXELS_FLIP"]
 
@@ -213,7 +213,7 @@ def test_triton_with_flip_tta_serves_the_offline_combine_flip_embeddings(flip_cl
     images = crops()
     offline, without_flip, offline_species = _offline(run_dir, flip_repository, images)
     served, species = flip_client.embed_with_species(images)
-    assert served.shape == (len(images), 512) and species.shape == (len(images), 3)
+    assert served.shape == (len(images), 1024) and species.shape == (len(images), 3)
     assert np.max(np.abs(served - offline)) <= 1e-5
     assert np.max(np.abs(served - without_flip)) > 1e-4  # flip TTA changes the embeddings: the check has teeth
     assert flip_client.species_names() == ["beluga", "killer_whale", "humpback_whale"]

@@ -70,7 +70,7 @@ def test_lean_layout_is_one_python_step_behind_the_same_ensemble_contract(reposi
     ensemble, pipeline = read_config(repository / "ensemble"), read_config(repository / "pipeline")
     assert ensemble.platform == "ensemble" and [s.model_name for s in ensemble.ensemble_scheduling.step] == ["pipeline"]
     assert [(i.name, list(i.dims)) for i in ensemble.input] == [("IMAGE", [1])]
-    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("EMBEDDING", [512]), ("SPECIES", [3])]
+    assert [(o.name, list(o.dims)) for o in ensemble.output] == [("EMBEDDING", [1024]), ("SPECIES", [3])]  # two 512-d members, concatenated
     assert json.loads(ensemble.parameters["species"].string_value) == [*SERVED_SPECIES, "humpback_whale"]
     assert json.loads(ensemble.parameters["model_ids"].string_value) == sorted(WEIGHTS)
     assert pipeline.backend == "python" and pipeline.dynamic_batching.max_queue_delay_microseconds == 0

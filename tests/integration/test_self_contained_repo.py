@@ -450,7 +450,7 @@ def test_triton_without_the_project_serves_the_offline_pixels_embeddings_and_spe
     offline_species = blend_probabilities(species, SERVED_SPECIES + ["humpback_whale"])
 
     served = _infer(client, "ensemble", {"IMAGE": batch}, ["EMBEDDING", "SPECIES"])
-    assert served["EMBEDDING"].shape == (len(names), 512) and served["SPECIES"].shape == (len(names), 3)
+    assert served["EMBEDDING"].shape == (len(names), 1024) and served["SPECIES"].shape == (len(names), 3)
     assert np.max(np.abs(served["EMBEDDING"] - offline)) <= 1e-5
     assert np.max(np.abs(served["SPECIES"] - offline_species)) <= 1e-6
     # teeth: the EXIF-rotated photo is not embedded as the stored one, and the blend is not either model alone

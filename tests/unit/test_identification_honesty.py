@@ -150,7 +150,9 @@ def test_held_out_is_below_in_sample_when_tuning_overfits():
             assert report["map5"] == report["map5_in_sample"]
             gaps[count].append(report["map5_in_sample"] - report["map5_held_out"])
     assert min(gaps[1] + gaps[2]) >= -5e-5  # map5_held_out is rounded to 4 decimals
-    assert sum(gaps[1]) > 0.01 and min(gaps[2]) > 0.01
+    # blends: the score-level blend (a weighted mean of cosines) fits less noise than the old weighted sum of
+    # embeddings did (gaps 0.006-0.021 per seed here), but every seed's held-out figure is still below
+    assert sum(gaps[1]) > 0.01 and min(gaps[2]) > 0 and sum(gaps[2]) > 0.03
 
 
 def test_blend_cross_fitting_of_one_model_is_cross_fitted_map5():

@@ -149,7 +149,8 @@ def test_blend_weights_beat_the_worst_single_model():
 
 def test_blend_and_flip_combinations():
     a, b = unit(np.array([[1.0, 0.0]])), unit(np.array([[0.0, 1.0]]))
-    assert np.allclose(blend({"m": a, "n": b}, {"m": 0.5, "n": 0.5}), unit(np.array([[1.0, 1.0]])))
+    # the score-level blend concatenates sqrt(w)-scaled members (tests/unit/test_blend_vectors.py)
+    assert np.allclose(blend({"m": a, "n": b}, {"m": 0.5, "n": 0.5}), unit(np.array([[1.0, 0.0, 0.0, 1.0]])))
     assert np.allclose(blend({"m": a, "n": b}, {"m": 1.0, "n": 0.0}), a)
     assert np.allclose(combine_flip(a, b), unit(np.array([[1.0, 1.0]])))
     with pytest.raises(DataError, match="no weight"):

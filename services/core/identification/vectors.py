@@ -59,27 +59,40 @@ def combine_flip(embeddings, flipped_embeddings) -> np.ndarray:
 
 
 def blend(embeddings_by_model: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """Weighted sum of each model's normalised embeddings, renormalised (what the Triton blend model computes).
-
-    Models without a weight are refused; a weight of 0 drops the model.
+    """Score-level blend (what the Triton blend model computes): the concatenation, in the mapping's order, of each
+    model's L2-normalised embeddings scaled by sqrt(w_i / sum w), so that the inner product of two blended rows is
+    exactly sum_i w_i cos_i / sum w, the weighted mean of the models' cosines, and every blended row has unit norm.
+    Models may have different sizes (the blend has the sum of the sizes of the models with weight > 0); a weight of
+    0 drops the model; models without a weight are refused. One model with weight > 0: its normalised embeddings,
+    bit-identical.
     """
     if not embeddings_by_model:
         raise DataError("blend: no models given")
     missing = sorted(set(embeddings_by_model) - set(weights))
     if missing:
         raise DataError(f"blend: no weight for model(s) {', '.join(missing)}")
-    total = None
-    for model_id, values in embeddings_by_model.items():
+    for model_id in embeddings_by_model:
         weight = float(weights[model_id])
         if weight < 0 or not np.isfinite(weight):
             raise DataError(f"blend: weight of {model_id} must be finite and >= 0, got {weight}")
-        part = l2_normalise(values, f"embeddings of {model_id}") * np.float32(weight)
-        if total is not None and part.shape != total.shape:
-            raise DataError(f"blend: {model_id} has shape {part.shape}, others {total.shape}")
-        total = part if total is None else total + part
-    if not any(float(weights[m]) > 0 for m in embeddings_by_model):
+    total = sum(float(weights[m]) for m in embeddings_by_model)
+    if not total > 0:
         raise DataError("blend: all weights are zero")
-    return l2_normalise(total, "blended embeddings")
+    parts, rows = [], None
+    for model_id, values in embeddings_by_model.items():
+        part = l2_normalise(values, f"embeddings of {model_id}")
+        if rows is not None and part.shape[0] != rows:
+            raise DataError(f"blend: {model_id} has {part.shape[0]} rows, others {rows}")
+        rows = part.shape[0]
+        weight = float(weights[model_id])
+        if weight > 0:
+            parts.append(part if weight == total else part * np.float32(np.sqrt(weight / total)))
+    return parts[0] if len(parts) == 1 else l2_normalise(np.concatenate(parts, axis=1), "blended embeddings")
+
+
+def blended_size(sizes: Mapping[str, int], weights: Mapping[str, float]) -> int:
+    """The size of `blend`'s rows: the sum of the sizes of the models with weight > 0."""
+    return int(sum(int(sizes[m]) for m in sizes if float(weights.get(m, 0.0)) > 0))
 
 
 def blend_probabilities(parts: Sequence[tuple[object, Sequence[str], float]], names: Sequence[str]) -> np.ndarray:

@@ -5,8 +5,9 @@
     OUT/embedder_<model_id>/   1/model.onnx + (cpu) python backend running it / (gpu) onnxruntime_onnx platform;
                                outputs embedding [+ species probabilities when the export has a species head]
     OUT/blend/                 python backend: per model combine_flip of the two views (flip TTA), then the
-                               weighted sum of the embeddings (tuning weights), re-normalised; species: the
-                               weighted average of the members' probabilities
+                               score-level blend (vectors.blend: each normalised embedding scaled by
+                               sqrt(weight), concatenated; EMBEDDING has the sum of the members' sizes); species:
+                               the weighted average of the members' probabilities
     OUT/ensemble/              platform "ensemble": IMAGE -> EMBEDDING [+ SPECIES]
     OUT/repository.json        what was built (models, checksums, weights, flip TTA, species, build id)
 
@@ -97,6 +98,11 @@ def species_union(exports: Sequence[Export]) -> list[str]:
     return list(dict.fromkeys(name for export in exports for name in export.species))
 
 
+def blended_size(exports: Sequence[Export]) -> int:
+    """The served EMBEDDING's size: the blend concatenates its members (weight > 0), vectors.blend."""
+    return sum(e.embedding_size for e in exports)
+
+
 def embedder_name(model_id: str) -> str:
     return f"embedder_{model_id}"
 
@@ -153,7 +159,7 @@ def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequen
     from services.serving.model_repo import lean
 
     sizes = sorted({e.image_size for e in exports})
-    dim = exports[0].embedding_size
+    dim = blended_size(exports)
     species = species_union(exports)
     sources: dict[str, str] = {}
     requirements = python_requirements(options.target)
@@ -169,7 +175,8 @@ def write_lean_repository(root: Path, exports: Sequence[Export], weights: Sequen
         sizes, dim, species, options, flip_tta, requirements["Pillow"]))
     (root / "ensemble" / "1").mkdir(parents=True)
     (root / "ensemble" / "config.pbtxt").write_text(configs.lean_ensemble_config(dim, species, options, parameters))
-    embedders = [{"name": lean.PIPELINE, "model_id": e.model_id, "image_size": e.image_size, "embedding_size": dim,
+    embedders = [{"name": lean.PIPELINE, "model_id": e.model_id, "image_size": e.image_size,
+                  "embedding_size": e.embedding_size,
                   "sha256": e.onnx_sha256, "weight": w, "species": list(e.species),
                   "precision": e.manifest.get("precision", "fp32"), "export": str(e.directory.resolve()),
                   "backbone": e.manifest.get("backbone"), "fold": e.manifest.get("fold"),
@@ -195,7 +202,7 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         return write_lean_repository(root, exports, weights, note, options, flip_tta)
     sizes = sorted({e.image_size for e in exports})
     preprocess = {s: "preprocess" if len(sizes) == 1 else f"preprocess_{s}" for s in sizes}
-    dim = exports[0].embedding_size
+    dim = blended_size(exports)
     species = species_union(exports)
     sources: dict[str, str] = {}  # python-backend files -> sha256 (recorded, checked by validation)
     requirements = python_requirements(options.target)
@@ -213,16 +220,18 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
         shutil.copy2(export.onnx_path, root / name / "1" / ONNX_FILE)
         if options.target == "cpu":
             _copy_template("embedder", root / name, sources)
-        config = configs.embedder_config(name, export.image_size, dim, options, export.model_id, len(export.species))
+        config = configs.embedder_config(name, export.image_size, export.embedding_size, options, export.model_id,
+                                         len(export.species))
         (root / name / "config.pbtxt").write_text(config)
         embedders.append({"name": name, "model_id": export.model_id, "image_size": export.image_size,
-                          "embedding_size": dim, "sha256": export.onnx_sha256, "weight": weight,
+                          "embedding_size": export.embedding_size, "sha256": export.onnx_sha256, "weight": weight,
                           "species": list(export.species),
                           "export": str(export.directory.resolve()), "backbone": export.manifest.get("backbone"),
                           "fold": export.manifest.get("fold"), "epoch": export.manifest.get("epoch")})
 
     model_ids = [e.model_id for e in exports]
-    members = [configs.Member(embedder_name(e.model_id), e.model_id, e.image_size, e.species) for e in exports]
+    members = [configs.Member(embedder_name(e.model_id), e.model_id, e.image_size, e.species, e.embedding_size)
+               for e in exports]
     _copy_template("blend", root / "blend", sources)
     (root / "blend" / "config.pbtxt").write_text(configs.blend_config(members, weights, dim, options, species, flip_tta))
 

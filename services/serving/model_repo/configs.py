@@ -90,6 +90,7 @@ class Member:
     model_id: str
     image_size: int
     species: tuple[str, ...] = ()  # names of its species output; () = none
+    embedding_size: int = 0  # its embedding's size (0: the blend's size); members of a blend may differ
 
 
 def views(flip_tta: bool) -> tuple[str, ...]:
@@ -99,7 +100,8 @@ def views(flip_tta: bool) -> tuple[str, ...]:
 
 def blend_config(members: Sequence[Member], weights: Sequence[float], embedding_size: int, options: BuildOptions,
                  species: Sequence[str] = (), flip_tta: bool = False) -> str:
-    inputs = [_tensor(f"EMB{view}_{i}", embedding_size) for i in range(len(members)) for view in views(flip_tta)]
+    inputs = [_tensor(f"EMB{view}_{i}", m.embedding_size or embedding_size)
+              for i, m in enumerate(members) for view in views(flip_tta)]
     inputs += [_tensor(f"SPC{view}_{i}", len(m.species))
                for i, m in enumerate(members) if m.species for view in views(flip_tta)]
     return render_config("blend", {

@@ -9,8 +9,8 @@ with its own shared-memory IPC to a stub process and its own dynamic batcher. Th
                     `pixels_<size>` [V*N, S, S, 3] (V = 2 views with flip TTA: the crops, then their mirror
                     images), cast to float inside the graph (each export's own normalisation follows), every
                     export's graph (names prefixed), the flip-TTA combination (per view L2-normalised, summed,
-                    re-normalised), the weighted blend (re-normalised) -> EMBEDDING [N, D]; with species heads the
-                    weighted average of the members' probabilities -> SPECIES [N, S] (blend_probabilities)
+                    re-normalised), the score-level blend (vectors.blend: each sqrt(w)-scaled, concatenated)
+                    -> EMBEDDING [N, D]; with species heads the weighted average of the members' probabilities -> SPECIES [N, S] (blend_probabilities)
     OUT/ensemble/   platform "ensemble" with that single step: the same contract (IMAGE -> EMBEDDING
                     [+ SPECIES]) and parameters as the default layout
 
@@ -53,7 +53,6 @@ def fused_graph(members: Sequence[tuple[Path, str, int, Sequence[str]]], weights
         initializers.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
         return name
 
-    view_shape = const("view_shape_emb", [views, -1, embedding_size], np.int64)
     axis0 = const("axis0", [0], np.int64)
     weighted, species_parts = [], []
     total_weight = float(sum(weights))
@@ -71,12 +70,16 @@ def fused_graph(members: Sequence[tuple[Path, str, int, Sequence[str]]], weights
         value_infos.extend(graph.value_info)
         outputs = {o.name[len(prefix):]: o.name for o in graph.output}
         emb = outputs["embedding"]
+        size_of_member = int(graph.output[[o.name for o in graph.output].index(emb)].type.tensor_type.shape.dim[-1]
+                             .dim_value) or embedding_size
+        view_shape = const(f"{prefix}view_shape", [views, -1, size_of_member], np.int64)
         nodes += [
             helper.make_node("Reshape", [emb, view_shape], [f"{prefix}views"]),
             helper.make_node("LpNormalization", [f"{prefix}views"], [f"{prefix}views_n"], axis=-1, p=2),
             helper.make_node("ReduceSum", [f"{prefix}views_n", axis0], [f"{prefix}sum"], keepdims=0),
             helper.make_node("LpNormalization", [f"{prefix}sum"], [f"{prefix}combined"], axis=-1, p=2),
-            helper.make_node("Mul", [f"{prefix}combined", const(f"{prefix}weight", np.float32(weight))],
+            helper.make_node("Mul", [f"{prefix}combined",  # vectors.blend: sqrt(w / sum w), concatenated
+                                     const(f"{prefix}weight", np.float32(np.sqrt(weight / total_weight)))],
                              [f"{prefix}weighted"]),
         ]
         weighted.append(f"{prefix}weighted")
@@ -94,7 +97,7 @@ def fused_graph(members: Sequence[tuple[Path, str, int, Sequence[str]]], weights
                                  [f"{prefix}species_part"]),
             ]
             species_parts.append(f"{prefix}species_part")
-    nodes.append(helper.make_node("Sum", weighted, ["blended"]) if len(weighted) > 1
+    nodes.append(helper.make_node("Concat", weighted, ["blended"], axis=-1) if len(weighted) > 1
                  else helper.make_node("Identity", weighted, ["blended"]))
     nodes.append(helper.make_node("LpNormalization", ["blended"], ["EMBEDDING"], axis=-1, p=2))
     outputs = [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", embedding_size])]

@@ -150,10 +150,10 @@ def validate_repository(root: Path) -> dict[str, Any]:
     for entry in record["embedders"]:
         if record.get("lean"):
             break  # the lean layout: one fused graph (check_lean), no embedder models
-        if int(entry["embedding_size"]) != dim:
-            raise RepositoryError(f"model {entry['name']}: embedding size {entry['embedding_size']} differs from "
-                                  f"the repository's {dim}")
-        check_embedder(root, entry, dim)
+        check_embedder(root, entry, int(entry["embedding_size"]))
+    member_sizes = sum(int(entry["embedding_size"]) for entry in record["embedders"])
+    if not record.get("lean") and member_sizes != dim:  # the blend concatenates its members (vectors.blend)
+        raise RepositoryError(f"the embedders' sizes sum to {member_sizes}, the repository's EMBEDDING is {dim}")
     if record.get("lean"):
         check_lean(root, record, dim)
     from services.serving.model_repo.detector import check_detector
