@@ -117,3 +117,27 @@ def general_exports(run_dir: str | Path | None = None) -> Path:
         print(f"exporting the general identifier {general_model_id(config)} to {out} (first use)", flush=True)
         export_run(run, out)
     return out
+
+
+def member_exports(tuning_file: str | Path | None) -> list[Path]:
+    """The export folders of the blend members a tuning file names in `members` (the general identifier that
+    `whaleid evaluate` recommended, alone or with the run), exported on first use: `model-repo build --tuning
+    RUN/tuning.json` serves them with the run's exports."""
+    from services.core.identification.tuning import Tuning
+
+    if tuning_file is None:
+        return []
+    tuning = Tuning.load(tuning_file)
+    folders = []
+    for model_id, spec in tuning.members.items():
+        if tuning.weights.get(model_id, 0.0) <= 0:
+            continue
+        if spec != GENERAL:
+            raise ConfigError(f"tuning file {tuning_file}: member {model_id} is {spec}; export it with `whaleid "
+                              "export` into --exports instead")
+        folder = general_exports() / model_id
+        if not folder.is_dir():
+            raise ConfigError(f"tuning file {tuning_file} names the general identifier {model_id}, but "
+                              f"{folder.parent} holds another one: run `whaleid evaluate` again")
+        folders.append(folder)
+    return folders

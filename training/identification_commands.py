@@ -174,15 +174,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     evaluation = evaluate(embeddings, default_quantile(embedders[0]))
     report = {**evaluation.report, "in_fold": in_fold, "runs": [str(r) for r in args.runs]}
+    served = evaluation
     if getattr(args, "compare", "general") == "general" and any(e.info.get("trained", True) for e in embedders):
-        report["comparison"] = compare_with_general(report, data, images, args.flip_tta, evaluate)
-    evaluation.tuning.validation["in_fold"] = in_fold
+        report["comparison"], served = compare_with_general(report, data, images, args.flip_tta, evaluate,
+                                                            embeddings, evaluation)
+    served.tuning.validation["in_fold"] = in_fold
     out_dir = Path(args.runs[0])
-    tuning_path = evaluation.tuning.save(out_dir / TUNING_FILE)
-    curve = plot_threshold_curve(evaluation.sweep, out_dir / CURVE_FILE,
-                                 title=f"out-of-fold MAP@5 vs new_individual threshold ({', '.join(embeddings)})",
-                                 extra=evaluation.fold_sweeps)
-    report.update(tuning_file=str(tuning_path), threshold_curve=str(curve))
+    tuning_path = served.tuning.save(out_dir / TUNING_FILE)
+    curve = plot_threshold_curve(served.sweep, out_dir / CURVE_FILE,
+                                 title="out-of-fold MAP@5 vs new_individual threshold "
+                                       f"({', '.join(served.tuning.served_weights())})",
+                                 extra=served.fold_sweeps)
+    report.update(tuning_file=str(tuning_path), threshold_curve=str(curve),
+                  serves={"weights": served.tuning.served_weights(), "members": served.tuning.members,
+                          "threshold": served.tuning.threshold})
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -190,22 +195,50 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bool, evaluate) -> dict:
-    """The general identifier (training/general.py) on the same folds, queries and settings as the trained run(s),
-    and which of the two to serve: the one with the higher held-out (cross-fitted) MAP@5; a tie goes to the
-    general identifier (nothing to retrain when the catalogue grows)."""
+def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bool, evaluate,
+                         embeddings: dict | None = None, evaluation=None) -> tuple[dict, object]:
+    """The general identifier (training/general.py) alone and blended with the trained run(s) (score-level blend,
+    vectors.blend, weights tuned out of fold on a grid from 0 = the run(s) alone to 1 = the general identifier
+    alone), on the same folds, queries and settings as the run(s); which of run / general / blend to serve: the
+    highest held-out (cross-fitted) MAP@5 (evaluation.recommend: a tie goes to the general identifier, then the
+    run). Returns (the comparison, the Evaluation to serve: its tuning names the general member in `members`)."""
+    from services.core.identification.evaluation import recommend
     from training.embed import Embedder
 
     general = Embedder.from_run(resolve_runs(["general"])[0])
-    other = evaluate({general.model_id: embed_images(general, data, images, flip_tta)},
-                     default_quantile(general)).report
-    trained, plain = float(report["map5_held_out"]), float(other["map5_held_out"])
-    return {"general_model_id": general.model_id, "general_run": str(general.info["run"]),
-            "map5_held_out": {"run": trained, "general": plain},
-            "map5_in_sample": {"run": report["map5_in_sample"], "general": other["map5_in_sample"]},
-            "known_top1_right": {"run": report.get("known_top1_right"), "general": other.get("known_top1_right")},
-            "general_threshold": other["threshold"], "general_threshold_choice": other["threshold_choice"],
-            "recommend": "run" if trained > plain else "general"}
+    general_embeddings = embed_images(general, data, images, flip_tta)
+    alone = evaluate({general.model_id: general_embeddings}, default_quantile(general))
+    other = alone.report
+    evaluations = {"run": evaluation, "general": alone}
+    held_out = {"run": float(report["map5_held_out"]), "general": float(other["map5_held_out"])}
+    comparison = {"general_model_id": general.model_id, "general_run": str(general.info["run"])}
+    if embeddings is not None and general.model_id not in embeddings:
+        blended = evaluate({**embeddings, general.model_id: general_embeddings}, default_quantile(general))
+        evaluations["blend"] = blended
+        held_out["blend"] = float(blended.report["map5_held_out"])
+        comparison.update(blend_weights=blended.report["weights"],
+                          blend_weights_held_out=blended.report["held_out"].get("weights"),
+                          blend_threshold=blended.report["threshold"])
+    choice = recommend(held_out)
+    comparison.update({
+        "map5_held_out": held_out,
+        "map5_in_sample": {"run": report["map5_in_sample"], "general": other["map5_in_sample"],
+                           **({"blend": evaluations["blend"].report["map5_in_sample"]} if "blend" in evaluations
+                              else {})},
+        "known_top1_right": {"run": report.get("known_top1_right"), "general": other.get("known_top1_right")},
+        "general_threshold": other["threshold"], "general_threshold_choice": other["threshold_choice"],
+        "recommend": choice,
+    })
+    served = evaluations.get(choice) or evaluation
+    if served is not None and choice != "run":
+        served.tuning.members = {general.model_id: GENERAL_MEMBER}
+        served.tuning.weights = {**{m: 0.0 for m in embeddings or {}}, **served.tuning.weights}  # run(s) 0: dropped
+    if served is not None:
+        served.tuning.validation["comparison"] = {"recommend": choice, "map5_held_out": held_out}
+    return comparison, served
+
+
+GENERAL_MEMBER = "general"  # tuning.members: the general identifier, resolved by training.general.resolve_runs
 
 
 def default_quantile(embedder) -> float:
@@ -239,13 +272,31 @@ def format_evaluation(report: dict) -> str:
     comparison = report.get("comparison")
     if comparison:
         held = comparison["map5_held_out"]
-        advice = ("serve this run" if comparison["recommend"] == "run" else
-                  f"serve the general identifier (`--run general`, {comparison['general_run']}): fine-tuning did not "
-                  "beat it here")
+        blended = (f", {held['blend']:.4f} (blend of both, weights tuned out of fold: "
+                   + ", ".join(f"{m}={w:.2f}" for m, w in comparison["blend_weights"].items()) + ")"
+                   if "blend" in held else "")
+        advice = {"run": "serve this run",
+                  "general": f"serve the general identifier ({comparison['general_run']}): fine-tuning did not beat "
+                             "it here",
+                  "blend": "serve the blend of this run and the general identifier"}[comparison["recommend"]]
         lines.append(f"compared with the general identifier {comparison['general_model_id']} on the same folds: "
-                     f"MAP@5 held out {held['run']:.4f} (this run) vs {held['general']:.4f} (general): {advice}")
+                     f"MAP@5 held out {held['run']:.4f} (this run) vs {held['general']:.4f} (general){blended}: "
+                     f"{advice}")
+    serves = report.get("serves")
+    if serves:
+        lines.append(f"{report['tuning_file']} serves {describe_served(serves['weights'])} at threshold "
+                     f"{serves['threshold']:.3f}; `predict`, `gallery build` and `model-repo build` with this run "
+                     "serve it" + (" (the general identifier loaded automatically)" if serves["members"] else ""))
     lines += [f"tuning: {report['tuning_file']}", f"threshold curve: {report['threshold_curve']}"]
     return "\n".join(lines)
+
+
+def describe_served(weights: dict[str, float]) -> str:
+    """`lite0-f0-e012 alone` or `the blend lite0-f0-e012 0.30 + general-lite2-384 0.70`."""
+    if len(weights) == 1:
+        return f"{next(iter(weights))} alone"
+    total = sum(weights.values())
+    return "the blend " + " + ".join(f"{m} {w / total:.2f}" for m, w in weights.items())
 
 
 # ----------------------------------------------------------------------------- predict
@@ -258,8 +309,10 @@ def predict_command(args: argparse.Namespace) -> int:
     args.runs = resolve_runs(args.runs)
     embedders = load_embedders(args.runs, args.snapshot)
     tuning, origin = tuning_for(args, embedders)
+    embedders = served_embedders(embedders, tuning)
     model_ids = [e.model_id for e in embedders]
-    weights = tuning.weights if tuning is not None and len(embedders) > 1 else {model_ids[0]: 1.0}
+    weights = tuning.served_weights() if tuning is not None and len(embedders) > 1 else {model_ids[0]: 1.0}
+    print(f"serving {describe_served(weights)}", flush=True)
     flip_tta = tuning.flip_tta if tuning is not None else False
     unknown = sorted(set(model_ids) - set(weights))
     if unknown:
@@ -289,6 +342,28 @@ def predict_command(args: argparse.Namespace) -> int:
         per_species = map_at_5_per_group(labels, ids, species)
         print(format_scores(map_at_5(labels, ids), per_species, len(ids)))
     return 0
+
+
+def served_embedders(embedders: list, tuning: Tuning | None) -> list:
+    """The embedders a tuning serves: the given ones with weight > 0, plus the members it names that were not given
+    (tuning.members, e.g. the general identifier that `evaluate` recommended alone or blended with the run)."""
+    if tuning is None or not tuning.weights:
+        return embedders
+    from training.embed import Embedder
+
+    weights = tuning.served_weights()
+    given = {e.model_id: e for e in embedders}
+    missing = [m for m in weights if m not in given and m not in tuning.members]
+    if missing or not weights:
+        return embedders  # predict_command names the missing weights
+    served = []
+    for model_id in weights:
+        embedder = given.get(model_id) or Embedder.from_run(resolve_runs([tuning.members[model_id]])[0])
+        if embedder.model_id != model_id:
+            raise ConfigError(f"the tuning file's member {tuning.members[model_id]} is model {embedder.model_id}, "
+                              f"not {model_id}: run `whaleid evaluate` again")
+        served.append(embedder)
+    return served
 
 
 def tuning_for(args: argparse.Namespace, embedders) -> tuple[Tuning | None, str]:

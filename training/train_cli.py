@@ -42,4 +42,17 @@ def run(args) -> int:
     result = train(config, args.data, args.out, resume=args.resume, verbose=verbose)
     logging.getLogger("whaleid.train").info("done: %s", json.dumps(result))
     print(json.dumps(result, indent=2))
+    print(next_step(args.data, args.out, int(config.get("fold", 0))), flush=True)
     return 0
+
+
+def next_step(data, out, fold: int) -> str:
+    """Where the run stands against the general identifier: not measured here (it embeds every training photo
+    with both models and tunes a blend, about as long again as a short CPU training), so the exact command that
+    measures it and records what to serve."""
+    if fold < 0:
+        return ("this run trained on every individual (fold -1): nothing is held out to compare it with the general "
+                "identifier; a run holding a fold out does (`whaleid evaluate --run FOLD_RUN --data ...`)")
+    return (f"not yet compared with the general identifier (no training at all): `whaleid evaluate --run {out} "
+            f"--data {data}` scores this run, the general identifier and their blend on held-out fold {fold}, "
+            f"recommends one and records it in {out}/tuning.json for predict, gallery build and model-repo build")

@@ -43,6 +43,15 @@ def test_a_query_blended_alone_scores_as_in_the_batch():
     np.testing.assert_allclose(one, batch[2:3], atol=1e-7)
 
 
+def test_the_order_is_the_model_ids_whatever_the_mapping_order():
+    """Triton's blend (exports sorted by model id) and an offline gallery must concatenate alike."""
+    a, b = _random(3, 4, 8), _random(3, 6, 9)
+    weights = {"run": 0.4, "general": 0.6}
+    forward = blend({"run": a, "general": b}, weights)
+    np.testing.assert_array_equal(forward, blend({"general": b, "run": a}, weights))
+    np.testing.assert_allclose(forward[:, :6], np.sqrt(0.6) * l2_normalise(b), atol=1e-6)  # general < run
+
+
 @pytest.mark.parametrize("weights, message", [({"x": 0.0, "y": 0.0}, "all weights are zero"),
                                               ({"x": -1.0, "y": 1.0}, "finite and >= 0"),
                                               ({"x": 1.0}, "no weight")])

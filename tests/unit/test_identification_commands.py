@@ -10,6 +10,7 @@ import pytest
 from services.cli.main import main
 from services.core import imaging
 from services.core.identification import Tuning
+from services.core.identification.evaluation import recommend
 from training import identification_commands as commands
 
 
@@ -66,10 +67,19 @@ def test_evaluate_writes_tuning_and_curve(dataset, pixel_models, capsys):
     assert comparison["general_model_id"] == "general-lite0-224"
     held = comparison["map5_held_out"]
     assert held["run"] == report["map5_held_out"] and 0 <= held["general"] <= 1
-    assert comparison["recommend"] == ("run" if held["run"] > held["general"] else "general")
+    assert set(held) == {"run", "general", "blend"}  # and the blend of both, weights tuned out of fold
+    assert comparison["recommend"] == recommend(held)
     assert report["map5"] == report["map5_in_sample"] and 0 <= report["map5_held_out"] <= 1
-    tuning = Tuning.load(run)
-    assert tuning.threshold == report["threshold"] and tuning.weights == {"pixels-f0-e001": 1.0}
+    tuning = Tuning.load(run)  # what evaluate recommends, served by predict / gallery build / model-repo build
+    served = comparison["recommend"]
+    assert tuning.validation["comparison"] == {"recommend": served, "map5_held_out": held}
+    if served == "run":
+        assert tuning.threshold == report["threshold"] and tuning.weights == {"pixels-f0-e001": 1.0}
+        assert tuning.members == {}
+    else:
+        assert tuning.members == {"general-lite0-224": "general"} and tuning.weights["general-lite0-224"] > 0
+        assert tuning.threshold == comparison["general_threshold" if served == "general" else "blend_threshold"]
+    assert report["serves"]["weights"] == tuning.served_weights()
     assert (run / "threshold_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -77,7 +87,7 @@ def test_evaluate_blends_two_models_and_flip_tta(dataset, pixel_models, capsys):
     data_dir, run, _ = dataset
     pixel_models["run"] = [PixelEmbedder("rgb-f0-e001"), PixelEmbedder("red-f0-e001", channel_weights=(1, 0, 0))]
     assert main(["evaluate", "--data", str(data_dir), "--run", str(run), "--run", str(run), "--flip-tta",
-                 "--no-per-species"]) == 0
+                 "--no-per-species", "--compare", "none"]) == 0
     text = capsys.readouterr().out
     assert "out-of-fold MAP@5" in text and "blend weights" in text
     tuning = Tuning.load(run)

@@ -389,6 +389,20 @@ def build_tuned_gallery(
     return gallery, evaluation
 
 
+CANDIDATES = ("general", "run", "blend")  # what `evaluate` may recommend, in order of preference on a tie
+
+
+def recommend(map5_held_out: Mapping[str, float | None]) -> str:
+    """Which configuration to serve: the highest held-out (cross-fitted) MAP@5 among CANDIDATES present; a tie
+    goes to the simpler one (the general identifier needs no retraining when the catalogue grows; a run alone
+    costs one embedder, a blend two)."""
+    present = [(c, float(map5_held_out[c])) for c in CANDIDATES if map5_held_out.get(c) is not None]
+    if not present:
+        raise DataError("recommend: no held-out figure")
+    best = max(value for _, value in present)
+    return next(c for c, value in present if value >= best - 1e-9)
+
+
 def group_map5(precisions: np.ndarray, groups, weights: np.ndarray) -> dict[str, float]:
     """MAP@5 (weighted) of each group of queries (e.g. fold or species), keys sorted as strings."""
     groups = np.asarray([str(g) for g in groups], dtype=object)

@@ -35,6 +35,9 @@ class Tuning:
     flip_tta: bool = False  # average the embeddings of an image and of its mirror image
     k: int = 50  # nearest neighbours searched per query
     validation: dict[str, Any] = field(default_factory=dict)  # MAP@5 figures measured when tuning
+    # model_id -> run directory (`general`: the general identifier) of blend members that the commands serving
+    # this tuning load themselves (`whaleid evaluate` recommending the general identifier or run + general)
+    members: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if not np.isfinite(self.threshold):
@@ -45,6 +48,11 @@ class Tuning:
         self.k = int(self.k)
         self.per_species = {str(s): float(t) for s, t in self.per_species.items()}
         self.weights = {str(m): float(w) for m, w in self.weights.items()}
+        self.members = {str(m): str(r) for m, r in self.members.items()}
+
+    def served_weights(self) -> dict[str, float]:
+        """The blend served: the models with weight > 0 (a weight of 0 drops a model, vectors.blend)."""
+        return {m: w for m, w in self.weights.items() if w > 0}
 
     def save(self, path: str | Path) -> Path:
         path = _tuning_path(path)

@@ -59,7 +59,8 @@ def combine_flip(embeddings, flipped_embeddings) -> np.ndarray:
 
 
 def blend(embeddings_by_model: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """Score-level blend (what the Triton blend model computes): the concatenation, in the mapping's order, of each
+    """Score-level blend (what the Triton blend model computes): the concatenation, in model-id order (so that a
+    gallery blended offline and queries blended by Triton line up whatever order they were given in), of each
     model's L2-normalised embeddings scaled by sqrt(w_i / sum w), so that the inner product of two blended rows is
     exactly sum_i w_i cos_i / sum w, the weighted mean of the models' cosines, and every blended row has unit norm.
     Models may have different sizes (the blend has the sum of the sizes of the models with weight > 0); a weight of
@@ -79,8 +80,8 @@ def blend(embeddings_by_model: Mapping[str, np.ndarray], weights: Mapping[str, f
     if not total > 0:
         raise DataError("blend: all weights are zero")
     parts, rows = [], None
-    for model_id, values in embeddings_by_model.items():
-        part = l2_normalise(values, f"embeddings of {model_id}")
+    for model_id in sorted(embeddings_by_model):
+        part = l2_normalise(embeddings_by_model[model_id], f"embeddings of {model_id}")
         if rows is not None and part.shape[0] != rows:
             raise DataError(f"blend: {model_id} has {part.shape[0]} rows, others {rows}")
         rows = part.shape[0]

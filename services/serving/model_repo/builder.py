@@ -39,7 +39,7 @@ from typing import Any, Sequence
 from services.core.checksums import sha256_file
 from services.core.errors import RepositoryError
 from services.core.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
-from services.core.model_exports import ONNX_FILE, Export, load_exports
+from services.core.model_exports import ONNX_FILE, Export, check_export, load_exports
 from services.serving.model_repo import configs, vendor
 from services.serving.model_repo.templates import model_source
 from services.serving.model_repo.validation import RECORD, validate_repository
@@ -265,8 +265,11 @@ def write_repository(root: Path, exports: Sequence[Export], weights: Sequence[fl
 
 
 def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None = None,
-                     options: configs.BuildOptions | None = None, detector: Path | None = None) -> dict[str, Any]:
+                     options: configs.BuildOptions | None = None, detector: Path | None = None,
+                     members: Sequence[Path] = ()) -> dict[str, Any]:
     """Check the exports, write the repository to a staging folder, validate it, then move it to `out_dir`.
+    `members`: more export folders served with those of `exports_dir` (the tuning file's `members`, e.g. the
+    general identifier blended with the run: training.general.member_exports).
     `detector`: a `whaleid detector export` folder, served as the model `detector` (services.serving.model_repo.detector)."""
     options = options or configs.BuildOptions()
     if options.target not in configs.TARGETS:
@@ -276,6 +279,9 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     if options.lean and options.target != "cpu":
         raise RepositoryError("--lean is the cpu target's layout; the gpu target keeps Triton's native backends")
     exports = load_exports(Path(exports_dir))
+    known = {e.model_id for e in exports}
+    exports = sorted(exports + [e for e in map(check_export, map(Path, members)) if e.model_id not in known],
+                     key=lambda e: e.model_id)
     log.info("%d export(s) checked: %s", len(exports), ", ".join(e.model_id for e in exports))
     weights, note = resolve_weights([e.model_id for e in exports], tuning_file)
     flip_tta = resolve_flip_tta(tuning_file)

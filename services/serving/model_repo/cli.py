@@ -84,9 +84,21 @@ def _build(args: argparse.Namespace) -> int:
         import_tensorflow_quietly(TENSORFLOW_LOG)
 
         args.exports = general_exports()
-    record = build_repository(args.exports, out, args.tuning, options, detector=args.detector)
+    members = []
+    if args.tuning is not None:  # the tuning's members (the general identifier `evaluate` recommended)
+        from services.core.identification.tuning import Tuning
+
+        if Tuning.load(args.tuning).members:
+            from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
+            from training.general import member_exports
+
+            import_tensorflow_quietly(TENSORFLOW_LOG)
+            members = member_exports(args.tuning)
+    record = build_repository(args.exports, out, args.tuning, options, detector=args.detector, members=members)
     print(f"{out}: build {record['build_id']} ({record['target']}), models: {', '.join(record['models'])}; "
           f"{record['weights_source']}")
+    print("serving " + " + ".join(f"{e['model_id']} {e['weight']:.2f}" for e in record["embedders"])
+          + f": EMBEDDING {record['embedding_size']}-d")
     return 0
 
 
