@@ -141,3 +141,25 @@ def member_exports(tuning_file: str | Path | None) -> list[Path]:
                               f"{folder.parent} holds another one: run `whaleid evaluate` again")
         folders.append(folder)
     return folders
+
+
+def served_run(run_dir: str | Path) -> tuple[str, str]:
+    """(the run directory whose model a one-model command such as `gallery build` serves for `run_dir`, a line
+    saying so): the general identifier when RUN/tuning.json (`whaleid evaluate`) recommends it alone; refused
+    when it recommends a blend of the run and the general identifier, which `predict` and `model-repo build`
+    serve but a gallery embedded by one model cannot match."""
+    from services.core.identification.tuning import TUNING_FILE, Tuning
+
+    path = Path(run_dir) / TUNING_FILE
+    if str(run_dir) == GENERAL or not path.is_file():
+        return str(run_dir), f"serving {run_dir}"
+    tuning = Tuning.load(path)
+    served = tuning.served_weights()
+    if not tuning.members or not served:
+        return str(run_dir), f"serving {run_dir}"
+    if set(served) <= set(tuning.members) and len(served) == 1 and tuning.members[next(iter(served))] == GENERAL:
+        return resolve_run(GENERAL), (f"serving the general identifier {next(iter(served))}: {path} (whaleid "
+                                      "evaluate) recommends it over the run")
+    raise ConfigError(f"{path} recommends the blend {', '.join(served)} (whaleid evaluate); a gallery is embedded by "
+                      "one model here: build it with --run general or with the run after `whaleid evaluate --run "
+                      f"{run_dir} --compare none`")

@@ -43,3 +43,20 @@ def test_predict_serves_the_tuning_members_and_drops_weight_zero():
     both = Tuning(weights={"run-1": 0.3, "general-x": 0.7}, members={"general-x": "general"})
     assert served_embedders([run, general], both) == [run, general]
     assert served_embedders([run], None) == [run]
+
+
+def test_gallery_build_serves_the_recommended_general_identifier_and_refuses_a_blend(tmp_path, general_identifier):
+    from services.core.errors import ConfigError
+    from training.general import served_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert served_run(run)[0] == str(run)  # no tuning file: the run
+    Tuning(weights={"run-1": 1.0}).save(run)
+    assert served_run(run)[0] == str(run)
+    Tuning(weights={"run-1": 0.0, "general-lite0-224": 1.0}, members={"general-lite0-224": "general"}).save(run)
+    served, note = served_run(run)
+    assert served == str(general_identifier) and "recommends it over the run" in note
+    Tuning(weights={"run-1": 0.5, "general-lite0-224": 0.5}, members={"general-lite0-224": "general"}).save(run)
+    with pytest.raises(ConfigError, match="recommends the blend"):
+        served_run(run)

@@ -189,10 +189,14 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
     if not records:
         raise DataError(f"the catalogue in s3://{catalogue.bucket}/{catalogue.prefix}/ is empty: run `whaleid "
                         "catalogue import SRC` first")
-    from training.general import resolve_run
+    from training.general import resolve_run, served_run
 
     given = Tuning.load(tuning_path) if tuning_path else None
     run_dir = Path(resolve_run(run_dir or "general"))
+    if given is None and tuning_run is None:  # what `whaleid evaluate` recommended for the run (tuning.json)
+        served, note = served_run(run_dir)
+        progress(note)
+        run_dir = Path(served)
     embedder = Embedder.from_run(run_dir)
     fold_embedder = Embedder.from_run(tuning_run) if tuning_run and given is None else None
     from training.folds import run_folds
