@@ -1,9 +1,11 @@
 """Triton python backend `blend`: per model the flip-TTA combination of its two views (when built with flip TTA),
-then the weighted sum of the embedders' normalised outputs, re-normalised; and the species probabilities.
+then the score-level blend: each embedder's normalised output scaled by sqrt(w_i / sum w), concatenated in
+model-id order, so that an inner product of two outputs is the weighted mean of the members' cosines; and the
+species probabilities.
 
-Inputs EMB_0 .. EMB_{K-1} TYPE_FP32 [D] (one per embedder, in the order of parameter `model_ids`; with flip TTA
+Inputs EMB_0 .. EMB_{K-1} TYPE_FP32 [D_i] (one per embedder, of its own size, in the order of parameter `model_ids`; with flip TTA
 also EMB_FLIP_i, the embedding of the mirrored crop), SPC_i [+ SPC_FLIP_i] TYPE_FP32 [S_i] for the embedders with
-a species output (names: parameter `member_species`). Outputs EMBEDDING TYPE_FP32 [D] and, when parameter
+a species output (names: parameter `member_species`). Outputs EMBEDDING TYPE_FP32 [sum of D_i] and, when parameter
 `species` names any, SPECIES TYPE_FP32 [S] (the weighted average of the members' probabilities, each view at half
 its model's weight). Parameter `weights`: JSON list, one weight per embedder (from the tuning file).
 The arithmetic is services.core.identification.vectors (combine_flip, blend, blend_probabilities), the functions the
