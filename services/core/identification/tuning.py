@@ -151,9 +151,7 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
     groups = [str(g) for g in groups]
     if len(groups) != len(candidates) or truths.shape[0] != len(candidates):
         raise DataError(f"cross-fitting: {len(candidates)} queries, {truths.shape[0]} truths, {len(groups)} groups")
-    names = sorted(set(groups))
-    part_of = {name: i % parts for i, name in enumerate(np.random.default_rng(0).permutation(names).tolist())}
-    part = np.array([part_of[g] for g in groups])
+    part = cross_fit_parts(groups, parts)
     grid_array = np.asarray(grid, dtype=np.float32)
     precisions = average_precisions(candidates, truths, grid_array)  # (T, Q)
     held_out = np.zeros(len(candidates))
@@ -169,6 +167,13 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
     return {"map5": round(float(weighted_mean(held_out, weights)), 4),
             "in_sample": round(float(weighted_mean(precisions, weights).max()), 4),
             "thresholds": [round(t, 3) for t in thresholds]}
+
+
+def cross_fit_parts(groups: Sequence[str], parts: int = 2) -> np.ndarray:
+    """The part (0..parts-1) of each query for cross-fitting: whole groups, shuffled with a fixed seed."""
+    names = sorted({str(g) for g in groups})
+    part_of = {name: i % parts for i, name in enumerate(np.random.default_rng(0).permutation(names).tolist())}
+    return np.array([part_of[str(g)] for g in groups], dtype=np.int64)
 
 
 def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Sequence[str], global_threshold: float,

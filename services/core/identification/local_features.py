@@ -1,0 +1,222 @@
+"""Local-feature re-ranking (issue #21 item 6): keypoints of a query matched against the gallery photos of its top-k
+candidate individuals, verified geometrically, fused with the embedding score.
+
+numpy only, like the rest of the identification core: the descriptors are made elsewhere
+(`services.core.keypoints`, OpenCV SIFT, in `whaleid evaluate`/`predict`, the worker and gallery build); here they
+are stored compactly, matched and counted:
+  1. `LocalFeatures`: keypoint coordinates (float16, pixels of the image resized to at most `MAX_SIDE`) and raw SIFT
+     descriptors (uint8, 128 each); `to_bytes`/`from_bytes` a versioned binary form (about 132 bytes a keypoint);
+  2. `inliers(a, b)`: RootSIFT nearest neighbours with Lowe's ratio test, then a RANSAC affine transform
+     (fixed seed, so the count is reproducible) and the number of matches it explains within `tolerance_px`;
+  3. `rerank(candidates, ...)`: for each query, each of its top `k` individuals gets the most inliers over its
+     gallery photos; fused score = embedding score + weight * min(inliers, cap) / cap; the candidates are re-sorted.
+     The threshold for `new_individual` applies to the fused scores, so it is tuned on them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from services.core.errors import DataError
+from services.core.identification.ranking import Candidates, average_precisions
+from services.core.identification.tuning import cross_fit_parts
+
+FORMAT_VERSION = 1
+DESCRIPTOR_SIZE = 128
+_HEADER = struct.Struct("<BBHH")  # version, descriptor size / 8 (unused bits), keypoints, reserved
+MIN_MATCHES = 4
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """The parameters of re-ranking (settings `rerank_*`, tuning.json `rerank`): `weight` of the inlier term
+    (chosen out of fold), `cap` inliers count as certain, the `k` best individuals re-ranked, `ratio` of Lowe's test,
+    `tolerance_px` of RANSAC, `iterations` RANSAC hypotheses, `photos` per individual compared at most (its
+    best-scoring ones by embedding, when the caller orders them)."""
+
+    weight: float = 0.3
+    cap: int = 20
+    k: int = 5
+    ratio: float = 0.8
+    tolerance_px: float = 8.0
+    iterations: int = 200
+    photos: int = 8
+
+    def with_weight(self, weight: float) -> "RerankConfig":
+        return RerankConfig(weight, self.cap, self.k, self.ratio, self.tolerance_px, self.iterations, self.photos)
+
+
+@dataclass
+class LocalFeatures:
+    """Keypoints (n, 2) float16 pixel coordinates and raw SIFT descriptors (n, 128) uint8."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+
+    def __post_init__(self):
+        self.points = np.asarray(self.points, np.float16).reshape(-1, 2)
+        self.descriptors = np.asarray(self.descriptors, np.uint8).reshape(-1, DESCRIPTOR_SIZE)
+        if len(self.points) != len(self.descriptors):
+            raise DataError(f"local features: {len(self.points)} keypoints but {len(self.descriptors)} descriptors")
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    @classmethod
+    def empty(cls) -> "LocalFeatures":
+        return cls(np.zeros((0, 2), np.float16), np.zeros((0, DESCRIPTOR_SIZE), np.uint8))
+
+    def to_bytes(self) -> bytes:
+        return (_HEADER.pack(FORMAT_VERSION, DESCRIPTOR_SIZE // 8, len(self), 0)
+                + self.points.astype("<f2").tobytes() + self.descriptors.tobytes())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LocalFeatures":
+        if len(data) < _HEADER.size:
+            raise DataError("local features: truncated header")
+        version, size8, count, _ = _HEADER.unpack_from(data)
+        if version != FORMAT_VERSION or size8 * 8 != DESCRIPTOR_SIZE:
+            raise DataError(f"local features: format {version}/{size8 * 8} is not {FORMAT_VERSION}/{DESCRIPTOR_SIZE}")
+        start, middle = _HEADER.size, _HEADER.size + 4 * count
+        if len(data) != middle + DESCRIPTOR_SIZE * count:
+            raise DataError(f"local features: {len(data)} bytes do not hold {count} keypoints")
+        points = np.frombuffer(data, "<f2", 2 * count, start).reshape(count, 2)
+        descriptors = np.frombuffer(data, np.uint8, DESCRIPTOR_SIZE * count, middle).reshape(count, DESCRIPTOR_SIZE)
+        return cls(points, descriptors)
+
+    def root_sift(self) -> np.ndarray:
+        """RootSIFT (Arandjelovic & Zisserman 2012): sqrt of the L1-normalised descriptor, unit L2 norm."""
+        d = self.descriptors.astype(np.float32)
+        return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+
+
+def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into a, into b) of a's nearest neighbours in b that pass Lowe's ratio test (unit vectors)."""
+    if len(a) == 0 or len(b) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    distance = np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)  # squared L2 of unit vectors
+    two = np.argpartition(distance, 1, axis=1)[:, :2]
+    d2 = np.take_along_axis(distance, two, axis=1)
+    order = np.argsort(d2, axis=1)
+    nearest = np.take_along_axis(two, order, axis=1)[:, 0]
+    d2 = np.sort(d2, axis=1)
+    keep = d2[:, 0] < (ratio * ratio) * d2[:, 1]
+    return np.flatnonzero(keep), nearest[keep]
+
+
+def ransac_affine_inliers(source: np.ndarray, target: np.ndarray, tolerance: float, iterations: int,
+                          seed: int = 0) -> int:
+    """The most matches one affine transform (from 3 random matches) maps within `tolerance` pixels."""
+    count = len(source)
+    if count < MIN_MATCHES:
+        return 0
+    rng = np.random.default_rng(seed)
+    picks = np.stack([rng.choice(count, 3, replace=False) for _ in range(iterations)])  # (H, 3)
+    design = np.concatenate([source[picks], np.ones((iterations, 3, 1))], axis=2)  # (H, 3, 3)
+    usable = np.abs(np.linalg.det(design)) > 1e-3
+    if not usable.any():
+        return 0
+    transforms = np.linalg.solve(design[usable], target[picks[usable]])  # (H', 3, 2)
+    homogeneous = np.concatenate([source, np.ones((count, 1))], axis=1)  # (m, 3)
+    mapped = np.einsum("mk,hkj->hmj", homogeneous, transforms)  # (H', m, 2)
+    close = ((mapped - target[None]) ** 2).sum(axis=2) <= tolerance * tolerance
+    return int(close.sum(axis=1).max())
+
+
+def inliers(a: LocalFeatures, b: LocalFeatures, config: RerankConfig = RerankConfig(),
+            a_root: np.ndarray | None = None) -> int:
+    """Geometrically verified matches between two photos' local features."""
+    if len(a) < MIN_MATCHES or len(b) < MIN_MATCHES:
+        return 0
+    ia, ib = ratio_matches(a.root_sift() if a_root is None else a_root, b.root_sift(), config.ratio)
+    if len(ia) < MIN_MATCHES:
+        return 0
+    return ransac_affine_inliers(a.points[ia].astype(np.float64), b.points[ib].astype(np.float64),
+                                 config.tolerance_px, config.iterations)
+
+
+def candidate_inliers(candidates: Candidates, queries: Sequence[LocalFeatures | None],
+                      photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig) -> np.ndarray:
+    """(Q, k) inliers of each query's top-k individuals: the most over the individual's photos (`photos_of`
+    gives them, best first; `config.photos` at most). A query without features keeps zeros."""
+    k = min(config.k, candidates.ids.shape[1])
+    out = np.zeros((len(candidates), k), np.int32)
+    for q, features in enumerate(queries):
+        if features is None or len(features) < MIN_MATCHES:
+            continue
+        root = features.root_sift()
+        for c in range(k):
+            individual = candidates.ids[q, c]
+            if not individual:
+                continue
+            photos = list(photos_of(str(individual)))[:config.photos]
+            out[q, c] = max((inliers(features, p, config, root) for p in photos), default=0)
+    return out
+
+
+def fuse(candidates: Candidates, counts: np.ndarray, weight: float, cap: int) -> Candidates:
+    """Embedding score + weight * min(inliers, cap) / cap for the first counts.shape[1] candidates, re-sorted."""
+    k = counts.shape[1]
+    scores = candidates.scores.astype(np.float32).copy()
+    bonus = weight * np.minimum(counts, cap).astype(np.float32) / float(cap)
+    present = candidates.ids[:, :k] != ""
+    scores[:, :k] = np.where(present, scores[:, :k] + bonus, scores[:, :k])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rows = None if candidates.rows is None else np.take_along_axis(candidates.rows, order, axis=1)
+    return Candidates(np.take_along_axis(candidates.ids, order, axis=1), np.take_along_axis(scores, order, axis=1),
+                      rows)
+
+
+def rerank(candidates: Candidates, queries: Sequence[LocalFeatures | None],
+           photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig()) -> Candidates:
+    """`candidate_inliers` then `fuse` (module docstring)."""
+    return fuse(candidates, candidate_inliers(candidates, queries, photos_of, config), config.weight, config.cap)
+
+
+WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
+
+
+def fused_precisions(candidates: Candidates, counts: np.ndarray, truths: Sequence[str], cap: int,
+                     weights: Sequence[float] = WEIGHTS) -> tuple[np.ndarray, np.ndarray]:
+    """(grid (T,), AP@5 (W, T, Q)) of the fused candidates for every weight and threshold; the grid spans the
+    fused scores (-0.2 .. 1 + the largest weight, step 0.01)."""
+    grid = np.round(np.arange(-0.2, 1.0 + max(weights) + 1e-9, 0.01), 3).astype(np.float32)
+    return grid, np.stack([average_precisions(fuse(candidates, counts, float(w), cap), truths, grid)
+                           for w in weights])
+
+
+def tune_rerank(candidates: Candidates, counts: np.ndarray, truths: Sequence[str], cap: int,
+                weights: Sequence[float] = WEIGHTS) -> dict:
+    """The weight and the threshold (on the fused scores) with the best MAP@5 on these validation queries;
+    ties go to the smaller weight, then the lower threshold."""
+    grid, precisions = fused_precisions(candidates, counts, truths, cap, weights)
+    means = precisions.mean(axis=2)  # (W, T)
+    w, t = np.unravel_index(int(np.argmax(means)), means.shape)
+    return {"weight": float(weights[w]), "threshold": float(grid[t]), "map5": round(float(means[w, t]), 4),
+            "map5_by_weight": {str(float(x)): round(float(m), 4) for x, m in zip(weights, means.max(axis=1),
+                                                                                   strict=True)}}
+
+
+def cross_fitted_rerank(candidates: Candidates, counts: np.ndarray, truths: Sequence[str], groups: Sequence[str],
+                        cap: int, weights: Sequence[float] = WEIGHTS, parts: int = 2) -> dict:
+    """MAP@5 with the weight AND the threshold chosen out of sample, as tuning.cross_fitted_map5 does for the
+    threshold alone (the same parts): each part scored at the (weight, threshold) best on the others."""
+    truths = np.asarray(truths, dtype=object)
+    part = cross_fit_parts(groups, parts)
+    grid, precisions = fused_precisions(candidates, counts, truths, cap, weights)
+    held_out = np.zeros(len(candidates))
+    chosen = []
+    for index in range(parts):
+        inside, outside = part != index, part == index
+        if not outside.any():
+            continue
+        means = precisions[:, :, inside].mean(axis=2) if inside.any() else np.zeros(precisions.shape[:2])
+        w, t = np.unravel_index(int(np.argmax(means)), means.shape)
+        chosen.append({"weight": float(weights[w]), "threshold": round(float(grid[t]), 3)})
+        held_out[outside] = precisions[w, t, outside]
+    return {"map5": round(float(held_out.mean()), 4), "chosen": chosen,
+            "in_sample": round(float(precisions.mean(axis=2).max()), 4)}
