@@ -65,6 +65,9 @@ METHODS = ("pixel", "pretrained", "lite0", "b0-tiny")
 REAL_METHODS = ("pixel", "general", "general-lite0", f"lite0@synth-{TRAIN_STYLE}")
 GENERAL_LITE0 = {"backbone": "EfficientNetLite0", "image_size": 224}
 DETECTOR_CACHE = "detector-default"
+RERANKED = ("general",)  # re-ranked by local features in the real part (bench/real_rerank.py)
+LOOKS = ("random",)  # synthetic looks other than the default scored beside the real sets
+LOOK_INDIVIDUALS, LOOK_SEED, LOOK_IMAGE_SIZE = 60, 11, 320
 
 
 # ----------------------------------------------------------------------------- data
@@ -230,6 +233,10 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--real-methods", nargs="*", default=list(REAL_METHODS))
     parser.add_argument("--detector-run", type=Path, help="the detector run measured on the real boxes")
     parser.add_argument("--no-cam", action="store_true", help="skip the activation-map localiser")
+    parser.add_argument("--rerank", nargs="*", default=list(RERANKED),
+                        help="real methods also measured re-ranked by SIFT inliers (`<method>+sift`); none: off")
+    parser.add_argument("--look", nargs="*", default=list(LOOKS),
+                        help=f"synthetic looks scored beside the real sets ({LOOK_INDIVIDUALS} individuals each)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("faiss", "training.data", "absl", "tensorflow"):
@@ -373,11 +380,16 @@ def real_part(args, work: Path) -> dict:
     if not (real_sets.NYALA.is_dir() or real_sets.REAL_PHOTOS.is_dir() or real_sets.HAPPYWHALE_BOXES.is_dir()):
         log.info("real development sets absent (%s): skipped", real_sets.SHARED)
         return {"real_sets": {}}
+    from bench.real_rerank import Rerank, look_split
     from training.config import parse_set_options
 
     methods = real_methods(args.real_methods, work, parse_set_options(args.overrides))
     detector, record = (None, {}) if real_sets.happywhale_boxes() is None else real_detector(args, work)
-    real = real_sets.run(methods, detector, record.get("note", ""), cam=not args.no_cam, log=log)
+    looks = {f"synth-{look}": look_split(make_set(work / f"look-{look}", LOOK_INDIVIDUALS, LOOK_SEED, look,
+                                                  LOOK_IMAGE_SIZE)) for look in args.look}
+    rerank = Rerank(tuple(args.rerank)) if args.rerank else None
+    real = real_sets.run(methods, detector, record.get("note", ""), cam=not args.no_cam, log=log, rerank=rerank,
+                         looks=looks)
     return {"real_sets": real, "real_detector": record}
 
 

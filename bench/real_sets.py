@@ -252,12 +252,13 @@ def viewpoint(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarray) -
             "best_photo_same_flank": share(best_same), "queries_both_flanks_in_gallery": len(best_same)}
 
 
-def score_closed(check: ClosedCheck, gallery_x: np.ndarray, query_x: np.ndarray) -> dict:
-    """Rank of the right animal per query and MAP@5 with `new_individual` never answered."""
+def score_closed(check: ClosedCheck, gallery_x: np.ndarray, query_x: np.ndarray, candidates=None) -> dict:
+    """Rank of the right animal per query and MAP@5 with `new_individual` never answered (of `candidates`, e.g.
+    re-ranked ones, when given)."""
     from services.core.identification import map_at_5
     from services.core.identification.ranking import insert_new_individual
 
-    candidates = _rank(gallery_x, check.gallery_ids, query_x)
+    candidates = _rank(gallery_x, check.gallery_ids, query_x) if candidates is None else candidates
     predictions = [[i for i, _ in p] for p in insert_new_individual(candidates, -np.inf)]
     ranks = [int(np.flatnonzero(candidates.ids[q] == t)[0]) + 1 if t in candidates.ids[q] else None
              for q, t in enumerate(check.truths)]
@@ -436,11 +437,13 @@ class Method:
 
 
 def run(methods: dict[str, Method], detector: tuple[Path, int] | None = None, detector_note: str = "",
-        cam: bool = True, log=None) -> dict:
-    """Every real set present, every method side by side (module docstring); {} without ../shared/data."""
+        cam: bool = True, log=None, rerank=None, looks: dict[str, OpenSetSplit] | None = None) -> dict:
+    """Every real set present, every method side by side (module docstring); {} without ../shared/data.
+    `rerank` (bench.real_rerank.Rerank): also `<method>+sift` for its methods; `looks`: synthetic open sets
+    scored like nyala."""
     sets: dict[str, dict] = {}
     timing: dict[str, dict] = {name: {"images": 0, "wall_s": 0.0, "cpu_s": 0.0} for name in methods}
-    splits = nyala_splits()
+    splits = {**nyala_splits(), **(looks or {})}
     fins = fin_check()
     for name, method in methods.items():
         for set_name, split in splits.items():
@@ -452,6 +455,8 @@ def run(methods: dict[str, Method], detector: tuple[Path, int] | None = None, de
             entry["split"]["map5_always_new"] = round(float(np.mean(np.asarray(split.truths) == NEW_INDIVIDUAL)), 4)
             entry["methods"][name] = {
                 **score_open_set(split, gallery_x, query_x), **cost}
+            if rerank is not None and name in rerank.methods:
+                entry["methods"][f"{name}+sift"] = rerank.open_set(split, gallery_x, query_x)
             if log:
                 log.info("%s %s: %s", set_name, name, {k: v for k, v in sets[set_name]["methods"][name].items()
                                                         if k.startswith(("map5", "known"))})
@@ -462,10 +467,17 @@ def run(methods: dict[str, Method], detector: tuple[Path, int] | None = None, de
             sets.setdefault("fins", {"gallery_photos": len(fins.gallery), "queries": [q.name for q in fins.queries],
                                      "methods": {}})["methods"][name] = {**score_closed(fins, gallery_x, query_x),
                                                                          **cost}
+            if rerank is not None and name in rerank.methods:
+                sets["fins"]["methods"][f"{name}+sift"] = rerank.closed(fins, gallery_x, query_x)
     costs = {name: {"images": t["images"], "ms_per_image": round(1000 * t["wall_s"] / t["images"], 2),
                     "cpu_ms_per_image": round(1000 * t["cpu_s"] / t["images"], 2)}
              for name, t in timing.items() if t["images"]}
     result = {"sets": sets, "cost": costs, "methods": {name: m.note for name, m in methods.items()}}
+    if rerank is not None:
+        for name in rerank.methods:
+            if name in costs:
+                result["methods"][f"{name}+sift"] = f"{name} re-ranked by SIFT inliers (bench/real_rerank.py)"
+                result["cost"][f"{name}+sift"] = {**costs[name], **rerank.cost()}
     boxes = happywhale_boxes()
     if boxes is not None:
         result["happywhale_boxes"] = localisation(boxes, detector, detector_note, cam)
@@ -494,7 +506,7 @@ def table(real: dict) -> str:
 
     for set_name, entry in real["sets"].items():
         figures = entry["methods"]
-        if set_name.startswith("nyala"):
+        if "split" in entry:  # nyala and the synthetic looks
             s = entry["split"]
             lines.append(f"{set_name}: gallery {s['gallery_photos']} photos of {s['gallery_individuals']}, queries "
                          f"{s['known_queries']} known + {s['new_queries']} new ({s['new_individuals']} individuals); "
@@ -524,6 +536,10 @@ def table(real: dict) -> str:
     cost = real.get("cost", {})
     row("CPU ms / image (process CPU)", [fmt(cost.get(m, {}).get("cpu_ms_per_image"), 1) for m in methods])
     row("wall ms / image", [fmt(cost.get(m, {}).get("ms_per_image"), 1) for m in methods])
+    if any("match_cpu_ms_per_query" in cost.get(m, {}) for m in methods):
+        row("  + SIFT CPU ms / image (extraction)", [fmt(cost.get(m, {}).get("sift_cpu_ms_per_image"), 1)
+                                                    for m in methods])
+        row("  + matching CPU ms / query", [fmt(cost.get(m, {}).get("match_cpu_ms_per_query"), 1) for m in methods])
     boxes = real.get("happywhale_boxes")
     if boxes:
         lines.append(f"happywhale boxes: {boxes['photos']} photos ({boxes['sources']} source photos), "

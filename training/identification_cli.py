@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     evaluate.add_argument("--compare", choices=("general", "none"), default="general",
                           help="general (default): also score the general identifier (`--run general`, no training) on "
                                "the same folds and say which to serve; none: skip it")
+    evaluate.add_argument("--rerank", choices=("none", "sift"), default="none",
+                          help="sift: also tune local-feature re-ranking (SIFT inliers with the top individuals' "
+                               "photos fused with the score, weight and threshold out of fold); served by predict "
+                               "from tuning.json `rerank`")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.set_defaults(func=run_evaluate)
 

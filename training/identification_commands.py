@@ -179,6 +179,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         report["comparison"], served = compare_with_general(report, data, images, args.flip_tta, evaluate,
                                                             embeddings, evaluation)
     served.tuning.validation["in_fold"] = in_fold
+    if getattr(args, "rerank", "none") == "sift":
+        from training.rerank_commands import tune_for_evaluate
+
+        report["rerank"] = tune_for_evaluate(data, images, labelled, eval_folds, embeddings, served, embedders,
+                                             args.k, getattr(args, "references", "photos"),
+                                             getattr(args, "validation", "fold"))
     out_dir = Path(args.runs[0])
     tuning_path = served.tuning.save(out_dir / TUNING_FILE)
     curve = plot_threshold_curve(served.sweep, out_dir / CURVE_FILE,
@@ -331,7 +337,15 @@ def predict_command(args: argparse.Namespace) -> int:
     print(f"{', '.join(model_ids)}: {origin}", flush=True)
     gallery = build_reference_gallery(gallery_emb, [r.individual_id for r in data.train],
                                       [r.species for r in data.train], train_images, references, model_ids=model_ids)
-    predictions = Identifier(gallery, tuning).identify(test_emb, new_share=args.new_share)
+    if tuning.rerank:
+        from training.rerank_commands import identify_reranked
+
+        print(f"re-ranking by SIFT inliers: weight {tuning.rerank['weight']}, top {tuning.rerank['k']} individuals "
+              "(tuning.json `rerank`)", flush=True)
+        predictions = identify_reranked(Identifier(gallery, tuning), test_emb, data, train_images, data.test_images,
+                                        embedders[0].eval_box_source, args.new_share)
+    else:
+        predictions = Identifier(gallery, tuning).identify(test_emb, new_share=args.new_share)
     labels = [[label for label, _ in p] for p in predictions]
     path = write_submission(args.out, data.test_images, labels)
     new_first = np.mean([p[0] == "new_individual" for p in labels])

@@ -132,3 +132,30 @@ def test_rerank_moves_the_true_animal_from_second_to_first():
     assert counts[0, 1] > 20 and counts[0, 0] <= 8
     assert rerank(candidates, [query], photos.__getitem__, config).ids[0, 0] == "truth"
     assert rerank(candidates, [None], photos.__getitem__, config).ids[0, 0] == "decoy"  # no features: unchanged
+
+
+def test_evaluate_tunes_rerank_out_of_fold_where_the_embedding_ranks_the_truth_second():
+    """services.core.identification.local_features_tuning (what `whaleid evaluate --rerank sift` runs): two folds
+    of three animals with two photos each; every query's embedding is closer to another animal, its keypoints
+    match its own animal's gallery photo. Re-ranking must win held out; the tuned weight is recorded."""
+    from services.core.identification.evaluation import LabelledImages
+    from services.core.identification.local_features_tuning import rerank_out_of_fold, served_config
+    from services.core.keypoints import extract
+
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.normal(size=(16, 6)))[0].T  # six orthonormal directions
+    images, ids, rows, features = [], [], [], []
+    for i in range(6):
+        decoy = (i + 1) % 6
+        images += [f"a{i}_1.jpg", f"a{i}_2.jpg"]
+        ids += [f"animal{i}"] * 2
+        rows += [basis[i], 0.8 * basis[decoy] + 0.6 * basis[i]]
+        features += [extract(warped(texture(20 + i), 12, 0.9)), extract(texture(20 + i))]
+    data = LabelledImages(images, ids, ["s"] * 12, np.repeat([0, 1], 6))
+    result = rerank_out_of_fold({"m": np.asarray(rows, np.float32)}, {"m": 1.0}, data, [0, 1], features,
+                                RerankConfig(k=3))
+    assert result["queries"] == 6 and result["known_top1_without_rerank"] == 0.0
+    assert result["known_top1_held_out"] == 1.0 and result["map5_held_out"] > result["map5_held_out_without_rerank"]
+    assert result["weight"] > 0 and served_config(result).weight == result["weight"]
+    assert served_config({}) is None

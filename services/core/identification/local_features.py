@@ -22,8 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from services.core.errors import DataError
-from services.core.identification.ranking import Candidates, average_precisions
-from services.core.identification.tuning import cross_fit_parts
+from services.core.identification.evaluation import group_parts
+from services.core.identification.ranking import NEW_INDIVIDUAL, Candidates, average_precisions
 
 FORMAT_VERSION = 1
 DESCRIPTOR_SIZE = 128
@@ -89,22 +89,26 @@ class LocalFeatures:
         return cls(points, descriptors)
 
     def root_sift(self) -> np.ndarray:
-        """RootSIFT (Arandjelovic & Zisserman 2012): sqrt of the L1-normalised descriptor, unit L2 norm."""
-        d = self.descriptors.astype(np.float32)
-        return np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+        """RootSIFT (Arandjelovic & Zisserman 2012): sqrt of the L1-normalised descriptor, unit L2 norm (computed
+        once per object: gallery photos are matched against many queries)."""
+        if getattr(self, "_root", None) is None:
+            d = self.descriptors.astype(np.float32)
+            self._root = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
+        return self._root
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into a, into b) of a's nearest neighbours in b that pass Lowe's ratio test (unit vectors)."""
     if len(a) == 0 or len(b) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    distance = np.maximum(2.0 - 2.0 * (a @ b.T), 0.0)  # squared L2 of unit vectors
-    two = np.argpartition(distance, 1, axis=1)[:, :2]
-    d2 = np.take_along_axis(distance, two, axis=1)
-    order = np.argsort(d2, axis=1)
-    nearest = np.take_along_axis(two, order, axis=1)[:, 0]
-    d2 = np.sort(d2, axis=1)
-    keep = d2[:, 0] < (ratio * ratio) * d2[:, 1]
+    similarity = a @ b.T
+    rows = np.arange(len(a))
+    nearest = similarity.argmax(axis=1)
+    first = similarity[rows, nearest]
+    similarity[rows, nearest] = -np.inf
+    second = similarity.max(axis=1)
+    d1, d2 = np.maximum(2.0 - 2.0 * first, 0.0), np.maximum(2.0 - 2.0 * second, 0.0)  # squared L2 (unit vectors)
+    keep = d1 < (ratio * ratio) * d2
     return np.flatnonzero(keep), nearest[keep]
 
 
@@ -115,7 +119,7 @@ def ransac_affine_inliers(source: np.ndarray, target: np.ndarray, tolerance: flo
     if count < MIN_MATCHES:
         return 0
     rng = np.random.default_rng(seed)
-    picks = np.stack([rng.choice(count, 3, replace=False) for _ in range(iterations)])  # (H, 3)
+    picks = rng.integers(0, count, (iterations, 3))  # (H, 3); a repeated match gives det 0 and is dropped
     design = np.concatenate([source[picks], np.ones((iterations, 3, 1))], axis=2)  # (H, 3, 3)
     usable = np.abs(np.linalg.det(design)) > 1e-3
     if not usable.any():
@@ -127,12 +131,11 @@ def ransac_affine_inliers(source: np.ndarray, target: np.ndarray, tolerance: flo
     return int(close.sum(axis=1).max())
 
 
-def inliers(a: LocalFeatures, b: LocalFeatures, config: RerankConfig = RerankConfig(),
-            a_root: np.ndarray | None = None) -> int:
+def inliers(a: LocalFeatures, b: LocalFeatures, config: RerankConfig = RerankConfig()) -> int:
     """Geometrically verified matches between two photos' local features."""
     if len(a) < MIN_MATCHES or len(b) < MIN_MATCHES:
         return 0
-    ia, ib = ratio_matches(a.root_sift() if a_root is None else a_root, b.root_sift(), config.ratio)
+    ia, ib = ratio_matches(a.root_sift(), b.root_sift(), config.ratio)
     if len(ia) < MIN_MATCHES:
         return 0
     return ransac_affine_inliers(a.points[ia].astype(np.float64), b.points[ib].astype(np.float64),
@@ -148,13 +151,12 @@ def candidate_inliers(candidates: Candidates, queries: Sequence[LocalFeatures | 
     for q, features in enumerate(queries):
         if features is None or len(features) < MIN_MATCHES:
             continue
-        root = features.root_sift()
         for c in range(k):
             individual = candidates.ids[q, c]
             if not individual:
                 continue
             photos = list(photos_of(str(individual)))[:config.photos]
-            out[q, c] = max((inliers(features, p, config, root) for p in photos), default=0)
+            out[q, c] = max((inliers(features, p, config) for p in photos), default=0)
     return out
 
 
@@ -204,11 +206,12 @@ def tune_rerank(candidates: Candidates, counts: np.ndarray, truths: Sequence[str
 def cross_fitted_rerank(candidates: Candidates, counts: np.ndarray, truths: Sequence[str], groups: Sequence[str],
                         cap: int, weights: Sequence[float] = WEIGHTS, parts: int = 2) -> dict:
     """MAP@5 with the weight AND the threshold chosen out of sample, as tuning.cross_fitted_map5 does for the
-    threshold alone (the same parts): each part scored at the (weight, threshold) best on the others."""
+    threshold alone (the same parts): each part scored at the (weight, threshold) best on the others; `known_top1`
+    of the known queries at the weight chosen on the other parts."""
     truths = np.asarray(truths, dtype=object)
-    part = cross_fit_parts(groups, parts)
+    part = group_parts(groups, parts)
     grid, precisions = fused_precisions(candidates, counts, truths, cap, weights)
-    held_out = np.zeros(len(candidates))
+    held_out, hits = np.zeros(len(candidates)), np.zeros(len(candidates), bool)
     chosen = []
     for index in range(parts):
         inside, outside = part != index, part == index
@@ -218,5 +221,8 @@ def cross_fitted_rerank(candidates: Candidates, counts: np.ndarray, truths: Sequ
         w, t = np.unravel_index(int(np.argmax(means)), means.shape)
         chosen.append({"weight": float(weights[w]), "threshold": round(float(grid[t]), 3)})
         held_out[outside] = precisions[w, t, outside]
+        hits[outside] = fuse(candidates, counts, float(weights[w]), cap).ids[outside, 0] == truths[outside]
+    known = truths != NEW_INDIVIDUAL
     return {"map5": round(float(held_out.mean()), 4), "chosen": chosen,
-            "in_sample": round(float(precisions.mean(axis=2).max()), 4)}
+            "in_sample": round(float(precisions.mean(axis=2).max()), 4),
+            "known_top1": round(float(hits[known].mean()), 4) if known.any() else None}

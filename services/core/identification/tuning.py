@@ -38,6 +38,9 @@ class Tuning:
     # model_id -> run directory (`general`: the general identifier) of blend members that the commands serving
     # this tuning load themselves (`whaleid evaluate` recommending the general identifier or run + general)
     members: dict[str, str] = field(default_factory=dict)
+    # local-feature re-ranking served with this tuning ({}: off; `whaleid evaluate --rerank sift`): method, weight,
+    # cap, k, ... (local_features.RerankConfig); the threshold then applies to the fused scores
+    rerank: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not np.isfinite(self.threshold):
@@ -151,7 +154,9 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
     groups = [str(g) for g in groups]
     if len(groups) != len(candidates) or truths.shape[0] != len(candidates):
         raise DataError(f"cross-fitting: {len(candidates)} queries, {truths.shape[0]} truths, {len(groups)} groups")
-    part = cross_fit_parts(groups, parts)
+    names = sorted(set(groups))
+    part_of = {name: i % parts for i, name in enumerate(np.random.default_rng(0).permutation(names).tolist())}
+    part = np.array([part_of[g] for g in groups])
     grid_array = np.asarray(grid, dtype=np.float32)
     precisions = average_precisions(candidates, truths, grid_array)  # (T, Q)
     held_out = np.zeros(len(candidates))
@@ -167,13 +172,6 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
     return {"map5": round(float(weighted_mean(held_out, weights)), 4),
             "in_sample": round(float(weighted_mean(precisions, weights).max()), 4),
             "thresholds": [round(t, 3) for t in thresholds]}
-
-
-def cross_fit_parts(groups: Sequence[str], parts: int = 2) -> np.ndarray:
-    """The part (0..parts-1) of each query for cross-fitting: whole groups, shuffled with a fixed seed."""
-    names = sorted({str(g) for g in groups})
-    part_of = {name: i % parts for i, name in enumerate(np.random.default_rng(0).permutation(names).tolist())}
-    return np.array([part_of[str(g)] for g in groups], dtype=np.int64)
 
 
 def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Sequence[str], global_threshold: float,
