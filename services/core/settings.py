@@ -58,10 +58,10 @@ class Settings:
     triton_timeout_s: float = 10.0  # per Triton request
     # --- Prometheus (only for the embedded stack and tests; services expose /metrics themselves)
     prometheus_url: str = ""  # http://host:port of Prometheus (filled from the stack state locally)
-    # --- Faust (Tansu needs short sessions and unbatched producers; production uses Faust's defaults)
+    # --- Faust (Tansu needs short sessions and a short fetch wait; production uses Faust's defaults)
     faust_broker_session_timeout: float = 60.0  # Faust consumer session timeout (s)
     faust_broker_heartbeat_interval: float = 3.0  # Faust consumer heartbeat (s)
-    faust_producer_max_batch_size: int = 16384  # Faust producer batch size (bytes)
+    faust_producer_max_batch_size: int = 16384  # Faust producer batch size (bytes); batches on Tansu too (only its ListOffsets is short, see docs/chain.md)
     faust_store: str = "memory://"  # Faust table store (rocksdb:// in production if installed)
     faust_web_port_base: int = 6066  # Faust web port of the first worker; others add their index
     faust_web_host: str = "127.0.0.1"  # where the worker's and matcher's Faust web pages listen (POST /gallery/reload/ needs an admin token)
@@ -149,7 +149,6 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "local": {
         "faust_broker_session_timeout": 6.0,
         "faust_broker_heartbeat_interval": 1.0,
-        "faust_producer_max_batch_size": 1,  # Tansu's ListOffsets quirk (see ENVIRONMENT.md); never in production
         "faust_fetch_max_wait_ms": 100,  # Tansu answers a fetch only when this wait expires (~550 ms per hop at 1500)
         "faust_producer_idempotence": False,  # Tansu 0.6 fails aiokafka's InitProducerId (v0): UNKNOWN error
         "aws_access_key_id": "testing",

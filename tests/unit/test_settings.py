@@ -25,7 +25,7 @@ def test_defaults_then_profile():
     assert production.faust_broker_session_timeout == Settings.faust_broker_session_timeout == 60.0
     assert production.faust_producer_max_batch_size == 16384 and production.aws_access_key_id == ""
     # the local profile carries the Tansu/Faust workarounds and moto's dummy credentials
-    assert local.faust_broker_session_timeout == 6.0 and local.faust_producer_max_batch_size == 1
+    assert local.faust_broker_session_timeout == 6.0 and local.faust_producer_max_batch_size == 16384
     assert local.aws_access_key_id == "testing"
     assert load_settings(environ={"WHALEID_PROFILE": "production"}).profile == "production"
 
@@ -37,7 +37,7 @@ def test_file_beats_profile_env_beats_file_keywords_beat_env(tmp_path):
     )
     from_file = load_settings(profile="local", environ={"WHALEID_CONFIG": str(config)})
     assert (from_file.faust_broker_session_timeout, from_file.gateway_port) == (8.0, 9000)
-    assert from_file.faust_producer_max_batch_size == 1  # untouched profile value stays
+    assert from_file.faust_fetch_max_wait_ms == 100  # untouched profile value stays
 
     env = {
         "WHALEID_CONFIG": str(config),
