@@ -137,8 +137,10 @@ class SightingUploaded(_JsonRecord):
 
 class SightingEmbedded(_JsonRecord):
     """Wire form (record_version 2): `{"record_version": 2, "sighting_id", "embedding_f32": base64 float32 LE,
-    "model_version", "crop_box", ...}`; in memory `embedding` is a list of floats (a numpy vector is accepted when
-    built in code), float32 values once read from a version 2 record. `to_data()` is the JSON object."""
+    "model_version", "crop_box", ...}`; in memory `embedding` is a numpy vector once read (float32 from a version 2
+    record, float64 from a version 1 list; never a list of 512 Python floats, which cost more to build and to encode
+    again than the record's JSON) and a numpy vector or a list of floats when built in code. `to_data()` is the JSON
+    object."""
 
     sighting_id: str
     embedding: list[float]
@@ -169,7 +171,7 @@ class SightingEmbedded(_JsonRecord):
         embedding = embedding_of(data)
         fields = {k: v for k, v in data.items() if k not in ("record_version", "embedding_f32", "embedding")}
         try:
-            return super().from_data({**fields, "embedding": embedding.tolist()}, *args, **kwargs)
+            return super().from_data({**fields, "embedding": embedding}, *args, **kwargs)
         except TypeError as exc:  # a required field is missing
             raise RecordError(f"not a SightingEmbedded record: {exc}") from None
 

@@ -123,7 +123,7 @@ class Matcher:
                     "embedding_mismatch",
                     f"sighting {record.sighting_id}: {len(record.embedding)} values, gallery has {state.embedding_size}",
                 )
-        embeddings = np.asarray([r.embedding for r in records], dtype=np.float32)
+        embeddings = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in records])
         choices = [choose_species(r.metadata, r.species_scores, self.species_min_probability) for r in records]
         species = [c.species or None for c in choices] if any(c.species for c in choices) else None
         start = time.perf_counter()

@@ -213,7 +213,7 @@ def embedded_record(prepared: PreparedSighting, embedding, model_version: str,
     event = prepared.event
     return topics.SightingEmbedded(
         sighting_id=event.sighting_id,
-        embedding=np.asarray(embedding, dtype=np.float32).tolist(),  # Triton's float32 values (record version 2)
+        embedding=np.asarray(embedding, dtype=np.float32),  # Triton's float32 values (record version 2), no list
         model_version=model_version,
         crop_box=prepared.crop.box,
         crop_source=prepared.crop.source,
