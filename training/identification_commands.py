@@ -208,7 +208,7 @@ def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bo
     alone), on the same folds, queries and settings as the run(s); which of run / general / blend to serve: the
     highest held-out (cross-fitted) MAP@5 (evaluation.recommend: a tie goes to the general identifier, then the
     run). Returns (the comparison, the Evaluation to serve: its tuning names the general member in `members`)."""
-    from services.core.identification.evaluation import recommend
+    from services.core.identification.evaluation import NOISE_Z, gain_standard_error, recommend
     from training.embed import Embedder
 
     general = Embedder.from_run(resolve_runs(["general"])[0])
@@ -225,9 +225,12 @@ def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bo
         comparison.update(blend_weights=blended.report["weights"],
                           blend_weights_held_out=blended.report["held_out"].get("weights"),
                           blend_threshold=blended.report["threshold"])
-    choice = recommend(held_out)
+    errors = {name: round(gain_standard_error(e, alone), 4) for name, e in evaluations.items()
+              if name != "general" and e is not None}
+    choice = recommend(held_out, errors)
     comparison.update({
         "map5_held_out": held_out,
+        "gain_standard_error": errors, "noise_z": NOISE_Z,
         "map5_in_sample": {"run": report["map5_in_sample"], "general": other["map5_in_sample"],
                            **({"blend": evaluations["blend"].report["map5_in_sample"]} if "blend" in evaluations
                               else {})},
@@ -240,7 +243,8 @@ def compare_with_general(report: dict, data, images: Sequence[str], flip_tta: bo
         served.tuning.members = {general.model_id: GENERAL_MEMBER}
         served.tuning.weights = {**{m: 0.0 for m in embeddings or {}}, **served.tuning.weights}  # run(s) 0: dropped
     if served is not None:
-        served.tuning.validation["comparison"] = {"recommend": choice, "map5_held_out": held_out}
+        served.tuning.validation["comparison"] = {"recommend": choice, "map5_held_out": held_out,
+                                                  "gain_standard_error": errors}
     return comparison, served
 
 
@@ -285,9 +289,14 @@ def format_evaluation(report: dict) -> str:
                   "general": f"serve the general identifier ({comparison['general_run']}): fine-tuning did not beat "
                              "it here",
                   "blend": "serve the blend of this run and the general identifier"}[comparison["recommend"]]
+        errors = comparison.get("gain_standard_error") or {}
+        noise = ("; standard error of the gains over the general identifier: "
+                 + ", ".join(f"{name} {value:.4f}" for name, value in errors.items())
+                 + f" (a gain under {comparison.get('noise_z', 1.0):g} of them is a tie, which the general identifier "
+                 "wins)") if errors else ""
         lines.append(f"compared with the general identifier {comparison['general_model_id']} on the same folds: "
-                     f"MAP@5 held out {held['run']:.4f} (this run) vs {held['general']:.4f} (general){blended}: "
-                     f"{advice}")
+                     f"MAP@5 held out {held['run']:.4f} (this run) vs {held['general']:.4f} (general){blended}"
+                     f"{noise}: {advice}")
     serves = report.get("serves")
     if serves:
         lines.append(f"{report['tuning_file']} serves {describe_served(serves['weights'])} at threshold "

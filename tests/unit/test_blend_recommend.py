@@ -60,3 +60,57 @@ def test_gallery_build_serves_the_recommended_general_identifier_and_refuses_a_b
     Tuning(weights={"run-1": 0.5, "general-lite0-224": 0.5}, members={"general-lite0-224": "general"}).save(run)
     with pytest.raises(ConfigError, match="recommends the blend"):
         served_run(run)
+
+
+def test_a_gain_within_the_noise_is_a_tie_that_the_general_identifier_wins():
+    held = {"run": 0.62, "general": 0.60, "blend": 0.63}
+    assert recommend(held) == "blend"
+    assert recommend(held, {"run": 0.05, "blend": 0.05}) == "general"  # both gains under 1 standard error
+    assert recommend(held, {"run": 0.01, "blend": 0.05}) == "run"  # the run's gain is 2 standard errors
+    assert recommend(held, {"run": 0.01, "blend": 0.01}) == "blend"
+    assert recommend(held, {"run": 0.01, "blend": 0.01}, z=4.0) == "general"
+
+
+def _evaluation(precisions, groups):
+    import numpy as np
+
+    from services.core.identification.evaluation import Evaluation
+
+    return Evaluation(None, None, {}, {}, np.asarray(precisions, float), np.asarray(groups),
+                      np.ones(len(precisions)))
+
+
+def test_gain_standard_error_is_paired_and_clustered_by_group():
+    import numpy as np
+
+    from services.core.identification.evaluation import gain_standard_error
+
+    general = _evaluation([0.0, 0.5, 1.0, 0.2, 0.0, 1.0], list("aabbcc"))
+    same = _evaluation([0.0, 0.5, 1.0, 0.2, 0.0, 1.0], list("aabbcc"))
+    assert gain_standard_error(same, general) == 0.0  # paired: the same per-query figures have no noise
+    shifted = _evaluation([0.1, 0.6, 1.1, 0.3, 0.1, 1.1], list("aabbcc"))
+    assert gain_standard_error(shifted, general) == pytest.approx(0.0, abs=1e-12)  # a constant gain is certain
+    noisy = _evaluation([1.0, 1.0, 1.0, 0.2, 0.0, 0.0], list("aabbcc"))  # gains +1, +0.5, 0, 0, 0, -1
+    gains_by_group = np.array([1.5, 0.0, -1.0])  # summed per individual
+    mean = 0.5 / 6
+    expected = np.sqrt(3 / 2 * ((gains_by_group - 2 * mean) ** 2).sum()) / 6
+    assert gain_standard_error(noisy, general) == pytest.approx(expected)
+
+
+def test_held_out_precisions_are_each_querys_cross_fitted_figure():
+    """The per-query figures the noise rule pairs average to the reported held-out MAP@5 (one model, a blend)."""
+    import numpy as np
+
+    from services.core.identification.evaluation import LabelledImages, evaluate_out_of_fold
+
+    rng = np.random.default_rng(0)
+    counts = rng.choice([1, 2, 3], size=40)
+    rows = np.repeat(np.arange(40), counts)
+    data = LabelledImages([f"{n:04d}.jpg" for n in range(len(rows))], [f"i{r}" for r in rows], ["orca"] * len(rows),
+                          rows % 3)
+    centres = rng.normal(size=(40, 16))
+    models = {m: centres[rows] + rng.normal(size=(len(rows), 16)) * s for m, s in (("a", 0.8), ("b", 1.2))}
+    for chosen in ({"a": models["a"]}, models):
+        evaluation = evaluate_out_of_fold(chosen, data, [0, 1, 2], k=10, per_species=False, blend_steps=4)
+        assert evaluation.held_out_precisions.shape == (evaluation.report["queries"],)
+        assert np.mean(evaluation.held_out_precisions) == pytest.approx(evaluation.report["map5_held_out"], abs=6e-5)

@@ -68,11 +68,13 @@ def test_evaluate_writes_tuning_and_curve(dataset, pixel_models, capsys):
     held = comparison["map5_held_out"]
     assert held["run"] == report["map5_held_out"] and 0 <= held["general"] <= 1
     assert set(held) == {"run", "general", "blend"}  # and the blend of both, weights tuned out of fold
-    assert comparison["recommend"] == recommend(held)
+    assert comparison["recommend"] == recommend(held, comparison["gain_standard_error"])
+    assert set(comparison["gain_standard_error"]) == {"run", "blend"}
     assert report["map5"] == report["map5_in_sample"] and 0 <= report["map5_held_out"] <= 1
     tuning = Tuning.load(run)  # what evaluate recommends, served by predict / gallery build / model-repo build
     served = comparison["recommend"]
-    assert tuning.validation["comparison"] == {"recommend": served, "map5_held_out": held}
+    assert tuning.validation["comparison"] == {"recommend": served, "map5_held_out": held,
+                                               "gain_standard_error": comparison["gain_standard_error"]}
     if served == "run":
         assert tuning.threshold == report["threshold"] and tuning.weights == {"pixels-f0-e001": 1.0}
         assert tuning.members == {}

@@ -259,6 +259,9 @@ class Evaluation:
     sweep: ThresholdSweep
     fold_sweeps: dict[str, ThresholdSweep]
     report: dict = field(default_factory=dict)
+    held_out_precisions: np.ndarray | None = None  # per query (in query order) its cross-fitted average precision
+    query_groups: np.ndarray | None = None  # per query its cross-fitting group (individual, or image for new)
+    query_weights: np.ndarray | None = None
 
 
 def evaluate_out_of_fold(
@@ -301,14 +304,15 @@ def evaluate_out_of_fold(
         groups = [g for split in splits for g in query_groups(data, split)]
         scores = BlendScores(rank, group_parts(groups, HELD_OUT_PARTS), HELD_OUT_PARTS, grid, query_weight)
         weights, _ = optimise_blend_weights(model_ids, scores.best_map5_of(range(HELD_OUT_PARTS)), steps=blend_steps)
-        held_out = cross_fitted_blend_map5(scores, model_ids, blend_steps)
+        held_out = cross_fitted_blend_map5(scores, model_ids, blend_steps, per_query=True)
         oof = rank(weights)
     else:
         weights = {model_ids[0]: 1.0}
         oof = rank(weights)
         fitted = cross_fitted_map5(oof.candidates, oof.truths, oof.groups, parts=HELD_OUT_PARTS, grid=grid,
-                                   weights=query_weight)
-        held_out = {"map5": fitted["map5"], "thresholds": fitted["thresholds"]}
+                                   weights=query_weight, per_query=True)
+        held_out = {"map5": fitted["map5"], "thresholds": fitted["thresholds"], "per_query": fitted["per_query"]}
+    held_out_precisions = held_out.pop("per_query")
     sweep = sweep_threshold(oof.candidates, oof.truths, grid, query_weight)
     default = (catalogue_threshold(blend(embeddings_by_model, weights), data.individual_ids, default_quantile,
                                    references)
@@ -362,7 +366,8 @@ def evaluate_out_of_fold(
                                                              "map5_threshold_1", "per_fold", "per_species", "queries",
                                                              "new_individual_share", "folds", "references",
                                                              "validation", "threshold_choice")})
-    return Evaluation(tuning, sweep, fold_sweeps, report)
+    return Evaluation(tuning, sweep, fold_sweeps, report, np.asarray(held_out_precisions, dtype=np.float64),
+                      np.asarray(oof.groups), np.asarray(query_weight, dtype=np.float64))
 
 
 def build_tuned_gallery(
@@ -390,17 +395,45 @@ def build_tuned_gallery(
 
 
 CANDIDATES = ("general", "run", "blend")  # what `evaluate` may recommend, in order of preference on a tie
+NOISE_Z = 1.0  # a gain over the general identifier below this many standard errors counts as a tie
 
 
-def recommend(map5_held_out: Mapping[str, float | None]) -> str:
+def recommend(map5_held_out: Mapping[str, float | None],
+              standard_errors: Mapping[str, float | None] | None = None, z: float = NOISE_Z) -> str:
     """Which configuration to serve: the highest held-out (cross-fitted) MAP@5 among CANDIDATES present; a tie
     goes to the simpler one (the general identifier needs no retraining when the catalogue grows; a run alone
-    costs one embedder, a blend two)."""
+    costs one embedder, a blend two). `standard_errors` (run, blend: of their paired gain over the general
+    identifier, `gain_standard_error`): a gain within `z` of them is a tie with the general identifier, which then
+    wins: a small validation fold cannot tell, and the general identifier is the safe side on new data."""
     present = [(c, float(map5_held_out[c])) for c in CANDIDATES if map5_held_out.get(c) is not None]
     if not present:
         raise DataError("recommend: no held-out figure")
+    general = map5_held_out.get("general")
+    if general is not None and standard_errors:
+        present = [(c, value) for c, value in present
+                   if c == "general" or value - float(general) > z * float(standard_errors.get(c) or 0.0)]
     best = max(value for _, value in present)
     return next(c for c, value in present if value >= best - 1e-9)
+
+
+def gain_standard_error(candidate: "Evaluation", general: "Evaluation") -> float:
+    """Standard error of the held-out MAP@5 gain of `candidate` over `general`, scored on the same queries (same
+    data, folds and validation): paired per query, clustered by cross-fitting group (an individual's photos
+    together), weighted as the queries are."""
+    a, b = candidate.held_out_precisions, general.held_out_precisions
+    if a is None or b is None or a.shape != b.shape or a.size < 2:
+        return 0.0
+    weights = candidate.query_weights if candidate.query_weights is not None else np.ones(a.size)
+    total = float(weights.sum())
+    gain = float((weights * (a - b)).sum() / total)
+    residual = weights * (a - b - gain)
+    groups = np.asarray([str(g) for g in candidate.query_groups])
+    _, index = np.unique(groups, return_inverse=True)
+    sums = np.bincount(index, weights=residual)
+    count = sums.size
+    if count < 2:
+        return 0.0
+    return float(np.sqrt(count / (count - 1) * (sums ** 2).sum()) / total)
 
 
 def group_map5(precisions: np.ndarray, groups, weights: np.ndarray) -> dict[str, float]:
@@ -457,10 +490,13 @@ class BlendScores:
         return lambda weights: float(self.map5(weights, parts).max())
 
 
-def cross_fitted_blend_map5(scores: BlendScores, model_ids: Sequence[str], steps: int = 10) -> dict:
+def cross_fitted_blend_map5(scores: BlendScores, model_ids: Sequence[str], steps: int = 10,
+                            per_query: bool = False) -> dict:
     """Held-out MAP@5 of a blend: each part of the queries is scored at the blend weights and the threshold tuned
-    on the other parts (with one model: `cross_fitted_map5`)."""
+    on the other parts (with one model: `cross_fitted_map5`). `per_query`: also each query's held-out average
+    precision (`per_query`, an array, not for JSON)."""
     total, thresholds, weights_used = 0.0, [], []
+    precisions = np.zeros(len(scores.parts))
     for part in range(scores.part_count):
         others = [p for p in range(scores.part_count) if p != part]
         if not (scores.parts == part).any():
@@ -473,6 +509,12 @@ def cross_fitted_blend_map5(scores: BlendScores, model_ids: Sequence[str], steps
         total += float(scores.sums(weights)[part, best])
         thresholds.append(round(float(scores.grid[best]), 3))
         weights_used.append(weights)
+        if per_query:
+            oof = scores.rank(weights)
+            rows = scores.parts == part
+            precisions[rows] = average_precisions(oof.candidates.subset(np.flatnonzero(rows)), oof.truths[rows],
+                                                  scores.grid[best:best + 1])[0]
     count = float(scores.weights.sum())
-    return {"map5": round(total / (count if count > 0 else 1.0), 4), "thresholds": thresholds,
-            "weights": weights_used}
+    result = {"map5": round(total / (count if count > 0 else 1.0), 4), "thresholds": thresholds,
+              "weights": weights_used}
+    return {**result, "per_query": precisions} if per_query else result

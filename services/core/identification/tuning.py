@@ -144,11 +144,12 @@ def sweep_threshold(candidates: Candidates, truths: Sequence[str], grid: Sequenc
 
 
 def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Sequence[str], parts: int = 2,
-                      grid: Sequence[float] = DEFAULT_GRID, weights=None) -> dict[str, float]:
+                      grid: Sequence[float] = DEFAULT_GRID, weights=None, per_query: bool = False) -> dict[str, float]:
     """MAP@5 with the `new_individual` threshold tuned out of sample: the queries are split into `parts` by
     `groups` (e.g. the true individual, so one animal's photos stay together), and each part is scored at the
     threshold that is best on the other parts. `in_sample` is the optimistic figure tuned on every query.
-    `weights` (one per query): weighted means throughout."""
+    `weights` (one per query): weighted means throughout. `per_query`: also each query's held-out average
+    precision (`per_query`, an array, not for JSON)."""
     weights = query_weights(weights, len(candidates))
     truths = np.asarray(truths, dtype=object)
     groups = [str(g) for g in groups]
@@ -169,9 +170,10 @@ def cross_fitted_map5(candidates: Candidates, truths: Sequence[str], groups: Seq
         best = int(np.argmax(weighted_mean(precisions[:, inside], weights[inside]))) if fits else 0
         thresholds.append(float(grid_array[best]))
         held_out[outside] = precisions[best, outside]
-    return {"map5": round(float(weighted_mean(held_out, weights)), 4),
-            "in_sample": round(float(weighted_mean(precisions, weights).max()), 4),
-            "thresholds": [round(t, 3) for t in thresholds]}
+    result = {"map5": round(float(weighted_mean(held_out, weights)), 4),
+              "in_sample": round(float(weighted_mean(precisions, weights).max()), 4),
+              "thresholds": [round(t, 3) for t in thresholds]}
+    return {**result, "per_query": held_out} if per_query else result
 
 
 def tune_per_species(candidates: Candidates, truths: Sequence[str], species: Sequence[str], global_threshold: float,
