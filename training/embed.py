@@ -119,9 +119,10 @@ def load_trained_models(run_dir: str | Path, snapshot: int | str | Path | None =
 class Embedder:
     """Embeds uint8 RGB images (or files) exactly as the server does: crop, Pillow resize, model."""
 
-    def __init__(self, model, info: dict[str, Any]):
+    def __init__(self, model, info: dict[str, Any], localiser=None):
         self.model = model
         self.info = info
+        self.localiser = localiser  # training.localiser.CamLocaliser: the crop of photos without a box
         self.model_id: str = info["model_id"]
         self.image_size: int = int(info["image_size"])
         self.embedding_size: int = int(info["embedding_size"])
@@ -129,7 +130,10 @@ class Embedder:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, snapshot: int | str | Path | None = None) -> "Embedder":
-        return cls(*load_embedding_model(run_dir, snapshot))
+        from training.localiser import localiser_for
+
+        model, info = load_embedding_model(run_dir, snapshot)
+        return cls(model, info, localiser_for(info["config"]))
 
     def embed_arrays(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Preprocessed float32 (N, size, size, 3) in [0, 255] -> (N, D) L2-normalised float32."""
@@ -145,6 +149,10 @@ class Embedder:
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         if len(boxes) != len(images):
             raise ConfigError(f"embed_images: {len(images)} images but {len(boxes)} boxes")
+        unboxed = [i for i, box in enumerate(boxes) if box is None]
+        if self.localiser is not None and unboxed:  # the label-free crop, as the served `detector` finds it
+            for i, box in zip(unboxed, self.localiser.crop_boxes([images[i] for i in unboxed]), strict=True):
+                boxes[i] = box
         out = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([imaging.preprocess(image, self.image_size, box) for image, box in

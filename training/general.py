@@ -31,7 +31,7 @@ DEFAULT_DIR = Path("runs") / GENERAL
 DIR_ENV = "WHALEID_GENERAL_RUN"
 GENERAL_FOLDS = 5  # a catalogue's folds for the general identifier (every one held out)
 # settings that change the embedding: a run written with other values is another model
-EMBEDDING_KEYS = ("backbone", "image_size", "weights", "pooling", "gem_p", "eval_box_source")
+EMBEDDING_KEYS = ("backbone", "image_size", "weights", "pooling", "gem_p", "eval_box_source", "localiser")
 
 
 def general_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
