@@ -27,6 +27,8 @@ train individuals, an open set split by encounter with held-out individuals as `
 and box IoU on the real Happywhale boxes; methods side by side (`--real-methods`):
   - `pixel`: raw pixels (training.baseline), centred on the gallery mean;
   - `general`: the general identifier (training.general, its default config: EfficientNet-Lite2 @ 384, GeM);
+  - `general-cam`: the general identifier on the CAM localiser's crops (`localiser: cam`, training/localiser.py:
+    the box from the top ImageNet class's activation map, no labels; the whole frame when its score is < 0.5);
   - `general-lite0`: the same with EfficientNet-Lite0 @ 224 (overrides);
   - `lite0@synth-photo`: the lite0 trained on synth-photo, only when the synthetic part's finished run is cached
     in --work (never trained for the real part).
@@ -62,7 +64,7 @@ REAL_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ph
 TRAIN_STYLE = "photo"
 OTHER_LOOKS = ("grey", "overcast", "textured")
 METHODS = ("pixel", "pretrained", "lite0", "b0-tiny")
-REAL_METHODS = ("pixel", "general", "general-lite0", f"lite0@synth-{TRAIN_STYLE}")
+REAL_METHODS = ("pixel", "general", "general-cam", "general-lite0", f"lite0@synth-{TRAIN_STYLE}")
 GENERAL_LITE0 = {"backbone": "EfficientNetLite0", "image_size": 224}
 DETECTOR_CACHE = "detector-default"
 RERANKED = ("general",)  # re-ranked by local features in the real part (bench/real_rerank.py)
@@ -331,10 +333,11 @@ def real_methods(names, work: Path, lite0_overrides: dict) -> dict:
             continue
         from training.embed import Embedder
 
-        if name in ("general", "general-lite0"):
-            overrides = GENERAL_LITE0 if name == "general-lite0" else None
+        if name in ("general", "general-cam", "general-lite0"):
+            overrides = {"general-lite0": GENERAL_LITE0, "general-cam": {"localiser": "cam"}}.get(name)
             embedder = Embedder.from_run(general_run(work / name, overrides))
-            note = f"general identifier {embedder.model_id} (no training)"
+            note = f"general identifier {embedder.model_id} (no training)" + (
+                ", cropped by the CAM localiser (localiser: cam)" if embedder.localiser is not None else "")
         elif name == f"lite0@synth-{TRAIN_STYLE}":
             from training.train import read_state
 

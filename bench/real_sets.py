@@ -26,10 +26,12 @@ Sets (keys of the JSON's `real_sets`):
     are near-duplicates, so `mean_iou_by_source` is the figure to quote); `iou_at_0_5` is the share of photos
     with IoU >= 0.5. Localisers: `whole_frame` (no crop), `detector` (the synthetic-scene detector, exported
     to ONNX and run as served on the whole photo; `served` = its box when its score is >= 0.5, else the whole
-    frame, as the worker crops) and `cam` (no box labels: the class activation map of ImageNet's whale, shark,
-    dugong and sea-lion classes from the pretrained EfficientNet-Lite, thresholded at CAM_FRACTION of its
-    maximum, a value fixed beforehand from the CAM paper, the box of the connected region around the peak;
-    `cam_fraction_sweep` gives other fractions, in-sample, for orientation only).
+    frame, as the worker crops) and `cam` (no box labels: training.localiser, the class activation map of the
+    photo's top ImageNet class from the pretrained EfficientNet-Lite2 @ 384, the connected region around its peak
+    at services.core.localisation.CAM_FRACTION of its maximum, widened by CAM_MARGIN; `served` = its box when
+    its score, the share of the map's mass in the box, is >= 0.5, else the whole frame, as `localiser: cam` and
+    the served CAM `detector` crop; `cam_fraction_sweep` gives other fractions with no margin, in-sample, for
+    orientation only).
 Each method's `ms_per_image` is the wall time of embedding (decode, resize, model) per image measured in the
 same run, `cpu_ms_per_image` the process CPU time per image (both cores), after one warm-up image.
 """
@@ -53,9 +55,6 @@ REAL_PHOTOS = SHARED / "real-photos"
 NEW_SHARE = 0.25
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 NEW_INDIVIDUAL = "new_individual"  # services.core.identification.ranking.NEW_INDIVIDUAL (kept import-free here)
-CAM_FRACTION = 0.2  # Zhou et al. 2016 (class activation maps) box their localisation at 20% of the map's maximum
-CAM_CLASSES = (2, 3, 4, 147, 148, 149, 150)  # ImageNet: great white, tiger, hammerhead; grey whale, killer whale,
-# dugong, sea lion
 DETECTOR_MIN_SCORE = 0.5  # services.chain.worker.cropping.DETECTOR_MIN_SCORE
 
 
@@ -342,52 +341,6 @@ def detector_boxes(onnx_path: Path, image_size: int, photos: list[np.ndarray]) -
     return np.concatenate(boxes), np.concatenate(scores)
 
 
-class CamLocaliser:
-    """A box from the class activation map of ImageNet's sea-animal classes (no box labels)."""
-
-    def __init__(self, backbone: str = "EfficientNetLite0", size: int = 384):
-        import keras
-
-        from training.backbones.efficientnet_lite import efficientnet_lite
-
-        network = efficientnet_lite(backbone, (size, size, 3), weights="imagenet", include_top=True)
-        weights, _ = network.get_layer("fc").get_weights()
-        self.weights = weights[:, list(CAM_CLASSES)]  # (1280, classes)
-        self.features = keras.Model(network.input, network.get_layer("conv_head_relu6").output)
-        self.size, self.name = size, f"{backbone}@{size}"
-
-    def maps(self, photos: list[np.ndarray]) -> np.ndarray:
-        from services.core.imaging import resize_for_model
-
-        out = []
-        for start in range(0, len(photos), 16):
-            batch = np.stack([resize_for_model(p, self.size) for p in photos[start:start + 16]])
-            features = np.asarray(self.features(batch, training=False))  # (n, g, g, 1280)
-            cams = np.maximum(features @ self.weights, 0.0)  # (n, g, g, classes)
-            scores = cams.mean(axis=(1, 2))  # the classes' logits (bias aside)
-            out.append(cams[np.arange(len(cams)), :, :, scores.argmax(axis=1)])  # the top sea class's map
-        return np.concatenate(out)
-
-    @staticmethod
-    def box(cam: np.ndarray, width: int, height: int, fraction: float = CAM_FRACTION) -> np.ndarray:
-        """The pixel box of the connected region (4-neighbours) of cells >= fraction * max around the peak."""
-        grid_h, grid_w = cam.shape
-        if cam.max() <= 0:
-            return np.asarray([0.0, 0.0, width, height])
-        mask = cam >= fraction * cam.max()
-        start = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        seen, todo = {start}, [start]
-        while todo:
-            y, x = todo.pop()
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < grid_h and 0 <= nx < grid_w and mask[ny, nx] and (ny, nx) not in seen:
-                    seen.add((ny, nx))
-                    todo.append((ny, nx))
-        ys, xs = zip(*seen, strict=True)
-        return np.asarray([min(xs) / grid_w * width, min(ys) / grid_h * height,
-                           (max(xs) + 1) / grid_w * width, (max(ys) + 1) / grid_h * height])
-
-
 def localisation(boxes: BoxSet, detector: tuple[Path, int] | None, detector_note: str, cam: bool = True) -> dict:
     """IoU on the real Happywhale boxes of the whole frame, the detector (when given) and the CAM localiser."""
     photos = _load(boxes.photos)
@@ -409,21 +362,37 @@ def localisation(boxes: BoxSet, detector: tuple[Path, int] | None, detector_note
     else:
         result["detector"] = {"note": detector_note}
     if cam:
-        localiser = CamLocaliser()
-        localiser.maps(photos[:1])
-        started = time.perf_counter()
-        maps = localiser.maps(photos)
-        ms = round(1000 * (time.perf_counter() - started) / len(photos), 2)
-
-        def cam_boxes(fraction):
-            return np.stack([localiser.box(m, w, h, fraction) for m, (w, h) in zip(maps, sizes, strict=True)])
-
-        result["cam"] = {**iou_summary(best_ious(cam_boxes(CAM_FRACTION), boxes.boxes), boxes.sources),
-                         "backbone": localiser.name, "fraction": CAM_FRACTION, "ms_per_photo": ms,
-                         "cam_fraction_sweep": {str(f): iou_summary(best_ious(cam_boxes(f), boxes.boxes),
-                                                                    boxes.sources)["mean_iou_by_source"]
-                                                for f in (0.1, 0.2, 0.3, 0.5, 0.7)}}
+        result["cam"] = cam_localisation(photos, boxes, whole)
     return result
+
+
+def cam_localisation(photos: list[np.ndarray], boxes: BoxSet, whole: np.ndarray) -> dict:
+    """IoU of the CAM localiser (training.localiser, the crop of `localiser: cam` and of the served CAM
+    `detector`): its raw boxes, and as served (its box from MIN_SCORE, else the whole frame)."""
+    from services.core.localisation import MIN_SCORE, cam_box
+    from training.localiser import CamLocaliser
+
+    localiser = CamLocaliser()
+    localiser.maps(photos[:1])
+    started = time.perf_counter()
+    maps = localiser.maps(photos)
+    ms = round(1000 * (time.perf_counter() - started) / len(photos), 2)
+    scale = np.asarray([[w, h, w, h] for _, _, w, h in whole])
+
+    def pixel_boxes(fraction, margin):
+        found = [cam_box(m, fraction, margin) for m in maps]
+        return np.stack([b for b, _ in found]) * scale, np.asarray([s for _, s in found])
+
+    raw, scores = pixel_boxes(localiser.fraction, localiser.margin)
+    served = np.where((scores >= MIN_SCORE)[:, None], raw, whole)
+    return {**iou_summary(best_ious(raw, boxes.boxes), boxes.sources),
+            "served": iou_summary(best_ious(served, boxes.boxes), boxes.sources),
+            "share_score_at_least_0_5": round(float(np.mean(scores >= MIN_SCORE)), 4),
+            "backbone": localiser.name, "fraction": localiser.fraction, "margin": localiser.margin,
+            "ms_per_photo": ms,
+            "cam_fraction_sweep": {str(f): iou_summary(best_ious(pixel_boxes(f, 0.0)[0], boxes.boxes),
+                                                       boxes.sources)["mean_iou_by_source"]
+                                   for f in (0.1, 0.2, 0.3, 0.5)}}
 
 
 # ----------------------------------------------------------------------------- the whole real part
@@ -549,7 +518,8 @@ def table(real: dict) -> str:
         if "mean_iou_by_source" in boxes.get("detector", {}):
             entries += [("detector (raw box)", boxes["detector"]), ("detector as served", boxes["detector"]["served"])]
         if "cam" in boxes:
-            entries.append((f"CAM {boxes['cam']['backbone']} @{boxes['cam']['fraction']}", boxes["cam"]))
+            entries += [(f"CAM {boxes['cam']['backbone']} (raw box)", boxes["cam"]),
+                        ("CAM as served", boxes["cam"]["served"])]
         for label, e in entries:
             lines.append(f"  {label:<28}{e['mean_iou_by_source']:>20.3f}{e['mean_iou_per_photo']:>12.3f}"
                          f"{e['iou_at_0_5']:>10.3f}{fmt(e.get('ms_per_photo'), 1):>10}")
