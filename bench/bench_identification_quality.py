@@ -32,6 +32,11 @@ and box IoU on the real Happywhale boxes; methods side by side (`--real-methods`
   - `general-lite0`: the same with EfficientNet-Lite0 @ 224 (overrides);
   - `lite0@synth-photo`: the lite0 trained on synth-photo, only when the synthetic part's finished run is cached
     in --work (never trained for the real part).
+  - `general+sift` (`--rerank general`, the default; `--rerank` alone: off): the general identifier's candidates
+    re-ranked by SIFT inliers (bench/real_rerank.py: weight and threshold cross-fitted together, the fins check at
+    the default weight; SIFT extraction and matching CPU ms beside the embedding's).
+A synthetic look other than the default is scored beside nyala as an open set (`--look random`, the default:
+`whaleid synth --style random`, 60 individuals, seed 11, 320 px, cached in --work/look-random; whole frames).
 The detector measured on the Happywhale boxes is `--detector-run RUN`, else the run cached in
 --work/detector-default, else one trained there with `whaleid detector train`'s default config (synthetic scenes,
 frozen Lite0; its training seconds are recorded).
@@ -43,7 +48,8 @@ JSON keys: `sets` (synthetic looks and the old real-photos row: method -> map5..
 its training seconds). `--real-only` skips the synthetic part and keeps the synthetic keys of the previous JSON.
 
 `python -m bench identification_quality [--individuals 200] [--quick] [--set KEY=VALUE] [--work DIR]
-[--real-only] [--real-methods pixel general ...] [--detector-run RUN] [--no-cam]` writes
+[--real-only] [--real-methods pixel general ...] [--detector-run RUN] [--no-cam] [--rerank general]
+[--look random]` writes
 bench/results/identification_quality.json and .png (runs and sets are kept in --work and reused).
 """
 

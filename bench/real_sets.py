@@ -34,6 +34,8 @@ Sets (keys of the JSON's `real_sets`):
     orientation only).
 Each method's `ms_per_image` is the wall time of embedding (decode, resize, model) per image measured in the
 same run, `cpu_ms_per_image` the process CPU time per image (both cores), after one warm-up image.
+`run(..., looks=...)` adds synthetic open sets (e.g. `synth-random`) scored like nyala; `run(..., rerank=...)`
+adds `<method>+sift` beside each re-ranked method (bench/real_rerank.py), its costs in `cost`.
 """
 
 from __future__ import annotations
