@@ -58,7 +58,9 @@ def build_cam_model(backbone: str = CAM_BACKBONE, size: int = CAM_SIZE):
 
         def call(self, inputs):
             features, logits = inputs
-            weights = ops.take(ops.transpose(self.classifier), ops.argmax(logits, axis=-1), axis=0)  # (N, C)
+            # the top class as a one-hot row (max, not argmax + gather: those export as ops ONNX lacks)
+            top = ops.cast(ops.equal(logits, ops.max(logits, axis=-1, keepdims=True)), "float32")
+            weights = ops.matmul(top, ops.transpose(self.classifier))  # (N, C): the top class's weights
             return ops.einsum("nhwc,nc->nhw", features, weights)
 
     features = network.get_layer("conv_head_relu6").output
