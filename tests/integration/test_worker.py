@@ -17,6 +17,7 @@ import redis
 from kafka import KafkaProducer
 
 from services.core import keys, topics
+from services.devtools.stack.ports import free_port
 from support.chain import (
     TOY_MODEL_IDS,
     ServiceProcess,
@@ -308,6 +309,12 @@ def reload_model(chain) -> dict:
         return json.loads(response.read())
 
 
+def worker_model(chain) -> str | None:
+    """The model version the worker tags with, as last read (GET of its reload page: no Triton call)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{chain.worker.web_port}/model/reload/", timeout=30) as response:
+        return json.loads(response.read())["model_version"]
+
+
 def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_its_model(chain):
     """Triton reloads the ensemble with another build (no outage) and tells the worker (its reload page): the
     worker tags the next embeddings with the new version and registers its model ids; the matcher parks them
@@ -321,7 +328,13 @@ def test_a_reloaded_ensemble_is_noticed_and_its_sightings_wait_for_a_gallery_of_
     try:
         config.write_text(toy_config("toy-b", ["toy-embedder-b"]))
         admin.load_model("ensemble")
-        assert reload_model(chain)["model_version"] == "ensemble:1:toy-b"
+        # what `whaleid model-repo reload --worker-url URL` does after loading the models into Triton
+        from services.serving.model_repo.cli import tell_workers
+
+        worker_url = f"http://127.0.0.1:{chain.worker.web_port}"
+        assert tell_workers([worker_url], chain.settings) == 0
+        assert worker_model(chain) == "ensemble:1:toy-b"  # what it tags the next batch with
+        assert tell_workers([f"http://127.0.0.1:{free_port()}"], chain.settings) == 1  # no worker there: told so
         sighting = chain.upload(jpeg_bytes(photo(2)))
         wait_until(lambda: parked(chain.redis, sighting), 60, "the sighting parked by the matcher")
         stored = topics.SightingEmbedded.from_json(chain.redis.get(keys.embedding_key(sighting)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from services.serving.model_repo.configs import TARGETS, BuildOptions
@@ -22,8 +23,9 @@ def register(subparsers) -> None:
                             "training/general.py), exported on first use")
     build.add_argument("--tuning", type=Path, help="tuning.json with blend weights (default: equal weights)")
     build.add_argument("--out", type=Path, help="repository directory (default: settings.model_repository)")
-    build.add_argument("--detector", type=Path, metavar="DIR",
-                       help="a crop detector export (whaleid detector export) to serve as the model `detector`")
+    build.add_argument("--detector", type=Path, metavar="DIR|cam",
+                       help="a crop detector export (whaleid detector export) to serve as the model `detector`, "
+                            "or `cam`: the label-free CAM localiser (exported on first use to runs/cam-detector)")
     build.add_argument("--target", choices=TARGETS, default=defaults.target,
                        help="cpu: python backend + onnxruntime; gpu: Triton's onnxruntime_onnx platform")
     build.add_argument("--tensorrt", action="store_true", help="gpu target: TensorRT FP16 accelerator")
@@ -50,6 +52,10 @@ def register(subparsers) -> None:
     reload = commands.add_parser("reload", help="(re)load a rebuilt repository into the running Triton")
     reload.add_argument("repository", nargs="?", type=Path, help="default: settings.model_repository")
     reload.add_argument("--url", help="Triton gRPC address (default: settings.triton_grpc_url, i.e. the stack)")
+    reload.add_argument("--worker-url", action="append", default=[], metavar="URL",
+                        help="a running worker's Faust web address (http://host:port, repeatable): told to read the "
+                             "served model now (POST /model/reload/ with the settings' admin token); without it a "
+                             "worker notices within 5 s")
     reload.set_defaults(func=_reload)
 
     for name, verb in (("push", "upload a built repository to"), ("pull", "download a repository from")):
@@ -127,7 +133,23 @@ def _reload(args: argparse.Namespace) -> int:
         raise ConfigError("no Triton address: start the stack (whaleid stack up) or pass --url host:port")
     names = reload_models(_repository(args.repository), url)
     print(f"loaded into {url}: {', '.join(names)}")
-    return 0
+    return tell_workers(args.worker_url, load_settings())
+
+
+def tell_workers(worker_urls: list[str], settings) -> int:
+    """Each worker reads the served model now; 1 when one of them could not be told (it still notices by its
+    timer)."""
+    from services.core.errors import RepositoryError
+    from services.serving.model_repo.serving import admin_token, tell_worker
+
+    failed = 0
+    for worker_url in worker_urls:
+        try:
+            print(f"worker {worker_url}: tags {tell_worker(worker_url, admin_token(settings))}")
+        except RepositoryError as exc:
+            print(f"{exc} (it reads the model again within 5 s)", file=sys.stderr)
+            failed = 1
+    return failed
 
 
 def _push(args: argparse.Namespace) -> int:

@@ -32,3 +32,30 @@ def reload_models(repository: Path, grpc_url: str, timeout_s: float = 120.0) -> 
                 raise RepositoryError(f"Triton at {grpc_url} could not load model {name}: {exc.message()} "
                                       "(is it serving this repository, in explicit model-control mode?)") from None
     return names
+
+
+def admin_token(settings) -> str:
+    """The first admin token of the settings (`gateway_admin_tokens`): what the workers' reload page asks for."""
+    from services.core.access.credentials import ADMIN, configured_tokens
+
+    return next((entry.token for entry in configured_tokens(settings) if entry.credential.role == ADMIN), "")
+
+
+def tell_worker(worker_url: str, token: str, timeout_s: float = 30.0) -> str:
+    """POST `<worker_url>/model/reload/` (a running worker's Faust web address): the worker reads the served
+    ensemble now instead of at its next timer (every 5 s), so the next batch is tagged with the new version. The
+    version it now tags with; RepositoryError when it refuses or cannot be reached."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{worker_url.rstrip('/')}/model/reload/", method="POST", data=b"",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return str(json.loads(response.read())["model_version"])
+    except urllib.error.HTTPError as exc:
+        raise RepositoryError(f"worker {worker_url} refused the reload: HTTP {exc.code} "
+                              f"{exc.read().decode(errors='replace')[:200]}") from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise RepositoryError(f"worker {worker_url} did not answer the reload: {exc}") from None
