@@ -259,8 +259,10 @@ def format_evaluation(report: dict) -> str:
     tuned = "threshold/weights" if len(report["weights"]) > 1 else "threshold"
     choice = report.get("threshold_choice") or {}
     lines = []
-    if choice:
-        lines.append(f"served: {describe_choice(choice)}")
+    if choice:  # the run's own threshold; the last lines say what tuning.json serves when evaluate recommends other
+        serves = report.get("serves")
+        other = serves is not None and serves["weights"] != {m: w for m, w in report["weights"].items() if w > 0}
+        lines.append(f"{'this run' if other else 'served'}: {describe_choice(choice)}")
     lines += [
         f"out-of-fold MAP@5 (held out: {tuned} tuned on one half of the queries, split by individual, scored on "
         f"the other): {report['map5_held_out']:.4f}",
