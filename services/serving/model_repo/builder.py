@@ -53,7 +53,7 @@ VENDORED: dict[str, tuple[vendor.Vendored, ...]] = {
     "embedder": (),  # the cpu target's embedders
     "blend": (vendor.VECTORS,),
     "pipeline": (vendor.IMAGING,),  # the lean cpu layout's single step (services.serving.model_repo.lean)
-    "detector": (vendor.IMAGING,),  # the optional crop detector (services.serving.model_repo.detector)
+    "detector": (vendor.IMAGING, vendor.LOCALISATION),  # the optional crop detector (model_repo.detector)
 }
 
 

@@ -1,10 +1,13 @@
-"""The optional `detector` model of a built repository (`whaleid model-repo build --detector EXPORT`).
+"""The optional `detector` model of a built repository (`whaleid model-repo build --detector EXPORT|cam`).
 
-EXPORT is what `whaleid detector export` writes (model.onnx + detector.json). The model folder holds the ONNX
-file, the python-backend source `model_repo/detector/1/model.py` with services.core.imaging vendored next to it (decode, EXIF
-orientation, resize: self-contained like the other python models) and its config; repository.json gets a
-`detector` entry (image size, checksum, the export's validation figures) and lists it among the models. The
-worker finds the model by its name (settings.triton_detector_model, default `detector`).
+EXPORT is what `whaleid detector export` writes (model.onnx + detector.json); `cam` is the label-free CAM
+localiser (training.localiser: the pretrained EfficientNet-Lite's class activation map, no training), exported on
+first use to runs/cam-detector (or $WHALEID_CAM_DETECTOR). The model folder holds the ONNX file, the
+python-backend source `model_repo/detector/1/model.py` with services.core.imaging and services.core.localisation
+vendored next to it (decode, EXIF orientation, resize; the CAM box: self-contained like the other python models)
+and its config; a CAM export's detector.json goes next to model.onnx (its box settings). repository.json gets a
+`detector` entry (image size, checksum, `localiser`, the export's validation figures) and lists it among the
+models. The worker finds the model by its name (settings.triton_detector_model, default `detector`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,16 @@ from services.serving.model_repo.configs import detector_config
 
 NAME = "detector"
 ONNX_FILE, MANIFEST = "model.onnx", "detector.json"
+CAM = "cam"  # --detector cam: the label-free CAM localiser (training.localiser)
+
+
+def resolve_export(spec: Path | str) -> Path:
+    """A --detector value: `cam` is the CAM localiser's export (written on first use), anything else a folder."""
+    if str(spec) == CAM:
+        from training.localiser import cam_export
+
+        return cam_export()
+    return Path(spec)
 
 
 def read_export(directory: Path) -> dict[str, Any]:
@@ -45,11 +58,14 @@ def read_export(directory: Path) -> dict[str, Any]:
 def add_detector(root: Path, export_dir: Path, options, record: dict[str, Any], copy_template) -> dict[str, Any]:
     """Write root/detector/ and add it to the record (returned; repository.json is rewritten by the caller).
     `copy_template(template, model_dir, sources)` is the builder's own (import checks, checksums)."""
+    export_dir = resolve_export(export_dir)
     manifest = read_export(export_dir)
     size = int(manifest["image_size"])
     model_dir = root / NAME
     (model_dir / "1").mkdir(parents=True)
     shutil.copy2(Path(export_dir) / ONNX_FILE, model_dir / "1" / ONNX_FILE)
+    if manifest.get("localiser") == CAM:
+        shutil.copy2(Path(export_dir) / MANIFEST, model_dir / "1" / MANIFEST)  # model.py reads its box settings
     sources = dict(record["python_sources"])
     copy_template("detector", model_dir, sources)
     (model_dir / "config.pbtxt").write_text(detector_config(size, options, FORMATS_PARAMETER_VALUE))
@@ -57,6 +73,7 @@ def add_detector(root: Path, export_dir: Path, options, record: dict[str, Any], 
               "models": sorted({*record["models"], NAME}),
               "detector": {"name": NAME, "image_size": size, "sha256": manifest["files"][ONNX_FILE],
                            "backbone": manifest.get("backbone"), "export": str(Path(export_dir).resolve()),
+                           "localiser": manifest.get("localiser"),
                            "validation": manifest.get("validation"), "looks": manifest.get("looks")}}
     return record
 

@@ -48,6 +48,7 @@ class Vendored:
 
 IMAGING = Vendored("services.core.imaging", "whaleid_imaging.py")
 VECTORS = Vendored("services.core.identification.vectors", "whaleid_vectors.py")
+LOCALISATION = Vendored("services.core.localisation", "whaleid_localisation.py")  # the CAM box (detector)
 
 
 def module_source(module: str) -> tuple[str, Path]:
