@@ -132,7 +132,8 @@ def embed_calls(port: int) -> tuple[float, float]:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    embedded = re.search(r'whaleid_events_total\{stage="worker",outcome="embedded"\} ([0-9.e+-]+)', text)
+    # prometheus_client writes the labels sorted by name: outcome before stage
+    embedded = re.search(r'whaleid_events_total\{outcome="embedded",stage="worker"\} ([0-9.e+-]+)', text)
     calls = re.search(r'whaleid_step_latency_seconds_count\{stage="worker",step="embed"\} ([0-9.e+-]+)', text)
     return (float(embedded.group(1)) if embedded else 0.0), (float(calls.group(1)) if calls else 0.0)
 
