@@ -2,8 +2,9 @@
 consumer without a group that reads topics by partition and asks the chain's groups where they are.
 
 Tansu (the embedded broker) answers ListOffsets LATEST with the base offset of the last batch + 1, so end
-offsets are short on topics written by a batching producer. The reconciler therefore (a) produces one record per
-batch where the profile says so (`faust_producer_max_batch_size`, 1 locally), (b) reads every partition up to at
+offsets are short on topics written by a batching producer (every producer of the chain batches, Tansu included:
+`faust_producer_max_batch_size`, docs/chain.md). The reconciler therefore (a) sizes its batches by that setting
+as the stages do, (b) reads every partition up to at
 least the end offset it was given (a fetch returns whole batches), and (c) recognises a reset topic by the record
 before its stored position, not by comparing offsets alone. (d) After a restart Tansu can also list an end
 offset beyond the last one a fetch ever returns (an offset taken by a produce that failed): a read, and a
