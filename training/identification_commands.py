@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -48,9 +47,12 @@ def load_embedders(runs: Sequence[str], snapshot: str | None) -> list:
 
 def embed_images(embedder, data, images: Sequence[str], flip_tta: bool) -> np.ndarray:
     """(N, D) normalised embeddings of data set images with the eval crop; with flip TTA, averaged with the
-    embeddings of the mirrored images (boxes mirrored too). Logs progress."""
+    embeddings of the mirrored images (boxes mirrored too). Shows a progress bar on stderr."""
+    from services.core.progress import ProgressBar
+
     source = embedder.eval_box_source
-    out, start = [], time.perf_counter()
+    out = []
+    bar = ProgressBar(f"embedding {len(images)} images with {embedder.model_id}", len(images))
     for begin in range(0, len(images), PROGRESS_CHUNK):
         chunk = images[begin:begin + PROGRESS_CHUNK]
         boxes = [data.eval_box(image, source) for image in chunk]
@@ -61,9 +63,7 @@ def embed_images(embedder, data, images: Sequence[str], flip_tta: bool) -> np.nd
             mirrored_boxes = [None if b is None else mirror_box(b, p.shape[1]) for b, p in zip(boxes, pixels, strict=True)]
             emb = combine_flip(emb, embedder.embed_images(mirrored, mirrored_boxes))
         out.append(emb)
-        done = begin + len(chunk)
-        log.info("%s: embedded %d / %d images (%.0f img/s)", embedder.model_id, done, len(images),
-                 done / max(time.perf_counter() - start, 1e-9))
+        bar.update(len(chunk))
     if not out:
         return np.zeros((0, embedder.embedding_size), dtype=np.float32)
     return np.concatenate(out)
