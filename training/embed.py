@@ -172,6 +172,67 @@ class Embedder:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), dtype=np.float32)
 
 
+class BlendedEmbedder:
+    """Several embedders served as one, as the Triton blend model serves them (`model-repo build --tuning`): each
+    member embeds the same photos with the same box, and the rows are vectors.blend of the members' (weight > 0,
+    model-id order). The interface the gallery build uses: model_id, model_ids, weights, members_spec,
+    embedding_size, eval_box_source, info, embed_images, embed_files."""
+
+    def __init__(self, members: Sequence[Embedder], weights: dict[str, float]):
+        from services.core.identification.vectors import blended_size
+
+        kept = sorted((m for m in members if float(weights.get(m.model_id, 0.0)) > 0), key=lambda m: m.model_id)
+        if not kept:
+            raise ConfigError(f"blend of {[m.model_id for m in members]}: no member has a weight > 0 in {weights}")
+        sources = sorted({m.eval_box_source for m in kept})
+        if len(sources) > 1:  # Triton gives every member the same crop
+            raise ConfigError(f"blend members crop differently (eval_box_source {sources}); Triton serves one crop")
+        self.members = kept
+        self.model_ids = [m.model_id for m in kept]
+        self.weights = {m.model_id: float(weights[m.model_id]) for m in kept}
+        self.members_spec = {m.model_id: "general" for m in kept if is_general(m.info.get("config", {}))}
+        self.model_id = "+".join(self.model_ids)
+        self.embedding_size = blended_size({m.model_id: m.embedding_size for m in kept}, self.weights)
+        self.eval_box_source = sources[0]
+        trained = [m for m in kept if m.info.get("trained", True)]  # the run's folds validate the blend
+        self.info = {**(trained or kept)[0].info, "model_id": self.model_id, "model_ids": list(self.model_ids),
+                     "weights": dict(self.weights), "embedding_size": self.embedding_size}
+
+    def _blend(self, per_member) -> np.ndarray:
+        from services.core.identification.vectors import blend
+
+        return blend({m.model_id: per_member(m) for m in self.members}, self.weights)
+
+    def embed_images(self, images: Sequence[np.ndarray], boxes: Sequence | None = None,
+                     batch_size: int = 32) -> np.ndarray:
+        return self._blend(lambda m: m.embed_images(images, boxes, batch_size))
+
+    def embed_files(self, paths: Sequence[str | Path], boxes: Sequence | None = None,
+                    batch_size: int = 32) -> np.ndarray:
+        images = [imaging.load_image_file(p) for p in paths]  # decoded once for every member
+        return self.embed_images(images, boxes, batch_size)
+
+    def describe(self) -> str:
+        total = sum(self.weights.values())
+        return (" + ".join(f"{m} {w / total:.2f}" for m, w in self.weights.items())
+                + f": EMBEDDING {self.embedding_size}-d")
+
+
+def served_embedder(runs: Sequence[tuple[str, str | Path, float]]) -> Embedder | BlendedEmbedder:
+    """The embedder of training.general.served_runs' [(model id, run directory, weight)]: one run's Embedder, or a
+    BlendedEmbedder of several; a model id ("" = any) that the run's last snapshot does not have is refused."""
+    members = []
+    for expected, run_dir, _ in runs:
+        embedder = Embedder.from_run(run_dir)
+        if expected and embedder.model_id != expected:
+            raise ConfigError(f"the tuning names {expected}, but {run_dir} serves {embedder.model_id}: run `whaleid "
+                              "evaluate` again")
+        members.append(embedder)
+    if len(members) == 1:
+        return members[0]
+    return BlendedEmbedder(members, {m.model_id: float(w) for m, (_, _, w) in zip(members, runs, strict=True)})
+
+
 def untrained_embedder(config: dict[str, Any], num_classes: int = 2) -> Embedder:
     """A randomly initialised embedder of `config` (the yardstick a trained one must beat)."""
     import keras

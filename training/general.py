@@ -143,23 +143,32 @@ def member_exports(tuning_file: str | Path | None) -> list[Path]:
     return folders
 
 
-def served_run(run_dir: str | Path) -> tuple[str, str]:
-    """(the run directory whose model a one-model command such as `gallery build` serves for `run_dir`, a line
-    saying so): the general identifier when RUN/tuning.json (`whaleid evaluate`) recommends it alone; refused
-    when it recommends a blend of the run and the general identifier, which `predict` and `model-repo build`
-    serve but a gallery embedded by one model cannot match."""
+def served_runs(run_dir: str | Path) -> tuple[list[tuple[str, str, float]], str]:
+    """([(model id, run directory, blend weight)] that a catalogue-embedding command such as `gallery build`
+    serves for `run_dir`, a line saying so): the run itself (model id ""), unless RUN/tuning.json (`whaleid
+    evaluate`) recommends the general identifier alone, or a blend of the run and the general identifier (the
+    members with weight > 0, in model-id order, as `model-repo build --tuning` serves them:
+    training.embed.BlendedEmbedder)."""
     from services.core.identification.tuning import TUNING_FILE, Tuning
 
     path = Path(run_dir) / TUNING_FILE
     if str(run_dir) == GENERAL or not path.is_file():
-        return str(run_dir), f"serving {run_dir}"
+        return [("", str(run_dir), 1.0)], f"serving {run_dir}"
     tuning = Tuning.load(path)
     served = tuning.served_weights()
     if not tuning.members or not served:
-        return str(run_dir), f"serving {run_dir}"
-    if set(served) <= set(tuning.members) and len(served) == 1 and tuning.members[next(iter(served))] == GENERAL:
-        return resolve_run(GENERAL), (f"serving the general identifier {next(iter(served))}: {path} (whaleid "
-                                      "evaluate) recommends it over the run")
-    raise ConfigError(f"{path} recommends the blend {', '.join(served)} (whaleid evaluate); a gallery is embedded by "
-                      "one model here: build it with --run general or with the run after `whaleid evaluate --run "
-                      f"{run_dir} --compare none`")
+        return [("", str(run_dir), 1.0)], f"serving {run_dir}"
+    runs = []
+    for model_id in sorted(served):
+        spec = tuning.members.get(model_id)
+        if spec is not None and spec != GENERAL:
+            raise ConfigError(f"{path}: member {model_id} is {spec}; only the general identifier is loaded by itself")
+        runs.append((model_id, resolve_run(GENERAL) if spec == GENERAL else str(run_dir), served[model_id]))
+    if sum(1 for _, run, _ in runs if run == str(run_dir)) > 1:
+        raise ConfigError(f"{path} recommends {', '.join(served)}: more than one model of the run {run_dir}")
+    if len(runs) == 1:
+        return runs, (f"serving the general identifier {runs[0][0]}: {path} (whaleid evaluate) recommends it over "
+                      "the run")
+    total = sum(served.values())
+    return runs, (f"serving the blend {' + '.join(f'{m} {w / total:.2f}' for m, _, w in runs)}: {path} (whaleid "
+                  "evaluate) recommends it")

@@ -45,21 +45,21 @@ def test_predict_serves_the_tuning_members_and_drops_weight_zero():
     assert served_embedders([run], None) == [run]
 
 
-def test_gallery_build_serves_the_recommended_general_identifier_and_refuses_a_blend(tmp_path, general_identifier):
-    from services.core.errors import ConfigError
-    from training.general import served_run
+def test_gallery_build_serves_the_recommended_general_identifier_or_blend(tmp_path, general_identifier):
+    from training.general import served_runs
 
     run = tmp_path / "run"
     run.mkdir()
-    assert served_run(run)[0] == str(run)  # no tuning file: the run
+    assert served_runs(run)[0] == [("", str(run), 1.0)]  # no tuning file: the run
     Tuning(weights={"run-1": 1.0}).save(run)
-    assert served_run(run)[0] == str(run)
+    assert served_runs(run)[0] == [("", str(run), 1.0)]
     Tuning(weights={"run-1": 0.0, "general-lite0-224": 1.0}, members={"general-lite0-224": "general"}).save(run)
-    served, note = served_run(run)
-    assert served == str(general_identifier) and "recommends it over the run" in note
-    Tuning(weights={"run-1": 0.5, "general-lite0-224": 0.5}, members={"general-lite0-224": "general"}).save(run)
-    with pytest.raises(ConfigError, match="recommends the blend"):
-        served_run(run)
+    served, note = served_runs(run)
+    assert served == [("general-lite0-224", str(general_identifier), 1.0)] and "recommends it over the run" in note
+    Tuning(weights={"run-1": 0.25, "general-lite0-224": 0.75}, members={"general-lite0-224": "general"}).save(run)
+    served, note = served_runs(run)  # model-id order, as the Triton blend
+    assert served == [("general-lite0-224", str(general_identifier), 0.75), ("run-1", str(run), 0.25)]
+    assert "serving the blend general-lite0-224 0.75 + run-1 0.25" in note
 
 
 def test_a_gain_within_the_noise_is_a_tie_that_the_general_identifier_wins():

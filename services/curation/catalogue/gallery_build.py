@@ -12,11 +12,14 @@ Gallery.save files + tuning.json to `out`, three ways:
     gallery;
   - `tuning` (e.g. another run's tuning.json): taken as it is (its weights now name `embedder`), no tuning.
 `publish_catalogue_gallery` embeds the S3 catalogue (services.curation.catalogue.photo_bucket) that way and publishes a
-version.
+version, with the model(s) RUN/tuning.json recommends (training.general.served_runs): the run, the general identifier,
+or their blend (training.embed.BlendedEmbedder: the gallery's model_ids are the blend's members, as the Triton
+ensemble of `model-repo build --tuning` registers them, and its tuning.json keeps the blend's weights and members).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -80,6 +83,7 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
 
     out = Path(out)
     images, ids, species = photos.images, photos.individual_ids, photos.species
+    model_ids = list(getattr(embedder, "model_ids", None) or [embedder.model_id])  # a blend: its members
     summary: dict = {"model_id": embedder.model_id, "photos": len(images), "individuals": len(set(ids))}
     if tuning is not None:
         from services.core.identification.tuning import Tuning
@@ -88,8 +92,7 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
                  "from the given tuning")
         embeddings = embed_photos(embedder, photos, progress_bar)
         references = str(tuning.validation.get("references") or "means")
-        gallery = build_reference_gallery(embeddings, ids, species, images, references,
-                                          model_ids=[embedder.model_id])
+        gallery = build_reference_gallery(embeddings, ids, species, images, references, model_ids=model_ids)
         tuning = Tuning(threshold=tuning.threshold, per_species=dict(tuning.per_species),
                         weights={embedder.model_id: 1.0}, flip_tta=tuning.flip_tta, k=tuning.k,
                         validation={**tuning.validation, "transferred_to": embedder.model_id})
@@ -124,10 +127,14 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
             progress(f"threshold for the final fit {embedder.model_id}: {tuning.threshold:.3f} (fold {eval_folds[0]}'s live "
                      f"validation re-tuned for a model trained on every known animal: MAP@5 "
                      f"{tuning.validation['final_fit']['map5_held_out']:.3f} held out)")
-            gallery = split_gallery(final, labelled, np.arange(len(images)), references,
-                                    model_ids=[embedder.model_id])
+            gallery = split_gallery(final, labelled, np.arange(len(images)), references, model_ids=model_ids)
             summary.update(tuning_source="transferred", tuning_model_id=tuner.model_id,
                            final_fit_map5_held_out=tuning.validation["final_fit"]["map5_held_out"])
+    weights = getattr(embedder, "weights", None)
+    if weights:  # a blend (training.embed.BlendedEmbedder): the served members, as `model-repo build --tuning`
+        gallery.model_ids = model_ids
+        tuning = dataclasses.replace(tuning, weights=dict(weights), members=dict(embedder.members_spec))
+        summary.update(model_ids=model_ids, weights=dict(weights))
     progress(f"gallery: {len(gallery)} {references} of {len(images)} photos")
     out.mkdir(parents=True, exist_ok=True)
     gallery.save(out)
@@ -181,7 +188,7 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
     from services.curation.catalogue.photo_bucket import CatalogueStore
     from services.curation.operations.gallery_versions import GalleryStore
     from services.curation.operations.publish import publish_gallery
-    from training.embed import Embedder
+    from training.embed import Embedder, served_embedder
 
     start = time.perf_counter()
     catalogue = catalogue or CatalogueStore.from_settings(settings)
@@ -189,15 +196,20 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
     if not records:
         raise DataError(f"the catalogue in s3://{catalogue.bucket}/{catalogue.prefix}/ is empty: run `whaleid "
                         "catalogue import SRC` first")
-    from training.general import resolve_run, served_run
+    from training.general import resolve_run, served_runs
 
     given = Tuning.load(tuning_path) if tuning_path else None
     run_dir = Path(resolve_run(run_dir or "general"))
-    if given is None and tuning_run is None:  # what `whaleid evaluate` recommended for the run (tuning.json)
-        served, note = served_run(run_dir)
+    if tuning_run is None:  # the model(s) `whaleid evaluate` recommended for the run (RUN/tuning.json)
+        served, note = served_runs(run_dir)
         progress(note)
-        run_dir = Path(served)
-    embedder = Embedder.from_run(run_dir)
+        if len(served) == 1:
+            run_dir = Path(served[0][1])
+        embedder = served_embedder(served)
+        if hasattr(embedder, "describe"):
+            progress(f"gallery embedded by the blend {embedder.describe()}")
+    else:
+        embedder = Embedder.from_run(run_dir)
     fold_embedder = Embedder.from_run(tuning_run) if tuning_run and given is None else None
     from training.folds import run_folds
 
