@@ -21,6 +21,7 @@ import faust
 
 from services.chain import topic_resets
 from services.core import topics
+from services.core.metrics import CONSUMER_OFFSET
 from services.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,23 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     from services.chain.kafka_producers import kafka_options
 
     topic_resets.install(app, settings.faust_topic_reset_check_s, kafka_options(settings))
+    report_committed_offsets(app, stage, OFFSET_REPORT_S)
     return app
+
+
+OFFSET_REPORT_S = 5.0
+
+
+def report_committed_offsets(app: faust.App, stage: str, interval_s: float) -> None:
+    """Every `interval_s`, each assigned partition's committed offset as whaleid_consumer_committed_offset{stage,
+    topic, partition} (the dashboard's consumer progress panels). Faust commits by itself; its consumer keeps the
+    offsets in `_committed_offset`, which topic_resets reads too."""
+
+    @app.timer(interval=interval_s)
+    async def committed_offsets():
+        for tp, offset in list((getattr(app.consumer, "_committed_offset", None) or {}).items()):
+            if offset is not None:
+                CONSUMER_OFFSET.labels(stage=stage, topic=tp.topic, partition=str(tp.partition)).set(offset)
 
 
 def raw_topic(app: faust.App, name: str):

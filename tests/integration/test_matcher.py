@@ -4,6 +4,7 @@ sightings.embedded events against the gallery in the model store; no Triton need
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -238,6 +239,22 @@ def test_metrics_are_exposed(matcher):
     assert 'whaleid_identifications_total{result="known"}' in text
     assert "whaleid_search_latency_seconds_count" in text
     assert 'whaleid_dead_letters_total{reason="embedding_mismatch",stage="matcher"}' in text
+
+
+def test_committed_offsets_are_exposed(matcher):
+    """The dashboard's consumer progress panels plot whaleid_consumer_committed_offset: after the identifications
+    above, the matcher reports a committed offset of at least 1 on its input topic (within its 5 s report timer
+    and Faust's commit interval)."""
+    pattern = re.compile(r'whaleid_consumer_committed_offset\{partition="\d+",stage="matcher",topic="'
+                         + re.escape(topics.SIGHTINGS_EMBEDDED) + r'"\} (\S+)')
+    deadline, values = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{matcher.metrics_port}/metrics", timeout=10) as response:
+            values = [float(v) for v in pattern.findall(response.read().decode())]
+        if values and max(values) >= 1:
+            break
+        time.sleep(1)
+    assert values and max(values) >= 1, values
 
 
 def test_serve_matcher_without_a_gallery_says_so(matcher):
