@@ -11,6 +11,7 @@ current gallery are served as they are."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
 import time
@@ -60,7 +61,7 @@ def served_repository(run: str | None, home: Path, settings) -> Path:
     from services.cli.main import TENSORFLOW_LOG, import_tensorflow_quietly
     from services.devtools.demo.model import cached_step, served_model_id
     from services.serving.model_repo.builder import build_repository
-    from training.general import GENERAL, general_exports, resolve_run
+    from training.general import GENERAL, general_exports, member_exports, resolve_run
 
     import_tensorflow_quietly(TENSORFLOW_LOG)
     run_dir = Path(resolve_run(run))
@@ -71,10 +72,12 @@ def served_repository(run: str | None, home: Path, settings) -> Path:
         model_id = served_model_id(run_dir)
         exports = cached_step(home / "exports" / model_id, f"exporting {model_id} to ONNX",
                               lambda out: _export(run_dir, out), say, stamp=str(run_dir.resolve()))
-    tuning = run_dir / "tuning.json"
+    tuning = run_dir / "tuning.json" if (run_dir / "tuning.json").is_file() else None
+    members = [] if run == GENERAL else member_exports(tuning)  # what `whaleid evaluate` recommended with the run
+    digest = hashlib.sha256(tuning.read_bytes()).hexdigest()[:12] if tuning else "-"
     return cached_step(home / "model_repository" / model_id, "building the Triton model repository",
-                       lambda out: build_repository(exports, out, tuning if tuning.is_file() else None), say,
-                       stamp=f"{run_dir.resolve()} {exports}")
+                       lambda out: build_repository(exports, out, tuning, members=members), say,
+                       stamp=f"{run_dir.resolve()} {exports} {digest}")
 
 
 def _export(run_dir: Path, out: Path) -> None:
