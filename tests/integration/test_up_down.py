@@ -61,6 +61,7 @@ def test_up_upload_down(home):
     assert set(state["services"]) == {"worker", "matcher", "bridge", "reconciler", "gateway"}
     assert f"gateway:     {state['gateway_url']}" in up.stdout
     assert f"review page: {state['gateway_url']}/review#token=local-researcher-token" in up.stdout
+    assert f"--worker-url http://127.0.0.1:{state['services']['worker']['web_port']}" in up.stdout
     pids = all_pids(state)
     assert all(pid_alive(p) for p in pids.values()), pids
 

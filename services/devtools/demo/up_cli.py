@@ -127,6 +127,10 @@ def _up(args, settings, state_path: Path, home: Path, began: float) -> int:
         f"{system.stack_dir / 'logs'}")
     say(f"gateway:     {system.gateway_url}   (whaleid upload PHOTO --latitude LAT --longitude LON finds it)")
     say(f"review page: {system.review_url}")
+    workers = [f"--worker-url http://127.0.0.1:{s.web_port}" for s in system.services if s.name == "worker" and s.web_port]
+    if workers:
+        say(f"new models:  rebuild {repository} in place, then: whaleid model-repo reload {repository} "
+            f"{' '.join(workers)}")
     say("stop it all: whaleid down")
     return 0
 
