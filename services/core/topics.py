@@ -179,11 +179,6 @@ class SightingEmbedded(_JsonRecord):
 SPECIES_SOURCES = ("app", "model", "none")  # Identification.species_source
 
 
-class Candidate(_JsonRecord):
-    individual_id: str
-    score: float
-
-
 class Identification(_JsonRecord):
     sighting_id: str
     candidates: list[dict[str, Any]]  # [{"individual_id": ..., "score": ...}] x 5, best first

@@ -37,7 +37,6 @@ SAMPLES = [
         uploaded_at=1.5,
         embedded_at=2.5,
     ),  # fmt: skip
-    topics.Candidate(individual_id="whale-7", score=0.91),
     topics.Identification(
         sighting_id="s1",
         candidates=[
