@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +28,7 @@ from services.core import imaging
 from services.core.checksums import sha256_file
 from services.core.errors import ConfigError
 from services.core.localisation import CAM_FRACTION, CAM_MARGIN, MIN_SCORE, cam_box
+from services.core.staging import staged_folder
 
 CAM_BACKBONE, CAM_SIZE = "EfficientNetLite2", 384
 INPUT, CAM_OUTPUT = "image", "cam"
@@ -112,9 +112,9 @@ def default_export_dir() -> Path:
 
 
 def _convert(model, onnx_path: Path, size: int, opset: int = 17) -> None:
-    import onnx
     import tensorflow as tf
-    import tf2onnx
+
+    from training.onnx_conversion import save_onnx
 
     spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT),)
 
@@ -122,17 +122,7 @@ def _convert(model, onnx_path: Path, size: int, opset: int = 17) -> None:
     def localise(image):
         return tf.identity(model(image, training=False), name=CAM_OUTPUT)
 
-    with tf.device("/cpu:0"):
-        proto, _ = tf2onnx.convert.from_function(localise, input_signature=spec, opset=opset)
-    graph = proto.graph
-    renames = {graph.input[0].name: INPUT, graph.output[0].name: CAM_OUTPUT}
-    for node in graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for value in (*graph.input, *graph.output):
-        value.name = renames.get(value.name, value.name)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
+    save_onnx(localise, spec, onnx_path, INPUT, [CAM_OUTPUT], opset)
 
 
 def parity_images(size: int, count: int = 6, seed: int = 0) -> np.ndarray:
@@ -160,11 +150,7 @@ def export_cam(out_dir: str | Path | None = None, backbone: str = CAM_BACKBONE, 
     out = Path(out_dir) if out_dir else default_export_dir()
     started = time.perf_counter()
     model = build_cam_model(backbone, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         with output_to(out.parent / f"{out.name}.{LOG_FILE}"):
             _convert(model, staging / ONNX_FILE, size, opset)
         images = parity_images(size)
@@ -189,10 +175,6 @@ def export_cam(out_dir: str | Path | None = None, backbone: str = CAM_BACKBONE, 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"exported the CAM localiser {backbone}@{size} to {out} ({time.perf_counter() - started:.0f} s)",
           flush=True)
     return out

@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from services.core.checksums import sha256_file
 from services.core.errors import WhaleIdError
+from services.core.staging import staged_folder
 from training.detector.model import BOX_OUTPUT, INPUT, SCORE_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ def output_to(log_path: Path):
 
 def convert(model, onnx_path: Path, image_size: int, opset: int = 17) -> None:
     """Keras detector -> ONNX with input `image` and outputs `box`, `score` (names fixed after conversion)."""
-    import onnx
     import tensorflow as tf
-    import tf2onnx
+
+    from training.onnx_conversion import save_onnx
 
     spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT),)
 
@@ -79,17 +79,7 @@ def convert(model, onnx_path: Path, image_size: int, opset: int = 17) -> None:
         out = model(image, training=False)
         return tf.identity(out[BOX_OUTPUT], name=BOX_OUTPUT), tf.identity(out[SCORE_OUTPUT], name=SCORE_OUTPUT)
 
-    with tf.device("/cpu:0"):
-        proto, _ = tf2onnx.convert.from_function(detect, input_signature=spec, opset=opset)
-    graph = proto.graph
-    renames = {graph.input[0].name: INPUT, graph.output[0].name: BOX_OUTPUT, graph.output[1].name: SCORE_OUTPUT}
-    for node in graph.node:
-        node.input[:] = [renames.get(n, n) for n in node.input]
-        node.output[:] = [renames.get(n, n) for n in node.output]
-    for value in (*graph.input, *graph.output):
-        value.name = renames.get(value.name, value.name)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(onnx_path))
+    save_onnx(detect, spec, onnx_path, INPUT, [BOX_OUTPUT, SCORE_OUTPUT], opset)
 
 
 def onnx_detect(onnx_path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,11 +101,7 @@ def export_detector(run_dir, out_dir=None, *, opset: int = 17, tolerance: float 
     started = time.perf_counter()
     model, config = load_detector(run)
     size = config.image_size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         with output_to(out.parent / f"{out.name}.{LOG_FILE}"):
             convert(model, staging / ONNX_FILE, size, opset)
         images = scene_arrays(iter_scenes(8, config.seed + 7, max(size, 96), "photo,textured"), size)[0]
@@ -143,9 +129,5 @@ def export_detector(run_dir, out_dir=None, *, opset: int = 17, tolerance: float 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("detector: exported %s -> %s (parity %.2g, %.1f s)", run, out, parity, time.perf_counter() - started)
     return out

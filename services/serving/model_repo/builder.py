@@ -40,6 +40,7 @@ from services.core.checksums import sha256_file
 from services.core.errors import RepositoryError
 from services.core.imaging import FORMATS_PARAMETER, FORMATS_PARAMETER_VALUE
 from services.core.model_exports import ONNX_FILE, Export, check_export, load_exports
+from services.core.staging import staged_folder
 from services.serving.model_repo import configs, vendor
 from services.serving.model_repo.templates import model_source
 from services.serving.model_repo.validation import RECORD, validate_repository
@@ -291,11 +292,7 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
     exports, weights = [e for e, _ in kept], [w for _, w in kept]
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         record = write_repository(staging, exports, weights, note, options, flip_tta)
         if detector is not None:
             from services.serving.model_repo.detector import add_detector
@@ -303,11 +300,6 @@ def build_repository(exports_dir: Path, out_dir: Path, tuning_file: Path | None 
             record = add_detector(staging, Path(detector), options, record, _copy_template)
             (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         validate_repository(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("repository %s built (%s target, build %s, flip TTA %s, %d species): %s", out_dir, options.target,
              record["build_id"], "on" if flip_tta else "off", len(record["species"]), ", ".join(record["models"]))
     return record
