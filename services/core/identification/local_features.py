@@ -33,7 +33,7 @@ MIN_MATCHES = 4
 
 @dataclass(frozen=True)
 class RerankConfig:
-    """The parameters of re-ranking (settings `rerank_*`, tuning.json `rerank`): `weight` of the inlier term
+    """The parameters of re-ranking (tuning.json `rerank`, written by `evaluate --rerank sift`): `weight` of the inlier term
     (chosen out of fold), `cap` inliers count as certain, the `k` best individuals re-ranked, `ratio` of Lowe's test,
     `tolerance_px` of RANSAC, `iterations` RANSAC hypotheses, `photos` per individual compared at most (its
     best-scoring ones by embedding, when the caller orders them)."""
