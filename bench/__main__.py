@@ -56,7 +56,7 @@ def run_benchmark(name: str, options: list[str]) -> dict:
 
 def main(argv: list[str]) -> int:
     names = benchmark_names()
-    if argv and any(a.startswith("-") for a in argv):  # one benchmark with its own options
+    if argv and any(a.startswith("-") or "=" in a for a in argv):  # one benchmark with its own options
         if argv[0].startswith("-"):
             print("usage: python -m bench [NAME ...] | python -m bench NAME --option ...", file=sys.stderr)
             return 2
