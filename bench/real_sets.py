@@ -147,6 +147,31 @@ def nyala_splits(root: Path | None = None, seed: int = 0) -> dict[str, OpenSetSp
     return out
 
 
+def nyala_happywhale_layout(out: Path, part: str = "train", root: Path | None = None) -> int:
+    """A nyala split as a Happywhale-layout data set in `out` (to train on it, e.g. for `python -m bench blend`):
+    `train_images/<individual>_<photo>` symlinks to the photos where they lie (never copies; keep `out` outside
+    the repo), train.csv (species `nyala`, individual `n<individual>`), an empty test_images/ and
+    sample_submission.csv. Returns the number of photos (0 without the data)."""
+    photos = photos_by_individual((NYALA if root is None else root) / part)
+    out = Path(out)
+    (out / "train_images").mkdir(parents=True, exist_ok=True)
+    (out / "test_images").mkdir(exist_ok=True)
+    rows = []
+    for individual, paths in photos.items():
+        for photo in paths:
+            name = f"{individual}_{photo.name}"
+            link = out / "train_images" / name
+            if not link.is_symlink():
+                link.symlink_to(photo.resolve())
+            rows.append((name, "nyala", f"n{individual}"))
+    with open(out / "train.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "species", "individual_id"])
+        writer.writerows(rows)
+    (out / "sample_submission.csv").write_text("image,predictions\n")
+    return len(rows)
+
+
 # ----------------------------------------------------------------------------- fins: the README's identity check
 @dataclass
 class ClosedCheck:

@@ -74,3 +74,19 @@ def test_table():
                                 "0.166"]
     assert lines[4].split() == ["fins", "(map5)", "0.000", "0.500", "-", "-", "-", "-"]
     assert lines[5].split() == ["synth-random", "(map5_held_out)", "0.336", "-", "-", "-", "-", "-"]
+
+
+def test_nyala_happywhale_layout_links_the_photos(tmp_path):
+    for individual, photos in (("3", ("1_leftphoto.jpg", "2_rightphoto.jpg")), ("12", ("5_leftphoto.jpg",))):
+        for photo in photos:
+            (tmp_path / "nyala" / "train" / individual).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "nyala" / "train" / individual / photo).write_bytes(b"x")
+    out = tmp_path / "layout"
+    assert real_sets.nyala_happywhale_layout(out, root=tmp_path / "nyala") == 3
+    assert (out / "train.csv").read_text().splitlines() == [
+        "image,species,individual_id", "12_5_leftphoto.jpg,nyala,n12", "3_1_leftphoto.jpg,nyala,n3",
+        "3_2_rightphoto.jpg,nyala,n3"]
+    assert (out / "train_images" / "3_1_leftphoto.jpg").is_symlink()
+    assert bench_blend.trained_on_split(out, "nyala-train") is False  # real_sets.NYALA is elsewhere
+    assert real_sets.nyala_happywhale_layout(out, root=tmp_path / "nyala") == 3  # idempotent
+    assert real_sets.nyala_happywhale_layout(tmp_path / "none", root=tmp_path / "absent") == 0
