@@ -169,7 +169,9 @@ def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own
     record = _embedded("p1")
     raw = record.to_json()
     parsed, as_json = _parse(raw)
-    assert parsed.asdict() == record.asdict() and as_json == raw
+    assert as_json == raw
+    fields, parsed_fields = record.asdict(), parsed.asdict()
+    assert np.array_equal(parsed_fields.pop("embedding"), fields.pop("embedding")) and parsed_fields == fields
     reordered = json.dumps(dict(reversed(list(record.asdict().items())))).encode()
     assert _parse(reordered)[1] is None
     assert _parse(json.dumps({"sighting_id": "p2", "embedding": [1.0], "model_version": "m"}).encode())[1] is None
