@@ -16,8 +16,10 @@ Per `RUN=TRAIN_DATA` pair (a run directory and the Happywhale-layout data it tra
       - each `--looks DIR` (a Happywhale-layout set no model trained on, e.g. `whaleid synth --style random`): every
         fold held out (training.general.general_folds), `map5_held_out` and `map5_in_sample` per configuration.
 The real sets skip cleanly when ../shared/data is absent (`skipped`). Embeddings are cached as
-`<cache>/<model_id>--<set>.npy` (sets: `<nyala split>-g`/`-q`, `fins-g`/`-q`, a data set's folder name for all its
-training images), so a rerun costs little CPU; two runs with the same model id must not share a cache folder.
+`<cache>/<model_id>-<digest of the run folder>--<set>.npy` (sets: `<nyala split>-g`/`-q`, `fins-g`/`-q`, a data
+set's folder name and a digest of its path for all its training images), so a rerun costs little CPU and two runs
+with the same model id (e.g. lite0 and lite0-preserve, both `lite0-f0-e004`) never share an entry; delete the
+folder after retraining a run in place.
 
 `python -m bench blend RUN=TRAIN_DATA ... [--general RUN] [--looks DIR ...] [--cache DIR] [--json]` writes
 bench/results/blend.json and prints the table (`--json`: the JSON only).
@@ -62,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- embeddings, cached
 class Models:
-    """Embedders by run directory, loaded once; embeddings cached as `<cache>/<model_id>--<set>.npy`."""
+    """Embedders by run directory, loaded once; embeddings cached as `<cache>/<model_id>-<run digest>--<set>.npy`."""
 
     def __init__(self, cache: Path):
         self.cache = cache
@@ -77,7 +79,7 @@ class Models:
 
     def cached(self, run: str, set_name: str, compute: Callable[[object], np.ndarray]) -> np.ndarray:
         embedder = self.embedder(run)
-        path = self.cache / f"{embedder.model_id}--{set_name}.npy"
+        path = self.cache / f"{embedder.model_id}-{_digest(run)}--{set_name}.npy"
         if path.exists():
             return np.load(path)
         values = np.asarray(compute(embedder), np.float32)
@@ -97,7 +99,15 @@ class Models:
 
         data = load_dataset(data_dir)
         images = [r.image for r in data.train]
-        return data, self.cached(run, Path(data_dir).name, lambda e: embed_images(e, data, images, False))
+        return data, self.cached(run, f"{Path(data_dir).name}-{_digest(data_dir)}",
+                                 lambda e: embed_images(e, data, images, False))
+
+
+def _digest(path) -> str:
+    """A short digest of a folder's resolved path (cache keys of runs and data sets that share a name)."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:8]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -252,8 +262,9 @@ def main(argv: list[str]) -> dict:
     if len(set(names)) < len(names):
         raise SystemExit(f"bench blend: run folder names must differ: {names}")
     ids = [models.embedder(run).model_id for run, _ in args.pairs]
-    if len(set(ids)) < len(ids) or result["general_model_id"] in ids:
-        raise SystemExit(f"bench blend: the cache is keyed by model id; these collide: {ids} (use one --cache each)")
+    if result["general_model_id"] in ids:
+        raise SystemExit(f"bench blend: a run has the general identifier's model id {result['general_model_id']}: "
+                         "a blend needs two models")
     for (run, train_data), name in zip(args.pairs, names, strict=True):
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         result["runs"][name] = measure(run, train_data, general, args.looks, models)
