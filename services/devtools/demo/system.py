@@ -42,14 +42,13 @@ def service_owner(stack_dir: Path, name: str) -> str:
 
 def free_port_block(count: int = 6) -> int:
     """A base port with `count` consecutive free ports (metrics of gateway, bridge, worker, matcher, reconciler,
-    webhooks)."""
-    from services.devtools.stack.ports import free_port, port_in_use
+    webhooks), outside the ephemeral range so that no outgoing connection takes one before its service binds it."""
+    from services.devtools.stack.ports import free_block
 
-    for _ in range(50):
-        base = free_port()
-        if base + count < 65535 and not any(port_in_use(base + i) for i in range(count)):
-            return base
-    raise UpError("no block of free ports for the services' metrics")
+    try:
+        return free_block(count)
+    except OSError as exc:
+        raise UpError(f"no block of free ports for the services' metrics: {exc}") from exc
 
 
 def read_state(path: Path) -> dict | None:
