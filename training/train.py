@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -204,8 +204,9 @@ def prepare_run(config: dict[str, Any], run_dir: Path, resume: bool) -> dict[str
 
 
 def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, resume: bool = False,
-          verbose: int | str = "auto") -> dict[str, Any]:
-    """Train (or resume) one fold; returns a summary (epochs, last loss, val MAP@5, model_id, paths)."""
+          verbose: int | str = "auto", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) one fold; returns a summary (epochs, last loss, val MAP@5, model_id, paths).
+    `progress`: one short line per epoch through it instead of Keras's own lines (`verbose` is then ignored)."""
     import keras
     import tensorflow as tf
 
@@ -280,10 +281,31 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
         callbacks.insert(0, Validation(
             embedding_model, eval_dataset(every.paths, every.eval_boxes, config["image_size"], max(batch, 32)),
             labelled, config["fold"], config["validate_every"], config["epochs"]))
+    if progress is not None:
+        callbacks.append(_epoch_lines(config, progress))
+        verbose = 0
     tf.get_logger().setLevel("ERROR")
     train_model.fit(train_ds, epochs=config["epochs"], initial_epoch=initial_epoch, steps_per_epoch=steps,
                     callbacks=callbacks, verbose=verbose, shuffle=False)  # the tf.data pipeline shuffles
     return summary(run_dir, config)
+
+
+def _epoch_lines(config: dict[str, Any], progress: Callable[[str], None]):
+    """A Keras callback saying `training NAME: epoch E/N, loss L (S s)` after each epoch."""
+    import keras
+
+    started = [time.monotonic()]
+
+    def on_epoch_begin(epoch, logs=None):
+        started[0] = time.monotonic()
+
+    def on_epoch_end(epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        said = f", loss {loss:.3f}" if isinstance(loss, (int, float)) else ""
+        progress(f"training {config['name']}: epoch {epoch + 1}/{config['epochs']}{said} "
+                 f"({time.monotonic() - started[0]:.0f} s)")
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end)
 
 
 # ----------------------------------------------------------------------------- the final fit

@@ -22,8 +22,9 @@ def runs(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("final_fit")
     config = load_config("b0-tiny", OVERRIDES)
     fold_summary = train(config, data_dir, root / "fold", verbose=0)
-    final_summary = train(final_fit_config(config), data_dir, root / "final", verbose=0)
-    return data_dir, root / "fold", root / "final", fold_summary, final_summary
+    epoch_lines = []  # the final fit reports through `progress`, as the demo's console shows it
+    final_summary = train(final_fit_config(config), data_dir, root / "final", progress=epoch_lines.append)
+    return data_dir, root / "fold", root / "final", fold_summary, {**final_summary, "epoch_lines": epoch_lines}
 
 
 def labelled_images(count: int = 60, individuals: int = 15, dimension: int = 16, seed: int = 0):
@@ -51,6 +52,12 @@ def test_the_final_fit_trains_every_individual(runs):
     assert sorted(final_classes) == sorted(folds)  # every individual, fold 0's included
     assert set(fold_classes) == {i for i, f in folds.items() if f != "0"}
     assert all(row["val_map5"] == "" for row in read_history(final_dir / "history.csv"))
+
+
+def test_training_reports_one_short_line_per_epoch(runs):
+    lines = runs[4]["epoch_lines"]
+    assert [line.split(", loss")[0] for line in lines] == [f"training b0-tiny: epoch {e}/2" for e in (1, 2)]
+    assert all(line.endswith(" s)") for line in lines), lines
 
 
 def test_the_final_fits_weights_give_the_known_share_to_trained_individuals():

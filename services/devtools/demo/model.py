@@ -142,7 +142,7 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
     def train(out: Path) -> None:
         from training.train import train as train_run
 
-        train_run(config, data_dir, out, verbose=2)
+        train_run(config, data_dir, out, progress=progress)
 
     def train_final(out: Path) -> None:
         from training.train import final_fit_config
@@ -152,7 +152,7 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
         if final_epochs is not None:
             start = save_backbone(run_dir, out.parent / "fold_backbone.weights.h5")
             final = {**final, "weights": str(start), "epochs": final_epochs, "validate_every": 0}
-        train_run(final, data_dir, out, verbose=2)
+        train_run(final, data_dir, out, progress=progress)
 
     def export(out: Path) -> None:
         from training.export import export_run
