@@ -151,14 +151,31 @@ class SightingEmbedded(_JsonRecord):
     uploaded_at: float = 0.0
     embedded_at: float = 0.0
     species_scores: dict[str, float] | None = None  # the model's species probabilities by name; None: no species head
+    # base64 of the crop's SIFT keypoints (services.core.identification.local_features.LocalFeatures.to_bytes, a
+    # binary form with its own format version), written only when the worker re-ranks (setting
+    # rerank_local_features); absent from the JSON when None, so records without it are as before
+    local_features: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         """The JSON object of the current record version (what `to_json` writes)."""
         fields = self.asdict()
+        if fields.get("local_features") is None:
+            fields.pop("local_features", None)
         data = {"record_version": EMBEDDED_RECORD_VERSION, "sighting_id": fields.pop("sighting_id"),
                 "embedding_f32": encode_embedding(fields.pop("embedding"))}
         data.update(fields)
         return data
+
+    def local_features_bytes(self) -> bytes | None:
+        """The bytes of `local_features` (None when absent); RecordError when it is not base64."""
+        if self.local_features is None:
+            return None
+        if not isinstance(self.local_features, str):
+            raise RecordError("`local_features` must be a base64 string")
+        try:
+            return base64.b64decode(self.local_features, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError(f"`local_features` is not base64: {exc}") from None
 
     def to_json(self) -> bytes:
         return dumps(self.to_data())
@@ -190,6 +207,15 @@ class Identification(_JsonRecord):
     species: str = ""  # the species whose new_individual threshold was looked up ("" = none: the global one)
     species_source: str = "none"  # app (metadata species_hint) | model (its most probable species) | none
     threshold: float | None = None  # the new_individual threshold applied (None: written before it was recorded)
+    # local-feature re-ranking applied ({method, weight, cap, inliers: per candidate, in `candidates` order});
+    # None (and absent from the JSON): not re-ranked
+    rerank: dict[str, Any] | None = None
+
+    def to_json(self) -> bytes:
+        data = self.asdict()
+        if data.get("rerank") is None:
+            data.pop("rerank", None)
+        return dumps(data)
 
 
 class NewIndividual(_JsonRecord):

@@ -65,16 +65,63 @@ class ModelState:
     identifier: object  # services.core.identification.Identifier
     embedding_size: int
     built_at: float  # when the version was published (version.json created_at)
+    features: object = None  # local_features.FeatureBank of the gallery photos (None: the version has none)
 
 
 def load_state(directory: Path, version: str, built_at: float = 0.0) -> ModelState:
-    """Gallery (Gallery.save files) + tuning.json of one version, with its Identifier and a built index."""
+    """Gallery (Gallery.save files) + tuning.json of one version, with its Identifier and a built index, and the
+    gallery photos' local features when the version has them (local_features.BANK_FILE)."""
     from services.core.identification import Gallery, Identifier, Tuning
+    from services.core.identification.local_features import FeatureBank
 
     gallery = Gallery.load(directory)
     tuning = Tuning.load(directory)
     gallery.index  # noqa: B018 - build the FAISS index now, not in the first search
-    return ModelState(version, gallery, Identifier(gallery, tuning), gallery.dimension, built_at or time.time())
+    return ModelState(version, gallery, Identifier(gallery, tuning), gallery.dimension, built_at or time.time(),
+                      FeatureBank.load(directory))
+
+
+def rerank_config(state: ModelState, enabled: bool):
+    """The re-ranking the matcher applies with `state` (None: none): the served tuning's `rerank`, else the
+    defaults (local_features.RerankConfig) when the setting `rerank_local_features` is on; only when the version
+    has the gallery photos' local features."""
+    from services.core.identification.local_features import RerankConfig
+    from services.core.identification.local_features_tuning import served_config
+
+    if state.features is None:
+        return None
+    config = served_config(state.identifier.tuning.rerank)
+    return config if config is not None else (RerankConfig() if enabled else None)
+
+
+def query_features(records: list[topics.SightingEmbedded]) -> list | None:
+    """Each record's LocalFeatures (None without); None when no record has any. PermanentFailure
+    (malformed_event) for a field that does not decode."""
+    from services.core.errors import DataError
+    from services.core.identification.local_features import LocalFeatures
+
+    if all(r.local_features is None for r in records):
+        return None
+    out = []
+    for record in records:
+        try:
+            data = record.local_features_bytes()
+            out.append(None if data is None else LocalFeatures.from_bytes(data))
+        except (topics.RecordError, DataError) as exc:
+            raise PermanentFailure("malformed_event", f"sighting {record.sighting_id}: {exc}") from None
+    return out
+
+
+def identify_reranked(identifier, embeddings: np.ndarray, species, queries: list, bank, config):
+    """Identifier.identify_detailed with the candidates re-ranked by local features (local_features.rerank_detailed,
+    the one implementation) before `new_individual`: (Identified, per query {individual_id: inliers})."""
+    from services.core.identification.identifier import Identified
+    from services.core.identification.local_features import rerank_detailed
+    from services.core.identification.ranking import insert_new_individual
+
+    fused, inliers = rerank_detailed(identifier.candidates(embeddings), queries, bank.photos_of, config)
+    thresholds = np.broadcast_to(identifier.thresholds(len(fused), species), (len(fused),))
+    return Identified(insert_new_individual(fused, thresholds), thresholds, fused.matched_rows()), inliers
 
 
 class Matcher:
@@ -126,8 +173,17 @@ class Matcher:
         embeddings = np.stack([np.asarray(r.embedding, dtype=np.float32) for r in records])
         choices = [choose_species(r.metadata, r.species_scores, self.species_min_probability) for r in records]
         species = [c.species or None for c in choices] if any(c.species for c in choices) else None
+        config = rerank_config(state, self.settings.rerank_local_features)
+        queries = query_features(records) if config is not None else None
         start = time.perf_counter()
-        identified = state.identifier.identify_detailed(embeddings, species=species)
+        if queries is None:
+            identified = state.identifier.identify_detailed(embeddings, species=species)
+            reranks = [None] * len(records)
+        else:
+            identified, inliers = identify_reranked(state.identifier, embeddings, species, queries, state.features,
+                                                    config)
+            reranks = [None if q is None else _rerank_entry(config, c, n)
+                       for q, c, n in zip(queries, identified.predictions, inliers, strict=True)]
         SEARCH_LATENCY.observe((time.perf_counter() - start) / max(1, len(records)))
         identified_at = topics.now()
         images = state.gallery.images
@@ -143,10 +199,21 @@ class Matcher:
                 species=choice.species,
                 species_source=choice.source,
                 threshold=round(float(threshold), 6),
+                rerank=rerank,
             )
-            for record, candidates, matched, choice, threshold in zip(
-                records, identified.predictions, identified.matched_rows, choices, identified.thresholds, strict=True)
+            for record, candidates, matched, choice, threshold, rerank in zip(
+                records, identified.predictions, identified.matched_rows, choices, identified.thresholds, reranks,
+                strict=True)
         ]
+
+
+def _rerank_entry(config, candidates, inliers: dict[str, int]) -> dict:
+    """The Identification's `rerank`: the method and fusion, and each candidate's inliers (in `candidates` order;
+    None for new_individual and for a candidate outside the re-ranked top k)."""
+    from services.core.identification.local_features_tuning import METHOD
+
+    return {"method": METHOD, "weight": config.weight, "cap": config.cap, "k": config.k,
+            "inliers": [inliers.get(str(i)) for i, _ in candidates]}
 
 
 def _candidate(individual_id: str, score: float, matched: dict[str, int], images: list[str]) -> dict:

@@ -41,6 +41,7 @@ from services.chain.worker.pipeline import (
     STAGE,
     PreparedSighting,
     embedded_record,
+    local_features,
     parse_event,
     prepare,
     species_scores,
@@ -330,8 +331,12 @@ class SightingWorker(ChainStage):
         model_version = served.version
         names = list(served.species)
         rows = species if species is not None else [None] * len(batch)
-        records = [embedded_record(p, e, model_version, species_scores(names, s))
-                   for p, e, s in zip(batch, embeddings, rows, strict=True)]
+        features = [None] * len(batch)
+        if self.settings.rerank_local_features:  # the crops' SIFT keypoints for the matcher's re-ranking
+            with self.timed_step("local_features"):
+                features = await asyncio.to_thread(lambda: [local_features(p) for p in batch])
+        records = [embedded_record(p, e, model_version, species_scores(names, s), f)
+                   for p, e, s, f in zip(batch, embeddings, rows, features, strict=True)]
         ids = [r.sighting_id for r in records]
         with self.timed_step("publish"):  # the whole batch: produce all, wait for every ack, then mark
             await self.send_many(self.embedded_topic, [(r.sighting_id, r.to_json()) for r in records])

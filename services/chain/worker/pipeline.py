@@ -207,9 +207,20 @@ def species_scores(names, probabilities) -> dict[str, float] | None:
     return {str(n): round(float(p), 6) for n, p in zip(names, probabilities, strict=True)}
 
 
+def local_features(prepared: PreparedSighting) -> str:
+    """base64 of the SIFT keypoints (services.core.keypoints, LocalFeatures.to_bytes) of the crop the worker
+    embeds: the record's `local_features` when re-ranking is on (setting rerank_local_features)."""
+    import base64
+
+    from services.core.keypoints import extract
+
+    return base64.b64encode(extract(prepared.crop.pixels).to_bytes()).decode("ascii")
+
+
 def embedded_record(prepared: PreparedSighting, embedding, model_version: str,
-                    species: dict[str, float] | None = None) -> topics.SightingEmbedded:
-    """The sightings.embedded record; `species`: the model's species probabilities (`species_scores`)."""
+                    species: dict[str, float] | None = None, features: str | None = None) -> topics.SightingEmbedded:
+    """The sightings.embedded record; `species`: the model's species probabilities (`species_scores`);
+    `features`: `local_features` (re-ranking on)."""
     event = prepared.event
     return topics.SightingEmbedded(
         sighting_id=event.sighting_id,
@@ -221,4 +232,5 @@ def embedded_record(prepared: PreparedSighting, embedding, model_version: str,
         uploaded_at=event.uploaded_at or time.time(),
         embedded_at=topics.now(),
         species_scores=species,
+        local_features=features,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -95,6 +96,73 @@ class LocalFeatures:
             d = self.descriptors.astype(np.float32)
             self._root = np.sqrt(d / np.maximum(d.sum(axis=1, keepdims=True), 1e-7))
         return self._root
+
+
+BANK_FILE = "local_features.bin"  # beside a gallery version's files (gallery build, the matcher)
+_BANK_MAGIC = b"WLFB"
+_BANK_HEADER = struct.Struct("<4sBI")  # magic, format version, individuals
+_U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
+
+
+class FeatureBank:
+    """The gallery photos' local features by individual (at most a few photos each, best first), stored beside a
+    gallery version as one binary file (`BANK_FILE`): magic, version, then per individual its id (UTF-8) and its
+    photos' `LocalFeatures.to_bytes`, each length-prefixed."""
+
+    def __init__(self, by_individual: dict[str, list[LocalFeatures]] | None = None):
+        self.by_individual = {str(k): list(v) for k, v in (by_individual or {}).items()}
+
+    def photos_of(self, individual_id: str) -> list[LocalFeatures]:
+        return self.by_individual.get(str(individual_id), [])
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_individual.values())
+
+    def to_bytes(self) -> bytes:
+        parts = [_BANK_HEADER.pack(_BANK_MAGIC, FORMAT_VERSION, len(self.by_individual))]
+        for individual, photos in self.by_individual.items():
+            name = individual.encode("utf-8")
+            parts += [_U16.pack(len(name)), name, _U16.pack(len(photos))]
+            for features in photos:
+                data = features.to_bytes()
+                parts += [_U32.pack(len(data)), data]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FeatureBank":
+        view = memoryview(data)
+        try:
+            magic, version, count = _BANK_HEADER.unpack_from(view, 0)
+            if magic != _BANK_MAGIC or version != FORMAT_VERSION:
+                raise DataError(f"local features bank: not a version {FORMAT_VERSION} bank ({bytes(magic)!r}, {version})")
+            at, out = _BANK_HEADER.size, {}
+            for _ in range(count):
+                (size,), at = _U16.unpack_from(view, at), at + _U16.size
+                name, at = bytes(view[at:at + size]).decode("utf-8"), at + size
+                (photos,), at = _U16.unpack_from(view, at), at + _U16.size
+                out[name] = []
+                for _ in range(photos):
+                    (size,), at = _U32.unpack_from(view, at), at + _U32.size
+                    if at + size > len(view):
+                        raise DataError("local features bank: truncated")
+                    out[name].append(LocalFeatures.from_bytes(bytes(view[at:at + size])))
+                    at += size
+        except (struct.error, UnicodeDecodeError) as exc:
+            raise DataError(f"local features bank: truncated or corrupt ({exc})") from None
+        if at != len(view):
+            raise DataError(f"local features bank: {len(view) - at} bytes after the last individual")
+        return cls(out)
+
+    def save(self, directory) -> Path:
+        path = Path(directory) / BANK_FILE
+        path.write_bytes(self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, directory) -> "FeatureBank | None":
+        """The bank beside a gallery's files; None when the version has none."""
+        path = Path(directory) / BANK_FILE
+        return cls.from_bytes(path.read_bytes()) if path.is_file() else None
 
 
 def ratio_matches(a: np.ndarray, b: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
@@ -177,6 +245,17 @@ def rerank(candidates: Candidates, queries: Sequence[LocalFeatures | None],
            photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig()) -> Candidates:
     """`candidate_inliers` then `fuse` (module docstring)."""
     return fuse(candidates, candidate_inliers(candidates, queries, photos_of, config), config.weight, config.cap)
+
+
+def rerank_detailed(candidates: Candidates, queries: Sequence[LocalFeatures | None],
+                    photos_of: Callable[[str], Sequence[LocalFeatures]],
+                    config: RerankConfig) -> tuple[Candidates, list[dict[str, int]]]:
+    """`rerank`, with the inliers of each query's re-ranked individuals ({individual_id: inliers}) for reporting
+    (the matcher's answer)."""
+    counts = candidate_inliers(candidates, queries, photos_of, config)
+    inliers_by_id = [{str(i): int(n) for i, n in zip(ids, row, strict=True) if i} for ids, row in
+                     zip(candidates.ids[:, :counts.shape[1]], counts, strict=True)]
+    return fuse(candidates, counts, config.weight, config.cap), inliers_by_id
 
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)

@@ -226,8 +226,13 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
         if extend is not None:
             gallery, added, extra = extend(gallery, embedder, Path(tmp))
             summary.update(extra, size=len(gallery), individuals=len(set(gallery.individual_ids)))
+        from services.curation.catalogue.gallery_features import gallery_features, wanted
+
+        extra_files = []
+        if wanted(settings, Tuning.load(out / TUNING_FILE)):  # the live chain's re-ranking
+            extra_files.append(gallery_features(photos, embedder.eval_box_source, progress=progress).save(Path(tmp)))
         version = publish_gallery(store, gallery, out / TUNING_FILE, parent=parent, added_sightings=added,
-                                  move_pointer=move_pointer, reindexed=reindexed,
+                                  move_pointer=move_pointer, reindexed=reindexed, extra_files=extra_files,
                                   reason=reason or f"gallery build: {len(records)} catalogue photos, "
                                                    f"{embedder.model_id}")
     summary.update(version=version, previous_version=parent, current=move_pointer, run=str(run_dir),

@@ -28,6 +28,7 @@ import numpy as np
 
 from services.core import keys
 from services.core.errors import DataError
+from services.core.identification.local_features import BANK_FILE
 from services.core.metrics import REINDEX_LAST_SUCCESS
 from services.core.model_versions import VersionChecker
 from services.curation.operations import identities, records
@@ -90,7 +91,8 @@ def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexRepo
             relabelled = f", {sum(report.relabelled.values())} row(s) relabelled" if report.relabelled else ""
             report.new_version = publish_gallery(
                 store, gallery, tuning_path, parent=pointer.version, added_sightings=report.added,
-                reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s){relabelled}")
+                reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s){relabelled}",
+                extra_files=[p for p in [current_dir / BANK_FILE] if p.is_file()])  # the photos' local features
         elif not dry_run:
             store.set_current(pointer.version, reason="reindex: no new confirmed sightings", reindexed=True)
     report.seconds = round(time.perf_counter() - start, 3)
