@@ -4,6 +4,8 @@
 files (boxes.csv and boxes_*.csv) and test_truth.csv when present. Every problem is collected and reported in
 one DataError naming the file, line and reason (missing column, missing image file, empty id, duplicate row,
 bad box); nothing is dropped silently. The Kaggle species misspellings are fixed and counted in the log.
+Each train row's viewpoint hint (services.core.identification.viewpoint: an optional `viewpoint` column, else a
+left/right word in the file name) is `TrainRow.viewpoint`; an unreadable value is a warning, the hint unknown.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 
 from services.core import imaging
 from services.core.errors import DataError
+from services.core.identification.viewpoint import COLUMN as VIEWPOINT_COLUMN
+from services.core.identification.viewpoint import viewpoint_hint
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class TrainRow:
     image: str
     species: str
     individual_id: str
+    viewpoint: str | None = None  # left / right / other, None when unknown (viewpoint.viewpoint_hint)
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def _load_train(root: Path, problems: _Problems, fixes: Counter) -> tuple[list[T
         problems.add("train.csv", "file not found")
         return [], set()
     files = _list_dir(root / "train_images")
-    rows, seen, named = [], {}, set()
+    rows, seen, named, unreadable = [], {}, set(), []
     for line, row in _read_csv(path, TRAIN_COLUMNS, problems):
         where = f"train.csv line {line}"
         named.add(row.get("image", ""))
@@ -161,7 +166,13 @@ def _load_train(root: Path, problems: _Problems, fixes: Counter) -> tuple[list[T
         seen[row["image"]] = line
         if row["image"] not in files:
             problems.add(where, f"image file train_images/{row['image']} not found")
-        rows.append(TrainRow(row["image"], fix_species(row["species"], fixes), row["individual_id"]))
+        view, problem = viewpoint_hint(row.get(VIEWPOINT_COLUMN), row["image"])
+        if problem:
+            unreadable.append(f"line {line}: {problem}")
+        rows.append(TrainRow(row["image"], fix_species(row["species"], fixes), row["individual_id"], view))
+    if unreadable:
+        log.warning("train.csv: %d unreadable viewpoint(s), taken as unknown: %s%s", len(unreadable),
+                    "; ".join(unreadable[:5]), " ..." if len(unreadable) > 5 else "")
     return rows, named
 
 

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--flip-tta", action="store_true", help="average each image's and its mirror's embedding")
     evaluate.add_argument("--references", choices=REFERENCES, default="photos",
                           help="gallery rows of every validation gallery: one per photo (the paper's, default) or one "
-                               "mean per individual (what `gallery build` serves); recorded in tuning.json")
+                               "mean per individual (what `gallery build` serves) or per (individual, viewpoint hint: a `viewpoint` "
+                               "column or left/right in the file name); recorded in tuning.json")
     evaluate.add_argument("--validation", choices=VALIDATIONS, default="fold",
                           help="fold: held-out individuals against the other folds (Kaggle's test, default); live: "
                                "also held-out photos of trained individuals, weighted as a live stream "
@@ -61,7 +62,8 @@ def register(subparsers) -> None:
                          help="instead of the tuned threshold: one threshold putting new_individual first for "
                               "this share of the test images (binary search)")
     predict.add_argument("--references", choices=REFERENCES, default=None,
-                         help="gallery rows: one per photo or one mean per individual (default: as the tuning file "
+                         help="gallery rows: one per photo, one mean per individual or per (individual, viewpoint) "
+                              "(default: as the tuning file "
                               "was tuned, else photos)")
     predict.add_argument("--truth", default=None, help="also score the submission against this truth file")
     predict.set_defaults(func=run_predict)

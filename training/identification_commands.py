@@ -166,7 +166,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     images = [r.image for r in data.train]
     embeddings = {e.model_id: embed_images(e, data, images, args.flip_tta) for e in embedders}
     labelled = LabelledImages(images, [r.individual_id for r in data.train], [r.species for r in data.train],
-                              np.array([folds[r.individual_id] for r in data.train]))
+                              np.array([folds[r.individual_id] for r in data.train]),
+                              [r.viewpoint for r in data.train])
     def evaluate(by_model: dict, quantile: float):
         return evaluate_out_of_fold(by_model, labelled, eval_folds, k=args.k, per_species=not args.no_per_species,
                                     flip_tta=args.flip_tta, references=getattr(args, "references", "photos"),
@@ -342,12 +343,14 @@ def predict_command(args: argparse.Namespace) -> int:
                   or "photos")
     if tuning is None:
         threshold = catalogue_threshold(gallery_emb, [r.individual_id for r in data.train],
-                                        default_quantile(embedders[0]), references)
+                                        default_quantile(embedders[0]), references,
+                                        [r.viewpoint for r in data.train])
         tuning = Tuning(threshold=threshold if threshold is not None else 0.5)
         origin = f"threshold {tuning.threshold:.3f}, {origin}"
     print(f"{', '.join(model_ids)}: {origin}", flush=True)
     gallery = build_reference_gallery(gallery_emb, [r.individual_id for r in data.train],
-                                      [r.species for r in data.train], train_images, references, model_ids=model_ids)
+                                      [r.species for r in data.train], train_images, references, model_ids=model_ids,
+                                      viewpoints=[r.viewpoint for r in data.train])
     if tuning.rerank:
         from training.rerank_commands import identify_reranked
 

@@ -83,10 +83,13 @@ class LabelledImages:
     individual_ids: list[str]
     species: list[str]
     folds: np.ndarray
+    viewpoints: list[str | None] | None = None  # viewpoint hints (identification.viewpoint), for viewpoint-means
 
     def __post_init__(self):
         n = len(self.images)
         self.folds = np.asarray(self.folds, dtype=int)
+        if self.viewpoints is not None and len(self.viewpoints) != n:
+            raise DataError(f"evaluation: {n} images but {len(self.viewpoints)} viewpoints")
         if not (len(self.individual_ids) == len(self.species) == self.folds.shape[0] == n):
             raise DataError(f"evaluation: {n} images, {len(self.individual_ids)} ids, {len(self.species)} species, "
                             f"{self.folds.shape[0]} folds")
@@ -233,9 +236,10 @@ def split_gallery(embeddings: np.ndarray, data: LabelledImages, rows, references
                   index_config: IndexConfig | None = None, model_ids: Sequence[str] = ()) -> Gallery:
     """The gallery of data rows `rows`, built as `references` (gallery.REFERENCES)."""
     rows = np.asarray(rows, dtype=int)
+    views = None if data.viewpoints is None else [data.viewpoints[r] for r in rows]
     return build_reference_gallery(embeddings[rows], [data.individual_ids[r] for r in rows],
                                    [data.species[r] for r in rows], [data.images[r] for r in rows],
-                                   references, model_ids=model_ids, index_config=index_config)
+                                   references, model_ids=model_ids, index_config=index_config, viewpoints=views)
 
 
 def rank_out_of_fold(embeddings: np.ndarray, data: LabelledImages, splits: Sequence[FoldSplit], k: int,
@@ -315,7 +319,7 @@ def evaluate_out_of_fold(
     held_out_precisions = held_out.pop("per_query")
     sweep = sweep_threshold(oof.candidates, oof.truths, grid, query_weight)
     default = (catalogue_threshold(blend(embeddings_by_model, weights), data.individual_ids, default_quantile,
-                                   references)
+                                   references, data.viewpoints)
                if default_quantile is not None else None)
     choice = (choose_threshold(oof.candidates, oof.truths, default, oof.groups, query_weight, grid)
               if default is not None else

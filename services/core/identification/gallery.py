@@ -10,7 +10,11 @@ photo), or `means`, one row per individual: the renormalised mean of its photos'
 metadata keeps `photos`, the count, and `norm`, the mean's length before renormalising, so that photos added later
 can be folded into it exactly). Means rank better: on the demo's model, fresh photos of its individuals get the
 right individual first 59 % of the time with means, 52 % with photos (319 fresh renders), as averaging the looks of an
-animal cancels much of each photo's pose and light.
+animal cancels much of each photo's pose and light. `viewpoint-means`: one mean per (individual, viewpoint), the
+photos' viewpoint hints (services.core.identification.viewpoint; a photo without one joins its individual's
+unknown-viewpoint mean), so that a left and a right flank are not averaged into one vector; image
+`mean/<individual_id>` or `mean/<individual_id>@<viewpoint>`, metadata `viewpoint`. The answer stays per
+individual (ranking takes each individual's best row). Without any hint it is `means`, row for row.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ ENTRIES_FILE = "entries.jsonl"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 INDEX_KINDS = ("flat", "hnsw", "ivfflat", "ivfpq")
-REFERENCES = ("photos", "means")  # gallery rows: one per photo, or one mean per individual
+REFERENCES = ("photos", "means", "viewpoint-means")  # rows: per photo, per individual, per (individual, viewpoint)
 MEAN_IMAGE_PREFIX = "mean/"  # image id of an individual's mean row
 
 
@@ -270,33 +274,54 @@ def build_gallery(
                    list(model_ids), index_config or IndexConfig())
 
 
-def individual_means(embeddings, individual_ids: Sequence[str], species: Sequence[str]):
+def individual_means(embeddings, individual_ids: Sequence[str], species: Sequence[str],
+                     viewpoints: Sequence[str | None] | None = None):
     """Per individual (sorted ids): the renormalised mean of its photos' normalised embeddings, its most frequent
     species (ties: the first in name order), its photo count and the mean's norm before renormalising.
-    Returns (means (I, D), ids, species, counts, norms)."""
+    Returns (means (I, D), ids, species, counts, norms). With `viewpoints` (one hint or None per photo): one mean
+    per (individual, viewpoint), sorted by id then viewpoint (unknown first); ids then repeat, and
+    `viewpoint_groups` gives each row's viewpoint."""
     vectors = l2_normalise(as_embeddings(embeddings, what="gallery embeddings"), "gallery embeddings")
     if vectors.shape[0] == 0:
         raise DataError("the gallery is empty: it needs at least one embedding")
     ids = [str(v) for v in individual_ids]
     if len(ids) != vectors.shape[0] or len(species) != vectors.shape[0]:
         raise DataError(f"individual means: {vectors.shape[0]} embeddings, {len(ids)} ids, {len(species)} species")
-    rows: dict[str, list[int]] = {}
-    for row, individual in enumerate(ids):
-        rows.setdefault(individual, []).append(row)
-    names = sorted(rows)
-    sums = np.stack([vectors[rows[name]].sum(axis=0, dtype=np.float64) for name in names])
-    counts = np.array([len(rows[name]) for name in names])
+    views = _viewpoint_list(viewpoints, len(ids))
+    rows: dict[tuple[str, str], list[int]] = {}
+    for row, (individual, view) in enumerate(zip(ids, views, strict=True)):
+        rows.setdefault((individual, view), []).append(row)
+    groups = sorted(rows)
+    sums = np.stack([vectors[rows[group]].sum(axis=0, dtype=np.float64) for group in groups])
+    counts = np.array([len(rows[group]) for group in groups])
     norms = np.linalg.norm(sums, axis=1) / counts
     kinds = []
-    for name in names:
+    for group in groups:
         tally: dict[str, int] = {}
-        for row in rows[name]:
+        for row in rows[group]:
             tally[str(species[row])] = tally.get(str(species[row]), 0) + 1
         kinds.append(min(tally, key=lambda s: (-tally[s], s)))
+    names = [name for name, _ in groups]
     zero = [name for name, norm in zip(names, norms, strict=True) if norm < 1e-6]
     if zero:
         raise DataError(f"individual means: the photos of {zero[:10]} cancel out (mean of length 0)")
     return l2_normalise(sums.astype(np.float32)), names, kinds, counts, norms
+
+
+def _viewpoint_list(viewpoints, n: int) -> list[str]:
+    """One grouping key per photo: its viewpoint, '' when unknown (or when no hints are given)."""
+    if viewpoints is None:
+        return [""] * n
+    views = ["" if v is None else str(v) for v in viewpoints]
+    if len(views) != n:
+        raise DataError(f"gallery: {n} photos but {len(views)} viewpoints")
+    return views
+
+
+def viewpoint_groups(individual_ids: Sequence[str], viewpoints: Sequence[str | None] | None) -> list[str]:
+    """The viewpoint of each row of `individual_means(..., viewpoints)` ('' = unknown), in its order."""
+    return [view for _, view in sorted(set(zip([str(v) for v in individual_ids],
+                                               _viewpoint_list(viewpoints, len(individual_ids)), strict=True)))]
 
 
 def build_reference_gallery(
@@ -308,17 +333,21 @@ def build_reference_gallery(
     metadata: Sequence[dict[str, Any]] | None = None,
     model_ids: Sequence[str] = (),
     index_config: IndexConfig | None = None,
+    viewpoints: Sequence[str | None] | None = None,
 ) -> Gallery:
     """The gallery of labelled photos as `references` rows (REFERENCES; see the module docstring): `photos` is
     `build_gallery`; `means` has one row per individual, image `mean/<individual_id>`, metadata
-    {reference: mean, photos, norm}."""
+    {reference: mean, photos, norm}; `viewpoint-means` one row per (individual, `viewpoints` hint)."""
     if references not in REFERENCES:
         raise DataError(f"gallery references {references!r} unknown; expected one of {', '.join(REFERENCES)}")
     if references == "photos":
         return build_gallery(embeddings, individual_ids, species, images, metadata, model_ids, index_config)
     if len(images) != len(individual_ids):
         raise DataError(f"gallery: {len(individual_ids)} ids but {len(images)} images")
-    means, names, kinds, counts, norms = individual_means(embeddings, individual_ids, species)
-    meta = [{"reference": "mean", "photos": int(c), "norm": round(float(n), 6)}
-            for c, n in zip(counts, norms, strict=True)]
-    return build_gallery(means, names, kinds, [MEAN_IMAGE_PREFIX + n for n in names], meta, model_ids, index_config)
+    views = viewpoints if references == "viewpoint-means" else None
+    means, names, kinds, counts, norms = individual_means(embeddings, individual_ids, species, views)
+    groups = viewpoint_groups(individual_ids, views)
+    meta = [{"reference": "mean", "photos": int(c), "norm": round(float(n), 6), **({"viewpoint": v} if v else {})}
+            for c, n, v in zip(counts, norms, groups, strict=True)]
+    rows = [MEAN_IMAGE_PREFIX + n + (f"@{v}" if v else "") for n, v in zip(names, groups, strict=True)]
+    return build_gallery(means, names, kinds, rows, meta, model_ids, index_config)

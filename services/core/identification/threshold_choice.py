@@ -164,15 +164,17 @@ def impostor_scores(embeddings, individual_ids: Sequence[str], references=None, 
 
 
 def catalogue_threshold(embeddings, individual_ids: Sequence[str], quantile: float = DEFAULT_QUANTILE,
-                        references: str = "photos") -> float | None:
+                        references: str = "photos", viewpoints=None) -> float | None:
     """The calibrated default threshold of a catalogue: the `quantile` of its impostor scores against the
     gallery rows it serves (`references`: photos, or means: one renormalised mean per individual), so that a
-    share `quantile` of new animals would score below it and be answered new. None for a single individual."""
+    share `quantile` of new animals would score below it and be answered new. None for a single individual.
+    `viewpoint-means`: one mean per (individual, `viewpoints` hint)."""
     from services.core.identification.gallery import individual_means
 
     refs = ref_ids = None
-    if references == "means":
-        refs, ref_ids, *_ = individual_means(embeddings, individual_ids, ["-"] * len(individual_ids))
+    if references in ("means", "viewpoint-means"):
+        views = viewpoints if references == "viewpoint-means" else None
+        refs, ref_ids, *_ = individual_means(embeddings, individual_ids, ["-"] * len(individual_ids), views)
     scores = impostor_scores(embeddings, individual_ids, refs, ref_ids)
     if scores.size == 0:
         return None

@@ -43,6 +43,8 @@ def _import(args) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
+        for warning in data["warnings"][:SHOWN_BAD_ROWS]:
+            print(f"  warning {warning['where']}: {warning['reason']}", file=sys.stderr)
         for bad in data["bad"][:SHOWN_BAD_ROWS]:
             print(f"  bad row {bad['where']}: {bad['reason']}", file=sys.stderr)
         if len(data["bad"]) > SHOWN_BAD_ROWS:

@@ -39,20 +39,24 @@ EMBED_CHUNK = 64
 
 @dataclass
 class Photos:
-    """Labelled photos: gallery image name, individual, species, local file and boxes ({source: box}) per row."""
+    """Labelled photos: gallery image name, individual, species, local file, boxes ({source: box}) and viewpoint
+    hint (services.core.identification.viewpoint; None = unknown) per row."""
 
     images: list[str]
     individual_ids: list[str]
     species: list[str]
     paths: list[Path]
     boxes: list[dict] = field(default_factory=list)
+    viewpoints: list[str | None] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.boxes:
             self.boxes = [{} for _ in self.images]
+        if not self.viewpoints:
+            self.viewpoints = [None for _ in self.images]
         if not (len(self.images) == len(self.individual_ids) == len(self.species) == len(self.paths)
-                == len(self.boxes)):
-            raise DataError("photos: images, ids, species, paths and boxes differ in length")
+                == len(self.boxes) == len(self.viewpoints)):
+            raise DataError("photos: images, ids, species, paths, boxes and viewpoints differ in length")
         if not self.images:
             raise DataError("no photos to build a gallery from (import a catalogue first: `whaleid catalogue "
                             "import SRC`)")
@@ -92,7 +96,8 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
                  "from the given tuning")
         embeddings = embed_photos(embedder, photos, progress_bar)
         references = str(tuning.validation.get("references") or "means")
-        gallery = build_reference_gallery(embeddings, ids, species, images, references, model_ids=model_ids)
+        gallery = build_reference_gallery(embeddings, ids, species, images, references, model_ids=model_ids,
+                                          viewpoints=photos.viewpoints)
         tuning = Tuning(threshold=tuning.threshold, per_species=dict(tuning.per_species),
                         weights={embedder.model_id: 1.0}, flip_tta=tuning.flip_tta, k=tuning.k,
                         validation={**tuning.validation, "transferred_to": embedder.model_id})
@@ -103,7 +108,7 @@ def build_gallery_dir(embedder, photos: Photos, folds_by_id: dict[str, int], out
                  + (f" and with {embedder.model_id} for the gallery" if fold_embedder else " and the gallery"))
         embeddings = embed_photos(tuner, photos, progress_bar)
         folds, eval_folds = validation_folds(tuner, folds_by_id, ids)
-        labelled = LabelledImages(list(images), list(ids), list(species), folds)
+        labelled = LabelledImages(list(images), list(ids), list(species), folds, list(photos.viewpoints))
         gallery, evaluation = build_tuned_gallery({tuner.model_id: embeddings}, labelled, eval_folds,
                                                   default_quantile=configured_quantile(tuner.info.get("config", {})))
         report = evaluation.report
@@ -170,7 +175,8 @@ def catalogue_photos(store, records: Sequence[dict], cache_dir: Path, progress_b
         bar.update()
     return Photos(images=[r["key"] for r in records], individual_ids=[r["individual_id"] for r in records],
                   species=[r.get("species") or "unknown" for r in records], paths=paths,
-                  boxes=[dict(r.get("boxes") or {}) for r in records])
+                  boxes=[dict(r.get("boxes") or {}) for r in records],
+                  viewpoints=[r.get("viewpoint") for r in records])
 
 
 def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path: Path | None = None,

@@ -20,7 +20,7 @@ from services.curation.catalogue.sources import BadRow, SourceRow, read_source
 
 log = logging.getLogger(__name__)
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
-RECORD_FIELDS = ("individual_id", "species", "encounter", "date", "latitude", "longitude", "boxes")
+RECORD_FIELDS = ("individual_id", "species", "encounter", "date", "latitude", "longitude", "boxes", "viewpoint")
 
 
 @dataclass
@@ -36,10 +36,12 @@ class ImportReport:
     catalogue_photos: int = 0  # records in the catalogue after the import
     bad: list[BadRow] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[BadRow] = field(default_factory=list)  # imported all the same (an unreadable viewpoint)
 
     def as_dict(self) -> dict:
         data = asdict(self)
         data["bad"] = [b.as_dict() for b in sorted(self.bad, key=lambda b: (b.where.split(":")[0], b.line))]
+        data["warnings"] = [w.as_dict() for w in self.warnings]
         return data
 
 
@@ -54,6 +56,8 @@ def import_catalogue(src: Path | str, store: CatalogueStore, fmt: str | None = N
     bar = ProgressBar(f"importing {len(rows)} photo(s)", len(rows), enabled=progress)
     for row in rows:
         bar.update()
+        if row.warning:
+            report.warnings.append(BadRow(row.where, row.line, f"{row.warning}; imported with the viewpoint unknown"))
         try:
             data = row.path.read_bytes()
         except OSError as exc:
@@ -73,6 +77,7 @@ def import_catalogue(src: Path | str, store: CatalogueStore, fmt: str | None = N
         record = {"photo_id": photo_id, "key": store.photo_key(row.individual_id, photo_id, ext),
                   "individual_id": row.individual_id, "species": row.species, "encounter": row.encounter,
                   "date": row.date, "latitude": row.latitude, "longitude": row.longitude, "boxes": row.boxes,
+                  "viewpoint": row.viewpoint,
                   "width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "source": row.source_name,
                   "imported_at": now()}
         old = records.get(photo_id)

@@ -6,7 +6,7 @@ Layout, in bucket `settings.models_bucket` (the durable store next to the galler
     catalogue/records.jsonl                           one JSON record per photo, sorted by individual and photo:
         {"photo_id": sha256, "key", "individual_id", "species", "encounter", "date", "latitude", "longitude",
          "boxes": {source: [x0, y0, x1, y1]}, "width", "height", "source": the file as the import named it,
-         "imported_at"}
+         "imported_at", "viewpoint": left / right / other or null (services.core.identification.viewpoint)}
 
 A photo is identified by its content (`photo_id` = sha256 of the bytes), so importing the same photo again
 stores nothing new. The manifest is rewritten whole with one PUT after the photos of an import are stored (a

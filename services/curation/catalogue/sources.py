@@ -4,8 +4,11 @@ Formats (`detect_format` picks one when none is given):
   folders  SRC/<individual_id>/*.jpg|jpeg|png|webp (one folder per individual; the "line" is the file's path)
   kaggle   a Happywhale/Kaggle folder: train.csv (image,species,individual_id) + train_images/, optional
            boxes*.csv (image,source,x0,y0,x1,y1); SRC is the folder or its train.csv
-  csv      a CSV of image,individual_id[,species][,encounter][,date][,latitude,longitude]; images relative to
-           the CSV's folder (absolute paths are taken as they are)
+  csv      a CSV of image,individual_id[,species][,encounter][,date][,latitude,longitude][,viewpoint]; images
+           relative to the CSV's folder (absolute paths are taken as they are)
+Every layout: each photo's viewpoint hint (services.core.identification.viewpoint) is the `viewpoint` column
+(kaggle and csv; left/right/other free text) when the row has one, else a left/right word in the file name; an
+unreadable value leaves it unknown with a warning (`SourceRow.warning`), never a bad row.
 
 Row checks here (no S3): image named and present, individual id valid, species (Kaggle misspellings fixed),
 date ISO 8601, latitude and longitude both or neither and in range, image listed twice. Content checks
@@ -22,6 +25,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 from services.core.errors import DataError
+from services.core.identification.viewpoint import COLUMN as VIEWPOINT_COLUMN
+from services.core.identification.viewpoint import viewpoint_from_name, viewpoint_hint
 
 FORMATS = ("folders", "kaggle", "csv")
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -48,6 +53,8 @@ class SourceRow:
     longitude: float | None = None
     boxes: dict[str, list[float]] = field(default_factory=dict)  # box source -> [x0, y0, x1, y1]
     source_name: str = ""  # the image as the source names it
+    viewpoint: str | None = None  # left / right / other; None = unknown
+    warning: str = ""  # why the viewpoint column could not be read (the row is imported all the same)
 
 
 @dataclass
@@ -135,7 +142,7 @@ def _read_folders(src: Path) -> tuple[list[SourceRow], list[BadRow]]:
         if reason:
             bad.append(BadRow(where, number, reason))
             continue
-        rows.append(SourceRow(where, number, path, parts[0], source_name=rel))
+        rows.append(SourceRow(where, number, path, parts[0], source_name=rel, viewpoint=viewpoint_from_name(path.name)))
     return rows, bad
 
 
@@ -185,6 +192,8 @@ def _parse_row(row: dict, image_root: Path, kaggle: bool, fixes: dict) -> tuple[
         return f"bad species {row.get('species')!r}", {}
     parsed = {"path": path, "individual_id": individual, "species": species, "source_name": image,
               "encounter": row.get("encounter", "")}
+    parsed["viewpoint"], parsed["warning"] = viewpoint_hint(row.get(VIEWPOINT_COLUMN), image)
+    parsed["warning"] = parsed["warning"] or ""
     if kaggle:
         return None, parsed
     if parsed["encounter"] and len(parsed["encounter"]) > 128:
