@@ -1,0 +1,177 @@
+"""Local-feature re-ranking in the live chain on real servers (session stack: Kafka, S3, Redis; a dedicated Triton
+with the toy ensemble): `whaleid serve worker` with `rerank_local_features` sends the crop's SIFT keypoints in
+the sightings.embedded record, the gallery version carries its photos' keypoints (gallery build's
+services.curation.catalogue.gallery_features, published with the version), and `whaleid serve matcher` fuses the
+inliers with the embedding score by the served tuning's `rerank`.
+
+The query is a generated texture; the gallery holds three individuals whose embeddings put `decoy` first (the
+query's own embedding) and `truth` second (about 0.96), while truth's gallery photo is the query's pattern under a
+rotation and scale, which only the keypoints see. With the worker re-ranking, truth is answered first; with the
+setting off (the default), the record carries no keypoints and the answer is the embedding's, unchanged."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import boto3
+import numpy as np
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from services.core import topics
+from support.chain import (
+    TOY_MODEL_IDS,
+    ServiceProcess,
+    chain_env,
+    identification,
+    png_bytes,
+    read_topic,
+    uploaded_event,
+    wait_announced,
+)
+
+cv2 = pytest.importorskip("cv2")
+
+RERANK = {"method": "sift", "weight": 0.3, "cap": 20, "k": 5, "ratio": 0.8, "tolerance_px": 8.0, "iterations": 200,
+          "photos": 8}
+
+
+def texture(seed: int, size: int = 256) -> np.ndarray:
+    """A blotchy grey pattern, RGB uint8: plenty of SIFT corners."""
+    rng = np.random.default_rng(seed)
+    big = np.kron(rng.random((size // 8, size // 8)), np.ones((8, 8)))
+    blur = (big + np.roll(big, 3, 0) + np.roll(big, 3, 1) + np.roll(big, -3, 0) + np.roll(big, -3, 1)) / 5
+    return np.repeat(np.where(blur > 0.5, 220, 40).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def warped(image: np.ndarray, angle_deg: float, scale: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
+    matrix[:, 2] += (10, -6)
+    return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def unit(vector) -> np.ndarray:
+    vector = np.asarray(vector, np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+QUERY = texture(10)
+
+
+@pytest.fixture(scope="module")
+def chain(stack, tmp_path_factory):
+    from services.core.identification import Tuning, build_gallery
+    from services.curation.catalogue.gallery_build import Photos
+    from services.curation.catalogue.gallery_features import gallery_features
+    from services.curation.operations.gallery_versions import GalleryStore
+    from services.curation.operations.publish import publish_gallery
+    from services.devtools.stack.triton import launch_triton
+    from services.serving.triton_client import EmbeddingClient
+    from support.chain import write_toy_repository
+
+    root = tmp_path_factory.mktemp("rerank-chain")
+    triton = launch_triton(write_toy_repository(root / "repo"), root / "triton")
+    services: list[ServiceProcess] = []
+    try:
+        triton.wait_healthy(90)
+        settings = stack.settings.with_overrides(models_bucket=f"models-{uuid.uuid4().hex[:8]}",
+                                                 triton_grpc_url=triton.grpc)
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket=settings.models_bucket)
+        with EmbeddingClient(triton.grpc) as client:
+            client.wait_ready(60)
+            query = unit(client.embed([png_bytes(QUERY)])[0])
+        noise = np.random.default_rng(1).normal(size=query.size)
+        noise = unit(noise - (noise @ query) * query)
+        embeddings = np.stack([query, unit(query + 0.3 * noise), unit(np.random.default_rng(2).normal(size=query.size))])
+        folder = root / "gallery"
+        build_gallery(embeddings, ["decoy", "truth", "third"], ["beluga"] * 3, ["d.png", "t.png", "x.png"],
+                      model_ids=list(TOY_MODEL_IDS)).save(folder)
+        Tuning(threshold=0.5, rerank=dict(RERANK)).save(folder / "tuning.json")
+        paths = []
+        for name, image in (("t", warped(QUERY, -20, 1.1)), ("d", texture(11)), ("x", texture(12))):
+            paths.append(root / f"{name}.png")
+            paths[-1].write_bytes(png_bytes(image))
+        bank = gallery_features(Photos(["t.png", "d.png", "x.png"], ["truth", "decoy", "third"], ["beluga"] * 3,
+                                       paths), None)
+        from services.core.identification import Gallery
+
+        store = GalleryStore.from_settings(settings)
+        publish_gallery(store, Gallery.load(folder), folder / "tuning.json", reason="test_rerank_chain",
+                        extra_files=[bank.save(root)])
+
+        env = chain_env(stack.state, root / "run", triton.grpc, models_bucket=settings.models_bucket)
+        worker = ServiceProcess("worker", {**env, "WHALEID_RERANK_LOCAL_FEATURES": "true"}, root / "logs").start()
+        matcher = ServiceProcess("matcher", env, root / "logs").start()
+        services += [worker, matcher]
+        worker.wait_ready()
+        matcher.wait_ready()
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        handle = Chain(settings, s3, producer, redis.Redis.from_url(settings.redis_url), env, root, services)
+        yield handle
+        producer.close()
+    finally:
+        for service in services:
+            service.stop()
+        triton.stop()
+
+
+class Chain:
+    def __init__(self, settings, s3, producer, redis_client, env, root, services):
+        self.settings, self.s3, self.producer, self.redis = settings, s3, producer, redis_client
+        self.env, self.root, self.services = env, root, services
+
+    def upload(self, data: bytes) -> str:
+        sighting_id = uuid.uuid4().hex
+        key = f"uploads/{sighting_id}.png"
+        self.s3.put_object(Bucket=self.settings.sightings_bucket, Key=key, Body=data, ContentType="image/png")
+        self.producer.send(topics.SIGHTINGS_UPLOADED, key=sighting_id.encode(),
+                           value=uploaded_event(sighting_id, self.settings.sightings_bucket, key))
+        self.producer.flush()
+        return sighting_id
+
+    def embedded_record(self, sighting_id: str) -> dict:
+        records = [value for key, value in read_topic(self.settings.kafka_bootstrap, topics.SIGHTINGS_EMBEDDED)
+                   if key == sighting_id and isinstance(value, dict)]
+        assert len(records) == 1, f"{len(records)} sightings.embedded records for {sighting_id}"
+        return records[0]
+
+
+def test_the_worker_sends_keypoints_and_the_matcher_moves_the_true_animal_first(chain):
+    from services.core.identification.local_features import LocalFeatures
+
+    sighting_id = chain.upload(png_bytes(QUERY))
+    wait_announced(chain.redis, [sighting_id], 60, "the re-ranked identification")
+    result = identification(chain.redis, sighting_id)
+    ids = [c["individual_id"] for c in result["candidates"]]
+    assert ids[0] == "truth" and result["new_individual"] is False, result
+    assert result["candidates"][0]["image"] == "t.png"
+    rerank = result["rerank"]
+    assert rerank["method"] == "sift" and rerank["weight"] == RERANK["weight"]
+    inliers = dict(zip(ids, rerank["inliers"], strict=True))
+    assert inliers["truth"] >= 20 and inliers["decoy"] <= 8, inliers
+    assert result["candidates"][0]["score"] > 1.0  # the fused score: embedding + weight * min(inliers, cap) / cap
+    record = chain.embedded_record(sighting_id)
+    features = LocalFeatures.from_bytes(base64.b64decode(record["local_features"]))
+    assert len(features) >= 50
+    stored = topics.loads(chain.redis.get(f"embedding:{sighting_id}"))  # Redis keeps the record without them
+    assert "local_features" not in stored and stored["embedding_f32"] == record["embedding_f32"]
+
+
+def test_with_the_setting_off_the_record_carries_no_keypoints_and_the_embedding_decides(chain):
+    worker = chain.services[0]
+    worker.stop()
+    plain = ServiceProcess("worker", chain.env, chain.root / "logs", name="worker-plain").start()
+    chain.services[0] = plain
+    plain.wait_ready()
+    sighting_id = chain.upload(png_bytes(QUERY))
+    wait_announced(chain.redis, [sighting_id], 90, "the identification without re-ranking")
+    result = identification(chain.redis, sighting_id)
+    assert [c["individual_id"] for c in result["candidates"]][:2] == ["decoy", "truth"], result
+    assert "rerank" not in result
+    assert result["candidates"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert "local_features" not in chain.embedded_record(sighting_id)
