@@ -104,6 +104,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config {key} must be > 0, got {config[key]}")
     if not 0.0 <= config["msd_rate"] < 1.0:
         raise ConfigError(f"config msd_rate must be in [0, 1), got {config['msd_rate']}")
+    for key in ("preserve_l2sp", "preserve_distill"):
+        if config[key] < 0:
+            raise ConfigError(f"config {key} must be >= 0 (0: off), got {config[key]}")
     if config["arcface_sigma"] < 0:
         raise ConfigError(f"config arcface_sigma must be >= 0, got {config['arcface_sigma']}")
     if not -1 <= config["fold"] < config["folds"]:

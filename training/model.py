@@ -4,6 +4,9 @@
 - embedding_model: float32 NHWC images in [0, 255] -> L2-normalised embeddings (Keras EfficientNet rescales and
   normalises inside the network, so the input is the output of services.core.imaging.preprocess);
 - train_model: {"image", "label"} -> {"arcface": Elastic ArcFace logits, "species": species logits (optional)}.
+  Feature preservation (training/preserve.py): `preserve_l2sp` puts an L2-SP regulariser on the backbone's
+  trainable weights; `preserve_distill` adds the frozen pretrained teacher (`build_teacher`) to the train model
+  only, with the similarity-distillation loss on the training path.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from keras import ops
 
 from services.core.errors import ConfigError
 from training.arcface import ElasticArcFace, dynamic_margins
+from training.preserve import SimilarityDistillation, attach_l2sp
 
 
 class GeMPooling(keras.layers.Layer):
@@ -158,6 +162,16 @@ def build_general_model(config: Mapping[str, Any]) -> keras.Model:
     return keras.Model(image, L2Normalize(name="embedding", dtype="float32")(pooled), name="general")
 
 
+def build_teacher(config: Mapping[str, Any]) -> keras.Model:
+    """The frozen pretrained backbone and pooling (fixed GeM power or average) of `preserve_distill`: image ->
+    pooled ImageNet features, never trained (BatchNorm in inference mode)."""
+    backbone = build_backbone({**config, "freeze_layers": ""})
+    backbone.trainable = False
+    pooling = (GeMPooling(config["gem_p"], name="teacher_gem", trainable=False) if config["pooling"] == "gem"
+               else keras.layers.GlobalAveragePooling2D(name="teacher_avg"))
+    return keras.Sequential([backbone, pooling], name="teacher")
+
+
 def build_models(config: Mapping[str, Any], num_classes: int, num_species: int = 0, class_counts=None):
     """(train_model, embedding_model) for `num_classes` training individuals and `num_species` species;
     `class_counts` (training photos per class) sets per-class margins when `arcface_dynamic_margin` is on."""
@@ -170,7 +184,9 @@ def build_models(config: Mapping[str, Any], num_classes: int, num_species: int =
     seed = config["seed"]
     image = keras.Input((size, size, 3), name="image", dtype="float32")
     label = keras.Input((), name="label", dtype="int32")
-    features = build_backbone(config)(image)
+    backbone = build_backbone(config)
+    attach_l2sp(backbone, config.get("preserve_l2sp", 0.0))
+    features = backbone(image)
     if config["pooling"] == "gem":
         pooled = GeMPooling(config["gem_p"], name="gem_pooling")(features)
     else:
@@ -181,6 +197,9 @@ def build_models(config: Mapping[str, Any], num_classes: int, num_species: int =
                                                 dtype="float32")(embedding)
     normalised = L2Normalize(name="embedding", dtype="float32")(embedding)
     embedding_model = keras.Model(image, normalised, name="embedder")
+    if config.get("preserve_distill", 0.0) > 0:
+        embedding = SimilarityDistillation(config["preserve_distill"], name="distillation")(
+            [embedding, normalised, build_teacher(config)(image)])
 
     margins = None
     if config.get("arcface_dynamic_margin") and class_counts is not None:
