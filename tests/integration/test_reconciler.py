@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import redis
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from services.chain import results
 from services.chain.reconciler import KINDS, Reconciler, ReconcilerTopics
@@ -340,6 +340,47 @@ def test_nothing_is_redriven_again_or_given_up_while_the_chain_has_a_backlog(bas
             assert sighting_id in reconciler.last_found["deferred"] and counts["deferred"] >= 1
     assert failure(client, sighting_id) is None
     assert client.hget(keys.sighting_key(sighting_id), "redrives") == b"1"
+
+
+def test_a_group_that_committed_inside_the_last_batch_is_behind(base):
+    """Two batches of 10 and 5 records: Tansu lists the end as 11 (the last batch's base offset + 1), the fetch's
+    high-water mark is 15. A group committed at 11 is 4 records behind, not caught up."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from services.chain.reconciler import kafka_io
+
+    settings, _, _ = base
+    topic, group = f"test-lag-{uuid.uuid4().hex[:8]}", f"test-lag-group-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5000,
+                             batch_size=1 << 20)
+    try:
+        for count in (10, 5):  # lingering until flush: each round is one batch
+            for i in range(count):
+                producer.send(topic, key=f"k{i}".encode(), value=b"v" * 200, partition=0)
+            producer.flush()
+    finally:
+        producer.close()
+    tp = TopicPartition(topic, 0)
+    reader = kafka_io.kafka_consumer(settings)
+    committer = kafka_io.kafka_consumer(settings, group_id=group)
+    lag = kafka_io.GroupLag(settings, reader, [(group, topic)])
+    try:
+        listed = reader.end_offsets([tp])[tp]
+        assert listed in (11, 15)  # 11 on Tansu; a broker with exact end offsets lists 15
+        for committed, expected in ((11, f"{group} is 4 record(s) behind on {topic}"),
+                                    (0, f"{group} is 15 record(s) behind on {topic}"), (15, None)):
+            committer.commit({tp: OffsetAndMetadata(committed, "", -1)})
+            assert lag.behind() == expected, committed
+    finally:
+        lag.close()
+        committer.close()
+        reader.close()
 
 
 # --------------------------------------------------------------------------- the process

@@ -7,8 +7,9 @@ offsets are short on topics written by a batching producer (every producer of th
 as the stages do, (b) reads every partition up to at
 least the end offset it was given (a fetch returns whole batches), and (c) recognises a reset topic by the record
 before its stored position, not by comparing offsets alone. (d) After a restart Tansu can also list an end
-offset beyond the last one a fetch ever returns (an offset taken by a produce that failed): a read, and a
-group's lag, stop at the high-water mark the fetch reports.
+offset beyond the last one a fetch ever returns (an offset taken by a produce that failed): a read stops at the
+high-water mark the fetch reports. (e) A group's lag is that mark minus its committed offset, on every partition:
+a group that committed inside a partition's last batch is behind although the listed end says it is not.
 
 The producer is idempotent like the bridge's (same kafka-python client, same setting
 `bridge_producer_idempotence`); every record it writes is keyed by its sighting id.
@@ -203,18 +204,17 @@ class GroupLag:
             consumer = self._consumers.get(group)
             if consumer is None:
                 consumer = self._consumers[group] = kafka_consumer(self.settings, group_id=group)
-            behind: dict = {}
+            positions = {}
             for tp in tps:
                 committed = consumer.committed(tp, timeout_ms=COMMITTED_TIMEOUT_MS)
-                position = starts[tp] if committed is None else committed
-                if ends[tp] > position:
-                    behind[tp] = position
-            if behind:  # what a fetch can read there, not what ListOffsets claims (see `_read_to`)
-                readable = readable_ends(self.reader, behind, VERIFY_TIMEOUT_S)
-                lag = sum(max(0, min(ends[tp], readable.get(tp, ends[tp])) - position)
-                          for tp, position in behind.items())
-                if lag:
-                    return f"{group} is {lag} record(s) behind on {topic}"
+                positions[tp] = starts[tp] if committed is None else committed
+            # the end is the high-water mark a fetch from the group's position reports, exact both where ListOffsets
+            # is short (a batching producer's last batch) and where it is beyond what can be read (see `_read_to`);
+            # the listed end only for a partition whose fetch did not answer in time
+            readable = readable_ends(self.reader, positions, VERIFY_TIMEOUT_S)
+            lag = sum(max(0, readable.get(tp, ends[tp]) - position) for tp, position in positions.items())
+            if lag:
+                return f"{group} is {lag} record(s) behind on {topic}"
         return None
 
     def close(self) -> None:
