@@ -171,3 +171,31 @@ def test_worker_record_carries_the_crop_features_only_when_given():
     assert len(LocalFeatures.from_bytes(base64.b64decode(text))) >= 50
     assert "local_features" not in embedded_record(prepared, [0.5, 0.75], "m").to_data()
     assert embedded_record(prepared, [0.5, 0.75], "m", features=text).to_data()["local_features"] == text
+
+
+def test_gallery_build_keeps_at_most_n_photos_per_individual_cropped_as_embedded(tmp_path):
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from services.core.identification import Tuning
+    from services.core.settings import Settings
+    from services.curation.catalogue.gallery_build import Photos
+    from services.curation.catalogue.gallery_features import gallery_features, wanted
+
+    paths, ids, boxes = [], [], []
+    for n, individual in enumerate(["a", "a", "a", "b"]):
+        scene = np.zeros((300, 400, 3), np.uint8)
+        scene[20:276, 100:356] = texture(30 + n)
+        paths.append(tmp_path / f"{n}.png")
+        Image.fromarray(scene).save(paths[-1])
+        ids.append(individual)
+        boxes.append({"uploader": [100, 20, 356, 276]})
+    photos = Photos([p.name for p in paths], ids, ["beluga"] * 4, paths, boxes)
+    bank = gallery_features(photos, "uploader", per_individual=2)
+    assert [len(bank.photos_of(i)) for i in ("a", "b")] == [2, 1]
+    boxed = bank.photos_of("b")[0]
+    assert float(boxed.points.max()) < 256  # keypoints of the box (256 px), not of the 400 px scene
+    whole = gallery_features(photos, None, per_individual=2).photos_of("b")[0]
+    assert float(whole.points[:, 0].max()) > 256
+    assert not wanted(Settings(), Tuning()) and wanted(Settings(rerank_local_features=True), Tuning())
+    assert wanted(Settings(), Tuning(rerank={"method": "sift"}))
