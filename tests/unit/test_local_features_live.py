@@ -199,3 +199,11 @@ def test_gallery_build_keeps_at_most_n_photos_per_individual_cropped_as_embedded
     assert float(whole.points[:, 0].max()) > 256
     assert not wanted(Settings(), Tuning()) and wanted(Settings(rerank_local_features=True), Tuning())
     assert wanted(Settings(), Tuning(rerank={"method": "sift"}))
+
+
+def test_a_crop_sift_cannot_read_is_sent_without_features():
+    from services.chain.worker.cropping import Crop
+    from services.chain.worker.pipeline import PreparedSighting, local_features
+
+    event = topics.SightingUploaded(sighting_id="s9", bucket="b", key="k")
+    assert local_features(PreparedSighting(event, Crop(np.zeros((0, 5, 3), np.uint8), None, "full"))) is None

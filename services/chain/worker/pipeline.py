@@ -207,14 +207,20 @@ def species_scores(names, probabilities) -> dict[str, float] | None:
     return {str(n): round(float(p), 6) for n, p in zip(names, probabilities, strict=True)}
 
 
-def local_features(prepared: PreparedSighting) -> str:
+def local_features(prepared: PreparedSighting) -> str | None:
     """base64 of the SIFT keypoints (services.core.keypoints, LocalFeatures.to_bytes) of the crop the worker
-    embeds: the record's `local_features` when re-ranking is on (setting rerank_local_features)."""
+    embeds: the record's `local_features` when re-ranking is on (setting rerank_local_features). None when the
+    extraction fails: the sighting is then ranked by its embedding alone, never lost for it."""
     import base64
+    import logging
 
     from services.core.keypoints import extract
 
-    return base64.b64encode(extract(prepared.crop.pixels).to_bytes()).decode("ascii")
+    try:
+        return base64.b64encode(extract(prepared.crop.pixels).to_bytes()).decode("ascii")
+    except Exception as exc:  # noqa: BLE001 - an optional enhancement: never fail the sighting for it
+        logging.getLogger(__name__).warning("sighting %s: no local features (%s)", prepared.event.sighting_id, exc)
+        return None
 
 
 def embedded_record(prepared: PreparedSighting, embedding, model_version: str,
