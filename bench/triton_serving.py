@@ -2,8 +2,8 @@
 by Triton over gRPC, same images.
 
 Measured in one run, alternating the two paths for `rounds` rounds (medians reported, since the machine is
-shared): batch-1 latency (sequential requests of one image) and throughput with `concurrency` clients each
-sending one image per request. Ratios are Triton / direct: latency_ratio > 1 means Triton is slower per
+shared): batch-1 latency (sequential requests of one image, the two paths request by request in turn) and
+throughput with `concurrency` clients each sending one image per request. Ratios are Triton / direct: latency_ratio > 1 means Triton is slower per
 request; throughput_ratio >= 0.9 is the target.
 """
 
@@ -55,6 +55,23 @@ def latency_ms(embed: Callable[[list[bytes]], np.ndarray], images: Sequence[byte
     return times
 
 
+def paired_latency_ms(embeds: dict[str, Callable[[list[bytes]], np.ndarray]], images: Sequence[bytes],
+                      requests: int) -> dict[str, list[float]]:
+    """Batch-1 latencies of several paths, request by request in turn (the same image to each path in a row, the
+    order rotating): a burst of load from the rest of the machine lands on every path alike, where blocks of one
+    path after the other gave it to whichever path was running."""
+    names = list(embeds)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(requests):
+        image = [images[i % len(images)]]
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            start = time.perf_counter()
+            embeds[name](image)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
 def throughput(make_embed: Callable[[], Callable], images: Sequence[bytes], requests: int, concurrency: int) -> float:
     """Images per second with `concurrency` workers, each with its own embed callable (its own client)."""
     embeds = [make_embed() for _ in range(concurrency)]
@@ -94,8 +111,8 @@ def run_benchmark(repository: Path, grpc_url: str, *, requests: int = 120, concu
         rows: dict[str, list[float]] = {k: [] for k in ("direct_p50", "triton_p50", "direct_p95", "triton_p95",
                                                        "direct_ips", "triton_ips")}
         for round_index in range(1, rounds + 1):
-            for name, embed in (("direct", direct.embed), ("triton", served)):
-                times = latency_ms(embed, images, requests)
+            for name, times in paired_latency_ms({"direct": direct.embed, "triton": served}, images,
+                                                 requests).items():
                 rows[f"{name}_p50"].append(float(np.percentile(times, 50)))
                 rows[f"{name}_p95"].append(float(np.percentile(times, 95)))
             rows["direct_ips"].append(throughput(lambda: direct.embed, images, requests, concurrency))
