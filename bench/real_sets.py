@@ -17,7 +17,10 @@ Sets (keys of the JSON's `real_sets`):
       `known_top1`, and `viewpoint` (issue item 7): known top-1 against a gallery of the query's own flank only
       (`known_top1_same_flank`) vs of the other flank only (`known_top1_other_flank`), and
       `best_photo_same_flank`: among queries whose animal has both flanks in the gallery, the share where that
-      animal's best-scoring gallery photo shows the query's flank (see `viewpoint`).
+      animal's best-scoring gallery photo shows the query's flank (see `viewpoint`); `viewpoint_gallery`: the
+      gallery as one mean per individual (`means`) vs one mean per (individual, flank) (`viewpoint-means`, the
+      file name's hint, services.core.identification.viewpoint), each with `map5_cross_fitted` and `known_top1`
+      (the answer stays per individual; with no hint, as on the synthetic looks, the two are the same rows).
   - `fins` (../shared/data/real-photos): the README's tiny identity check: gallery = `5412.jpg`, `ind1`-`ind5`
     and the 53 bottlenose fin crops (each its own individual); queries `5412.a.jpg`, `5412.b.jpg`;
     `rank_of_truth` per query and `map5` with `new_individual` never answered (every query is known).
@@ -239,7 +242,31 @@ def score_open_set(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarr
             "calibrated_threshold": calibrated,
             "map5_best_optimistic": round(sweep.best_map5, 4), "best_threshold_optimistic": sweep.best,
             "known_top1": round(float(hits[known].mean()), 4) if known.any() else None,
-            "viewpoint": viewpoint(split, gallery_x, query_x)}
+            "viewpoint": viewpoint(split, gallery_x, query_x),
+            "viewpoint_gallery": viewpoint_gallery(split, gallery_x, query_x)}
+
+
+def viewpoint_gallery(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarray) -> dict:
+    """Cross-fitted MAP@5 and known top-1 with the gallery as `means` vs `viewpoint-means` (module docstring),
+    built by the identification core (gallery.build_reference_gallery) from the file names' hints."""
+    from services.core.identification import rank_candidates
+    from services.core.identification.gallery import build_reference_gallery
+    from services.core.identification.tuning import cross_fitted_map5
+    from services.core.identification.viewpoint import viewpoint_from_name
+
+    views = [viewpoint_from_name(p) for p in split.gallery]
+    truths = np.asarray(split.truths, dtype=object)
+    known = truths != NEW_INDIVIDUAL
+    out: dict = {"hinted_gallery_photos": sum(v is not None for v in views)}
+    for references in ("means", "viewpoint-means"):
+        gallery = build_reference_gallery(gallery_x, list(split.gallery_ids), ["unknown"] * len(views),
+                                          [str(p) for p in split.gallery], references, viewpoints=views)
+        candidates = rank_candidates(gallery, query_x, 50)
+        hits = candidates.ids[:, 0] == truths
+        out[references] = {"rows": len(gallery),
+                           "map5_cross_fitted": cross_fitted_map5(candidates, truths, split.groups)["map5"],
+                           "known_top1": round(float(hits[known].mean()), 4) if known.any() else None}
+    return out
 
 
 def viewpoint(split: OpenSetSplit, gallery_x: np.ndarray, query_x: np.ndarray) -> dict:
@@ -523,6 +550,11 @@ def table(real: dict) -> str:
                 [fmt(view.get(m, {}).get("known_top1_other_flank")) for m in methods])
             row(f"  best true photo same flank (n={first.get('queries_both_flanks_in_gallery')})",
                 [fmt(view.get(m, {}).get("best_photo_same_flank")) for m in methods])
+            means = {m: figures[m].get("viewpoint_gallery", {}) for m in methods if m in figures}
+            for references, label in (("means", "mean / individual"),
+                                      ("viewpoint-means", "mean / (individual, flank)")):
+                for key, what in (("map5_cross_fitted", "MAP@5 cf"), ("known_top1", "top-1")):
+                    row(f"  {what}, {label}", [fmt(means.get(m, {}).get(references, {}).get(key)) for m in methods])
         elif set_name == "fins":
             lines.append(f"fins: gallery {entry['gallery_photos']} photos, queries {', '.join(entry['queries'])}")
             row("  rank of 5412 (a, b)", ["/".join(">50" if r is None else str(r) for r in figures[m]["rank_of_truth"])

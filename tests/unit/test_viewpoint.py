@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,24 @@ def test_catalogue_sources_carry_the_hint_and_warn_without_dropping_rows(tmp_pat
     _, rows, bad = read_source(folders, "folders")
     assert not bad and sorted((r.source_name, r.viewpoint) for r in rows) == [("n1/7_rightphoto.jpg", "right"),
                                                                               ("n1/8.jpg", None)]
+
+
+def test_bench_compares_means_with_viewpoint_means_on_an_open_split():
+    from bench.real_sets import OpenSetSplit, viewpoint_gallery
+
+    x, ids, views, centres = _flanks(individuals=5, photos_per_flank=2, seed=7)
+    names = [f"{i}/{n}_{v}photo.jpg" for n, (i, v) in enumerate(zip(ids, views, strict=True))]
+    rng = np.random.default_rng(8)
+    queries = np.stack([c / np.linalg.norm(c) + 0.35 * rng.normal(size=c.size) / np.sqrt(c.size)
+                        for c in centres.values()]).astype(np.float32)
+    truths = [f"ind{i}" for i, _ in centres]
+    split = OpenSetSplit(gallery=[Path(n) for n in names], gallery_ids=ids, queries=[Path("q.jpg")] * len(truths),
+                         truths=truths, groups=truths)
+    out = viewpoint_gallery(split, x, queries)
+    assert out["hinted_gallery_photos"] == len(ids)
+    assert out["means"]["rows"] == 5 and out["viewpoint-means"]["rows"] == 10
+    assert out["viewpoint-means"]["known_top1"] == 1.0
+    unhinted = OpenSetSplit(gallery=[Path(f"{n}.jpg") for n in range(len(ids))], gallery_ids=ids,
+                            queries=split.queries, truths=truths, groups=truths)
+    same = viewpoint_gallery(unhinted, x, queries)
+    assert same["hinted_gallery_photos"] == 0 and same["means"] == same["viewpoint-means"]
