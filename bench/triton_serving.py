@@ -2,7 +2,7 @@
 by Triton over gRPC, same images.
 
 Measured in one run, alternating the two paths for `rounds` rounds (medians reported, since the machine is
-shared): batch-1 latency (sequential requests of one image, the two paths request by request in turn) and
+shared): batch-1 latency (sequential requests of one image, the two paths taking turns in blocks of 10) and
 throughput with `concurrency` clients each sending one image per request. Ratios are Triton / direct: latency_ratio > 1 means Triton is slower per
 request; throughput_ratio >= 0.9 is the target.
 """
@@ -56,19 +56,23 @@ def latency_ms(embed: Callable[[list[bytes]], np.ndarray], images: Sequence[byte
 
 
 def paired_latency_ms(embeds: dict[str, Callable[[list[bytes]], np.ndarray]], images: Sequence[bytes],
-                      requests: int) -> dict[str, list[float]]:
-    """Batch-1 latencies of several paths, request by request in turn (the same image to each path in a row, the
-    order rotating): a burst of load from the rest of the machine lands on every path alike, where blocks of one
-    path after the other gave it to whichever path was running."""
+                      requests: int, block: int = 10) -> dict[str, list[float]]:
+    """Batch-1 latencies of several paths taking turns in blocks of `block` sequential requests (the same images
+    to each path, the order of the paths rotating from one turn to the next): a spell of load from the rest of the
+    machine lands on every path alike, where one path's `requests` after the other's gave it to whichever was
+    running. Within a block a path runs as it does alone (its threads awake, nothing of the other path's work
+    still running but at the first request of a block); request by request in turn, the work Triton's server
+    does after answering ran into the in-process path's next request."""
     names = list(embeds)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(requests):
-        image = [images[i % len(images)]]
+    for turn, first in enumerate(range(0, requests, block)):
         for k in range(len(names)):
-            name = names[(i + k) % len(names)]
-            start = time.perf_counter()
-            embeds[name](image)
-            times[name].append((time.perf_counter() - start) * 1000.0)
+            name = names[(turn + k) % len(names)]
+            for i in range(first, min(requests, first + block)):
+                image = [images[i % len(images)]]
+                start = time.perf_counter()
+                embeds[name](image)
+                times[name].append((time.perf_counter() - start) * 1000.0)
     return times
 
 

@@ -1,20 +1,19 @@
 """`whaleid bench triton`'s batch-1 latency measurement (bench.triton_serving.paired_latency_ms): the paths take
-turns request by request, so a slow spell of the machine lands on each of them alike."""
+turns in short blocks, so a slow spell of the machine lands on each of them alike."""
 
 from __future__ import annotations
 
 from bench.triton_serving import paired_latency_ms
 
 
-def test_paths_take_turns_request_by_request_with_the_order_rotating():
+def test_paths_take_turns_in_blocks_with_the_order_rotating():
     calls: list[tuple[str, bytes]] = []
 
     def path(name):
         return lambda images: calls.append((name, images[0]))
 
-    times = paired_latency_ms({"a": path("a"), "b": path("b"), "c": path("c")}, [b"x", b"y"], 4)
-    assert {name: len(values) for name, values in times.items()} == {"a": 4, "b": 4, "c": 4}
-    assert [name for name, _ in calls] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
-    # every path gets the same image in each turn
-    assert [image for _, image in calls] == [b"x"] * 3 + [b"y"] * 3 + [b"x"] * 3 + [b"y"] * 3
-
+    times = paired_latency_ms({"a": path("a"), "b": path("b")}, [b"x", b"y", b"z"], 5, block=2)
+    assert {name: len(values) for name, values in times.items()} == {"a": 5, "b": 5}
+    assert [name for name, _ in calls] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "b"]
+    # each path gets the same images in each turn
+    assert [image for _, image in calls] == [b"x", b"y"] * 2 + [b"z", b"x"] * 2 + [b"y"] * 2
