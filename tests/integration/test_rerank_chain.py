@@ -175,3 +175,31 @@ def test_with_the_setting_off_the_record_carries_no_keypoints_and_the_embedding_
     assert "rerank" not in result
     assert result["candidates"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert "local_features" not in chain.embedded_record(sighting_id)
+
+
+def test_reindex_carries_the_gallery_photos_keypoints_to_the_next_version(stack, monkeypatch, tmp_path):
+    from services.core.identification import Tuning, build_gallery
+    from services.core.identification.local_features import BANK_FILE, FeatureBank
+    from services.core.keypoints import extract
+    from services.curation.operations.confirmations import ConfirmationService
+    from services.curation.operations.known import CurrentGalleryIndividuals
+    from services.curation.operations.publish import publish_gallery
+    from services.curation.operations.reindex import reindex
+    from support.operations import Clusters, isolated_catalogue, seed_sighting
+
+    with isolated_catalogue(stack.settings, monkeypatch, 5, "galleries-rerank", "rerank-app-token",
+                            "rerank-researcher-token") as (_, store, client):
+        clusters, names = Clusters(), ["ind-0", "ind-1"]
+        gallery = build_gallery(np.stack([clusters.sample(n) for n in names]), names, ["beluga"] * 2,
+                                ["a.jpg", "b.jpg"])
+        tuning = Tuning(threshold=0.5, rerank=dict(RERANK)).save(tmp_path / "tuning.json")
+        bank = FeatureBank({"ind-0": [extract(texture(20))], "ind-1": [extract(texture(21)), extract(texture(22))]})
+        first = publish_gallery(store, gallery, tuning, reason="test_rerank_chain", extra_files=[bank.save(tmp_path)])
+        sighting = seed_sighting(client, clusters.sample("ind-1"), [("ind-1", 0.9)])
+        ConfirmationService(client, CurrentGalleryIndividuals(store)).submit(
+            sighting, {"action": "confirm", "individual_id": "ind-1", "researcher": "dr-fluke"})
+        report = reindex(store, client)
+        assert report.new_version not in (None, first) and report.added == [sighting]
+        assert BANK_FILE in store.version_info(report.new_version)["files"]
+        carried = FeatureBank.load(store.download(report.new_version, tmp_path / "next"))
+        assert carried is not None and carried.to_bytes() == bank.to_bytes()
