@@ -203,3 +203,46 @@ def test_reindex_carries_the_gallery_photos_keypoints_to_the_next_version(stack,
         assert BANK_FILE in store.version_info(report.new_version)["files"]
         carried = FeatureBank.load(store.download(report.new_version, tmp_path / "next"))
         assert carried is not None and carried.to_bytes() == bank.to_bytes()
+
+
+def test_gallery_build_stores_the_photos_keypoints_only_when_asked(tmp_path, stack, catalogue, small_run):
+    """`whaleid gallery build`'s code (publish_catalogue_gallery) on the real S3 catalogue: with
+    rerank_local_features the version carries local_features.bin (at most 8 photos of each individual) and the
+    matcher loads it; without (the default, and a tuning without `rerank`) the version has no such file."""
+    import dataclasses
+
+    from PIL import Image
+
+    from services.chain.matcher.matching import Matcher
+    from services.core.identification.local_features import BANK_FILE
+    from services.curation.catalogue.gallery_build import publish_catalogue_gallery
+    from services.curation.catalogue.importer import import_catalogue
+    from services.curation.operations.gallery_versions import GalleryStore
+
+    src = tmp_path / "folders"
+    counts = {"ind00": 10, "ind01": 2, "ind02": 3, "ind03": 2, "ind04": 2}
+    for index, (individual, count) in enumerate(counts.items()):
+        (src / individual).mkdir(parents=True)
+        for n in range(count):
+            Image.fromarray(texture(100 * index + n)).save(src / individual / f"{n}.jpg", quality=92)
+    import_catalogue(src, catalogue, progress=False)
+    (small_run / "folds.csv").write_text("individual_id,fold\n" + "".join(
+        f"{ind},{i % 5}\n" for i, ind in enumerate(counts)))
+    prefix = f"test-galleries-rerank-{uuid.uuid4().hex[:8]}"
+    for on in (False, True):
+        settings = dataclasses.replace(stack.settings, gallery_prefix=prefix, rerank_local_features=on)
+        store = GalleryStore.from_settings(settings)
+        messages = []
+        version = publish_catalogue_gallery(settings, small_run, progress=messages.append, progress_bar=False,
+                                            catalogue=catalogue, store=store)["version"]
+        files = store.version_info(version)["files"]
+        matcher = Matcher(settings, store)
+        assert matcher.reload() and matcher.state.version == version
+        if not on:
+            assert BANK_FILE not in files and matcher.state.features is None
+            assert not any("local features" in m for m in messages)
+            continue
+        assert BANK_FILE in files and any("local features of 17 gallery photos" in m for m in messages), messages
+        bank = matcher.state.features
+        assert {i: len(bank.photos_of(i)) for i in counts} == {**counts, "ind00": 8}
+        assert all(len(features) >= 50 for i in counts for features in bank.photos_of(i))
