@@ -150,10 +150,10 @@ def run_benchmark(repository: Path, grpc_url: str, *, requests: int = 120, concu
 
 def limits_note(throughput_ratio: float, embedders: int, lean: bool = False) -> str:
     if lean:
-        return ("lean layout: gRPC + the ensemble scheduler + one python-backend hop (decode + resize, then one "
-                "onnxruntime run of the fused graph, dynamic batching without delay); direct runs the same fused "
-                "graph in-process. What remains is gRPC (de)serialisation, the stub's shared-memory IPC and Triton's "
-                "threads sharing the cores with the clients.")
+        return ("lean layout: gRPC + one python-backend hop (decode + resize, then one onnxruntime run of the fused "
+                "graph, dynamic batching without delay; the client sends to that step, not through the ensemble "
+                "scheduler); direct runs the same fused graph in-process. What remains is gRPC (de)serialisation, "
+                "the stub's shared-memory IPC and Triton's threads sharing the cores with the clients.")
     if throughput_ratio >= 0.9:
         parallel = f" and the ensemble runs its {embedders} embedders concurrently" if embedders > 1 else ""
         return (f"Triton >= 0.9x direct: dynamic batching merges concurrent requests into one onnxruntime run "
