@@ -224,8 +224,8 @@ def test_an_unannounced_identification_is_announced_once(base):
     assert stream_counts(client)[stored.sighting_id] == 1
     entry = [json.loads(f[b"identification"]) for _, f in client.xrange(keys.IDENTIFICATIONS_STREAM)
              if f[b"sighting_id"].decode() == stored.sighting_id]
-    assert entry == [stored.asdict()]
-    assert keyed(settings.kafka_bootstrap, topics.IDENTIFICATIONS, stored.sighting_id) == [stored.asdict()]
+    assert entry == [json.loads(stored.to_json())]
+    assert keyed(settings.kafka_bootstrap, topics.IDENTIFICATIONS, stored.sighting_id) == [json.loads(stored.to_json())]
     assert keyed(settings.kafka_bootstrap, topics.NEW_INDIVIDUALS, stored.sighting_id) == [
         results.new_individual_record(stored).asdict()]
 
@@ -276,7 +276,7 @@ def test_a_reset_topic_is_detected_and_refilled_once(base):
         again = reconciler.run_once()
         assert again["topic_resets"] == 0 and stored.sighting_id not in reconciler.last_found.get(
             "missing_from_topic", [])
-    assert keyed(bootstrap, names.identifications, stored.sighting_id) == [stored.asdict()]
+    assert keyed(bootstrap, names.identifications, stored.sighting_id) == [json.loads(stored.to_json())]
     assert keyed(bootstrap, names.new_individuals, stored.sighting_id) == [
         results.new_individual_record(stored).asdict()]
     identified = [k for k, _ in read_topic(bootstrap, names.identifications) if not k.startswith("filler-")]
