@@ -175,6 +175,11 @@ def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own
     reordered = json.dumps(dict(reversed(list(record.asdict().items())))).encode()
     assert _parse(reordered)[1] is None
     assert _parse(json.dumps({"sighting_id": "p2", "embedding": [1.0], "model_version": "m"}).encode())[1] is None
+    # a record carrying keypoints: what Redis keeps is the record without them, in any field order
+    with_features = topics.SightingEmbedded(**{**record.asdict(), "local_features": "AAAA"})
+    for data in (with_features.to_data(), dict(reversed(list(with_features.to_data().items())))):
+        parsed, as_json = _parse(json.dumps(data).encode())
+        assert parsed.local_features == "AAAA" and as_json == raw
 
 
 @pytest.mark.parametrize("embedding", [[0.0, 0.0, 0.0], [1.0, float("nan"), 0.0], [1e-30, 0.0, 0.0]])

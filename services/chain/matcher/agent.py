@@ -222,8 +222,11 @@ def _parse(raw: bytes) -> tuple[topics.SightingEmbedded, bytes | None]:
         raise PermanentFailure("malformed_event", "the embedding must be finite numbers, not a zero vector")
     if not _valid_scores(record.species_scores):
         raise PermanentFailure("malformed_event", "species_scores must map species names to finite probabilities")
-    if "local_features" in data:  # what Redis keeps (`embedding:<id>`) is the record without the keypoints
-        return record, topics.dumps({k: v for k, v in data.items() if k != "local_features"})
+    if data.get("local_features") is not None:  # what Redis keeps (`embedding:<id>`) is the record without them
+        stripped = {k: v for k, v in data.items() if k != "local_features"}
+        if list(stripped) != _wire_fields():  # not our writer's order: the canonical JSON of the stripped record
+            return record, topics.SightingEmbedded.from_data(stripped).to_json()
+        return record, topics.dumps(stripped)
     return record, (bytes(raw) if list(data) == _wire_fields() else None)
 
 
