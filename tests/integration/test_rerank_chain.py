@@ -31,26 +31,12 @@ from support.chain import (
     uploaded_event,
     wait_announced,
 )
+from support.patterns import texture, warped
 
 cv2 = pytest.importorskip("cv2")
 
 RERANK = {"method": "sift", "weight": 0.3, "cap": 20, "k": 5, "ratio": 0.8, "tolerance_px": 8.0, "iterations": 200,
           "photos": 8}
-
-
-def texture(seed: int, size: int = 256) -> np.ndarray:
-    """A blotchy grey pattern, RGB uint8: plenty of SIFT corners."""
-    rng = np.random.default_rng(seed)
-    big = np.kron(rng.random((size // 8, size // 8)), np.ones((8, 8)))
-    blur = (big + np.roll(big, 3, 0) + np.roll(big, 3, 1) + np.roll(big, -3, 0) + np.roll(big, -3, 1)) / 5
-    return np.repeat(np.where(blur > 0.5, 220, 40).astype(np.uint8)[:, :, None], 3, axis=2)
-
-
-def warped(image: np.ndarray, angle_deg: float, scale: float) -> np.ndarray:
-    h, w = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
-    matrix[:, 2] += (10, -6)
-    return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
 
 
 def unit(vector) -> np.ndarray:

@@ -19,24 +19,7 @@ from services.core.identification.local_features import (
     tune_rerank,
 )
 from services.core.identification.ranking import Candidates
-
-
-def texture(seed: int, size: int = 256) -> np.ndarray:
-    """A blotchy grey pattern (smoothed noise, thresholded), RGB uint8: plenty of corners for SIFT."""
-    rng = np.random.default_rng(seed)
-    small = rng.random((size // 8, size // 8))
-    big = np.kron(small, np.ones((8, 8)))
-    blur = (big + np.roll(big, 3, 0) + np.roll(big, 3, 1) + np.roll(big, -3, 0) + np.roll(big, -3, 1)) / 5
-    grey = np.where(blur > 0.5, 220, 40).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
-def warped(image: np.ndarray, angle_deg: float, scale: float, shift=(10, -6)) -> np.ndarray:
-    cv2 = pytest.importorskip("cv2")
-    h, w = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
-    matrix[:, 2] += shift
-    return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
+from support.patterns import texture, warped
 
 
 def random_features(count: int, seed: int) -> LocalFeatures:

@@ -13,27 +13,12 @@ import pytest
 from services.core import topics
 from services.core.errors import DataError
 from services.core.identification.local_features import BANK_FILE, FeatureBank, LocalFeatures
+from support.patterns import texture, warped
 
 
 def random_features(count: int, seed: int) -> LocalFeatures:
     rng = np.random.default_rng(seed)
     return LocalFeatures(rng.random((count, 2)) * 300, rng.integers(0, 60, (count, 128)))
-
-
-def texture(seed: int, size: int = 256) -> np.ndarray:
-    """A blotchy grey pattern, RGB uint8 (as tests/unit/test_local_features.py): plenty of SIFT corners."""
-    rng = np.random.default_rng(seed)
-    big = np.kron(rng.random((size // 8, size // 8)), np.ones((8, 8)))
-    blur = (big + np.roll(big, 3, 0) + np.roll(big, 3, 1) + np.roll(big, -3, 0) + np.roll(big, -3, 1)) / 5
-    return np.repeat(np.where(blur > 0.5, 220, 40).astype(np.uint8)[:, :, None], 3, axis=2)
-
-
-def warped(image: np.ndarray, angle_deg: float, scale: float) -> np.ndarray:
-    cv2 = pytest.importorskip("cv2")
-    h, w = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
-    matrix[:, 2] += (10, -6)
-    return cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_REFLECT)
 
 
 def test_bank_round_trips_through_its_file_and_refuses_damage(tmp_path):
