@@ -16,6 +16,7 @@ from services.core.identification.local_features import (
     inliers,
     ransac_affine_inliers,
     rerank,
+    rerank_detailed,
     tune_rerank,
 )
 from services.core.identification.ranking import Candidates
@@ -115,6 +116,36 @@ def test_rerank_moves_the_true_animal_from_second_to_first():
     assert counts[0, 1] > 20 and counts[0, 0] <= 8
     assert rerank(candidates, [query], photos.__getitem__, config).ids[0, 0] == "truth"
     assert rerank(candidates, [None], photos.__getitem__, config).ids[0, 0] == "decoy"  # no features: unchanged
+
+
+def test_threads_match_the_candidates_with_exactly_the_sequential_result():
+    """candidate_inliers / rerank_detailed with a pool of threads (the matcher's `rerank_workers`) count every
+    (query, photo) pair as the sequential path does: the same inliers, the same fused scores and order, bit for
+    bit; the counts vary (some queries match their own animal, others nothing) so equality is not trivial."""
+    from services.core.keypoints import extract
+
+    pytest.importorskip("cv2")
+    names = [f"animal{i}" for i in range(5)]
+    photos = {name: [extract(warped(texture(40 + i), 10 * j - 15, 0.9 + 0.1 * j)) for j in range(3)]
+              for i, name in enumerate(names)}
+    queries = [extract(texture(40 + q % 5)) if q % 4 else extract(texture(90 + q)) for q in range(7)]
+    queries[3] = None  # a sighting without keypoints keeps zeros
+    rng = np.random.default_rng(3)
+    ids = np.array([list(rng.permutation(names)) + [""] for _ in queries], dtype=object)
+    scores = np.sort(rng.random((len(queries), 6)).astype(np.float32), axis=1)[:, ::-1].copy()
+    scores[:, -1] = -np.inf
+    candidates = Candidates(ids, scores)
+    config = RerankConfig(k=4, photos=2)
+    sequential = candidate_inliers(candidates, queries, photos.__getitem__, config, workers=1)
+    assert sequential.max() > 20 and (sequential == 0).any() and len(set(sequential.ravel().tolist())) > 3
+    assert not sequential[3].any()
+    fused, inliers_by_id = rerank_detailed(candidates, queries, photos.__getitem__, config, workers=1)
+    for workers in (2, 3, None):
+        assert np.array_equal(candidate_inliers(candidates, queries, photos.__getitem__, config, workers=workers),
+                              sequential)
+        threaded, threaded_inliers = rerank_detailed(candidates, queries, photos.__getitem__, config, workers=workers)
+        assert np.array_equal(threaded.ids, fused.ids) and np.array_equal(threaded.scores, fused.scores)
+        assert threaded_inliers == inliers_by_id
 
 
 def test_evaluate_tunes_rerank_out_of_fold_where_the_embedding_ranks_the_truth_second():

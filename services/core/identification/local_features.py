@@ -15,7 +15,10 @@ are stored compactly, matched and counted:
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -118,6 +121,13 @@ class FeatureBank:
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_individual.values())
 
+    def size_bytes(self) -> int:
+        """len(self.to_bytes()), without making it (a bank is about 100 kB a photo)."""
+        return _BANK_HEADER.size + sum(
+            _U16.size + len(individual.encode("utf-8")) + _U16.size
+            + sum(_U32.size + _HEADER.size + (4 + DESCRIPTOR_SIZE) * len(f) for f in photos)
+            for individual, photos in self.by_individual.items())
+
     def to_bytes(self) -> bytes:
         parts = [_BANK_HEADER.pack(_BANK_MAGIC, FORMAT_VERSION, len(self.by_individual))]
         for individual, photos in self.by_individual.items():
@@ -152,6 +162,18 @@ class FeatureBank:
         if at != len(view):
             raise DataError(f"local features bank: {len(view) - at} bytes after the last individual")
         return cls(out)
+
+    def check_individuals(self, individual_ids) -> None:
+        """DataError unless this bank can serve a gallery of `individual_ids`: every individual it holds is in the
+        gallery, and it holds some photo (a gallery individual without photos here is ranked by its embedding)."""
+        known = set(map(str, individual_ids))
+        strays = sorted(set(self.by_individual) - known)
+        if strays:
+            shown = ", ".join(strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
+            raise DataError(f"local features bank: {len(strays)} of its {len(self.by_individual)} individuals are "
+                            f"not in the gallery ({shown}): made for another gallery")
+        if len(self) == 0:
+            raise DataError("local features bank: it holds no photo")
 
     def save(self, directory) -> Path:
         path = Path(directory) / BANK_FILE
@@ -210,21 +232,53 @@ def inliers(a: LocalFeatures, b: LocalFeatures, config: RerankConfig = RerankCon
                                  config.tolerance_px, config.iterations)
 
 
+def default_workers() -> int:
+    """Threads that match a batch's candidates when the caller names none: the setting `rerank_workers`'s default
+    (2), no more than the host's cores."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size (the matcher re-ranks batch after batch: no threads started per batch)."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="rerank")
+        return _pools[workers]
+
+
 def candidate_inliers(candidates: Candidates, queries: Sequence[LocalFeatures | None],
-                      photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig) -> np.ndarray:
+                      photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig,
+                      workers: int | None = None) -> np.ndarray:
     """(Q, k) inliers of each query's top-k individuals: the most over the individual's photos (`photos_of`
-    gives them, best first; `config.photos` at most). A query without features keeps zeros."""
+    gives them, best first; `config.photos` at most). A query without features keeps zeros.
+
+    The (query, photo) pairs are matched by `workers` threads (None: `default_workers()`; 1: in this thread):
+    the matrix product, the sorting and RANSAC's solves run in numpy without the GIL. Each pair is counted by
+    the same `inliers` call whatever the number of threads, so the result is identical to the sequential one.
+    `photos_of` is called in this thread only."""
     k = min(config.k, candidates.ids.shape[1])
     out = np.zeros((len(candidates), k), np.int32)
+    pairs: list[tuple[int, int, LocalFeatures, LocalFeatures]] = []
     for q, features in enumerate(queries):
         if features is None or len(features) < MIN_MATCHES:
             continue
+        features.root_sift()  # once, before the threads share it
         for c in range(k):
             individual = candidates.ids[q, c]
-            if not individual:
-                continue
-            photos = list(photos_of(str(individual)))[:config.photos]
-            out[q, c] = max((inliers(features, p, config) for p in photos), default=0)
+            if individual:
+                pairs += [(q, c, features, p) for p in list(photos_of(str(individual)))[:config.photos]]
+    workers = default_workers() if workers is None else max(1, int(workers))
+
+    def count(pair) -> int:
+        return inliers(pair[2], pair[3], config)
+
+    counts = map(count, pairs) if workers == 1 or len(pairs) < 2 else _pool(workers).map(count, pairs)
+    for (q, c, _, _), n in zip(pairs, counts, strict=True):
+        out[q, c] = max(out[q, c], n)
     return out
 
 
@@ -241,21 +295,22 @@ def fuse(candidates: Candidates, counts: np.ndarray, weight: float, cap: int) ->
                       rows)
 
 
-def rerank(candidates: Candidates, queries: Sequence[LocalFeatures | None],
-           photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig()) -> Candidates:
-    """`candidate_inliers` then `fuse` (module docstring)."""
-    return fuse(candidates, candidate_inliers(candidates, queries, photos_of, config), config.weight, config.cap)
-
-
 def rerank_detailed(candidates: Candidates, queries: Sequence[LocalFeatures | None],
-                    photos_of: Callable[[str], Sequence[LocalFeatures]],
-                    config: RerankConfig) -> tuple[Candidates, list[dict[str, int]]]:
-    """`rerank`, with the inliers of each query's re-ranked individuals ({individual_id: inliers}) for reporting
-    (the matcher's answer)."""
-    counts = candidate_inliers(candidates, queries, photos_of, config)
+                    photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig(),
+                    workers: int | None = None) -> tuple[Candidates, list[dict[str, int]]]:
+    """`candidate_inliers` (`workers` threads) then `fuse` (module docstring), with the inliers of each query's
+    re-ranked individuals ({individual_id: inliers}) for reporting (the matcher's answer)."""
+    counts = candidate_inliers(candidates, queries, photos_of, config, workers)
     inliers_by_id = [{str(i): int(n) for i, n in zip(ids, row, strict=True) if i} for ids, row in
                      zip(candidates.ids[:, :counts.shape[1]], counts, strict=True)]
     return fuse(candidates, counts, config.weight, config.cap), inliers_by_id
+
+
+def rerank(candidates: Candidates, queries: Sequence[LocalFeatures | None],
+           photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig(),
+           workers: int | None = None) -> Candidates:
+    """`rerank_detailed`'s candidates alone (`whaleid predict`)."""
+    return rerank_detailed(candidates, queries, photos_of, config, workers)[0]
 
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
