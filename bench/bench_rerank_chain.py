@@ -169,7 +169,7 @@ def main(argv: list[str]) -> dict:
         cpu = time.process_time()
         bank = gallery_features(Photos([p.name for p in paths], ids, ["nyala"] * len(ids), paths), None, PER_INDIVIDUAL)
         bank_cpu_ms = 1000 * (time.process_time() - cpu) / max(1, len(bank))
-        bank_bytes = len(bank.to_bytes())
+        bank_bytes = bank.size_bytes()
         names = list(by_individual)
         vectors = np.random.default_rng(0).normal(size=(len(names), 512)).astype(np.float32)
         gallery = build_gallery(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), names,

@@ -12,6 +12,7 @@ setting off (the default), the record carries no keypoints and the answer is the
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import boto3
@@ -163,7 +164,12 @@ def test_with_the_setting_off_the_record_carries_no_keypoints_and_the_embedding_
     assert "local_features" not in chain.embedded_record(sighting_id)
 
 
-def test_reindex_carries_the_gallery_photos_keypoints_to_the_next_version(stack, monkeypatch, tmp_path):
+def test_reindex_adds_the_confirmed_sightings_keypoints_within_the_cap(stack, monkeypatch, tmp_path):
+    """The parent version's bank: ind-0 with one photo, ind-1 at the cap of 8. Three confirmed sightings enter the
+    gallery; their keypoints (the photo in S3 cropped by the box stored with the worker's embedding) enter the next
+    bank only where there is room and the photo is readable: `crop` after ind-0's own photo, `full` (ind-1) not,
+    `gone` (no photo) not; the report names both with the reason."""
+    from services.core import keys
     from services.core.identification import Tuning, build_gallery
     from services.core.identification.local_features import BANK_FILE, FeatureBank
     from services.core.keypoints import extract
@@ -174,21 +180,100 @@ def test_reindex_carries_the_gallery_photos_keypoints_to_the_next_version(stack,
     from support.operations import Clusters, isolated_catalogue, seed_sighting
 
     with isolated_catalogue(stack.settings, monkeypatch, 5, "galleries-rerank", "rerank-app-token",
-                            "rerank-researcher-token") as (_, store, client):
+                            "rerank-researcher-token") as (settings, store, client):
         clusters, names = Clusters(), ["ind-0", "ind-1"]
         gallery = build_gallery(np.stack([clusters.sample(n) for n in names]), names, ["beluga"] * 2,
                                 ["a.jpg", "b.jpg"])
         tuning = Tuning(threshold=0.5, rerank=dict(RERANK)).save(tmp_path / "tuning.json")
-        bank = FeatureBank({"ind-0": [extract(texture(20))], "ind-1": [extract(texture(21)), extract(texture(22))]})
+        bank = FeatureBank({"ind-0": [extract(texture(20))], "ind-1": [extract(texture(21 + n)) for n in range(8)]})
         first = publish_gallery(store, gallery, tuning, reason="test_rerank_chain", extra_files=[bank.save(tmp_path)])
-        sighting = seed_sighting(client, clusters.sample("ind-1"), [("ind-1", 0.9)])
-        ConfirmationService(client, CurrentGalleryIndividuals(store)).submit(
-            sighting, {"action": "confirm", "individual_id": "ind-1", "researcher": "dr-fluke"})
-        report = reindex(store, client)
-        assert report.new_version not in (None, first) and report.added == [sighting]
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name=settings.s3_region,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        photo = np.full((300, 420, 3), 128, np.uint8)
+        photo[30:286, 50:306] = texture(30)
+        box = [50, 30, 306, 286]  # the worker's crop: the texture alone
+        sightings = {}
+        for name, individual in (("crop", "ind-0"), ("full", "ind-1"), ("gone", "ind-0")):
+            sighting = seed_sighting(client, clusters.sample(individual), [(individual, 0.9)])
+            key = f"uploads/{sighting}.png"
+            client.hset(keys.sighting_key(sighting), mapping={"bucket": settings.sightings_bucket, "key": key})
+            stored = json.loads(client.get(keys.embedding_key(sighting)))
+            client.set(keys.embedding_key(sighting), json.dumps({**stored, "crop_box": box}))
+            if name != "gone":
+                s3.put_object(Bucket=settings.sightings_bucket, Key=key, Body=png_bytes(photo))
+            ConfirmationService(client, CurrentGalleryIndividuals(store)).submit(
+                sighting, {"action": "confirm", "individual_id": individual, "researcher": "dr-fluke"})
+            sightings[name] = sighting
+        report = reindex(store, client, s3=s3, sightings_bucket=settings.sightings_bucket)
+        assert report.new_version not in (None, first) and sorted(report.added) == sorted(sightings.values())
+        features = report.local_features
+        assert features["added"] == [sightings["crop"]] and features["photos"] == 10, features
+        assert "already has 8" in features["skipped"][sightings["full"]], features
+        assert "gone" in features["skipped"][sightings["gone"]], features
         assert BANK_FILE in store.version_info(report.new_version)["files"]
         carried = FeatureBank.load(store.download(report.new_version, tmp_path / "next"))
-        assert carried is not None and carried.to_bytes() == bank.to_bytes()
+        assert [p.to_bytes() for p in carried.photos_of("ind-1")] == [p.to_bytes() for p in bank.photos_of("ind-1")]
+        own, added = carried.photos_of("ind-0")
+        assert own.to_bytes() == bank.photos_of("ind-0")[0].to_bytes()
+        assert added.to_bytes() == extract(texture(30)).to_bytes() != extract(photo).to_bytes()  # the crop's
+
+
+def test_publishing_a_bank_of_another_gallery_is_refused_and_nothing_is_uploaded(stack, monkeypatch, tmp_path):
+    """publish_gallery (every publisher: gallery build, reindex, `gallery publish DIR`) checks a bank against the
+    gallery's individuals before uploading anything."""
+    from services.core.identification import Tuning, build_gallery
+    from services.core.identification.local_features import FeatureBank
+    from services.core.keypoints import extract
+    from services.curation.operations.gallery_versions import ModelStoreError
+    from services.curation.operations.publish import publish_gallery
+    from support.operations import Clusters, isolated_catalogue
+
+    with isolated_catalogue(stack.settings, monkeypatch, 5, "galleries-rerank", "rerank-app-token",
+                            "rerank-researcher-token") as (settings, store, _client):
+        clusters = Clusters()
+        gallery = build_gallery(np.stack([clusters.sample("ind-0")]), ["ind-0"], ["beluga"], ["a.jpg"])
+        tuning = Tuning(threshold=0.5).save(tmp_path / "tuning.json")
+        stray = FeatureBank({"ind-0": [extract(texture(20))], "elsewhere": [extract(texture(21))]}).save(tmp_path)
+        with pytest.raises(ModelStoreError, match="1 of its 2 individuals are not in the gallery"):
+            publish_gallery(store, gallery, tuning, reason="test", extra_files=[stray])
+        listed = store.client.list_objects_v2(Bucket=store.bucket, Prefix=settings.gallery_prefix + "/")
+        assert listed.get("KeyCount", 0) == 0 and store.current_version() is None
+
+
+def test_gallery_publish_dir_carries_its_bank_and_refuses_when_one_is_wanted_but_absent(stack, monkeypatch,
+                                                                                         tmp_path, capsys):
+    """`whaleid gallery publish DIR`: DIR's local_features.bin goes with the version (the matcher loads it); a
+    DIR without one whose tuning has `rerank` is refused (exit 2, nothing published) unless
+    --without-local-features."""
+    from services.chain.matcher.matching import Matcher
+    from services.cli.main import main as whaleid
+    from services.core.identification import Tuning, build_gallery
+    from services.core.identification.local_features import BANK_FILE, FeatureBank
+    from services.core.keypoints import extract
+    from support.operations import Clusters, isolated_catalogue
+
+    with isolated_catalogue(stack.settings, monkeypatch, 5, "galleries-rerank", "rerank-app-token",
+                            "rerank-researcher-token") as (settings, store, _client):
+        clusters, names = Clusters(), ["ind-0", "ind-1"]
+        folder = tmp_path / "gallery"
+        build_gallery(np.stack([clusters.sample(n) for n in names]), names, ["beluga"] * 2,
+                      ["a.jpg", "b.jpg"]).save(folder)
+        Tuning(threshold=0.5, rerank=dict(RERANK)).save(folder / "tuning.json")
+        assert whaleid(["gallery", "publish", str(folder)]) == 2
+        assert f"has no {BANK_FILE}" in capsys.readouterr().err and store.current_version() is None
+        assert whaleid(["gallery", "publish", str(folder), "--without-local-features"]) == 0
+        plain = store.current_version()
+        assert plain and BANK_FILE not in store.version_info(plain)["files"]
+        bank = FeatureBank({"ind-1": [extract(texture(20)), extract(texture(21))]})
+        bank.save(folder)
+        assert whaleid(["gallery", "publish", str(folder)]) == 0
+        assert "with its local features" in capsys.readouterr().out
+        version = store.current_version()
+        assert version != plain and BANK_FILE in store.version_info(version)["files"]
+        matcher = Matcher(settings, store)
+        assert matcher.reload() and matcher.state.version == version
+        assert [p.to_bytes() for p in matcher.state.features.photos_of("ind-1")] == [
+            p.to_bytes() for p in bank.photos_of("ind-1")]
 
 
 def test_gallery_build_stores_the_photos_keypoints_only_when_asked(tmp_path, stack, catalogue, small_run):

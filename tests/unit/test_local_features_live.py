@@ -42,6 +42,48 @@ def embedded(**extra) -> topics.SightingEmbedded:
     return topics.SightingEmbedded(sighting_id="s1", embedding=[0.5, 0.75], model_version="m", **extra)
 
 
+def test_bank_size_is_its_file_size_and_it_must_match_the_gallery():
+    bank = FeatureBank({"whale-1": [random_features(30, 1), random_features(5, 2)], "dolphin é": [],
+                        "whale-2": [LocalFeatures.empty()]})
+    assert bank.size_bytes() == len(bank.to_bytes())
+    bank.check_individuals(["whale-1", "dolphin é", "whale-2", "whale-3"])  # whale-3: ranked by its embedding
+    with pytest.raises(DataError, match="2 of its 3 individuals are not in the gallery .dolphin é, whale-2."):
+        bank.check_individuals(["whale-1"])
+    with pytest.raises(DataError, match="holds no photo"):
+        FeatureBank({}).check_individuals(["whale-1"])
+
+
+def test_reindex_bank_follows_merges_and_renames_within_the_cap():
+    """reindex_features.relabelled_bank: entries move to their live ids (a merge after the target's own photos,
+    at most the cap), an individual no longer in the gallery is dropped and named."""
+    from services.curation.operations.reindex_features import relabelled_bank
+
+    photos = {name: [random_features(8, 10 * i + n) for n in range(count)]
+              for i, (name, count) in enumerate((("a", 2), ("b", 3), ("c", 1), ("gone", 1)))}
+    out, dropped = relabelled_bank(FeatureBank(photos), {"a": "b", "c": "c2"}, {"b", "c2"}, per_individual=4)
+    assert dropped == ["gone"] and list(out) == ["b", "c2"]
+    assert list(map(id, out["b"])) == list(map(id, photos["b"] + photos["a"][:1]))
+    assert list(map(id, out["c2"])) == list(map(id, photos["c"]))
+
+
+def test_gallery_publish_dir_takes_its_bank_and_refuses_a_wanted_one_that_is_absent(tmp_path):
+    from services.core.identification import Tuning
+    from services.core.settings import Settings
+    from services.curation.operations.gallery_versions import ModelStoreError
+    from services.curation.operations.publish import directory_bank
+
+    Tuning(threshold=0.5).save(tmp_path / "tuning.json")
+    assert directory_bank(tmp_path, Settings()) is None  # not wanted, none there: published as before
+    with pytest.raises(ModelStoreError, match="no local_features.bin"):
+        directory_bank(tmp_path, Settings(rerank_local_features=True))
+    assert directory_bank(tmp_path, Settings(rerank_local_features=True), without=True) is None
+    Tuning(threshold=0.5, rerank={"method": "sift", "weight": 0.3}).save(tmp_path / "tuning.json")
+    with pytest.raises(ModelStoreError, match="re-ranking is wanted"):
+        directory_bank(tmp_path, Settings())
+    path = FeatureBank({"whale-1": [random_features(30, 1)]}).save(tmp_path)
+    assert directory_bank(tmp_path, Settings()) == path == directory_bank(tmp_path, Settings(), without=True)
+
+
 def test_records_without_features_are_as_before_and_with_them_round_trip():
     plain = embedded().to_data()
     assert "local_features" not in plain  # the default chain's records: byte for byte as before the field
@@ -184,6 +226,44 @@ def test_gallery_build_keeps_at_most_n_photos_per_individual_cropped_as_embedded
     assert float(whole.points[:, 0].max()) > 256
     assert not wanted(Settings(), Tuning()) and wanted(Settings(rerank_local_features=True), Tuning())
     assert wanted(Settings(), Tuning(rerank={"method": "sift"}))
+
+
+def test_re_embed_bank_follows_a_merge_and_adds_the_sightings_crops_within_the_cap(tmp_path):
+    """gallery_features.gallery_bank as `reindex --re-embed` calls it: the catalogue's photos move to the live id
+    of a merged individual (the gallery row's metadata keeps the original), and the confirmed sightings' crops
+    join after them while there is room."""
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    from services.core.identification import build_gallery
+    from services.core.keypoints import extract
+    from services.curation.catalogue.gallery_build import Photos
+    from services.curation.catalogue.gallery_features import gallery_bank
+    from services.curation.catalogue.re_embed import CROP, SightingPhotos
+    from services.curation.operations.aliases import ORIGINAL_KEY
+
+    def saved(name: str, image) -> object:
+        Image.fromarray(image).save(tmp_path / name)
+        return tmp_path / name
+
+    catalogue = Photos(["c0", "c1", "c2"], ["a", "a", "b"], ["beluga"] * 3,
+                       [saved(f"c{n}.png", texture(50 + n)) for n in range(3)])
+    scene = np.zeros((300, 400, 3), np.uint8)
+    scene[20:276, 100:356] = texture(60)
+    sightings = SightingPhotos(["sighting/s1", "sighting/s2"], ["a", "b"], ["beluga"] * 2,
+                               [saved("s1.png", scene), saved("s2.png", scene)],
+                               [{CROP: [100, 20, 356, 276]}, {CROP: [100, 20, 356, 276]}])
+    gallery = build_gallery(np.eye(3, 8, dtype=np.float32), ["b", "b", "b"], ["beluga"] * 3, ["c0", "c2", "x"],
+                            [{ORIGINAL_KEY: "a"}, {}, {ORIGINAL_KEY: "a"}])  # a merged into b
+    path, report = gallery_bank(catalogue, None, gallery, tmp_path, sightings, per_individual=3)
+    bank = FeatureBank.load(tmp_path)
+    assert path == tmp_path / BANK_FILE and list(bank.by_individual) == ["b"]
+    assert [p.to_bytes() for p in bank.photos_of("b")] == [
+        extract(texture(52)).to_bytes(), extract(texture(50)).to_bytes(), extract(texture(51)).to_bytes()]
+    assert report["added"] == [] and set(report["skipped"]) == {"s1", "s2"}  # b is full: 3 catalogue photos
+    path, report = gallery_bank(catalogue, None, gallery, tmp_path, sightings, per_individual=5)
+    assert report["added"] == ["s1", "s2"] and report["photos"] == 5
+    assert FeatureBank.load(tmp_path).photos_of("b")[3].to_bytes() == extract(texture(60)).to_bytes()
 
 
 def test_a_crop_sift_cannot_read_is_sent_without_features():

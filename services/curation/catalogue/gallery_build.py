@@ -187,8 +187,9 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
     training.general), tuned (or `tuning_path`, or transferred
     from `tuning_run`), published as a new gallery version; the pointer moves unless `move_pointer` is False.
     `catalogue` (CatalogueStore) and `store` (GalleryStore) default to the settings' ones.
-    `extend(gallery, embedder, tmp_dir) -> (gallery, added_sighting_ids, summary)` adds rows before publishing
-    (`whaleid reindex --re-embed`: the confirmed sightings, services.curation.catalogue.re_embed); `reason` and
+    `extend(gallery, embedder, tmp_dir) -> (gallery, added_sighting_ids, summary, their Photos or None)` adds rows
+    before publishing (`whaleid reindex --re-embed`: the confirmed sightings, services.curation.catalogue.re_embed;
+    their photos' keypoints join the local features when those are made: gallery_features.gallery_bank); `reason` and
     `reindexed` go to the pointer."""
     from services.core.identification.tuning import Tuning
     from services.curation.catalogue.photo_bucket import CatalogueStore
@@ -228,15 +229,19 @@ def publish_catalogue_gallery(settings, run_dir: Path | None = None, tuning_path
         summary = build_gallery_dir(embedder, photos, folds, out, progress, fold_embedder, given, progress_bar)
         from services.core.identification.gallery import Gallery
 
-        gallery, added = Gallery.load(out), []
+        gallery, added, sightings = Gallery.load(out), [], None
         if extend is not None:
-            gallery, added, extra = extend(gallery, embedder, Path(tmp))
+            gallery, added, extra, sightings = extend(gallery, embedder, Path(tmp))
             summary.update(extra, size=len(gallery), individuals=len(set(gallery.individual_ids)))
-        from services.curation.catalogue.gallery_features import gallery_features, wanted
+        from services.curation.catalogue.gallery_features import gallery_bank, wanted
 
         extra_files = []
         if wanted(settings, Tuning.load(out / TUNING_FILE)):  # the live chain's re-ranking
-            extra_files.append(gallery_features(photos, embedder.eval_box_source, progress=progress).save(Path(tmp)))
+            path, features = gallery_bank(photos, embedder.eval_box_source, gallery, Path(tmp), sightings,
+                                          progress=progress)
+            extra_files.append(path)
+            if features is not None:
+                summary.update(local_features=features)
         version = publish_gallery(store, gallery, out / TUNING_FILE, parent=parent, added_sightings=added,
                                   move_pointer=move_pointer, reindexed=reindexed, extra_files=extra_files,
                                   reason=reason or f"gallery build: {len(records)} catalogue photos, "

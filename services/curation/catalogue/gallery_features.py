@@ -4,12 +4,16 @@
 
 Each individual keeps its first `photos` catalogue photos (RerankConfig.photos, 8: what the matcher compares at
 most), each cropped as the embedder's evaluation crop (the box source the gallery was embedded with) and reduced
-to its SIFT keypoints by services.core.keypoints (the one extraction, as in the worker).
+to its SIFT keypoints by services.core.keypoints (the one extraction, as in the worker). `gallery_bank` writes the
+version's file; for `reindex --re-embed` it also follows the gallery's merges and renames and adds the confirmed
+sightings' keypoints while there is room (as a plain re-index does: services.curation.operations.reindex_features).
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 from services.core.identification.local_features import FeatureBank, RerankConfig
@@ -37,7 +41,40 @@ def gallery_features(photos, box_source: str | None, per_individual: int = Reran
     if progress is not None:
         count = max(1, len(bank))
         progress(f"local features of {len(bank)} gallery photos ({len(chosen)} individuals, at most "
-                 f"{per_individual} each): {len(bank.to_bytes()) / count / 1000:.0f} kB and "
+                 f"{per_individual} each): {bank.size_bytes() / count / 1000:.0f} kB and "
                  f"{1000 * (time.process_time() - cpu) / count:.0f} CPU ms a photo "
                  f"({time.perf_counter() - start:.1f} s)")
     return bank
+
+
+def gallery_bank(photos, box_source: str | None, gallery, directory: Path, sightings=None,
+                 per_individual: int = RerankConfig.photos,
+                 progress: Callable[[str], None] | None = None) -> tuple[Path, dict | None]:
+    """(local_features.bin of a gallery version saved in `directory`, what happened to the sightings or None): the
+    catalogue `photos`' bank (`gallery_features`); when the gallery's rows were relabelled (merges and renames:
+    their metadata keeps the original id) its entries move to the live ids; `sightings` (Photos of confirmed
+    sightings, cropped by their own box: `reindex --re-embed`) add their keypoints after the catalogue's, within
+    `per_individual`."""
+    from services.core.keypoints import extract_file
+    from services.curation.operations.aliases import ORIGINAL_KEY
+    from services.curation.operations.reindex_features import BankUpdate, add_features, relabelled_bank
+
+    bank = gallery_features(photos, box_source, per_individual, progress)
+    live = {str(meta[ORIGINAL_KEY]): str(individual) for individual, meta in
+            zip(gallery.individual_ids, gallery.metadata, strict=True) if meta and meta.get(ORIGINAL_KEY)}
+    if sightings is None and not live:
+        return bank.save(directory), None
+    by_individual, dropped = relabelled_bank(bank, live, set(map(str, gallery.individual_ids)), per_individual)
+    update = BankUpdate(FeatureBank(), dropped=dropped)
+    if sightings is not None:
+        entries = [(image.removeprefix("sighting/"), live.get(str(individual), str(individual)),
+                    partial(extract_file, path, box)) for image, individual, path, box in
+                   zip(sightings.images, sightings.individual_ids, sightings.paths, sightings.box_list(None),
+                       strict=True)]
+        add_features(by_individual, entries, per_individual, update)
+    update.bank = FeatureBank({i: kept for i, kept in by_individual.items() if kept})
+    report = {"photos": len(update.bank), "added": update.added, "skipped": update.skipped, "dropped": update.dropped}
+    if progress is not None and sightings is not None:
+        progress(f"local features of {len(update.added)} confirmed sighting(s) added, {len(update.skipped)} not "
+                 f"(at most {per_individual} photos per individual, the catalogue's first)")
+    return update.bank.save(directory), report

@@ -31,16 +31,14 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from botocore.exceptions import BotoCoreError, ClientError
 
-from services.core import keys
 from services.core.errors import ConfigError, DataError
-from services.core.keys import CONTENT_TYPES, upload_key
 from services.core.progress import ProgressBar
 from services.curation.catalogue.gallery_build import Photos, embed_photos, publish_catalogue_gallery
 from services.curation.operations import records
 from services.curation.operations.confirmations import confirmed_sightings
 from services.curation.operations.reindex import UNKNOWN_SPECIES, sighting_image
+from services.curation.operations.sighting_photos import sighting_photo
 
 log = logging.getLogger(__name__)
 CROP = "crop"
@@ -52,61 +50,6 @@ class SightingPhotos(Photos):
 
     def box_list(self, source: str | None) -> list:
         return [b.get(CROP) for b in self.boxes]
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _json(raw) -> dict:
-    if raw is None:
-        return {}
-    try:
-        value = json.loads(_text(raw))
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _box(value) -> list[float] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 4:
-        try:
-            box = [float(v) for v in value]
-        except (TypeError, ValueError):
-            return None
-        if box[2] > box[0] and box[3] > box[1]:
-            return box
-    return None
-
-
-def sighting_photo_source(redis, sighting_id: str, sightings_bucket: str) -> tuple[str, list[str], list | None]:
-    """(bucket, candidate keys, crop box) of a sighting's photo, from its `sighting:<id>` hash (the key the
-    gateway signed) or, once that hash expired, the keys the gateway would have used."""
-    fields = {_text(k): _text(v) for k, v in (redis.hgetall(keys.sighting_key(sighting_id)) or {}).items()}
-    metadata = _json(fields.get("metadata"))
-    stored = _json(redis.get(keys.embedding_key(sighting_id)))
-    box = _box(stored.get("crop_box")) or _box(metadata.get("crop_box"))
-    if fields.get("key"):
-        return fields.get("bucket") or sightings_bucket, [fields["key"]], box
-    return sightings_bucket, [upload_key(sighting_id, c) for c in CONTENT_TYPES.values()], box
-
-
-def _download(s3, bucket: str, keys: list[str], target_dir: Path, sighting_id: str) -> Path:
-    """The first of `keys` that exists, saved under target_dir; DataError naming the keys when none does."""
-    for key in keys:
-        try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code", "") in ("NoSuchKey", "404", "NotFound"):
-                continue
-            raise DataError(f"photo s3://{bucket}/{key} of sighting {sighting_id}: {exc}") from None
-        except BotoCoreError as exc:
-            raise DataError(f"photo s3://{bucket}/{key} of sighting {sighting_id} unreachable: {exc}") from None
-        path = target_dir / f"{sighting_id}.{key.rsplit('.', 1)[-1]}"
-        path.write_bytes(body)
-        return path
-    shown = keys[0] if len(keys) == 1 else "{" + ", ".join(keys) + "}"
-    raise DataError(f"photo s3://{bucket}/{shown} of sighting {sighting_id} is gone")
 
 
 def confirmed_photos(redis, s3, sightings_bucket: str, species_of: dict[str, str], cache_dir: Path,
@@ -121,8 +64,7 @@ def confirmed_photos(redis, s3, sightings_bucket: str, species_of: dict[str, str
         bar.update()
         sighting_id = conf.sighting_id
         try:
-            bucket, keys, box = sighting_photo_source(redis, sighting_id, sightings_bucket)
-            path = _download(s3, bucket, keys, cache_dir, sighting_id)
+            path, box = sighting_photo(redis, s3, sighting_id, sightings_bucket, cache_dir)
         except DataError as exc:
             skipped[sighting_id] = str(exc)
             log.error("re-embed: sighting %s not added: %s", sighting_id, exc)
@@ -204,7 +146,7 @@ def re_embed(settings, run_dir: Path, *, keep_threshold: bool = False, tuning_pa
                                   photos.images, metadata)
             added.extend(image[len("sighting/"):] for image in photos.images)
         gallery, relabelled = _apply_merges(gallery, redis)
-        return gallery, list(added), {"sightings_added": len(added), "relabelled": relabelled}
+        return gallery, list(added), {"sightings_added": len(added), "relabelled": relabelled}, photos
 
     with tempfile.TemporaryDirectory(prefix="whaleid-re-embed-") as tmp:
         if keep_threshold:

@@ -34,8 +34,12 @@ def register(subparsers) -> None:
         sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=func)
     sp = gsub.add_parser("publish", help="upload a saved gallery directory (with tuning.json) as a new version")
-    sp.add_argument("directory", help="directory written by Gallery.save, containing tuning.json")
+    sp.add_argument("directory", help="directory written by Gallery.save, containing tuning.json (and "
+                                      "local_features.bin, the gallery photos' keypoints for re-ranking, when made)")
     sp.add_argument("--no-switch", action="store_true", help="upload only; do not move the pointer")
+    sp.add_argument("--without-local-features", action="store_true",
+                    help="publish without local_features.bin although re-ranking is wanted (the setting "
+                         "rerank_local_features, or tuning.json's rerank): the matcher then ranks by the embedding")
     sp.set_defaults(func=_publish)
     sp = gsub.add_parser("build", help="embed the catalogue with a training run, tune the threshold, publish a "
                                        "new version and serve it")
@@ -91,7 +95,8 @@ def _reindex(args) -> int:
     if args.re_embed or any(_re_embed_options(args)):
         return _re_embed(args)
     settings = _settings()
-    report = reindex(_store(settings), _redis(settings), dry_run=args.dry_run)
+    report = reindex(_store(settings), _redis(settings), dry_run=args.dry_run,
+                     sightings_bucket=settings.sightings_bucket)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -101,6 +106,11 @@ def _reindex(args) -> int:
               f"{report.size} embeddings, {report.individuals} individuals")
         for sighting_id, reason in report.skipped.items():
             print(f"  skipped {sighting_id}: {reason}")
+        if report.local_features is not None:  # the re-ranking's bank (docs/identification.md)
+            features = report.local_features
+            print(f"local features: {features['photos']} photos, {len(features['added'])} of the added sighting(s) "
+                  f"in, {len(features['skipped'])} not" + "".join(
+                      f"\n  no local features for {s}: {why}" for s, why in features["skipped"].items()))
     return 1 if report.skipped else 0
 
 
@@ -193,14 +203,18 @@ def _publish(args) -> int:
     from pathlib import Path
 
     from services.core.identification.gallery import Gallery
-    from services.curation.operations.publish import TUNING_FILE, publish_gallery
+    from services.curation.operations.publish import TUNING_FILE, directory_bank, publish_gallery
 
     directory = Path(args.directory)
-    store = _store(_settings())
+    settings = _settings()
+    store = _store(settings)
     gallery = Gallery.load(directory)
+    bank = directory_bank(directory, settings, args.without_local_features)
     version = publish_gallery(store, gallery, directory / TUNING_FILE, reason=f"published from {directory}",
-                              parent=store.current_version(), move_pointer=not args.no_switch)
-    print(f"published {version} ({len(gallery)} embeddings){'' if args.no_switch else '; now current'}")
+                              parent=store.current_version(), move_pointer=not args.no_switch,
+                              extra_files=[bank] if bank else [])
+    print(f"published {version} ({len(gallery)} embeddings{', with its local features' if bank else ''})"
+          f"{'' if args.no_switch else '; now current'}")
     return 0
 
 

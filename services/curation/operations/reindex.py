@@ -13,6 +13,11 @@ model version then does not enter. A gallery without `model_ids` accepts every e
 
 Merges and renames (services.curation.operations.identities): every row, old and new, is labelled with the live id of its
 original id, so a version is published when only a merge, a rename or an undo happened (`relabelled`).
+
+Local features (re-ranking, docs/identification.md): when the parent version has a bank (local_features.bin), the
+new version's bank is the parent's plus the added sightings' keypoints, from their photos in S3 cropped as the
+worker cropped them (services.curation.operations.reindex_features: at most 8 photos per individual, the parent's
+first; the report's `local_features` says which sightings entered it and why others did not).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import numpy as np
 
 from services.core import keys
 from services.core.errors import DataError
-from services.core.identification.local_features import BANK_FILE
+from services.core.identification.local_features import FeatureBank
 from services.core.metrics import REINDEX_LAST_SUCCESS
 from services.core.model_versions import VersionChecker
+from services.core.settings import Settings
 from services.curation.operations import identities, records
 from services.curation.operations.confirmations import confirmed_sightings
 from services.curation.operations.gallery_versions import GalleryStore, ModelStoreError
@@ -54,6 +60,9 @@ class ReindexReport:
     relabelled: dict[str, int] = field(default_factory=dict)  # "old -> new" id: gallery rows (merges, renames)
     dry_run: bool = False
     seconds: float = 0.0
+    # the new version's local features when the parent has them: {"photos", "added": [sighting ids], "skipped":
+    # {sighting id: reason}, "dropped": [individuals no longer in the gallery]}; None when the parent has none
+    local_features: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +72,10 @@ def sighting_image(sighting_id: str) -> str:
     return IMAGE_PREFIX + sighting_id
 
 
-def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexReport:
+def reindex(store: GalleryStore, redis, *, dry_run: bool = False, s3=None,
+            sightings_bucket: str = Settings.sightings_bucket) -> ReindexReport:
+    """`s3` (default: the store's client) and `sightings_bucket` reach the added sightings' photos, for their
+    keypoints when the parent version has local features."""
     from services.core.identification.gallery import Gallery
 
     start = time.perf_counter()
@@ -89,10 +101,13 @@ def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexRepo
                 embeddings, ids, species, images, metadata = rows
                 gallery = gallery.add(np.stack(embeddings), ids, species, images, metadata)
             relabelled = f", {sum(report.relabelled.values())} row(s) relabelled" if report.relabelled else ""
+            bank = FeatureBank.load(current_dir)  # the photos' local features (re-ranking), when the parent has them
+            extra_files = [] if bank is None else [_next_bank(bank, gallery, report, rows, aliases, redis,
+                                                              s3 or store.client, sightings_bucket, Path(tmp))]
             report.new_version = publish_gallery(
                 store, gallery, tuning_path, parent=pointer.version, added_sightings=report.added,
                 reindexed=True, reason=f"reindex: +{len(report.added)} confirmed sighting(s){relabelled}",
-                extra_files=[p for p in [current_dir / BANK_FILE] if p.is_file()])  # the photos' local features
+                extra_files=extra_files)
         elif not dry_run:
             store.set_current(pointer.version, reason="reindex: no new confirmed sightings", reindexed=True)
     report.seconds = round(time.perf_counter() - start, 3)
@@ -102,6 +117,23 @@ def reindex(store: GalleryStore, redis, *, dry_run: bool = False) -> ReindexRepo
              "(dry run)" if dry_run else "done", report.previous_version, report.new_version or "(unchanged)",
              len(report.added), len(report.skipped), report.size, report.individuals)
     return report
+
+
+def _next_bank(bank, gallery, report: ReindexReport, rows, aliases, redis, s3, sightings_bucket: str,
+               tmp: Path) -> Path:
+    """The new version's local features saved under tmp/next (reindex_features.next_bank); the report says what
+    entered."""
+    from services.curation.operations.reindex_features import next_bank
+
+    sightings = list(zip(report.added, rows[1], strict=True)) if rows else []
+    update = next_bank(bank, sightings, set(map(str, gallery.individual_ids)), redis, s3, sightings_bucket, aliases)
+    report.local_features = {"photos": len(update.bank), "added": update.added, "skipped": update.skipped,
+                             "dropped": update.dropped}
+    log.info("re-index: local features of %d photos (%d added sighting(s), %d without, %d individual(s) dropped)",
+             len(update.bank), len(update.added), len(update.skipped), len(update.dropped))
+    folder = tmp / "next"
+    folder.mkdir(exist_ok=True)
+    return update.bank.save(folder)
 
 
 def _pending_rows(gallery, redis, report: ReindexReport, aliases=None):
