@@ -88,17 +88,42 @@ DEFAULT_FP32_LEADING_CONVS = 0  # every Conv in int8: meets the MAP@5 parity on 
 MIXED_FP32_LEADING_CONVS = 12  # the fallback (--int8-fp32-convs 12) for a model whose all-int8 MAP@5 is refused
 
 
+CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}  # onnxruntime's names
+ACTIVATIONS = ("Clip", "Relu", "Sigmoid", "Mul", "HardSigmoid", "HardSwish", "BatchNormalization")
+
+
+def fp32_ends(nodes: Sequence) -> tuple[list[str], list[str]]:
+    """(input nodes, head nodes): the names of the nodes before the first Conv (the input's rescaling and
+    normalisation) and of the nodes after the last Conv and its activation (pooling, embedding layers, L2
+    normalisation; from the first MatMul/Gemm at the latest). Quantised, the input's per-channel Mul/Add run as
+    uint8 broadcasts over 3 channels (QLinearAdd 6.1% + QLinearMul 5.2% of B5@456's int8 time at batch 8; kept
+    fp32, B5 int8 went from 1.97x to 2.06x fp32 at batch 8, side by side); the head has no Conv to speed up, and a
+    quantised L2 normalisation gives a uint8 embedding (the general identifier has no MatMul: its GeM pooling and
+    L2 normalisation were all int8)."""
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    first_matmul = next((i for i, n in enumerate(nodes) if n.op_type in ("MatMul", "Gemm")), len(nodes))
+    if not convs:
+        return [], [n.name for n in nodes[first_matmul:]]
+    start, chain = convs[-1] + 1, set(nodes[convs[-1]].output)
+    while start < len(nodes) and nodes[start].op_type in ACTIVATIONS and chain & set(nodes[start].input):
+        chain.update(nodes[start].output)
+        start += 1
+    return [n.name for n in nodes[:convs[0]]], [n.name for n in nodes[min(start, first_matmul):]]
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, crops: np.ndarray, *, per_channel: bool = True,
                   input_name: str = "image", fp32_leading_convs: int = DEFAULT_FP32_LEADING_CONVS,
-                  fp32_head: bool = True) -> dict[str, Any]:
+                  fp32_head: bool = True, fp32_input: bool = True, calibration: str = "minmax") -> dict[str, Any]:
     """Static QDQ int8 quantisation of `fp32_path` calibrated on `crops`; returns what was done (manifest).
 
     Mixed precision (optional): the first `fp32_leading_convs` Convs stay fp32 (the high-resolution early blocks
     carry most of the error on the fine-tuned Lite0: embedding cosine to fp32 0.94 with every Conv in int8, 0.976
     with the first 4 kept in fp32, 0.991 with the first 12, ~25% of Lite0's MACs; yet MAP@5 on the 396-query
     held-out look moved by 0.002 with every Conv in int8, hence the default 0). With `fp32_head` the
-    embedding head (its MatMul and every node after it: BatchNorm, L2 normalisation, species) stays fp32; every
-    other Conv runs in int8."""
+    head (every node after the last Conv and its activation: pooling, embedding MatMul, BatchNorm, L2
+    normalisation, species) stays fp32, with `fp32_input` the input's rescaling before the first Conv (fp32_ends);
+    every other Conv runs in int8. `calibration`: minmax (default), percentile or entropy (onnxruntime's
+    CalibrationMethod)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -132,24 +157,23 @@ def quantize_int8(fp32_path: Path, out_path: Path, crops: np.ndarray, *, per_cha
     onnx.save(model, str(prepared))
     source = prepared
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
-    nodes = list(model.graph.node)
-    first_matmul = next((i for i, n in enumerate(nodes) if n.op_type in ("MatMul", "Gemm")), len(nodes))
-    head = [n.name for n in nodes[first_matmul:]] if fp32_head else []  # the embedding head onwards (BN, L2)
-    excluded = convs[:max(0, fp32_leading_convs)] + head
+    inputs, head = fp32_ends(list(model.graph.node))
+    inputs, head = (inputs if fp32_input else []), (head if fp32_head else [])
+    excluded = inputs + convs[:max(0, fp32_leading_convs)] + head
     try:
         quantize_static(str(source), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                        calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[calibration]), nodes_to_exclude=excluded,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     finally:
         prepared.unlink(missing_ok=True)
         for leftover in out_path.parent.glob("augmented_model*.onnx"):
             leftover.unlink(missing_ok=True)
     info = {"method": "onnxruntime static quantisation", "format": "QDQ", "weights": "int8 per-channel" if per_channel
-            else "int8 per-tensor", "activations": "uint8 asymmetric", "calibration": "MinMax",
+            else "int8 per-tensor", "activations": "uint8 asymmetric", "calibration": CALIBRATIONS[calibration],
             "calibration_images": int(len(crops)), "compute": "int8", "dead_channels_revived": revived,
             "fp32_nodes": {"leading_convs": min(len(convs), max(0, fp32_leading_convs)), "of_convs": len(convs),
-                           "head_nodes": len(head)}, "seconds": round(time.perf_counter() - started, 1)}
+                           "head_nodes": len(head), "input_nodes": len(inputs)}, "seconds": round(time.perf_counter() - started, 1)}
     log.info("int8: quantised %s -> %s (%d calibration crops, %.1f s)", fp32_path, out_path, len(crops),
              info["seconds"])
     return info
