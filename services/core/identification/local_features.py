@@ -8,14 +8,16 @@ are stored compactly, matched and counted:
      descriptors (uint8, 128 each); `to_bytes`/`from_bytes` a versioned binary form (about 132 bytes a keypoint);
   2. `inliers(a, b)`: RootSIFT nearest neighbours with Lowe's ratio test, then a RANSAC affine transform
      (fixed seed, so the count is reproducible) and the number of matches it explains within `tolerance_px`;
-  3. `rerank(candidates, ...)`: for each query, each of its top `k` individuals gets the most inliers over its
-     gallery photos; fused score = embedding score + weight * min(inliers, cap) / cap; the candidates are re-sorted.
-     The threshold for `new_individual` applies to the fused scores, so it is tuned on them.
+  3. `rerank_detailed(candidates, ...)` (`rerank`: its candidates alone): for each query, each of its top `k`
+     individuals gets the most inliers over its gallery photos (`candidate_inliers`: the (query, photo) pairs on a
+     pool of threads, the same counts as one thread); fused score = embedding score + weight * min(inliers, cap) /
+     cap; the candidates are re-sorted. The threshold for `new_individual` applies to the fused scores, so it is
+     tuned on them.
+  4. `FeatureBank`: the gallery photos' LocalFeatures by individual, one file beside a gallery version (`BANK_FILE`).
 """
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -215,9 +217,12 @@ def ransac_affine_inliers(source: np.ndarray, target: np.ndarray, tolerance: flo
     if not usable.any():
         return 0
     transforms = np.linalg.solve(design[usable], target[picks[usable]])  # (H', 3, 2)
-    homogeneous = np.concatenate([source, np.ones((count, 1))], axis=1)  # (m, 3)
-    mapped = np.einsum("mk,hkj->hmj", homogeneous, transforms)  # (H', m, 2)
-    close = ((mapped - target[None]) ** 2).sum(axis=2) <= tolerance * tolerance
+    # each match mapped by each hypothesis, x' = x * t00 + y * t10 + t20 (y' alike), in elementwise steps: the
+    # same float64 values as einsum("mk,hkj->hmj") over the homogeneous points, about 10x faster
+    x, y = source[None, :, 0], source[None, :, 1]  # (1, m)
+    dx = x * transforms[:, 0, 0:1] + y * transforms[:, 1, 0:1] + transforms[:, 2, 0:1] - target[None, :, 0]
+    dy = x * transforms[:, 0, 1:2] + y * transforms[:, 1, 1:2] + transforms[:, 2, 1:2] - target[None, :, 1]
+    close = dx * dx + dy * dy <= tolerance * tolerance  # (H', m)
     return int(close.sum(axis=1).max())
 
 
@@ -232,10 +237,11 @@ def inliers(a: LocalFeatures, b: LocalFeatures, config: RerankConfig = RerankCon
                                  config.tolerance_px, config.iterations)
 
 
-def default_workers() -> int:
-    """Threads that match a batch's candidates when the caller names none: the setting `rerank_workers`'s default
-    (2), no more than the host's cores."""
-    return max(1, min(2, os.cpu_count() or 1))
+# Threads that match a batch's (query, photo) pairs when the caller names none (the setting `rerank_workers`'s
+# default). 1: numpy's OpenBLAS already spreads each matrix product over the cores, and a second matching thread
+# made it oversubscribe (nyala, 2 cores: 2.1x the wall time and 1.7x the CPU of one thread); more threads pay with
+# a single-threaded BLAS (OPENBLAS_NUM_THREADS=1), docs/identification.md.
+DEFAULT_WORKERS = 1
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -252,14 +258,14 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def candidate_inliers(candidates: Candidates, queries: Sequence[LocalFeatures | None],
                       photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig,
-                      workers: int | None = None) -> np.ndarray:
+                      workers: int = DEFAULT_WORKERS) -> np.ndarray:
     """(Q, k) inliers of each query's top-k individuals: the most over the individual's photos (`photos_of`
     gives them, best first; `config.photos` at most). A query without features keeps zeros.
 
-    The (query, photo) pairs are matched by `workers` threads (None: `default_workers()`; 1: in this thread):
-    the matrix product, the sorting and RANSAC's solves run in numpy without the GIL. Each pair is counted by
-    the same `inliers` call whatever the number of threads, so the result is identical to the sequential one.
-    `photos_of` is called in this thread only."""
+    The (query, photo) pairs are matched by `workers` threads (1: in this thread; numpy's matrix products and
+    RANSAC's array steps run without the GIL). Each pair is counted by the same `inliers` call whatever the
+    number of threads, so the result is identical to the sequential one. `photos_of` is called in this thread
+    only."""
     k = min(config.k, candidates.ids.shape[1])
     out = np.zeros((len(candidates), k), np.int32)
     pairs: list[tuple[int, int, LocalFeatures, LocalFeatures]] = []
@@ -271,7 +277,7 @@ def candidate_inliers(candidates: Candidates, queries: Sequence[LocalFeatures | 
             individual = candidates.ids[q, c]
             if individual:
                 pairs += [(q, c, features, p) for p in list(photos_of(str(individual)))[:config.photos]]
-    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = max(1, int(workers))
 
     def count(pair) -> int:
         return inliers(pair[2], pair[3], config)
@@ -297,7 +303,7 @@ def fuse(candidates: Candidates, counts: np.ndarray, weight: float, cap: int) ->
 
 def rerank_detailed(candidates: Candidates, queries: Sequence[LocalFeatures | None],
                     photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig(),
-                    workers: int | None = None) -> tuple[Candidates, list[dict[str, int]]]:
+                    workers: int = DEFAULT_WORKERS) -> tuple[Candidates, list[dict[str, int]]]:
     """`candidate_inliers` (`workers` threads) then `fuse` (module docstring), with the inliers of each query's
     re-ranked individuals ({individual_id: inliers}) for reporting (the matcher's answer)."""
     counts = candidate_inliers(candidates, queries, photos_of, config, workers)
@@ -308,7 +314,7 @@ def rerank_detailed(candidates: Candidates, queries: Sequence[LocalFeatures | No
 
 def rerank(candidates: Candidates, queries: Sequence[LocalFeatures | None],
            photos_of: Callable[[str], Sequence[LocalFeatures]], config: RerankConfig = RerankConfig(),
-           workers: int | None = None) -> Candidates:
+           workers: int = DEFAULT_WORKERS) -> Candidates:
     """`rerank_detailed`'s candidates alone (`whaleid predict`)."""
     return rerank_detailed(candidates, queries, photos_of, config, workers)[0]
 
