@@ -15,6 +15,12 @@ Reported per mode: sightings/s, CPU ms per sighting of each process tree (worker
 Triton), the worker's and matcher's mean step times, the sightings.embedded record size; and the gallery's
 local features: kB and CPU ms per photo, MB per 1k individuals at 8 photos each.
 `python -m bench rerank_chain [--count 96] [--individuals 60]`.
+
+`--threads 1 2` measures instead, in this process and without servers, the matcher's core step alone
+(local_features.candidate_inliers) on the same photos with each number of matching threads (the setting
+`rerank_workers`), interleaved rounds, batches of `--batch`: CPU and wall ms per sighting, and whether every
+count equals the one-thread count. numpy's BLAS threads are the process's: run it again with
+OPENBLAS_NUM_THREADS=1 to compare.
 """
 
 from __future__ import annotations
@@ -124,13 +130,57 @@ def core_run(settings, redis_client, images: list[bytes], trees: dict[str, int],
     return ids, rate, cpu_per_item(before, process_tree_cpu(trees), len(ids))
 
 
+def matching_threads(args) -> dict:
+    """`--threads`: candidate_inliers alone with each number of threads (module docstring)."""
+    from services.core.identification.local_features import RerankConfig, candidate_inliers
+    from services.core.identification.ranking import Candidates
+    from services.core.imaging import decode_image
+    from services.core.keypoints import extract
+
+    by_individual, queries, source = source_photos(args.individuals, args.count)
+    bank = {i: [extract(decode_image(d)) for d in photos] for i, photos in by_individual.items()}
+    features = [extract(decode_image(d)) for d in queries]
+    rng = np.random.default_rng(0)
+    names = list(bank)
+    ids = np.array([list(rng.choice(names, 5, replace=False)) for _ in features], dtype=object)
+    scores = np.sort(rng.random((len(features), 5)).astype(np.float32), axis=1)[:, ::-1].copy()
+    config = RerankConfig()
+
+    def run(workers: int) -> np.ndarray:
+        return np.concatenate([candidate_inliers(Candidates(ids[s:s + args.batch], scores[s:s + args.batch]),
+                                                 features[s:s + args.batch], bank.__getitem__, config, workers)
+                               for s in range(0, len(features), args.batch)])
+
+    reference = run(1)  # also fills every photo's RootSIFT cache, as a running matcher has it
+    times: dict[int, list[tuple[float, float]]] = {n: [] for n in args.threads}
+    identical = True
+    for round_ in range(args.rounds):
+        for workers in (args.threads if round_ % 2 == 0 else args.threads[::-1]):
+            wall, cpu = time.perf_counter(), time.process_time()
+            counts = run(workers)
+            times[workers].append((time.perf_counter() - wall, time.process_time() - cpu))
+            identical &= bool(np.array_equal(counts, reference))
+    per = {str(n): {"cpu_ms_per_sighting": round(1000 * float(np.median([c for _, c in t])) / len(features), 1),
+                    "wall_ms_per_sighting": round(1000 * float(np.median([w for w, _ in t])) / len(features), 1)}
+           for n, t in times.items()}
+    return {"photos": source, "queries": len(features), "individuals": len(bank), "batch": args.batch,
+            "rounds": args.rounds, "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "(numpy's default)"),
+            "threads": per, "counts_identical_to_one_thread": identical}
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench rerank_chain")
     parser.add_argument("--workdir", type=Path, default=Path(".whaleid/bench"), help="model cache")
     parser.add_argument("--config", default="b0-tiny", help="model config of the served network")
     parser.add_argument("--count", type=int, default=96, help="sightings per mode")
     parser.add_argument("--individuals", type=int, default=60, help="gallery individuals (with their photos' features)")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="measure the matcher's matching alone with these numbers of threads (no servers)")
+    parser.add_argument("--batch", type=int, default=16, help="with --threads: sightings per matcher batch")
+    parser.add_argument("--rounds", type=int, default=3, help="with --threads: interleaved timing rounds")
     args = parser.parse_args(argv)
+    if args.threads:
+        return {"mode": "matching_threads", **matching_threads(args)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
