@@ -33,7 +33,8 @@ def main(argv: list[str]) -> dict:
     from services.core.errors import ConfigError
 
     parser = argparse.ArgumentParser(prog="whaleid bench triton",
-                                     description="in-process onnxruntime ensemble vs Triton over gRPC (batch 1 and "
+                                     description="in-process onnxruntime ensemble (the fastest of several "
+                                                 "onnxruntime settings) vs Triton over gRPC (batch 1 and "
                                                  "concurrent clients), alternating rounds, medians")
     parser.add_argument("--repository", type=Path, help="a built repository (default: build one)")
     parser.add_argument("--exports", type=Path, default=os.environ.get("WHALEID_BENCH_EXPORTS") or None,

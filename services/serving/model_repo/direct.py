@@ -3,6 +3,8 @@ same model.onnx files run by onnxruntime, the same flip-TTA combination and blen
 (services.core.identification.vectors: combine_flip, blend, blend_probabilities).
 
 Used as the baseline of `whaleid bench triton` and to check that Triton serves what the files compute.
+`intra_op_threads` / `allow_spinning` set its onnxruntime sessions (default: onnxruntime's thread count, idle
+threads sleeping, as the served models); the bench measures several settings and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from services.serving.model_repo.validation import validate_repository
 
 
 class DirectEnsemble:
-    def __init__(self, repository: Path, intra_op_threads: int = 0):
+    def __init__(self, repository: Path, intra_op_threads: int = 0, allow_spinning: bool = False):
         import onnxruntime as ort
 
         record = validate_repository(Path(repository))
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the served models
+        # idle threads sleep by default, as the served models'
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.embedders = record["embedders"]
         self.weights = {e["model_id"]: float(e["weight"]) for e in self.embedders}
         self.max_pixels = int(record["options"]["max_pixels"])
