@@ -80,14 +80,23 @@ class ChainStage:
 
     async def send_many(self, topic, items: list[tuple[str, bytes]]) -> None:
         """Produce a batch of (key, JSON value) at once, then wait for every acknowledgement (the producer
-        sends what is queued together); what was not acknowledged is produced again while Kafka is unavailable."""
+        sends what is queued together); what was not acknowledged is produced again while Kafka is unavailable.
+
+        The records go to the app's producer itself (`Producer.send`: aiokafka's queue, partitioned by key as
+        `topic.send` would), not through Faust's topic layer, whose per-record FutureMessage, schema and sensor
+        callbacks cost more than the produce (the values are raw bytes already); every acknowledgement is still
+        awaited before the caller marks anything."""
+        if not items:
+            return
         backoff = self.backoff()
         pending = list(items)
+        name = topic.get_topic_name()
         while pending:
             futures = []
             try:
+                producer = await topic.app.maybe_start_producer()
                 for key, value in pending:
-                    futures.append(await topic.send(key=key.encode(), value=value))
+                    futures.append(await producer.send(name, key.encode(), value, None, None, None))
             except Exception as exc:  # noqa: BLE001 - the producer refused to queue: retry the rest
                 error: BaseException | None = exc
             else:
