@@ -14,7 +14,8 @@ The matcher re-ranks a batch's (query, photo) pairs on `matcher_rerank_workers` 
 Reported per mode: sightings/s, CPU ms per sighting of each process tree (worker, matcher, Kafka, Redis, S3,
 Triton), the worker's and matcher's mean step times, the sightings.embedded record size; and the gallery's
 local features: kB and CPU ms per photo, MB per 1k individuals at 8 photos each.
-`python -m bench rerank_chain [--count 96] [--individuals 60]`.
+`python -m bench rerank_chain [--count 96] [--individuals 60] [--matcher-blas-threads 1]` (the last: a third mode,
+`on` again with the matcher's numpy BLAS on that many threads).
 
 `--threads 1 2` measures instead, in this process and without servers, the matcher's core step alone
 (local_features.candidate_inliers) on the same photos with each number of matching threads (the setting
@@ -174,6 +175,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--config", default="b0-tiny", help="model config of the served network")
     parser.add_argument("--count", type=int, default=96, help="sightings per mode")
     parser.add_argument("--individuals", type=int, default=60, help="gallery individuals (with their photos' features)")
+    parser.add_argument("--matcher-blas-threads", type=int,
+                        help="also run `on` again with the matcher's OPENBLAS_NUM_THREADS set to this")
     parser.add_argument("--threads", type=int, nargs="+",
                         help="measure the matcher's matching alone with these numbers of threads (no servers)")
     parser.add_argument("--batch", type=int, default=16, help="with --threads: sightings per matcher batch")
@@ -241,9 +244,18 @@ def main(argv: list[str]) -> dict:
         client = redis.Redis.from_url(settings.redis_url)
         servers = {name: int(entry["pid"]) for name, entry in stack.state["servers"].items() if entry.get("pid")}
         modes = {}
-        for mode in ("off", "on"):
+        runs = ["off", "on"] + ([f"on_matcher_blas_{args.matcher_blas_threads}"] if args.matcher_blas_threads else [])
+        for mode in runs:
+            if mode.startswith("on_matcher_blas"):  # the same, with the matcher's BLAS on that many threads
+                matcher.stop()
+                services.remove(matcher)
+                ports["matcher"] = free_port()
+                matcher = ServiceProcess("matcher", {**env, "OPENBLAS_NUM_THREADS": str(args.matcher_blas_threads)},
+                                         root / "logs", name="matcher-blas", metrics_port=ports["matcher"]).start()
+                services.append(matcher)
+                matcher.wait_ready(180)
             port = free_port()
-            worker = ServiceProcess("worker", {**env, "WHALEID_RERANK_LOCAL_FEATURES": str(mode == "on").lower()},
+            worker = ServiceProcess("worker", {**env, "WHALEID_RERANK_LOCAL_FEATURES": str(mode != "off").lower()},
                                     root / "logs", name=f"worker-{mode}", metrics_port=port).start()
             services.append(worker)
             worker.wait_ready(180)
@@ -273,7 +285,7 @@ def main(argv: list[str]) -> dict:
                 "cpu_ms_per_photo": round(bank_cpu_ms, 1),
                 "mb_per_1k_individuals_at_8_photos": round(bank_bytes / max(1, len(bank)) * 8 * 1000 / 1e6, 1)},
             "matcher_rerank_workers": DEFAULT_WORKERS,  # local_features' default (the matcher passes none)
-            "off": off, "on": on,
+            "off": off, "on": on, **{m: modes[m] for m in runs[2:]},
             "extra_cpu_ms_per_sighting": extra,
             "rate_on_over_off": round(on["sightings_per_s"] / off["sightings_per_s"], 3),
             "chain_cpu_on_over_off": round(sum(on["cpu_ms_per_sighting"].values())
