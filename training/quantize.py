@@ -1,7 +1,7 @@
 """Reduced-precision embedders (`whaleid export --precision fp32|bf16|int8`) and their identification parity.
 
 - `int8`: onnxruntime static quantisation of the fp32 ONNX export (QDQ format, per-channel int8 weights, uint8
-  activations, MinMax calibration) calibrated on training crops (the eval path: services.core.imaging crop + resize of
+  activations, MinMax calibration; the input's rescaling and the head stay fp32: fp32_ends) calibrated on training crops (the eval path: services.core.imaging crop + resize of
   the data's train images at their eval box). On x86 with VNNI/AMX onnxruntime runs the QDQ Conv/MatMul pairs as
   integer kernels.
 - `bf16`: onnxruntime's CPU execution provider has no bfloat16 compute kernels (ONNX Conv does not even accept
