@@ -17,10 +17,11 @@ the same at 160 px 0.657, 128 px 0.579; 60 individuals, 20 + 20 epochs: 252 s, 0
 run 12 + 10 from its backbone (the demo's default): 301 s, 0.732 (38/58, 41/58, new answered new 15/25); re-measured
 2026-12-06: two cold runs, 277 s / 0.703 and 260 s / 0.694 (known top-1 33/58 and 38/58, new answered new 16/25
 and 11/25: the transferred threshold, 0.44 and 0.40, moves most of the spread). Variants of it compared on the
-demo's synthesis at seed 1 (100 individuals, 58 test photos, never the demo's own queries; offline MAP@5 = what the demo serves; 0.603 for the default): final fit 16 epochs from the
-backbone 0.602, final fit at batch 8 0.589, final fit 18 epochs from ImageNet 0.587, gallery of every photo instead
-of means 0.597 (and 0.610 with the 16-epoch fit, means 0.602), serving the blend of the fold run and the final fit
-(threshold transferred) 0.588 (w 0.3) and 0.583 (w 0.5): none beats run-to-run noise, so the recipe stays."""
+demo's synthesis at seed 1 (100 individuals, 58 test photos, never the demo's own queries; offline MAP@5 = what
+the demo serves; 0.603 for the default): final fit 16 epochs from the backbone 0.602, final fit at batch 8 0.589,
+final fit 18 epochs from ImageNet 0.587, gallery of every photo instead of means 0.597 (and 0.610 with the 16-epoch
+fit, means 0.602), serving the blend of the fold run and the final fit (threshold transferred) 0.588 (w 0.3) and
+0.583 (w 0.5): none beats run-to-run noise, so the recipe stays."""
 
 from __future__ import annotations
 
