@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # The demo's training, sized for a 5-minute first run on 2 cores (issue 23): lite0 holding fold 0 out for 12
 # epochs (its validation MAP@5: 0.318 at 12, 0.326 at 20), validated once at its last epoch (each validation embeds
 # every train photo); the served final fit starts from that run's backbone and trains 10 epochs on every individual
-# (was 20 from ImageNet). Cold: 260-301 s, live MAP@5 0.694-0.732 over four cold runs (was 603-700 s, 0.739-0.763): under
-# issue 21's 0.75. No cheaper change measured better on an independent synth seed (services/devtools/demo/model.py).
+# (was 20 from ImageNet). Cold: 260-301 s, live MAP@5 0.694-0.732 over four cold runs (was 603-700 s,
+# 0.739-0.763): under issue 21's 0.75. No cheaper change measured better on an independent synth seed
+# (services/devtools/demo/model.py).
 DEMO_TRAINING = {"epochs": 12, "validate_every": 12}
 DEMO_FINAL_EPOCHS = 10
 DEMO_INDIVIDUALS = 100
