@@ -83,17 +83,6 @@ def use_idempotent_producer(enabled: bool) -> None:
     driver.Producer._settings_extra = settings_extra
 
 
-class _App(faust.App):
-    """Without Faust's Monitor among the sensors: its per-message and per-send hooks (counters, timestamps, a
-    state dict per event) cost CPU on every record while nothing reads them (the stages' metrics are their own,
-    services.core.metrics); `app.monitor` still exists for Faust's pages."""
-
-    def on_init_dependencies(self):
-        dependencies = super().on_init_dependencies()
-        self.sensors.remove(self.monitor)
-        return dependencies
-
-
 def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     """A Faust app for `stage` (consumer group `whaleid-<stage>`)."""
     if not settings.kafka_bootstrap:
@@ -123,7 +112,7 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     credentials = _broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials
-    app = _App(f"whaleid-{stage}", **options)
+    app = faust.App(f"whaleid-{stage}", **options)
     from services.chain.kafka_producers import kafka_options
 
     topic_resets.install(app, settings.faust_topic_reset_check_s, kafka_options(settings))

@@ -93,7 +93,6 @@ class Settings:
     retry_backoff_initial_s: float = 0.2  # first pause after a transient failure (Triton/S3 down); doubles
     retry_backoff_max_s: float = 5.0  # longest pause between retries (retries never give up: nothing is lost)
     triton_detector_model: str = "detector"  # crop detector in the Triton repository, used when it is loaded
-    matcher_batch_size: int = 64  # sightings the matcher takes at once (one search, one Redis round trip per step and one produce round per batch), within worker_batch_wait_s
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
     matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     rerank_local_features: bool = False  # local-feature re-ranking in the live chain (docs/identification.md): the worker sends the crop's SIFT keypoints, gallery build stores the gallery photos' ones, the matcher fuses inliers with the score

@@ -145,8 +145,8 @@ class SightingMatcher(ChainStage):
                 (announced if was_announced else pending).append(record.sighting_id)
             by_id = {r.sighting_id: r for r in records}
             ready, _ = await self._check_versions([by_id[i] for i in pending], state)
-            for start in range(0, len(ready), self.settings.matcher_batch_size):
-                await self._identify_and_publish(ready[start:start + self.settings.matcher_batch_size], state)
+            for start in range(0, len(ready), self.settings.worker_batch_size):
+                await self._identify_and_publish(ready[start:start + self.settings.worker_batch_size], state)
             leaving = unreadable + announced + [r.sighting_id for r in ready]
             await self.in_thread("unpark", parking.unpark, self.redis, leaving)
             for sighting_id in unreadable:
@@ -261,7 +261,7 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
 
     @app.agent(embedded)
     async def identify_sightings(stream):
-        async for raws in stream.take(settings.matcher_batch_size, within=settings.worker_batch_wait_s):
+        async for raws in stream.take(settings.worker_batch_size, within=settings.worker_batch_wait_s):
             await handler.handle_batch(list(raws))
 
     async def reload_now() -> bool:
