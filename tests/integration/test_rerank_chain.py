@@ -93,7 +93,9 @@ def chain(stack, tmp_path_factory):
 
         env = chain_env(stack.state, root / "run", triton.grpc, models_bucket=settings.models_bucket)
         worker = ServiceProcess("worker", {**env, "WHALEID_RERANK_LOCAL_FEATURES": "true"}, root / "logs").start()
-        matcher = ServiceProcess("matcher", env, root / "logs").start()
+        # the matcher matches on 2 threads (rerank_workers): the live path of the pool whose counts the unit tests
+        # compare with one thread's
+        matcher = ServiceProcess("matcher", {**env, "WHALEID_RERANK_WORKERS": "2"}, root / "logs").start()
         services += [worker, matcher]
         worker.wait_ready()
         matcher.wait_ready()

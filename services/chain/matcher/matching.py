@@ -112,14 +112,15 @@ def query_features(records: list[topics.SightingEmbedded]) -> list | None:
     return out
 
 
-def identify_reranked(identifier, embeddings: np.ndarray, species, queries: list, bank, config):
+def identify_reranked(identifier, embeddings: np.ndarray, species, queries: list, bank, config, workers: int = 1):
     """Identifier.identify_detailed with the candidates re-ranked by local features (local_features.rerank_detailed,
-    the one implementation) before `new_individual`: (Identified, per query {individual_id: inliers})."""
+    the one implementation; `workers`: the setting `rerank_workers`) before `new_individual`: (Identified, per query
+    {individual_id: inliers})."""
     from services.core.identification.identifier import Identified
     from services.core.identification.local_features import rerank_detailed
     from services.core.identification.ranking import insert_new_individual
 
-    fused, inliers = rerank_detailed(identifier.candidates(embeddings), queries, bank.photos_of, config)
+    fused, inliers = rerank_detailed(identifier.candidates(embeddings), queries, bank.photos_of, config, workers)
     thresholds = np.broadcast_to(identifier.thresholds(len(fused), species), (len(fused),))
     return Identified(insert_new_individual(fused, thresholds), thresholds, fused.matched_rows()), inliers
 
@@ -181,7 +182,7 @@ class Matcher:
             reranks = [None] * len(records)
         else:
             identified, inliers = identify_reranked(state.identifier, embeddings, species, queries, state.features,
-                                                    config)
+                                                    config, self.settings.rerank_workers)
             reranks = [None if q is None else _rerank_entry(config, c, n)
                        for q, c, n in zip(queries, identified.predictions, inliers, strict=True)]
         SEARCH_LATENCY.observe((time.perf_counter() - start) / max(1, len(records)))
