@@ -10,7 +10,7 @@ at the defaults (weight 0.3, cap 20, top 5), and `--count` query photos (nyala t
 random unit vectors (one per individual): the top 5 individuals of every query are arbitrary, and each has its
 photos in the bank, so the matcher does the full work of re-ranking for every sighting.
 
-The matcher re-ranks a batch's (query, photo) pairs on `matcher_rerank_workers` threads (reported).
+The matcher re-ranks a batch's (query, photo) pairs on `rerank_workers` threads (reported as `matcher_rerank_workers`).
 Reported per mode: sightings/s, CPU ms per sighting of each process tree (worker, matcher, Kafka, Redis, S3,
 Triton), the worker's and matcher's mean step times, the sightings.embedded record size; and the gallery's
 local features: kB and CPU ms per photo, MB per 1k individuals at 8 photos each.
@@ -193,7 +193,7 @@ def main(argv: list[str]) -> dict:
 
     from services.core import keys
     from services.core.identification import Tuning, build_gallery
-    from services.core.identification.local_features import DEFAULT_WORKERS, RerankConfig
+    from services.core.identification.local_features import RerankConfig
     from services.core.settings import load_settings
     from services.curation.catalogue.gallery_build import Photos
     from services.curation.catalogue.gallery_features import gallery_features
@@ -284,7 +284,7 @@ def main(argv: list[str]) -> dict:
                 "photos": len(bank), "kb_per_photo": round(bank_bytes / max(1, len(bank)) / 1000, 1),
                 "cpu_ms_per_photo": round(bank_cpu_ms, 1),
                 "mb_per_1k_individuals_at_8_photos": round(bank_bytes / max(1, len(bank)) * 8 * 1000 / 1e6, 1)},
-            "matcher_rerank_workers": DEFAULT_WORKERS,  # local_features' default (the matcher passes none)
+            "matcher_rerank_workers": load_settings(environ=env).rerank_workers,  # the setting the matcher ran with
             "off": off, "on": on, **{m: modes[m] for m in runs[2:]},
             "extra_cpu_ms_per_sighting": extra,
             "rate_on_over_off": round(on["sightings_per_s"] / off["sightings_per_s"], 3),

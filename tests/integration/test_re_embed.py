@@ -176,6 +176,57 @@ def test_re_embed_rebuilds_catalogue_and_confirmed_sightings_with_the_new_model(
     assert matcher.reload() and matcher.state.identifier.tuning.weights == {new.model_id: 1.0}
 
 
+def test_re_embed_with_re_ranking_gives_the_new_version_the_keypoints_of_the_catalogue_and_the_sightings(
+        tmp_path, stack, catalogue, small_run, new_run, redis_db):
+    """With `rerank_local_features`, the re-embedded version carries a bank: each individual's catalogue photos
+    first, then the confirmed sighting's photo cropped by the worker's box (gallery_features.gallery_bank), as
+    extracted offline; `local_features` in the summary says which sightings entered."""
+    from services.core.identification.local_features import BANK_FILE, FeatureBank
+    from services.core.keypoints import extract_file
+    from services.curation.catalogue.gallery_build import publish_catalogue_gallery
+    from services.curation.catalogue.re_embed import re_embed
+    from services.curation.operations.gallery_versions import GalleryStore, s3_client
+    from training.embed import Embedder
+
+    pytest.importorskip("cv2")
+    src = tmp_path / "folders"
+    individuals = [f"ind{i:02d}" for i in range(6)]
+    for index, individual in enumerate(individuals):
+        for n in range(2):
+            photo(src / individual / f"{n}.jpg", 700 + 2 * index + n)
+    import_catalogue(src, catalogue, progress=False)
+    (small_run / "folds.csv").write_text("individual_id,fold\n" + "".join(
+        f"{ind},{i % 3}\n" for i, ind in enumerate(individuals)))
+    settings = dataclasses.replace(stack.settings, gallery_prefix=f"test-re-embed-bank-{uuid.uuid4().hex[:8]}",
+                                   rerank_local_features=True)
+    store = GalleryStore.from_settings(settings)
+    first = publish_catalogue_gallery(settings, small_run, progress=lambda m: None, progress_bar=False,
+                                      catalogue=catalogue, store=store)
+    assert BANK_FILE in store.version_info(first["version"])["files"]
+
+    s3, bucket = s3_client(settings), settings.sightings_bucket
+    photo(tmp_path / "sighting.jpg", 990, size=(160, 120))
+    box = [10, 8, 120, 100]
+    sighting = seed_sighting(redis_db, s3, bucket, (tmp_path / "sighting.jpg").read_bytes())
+    old = Embedder.from_run(small_run)
+    redis_db.set(keys.embedding_key(sighting), json.dumps({
+        "sighting_id": sighting, "model_version": old.model_id,
+        "embedding": old.embed_files([tmp_path / "sighting.jpg"])[0].tolist(), "crop_box": box}))
+    confirm(redis_db, sighting, "ind02", version=first["version"])
+
+    summary = re_embed(settings, new_run, progress=lambda m: None, progress_bar=False, catalogue=catalogue,
+                       store=store, redis=redis_db, s3=s3)
+    assert summary["local_features"]["added"] == [sighting] and not summary["local_features"]["skipped"]
+    assert summary["local_features"]["photos"] == 2 * len(individuals) + 1
+    bank = FeatureBank.load(store.download(summary["version"], tmp_path / "served"))
+    before = FeatureBank.load(store.download(first["version"], tmp_path / "first"))
+    assert sorted(bank.by_individual) == individuals
+    *own, added = bank.photos_of("ind02")
+    assert [p.to_bytes() for p in own] == [p.to_bytes() for p in before.photos_of("ind02")]
+    assert added.to_bytes() == extract_file(tmp_path / "sighting.jpg", box).to_bytes()
+    assert added.to_bytes() != extract_file(tmp_path / "sighting.jpg", None).to_bytes()  # the worker's crop
+
+
 def test_the_command_line_needs_run_with_re_embed(capsys):
     from services.cli.main import main
 

@@ -57,23 +57,19 @@ def gallery_bank(photos, box_source: str | None, gallery, directory: Path, sight
     `per_individual`."""
     from services.core.keypoints import extract_file
     from services.curation.operations.aliases import ORIGINAL_KEY
-    from services.curation.operations.reindex_features import BankUpdate, add_features, relabelled_bank
+    from services.curation.operations.reindex_features import updated_bank
 
     bank = gallery_features(photos, box_source, per_individual, progress)
     live = {str(meta[ORIGINAL_KEY]): str(individual) for individual, meta in
             zip(gallery.individual_ids, gallery.metadata, strict=True) if meta and meta.get(ORIGINAL_KEY)}
     if sightings is None and not live:
         return bank.save(directory), None
-    by_individual, dropped = relabelled_bank(bank, live, set(map(str, gallery.individual_ids)), per_individual)
-    update = BankUpdate(FeatureBank(), dropped=dropped)
-    if sightings is not None:
-        entries = [(image.removeprefix("sighting/"), live.get(str(individual), str(individual)),
-                    partial(extract_file, path, box)) for image, individual, path, box in
-                   zip(sightings.images, sightings.individual_ids, sightings.paths, sightings.box_list(None),
-                       strict=True)]
-        add_features(by_individual, entries, per_individual, update)
-    update.bank = FeatureBank({i: kept for i, kept in by_individual.items() if kept})
-    report = {"photos": len(update.bank), "added": update.added, "skipped": update.skipped, "dropped": update.dropped}
+    entries = [] if sightings is None else [
+        (image.removeprefix("sighting/"), live.get(str(individual), str(individual)), partial(extract_file, path, box))
+        for image, individual, path, box in zip(sightings.images, sightings.individual_ids, sightings.paths,
+                                                sightings.box_list(None), strict=True)]
+    update = updated_bank(bank, live, set(map(str, gallery.individual_ids)), entries, per_individual)
+    report = update.report()
     if progress is not None and sightings is not None:
         progress(f"local features of {len(update.added)} confirmed sighting(s) added, {len(update.skipped)} not "
                  f"(at most {per_individual} photos per individual, the catalogue's first)")

@@ -127,8 +127,7 @@ def _next_bank(bank, gallery, report: ReindexReport, rows, aliases, redis, s3, s
 
     sightings = list(zip(report.added, rows[1], strict=True)) if rows else []
     update = next_bank(bank, sightings, set(map(str, gallery.individual_ids)), redis, s3, sightings_bucket, aliases)
-    report.local_features = {"photos": len(update.bank), "added": update.added, "skipped": update.skipped,
-                             "dropped": update.dropped}
+    report.local_features = update.report()
     log.info("re-index: local features of %d photos (%d added sighting(s), %d without, %d individual(s) dropped)",
              len(update.bank), len(update.added), len(update.skipped), len(update.dropped))
     folder = tmp / "next"

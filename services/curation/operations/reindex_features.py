@@ -36,6 +36,10 @@ class BankUpdate:
     skipped: dict[str, str] = field(default_factory=dict)  # sighting id -> why its keypoints did not
     dropped: list[str] = field(default_factory=list)  # the parent's individuals no longer in the gallery
 
+    def report(self) -> dict:
+        """What the reports (`reindex`'s `local_features`, `gallery build --re-embed`'s) say about the bank."""
+        return {"photos": len(self.bank), "added": self.added, "skipped": self.skipped, "dropped": self.dropped}
+
 
 def relabelled_bank(bank: FeatureBank, aliases: Mapping[str, str], individuals: set[str],
                     per_individual: int) -> tuple[dict[str, list[LocalFeatures]], list[str]]:
@@ -73,6 +77,18 @@ def add_features(by_individual: dict[str, list[LocalFeatures]], entries, per_ind
         update.added.append(sighting_id)
 
 
+def updated_bank(bank: FeatureBank, aliases: Mapping[str, str], individuals: set[str], entries,
+                 per_individual: int) -> BankUpdate:
+    """`bank` under the live ids of a gallery of `individuals` (`relabelled_bank`) plus the keypoints of `entries`
+    ((sighting id, live individual id, make: () -> LocalFeatures), in order; `add_features`), within
+    `per_individual` photos each; individuals left without a photo are not in the result."""
+    by_individual, dropped = relabelled_bank(bank, aliases, individuals, per_individual)
+    update = BankUpdate(FeatureBank(), dropped=dropped)
+    add_features(by_individual, entries, per_individual, update)
+    update.bank = FeatureBank({i: photos for i, photos in by_individual.items() if photos})
+    return update
+
+
 def next_bank(bank: FeatureBank, sightings: Sequence[tuple[str, str]], individuals: set[str], redis, s3,
               sightings_bucket: str, aliases: Mapping[str, str] | None = None,
               per_individual: int = RerankConfig.photos) -> BankUpdate:
@@ -80,8 +96,6 @@ def next_bank(bank: FeatureBank, sightings: Sequence[tuple[str, str]], individua
     re-index adds them) for a gallery of `individuals` (module docstring)."""
     from services.core.keypoints import extract_file
 
-    by_individual, dropped = relabelled_bank(bank, aliases or {}, individuals, per_individual)
-    update = BankUpdate(FeatureBank(), dropped=dropped)
     with tempfile.TemporaryDirectory(prefix="whaleid-reindex-photos-") as tmp:
         def make(sighting_id: str):
             def extract() -> LocalFeatures:
@@ -92,6 +106,5 @@ def next_bank(bank: FeatureBank, sightings: Sequence[tuple[str, str]], individua
                     path.unlink()
             return extract
 
-        add_features(by_individual, [(s, i, make(s)) for s, i in sightings], per_individual, update)
-    update.bank = FeatureBank({i: photos for i, photos in by_individual.items() if photos})
-    return update
+        return updated_bank(bank, aliases or {}, individuals, [(s, i, make(s)) for s, i in sightings],
+                            per_individual)
