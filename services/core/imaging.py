@@ -73,12 +73,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 @dataclass(frozen=True)
 class Decoded:
-    """What `decode_scaled` returns: the upright pixels, the upright size of the image as uploaded, and the
-    factor it was reduced by on each side (1: full size; JPEG only, libjpeg's DCT scaling)."""
+    """What `decode_scaled` returns: the upright pixels, the upright size of the image as uploaded, the factor it
+    was reduced by on each side (1: full size; JPEG only, libjpeg's DCT scaling), and whether the upload is
+    `plain`."""
 
     pixels: np.ndarray  # uint8 (h, w, 3), upright
     size: tuple[int, int]  # (width, height) of the uploaded image as shown: boxes are in these coordinates
     scale: int = 1  # pixels has about size / scale on each side (ceil)
+    # the upload has nothing to normalise: one frame, 8-bit RGB, JPEG or PNG (PLAIN_FORMATS), upright (no EXIF
+    # orientation other than 1), no transparency; any decoder's plain decoding of its bytes gives these pixels
+    # (at scale 1), so they may be sent on as they are
+    plain: bool = False
 
     def to_pixels(self, box) -> list[float]:
         """A box in the uploaded image's (upright) coordinates -> the same region in `pixels`' coordinates."""
@@ -105,6 +110,7 @@ class Header:
 
 DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # what libjpeg decodes at 1/2, 1/4 or 1/8 of the size (Image.draft)
 DRAFT_FACTORS = (8, 4, 2)
+PLAIN_FORMATS = frozenset({"JPEG", "PNG"})  # what a `plain` upload may be (what every decoder reads)
 
 
 def draft_factor(image_format: str, reduce: int) -> int:
@@ -117,16 +123,8 @@ def draft_factor(image_format: str, reduce: int) -> int:
 
 def read_header(data: bytes) -> Header | None:
     """The header of an image (no pixels decoded); None when it is not one Pillow can open."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                swapped = _header_orientation(image) in SWAPS_SIDES
-                return Header(str(image.format), image.mode, (width, height),
-                              (height, width) if swapped else (width, height))
-    except Exception:  # noqa: BLE001 - hostile headers raise many types; decode_image gives the reason
-        return None
+    with OpenedImage(data) as opened:
+        return opened.header
 
 
 def _header_orientation(image: Image.Image) -> int:
@@ -143,43 +141,95 @@ def decode_scaled(data: bytes, reduce: int = 1, max_pixels: int = DEFAULT_MAX_PI
     1/8 of the size: Image.draft; every other format, and `reduce` 1, decodes at full size). Validation is the
     same (the header's size against `max_pixels` and `max_aspect_ratio`; the whole stream is decoded, so a
     truncated file is refused at any scale); `Decoded.size` is the uploaded image's upright size."""
-    if not data:
-        raise ImageRejected("empty", "zero bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageRejected("not_an_image", "the bytes are not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile headers
-        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from None
-    if image.format not in formats:
-        raise ImageRejected("unsupported_format", f"{image.format}; accepted: {', '.join(formats)}")
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise ImageRejected("not_an_image", f"invalid size {width}x{height}")
-    if width * height > max_pixels:
-        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
-    if max(width, height) > max_aspect_ratio * min(width, height):
-        raise ImageRejected("bad_dimensions", f"{width}x{height}: one side is more than {max_aspect_ratio:g} "
-                                              "times the other")
-    try:
-        scale = draft_factor(image.format, int(reduce))
-        if scale > 1 and image.draft(image.mode, (width // scale, height // scale)) is None:
-            scale = 1  # Pillow could not reduce this one (e.g. several tiles): full size
-        image.load()
-        orientation = exif_orientation(image)
-        pixels = _rgb(image)
-        image.close()  # the decoded original is no longer needed: only the 8-bit RGB pixels stay
-        pixels = _upright(pixels, orientation)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageRejected("truncated", f"the image does not decode fully: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a hostile body must be refused, never crash the caller
-        raise ImageRejected("undecodable", f"{type(exc).__name__}: {exc}") from None
-    size = (height, width) if orientation in SWAPS_SIDES else (width, height)
-    return Decoded(np.asarray(pixels, dtype=np.uint8), size, scale)
+    with OpenedImage(data) as opened:
+        return opened.decode(reduce, max_pixels, max_aspect_ratio, formats)
+
+
+class OpenedImage:
+    """Image bytes opened once by Pillow (the header parsed, nothing decoded): `header` (what `read_header`
+    gives), then `decode` (what `decode_scaled` gives) on the same open image. A context manager (closes it).
+
+    The open records Pillow's DecompressionBombWarning instead of raising it, so the header of a bomb is read
+    (`decode_cost` needs it); `decode` then refuses it (too_many_pixels) as an open that raised it would."""
+
+    def __init__(self, data: bytes):
+        self.image: Image.Image | None = None
+        self.refusal: ImageRejected | None = None  # what `decode` raises before anything else
+        self.header: Header | None = None
+        if not data:
+            self.refusal = ImageRejected("empty", "zero bytes")
+            return
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", Image.DecompressionBombWarning)
+                self.image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            self.refusal = ImageRejected("not_an_image", "the bytes are not a recognised image format")
+        except Image.DecompressionBombError as exc:
+            self.refusal = ImageRejected("too_many_pixels", str(exc))
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile headers
+            self.refusal = ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}")
+        for warning in caught:
+            if issubclass(warning.category, Image.DecompressionBombWarning):  # raised, it would have ended the open
+                self.refusal = ImageRejected("too_many_pixels", str(warning.message))
+            else:  # any other warning goes on as if not recorded
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if self.image is not None:
+            image = self.image
+            # what a `plain` upload needs from the header (read before `decode` changes the image: draft, load)
+            self._plain_header = (image.format in PLAIN_FORMATS and image.mode == "RGB"
+                                  and not getattr(image, "is_animated", False)
+                                  and getattr(image, "n_frames", 1) == 1 and "transparency" not in image.info)
+            try:
+                width, height = image.size
+                swapped = _header_orientation(image) in SWAPS_SIDES
+                self.header = Header(str(image.format), image.mode, (width, height),
+                                     (height, width) if swapped else (width, height))
+            except Exception:  # noqa: BLE001 - hostile headers raise many types; decode gives the reason
+                self.header = None
+
+    def __enter__(self) -> "OpenedImage":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.image is not None:
+            self.image.close()
+
+    def decode(self, reduce: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+               formats: tuple[str, ...] = ACCEPTED_FORMATS) -> Decoded:
+        """`decode_scaled` of the opened bytes (once: the image is closed after its pixels are read)."""
+        if self.refusal is not None:
+            raise self.refusal
+        image = self.image
+        if image.format not in formats:
+            raise ImageRejected("unsupported_format", f"{image.format}; accepted: {', '.join(formats)}")
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageRejected("not_an_image", f"invalid size {width}x{height}")
+        if width * height > max_pixels:
+            raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}")
+        if max(width, height) > max_aspect_ratio * min(width, height):
+            raise ImageRejected("bad_dimensions", f"{width}x{height}: one side is more than {max_aspect_ratio:g} "
+                                                  "times the other")
+        try:
+            scale = draft_factor(image.format, int(reduce))
+            if scale > 1 and image.draft(image.mode, (width // scale, height // scale)) is None:
+                scale = 1  # Pillow could not reduce this one (e.g. several tiles): full size
+            image.load()
+            orientation, upright = _orientation(image)
+            pixels = _rgb(image)
+            image.close()  # the decoded original is no longer needed: only the 8-bit RGB pixels stay
+            pixels = _upright(pixels, orientation)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageRejected("truncated", f"the image does not decode fully: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a hostile body must be refused, never crash the caller
+            raise ImageRejected("undecodable", f"{type(exc).__name__}: {exc}") from None
+        size = (height, width) if orientation in SWAPS_SIDES else (width, height)
+        return Decoded(np.asarray(pixels, dtype=np.uint8), size, scale, self._plain_header and upright)
 
 
 SIXTEEN_BIT_ROWS_PIXELS = 1 << 20  # pixels converted at a time from 16 to 8 bits (bounded temporaries)
@@ -215,11 +265,21 @@ def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1..8) of an opened image; 1 (as stored) without one, or when its EXIF is unreadable
     (a photo with a garbled EXIF block is still a photo)."""
+    return _orientation(image)[0]
+
+
+def _orientation(image: Image.Image) -> tuple[int, bool]:
+    """(exif_orientation, whether the image is stored upright: its EXIF is readable and has no orientation, or
+    orientation 1)."""
     try:
         value = image.getexif().get(ORIENTATION_TAG, 1)
-        return int(value) if int(value) in UPRIGHT else 1
     except Exception:  # noqa: BLE001 - hostile EXIF blocks raise many types
-        return 1
+        return 1, False
+    upright = value in (1, None)
+    try:
+        return (int(value) if int(value) in UPRIGHT else 1), upright
+    except Exception:  # noqa: BLE001 - a value that is not a number
+        return 1, upright
 
 
 def file_orientation(path) -> int:

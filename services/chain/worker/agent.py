@@ -40,10 +40,11 @@ from services.chain.worker.cropping import TritonDetector, UploaderBox
 from services.chain.worker.pipeline import (
     STAGE,
     PreparedSighting,
+    check_bucket,
     embedded_record,
     local_features,
     parse_event,
-    prepare,
+    prepare_fetched,
     species_scores,
 )
 from services.chain.worker.storage import worker_object_reader
@@ -59,7 +60,7 @@ from services.serving.triton_client.failures import classify
 log = logging.getLogger(__name__)
 REFUSALS_BEFORE_DEAD_LETTER = 3  # the model refused this one crop (a permanent error) this many times in a row
 REGISTRY_REFRESH_S = 3600.0  # re-register the served version this often (its Redis entry has a TTL)
-FETCH_THREADS_MAX = 32  # threads fetching and preparing one batch's sightings (at most worker_batch_size)
+FETCH_THREADS_MAX = 32  # threads decoding and cropping one batch's sightings (at most worker_batch_size)
 MODEL_CHECK_S = 5.0  # the timer's look at the ensemble's config (a Triton reload nobody announced)
 
 
@@ -179,7 +180,7 @@ class SightingWorker(ChainStage):
         self.embedded_topic = embedded_topic
         self._registered: tuple[str, float] = ("", 0.0)  # (model version, when) last registered in Redis
         self.pool = ThreadPoolExecutor(max(1, min(FETCH_THREADS_MAX, settings.worker_batch_size)),
-                                       thread_name_prefix="worker-fetch")
+                                       thread_name_prefix="worker-decode")
 
     async def handle_batch(self, raws: list[bytes]) -> None:
         """The agent's body: never raises (an unexpected exception is retried, then dead-lettered `internal_error`
@@ -206,7 +207,8 @@ class SightingWorker(ChainStage):
                 continue
             seen.add(event.sighting_id)
             fresh.append(event)
-        first = await asyncio.to_thread(self._prepare_batch, fresh)  # one hop to the loop for the whole batch
+        fetched = await asyncio.gather(*(self._fetch(event) for event in fresh), return_exceptions=True)  # on the loop
+        first = await asyncio.to_thread(self._prepare_batch, fresh, fetched)  # one thread hop for the whole batch
         prepared = await asyncio.gather(*(self._after_first_try(event, outcome)  # failures: retried or dead-lettered
                                           for event, outcome in zip(fresh, first, strict=True)),
                                         return_exceptions=True)  # all of them end before an error is raised
@@ -217,12 +219,24 @@ class SightingWorker(ChainStage):
         if todo:
             await self._embed_and_publish(todo)
 
-    def _prepare_batch(self, events) -> list:
-        """The first try of each event's `prepare` on the fetch pool (the S3 GETs of a batch overlap), waited for
-        in this thread: the prepared sighting or the exception, per event."""
-        futures = [self.pool.submit(prepare, event, self.objects, self.settings, self.crop_steps) for event in events]
+    async def _fetch(self, event) -> bytes:
+        """The event's object, read on the event loop (the GETs of a batch overlap): ObjectReader.fetch_async."""
+        check_bucket(event, self.settings)
+        with self.timed_step("fetch"):
+            return await self.objects.fetch_async(event.bucket, event.key, self.settings.max_upload_bytes)
+
+    def _prepare_batch(self, events, fetched) -> list:
+        """The first try of each event's `prepare_fetched` on the decode pool (the decodes of a batch overlap),
+        waited for in this thread: the prepared sighting or the exception (of the fetch or of the decode), per
+        event."""
+        futures = [data if isinstance(data, BaseException) else
+                   self.pool.submit(prepare_fetched, event, data, self.settings, self.crop_steps)
+                   for event, data in zip(events, fetched, strict=True)]
         outcomes = []
         for future in futures:
+            if isinstance(future, BaseException):
+                outcomes.append(future)
+                continue
             try:
                 outcomes.append(future.result())
             except Exception as exc:  # noqa: BLE001 - handled per event by _after_first_try
@@ -244,16 +258,15 @@ class SightingWorker(ChainStage):
 
     async def _prepare_one(self, event) -> PreparedSighting | None:
         try:
-            return await self.retry(f"sighting {event.sighting_id}", lambda: self._in_pool(
-                prepare, event, self.objects, self.settings, self.crop_steps))
+            return await self.retry(f"sighting {event.sighting_id}", lambda: self._fetch_and_prepare(event))
         except PermanentFailure as exc:
             await self.dead_letter(exc, event.asdict(), event.sighting_id)
             return None
 
-    def _in_pool(self, fn, *args):
-        """`fn(*args)` on the worker's fetch pool (one thread per sighting of a full batch: the S3 GETs of a batch
-        overlap instead of queueing on asyncio's small default pool)."""
-        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    async def _fetch_and_prepare(self, event) -> PreparedSighting:
+        data = await self._fetch(event)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, prepare_fetched, event, data,
+                                                                self.settings, self.crop_steps)
 
     async def _embed(self, batch: list[PreparedSighting], served: ServedModel):
         """Embeddings of a batch. Transient Triton failures (overload, timeouts, unavailable, model not loaded)
@@ -396,6 +409,10 @@ def build_worker_app(settings: Settings, web_port: int):
                 return self.json({"error": "Triton did not answer; the worker reads it again at its next batch"},
                                  status=503)
             return self.json({"model_version": served.version, "model_ids": list(served.model_ids)})
+
+    @app.on_before_shutdown.connect
+    async def close_s3_pool(app, **kwargs):  # the consumer has stopped: no GET is in flight any more
+        await worker.objects.close()
 
     app.whaleid_worker = worker
     return app

@@ -1,9 +1,10 @@
 """What the worker does to one uploaded sighting, without Kafka: fetch, validate, crop, encode; then embed a batch.
 
-Every function here is synchronous (urllib3, Pillow, tritonclient); the Faust agent runs them in threads.
+Every function here is synchronous (Pillow, tritonclient); the Faust agent runs them in threads, after fetching
+the objects on its event loop (`prepare_fetched`; `prepare` fetches with the synchronous `ObjectReader.fetch`).
 
 What goes to Triton (`PreparedSighting.payload(formats)`; the served models decode it with `decode_image`):
-- no box (crop source `full`) and a plain upload (`plain_upload`: one-frame 8-bit RGB JPEG or PNG, no EXIF
+- no box (crop source `full`) and a plain upload (`Decoded.plain`: one-frame 8-bit RGB JPEG or PNG, no EXIF
   rotation, no transparency): the uploaded bytes themselves, which any decoder (the ensemble's `decode_image`,
   a model's own Pillow `open().convert("RGB")`) turns into exactly the pixels the worker validated: no
   re-encoding, nothing lost;
@@ -15,7 +16,8 @@ What goes to Triton (`PreparedSighting.payload(formats)`; the served models deco
   95 (4:4:4) the embeddings of the same crop moved to a mean cosine of 0.88 with the demo's trained lite0
   (quality 100: 0.99), and its leave-one-out MAP@5 fell from 0.755 to 0.724.
 
-Memory (`prepare`): a sighting's decode waits for room in the worker's decode budget (`worker_decode_budget_mb`,
+Each upload is opened once (services.core.imaging.OpenedImage: the header, the decode and the plain-upload
+check share one Pillow open). Memory (`prepare`): a sighting's decode waits for room in the worker's decode budget (`worker_decode_budget_mb`,
 the cost estimated from the image header: services.chain.worker.decode_budget), so a batch of small files of many
 pixels is decoded a few at a time instead of all at once; a large JPEG is decoded at 1/2, 1/4 or 1/8 of its size
 when its box (or the whole photo, with no detector loaded) keeps MODEL_PIXELS_MIN_SIDE pixels a side; and only
@@ -26,7 +28,6 @@ without one); a 40 MP 16-bit PNG alone decodes at 214 MB (760 MB before its 64-b
 
 from __future__ import annotations
 
-import io
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -41,13 +42,11 @@ from services.chain.worker.storage import ObjectReader
 from services.core import topics
 from services.core.errors import DataError
 from services.core.imaging import (
-    Decoded,
     Header,
     ImageRejected,
-    decode_scaled,
+    OpenedImage,
     encode_png,
     encode_ppm,
-    read_header,
     validate_box,
 )
 from services.core.metrics import STEP_LATENCY, timed
@@ -79,27 +78,6 @@ class PreparedSighting:
     @property
     def image(self) -> bytes:  # for a build that reads only upload formats (PNG for anything re-encoded)
         return self.payload()
-
-
-PLAIN_FORMATS = frozenset({"JPEG", "PNG"})
-EXIF_ORIENTATION = 0x0112
-
-
-def plain_upload(data: bytes, image) -> bool:
-    """True when `data` is an image whose plain decoding is `image` (the validated pixels; or a `Decoded`, which
-    may be reduced: its size as uploaded is compared) with nothing left to normalise: one frame, 8-bit RGB,
-    JPEG or PNG, upright (no EXIF orientation other than 1), no transparency. Reads the header only."""
-    if isinstance(image, Decoded):
-        image = np.empty((image.size[1], image.size[0], 3), dtype=np.uint8)  # the shape only (nothing written)
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            return (header.format in PLAIN_FORMATS and header.mode == "RGB"
-                    and not getattr(header, "is_animated", False) and getattr(header, "n_frames", 1) == 1
-                    and "transparency" not in header.info
-                    and header.getexif().get(EXIF_ORIENTATION, 1) in (1, None)
-                    and tuple(image.shape) == (header.height, header.width, 3))
-    except Exception:  # noqa: BLE001 - anything unusual: re-encode
-        return False
 
 
 def parse_event(raw: bytes) -> topics.SightingUploaded:
@@ -162,39 +140,51 @@ def prepare(event: topics.SightingUploaded, objects: ObjectReader, settings: Set
     large JPEG is decoded at the reduced size its box (or the whole photo) needs (`_reduction`; the box, in
     the uploaded image's coordinates, is mapped onto the reduced pixels and recorded as given), and only the
     crop's pixels (`_held`) outlive the decode."""
-    if event.bucket != settings.sightings_bucket:
-        raise PermanentFailure("wrong_bucket", f"{event.bucket!r} is not the sightings bucket")
+    check_bucket(event, settings)
     with timed(STEP_LATENCY, stage=STAGE, step="fetch"):
         data = objects.fetch(event.bucket, event.key, settings.max_upload_bytes)
-    header = read_header(data)
-    reduce = _reduction(header, event.metadata, crop_steps)
-    budget = budget if budget is not None else shared_budget(settings.worker_decode_budget_mb)
-    cost = decode_cost(header, reduce, settings.max_image_pixels)
-    with budget.hold(cost) if budget is not None else nullcontext():
-        with timed(STEP_LATENCY, stage=STAGE, step="validate"):
-            try:
-                decoded = decode_scaled(data, reduce, max_pixels=settings.max_image_pixels)
-            except ImageRejected as exc:
-                raise PermanentFailure(exc.reason, exc.detail) from None
-        image = decoded.pixels
-        with timed(STEP_LATENCY, stage=STAGE, step="crop"):
-            metadata = event.metadata
-            box = (metadata or {}).get("crop_box")
-            scaled = decoded.scale != 1 and box is not None
-            try:
-                if scaled:  # the uploader's box onto the reduced pixels; the record keeps it as given
-                    given = [float(v) for v in validate_box(box, *decoded.size)]
-                    metadata = {**metadata, "crop_box": decoded.to_pixels(given)}
-                crop = crop_sighting(image, metadata, crop_steps)
-            except DataError as exc:
-                raise PermanentFailure("bad_box", str(exc)) from None
-            if scaled and crop.box is not None and crop.source == "uploader":
-                crop = Crop(crop.pixels, given, crop.source)
-            elif decoded.scale != 1 and crop.box is not None:  # a detector that became ready meanwhile
-                crop = Crop(crop.pixels, decoded.to_original(crop.box), crop.source)
-            plain = crop.box is None and crop.pixels is image and plain_upload(data, decoded)
-            crop = Crop(_held(crop.pixels, crop.pixels is not image), crop.box, crop.source)
-        del image, decoded
+    return prepare_fetched(event, data, settings, crop_steps, budget)
+
+
+def check_bucket(event: topics.SightingUploaded, settings: Settings) -> None:
+    """PermanentFailure (`wrong_bucket`) for an event of another bucket than the sightings bucket (not fetched)."""
+    if event.bucket != settings.sightings_bucket:
+        raise PermanentFailure("wrong_bucket", f"{event.bucket!r} is not the sightings bucket")
+
+
+def prepare_fetched(event: topics.SightingUploaded, data: bytes, settings: Settings, crop_steps: list[CropStep],
+                    budget: DecodeBudget | None = None) -> PreparedSighting:
+    """`prepare` of an object already fetched (`data`; the worker fetches on its event loop: ObjectReader.fetch_async)."""
+    with OpenedImage(data) as opened:  # one Pillow open for the header and the decode
+        header = opened.header
+        reduce = _reduction(header, event.metadata, crop_steps)
+        budget = budget if budget is not None else shared_budget(settings.worker_decode_budget_mb)
+        cost = decode_cost(header, reduce, settings.max_image_pixels)
+        with budget.hold(cost) if budget is not None else nullcontext():
+            with timed(STEP_LATENCY, stage=STAGE, step="validate"):
+                try:
+                    decoded = opened.decode(reduce, max_pixels=settings.max_image_pixels)
+                except ImageRejected as exc:
+                    raise PermanentFailure(exc.reason, exc.detail) from None
+            image = decoded.pixels
+            with timed(STEP_LATENCY, stage=STAGE, step="crop"):
+                metadata = event.metadata
+                box = (metadata or {}).get("crop_box")
+                scaled = decoded.scale != 1 and box is not None
+                try:
+                    if scaled:  # the uploader's box onto the reduced pixels; the record keeps it as given
+                        given = [float(v) for v in validate_box(box, *decoded.size)]
+                        metadata = {**metadata, "crop_box": decoded.to_pixels(given)}
+                    crop = crop_sighting(image, metadata, crop_steps)
+                except DataError as exc:
+                    raise PermanentFailure("bad_box", str(exc)) from None
+                if scaled and crop.box is not None and crop.source == "uploader":
+                    crop = Crop(crop.pixels, given, crop.source)
+                elif decoded.scale != 1 and crop.box is not None:  # a detector that became ready meanwhile
+                    crop = Crop(crop.pixels, decoded.to_original(crop.box), crop.source)
+                plain = crop.box is None and crop.pixels is image and decoded.plain
+                crop = Crop(_held(crop.pixels, crop.pixels is not image), crop.box, crop.source)
+            del image, decoded
     # the whole photo as uploaded (every decoder turns it into these very pixels), else the pixels (encoded at
     # embed time, in the format the served build reads)
     return PreparedSighting(event, crop, data if plain else None)
