@@ -85,23 +85,30 @@ class ChainStage:
         The records go to the app's producer itself (`Producer.send`: aiokafka's queue, partitioned by key as
         `topic.send` would), not through Faust's topic layer, whose per-record FutureMessage, schema and sensor
         callbacks cost more than the produce (the values are raw bytes already); every acknowledgement is still
-        awaited before the caller marks anything."""
+        awaited before the caller marks anything. The app's sensors (Faust's Monitor: `messages_sent`,
+        `messages_sent_by_topic`, `send_latency`, `send_errors`, what Faust's stats page shows where it is served:
+        `web_stats_enabled`, off by default) are told of each record as the topic layer tells them (`_count_sends`)."""
         if not items:
             return
         backoff = self.backoff()
         pending = list(items)
         name = topic.get_topic_name()
+        sensors = topic.app.sensors
         while pending:
-            futures = []
+            futures, states = [], []
+            producer = None
             try:
                 producer = await topic.app.maybe_start_producer()
                 for key, value in pending:
-                    futures.append(await producer.send(name, key.encode(), value, None, None, None))
+                    encoded = key.encode()
+                    states.append(sensors.on_send_initiated(producer, name, None, len(encoded), len(value)))
+                    futures.append(await producer.send(name, encoded, value, None, None, None))
             except Exception as exc:  # noqa: BLE001 - the producer refused to queue: retry the rest
                 error: BaseException | None = exc
             else:
                 error = None
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            _count_sends(sensors, producer, states, outcomes)
             failed = [item for item, outcome in zip(pending, outcomes, strict=False) if isinstance(outcome, BaseException)]
             pending = failed + pending[len(futures):]
             if not pending:
@@ -165,3 +172,15 @@ class ChainStage:
         except Exception:  # noqa: BLE001 - not even the dead letter went out: the reconciler re-drives it
             log.exception("%s: sighting %s could not be dead-lettered after an unexpected error", self.stage,
                           sighting_id or "?")
+
+
+def _count_sends(sensors, producer, states: list, outcomes: list) -> None:
+    """Tell the app's sensors how each record queued by `ChainStage.send_many` ended (acknowledged: its send
+    latency; failed, or never queued after `on_send_initiated`: a send error), as Faust's topic layer does."""
+    for index, state in enumerate(states):
+        outcome = outcomes[index] if index < len(outcomes) else None
+        if index < len(outcomes) and not isinstance(outcome, BaseException):
+            sensors.on_send_completed(producer, state, outcome)
+        else:
+            sensors.on_send_error(producer, outcome if isinstance(outcome, BaseException)
+                                  else RuntimeError("not queued"), state)
