@@ -1,6 +1,6 @@
-"""The worker's S3 reads (services.chain.worker.storage.ObjectReader: botocore's SigV4 signer + one urllib3 pool, not
-boto3's get_object) against the real servers: SeaweedFS (the session stack) and moto (the AWS path). The same
-bytes as boto3 for keys that need quoting; each refusal with its reason; an S3 that does not answer is transient
+"""The worker's S3 reads (services.chain.worker.storage.ObjectReader: the worker's own SigV4 signing + aiohttp on
+the event loop, not boto3's get_object) against the real servers: SeaweedFS (the session stack) and moto (the AWS
+path). The same bytes as boto3 for keys that need quoting; each refusal with its reason; an S3 that does not answer is transient
 (the worker retries), never a dead letter."""
 
 from __future__ import annotations
