@@ -143,6 +143,7 @@ def _info(info: dict) -> dict:
 INT8_VARIANTS = {  # precision name -> quantize_int8 keywords; "int8" is what `whaleid export --precision int8` writes
     "int8": {},
     "int8_mixed12": {"fp32_leading_convs": quantize.MIXED_FP32_LEADING_CONVS},  # the first 12 Convs fp32
+    "int8_s8": {"u8_weights": "none"},  # every dense Conv's weights int8 (U8S8, saturating on AVX2 without VNNI)
 }
 
 
@@ -239,7 +240,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
     models = list(result["models"])
     fig, axes = plt.subplots(1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.6))
-    colours = {"fp32": "#888", "bf16": "#49c", "int8": "#2a7", "int8_mixed12": "#c84"}
+    colours = {"fp32": "#888", "bf16": "#49c", "int8": "#2a7", "int8_mixed12": "#c84", "int8_s8": "#7a4"}
     for ax, name in zip(axes, models, strict=False):
         row = result["models"][name]
         precisions = list(row["precisions"])
@@ -308,7 +309,7 @@ def benchmark(work: Path = RESULTS / "embedder_work", run: Path | None = None, t
         calibration = quantize.calibration_crops(train_data, meta["image_size"], calibration_images,
                                                  box_source=meta["eval_box_source"])
         result["models"]["lite2"] = bench_model("lite2", fp32, meta, calibration, heldout, limit, rounds, True,
-                                                max_queries, ("int8",))
+                                                max_queries, ("int8", "int8_s8"))
     if b5:
         fp32, meta = b5_model(work, b5_size)
         calibration = quantize.calibration_crops(train_data, b5_size, min(calibration_images, 16),

@@ -111,9 +111,97 @@ def fp32_ends(nodes: Sequence) -> tuple[list[str], list[str]]:
     return [n.name for n in nodes[:convs[0]]], [n.name for n in nodes[min(start, first_matmul):]]
 
 
+U8_WEIGHTS = ("auto", "none", "dense")  # which dense Convs take uint8 weights (quantize_int8's u8_weights)
+U8_SWEEP_IMAGES = 8  # calibration crops the auto sweep compares embeddings on
+U8_MIN_GAIN = 0.0005  # mean embedding cosine to fp32 a Conv's uint8 weights must gain to be kept
+
+
+def dense_convs(model) -> dict[str, Any]:
+    """{name: weight DequantizeLinear node} of the QDQ model's Convs with group 1 whose weights are an int8
+    initializer (the depthwise Convs run another kernel, which accumulates in int32)."""
+    initializers = {i.name for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    out = {}
+    for node in model.graph.node:
+        dequantize = producers.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if dequantize is not None and dequantize.op_type == "DequantizeLinear" and group == 1 \
+                and dequantize.input[0] in initializers:
+            out[node.name] = dequantize
+    return out
+
+
+def uint8_weights(model, convs: Sequence[str]):
+    """The chosen Convs' symmetric int8 weights stored as uint8 with zero point 128, in place: the dequantised
+    weights are the same numbers, but onnxruntime runs those Convs with its U8U8 kernel instead of U8S8. On x86
+    without VNNI (AVX2 only) U8S8 multiplies with VPMADDUBSW, which adds each pair of uint8 x int8 products into
+    a saturating int16: two activations near 255 times two same-sign weights near 127 overflow it (measured on
+    the general identifier here: embedding cosine to fp32 0.967 on nyala test, 0.9957 with every dense Conv's
+    weights uint8, which is also what the QDQ graph gives computed in fp32). Returns `model`."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    table = dense_convs(model)
+    for name in convs:
+        dequantize = table[name]
+        tensor = initializers[dequantize.input[0]]
+        weights = numpy_helper.to_array(tensor)
+        if weights.dtype != np.int8:
+            raise ValueError(f"{name}: weights are {weights.dtype}, expected int8")
+        zero = numpy_helper.to_array(initializers[dequantize.input[2]]) if len(dequantize.input) > 2 else np.zeros(1)
+        if np.any(zero != 0):
+            raise ValueError(f"{name}: asymmetric int8 weights (zero point != 0) cannot be moved to uint8")
+        tensor.CopyFrom(numpy_helper.from_array((weights.astype(np.int16) + 128).astype(np.uint8), tensor.name))
+        zero_name = f"{dequantize.input[0]}_u8_zero_point"
+        model.graph.initializer.append(numpy_helper.from_array(np.full(np.shape(zero), 128, np.uint8), zero_name))
+        if len(dequantize.input) > 2:
+            dequantize.input[2] = zero_name
+        else:
+            dequantize.input.append(zero_name)
+    return model
+
+
+def _mean_cosine(reference: np.ndarray, other: np.ndarray) -> float:
+    return float(np.mean(np.sum(reference * other, axis=1)
+                         / (np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1))))
+
+
+def saturating_convs(int8_path: Path, fp32_path: Path, crops: np.ndarray,
+                     min_gain: float = U8_MIN_GAIN) -> dict[str, float]:
+    """{Conv: gain} of the dense Convs whose uint8 weights alone raise the mean embedding cosine to fp32 on
+    `crops` by more than `min_gain` on this machine (one session per Conv, after one with every dense Conv's weights
+    uint8: where that gains nothing, e.g. where U8S8 does not saturate (VNNI, AMX), none is tried or chosen)."""
+    import onnx
+
+    base = onnx.load(str(int8_path))
+    candidates = list(dense_convs(base))
+    reference = embed_crops(fp32_path, crops)
+    trial = Path(int8_path).with_name(Path(int8_path).stem + ".trial.onnx")
+
+    def cosine(model) -> float:
+        onnx.save(model, str(trial))
+        return _mean_cosine(reference, embed_crops(trial, crops))
+
+    try:
+        before = cosine(base)
+        gains = {}
+        if candidates and cosine(uint8_weights(onnx.load(str(int8_path)), candidates)) - before <= min_gain:
+            candidates = []  # no saturation here (VNNI/AMX, or none in this model): one trial, not one per Conv
+        for name in candidates:
+            model = onnx.load(str(int8_path))
+            gains[name] = cosine(uint8_weights(model, [name])) - before
+    finally:
+        trial.unlink(missing_ok=True)
+    chosen = {name: round(gain, 5) for name, gain in sorted(gains.items(), key=lambda kv: -kv[1]) if gain > min_gain}
+    log.info("int8: %d of %d dense Convs gain > %.4f cosine with uint8 weights (base cosine %.4f)", len(chosen),
+             len(candidates), min_gain, before)
+    return chosen
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, crops: np.ndarray, *, per_channel: bool = True,
                   input_name: str = "image", fp32_leading_convs: int = DEFAULT_FP32_LEADING_CONVS,
-                  fp32_head: bool = True, fp32_input: bool = True, calibration: str = "minmax") -> dict[str, Any]:
+                  fp32_head: bool = True, fp32_input: bool = True, calibration: str = "minmax",
+                  u8_weights: str = "auto") -> dict[str, Any]:
     """Static QDQ int8 quantisation of `fp32_path` calibrated on `crops`; returns what was done (manifest).
 
     Mixed precision (optional): the first `fp32_leading_convs` Convs stay fp32 (the high-resolution early blocks
@@ -123,7 +211,11 @@ def quantize_int8(fp32_path: Path, out_path: Path, crops: np.ndarray, *, per_cha
     head (every node after the last Conv and its activation: pooling, embedding MatMul, BatchNorm, L2
     normalisation, species) stays fp32, with `fp32_input` the input's rescaling before the first Conv (fp32_ends);
     every other Conv runs in int8. `calibration`: minmax (default), percentile or entropy (onnxruntime's
-    CalibrationMethod)."""
+    CalibrationMethod). `u8_weights`: `auto` (default) gives uint8 weights to the dense Convs whose int16 pair
+    sums saturate on this machine (saturating_convs, on U8_SWEEP_IMAGES calibration crops), `dense` to every
+    dense Conv, `none` to none (uint8_weights)."""
+    if u8_weights not in U8_WEIGHTS:
+        raise ValueError(f"u8_weights must be one of {', '.join(U8_WEIGHTS)} (got {u8_weights!r})")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -169,11 +261,20 @@ def quantize_int8(fp32_path: Path, out_path: Path, crops: np.ndarray, *, per_cha
         prepared.unlink(missing_ok=True)
         for leftover in out_path.parent.glob("augmented_model*.onnx"):
             leftover.unlink(missing_ok=True)
+    gains: dict[str, float] = {}
+    if u8_weights != "none":
+        if u8_weights == "auto":
+            gains = saturating_convs(out_path, Path(fp32_path), crops[:U8_SWEEP_IMAGES])
+        chosen = list(gains) if u8_weights == "auto" else list(dense_convs(onnx.load(str(out_path))))
+        if chosen:
+            onnx.save(uint8_weights(onnx.load(str(out_path)), chosen), str(out_path))
+        gains = gains or dict.fromkeys(chosen, None)
     info = {"method": "onnxruntime static quantisation", "format": "QDQ", "weights": "int8 per-channel" if per_channel
             else "int8 per-tensor", "activations": "uint8 asymmetric", "calibration": CALIBRATIONS[calibration],
             "calibration_images": int(len(crops)), "compute": "int8", "dead_channels_revived": revived,
             "fp32_nodes": {"leading_convs": min(len(convs), max(0, fp32_leading_convs)), "of_convs": len(convs),
-                           "head_nodes": len(head), "input_nodes": len(inputs)}, "seconds": round(time.perf_counter() - started, 1)}
+                           "head_nodes": len(head), "input_nodes": len(inputs)},
+            "uint8_weights": {"mode": u8_weights, "convs": gains}, "seconds": round(time.perf_counter() - started, 1)}
     log.info("int8: quantised %s -> %s (%d calibration crops, %.1f s)", fp32_path, out_path, len(crops),
              info["seconds"])
     return info

@@ -98,3 +98,63 @@ def test_the_old_layout_quantises_the_ends_when_asked(tmp_path):
     assert info["calibration"] == "Percentile"
     model = onnx.load(str(tmp_path / "model.int8.onnx"))
     assert [n.op_type for n in model.graph.node if "image" in n.input] == ["QuantizeLinear"]
+
+
+def _session(path, optimised=True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not optimised:  # the QDQ graph as written: Q/DQ in float, the Convs in fp32 (no integer kernel)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _dequantised_weights(model):
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for name, dequantize in quantize.dense_convs(model).items():
+        q, scale, zero = (inits[dequantize.input[i]] for i in range(3))
+        out[name] = (q.astype(np.float32) - zero.astype(np.float32).reshape(-1, 1, 1, 1)) * scale.reshape(-1, 1, 1, 1)
+    return out
+
+
+def test_uint8_weights_are_the_same_numbers_and_give_the_qdq_graphs_own_output(tmp_path):
+    _embedder(tmp_path / "model.onnx")
+    crops = np.random.default_rng(1).uniform(0, 255, (8, SIZE, SIZE, 3)).astype(np.float32)
+    info = quantize.quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", crops, u8_weights="none")
+    assert info["uint8_weights"] == {"mode": "none", "convs": {}}
+    int8 = onnx.load(str(tmp_path / "int8.onnx"))
+    assert sorted(quantize.dense_convs(int8)) == ["conv1", "conv2"]
+    before = _dequantised_weights(int8)
+    converted = quantize.uint8_weights(int8, ["conv1", "conv2"])
+    onnx.save(converted, str(tmp_path / "u8.onnx"))
+    inits = {i.name: i for i in converted.graph.initializer}
+    assert all(numpy_helper.to_array(inits[d.input[0]]).dtype == np.uint8
+               for d in quantize.dense_convs(converted).values())
+    after = _dequantised_weights(converted)
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+    # the integer kernels on uint8 weights compute what the QDQ graph means (its fp32 reading), on any x86
+    simulated = _session(tmp_path / "int8.onnx", optimised=False).run(None, {"image": crops})[0]
+    kernel = _session(tmp_path / "u8.onnx").run(None, {"image": crops})[0]
+    assert np.min(np.sum(simulated * kernel, axis=1)) > 0.999
+
+
+def test_u8_weights_dense_takes_every_dense_conv_and_auto_only_those_that_gain(tmp_path):
+    _embedder(tmp_path / "model.onnx")
+    crops = np.random.default_rng(1).uniform(0, 255, (8, SIZE, SIZE, 3)).astype(np.float32)
+    info = quantize.quantize_int8(tmp_path / "model.onnx", tmp_path / "dense.onnx", crops, u8_weights="dense")
+    assert info["uint8_weights"] == {"mode": "dense", "convs": {"conv1": None, "conv2": None}}
+    assert _session(tmp_path / "dense.onnx").run(None, {"image": crops})[0].shape == (8, CHANNELS)
+    quantize.quantize_int8(tmp_path / "model.onnx", tmp_path / "none.onnx", crops, u8_weights="none")
+    every = quantize.saturating_convs(tmp_path / "none.onnx", tmp_path / "model.onnx", crops, min_gain=-1.0)
+    assert sorted(every) == ["conv1", "conv2"] and all(-1.0 < gain < 1.0 for gain in every.values())
+    assert quantize.saturating_convs(tmp_path / "none.onnx", tmp_path / "model.onnx", crops, min_gain=1.0) == {}
+    assert sorted(tmp_path.iterdir()) == sorted(tmp_path / n for n in ("model.onnx", "dense.onnx", "none.onnx"))
+
+
+def test_an_unknown_u8_weights_mode_is_refused_before_any_work(tmp_path):
+    _embedder(tmp_path / "model.onnx")
+    crops = np.zeros((2, SIZE, SIZE, 3), np.float32)
+    with pytest.raises(ValueError, match="u8_weights must be one of auto, none, dense"):
+        quantize.quantize_int8(tmp_path / "model.onnx", tmp_path / "int8.onnx", crops, u8_weights="all")
+    assert not (tmp_path / "int8.onnx").exists()
