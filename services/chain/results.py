@@ -18,6 +18,7 @@ A TTL or maxlen of 0 means none.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import redis
 
@@ -163,25 +164,99 @@ def new_individual_record(identification: topics.Identification) -> topics.NewIn
 
 
 def announce_many(client: redis.Redis, identifications: list[topics.Identification], marker_ttl_s: int = 0,
-                  maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM) -> list[bool]:
-    """`announce` of a batch: the same atomic script per sighting (marker + XADD), all in one round trip."""
+                  maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM,
+                  encoded: list[bytes] | None = None) -> list[bool]:
+    """`announce` of a batch: the same atomic script per sighting (marker + XADD), all in one round trip.
+    `encoded[i]`: the identification's JSON when the caller has it (the stored value, see `store_results`)."""
     if not identifications:
         return []
+    encoded = encoded if encoded is not None else [i.to_json() for i in identifications]
+    return [bool(reply) for reply in _run_script(client, _ANNOUNCE_ONCE, [
+        ((announced_key(i.sighting_id), stream, UNANNOUNCED_INDEX),
+         (i.sighting_id, as_json, int(maxlen), int(marker_ttl_s)))
+        for i, as_json in zip(identifications, encoded, strict=True)])]
 
-    sha = hashlib.sha1(_ANNOUNCE_ONCE.encode()).hexdigest()
+
+_STORE_RESULT = """
+if ARGV[1] ~= '' then
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[1])
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1}
+end
+local earlier = redis.call('GET', KEYS[3])
+if not earlier then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+  else
+    redis.call('SET', KEYS[3], ARGV[3])
+  end
+end
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
+if earlier then
+  return {0, earlier}
+end
+return {0}
+"""
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """What `store_results` found for one sighting."""
+
+    identification: topics.Identification  # the stored result: the earlier one on re-delivery
+    encoded: bytes  # its JSON, as stored (what the topics and the stream entry carry)
+    announced: bool  # announced before (a re-delivery): nothing was stored, the caller skips it
+
+
+def store_results(client: redis.Redis, identifications: list[topics.Identification],
+                  embeddings: list[bytes | None] | None = None, embedding_ttl_s: int = 0,
+                  result_ttl_s: int = 0) -> list[StoredResult]:
+    """The matcher's after-search writes of a batch in one round trip: per sighting one atomic script that
+    stores the embedding (`embeddings[i]`, the SightingEmbedded JSON; None: left as stored), then, unless the
+    sighting was announced before, writes the result unless one exists (first one wins, as `store_identification`)
+    and adds it to `identifications:unannounced`. The embedding is written before the result, so a reader that
+    finds the result finds the embedding (confirmations re-index with it)."""
+    if not identifications:
+        return []
+    encoded = [i.to_json() for i in identifications]
+    embeddings = embeddings if embeddings is not None else [None] * len(identifications)
+    replies = _run_script(client, _STORE_RESULT, [
+        ((embedding_key(i.sighting_id), announced_key(i.sighting_id), identification_key(i.sighting_id),
+          UNANNOUNCED_INDEX),
+         (embedding or b"", int(embedding_ttl_s), as_json, int(result_ttl_s), i.sighting_id, i.identified_at))
+        for i, as_json, embedding in zip(identifications, encoded, embeddings, strict=True)])
+    out = []
+    for identification, as_json, reply in zip(identifications, encoded, replies, strict=True):
+        if len(reply) > 1:  # a re-delivery found the first result
+            earlier = reply[1].encode() if isinstance(reply[1], str) else bytes(reply[1])
+            out.append(StoredResult(topics.Identification.from_json(earlier), earlier, False))
+        else:
+            out.append(StoredResult(identification, as_json, bool(reply[0])))
+    return out
+
+
+def _run_script(client: redis.Redis, script: str, calls: list[tuple[tuple, tuple]]) -> list:
+    """`script` once per (keys, args) of `calls`, in one round trip (a pipeline of EVALSHA: no SCRIPT EXISTS
+    before each batch; a Redis that does not know the script yet, new or restarted, gets it and the pipeline
+    again, none of whose calls ran). The replies in order; TransientFailure when Redis is unavailable."""
+    sha = hashlib.sha1(script.encode()).hexdigest()
 
     def run():
-        for attempt in range(2):  # EVALSHA: no SCRIPT EXISTS round trip before each batch's pipeline
+        for attempt in range(2):
             with client.pipeline(transaction=False) as pipe:
-                for identification in identifications:
-                    pipe.evalsha(sha, 3, announced_key(identification.sighting_id), stream, UNANNOUNCED_INDEX,
-                                 identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s))
+                for keys, args in calls:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
                 try:
-                    return [bool(reply) for reply in pipe.execute()]
-                except redis.exceptions.NoScriptError:  # a new (or restarted) Redis: none of them ran
+                    return pipe.execute()
+                except redis.exceptions.NoScriptError:
                     if attempt:
                         raise
-                    client.script_load(_ANNOUNCE_ONCE)
+                    client.script_load(script)
         return []
 
     return _redis_call(run)

@@ -5,9 +5,10 @@ Why Faust (not a kafka-python loop): the same consumer-group, commit and retry s
 the stage's Faust web port) for re-indexing to ask for an immediate hot swap.
 
 Delivery is at least once, made idempotent by the sighting id (docs/interfaces.md, "Delivery"):
-- Redis: the embedding is stored (`embedding:<id>`, idempotent overwrite); the result is written with SET NX (a
-  re-delivered event finds the first result and re-uses it); the stream entry is added once (the `announced:<id>`
-  marker and the XADD are one atomic script). So a re-delivery yields at most one result and one stream entry.
+- Redis: the embedding is stored (`embedding:<id>`, idempotent overwrite) and the result written unless one exists
+  (a re-delivered event finds the first result and re-uses it; one announced before is skipped), one atomic script
+  per sighting after the search; the stream entry is added once (the `announced:<id>` marker and the XADD are one
+  atomic script). So a re-delivery yields at most one result and one stream entry.
 - Kafka topics `identifications` / `new-individuals`: at least once. A crash after producing and before the
   `announced:` marker re-produces on re-delivery, with the same key (the sighting id, also the records'
   `sighting_id` field) and the same content (the stored first result): consumers dedupe by key.
@@ -29,10 +30,11 @@ import numpy as np
 from services.chain import markers, parking, results
 from services.chain.failures import PermanentFailure
 from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
-from services.chain.matcher.matching import Matcher, ModelState
+from services.chain.matcher.matching import Matcher, ModelState, limit_search_threads
 from services.chain.stage import ChainStage
 from services.core import topics
 from services.core.access.admin_gate import AdminGate
+from services.core.keys import IDENTIFICATIONS_STREAM
 from services.core.metrics import END_TO_END_LATENCY, EVENTS, IDENTIFICATIONS, serve_metrics
 from services.core.model_versions import VersionCheck, VersionChecker
 from services.core.service_ports import default_port
@@ -62,34 +64,50 @@ class SightingMatcher(ChainStage):
         await self.handle_guarded(list(raws), self._handle_batch)
 
     async def _handle_batch(self, raws: list[bytes]) -> None:
-        records, encoded = [], []
+        """Parse, rank, then one Redis round trip for the results (`results.store_results`: embedding, the
+        announced check, result) and one for the stream entries (`results.announce_many`) around the produce.
+        The announced check is not made before the search: the search writes nothing, so a re-delivery of an
+        announced sighting is ranked (rarely: after a crash or a rebalance) and then skipped by `store_results`;
+        the two paths that write without a result, parking and dead-lettering, check first (`_unannounced`)."""
+        records, embeddings = [], {}
         for raw in raws:
             try:
                 record, as_json = _parse(raw)
-                records.append(record)
-                encoded.append(as_json)
             except PermanentFailure as exc:
                 original = decode_original(raw)
                 sighting_id = original.get("sighting_id", "") if isinstance(original, dict) else ""
                 await self.dead_letter(exc, original, str(sighting_id))
-        announced = await self.in_thread("store embeddings", results.store_embeddings_and_check, self.redis, records,
-                                         self.settings.redis_embedding_ttl_s, encoded)  # one round trip for the batch
-        fresh, seen = [], set()
-        for record, done in zip(records, announced, strict=True):
-            if done or record.sighting_id in seen:
-                EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
-                log.info("sighting %s: already identified, skipping the duplicate", record.sighting_id)
-            else:
-                seen.add(record.sighting_id)
-                fresh.append(record)
-        if not fresh:
+                continue
+            if record.sighting_id in embeddings:
+                _skip_duplicate(record.sighting_id)
+                continue
+            embeddings[record.sighting_id] = as_json if as_json is not None else record.to_json()
+            records.append(record)
+        if not records:
             return
         state = self.matcher.state
-        ready, refused = await self._check_versions(fresh, state)
-        for record, check in refused:
-            await self._park(record, check, state)
+        ready, refused = await self._check_versions(records, state)
+        if refused:
+            checks = {record.sighting_id: check for record, check in refused}
+            for record in await self._unannounced([record for record, _ in refused], embeddings):
+                await self._park(record, checks[record.sighting_id], state)
         if ready:
-            await self._identify_and_publish(ready, state)
+            await self._identify_and_publish(ready, state, embeddings)
+
+    async def _unannounced(self, records: list[topics.SightingEmbedded],
+                           embeddings: dict[str, bytes]) -> list[topics.SightingEmbedded]:
+        """Store the records' embeddings, and return those not announced before (the others are re-deliveries:
+        counted and logged as duplicates); one round trip."""
+        announced = await self.in_thread("store embeddings", results.store_embeddings_and_check, self.redis, records,
+                                         self.settings.redis_embedding_ttl_s,
+                                         [embeddings[record.sighting_id] for record in records])
+        fresh = []
+        for record, done in zip(records, announced, strict=True):
+            if done:
+                _skip_duplicate(record.sighting_id)
+            else:
+                fresh.append(record)
+        return fresh
 
     async def _check_versions(self, records: list[topics.SightingEmbedded], state: ModelState | None):
         """(records the gallery of `state` may rank, [(record, VersionCheck) it may not])."""
@@ -160,38 +178,64 @@ class SightingMatcher(ChainStage):
                  why, state.version if state else "none", done, left)
         return done
 
-    async def _identify_and_publish(self, records: list[topics.SightingEmbedded], state: ModelState | None = None) -> None:
+    async def _identify_and_publish(self, records: list[topics.SightingEmbedded], state: ModelState | None = None,
+                                    embeddings: dict[str, bytes] | None = None) -> None:
+        """Rank and publish `records`. `embeddings` (sighting id -> SightingEmbedded JSON): the records of a new
+        batch, whose embeddings are stored with the results; None: parked records, stored and checked before."""
         try:
             with self.timed_step("search"):
                 identified = await asyncio.to_thread(self.matcher.identify, records, state)
         except PermanentFailure as exc:
             if len(records) == 1:
-                await self.dead_letter(exc, records[0].to_data(), records[0].sighting_id)
+                if embeddings is None or await self._unannounced(records, embeddings):
+                    await self.dead_letter(exc, records[0].to_data(), records[0].sighting_id)
                 return
             for record in records:  # isolate the one that cannot be ranked
-                await self._identify_and_publish([record], state)
+                await self._identify_and_publish([record], state, embeddings)
             return
         with self.timed_step("publish"):
-            await self._publish(identified)
+            await self._publish(identified, embeddings)
 
-    async def _publish(self, identified: list[topics.Identification]) -> None:
-        """For each sighting, in this order: the result (first one wins), the topics (at least once, keyed by
-        sighting id), then the stream entry (once). A batch takes one Redis round trip per step (pipelines) and
-        its records are produced concurrently, each awaited until acknowledged."""
-        stored = await self.in_thread("store results", results.store_identifications, self.redis, identified,
-                                      self.settings.redis_result_ttl_s)
+    async def _publish(self, identified: list[topics.Identification], embeddings: dict[str, bytes] | None) -> None:
+        """For each sighting, in this order: the embedding and the result (first one wins; nothing for a sighting
+        announced before), the topics (at least once, keyed by sighting id), then the stream entry (once). A batch
+        takes one Redis round trip per step (`store_results`, `announce_many`), with the Kafka acknowledgements
+        between them: the stream entry (and its `announced:` marker, which makes a re-delivery skip the sighting)
+        is written only once the topics hold the record, and the result is stored before anything is produced, so
+        a re-delivery re-produces the same content. Each identification is encoded to JSON once."""
+        stored = await self.in_thread(
+            "store results", results.store_results, self.redis, identified,
+            None if embeddings is None else [embeddings[i.sighting_id] for i in identified],
+            self.settings.redis_embedding_ttl_s, self.settings.redis_result_ttl_s)
+        fresh = []
+        for result in stored:
+            if result.announced:
+                _skip_duplicate(result.identification.sighting_id)
+            else:
+                fresh.append(result)
+        if not fresh:
+            return
         await asyncio.gather(  # each topic's records produced at once, every acknowledgement awaited
-            self.send_many(self.identifications_topic, [(s.sighting_id, s.to_json()) for s in stored]),
-            self.send_many(self.new_topic, [(s.sighting_id, results.new_individual_record(s).to_json())
-                                            for s in stored if s.new_individual]))
-        firsts = await self.in_thread("announce", results.announce_many, self.redis, stored,
-                                      self.settings.redis_marker_ttl_s, self.settings.redis_stream_maxlen)
-        for identification, first in zip(stored, firsts, strict=True):
+            self.send_many(self.identifications_topic, [(s.identification.sighting_id, s.encoded) for s in fresh]),
+            self.send_many(self.new_topic, [(s.identification.sighting_id,
+                                             results.new_individual_record(s.identification).to_json())
+                                            for s in fresh if s.identification.new_individual]))
+        firsts = await self.in_thread("announce", results.announce_many, self.redis,
+                                      [s.identification for s in fresh], self.settings.redis_marker_ttl_s,
+                                      self.settings.redis_stream_maxlen, IDENTIFICATIONS_STREAM,
+                                      [s.encoded for s in fresh])
+        for result, first in zip(fresh, firsts, strict=True):
+            identification = result.identification
             if first:
                 IDENTIFICATIONS.labels(result="new_individual" if identification.new_individual else "known").inc()
                 if identification.uploaded_at:
                     END_TO_END_LATENCY.observe(max(0.0, identification.identified_at - identification.uploaded_at))
-        EVENTS.labels(stage=STAGE, outcome="identified").inc(len(stored))
+        EVENTS.labels(stage=STAGE, outcome="identified").inc(len(fresh))
+
+
+def _skip_duplicate(sighting_id: str) -> None:
+    EVENTS.labels(stage=STAGE, outcome="duplicate").inc()
+    log.info("sighting %s: already identified, skipping the duplicate", sighting_id)
 
 
 _WIRE_FIELDS: list[str] | None = None  # the keys of the current record version's JSON, in order
@@ -325,9 +369,10 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
 def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None, metrics_port: int | None = None) -> int:
     web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
     metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
+    search_threads = limit_search_threads()
     app = build_matcher_app(settings, web_port)
     serve_metrics(metrics_port, settings.metrics_host)
-    log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d",
-             index, settings.kafka_bootstrap, redacted_url(settings.redis_url), web_port, metrics_port)
+    log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d, FAISS threads %d",
+             index, settings.kafka_bootstrap, redacted_url(settings.redis_url), web_port, metrics_port, search_threads)
     run_app(app)
     return 0

