@@ -3,7 +3,8 @@
 - `int8`: onnxruntime static quantisation of the fp32 ONNX export (QDQ format, per-channel int8 weights, uint8
   activations, MinMax calibration; the input's rescaling and the head stay fp32: fp32_ends) calibrated on training crops (the eval path: services.core.imaging crop + resize of
   the data's train images at their eval box). On x86 with VNNI/AMX onnxruntime runs the QDQ Conv/MatMul pairs as
-  integer kernels.
+  integer kernels; on AVX2 alone its U8S8 kernel's int16 pair sums saturate, so the dense Convs where that costs
+  accuracy on this machine get uint8 weights (U8U8 kernel, the same numbers: u8_weights="auto", saturating_convs).
 - `bf16`: onnxruntime's CPU execution provider has no bfloat16 compute kernels (ONNX Conv does not even accept
   bfloat16 before opset 22; MatMul(bf16) is NOT_IMPLEMENTED on CPU, measured with onnxruntime 1.32). What
   `bf16` gives here is honest about that: the weights are rounded to bfloat16 and stored as bfloat16 (half the
