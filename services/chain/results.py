@@ -133,22 +133,33 @@ def store_identification(client: redis.Redis, identification: topics.Identificat
     return stored_identification(client, identification.sighting_id) or identification
 
 
-_ANNOUNCE_ONCE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
-local created
-if tonumber(ARGV[4]) > 0 then
-  created = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4])
-else
-  created = redis.call('SET', KEYS[1], '1', 'NX')
+_ANNOUNCE = """
+local maxlen, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS - 2 do
+  local sighting_id = ARGV[2 * i + 1]
+  redis.call('ZREM', KEYS[2], sighting_id)
+  local created
+  if ttl > 0 then
+    created = redis.call('SET', KEYS[i + 2], '1', 'NX', 'EX', ttl)
+  else
+    created = redis.call('SET', KEYS[i + 2], '1', 'NX')
+  end
+  if created then
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'sighting_id', sighting_id,
+                 'identification', ARGV[2 * i + 2])
+    else
+      redis.call('XADD', KEYS[1], '*', 'sighting_id', sighting_id, 'identification', ARGV[2 * i + 2])
+    end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
 end
-if not created then
-  return false
-end
-if tonumber(ARGV[3]) > 0 then
-  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'sighting_id', ARGV[1], 'identification', ARGV[2])
-end
-return redis.call('XADD', KEYS[2], '*', 'sighting_id', ARGV[1], 'identification', ARGV[2])
+return out
 """
+SCRIPT_CHUNK = 256  # sightings per script call (its keys and arguments stay far below Lua's stack limit)
 
 
 def new_individual_record(identification: topics.Identification) -> topics.NewIndividual:
@@ -166,41 +177,55 @@ def new_individual_record(identification: topics.Identification) -> topics.NewIn
 def announce_many(client: redis.Redis, identifications: list[topics.Identification], marker_ttl_s: int = 0,
                   maxlen: int = STREAM_MAXLEN, stream: str = IDENTIFICATIONS_STREAM,
                   encoded: list[bytes] | None = None) -> list[bool]:
-    """`announce` of a batch: the same atomic script per sighting (marker + XADD), all in one round trip.
-    `encoded[i]`: the identification's JSON when the caller has it (the stored value, see `store_results`)."""
+    """`announce` of a batch, in one round trip: one script for the batch (per sighting, in order: out of
+    `identifications:unannounced`, the `announced:` marker if absent, and then only the XADD). `encoded[i]`: the
+    identification's JSON when the caller has it (the stored value, see `store_results`)."""
     if not identifications:
         return []
     encoded = encoded if encoded is not None else [i.to_json() for i in identifications]
-    return [bool(reply) for reply in _run_script(client, _ANNOUNCE_ONCE, [
-        ((announced_key(i.sighting_id), stream, UNANNOUNCED_INDEX),
-         (i.sighting_id, as_json, int(maxlen), int(marker_ttl_s)))
-        for i, as_json in zip(identifications, encoded, strict=True)])]
+    calls = []
+    for start in range(0, len(identifications), SCRIPT_CHUNK):
+        chunk = list(zip(identifications[start:start + SCRIPT_CHUNK], encoded[start:start + SCRIPT_CHUNK],
+                         strict=True))
+        calls.append(((stream, UNANNOUNCED_INDEX, *(announced_key(i.sighting_id) for i, _ in chunk)),
+                      (int(maxlen), int(marker_ttl_s), *(v for i, as_json in chunk for v in (i.sighting_id, as_json)))))
+    return [bool(n) for reply in _run_script(client, _ANNOUNCE, calls) for n in reply]
 
 
-_STORE_RESULT = """
-if ARGV[1] ~= '' then
-  if tonumber(ARGV[2]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+_STORE_RESULTS = """
+local embedding_ttl, result_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out, index = {}, {}
+for i = 1, (#KEYS - 1) / 3 do
+  local k, a = 3 * i - 1, 4 * i - 1
+  if ARGV[a] ~= '' then
+    if embedding_ttl > 0 then
+      redis.call('SET', KEYS[k], ARGV[a], 'EX', embedding_ttl)
+    else
+      redis.call('SET', KEYS[k], ARGV[a])
+    end
+  end
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    out[i] = 1
   else
-    redis.call('SET', KEYS[1], ARGV[1])
+    local earlier = redis.call('GET', KEYS[k + 2])
+    if earlier then
+      out[i] = earlier
+    else
+      if result_ttl > 0 then
+        redis.call('SET', KEYS[k + 2], ARGV[a + 1], 'EX', result_ttl)
+      else
+        redis.call('SET', KEYS[k + 2], ARGV[a + 1])
+      end
+      out[i] = 0
+    end
+    index[#index + 1] = ARGV[a + 3]
+    index[#index + 1] = ARGV[a + 2]
   end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {1}
+if #index > 0 then
+  redis.call('ZADD', KEYS[1], unpack(index))
 end
-local earlier = redis.call('GET', KEYS[3])
-if not earlier then
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-  else
-    redis.call('SET', KEYS[3], ARGV[3])
-  end
-end
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
-if earlier then
-  return {0, earlier}
-end
-return {0}
+return out
 """
 
 
@@ -209,34 +234,39 @@ class StoredResult:
     """What `store_results` found for one sighting."""
 
     identification: topics.Identification  # the stored result: the earlier one on re-delivery
-    encoded: bytes  # its JSON, as stored (what the topics and the stream entry carry)
+    encoded: bytes  # its JSON (`to_json()`: what the topics and the stream entry carry)
     announced: bool  # announced before (a re-delivery): nothing was stored, the caller skips it
 
 
 def store_results(client: redis.Redis, identifications: list[topics.Identification],
                   embeddings: list[bytes | None] | None = None, embedding_ttl_s: int = 0,
                   result_ttl_s: int = 0) -> list[StoredResult]:
-    """The matcher's after-search writes of a batch in one round trip: per sighting one atomic script that
-    stores the embedding (`embeddings[i]`, the SightingEmbedded JSON; None: left as stored), then, unless the
-    sighting was announced before, writes the result unless one exists (first one wins, as `store_identification`)
-    and adds it to `identifications:unannounced`. The embedding is written before the result, so a reader that
-    finds the result finds the embedding (confirmations re-index with it)."""
+    """The matcher's after-search writes of a batch in one round trip, one atomic script for the batch: per
+    sighting, in order, the embedding (`embeddings[i]`, the SightingEmbedded JSON; None: left as stored), then,
+    unless the sighting was announced before, the result unless one exists (first one wins, as
+    `store_identification`); the results' sightings then join `identifications:unannounced` (one ZADD). The
+    embedding is written before the result, so a reader that finds the result finds the embedding (confirmations
+    re-index with it)."""
     if not identifications:
         return []
     encoded = [i.to_json() for i in identifications]
     embeddings = embeddings if embeddings is not None else [None] * len(identifications)
-    replies = _run_script(client, _STORE_RESULT, [
-        ((embedding_key(i.sighting_id), announced_key(i.sighting_id), identification_key(i.sighting_id),
-          UNANNOUNCED_INDEX),
-         (embedding or b"", int(embedding_ttl_s), as_json, int(result_ttl_s), i.sighting_id, i.identified_at))
-        for i, as_json, embedding in zip(identifications, encoded, embeddings, strict=True)])
+    calls = []
+    for start in range(0, len(identifications), SCRIPT_CHUNK):
+        chunk = list(zip(identifications[start:start + SCRIPT_CHUNK], encoded[start:start + SCRIPT_CHUNK],
+                         embeddings[start:start + SCRIPT_CHUNK], strict=True))
+        calls.append(((UNANNOUNCED_INDEX, *(key for i, _, _ in chunk for key in (
+                          embedding_key(i.sighting_id), announced_key(i.sighting_id), identification_key(i.sighting_id)))),
+                      (int(embedding_ttl_s), int(result_ttl_s), *(value for i, as_json, embedding in chunk for value in (
+                          embedding or b"", as_json, i.sighting_id, i.identified_at)))))
+    replies = [reply for chunk in _run_script(client, _STORE_RESULTS, calls) for reply in chunk]
     out = []
     for identification, as_json, reply in zip(identifications, encoded, replies, strict=True):
-        if len(reply) > 1:  # a re-delivery found the first result
-            earlier = reply[1].encode() if isinstance(reply[1], str) else bytes(reply[1])
-            out.append(StoredResult(topics.Identification.from_json(earlier), earlier, False))
+        if isinstance(reply, (bytes, str)):  # a re-delivery found the first result
+            earlier = topics.Identification.from_json(reply)
+            out.append(StoredResult(earlier, earlier.to_json(), False))  # as the reconciler encodes it
         else:
-            out.append(StoredResult(identification, as_json, bool(reply[0])))
+            out.append(StoredResult(identification, as_json, bool(reply)))
     return out
 
 
@@ -267,6 +297,4 @@ def announce(client: redis.Redis, identification: topics.Identification, marker_
     """Add the stream entry once per sighting: the `announced:` marker (TTL `marker_ttl_s`) and the XADD (stream
     trimmed to about `maxlen`) run atomically (a Lua script), and the sighting leaves `identifications:unannounced`.
     False when the sighting was announced before."""
-    keys = [announced_key(identification.sighting_id), stream, UNANNOUNCED_INDEX]
-    args = [identification.sighting_id, identification.to_json(), int(maxlen), int(marker_ttl_s)]
-    return bool(_redis_call(client.eval, _ANNOUNCE_ONCE, len(keys), *keys, *args))
+    return announce_many(client, [identification], marker_ttl_s, maxlen, stream)[0]

@@ -119,3 +119,21 @@ def test_announce_many_carries_the_stored_json(redis_client):
     # announced now: a later re-delivery stores nothing and is skipped
     assert [s.announced for s in results.store_results(redis_client, [_identification("x", 0.1)], None)] == [True]
     assert redis_client.zcard(keys.UNANNOUNCED_INDEX) == 0
+
+
+def test_batches_larger_than_one_script_call_keep_their_order(redis_client):
+    from services.chain import results
+
+    count = results.SCRIPT_CHUNK + 44
+    batch = [_identification(f"s{n}", n / 1000, float(n)) for n in range(count)]
+    results.store_identification(redis_client, _identification("s260", 0.999))  # an earlier result past the chunk
+    stored = results.store_results(redis_client, batch, [b"{}"] * count, 0, 0)
+    assert [s.identification.sighting_id for s in stored] == [i.sighting_id for i in batch]
+    assert stored[260].identification.candidates[0]["score"] == 0.999 and stored[259].identification == batch[259]
+    assert redis_client.zcard(keys.UNANNOUNCED_INDEX) == count
+    firsts = results.announce_many(redis_client, [s.identification for s in stored], 0, 0, "identifications-test",
+                                   [s.encoded for s in stored])
+    assert firsts == [True] * count and redis_client.xlen("identifications-test") == count
+    assert redis_client.zcard(keys.UNANNOUNCED_INDEX) == 0
+    assert results.announce_many(redis_client, batch[:2] + [_identification("late", 0.1)], 0, 0,
+                                 "identifications-test") == [False, False, True]

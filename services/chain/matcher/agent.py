@@ -7,7 +7,7 @@ the stage's Faust web port) for re-indexing to ask for an immediate hot swap.
 Delivery is at least once, made idempotent by the sighting id (docs/interfaces.md, "Delivery"):
 - Redis: the embedding is stored (`embedding:<id>`, idempotent overwrite) and the result written unless one exists
   (a re-delivered event finds the first result and re-uses it; one announced before is skipped), one atomic script
-  per sighting after the search; the stream entry is added once (the `announced:<id>` marker and the XADD are one
+  for the batch after the search; the stream entry is added once (the `announced:<id>` marker and the XADD are one
   atomic script). So a re-delivery yields at most one result and one stream entry.
 - Kafka topics `identifications` / `new-individuals`: at least once. A crash after producing and before the
   `announced:` marker re-produces on re-delivery, with the same key (the sighting id, also the records'
