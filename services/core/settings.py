@@ -96,6 +96,7 @@ class Settings:
     matcher_reload_interval_s: float = 10.0  # how often the matcher polls the gallery `current` pointer
     matcher_species_min_probability: float = 0.5  # model species used for the per-species threshold above this
     rerank_local_features: bool = False  # local-feature re-ranking in the live chain (docs/identification.md): the worker sends the crop's SIFT keypoints, gallery build stores the gallery photos' ones, the matcher fuses inliers with the score
+    matcher_search_threads: int = 1  # FAISS (OpenMP) threads of the matcher's searches: 1 costs least CPU per query for batches of up to worker_batch_size on galleries of thousands of rows; 0 = OpenMP's default (every core, or OMP_NUM_THREADS), for galleries of millions of rows where a batch's wait matters (docs/benchmarks.md)
     rerank_workers: int = 1  # threads the matcher's re-ranking matches a batch's (query, gallery photo) pairs with; 1 (sequential) is best with numpy's multi-threaded OpenBLAS, more pay only with OPENBLAS_NUM_THREADS=1 (docs/identification.md)
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
     faust_topic_reset_check_s: float = 5.0  # how often the worker/matcher look for partitions a broker restart emptied (then read them again from the start); 0 = never

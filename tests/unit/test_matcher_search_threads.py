@@ -1,4 +1,5 @@
-"""The matcher's process searches with one FAISS (OpenMP) thread unless OMP_NUM_THREADS chooses."""
+"""The matcher's process searches with the setting `matcher_search_threads` FAISS (OpenMP) threads: 1 by default,
+0 leaves OpenMP's own number."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import faiss
 import pytest
 
 from services.chain.matcher.matching import limit_search_threads
+from services.core.settings import load_settings
 
 
 @pytest.fixture()
@@ -17,11 +19,17 @@ def restore_threads():
 
 def test_one_search_thread_by_default(restore_threads):
     faiss.omp_set_num_threads(2)
-    assert limit_search_threads({}) == 1
+    assert limit_search_threads(load_settings(profile="local", environ={}).matcher_search_threads) == 1
     assert faiss.omp_get_max_threads() == 1
 
 
-def test_an_explicit_omp_num_threads_is_left_alone(restore_threads):
+def test_zero_leaves_openmps_own_number(restore_threads):
     faiss.omp_set_num_threads(2)
-    assert limit_search_threads({"OMP_NUM_THREADS": "2"}) == 2
+    settings = load_settings(profile="local", environ={"WHALEID_MATCHER_SEARCH_THREADS": "0"})
+    assert limit_search_threads(settings.matcher_search_threads) == 2
     assert faiss.omp_get_max_threads() == 2
+
+
+def test_a_number_is_applied(restore_threads):
+    faiss.omp_set_num_threads(1)
+    assert limit_search_threads(3) == 3

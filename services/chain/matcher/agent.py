@@ -369,7 +369,7 @@ def build_matcher_app(settings: Settings, web_port: int, matcher: Matcher | None
 def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None, metrics_port: int | None = None) -> int:
     web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
     metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
-    search_threads = limit_search_threads()
+    search_threads = limit_search_threads(settings.matcher_search_threads)
     app = build_matcher_app(settings, web_port)
     serve_metrics(metrics_port, settings.metrics_host)
     log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d, FAISS threads %d",

@@ -13,7 +13,6 @@ the species, its source and the threshold applied.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -126,16 +125,17 @@ def identify_reranked(identifier, embeddings: np.ndarray, species, queries: list
     return Identified(insert_new_individual(fused, thresholds), thresholds, fused.matched_rows()), inliers
 
 
-def limit_search_threads(environ=os.environ) -> int:
-    """Make the process's FAISS searches use one OpenMP thread unless OMP_NUM_THREADS chooses a number (then it is
-    left as the OpenMP runtime read it); returns the number in use. The matcher searches batches of at most
-    `worker_batch_size` queries: a second OpenMP thread does not shorten them on a host shared with the worker and
-    Triton but spins and waits, costing 1.8-4.8x the CPU per query on a 500-row gallery (docs/benchmarks.md,
-    "The chain"). Process-wide (FAISS's setting is), so the matcher's process entry calls it."""
+def limit_search_threads(threads: int) -> int:
+    """Set the process's FAISS (OpenMP) threads to `threads` (the setting `matcher_search_threads`; 0 leaves
+    OpenMP's default: every core, or OMP_NUM_THREADS); returns the number in use. The matcher searches batches of
+    at most `worker_batch_size` queries: on a gallery of thousands of rows a second OpenMP thread does not shorten
+    them on a host shared with the worker and Triton but spins and waits, costing 1.8-4.8x the CPU per query on a
+    500-row gallery (docs/benchmarks.md, "The chain"); a gallery of millions of rows is where more threads pay.
+    Process-wide (FAISS's setting is), so the matcher's process entry calls it."""
     import faiss
 
-    if not environ.get("OMP_NUM_THREADS"):
-        faiss.omp_set_num_threads(1)
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
     return faiss.omp_get_max_threads()
 
 
