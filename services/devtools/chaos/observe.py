@@ -1,9 +1,13 @@
 """What `whaleid chaos` sees of the chain's output, as a consumer app would:
 
 - `TopicObserver`: a background kafka-python consumer of `identifications`, `new-individuals` and
-  `sightings.dead-letter` (its own consumer group, from the earliest offset, so after a broker restart that lost
-  the topics it reads what was produced again). Per topic and key it keeps every distinct record content and
-  how often it came.
+  `sightings.dead-letter`, from the earliest offset, so after a broker restart that lost the topics it reads what
+  was produced again. Per topic and key it keeps every distinct record content and how often it came. It joins
+  no consumer group: it assigns itself every partition of the three topics (again whenever the broker lists other
+  partitions, e.g. after a restart; a topic created again, known by its new id, is read from its start). In a
+  group it paid Tansu's join, which completes after half the session timeout (kafka-python's default 45 s: 23 s)
+  at the start and again after the restart: `restart_kafka`'s `recover_s` was that join (23.6-24.3 s in five
+  runs, 10 s without it), not the chain (docs/chaos.md).
 - `redis_outcome`: per sighting, identified / dead-lettered (with the reason) / pending, and how many entries
   the `identifications` stream holds for it.
 
@@ -18,7 +22,6 @@ import hashlib
 import json
 import logging
 import threading
-import uuid
 from collections import defaultdict
 
 from services.core import topics
@@ -48,6 +51,9 @@ class TopicObserver:
         self._thread: threading.Thread | None = None
         self.errors = 0
         self.resets = 0
+        self._positions: dict = {}  # partition -> the offset after the last record read
+        self._marks: dict = {}  # partition -> the highest high-water mark seen
+        self._topic_ids: dict = {}  # topic -> its id when last seen
 
     def start(self) -> "TopicObserver":
         self._thread = threading.Thread(target=self._run, name="chaos-topic-observer", daemon=True)
@@ -62,11 +68,59 @@ class TopicObserver:
     def _consumer(self):
         from kafka import KafkaConsumer
 
-        return KafkaConsumer(*OBSERVED_TOPICS, bootstrap_servers=self.bootstrap, group_id=f"whaleid-chaos-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", enable_auto_commit=True, consumer_timeout_ms=500,
-                             metadata_max_age_ms=2000, request_timeout_ms=10000, reconnect_backoff_max_ms=1000)
+        return KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, allow_auto_create_topics=False, metadata_max_age_ms=2000,
+                             request_timeout_ms=10000, reconnect_backoff_max_ms=1000)
 
-    def _rewind_reset_partitions(self, consumer, marks: dict) -> None:
+    @staticmethod
+    def _listed_partitions(consumer) -> set:
+        """Every partition the broker lists for the observed topics (a topic not created yet has none)."""
+        from kafka import TopicPartition
+
+        return {TopicPartition(topic, partition) for topic in OBSERVED_TOPICS
+                for partition in consumer.partitions_for_topic(topic) or ()}
+
+    def _recreated_topics(self, consumer) -> list[str]:
+        """Observed topics whose id changed since last seen (the broker restarted without them, and they were
+        created again): their old positions mean nothing in the new log. kafka-python 3 keeps the ids of the
+        topics in its metadata (MetadataResponse v10+); without them only the high-water marks tell."""
+        cluster = getattr(consumer, "_cluster", None)
+        recreated = []
+        for topic in OBSERVED_TOPICS:
+            topic_id = cluster.topic_id(topic) if cluster is not None else None
+            if topic_id is None:
+                continue
+            if self._topic_ids.get(topic, topic_id) != topic_id:
+                recreated.append(topic)
+            self._topic_ids[topic] = topic_id
+        return recreated
+
+    def _forget(self, tp) -> None:
+        self._positions.pop(tp, None)
+        self._marks.pop(tp, None)
+
+    def _follow_listing(self, consumer) -> None:
+        """Assign every listed partition. A partition new to this consumer resumes at the position read so far
+        (a consumer made again after an error), else starts at the earliest offset; a partition no longer listed,
+        or of a topic created again, is read from its start when it is back."""
+        listed = self._listed_partitions(consumer)
+        assigned = consumer.assignment()
+        for tp in assigned - listed:
+            self._forget(tp)
+        if listed != assigned:
+            consumer.assign(sorted(listed))
+            for tp in listed - assigned:
+                if tp in self._positions:
+                    consumer.seek(tp, self._positions[tp])
+        for topic in self._recreated_topics(consumer):
+            log.info("topic observer: %s was created again: reading it from its start", topic)
+            for tp in listed:
+                if tp.topic == topic:
+                    self._forget(tp)
+                    consumer.seek_to_beginning(tp)
+                    self.resets += 1
+
+    def _rewind_reset_partitions(self, consumer) -> None:
         """The chain's reset policy (docs/interfaces.md, "Delivery"), for this consumer: a partition whose
         high-water mark fell (the broker restarted without its data, the topic was created again) is read again
         from its start, so records written to the new log below the old position are not skipped."""
@@ -74,25 +128,30 @@ class TopicObserver:
             high = consumer.highwater(tp)
             if high is None:
                 continue
-            if high < marks.get(tp, 0):
+            if high < self._marks.get(tp, 0):
                 log.info("topic observer: %s [%d] was reset (high-water mark %d < %d): reading it from its start",
-                         tp.topic, tp.partition, high, marks[tp])
+                         tp.topic, tp.partition, high, self._marks[tp])
                 consumer.seek_to_beginning(tp)
+                self._positions.pop(tp, None)
                 self.resets += 1
-            marks[tp] = high
+            self._marks[tp] = high
 
     def _run(self) -> None:
         consumer = None
-        marks: dict = {}  # partition -> the highest high-water mark seen
         while not self._stop.is_set():
             try:
                 if consumer is None:
                     consumer = self._consumer()
+                self._follow_listing(consumer)
+                if not consumer.assignment():  # none of the topics exists yet
+                    self._stop.wait(0.5)
+                    continue
                 batches = consumer.poll(timeout_ms=500)
                 for partition, messages in batches.items():
                     for message in messages:
                         self._add(partition.topic, message.key, message.value)
-                self._rewind_reset_partitions(consumer, marks)
+                        self._positions[partition] = message.offset + 1
+                self._rewind_reset_partitions(consumer)
             except Exception as exc:  # noqa: BLE001 - a broker restart: reconnect and read on
                 self.errors += 1
                 log.info("topic observer: %s: %s (reconnecting)", type(exc).__name__, exc)
