@@ -76,33 +76,6 @@ def store_embeddings_and_check(client: redis.Redis, records: list[topics.Sightin
     return _redis_call(run)
 
 
-def store_identifications(client: redis.Redis, identifications: list[topics.Identification],
-                          ttl_s: int = 0) -> list[topics.Identification]:
-    """`store_identification` of a batch: one pipeline of SET NX, then one GET pipeline for the sightings that
-    had a result already (re-deliveries); returns the stored results in the same order."""
-    if not identifications:
-        return []
-
-    def run():
-        with client.pipeline(transaction=False) as pipe:
-            for identification in identifications:
-                pipe.set(identification_key(identification.sighting_id), identification.to_json(), nx=True,
-                         ex=ttl_s or None)
-            pipe.zadd(UNANNOUNCED_INDEX, {i.sighting_id: i.identified_at for i in identifications})
-            created = pipe.execute()[:-1]
-        earlier = [i for i, ok in zip(identifications, created, strict=True) if not ok]
-        if not earlier:
-            return list(identifications)
-        with client.pipeline(transaction=False) as pipe:
-            for identification in earlier:
-                pipe.get(identification_key(identification.sighting_id))
-            found = dict(zip((i.sighting_id for i in earlier), pipe.execute(), strict=True))
-        return [i if ok or found[i.sighting_id] is None else topics.Identification.from_json(found[i.sighting_id])
-                for i, ok in zip(identifications, created, strict=True)]
-
-    return _redis_call(run)
-
-
 def announced_many(client: redis.Redis, sighting_ids: list[str]) -> list[bool]:
     """`is_announced` of each id, in one round trip."""
     if not sighting_ids:

