@@ -21,6 +21,13 @@ from pathlib import Path
 from services.core.errors import ConfigError
 
 
+def _console_records(record: logging.LogRecord) -> bool:
+    """What the console shows of the harness's log (all of it goes to harness.log)."""
+    if record.name.startswith("kafka"):
+        return record.levelno >= logging.CRITICAL
+    return record.levelno >= logging.WARNING
+
+
 def _run(args: argparse.Namespace) -> int:
     from services.devtools.chaos.scenarios import ALL, FAST
     from services.devtools.chaos.suite import SuiteOptions, run_suite
@@ -35,9 +42,14 @@ def _run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[chaos {time.monotonic() - started:6.1f}s] {message}", file=stream, flush=True)
 
-    for noisy in ("botocore", "urllib3", "faust", "aiokafka", "services"):
+    # the console: warnings and errors only, none of the topic observer's reconnects while a broker restarts (kafka);
+    # the harness's own log, those reconnects included, goes to harness.log in the run's log folder (suite.run_suite)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_console_records)
+    for noisy in ("botocore", "urllib3", "faust", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # the topic observer's reconnects while a broker restarts
+    for harness in ("services", "kafka"):
+        logging.getLogger(harness).setLevel(logging.INFO)
     sightings = args.sightings if args.sightings else (60 if args.fast else 300)
     hostile = args.hostile if args.hostile else (120 if args.fast else 1000)
     options = SuiteOptions(scenarios=names, sightings=sightings, hostile=hostile, workdir=args.workdir,

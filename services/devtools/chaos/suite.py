@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from services.devtools.chaos.scenarios import HOSTILE, MEMORY_BOMB, SCENARIOS, W
 from services.devtools.chaos.webhook_drip import run_webhook_slow
 
 MEMORY_BOMBS = 32  # memory_bomb: two worker batches of 16 40-megapixel files
+
+HARNESS_LOG = "harness.log"  # in the run's log folder
 
 
 @dataclass
@@ -35,6 +38,7 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
     env = ChaosEnvironment(workdir, progress)
     results: list[dict] = []
     error = ""
+    log_file = harness_log(env.log_dir / HARNESS_LOG)
     try:
         _run_scenarios(env, options, progress, results)
     except Exception as exc:  # noqa: BLE001 - the stack did not come up or went away: still a report
@@ -44,9 +48,24 @@ def run_suite(options: SuiteOptions, progress: Callable[[str], None]) -> dict:
         error = f"interrupted ({type(exc).__name__})"
         write_report(report(results, options.scenarios, began, env, error), workdir)
         raise
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
     result = report(results, options.scenarios, began, env, error)
     write_report(result, workdir)
     return result
+
+
+def harness_log(path: Path) -> logging.Handler:
+    """A handler writing every record the harness's process logs at INFO and above (its own steps, the topic
+    observer, the Kafka client's reconnects) to `path`, with timestamps: what to read beside the services' logs
+    when a scenario recovers slowly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def report(results: list[dict], planned: list[str], began: float, env, error: str = "") -> dict:
