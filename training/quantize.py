@@ -115,6 +115,7 @@ def fp32_ends(nodes: Sequence) -> tuple[list[str], list[str]]:
 U8_WEIGHTS = ("auto", "none", "dense")  # which dense Convs take uint8 weights (quantize_int8's u8_weights)
 U8_SWEEP_IMAGES = 8  # calibration crops the auto sweep compares embeddings on
 U8_MIN_GAIN = 0.0005  # mean embedding cosine to fp32 a Conv's uint8 weights must gain to be kept
+U8_PROGRESS_EVERY = 10  # a progress line every this many per-Conv trials
 
 
 def dense_convs(model) -> dict[str, Any]:
@@ -188,9 +189,13 @@ def saturating_convs(int8_path: Path, fp32_path: Path, crops: np.ndarray,
         gains = {}
         if candidates and cosine(uint8_weights(onnx.load(str(int8_path)), candidates)) - before <= min_gain:
             candidates = []  # no saturation here (VNNI/AMX, or none in this model): one trial, not one per Conv
-        for name in candidates:
+        started = time.perf_counter()
+        for number, name in enumerate(candidates, 1):
             model = onnx.load(str(int8_path))
             gains[name] = cosine(uint8_weights(model, [name])) - before
+            if number % U8_PROGRESS_EVERY == 0 or number == len(candidates):  # B5: ~150 trials, minutes
+                log.info("int8: uint8-weights trials %d/%d (%.0f s)", number, len(candidates),
+                         time.perf_counter() - started)
     finally:
         trial.unlink(missing_ok=True)
     chosen = {name: round(gain, 5) for name, gain in sorted(gains.items(), key=lambda kv: -kv[1]) if gain > min_gain}
