@@ -176,6 +176,10 @@ class PartitionReader:
             records += _records(self.consumer.poll(timeout_ms=POLL_MS, max_records=2000))
             todo = {p for p in todo if not _read_to(self.consumer, self._tp(p), ends[p])}
         positions = {tp.partition: self.consumer.position(tp) for tp in tps}
+        if todo:  # what a slow recovery after a broker restart needs to be told apart (docs/chaos.md)
+            log.warning("reconciler: %s not read to its end within %g s: %s", self.topic, timeout_s, ", ".join(
+                f"[{p}] position {positions[p]}, end {ends[p]}, high-water mark {self.consumer.highwater(self._tp(p))}"
+                for p in sorted(todo)))
         return records, positions, not todo
 
 
