@@ -1,7 +1,8 @@
 """The final fit (Kaggle practice: cross-validate to choose the threshold, then serve a model fitted on every
 individual): `fold: -1` trains on every individual; `transfer_tuning` re-tunes the fold run's threshold for a
 deployment where every known animal is trained; the demo's gallery step serves the final fit with it.
-Tiny b0-tiny runs at 64 px, two epochs each."""
+The fold run is the session's `tiny_run` (b0-tiny at 64 px, fold 0 of 10 held out, trained once per session for
+tests/integration/test_training.py too); the final fit is the same recipe with `fold: -1`, two epochs."""
 
 from __future__ import annotations
 
@@ -10,21 +11,22 @@ import json
 import numpy as np
 import pytest
 
-OVERRIDES = {"epochs": 2, "folds": 5, "fold": 0, "snapshot_every": 2, "validate_every": 0}
+FINAL_FIT_EPOCHS = {"epochs": 2, "snapshot_every": 2, "validate_every": 0}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_data):
-    from training.config import load_config
+def runs(tmp_path_factory, tiny_run):
+    """(data_dir, fold run dir, final fit dir, fold summary, final summary + its epoch lines). The fold run is the
+    session's read-only `tiny_run`: a second fold-0 training here would cost another ~45 s (a train() call's
+    first epoch alone is ~40 s on this host)."""
     from training.train import final_fit_config, train
 
-    data_dir = tiny_data
-    root = tmp_path_factory.mktemp("final_fit")
-    config = load_config("b0-tiny", OVERRIDES)
-    fold_summary = train(config, data_dir, root / "fold", verbose=0)
+    final_dir = tmp_path_factory.mktemp("final_fit") / "final"
     epoch_lines = []  # the final fit reports through `progress`, as the demo's console shows it
-    final_summary = train(final_fit_config(config), data_dir, root / "final", progress=epoch_lines.append)
-    return data_dir, root / "fold", root / "final", fold_summary, {**final_summary, "epoch_lines": epoch_lines}
+    final_summary = train(final_fit_config({**tiny_run.config, **FINAL_FIT_EPOCHS}), tiny_run.data_dir, final_dir,
+                          progress=epoch_lines.append)
+    return (tiny_run.data_dir, tiny_run.run_dir, final_dir, tiny_run.summary,
+            {**final_summary, "epoch_lines": epoch_lines})
 
 
 def labelled_images(count: int = 60, individuals: int = 15, dimension: int = 16, seed: int = 0):
@@ -44,7 +46,7 @@ def test_the_final_fit_trains_every_individual(runs):
     from training.train import read_history
 
     data_dir, fold_dir, final_dir, fold_summary, final_summary = runs
-    assert fold_summary["model_id"] == "b0-tiny-f0-e002" and final_summary["model_id"] == "b0-tiny-all-e002"
+    assert fold_summary["model_id"] == "b0-tiny-f0-e040" and final_summary["model_id"] == "b0-tiny-all-e002"
     assert read_saved_config(final_dir / "config.yaml")["fold"] == -1
     fold_classes = json.loads((fold_dir / "labels.json").read_text())["classes"]
     final_classes = json.loads((final_dir / "labels.json").read_text())["classes"]
@@ -109,7 +111,7 @@ def test_the_demo_gallery_serves_the_final_fit_with_the_fold_runs_threshold(runs
     gallery, tuning = Gallery.load(tmp_path / "gallery"), Tuning.load(tmp_path / "gallery" / "tuning.json")
     assert gallery.model_ids == ["b0-tiny-all-e002"] and tuning.weights == {"b0-tiny-all-e002": 1.0}
     transfer = tuning.validation["final_fit"]
-    assert transfer["fold_run_weights"] == {"b0-tiny-f0-e002": 1.0} and tuning.validation["folds"] == [0]
+    assert transfer["fold_run_weights"] == {"b0-tiny-f0-e040": 1.0} and tuning.validation["folds"] == [0]
     assert any("threshold for the final fit b0-tiny-all-e002" in m for m in messages)
 
 
