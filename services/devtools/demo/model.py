@@ -4,7 +4,17 @@ tuned threshold) -> final fit on every individual (`final/`, `training.train.fin
 is served, so that every catalogued animal is one the model trained on) -> its ONNX export -> gallery of the
 final fit + the fold run's threshold re-tuned for it (`training.train.transfer_tuning`) -> Triton model
 repository, plus the offline predictions of the served model on the test photos (the reference for the live
-MAP@5). A config with `fold: -1` is served as it is, its threshold tuned on its own train images.
+MAP@5). With `final_epochs` 0 (the demo's default since 2026-12-06) there is no final fit: the fold run is served,
+its threshold tuned out of its held-out fold. A config with `fold: -1` is served as it is, its threshold tuned on
+its own train images.
+
+Measured 2026-12-06, cold `whaleid demo` under the heavy-run lock on the 2 shared cores (epochs take 10-11 s, and
+20-22 s when a neighbour takes the cores; the first epoch ~30 s, graph tracing): fold run 12 + final fit 10 from
+its backbone 429 s and 502 s, live MAP@5 0.692 and 0.725 (known top-1 39/58 and 37/58, new answered new 9/25 and
+16/25); one training holding fold 0 of
+10 out, 16 epochs, served: 318 s, 0.684 (29/58, 16/25; trained animals' photos AP 0.68 against 0.76, held-out ones
+0.40 on 9 photos); fold run 6 + final fit 9: 356 s, 0.606 (the weak fold run's threshold, 0.34, answered new for
+4/25 new animals). Only the single training fits 5 minutes once the epochs run at 10-11 s (~255 s).
 
 Measured on the demo's 100 individuals (seed 0, `lite0`; 58 known test photos, 13 of them of fold-0 animals, and
 25 new): serving the fold-0 run, known top-1 right 26/58 (fold-0 animals 1/13), best known candidate right 40/58,
@@ -139,7 +149,9 @@ def prepare_model(workdir: Path, individuals: int, seed: int, config_name: str, 
     key_of = config if final_epochs is None else {**config, "final_epochs": final_epochs}
     root = Path(workdir) / "cache" / cache_key(key_of, individuals, seed)
     progress(f"model cache {root}")
-    final_fit = config["fold"] >= 0  # else the run already trains on every individual: serve it
+    # no final fit when the run already trains on every individual (fold -1) or `final_epochs` is 0: the run that
+    # held the fold out is served, with the threshold tuned on that fold (animals it never trained on)
+    final_fit = config["fold"] >= 0 and final_epochs != 0
 
     def synth(out: Path) -> None:
         from training.synth import generate
