@@ -11,10 +11,10 @@ its own train images.
 Measured 2026-12-06, cold `whaleid demo` under the heavy-run lock on the 2 shared cores (epochs take 10-11 s, and
 20-22 s when a neighbour takes the cores; the first epoch ~30 s, graph tracing): fold run 12 + final fit 10 from
 its backbone 429 s and 502 s, live MAP@5 0.692 and 0.725 (known top-1 39/58 and 37/58, new answered new 9/25 and
-16/25); one training holding fold 0 of
-10 out, 16 epochs, served: 318 s, 0.684 (29/58, 16/25; trained animals' photos AP 0.68 against 0.76, held-out ones
-0.40 on 9 photos); fold run 6 + final fit 9: 356 s, 0.606 (the weak fold run's threshold, 0.34, answered new for
-4/25 new animals). Only the single training fits 5 minutes once the epochs run at 10-11 s (~255 s).
+16/25); one training holding fold 0 of 10 out, 16 epochs, served: 318 s, 0.684 (29/58, 16/25; trained animals'
+photos AP 0.68 against 0.76, held-out ones 0.40 on 9 photos), and 277 s, 0.682 in a later slot; fold run 6 + final
+fit 9: 356 s, 0.606 (the weak fold run's threshold, 0.34, answered new for 4/25 new animals). Only the single
+training fits 5 minutes once the epochs run at 10-11 s (277 s measured).
 
 Measured on the demo's 100 individuals (seed 0, `lite0`; 58 known test photos, 13 of them of fold-0 animals, and
 25 new): serving the fold-0 run, known top-1 right 26/58 (fold-0 animals 1/13), best known candidate right 40/58,
