@@ -160,7 +160,24 @@ class Reconciler:
     def _topics(self, findings: Findings) -> None:
         for topic, only_new in ((self.topics.identifications, False), (self.topics.new_individuals, True)):
             reader = kafka_io.PartitionReader(self._reader(), topic)
-            TopicAudit(self.settings, self.redis, reader, self._produce, topic, only_new).run(findings)
+            if not TopicAudit(self.settings, self.redis, reader, self._produce, topic, only_new).run(findings):
+                self._replace_reader(topic)
+
+    def _replace_reader(self, topic: str) -> None:
+        """After a topic could not be read to its end (or its stored position not verified): the next read uses
+        a new consumer, with fresh metadata, no fetch session and no cached leader epochs. In full chaos runs the
+        consumer that had lived through a broker restart failed to read `identifications` to its end, or to read
+        back a record it had read, pass after pass for minutes (docs/chaos.md, restart_kafka), while refreshing
+        its metadata several times a second."""
+        log.warning("reconciler: %s not read to its end: the next read uses a new Kafka consumer", topic)
+        if self._lag is not None:
+            self._lag.close()
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception:  # noqa: BLE001, S110 - a client of a broker that went away
+                pass
+        self._consumer = self._lag = None
 
     def _behind(self) -> str | None:
         if self._backlog is not None:

@@ -56,7 +56,9 @@ class TopicAudit:
         seconds, micros = self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def run(self, findings: Findings) -> None:
+    def run(self, findings: Findings) -> bool:
+        """Audit the topic; False when it could not be read to its end (or its stored position not verified):
+        the check then waits for the next pass."""
         t0_ms = self._now_ms()
         complete, reset = self.sync(t0_ms)
         if reset:
@@ -65,9 +67,10 @@ class TopicAudit:
             log.warning("reconciler: could not read %s to its end this pass: its check waits for the next pass",
                         self.topic)
             findings.add("errors")
-            return
+            return False
         upper = min(t0_ms, self._now_ms() - int(self.settings.reconciler_announce_grace_s * 1000))
         self.check(upper, findings)
+        return True
 
     # ------------------------------------------------------------------ reading the topic
     def sync(self, now_ms: int) -> tuple[bool, bool]:
