@@ -170,14 +170,7 @@ class Reconciler:
         back a record it had read, pass after pass for minutes (docs/chaos.md, restart_kafka), while refreshing
         its metadata several times a second."""
         log.warning("reconciler: %s not read to its end: the next read uses a new Kafka consumer", topic)
-        if self._lag is not None:
-            self._lag.close()
-        if self._consumer is not None:
-            try:
-                self._consumer.close()
-            except Exception:  # noqa: BLE001, S110 - a client of a broker that went away
-                pass
-        self._consumer = self._lag = None
+        self._drop_reader()
 
     def _behind(self) -> str | None:
         if self._backlog is not None:
@@ -202,17 +195,18 @@ class Reconciler:
             self._consumer = kafka_io.kafka_consumer(self.settings)
         return self._consumer
 
-    def _reset_kafka(self) -> None:
-        """Drop the Kafka clients (made again when next needed)."""
+    def _drop_reader(self) -> None:
+        """Drop the consumer and its group-lag reader (made again when next needed)."""
         if self._lag is not None:
             self._lag.close()
-        for client in (self._producer, self._consumer):
-            if client is not None:
-                try:
-                    client.close(timeout=5) if client is self._producer else client.close()
-                except Exception:  # noqa: BLE001, S110 - a client of a broker that went away
-                    pass
-        self._producer = self._consumer = self._lag = None
+        _close_quietly(self._consumer)
+        self._consumer = self._lag = None
+
+    def _reset_kafka(self) -> None:
+        """Drop the Kafka clients (made again when next needed)."""
+        self._drop_reader()
+        _close_quietly(self._producer, timeout=5)
+        self._producer = None
 
     def close(self) -> None:
         self._reset_kafka()
@@ -224,3 +218,12 @@ class Reconciler:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _close_quietly(client, **kwargs) -> None:
+    """Close a Kafka client of a broker that may have gone away."""
+    if client is not None:
+        try:
+            client.close(**kwargs)
+        except Exception:  # noqa: BLE001, S110 - a client of a broker that went away
+            pass
