@@ -8,30 +8,8 @@ MAP@5). With `final_epochs` 0 (the demo's default since 2026-12-06) there is no 
 its threshold tuned out of its held-out fold. A config with `fold: -1` is served as it is, its threshold tuned on
 its own train images.
 
-Measured 2026-12-06, cold `whaleid demo` under the heavy-run lock on the 2 shared cores (epochs take 10-11 s, and
-20-22 s when a neighbour takes the cores; the first epoch ~30 s, graph tracing): fold run 12 + final fit 10 from
-its backbone 429 s and 502 s, live MAP@5 0.692 and 0.725 (known top-1 39/58 and 37/58, new answered new 9/25 and
-16/25); one training holding fold 0 of 10 out, 16 epochs, served: 318 s, 0.684 (29/58, 16/25; trained animals'
-photos AP 0.68 against 0.76, held-out ones 0.40 on 9 photos), and 277 s, 0.682 in a later slot; fold run 6 + final
-fit 9: 356 s, 0.606 (the weak fold run's threshold, 0.34, answered new for 4/25 new animals). Only the single
-training fits 5 minutes once the epochs run at 10-11 s (277 s measured).
-
-Measured on the demo's 100 individuals (seed 0, `lite0`; 58 known test photos, 13 of them of fold-0 animals, and
-25 new): serving the fold-0 run, known top-1 right 26/58 (fold-0 animals 1/13), best known candidate right 40/58,
-new answered new 20/25, MAP@5 0.684; serving a final fit (three trainings), 36-37/58, 43-44/58, 18/25,
-0.747-0.754; on 464 fresh renders of the same animals (and 120 unseen ones) MAP@5 0.634 -> 0.698-0.705.
-Cheaper recipes, cold `whaleid demo` on the 2 shared cores (issue 23; live MAP@5 = offline, 83/83 same top 5):
-20 + 20 epochs from ImageNet 603-700 s, live MAP@5 0.739; fold run 12 + final fit 12 epochs 0.696 (prepare 257 s);
-the same at 160 px 0.657, 128 px 0.579; 60 individuals, 20 + 20 epochs: 252 s, 0.682 (45 test photos); fold run
-16 epochs + a final fit of 6 epochs from its backbone (`final_epochs`): 284 s, 0.689 (known top-1 31/58); fold
-run 12 + 10 from its backbone (the demo's default): 301 s, 0.732 (38/58, 41/58, new answered new 15/25); re-measured
-2026-12-06: two cold runs, 277 s / 0.703 and 260 s / 0.694 (known top-1 33/58 and 38/58, new answered new 16/25
-and 11/25: the transferred threshold, 0.44 and 0.40, moves most of the spread). Variants of it compared on the
-demo's synthesis at seed 1 (100 individuals, 58 test photos, never the demo's own queries; offline MAP@5 = what
-the demo serves; 0.603 for the default): final fit 16 epochs from the backbone 0.602, final fit at batch 8 0.589,
-final fit 18 epochs from ImageNet 0.587, gallery of every photo instead of means 0.597 (and 0.610 with the 16-epoch
-fit, means 0.602), serving the blend of the fold run and the final fit (threshold transferred) 0.588 (w 0.3) and
-0.583 (w 0.5): none beats run-to-run noise, so the recipe stays."""
+Why the demo trains what it does, with every recipe measured (time, live MAP@5): docs/benchmarks.md, the
+paragraphs on the demo under "Training and identification quality"."""
 
 from __future__ import annotations
 

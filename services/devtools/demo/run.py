@@ -32,11 +32,8 @@ log = logging.getLogger(__name__)
 # The demo's training, sized for a 5-minute first run on 2 cores (issue 23): one training, lite0 holding fold 0 of
 # ten out (9 of the 85 catalogued individuals) for 16 epochs, served as it is with the threshold tuned out of that
 # fold (animals it never trained on; no validation during training: the gallery step embeds the same photos).
-# Measured 2026-12-06 in one locked slot against the former recipe (fold run 12 epochs + a final fit of 10 from its
-# backbone: two graph tracings, 22 epochs): cold 318 s against 429 s (0.74x), live MAP@5 0.684 against 0.692 (known
-# top-1 29/58 against 39/58, new answered new 16/25 against 9/25; the former recipe's next run: 502 s, 0.725): a
-# compromise that trades some MAP@5 for time, see services/devtools/demo/model.py. Its next cold run, alone:
-# 277 s, 0.682.
+# A compromise that trades some live MAP@5 (0.68 against 0.69-0.73) for time (277-318 s against 429-502 s):
+# docs/benchmarks.md has every recipe measured.
 DEMO_TRAINING = {"epochs": 16, "validate_every": 0, "folds": 10}
 DEMO_FINAL_EPOCHS = 0  # 0: no final fit, the fold run is served (N: a final fit of N epochs from its backbone)
 DEMO_INDIVIDUALS = 100
