@@ -120,6 +120,7 @@ class Settings:
     reconciler_stale_after_s: float = 60.0  # an uploaded sighting without result or failure this long after its upload (or last re-drive) is re-driven
     reconciler_max_redrives: int = 3  # re-drives without a result before the sighting is dead-lettered as `unresolved`
     reconciler_announce_grace_s: float = 30.0  # an identification not announced, or announced but missing from a topic, this long is announced (re-produced) again
+    reconciler_unverified_passes_before_reset: int = 3  # passes in a row the topic audit may fail to read back the record before a stored position (the topic's end past it) before it reads the topic again from the beginning, as after a reset; 0 = wait as long as it takes
     reconciler_topic_lookback_s: int = 7 * 24 * 3600  # identifications announced within this are checked against the topics (keep <= the topics' retention)
     # --- gateway API and review page
     gateway_cors_origins: str = ""  # origins (comma-separated, or *) whose browser apps may call the gateway and upload to the sightings bucket; empty: none

@@ -25,7 +25,7 @@ from services.chain.reconciler import kafka_io
 from services.chain.reconciler.announcements import Announcements
 from services.chain.reconciler.findings import FOUND_KINDS, OPEN_STATES, Findings
 from services.chain.reconciler.state import Lease
-from services.chain.reconciler.topic_audit import TopicAudit
+from services.chain.reconciler.topic_audit import CHECKED, UNVERIFIED, TopicAudit
 from services.chain.reconciler.uploads import STAGE, StaleUploads
 from services.core import topics
 from services.core.metrics import (
@@ -116,6 +116,10 @@ class Reconciler:
         for kind in FOUND_KINDS:  # every series exists from the start: increase() sees the first find too
             RECONCILER_FOUND.labels(kind=kind)
         self.last_findings: Findings | None = None
+        self.last_unfinished: dict[str, str] = {}  # topic -> UNREAD / UNVERIFIED, of the last pass
+        # topic -> the passes in a row that ended UNVERIFIED on it (this process's memory: a restart only makes
+        # the audit wait longer before it reads the topic again from the beginning)
+        self._unverified_passes: dict[str, int] = {}
 
     # ------------------------------------------------------------------ one pass
     def run_once(self, wait_s: float = 60.0) -> dict[str, int]:
@@ -136,6 +140,7 @@ class Reconciler:
 
     def _pass(self) -> Findings:
         findings = Findings(self._behind)
+        self.last_unfinished = {}
         steps = (("uploads", self.uploads.run), ("announce", self.announcements.run), ("topics", self._topics))
         with timed(STEP_LATENCY, stage=STAGE, step="pass"):
             for name, step in steps:
@@ -160,7 +165,11 @@ class Reconciler:
     def _topics(self, findings: Findings) -> None:
         for topic, only_new in ((self.topics.identifications, False), (self.topics.new_individuals, True)):
             reader = kafka_io.PartitionReader(self._reader(), topic)
-            if not TopicAudit(self.settings, self.redis, reader, self._produce, topic, only_new).run(findings):
+            outcome = TopicAudit(self.settings, self.redis, reader, self._produce, topic, only_new,
+                                 unverified_passes=self._unverified_passes.get(topic, 0)).run(findings)
+            self._unverified_passes[topic] = self._unverified_passes.get(topic, 0) + 1 if outcome == UNVERIFIED else 0
+            if outcome != CHECKED:
+                self.last_unfinished[topic] = outcome
                 self._replace_reader(topic)
 
     def _replace_reader(self, topic: str) -> None:

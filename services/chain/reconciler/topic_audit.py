@@ -7,7 +7,11 @@ Per topic:
    records were acknowledged before its announcement, has been read: consumer lag cannot look like a loss.
 2. Reset: the topic's partitions changed, or the record before a stored position is not the one read there (the
    topic was emptied and maybe refilled), or the state partly expired -> the seen set, positions and check cursor
-   are dropped and the topic is read again from the beginning.
+   are dropped and the topic is read again from the beginning. When that record cannot be read back at all
+   although the topic's end is past it ("unverified": after a broker restart, docs/chaos.md) the check waits,
+   for at most `reconciler_unverified_passes_before_reset` passes in a row, then the topic is treated as reset.
+   A reset is safe whenever it comes: a record produced again has the same key and content, and only sighting
+   ids not read from the topic are produced again, after a read that reached the topic's end.
 3. The `identifications` stream (one entry per announced identification) is walked from the check cursor (at
    most `reconciler_topic_lookback_s` back) up to min(T0, now - `reconciler_announce_grace_s`); an entry whose
    sighting id was never read from the topic is produced again: same key, same content. The cursor moves on.
@@ -32,6 +36,10 @@ READ_TIMEOUT_S = 30.0
 VERIFY_TIMEOUT_S = 3.0
 PAGE = 500
 
+# What `TopicAudit.run` did: checked the announced identifications, or left the check for the next pass because
+# the topic was not read to its end, or because the record before a stored position could not be read back.
+CHECKED, UNREAD, UNVERIFIED = "checked", "unread", "unverified"
+
 
 def _stream_id(value: str) -> tuple[int, int]:
     ms, _, seq = value.partition("-")
@@ -39,11 +47,14 @@ def _stream_id(value: str) -> tuple[int, int]:
 
 
 class TopicAudit:
-    """One topic: `only_new` for `new-individuals` (which carries new_individual identifications only)."""
+    """One topic: `only_new` for `new-individuals` (which carries new_individual identifications only).
+    `unverified_passes`: the passes in a row just before this one that ended UNVERIFIED on this topic."""
 
     def __init__(self, settings: Settings, redis, reader: PartitionReader, produce: Callable[[list], list],
-                 topic: str, only_new: bool = False, stream: str = IDENTIFICATIONS_STREAM):
+                 topic: str, only_new: bool = False, stream: str = IDENTIFICATIONS_STREAM,
+                 unverified_passes: int = 0):
         self.settings = settings
+        self.unverified_passes = unverified_passes
         self.redis = redis
         self.reader = reader
         self.produce = produce
@@ -56,30 +67,35 @@ class TopicAudit:
         seconds, micros = self.redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def run(self, findings: Findings) -> bool:
-        """Audit the topic; False when it could not be read to its end (or its stored position not verified):
-        the check then waits for the next pass."""
+    def run(self, findings: Findings) -> str:
+        """Audit the topic: CHECKED, or UNREAD / UNVERIFIED when it could not be read to its end or its stored
+        position not verified; the check then waits for the next pass."""
         t0_ms = self._now_ms()
-        complete, reset = self.sync(t0_ms)
+        outcome, reset = self.sync(t0_ms)
         if reset:
             findings.add("topic_resets")
-        if not complete:
-            log.warning("reconciler: could not read %s to its end this pass: its check waits for the next pass",
-                        self.topic)
+        if outcome != CHECKED:
+            why = "not read to its end" if outcome == UNREAD else (
+                f"the record before a stored position not read back, pass {self.unverified_passes + 1} in a row")
+            log.warning("reconciler: %s: %s this pass: its check waits for the next pass", self.topic, why)
             findings.add("errors")
-            return False
+            return outcome
         upper = min(t0_ms, self._now_ms() - int(self.settings.reconciler_announce_grace_s * 1000))
         self.check(upper, findings)
-        return True
+        return CHECKED
 
     # ------------------------------------------------------------------ reading the topic
-    def sync(self, now_ms: int) -> tuple[bool, bool]:
-        """Read the topic up to its end offsets; (read completely, the topic was found reset)."""
+    def sync(self, now_ms: int) -> tuple[str, bool]:
+        """Read the topic up to its end offsets; (CHECKED when read completely, else UNREAD / UNVERIFIED; the
+        topic was found reset)."""
         partitions = self.reader.partitions()
         stored_partitions, positions = self.state.positions()
         reset_why = self._reset_reason(partitions, stored_partitions, positions)
-        if reset_why == "unverified":
-            return False, False
+        if reset_why == UNVERIFIED:
+            if not self._waited_long_enough():
+                return UNVERIFIED, False
+            reset_why = (f"the record before its stored position could not be read back on "
+                         f"{self.unverified_passes + 1} passes in a row")
         if reset_why:
             log.warning("reconciler: topic %s was reset (%s): reading it again from the beginning and checking "
                         "every identification of the last %d s against it", self.topic, reset_why,
@@ -89,7 +105,7 @@ class TopicAudit:
         trim_before = now_ms / 1000 - self.settings.reconciler_topic_lookback_s
         if not partitions:  # the topic does not exist (yet, or any more): nothing on it
             self.state.save([], {}, {}, trim_before)
-            return True, bool(reset_why)
+            return CHECKED, bool(reset_why)
         ends = self.reader.end_offsets(partitions)
         starts = {p: positions[p].next if p in positions else 0 for p in partitions}
         records, _, complete = self.reader.read(starts, ends, READ_TIMEOUT_S)
@@ -101,10 +117,16 @@ class TopicAudit:
             if record.partition not in latest or record.offset + 1 >= latest[record.partition].next:
                 latest[record.partition] = Position(record.offset + 1, record.key, record.ts)
         self.state.save(partitions, latest, seen, trim_before)
-        return complete, bool(reset_why)
+        return CHECKED if complete else UNREAD, bool(reset_why)
+
+    def _waited_long_enough(self) -> bool:
+        """This is the `reconciler_unverified_passes_before_reset`-th pass in a row that cannot verify the stored
+        position (never when that setting is 0)."""
+        limit = self.settings.reconciler_unverified_passes_before_reset
+        return 0 < limit <= self.unverified_passes + 1
 
     def _reset_reason(self, partitions: list[int], stored_partitions, positions: dict[int, Position]) -> str:
-        """Why the stored state does not describe this topic any more ("" when it does; "unverified" when the
+        """Why the stored state does not describe this topic any more ("" when it does; UNVERIFIED when the
         records before the positions could not be read)."""
         has_positions, has_seen = self.state.exists()
         if not has_positions and not has_seen:
@@ -126,7 +148,7 @@ class TopicAudit:
             shorter = [p for p in unread if ends[p] < expected[p].next]
             if shorter:
                 return f"partition(s) {shorter} end before the offsets read earlier"
-            return "unverified"
+            return UNVERIFIED
         return ""
 
     # ------------------------------------------------------------------ checking the announced identifications
