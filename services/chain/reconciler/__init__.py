@@ -7,7 +7,8 @@ Each pass (every `reconciler_interval_s`; `Reconciler(settings).run_once()` runs
 2. announcements.py identifications stored but never announced: announced as the matcher does;
 3. topic_audit.py   announced identifications missing from `identifications` / `new-individuals` (a reset
                     topic): produced again, same key and content.
-State: state.py (Redis), Kafka clients: kafka_io.py, counts: findings.py, the process: service.py.
+State: state.py (Redis), Kafka clients: kafka_io.py, counts: findings.py, the process: service.py, kafka-python's
+records of passes that could not audit a topic: kafka_trace.py.
 """
 
 from services.chain.reconciler.findings import FOUND_KINDS, KINDS

@@ -1,7 +1,8 @@
 """`run_reconciler(settings)`: a pass every `reconciler_interval_s` until SIGTERM / SIGINT (or `stop`).
 
 Logs `reconciler: first pass done` once its first pass ran (services.devtools.demo.processes.READY_TEXT), then one line per
-pass that found lost work. /metrics on `--metrics-port` (default metrics_port_base + 4; 0 = none).
+pass that found lost work. /metrics on `--metrics-port` (default metrics_port_base + 4; 0 = none). kafka-python's
+records of a pass that could not audit a topic go to `<run_dir>/logs/reconciler-kafka.log` (kafka_trace.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 
 from services.chain.failures import Backoff
+from services.chain.reconciler.kafka_trace import KafkaTrace, trace_path
 from services.chain.reconciler.reconciler import LeaseHeld, Reconciler
 from services.core.errors import ConfigError
 from services.core.metrics import serve_metrics
@@ -58,6 +60,7 @@ def run_reconciler(settings: Settings, stop: threading.Event | None = None, metr
                               f"{exc} (pass --metrics-port PORT, or 0 for none)") from None
     stopper = _Stopper(stop).install()
     reconciler = Reconciler(settings)
+    trace = KafkaTrace(trace_path(settings.run_dir)).install()
     log.info("reconciler: Redis %s, Kafka %s, a pass every %g s (stale after %g s, at most %d re-drives), "
              "metrics port %s", settings.redis_url, settings.kafka_bootstrap, settings.reconciler_interval_s,
              settings.reconciler_stale_after_s, settings.reconciler_max_redrives, metrics_port or "none")
@@ -69,10 +72,12 @@ def run_reconciler(settings: Settings, stop: threading.Event | None = None, metr
             started = time.monotonic()
             try:
                 stopper.in_pass = True
+                trace.begin()
                 try:
                     reconciler.run_once(wait_s=0)
                 finally:
                     stopper.in_pass = False
+                trace.end(reconciler.last_unfinished)
                 findings = reconciler.last_findings
             except LeaseHeld:
                 findings = None
@@ -97,5 +102,6 @@ def run_reconciler(settings: Settings, stop: threading.Event | None = None, metr
             stop.wait(settings.reconciler_interval_s)
     finally:
         reconciler.close()
+        trace.close()
         log.info("reconciler stopped")
     return 0

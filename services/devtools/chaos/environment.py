@@ -6,6 +6,7 @@ lead the apps' PUTs through it (a full volume refuses them). All on loopback, un
 from __future__ import annotations
 
 import logging
+import shutil
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ class ChaosEnvironment:
         from services.devtools.stack.ports import free_port
         from services.serving.triton_client import EmbeddingClient
 
-        stack_dir = self.workdir / "stack"
+        stack_dir = self.stack_dir
         repository = write_probe_repository(self.workdir / "model_repository")
         self.overrides = {"run_dir": stack_dir, "model_repository": repository, "gateway_port": free_port(),
                           "metrics_port_base": free_port_block()}
@@ -96,12 +97,30 @@ class ChaosEnvironment:
         for proxy in (self.proxy, self.upload_proxy):
             if proxy is not None:
                 proxy.close()
+        self.collect_reconciler_trace()
         if self.stack is not None:
             self.stack.down()
+
+    def collect_reconciler_trace(self) -> None:
+        """The reconciler's Kafka trace (written where its stack's logs are, only for passes that could not audit
+        a topic: services/chain/reconciler/kafka_trace.py) joins the run's logs."""
+        from services.chain.reconciler.kafka_trace import trace_path
+
+        source = trace_path(self.stack_dir)
+        for path in sorted(source.parent.glob(source.name + "*")):
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, self.log_dir / path.name)
+            except OSError as exc:
+                log.warning("copying %s into %s: %s", path, self.log_dir, exc)
 
     @property
     def log_dir(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.workdir / "stack"
 
     @property
     def gateway_url(self) -> str:
