@@ -2,7 +2,8 @@
 on the identification metric (MAP@5 through services.core.identification), and the manifest says what they are.
 
 The reduced exports start from the session's fp32 export of the same snapshot (`exported`, fp32_exports=): its
-SavedModel and ONNX are reused instead of converted again (~20 s each); the fp32 test converts through the CLI."""
+SavedModel and ONNX are reused instead of converted again (~20 s each); `exported` is itself made by the command
+line (`whaleid export`, support.model_repo.export_last_snapshot), the fp32 export the fp32 test checks."""
 
 from __future__ import annotations
 
@@ -92,13 +93,18 @@ def test_bf16_is_bf16_weights_with_fp32_compute_and_says_so(run_dir, data, expor
     assert quantize.embed_crops(tmp_path / MODEL_ID / "model.onnx", crops).shape == (4, manifest["embedding_size"])
 
 
-def test_fp32_manifest_says_fp32_and_reduced_precisions_need_data(run_dir, tmp_path, capsys):
+def test_fp32_manifest_says_fp32_and_reduced_precisions_need_data(run_dir, exported, tmp_path, capsys):
     from services.cli.main import main
 
     with pytest.raises(ExportError, match="needs --data"):
         export_run(run_dir, tmp_path, [SNAPSHOT], precision="int8")
-    assert main(["export", "--run", str(run_dir), "--snapshots", SNAPSHOT, "--out", str(tmp_path / "fp32")]) == 0
-    assert json.loads((tmp_path / "fp32" / MODEL_ID / "manifest.json").read_text())["precision"] == "fp32"
+    capsys.readouterr()
+    assert main(["export", "--run", str(run_dir), "--snapshots", SNAPSHOT, "--out", str(tmp_path / "int8"),
+                 "--precision", "int8"]) == 2
+    assert "--precision int8 needs --data DIR" in capsys.readouterr().err
+    assert not any((tmp_path / "int8").glob("*"))  # nothing written
+    # `exported` is the session's `whaleid export --run RUN --snapshots SNAPSHOT --out DIR` (support.model_repo)
+    assert json.loads((exported / MODEL_ID / "manifest.json").read_text())["precision"] == "fp32"
 
 
 def _as_export_of(exported, model_id, tmp_path):

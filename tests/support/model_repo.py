@@ -5,7 +5,7 @@
 snapshots of the b0-tiny model (64 px, species head over SPECIES, one of them misspelt as in Kaggle's labels so
 the export's name fixes are exercised) initialised with different seeds. Export and serving are about carrying
 *whatever* weights a snapshot has faithfully to Triton, so no training is needed (it would cost minutes).
-`exported`: the last snapshot exported by training.export (SavedModel + ONNX + manifest, ~30 s: the costliest
+`exported`: the last snapshot exported by `whaleid export` (SavedModel + ONNX + manifest, ~30 s: the costliest
 step, so only one EfficientNet is converted; blends pair it with `fake_export`s).
 `crops`: encoded crops (JPEG and PNG) of varied sizes.
 """
@@ -44,11 +44,15 @@ def build_snapshot_run(root: Path) -> Path:
 
 
 def export_last_snapshot(run: Path, root: Path) -> Path:
-    """`root` made an EXPORTS dir with the last snapshot of `run` exported (through the `--snapshots` path)."""
-    from training.export import export_run
+    """`root` made an EXPORTS dir with the last snapshot of `run` exported by `whaleid export --run RUN --snapshots
+    epoch_NNN --out ROOT` (the command line, in this process): the one fp32 conversion of the session, which
+    test_precision also checks as the command's fp32 export."""
+    from services.cli.main import main
 
     logging.getLogger("training.export").setLevel(logging.INFO)
-    export_run(run, root, [f"epoch_{EPOCHS[-1]:03d}"])
+    code = main(["export", "--run", str(run), "--snapshots", f"epoch_{EPOCHS[-1]:03d}", "--out", str(root)])
+    if code != 0:
+        raise RuntimeError(f"whaleid export of {run} exited {code}")
     return root
 
 
