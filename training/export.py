@@ -296,7 +296,7 @@ def export_model(
     needs `data` (a labelled data set: training crops calibrate int8, and MAP@5 of the reduced model against
     fp32 on its gallery/queries must not drop by more than `map5_tolerance`). `fp32_exports`: an exports
     directory holding this model's fp32 export, whose SavedModel and ONNX are reused (copy_fp32_export) instead
-    of converted again; the parity check against `model` still runs."""
+    of converted again (at the opset it was converted with); the parity check against `model` still runs."""
     from training.quantize import PRECISIONS
 
     if precision not in PRECISIONS:

@@ -54,17 +54,17 @@ def test_trained_embedder_keeps_improving_with_training(trained):
     e010 one by a wide margin (measured 0.40-0.52 against 0.23-0.30), but it lands within noise of raw pixels
     (0.411) and of the untrained network (0.413): measured 0.404 on one loaded run, 0.44-0.52 on others. That is
     why `lite0` (pretrained) is the default; tests/integration/test_lite0_training.py holds the "better than pixels" claim,
-    and `python -m bench identification_quality` the comparison on larger sets."""
+    and `python -m bench identification_quality` the comparison on larger sets (the untrained network's figure,
+    0.413 on this set, is no longer computed here: it was printed, never asserted, and cost ~9 s)."""
     from training.baseline import pixel_baseline_map5
     from training.data import load_dataset
-    from training.embed import Embedder, heldout_map5, untrained_embedder
+    from training.embed import Embedder, heldout_map5
 
     data = load_dataset(trained.data_dir)
     learned = heldout_map5(Embedder.from_run(trained.run_dir), data)
     early = heldout_map5(Embedder.from_run(trained.run_dir, snapshot=10), data)
-    untrained = heldout_map5(untrained_embedder(trained.config), data)
     pixel = pixel_baseline_map5(trained.data_dir, trained.config["eval_box_source"])["pixel"]
-    print(f"held-out MAP@5 trained {learned} epoch 10 {early} untrained {untrained} pixel {pixel}")
+    print(f"held-out MAP@5 trained {learned} epoch 10 {early} pixel {pixel}")
     assert learned["map5"] > early["map5"] + 0.05  # training keeps improving identification
     assert learned["map5_tuned"] > early["map5_tuned"] + 0.05
 
