@@ -174,10 +174,9 @@ class Reconciler:
 
     def _replace_reader(self, topic: str) -> None:
         """After a topic could not be read to its end (or its stored position not verified): the next read uses
-        a new consumer, with fresh metadata, no fetch session and no cached leader epochs. In full chaos runs the
-        consumer that had lived through a broker restart failed to read `identifications` to its end, or to read
-        back a record it had read, pass after pass for minutes (docs/chaos.md, restart_kafka), while refreshing
-        its metadata several times a second."""
+        a new consumer, with fresh metadata, no fetch session, no cached leader epochs and no fetcher state (a
+        safety net: the stall this was added for came from partitions kafka-python never fetched again after
+        a pause, which `PartitionReader.first_records` no longer does; docs/chaos.md, restart_kafka)."""
         log.warning("reconciler: %s not read to its end: the next read uses a new Kafka consumer", topic)
         self._drop_reader()
 
