@@ -32,6 +32,10 @@ def register(subparsers) -> None:
                              "(default 0: every Conv in int8; 12 when a model's all-int8 MAP@5 is refused)")
     parser.add_argument("--map5-tolerance", type=float, default=0.005,
                         help="largest accepted MAP@5 loss against fp32 (default 0.005)")
+    parser.add_argument("--fp32-exports", type=Path, default=None, metavar="DIR",
+                        help="bf16/int8: an exports directory holding these snapshots' fp32 exports (a former "
+                             "`whaleid export`): their SavedModel and ONNX are reused, checksums checked, instead of "
+                             "converted again; parity with the snapshot is still checked")
     parser.set_defaults(func=_export)
 
 
@@ -40,7 +44,8 @@ def _export(args) -> int:
 
     exported = export_run(args.run, args.out, args.snapshots, opset=args.opset, tolerance=args.tolerance,
                           precision=args.precision, data=args.data, calibration_images=args.calibration_images,
-                          map5_tolerance=args.map5_tolerance, fp32_leading_convs=args.int8_fp32_convs)
+                          map5_tolerance=args.map5_tolerance, fp32_leading_convs=args.int8_fp32_convs,
+                          fp32_exports=args.fp32_exports)
     for path in exported:
         print(path)
     return 0

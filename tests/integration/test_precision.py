@@ -79,11 +79,16 @@ def test_a_reduced_model_that_loses_too_much_is_refused_and_nothing_is_left(run_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bf16_is_bf16_weights_with_fp32_compute_and_says_so(run_dir, data, exported, tmp_path):
+def test_bf16_is_bf16_weights_with_fp32_compute_and_says_so(run_dir, data, exported, tmp_path, capsys):
+    from services.cli.main import main
     from training import quantize
 
-    export_run(run_dir, tmp_path, [SNAPSHOT], precision="bf16", data=data, map5_tolerance=TINY_TOLERANCE,
-               fp32_exports=exported)
+    # through the command line, reusing the session's fp32 export (`--fp32-exports`; a folder without it is refused)
+    args = ["export", "--run", str(run_dir), "--snapshots", SNAPSHOT, "--out", str(tmp_path), "--precision", "bf16",
+            "--data", str(data), "--map5-tolerance", str(TINY_TOLERANCE)]
+    assert main([*args, "--fp32-exports", str(tmp_path / "none")]) != 0
+    assert "no readable fp32 export to reuse" in capsys.readouterr().err
+    assert main([*args, "--fp32-exports", str(exported)]) == 0
     manifest = json.loads((tmp_path / MODEL_ID / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["reduced_precision"]["compute"] == "fp32"
     assert "no bfloat16 kernels" in manifest["reduced_precision"]["note"]
