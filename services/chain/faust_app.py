@@ -14,12 +14,10 @@ local profile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
 import faust
-from mode.services import WaitResults
 
 from services.chain import topic_resets
 from services.core import topics
@@ -111,7 +109,6 @@ def make_app(settings: Settings, stage: str, web_port: int) -> faust.App:
     if settings.faust_fetch_max_wait_ms:
         limit_fetch_wait(settings.faust_fetch_max_wait_ms)
     use_idempotent_producer(settings.faust_producer_idempotence)
-    hand_messages_on_directly()
     credentials = _broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials
@@ -140,65 +137,6 @@ def report_committed_offsets(app: faust.App, stage: str, interval_s: float) -> N
 
 def raw_topic(app: faust.App, name: str):
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-
-def hand_messages_on_directly() -> None:
-    """Faust's fetch loop hands each message to the conductor as `wait_first(callback(message),
-    suspend_flow.wait())`: four tasks a message (the callback, the flow, the consumer's stopped and crashed flags),
-    about 50 µs of CPU. The callback (the conductor putting the event on its stream's queue) nearly always ends
-    without waiting: it is run here at once while the flow is not suspended, and only one that has to wait goes on
-    under Faust's own `wait_first` from where it stopped (so a rebalance still interrupts it). Installed once per
-    process (`make_app`)."""
-    from faust.transport.consumer import Consumer
-
-    if getattr(Consumer.wait_first, "__wrapped__", None) is not None:
-        return
-    original = Consumer.wait_first
-
-    async def wait_first(self, *coros, timeout=None):
-        flow_suspended = self.suspend_flow  # an asyncio.Event in Faust 0.15
-        if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0])
-                and getattr(coros[1], "cr_code", None) is type(flow_suspended).wait.__code__
-                and coros[1].cr_frame.f_locals.get("self") is flow_suspended
-                and not (flow_suspended.is_set() or self._stopped.is_set() or self._crashed.is_set())):
-            callback, flow = coros
-            flow.close()  # not awaited: the flow is checked above
-            try:
-                waiting_on = callback.send(None)
-            except StopIteration as done:
-                return WaitResults([callback], [done.value], False)
-            return await original(self, _Resumed(callback, waiting_on), self.suspend_flow.wait())
-        return await original(self, *coros, timeout=timeout)
-
-    wait_first.__wrapped__ = original
-    Consumer.wait_first = wait_first
-
-
-class _Resumed:
-    """A coroutine already run to its first wait (`waiting_on`, what it yielded), awaitable from there: a task
-    awaiting this goes on with it exactly as if it had started it (values and exceptions passed through)."""
-
-    def __init__(self, coro, waiting_on):
-        self.coro, self.waiting_on = coro, waiting_on
-
-    def __await__(self):
-        coro, waiting_on = self.coro, self.waiting_on
-        while True:
-            try:
-                received = yield waiting_on
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - thrown in by the task (cancellation): passed on
-                try:
-                    waiting_on = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    waiting_on = coro.send(received)
-                except StopIteration as done:
-                    return done.value
 
 
 async def send_and_wait(topic, key: str, value: bytes) -> None:
