@@ -12,6 +12,7 @@ tests that ask for it (`WHALEID_TEST_S3=moto` runs the session stack on moto too
 `exported`: EXPORTS dir with the last snapshot of `snapshot_run` exported (support.model_repo.export_last_snapshot).
 `tiny_data`, `tiny_run`: the synthetic set and a b0-tiny run trained on it (support.training; once per session;
 read-only: copy the run before changing it).
+`kafka_only`: Settings of a Kafka broker alone, once per session.
 `catalogue`: a CatalogueStore on the session stack under a prefix of its own; `small_run`: an untrained b0-tiny
 snapshot (32 px) as a training run directory, one per test module (a module may write into it).
 """
@@ -62,6 +63,24 @@ def stack(tmp_path_factory):
             profile="local", environ={}, run_dir=run_dir, model_repository=model_repository
         )
         yield RunningStack(stack=running, settings=filled, state=state, model_repository=model_repository)
+    finally:
+        running.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_only(tmp_path_factory):
+    """A Kafka broker alone (Tansu, memory only), once per session, for the tests that need nothing else: its
+    Settings (local profile, a run dir of its own). Tests keep apart by topic names of their own; a test that
+    restarts its broker starts one of its own instead."""
+    from services.core.settings import load_settings
+    from services.devtools.stack import Stack
+
+    root = tmp_path_factory.mktemp("kafka-only")
+    running = Stack(load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root),
+                    servers=("kafka",))
+    running.up(timeout=120)
+    try:
+        yield load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root)
     finally:
         running.down()
 

@@ -25,19 +25,8 @@ VERIFIED = 20  # the offset verified, inside the first batch
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(tmp_path_factory):
-    """A broker of the module's own (Tansu, memory only) and settings pointing at it."""
-    from services.core.settings import load_settings
-    from services.devtools.stack import Stack
-
-    root = tmp_path_factory.mktemp("reconciler-reader-stack")
-    stack = Stack(load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root),
-                  servers=("kafka",))
-    stack.up(timeout=120)
-    try:
-        yield load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root)
-    finally:
-        stack.down()
+def kafka_settings(kafka_only):
+    return kafka_only
 
 
 def _topic_of_big_batches(settings) -> str:

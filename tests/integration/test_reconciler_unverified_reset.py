@@ -25,20 +25,8 @@ OTHERS = 20
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(tmp_path_factory):
-    """A broker of the module's own (Tansu, memory only) and settings pointing at it."""
-    from services.core.settings import load_settings
-    from services.devtools.stack import Stack
-
-    root = tmp_path_factory.mktemp("reconciler-unverified-stack")
-    stack = Stack(load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root),
-                  servers=("kafka",))
-    stack.up(timeout=120)
-    try:
-        yield load_settings(profile="local", environ={}, run_dir=root / "run", model_repository=root).with_overrides(
-            reconciler_announce_grace_s=0.0)
-    finally:
-        stack.down()
+def kafka_settings(kafka_only):
+    return kafka_only.with_overrides(reconciler_announce_grace_s=0.0)
 
 
 def _announce(client, sighting_id: str) -> topics.Identification:
