@@ -19,7 +19,8 @@ to the JSON result.
 its events to Kafka, read by the bridge's SeaweedFS source) and moto (S3 event -> SQS -> the bridge's SQS poll),
 and compares them side by side (`s3_comparison`: upload -> bridge and upload -> worker latency p50/p99 under the
 steady load, sustained sightings/s saturated; `chain_s3.png`). `--s3 seaweedfs|moto` runs one.
-Options: `python -m bench.bench_chain --s3 both --burst 60 --seconds 10` (`python -m bench chain` takes defaults).
+Options: `python -m bench.bench_chain --s3 both --burst 60 --seconds 10` (`python -m bench chain` takes defaults);
+`--event-loop asyncio|uvloop` sets the worker's and the matcher's event loop (the setting `event_loop`).
 """
 
 from __future__ import annotations
@@ -275,6 +276,8 @@ def plot(result: dict, latencies: list[float], path: Path) -> None:
 
 
 def main(argv: list[str]) -> dict:
+    from services.chain.faust_app import EVENT_LOOPS
+
     parser = argparse.ArgumentParser(prog="python -m bench chain")
     parser.add_argument("--workdir", type=Path, default=Path(".whaleid/bench"), help="model cache")
     parser.add_argument("--config", default="b0-tiny", help="model config of the served network")
@@ -284,6 +287,8 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--raw-seconds", type=float, default=10.0, help="duration of the raw measurement")
     parser.add_argument("--s3", choices=("both", "seaweedfs", "moto"), default="both",
                         help="S3 server(s) of the chain: both = SeaweedFS->Kafka and moto->SQS side by side")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default=None,
+                        help="the worker's and the matcher's event loop (the setting event_loop; default: its default)")
     args = parser.parse_args(argv)
     if args.s3 != "both":
         return run_chain(args, args.s3)
@@ -403,7 +408,8 @@ def run_chain(args, s3_kind: str) -> dict:
                                    round(raw * (time.perf_counter() - raw_start)))
         log.info("raw embedder: %.1f crops/s; CPU ms per crop %s", raw, raw_cpu)
 
-        env = service_env(root / "stack", gateway_port=overrides["gateway_port"])
+        loop_setting = {"event_loop": args.event_loop} if args.event_loop else {}
+        env = service_env(root / "stack", gateway_port=overrides["gateway_port"], **loop_setting)
         metrics_ports = {"worker": free_port(), "matcher": free_port()}
         for name in ("worker", "matcher", "bridge", "gateway"):
             services.append(ServiceProcess(name, env, root / "logs", metrics_port=metrics_ports.get(name, 0)).start())
@@ -456,6 +462,7 @@ def run_chain(args, s3_kind: str) -> dict:
             "batch_size": settings.worker_batch_size,
             "model": args.config,
             "s3": s3_kind, "bridge_source": settings.bridge_source,
+            "event_loop": args.event_loop or settings.event_loop,
         }
         result["steady_upload_to_bridge"], result["steady_upload_to_worker"] = hop_percentiles(uploader, steady_ids)
         result["saturated_upload_to_bridge"], result["saturated_upload_to_worker"] = hop_percentiles(uploader,

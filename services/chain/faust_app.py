@@ -160,6 +160,39 @@ def decode_original(raw: bytes):
         return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")  # the setting `event_loop`
+
+
+def use_event_loop(kind: str) -> None:
+    """Run this process's asyncio loops on `kind` (the setting `event_loop`): uvloop, or the standard library's.
+
+    Call it before anything creates a loop (before `make_app`): it sets the loop policy, which Faust's main loop
+    and the loops of its consumer thread and other service threads (`asyncio.new_event_loop`) all come from, and
+    makes a new loop of that kind this thread's current one (mode resolves and keeps the loop of the thread
+    that builds the app)."""
+    import asyncio
+
+    from services.core.errors import ConfigError
+
+    if kind not in EVENT_LOOPS:
+        raise ConfigError(f"setting 'event_loop': {kind!r} is not one of {', '.join(EVENT_LOOPS)}")
+    if kind == "asyncio":
+        asyncio.set_event_loop_policy(None)
+    else:
+        try:
+            import uvloop
+        except ImportError:
+            raise ConfigError("setting 'event_loop' = uvloop, but uvloop is not installed: `make install`, or set "
+                              "event_loop = asyncio (WHALEID_EVENT_LOOP=asyncio)") from None
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def describe_loop(loop) -> str:
+    """`uvloop.Loop`, `asyncio._UnixSelectorEventLoop`, ...: the class of a loop, for the start-up log line."""
+    return f"{type(loop).__module__.split('.')[0]}.{type(loop).__qualname__}"
+
+
 def run_app(app: faust.App, loglevel: str = "info") -> None:
     """Run a Faust app in this process until SIGTERM/SIGINT."""
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
@@ -169,6 +202,12 @@ def run_app(app: faust.App, loglevel: str = "info") -> None:
 class Worker(faust.Worker):
     """A stop (SIGTERM/SIGINT) is bounded: quick and quiet when the broker is gone (services.chain.shutdown).
     Named Worker: its log lines (`[^Worker]: Ready`) are what readiness checks wait for."""
+
+    async def on_first_start(self) -> None:
+        import asyncio
+
+        log.info("%s: event loop %s", self.app.conf.id, describe_loop(asyncio.get_running_loop()))
+        await super().on_first_start()
 
     def _schedule_shutdown(self, signal) -> None:
         if not self._signal_stop_time:

@@ -100,6 +100,7 @@ class Settings:
     rerank_workers: int = 1  # threads the matcher's re-ranking matches a batch's (query, gallery photo) pairs with; 1 (sequential) is best with numpy's multi-threaded OpenBLAS, more pay only with OPENBLAS_NUM_THREADS=1 (docs/identification.md)
     faust_fetch_max_wait_ms: int = 0  # consumer fetch wait of the worker/matcher; 0 = Faust's own (1500 ms)
     faust_topic_reset_check_s: float = 5.0  # how often the worker/matcher look for partitions a broker restart emptied (then read them again from the start); 0 = never
+    event_loop: str = "uvloop"  # the asyncio event loop of the worker and the matcher (Faust): uvloop (libuv; less CPU per message, docs/benchmarks.md) | asyncio (the standard library's)
     # --- delivery and bounded state
     faust_producer_idempotence: bool = True  # idempotent aiokafka producer in the worker/matcher (Tansu refuses it: off locally)
     bridge_producer_idempotence: bool = True  # idempotent kafka-python producer in the bridge (Tansu accepts it)

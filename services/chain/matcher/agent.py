@@ -29,7 +29,7 @@ import numpy as np
 
 from services.chain import markers, parking, results
 from services.chain.failures import PermanentFailure
-from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
+from services.chain.faust_app import decode_original, make_app, raw_topic, run_app, use_event_loop
 from services.chain.matcher.matching import Matcher, ModelState, limit_search_threads
 from services.chain.stage import ChainStage
 from services.core import topics
@@ -370,6 +370,7 @@ def run_matcher(settings: Settings, index: int = 0, web_port: int | None = None,
     web_port = web_port if web_port is not None else default_port(settings.faust_web_port_base, STAGE, index)
     metrics_port = metrics_port if metrics_port is not None else default_port(settings.metrics_port_base, STAGE, index)
     search_threads = limit_search_threads(settings.matcher_search_threads)
+    use_event_loop(settings.event_loop)  # before the app: its loops come from the policy
     app = build_matcher_app(settings, web_port)
     serve_metrics(metrics_port, settings.metrics_host)
     log.info("matcher %d: Kafka %s, Redis %s, web port %d, metrics port %d, FAISS threads %d",

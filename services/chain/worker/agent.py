@@ -34,7 +34,7 @@ import faust.web
 
 from services.chain import markers
 from services.chain.failures import PermanentFailure, TransientFailure
-from services.chain.faust_app import decode_original, make_app, raw_topic, run_app
+from services.chain.faust_app import decode_original, make_app, raw_topic, run_app, use_event_loop
 from services.chain.stage import ChainStage
 from services.chain.worker.cropping import TritonDetector, UploaderBox
 from services.chain.worker.pipeline import (
@@ -424,5 +424,6 @@ def run_worker(settings: Settings, index: int = 0, web_port: int | None = None, 
     serve_metrics(metrics_port, settings.metrics_host)
     log.info("worker %d: Kafka %s, Triton %s, web port %d, metrics port %d",
              index, settings.kafka_bootstrap, settings.triton_grpc_url, web_port, metrics_port)
+    use_event_loop(settings.event_loop)  # before the app: its loops come from the policy
     run_app(build_worker_app(settings, web_port))
     return 0
