@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "evaluate", help="out-of-fold MAP@5 of trained run(s); tunes the new_individual threshold(s) and weights",
         description="Embeds the training images with each run's model, ranks each validation fold against a gallery "
                     "of the other images, tunes the new_individual threshold (global and per species) and, for "
-                    "several runs, the blend weights; writes RUN/tuning.json and RUN/threshold_curve.png.")
+                    "several runs, the blend weights; writes RUN/tuning.json and RUN/threshold_curve.png "
+                    "(the general identifier: RUN/catalogues/<data folder>-<hash>/, one per catalogue).")
     evaluate.add_argument("--data", required=True, help="data set directory (Happywhale layout)")
     evaluate.add_argument("--run", required=True, action="append", dest="runs",
                           help="training run directory, or `general`: the general identifier, no training (repeat to blend "
@@ -57,7 +58,8 @@ def register(subparsers) -> None:
                               "blend; tuning.json is read from the first)")
     predict.add_argument("--snapshot", default=None, help="snapshot epoch of every run (default: the last)")
     predict.add_argument("--out", required=True, help="submission CSV to write")
-    predict.add_argument("--tuning", default=None, help="tuning.json to use (default: FIRST_RUN/tuning.json)")
+    predict.add_argument("--tuning", default=None, help="tuning.json to use (default: FIRST_RUN/tuning.json; the general "
+                         "identifier: the one `evaluate` wrote for this --data)")
     predict.add_argument("--new-share", type=float, default=None,
                          help="instead of the tuned threshold: one threshold putting new_individual first for "
                               "this share of the test images (binary search)")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -186,7 +187,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         report["rerank"] = tune_for_evaluate(data, images, labelled, eval_folds, embeddings, served, embedders,
                                              args.k, getattr(args, "references", "photos"),
                                              getattr(args, "validation", "fold"))
-    out_dir = Path(args.runs[0])
+    out_dir = tuning_dir(args.runs[0], embedders, args.data)
     tuning_path = served.tuning.save(out_dir / TUNING_FILE)
     curve = plot_threshold_curve(served.sweep, out_dir / CURVE_FILE,
                                  title="out-of-fold MAP@5 vs new_individual threshold "
@@ -394,17 +395,28 @@ def served_embedders(embedders: list, tuning: Tuning | None) -> list:
     return served
 
 
+def tuning_dir(run: str | Path, embedders, data_dir: str | Path) -> Path:
+    """Where `evaluate` writes, and `predict` reads, the tuning (tuning.json, the threshold curve) of `run`: a
+    trained run's own folder (it belongs to the catalogue it was trained on); for the general identifier first,
+    which serves every catalogue, a folder per catalogue, RUN/catalogues/<data folder's name>-<hash of its absolute
+    path>, so that evaluating two catalogues does not overwrite one threshold with the other."""
+    if embedders[0].info.get("trained", True):
+        return Path(run)
+    data = Path(data_dir).resolve()
+    return Path(run) / "catalogues" / f"{data.name}-{hashlib.sha256(str(data).encode()).hexdigest()[:10]}"
+
+
 def tuning_for(args: argparse.Namespace, embedders) -> tuple[Tuning | None, str]:
     """(the tuning predict serves, a line saying which threshold and where it came from): --tuning, else the first
     run's tuning.json; a run of the general identifier without one: (None, ...), the calibrated default on the
     gallery."""
-    path = Path(args.tuning) if args.tuning else Path(args.runs[0]) / TUNING_FILE
+    path = Path(args.tuning) if args.tuning else tuning_dir(args.runs[0], embedders, args.data) / TUNING_FILE
     if args.tuning or path.is_file() or embedders[0].info.get("trained", True) or len(embedders) > 1:
         tuning = Tuning.load(path)
         choice = tuning.validation.get("threshold_choice")
         how = describe_choice(choice) if choice else f"threshold {tuning.threshold:.3f}"
         return tuning, f"{how}, from {path}"
-    return None, (f"the calibrated default threshold (no {TUNING_FILE} in {args.runs[0]}: the "
+    return None, (f"the calibrated default threshold (no {TUNING_FILE} for this catalogue in {path.parent}: the "
                   f"{default_quantile(embedders[0])} quantile of the gallery's impostor scores; `whaleid evaluate "
                   "--run general` tunes one on your catalogue)")
 

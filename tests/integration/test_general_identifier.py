@@ -6,6 +6,8 @@ is Lite0 at 224 px (the configured default is Lite2 at 384 px: the same code, 4x
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +62,7 @@ def test_run_general_resolves_to_the_configured_folder(tmp_path, monkeypatch, ge
         resolve_run("general")
 
 
-def test_evaluate_scores_every_fold_and_says_where_the_threshold_came_from(general_run, data, capsys):
+def test_evaluate_scores_every_fold_and_says_where_the_threshold_came_from(general_run, data, capsys, tmp_path):
     from services.cli.main import main
 
     assert main(["predict", "--data", str(data), "--run", str(general_run), "--out", str(general_run / "a.csv")]) == 0
@@ -74,12 +76,23 @@ def test_evaluate_scores_every_fold_and_says_where_the_threshold_came_from(gener
     assert choice["source"] in ("tuned", "calibrated_default") and choice["threshold"] == report["threshold"]
     assert choice["new_queries"] > 0 and choice["known_queries"] > 0
     assert choice["interval"] is not None and choice["interval"][0] <= choice["tuned"] <= choice["interval"][1]
-    saved = json.loads((general_run / "tuning.json").read_text())
+    # the general identifier serves every catalogue: its tuning goes to a folder of this catalogue's, not the run's
+    tuning_file = Path(report["tuning_file"])
+    assert not (general_run / "tuning.json").exists()
+    assert tuning_file.parent.parent == general_run / "catalogues" and tuning_file.parent.name.startswith(data.name)
+    saved = json.loads(tuning_file.read_text())
     assert saved["threshold"] == report["threshold"] and saved["validation"]["threshold_choice"] == choice
 
     assert main(["predict", "--data", str(data), "--run", str(general_run), "--out", str(general_run / "b.csv")]) == 0
     printed = capsys.readouterr().out
-    assert f"threshold {report['threshold']:.3f}" in printed and str(general_run / "tuning.json") in printed
+    assert f"threshold {report['threshold']:.3f}" in printed and str(tuning_file) in printed
+
+    # another catalogue (the same photos in another folder) is not served this one's threshold
+    other = tmp_path / data.name
+    shutil.copytree(data, other)
+    assert main(["predict", "--data", str(other), "--run", str(general_run), "--out", str(other / "c.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated default" in printed and str(tuning_file) not in printed
 
 
 def test_gallery_build_validates_the_general_identifier_on_every_fold(general_run, data, tmp_path):
