@@ -23,8 +23,11 @@ docs/interfaces.md "Redis keys" has the same table, with each key's expiry.
                                                     (gateway; confirmations remove -> review queue)
     review:awaiting:built                    string marker: review:awaiting was built from sightings:index (gateway
                                                     -> gateway)
-    bridge:seen:<s3 key>:<etag>              string "claimed" | "done": an upload event's dedupe claim (bridge ->
-                                                    bridge)
+    bridge:seen:<s3 key>:<etag>              string "claimed:<owner>" | "done" (older bridges: "claimed"): an upload
+                                                    event's dedupe claim (bridge -> bridge)
+    bridge:alive:<owner>                     string "<host>:<pid>": the bridge process with this owner token is alive
+                                                    (short TTL, refreshed) (bridge -> bridge: claims of a gone owner
+                                                    are taken over)
     embedded:<id>                            string model version: the worker produced the embedding (worker ->
                                                     worker, reconciler)
     failure:<id>                             string JSON {stage, reason, detail, failed_at}: a permanent failure
@@ -149,6 +152,11 @@ def quota_key(app: str, window: str, slot: int) -> str:
 
 def bridge_seen_key(s3_key: str, token: str) -> str:
     return f"bridge:seen:{s3_key}:{token}"
+
+
+def bridge_alive_key(owner: str) -> str:
+    """A bridge process's liveness key (its owner token names its claims); `bridge_alive_key("")` is the prefix."""
+    return f"bridge:alive:{owner}"
 
 
 # --- worker and matcher ------------------------------------------------------------------------------------------

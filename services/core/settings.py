@@ -81,6 +81,7 @@ class Settings:
     bridge_poll_wait_s: int = 2  # SQS long-poll wait; also bounds how fast the bridge notices SIGTERM
     bridge_dedupe_ttl_s: int = 7 * 24 * 3600  # how long a produced (key, etag) is remembered against redelivery
     bridge_claim_ttl_s: int = 120  # an in-flight claim on a (key, etag) expires after this (crashed bridge)
+    bridge_liveness_ttl_s: float = 10.0  # a bridge's bridge:alive:<owner> key lapses this long after its last refresh (every third of it): a claim whose owner's key is gone (SIGKILLed bridge) is taken over at once
     # --- identification
     gallery_prefix: str = "galleries"  # key prefix of gallery versions in the model store
     metrics_port_base: int = 9400  # /metrics port of the first service; each service adds its offset

@@ -16,6 +16,7 @@ from kafka.errors import KafkaError
 from services.chain.bridge.bridge import UploadBridge
 from services.chain.bridge.clients import kafka_producer
 from services.chain.bridge.dedupe import Claim, Deduplicator
+from services.chain.bridge.liveness import Liveness
 from services.core import keys, topics
 from support.front import (
     JPEG_BYTES,
@@ -213,6 +214,8 @@ def test_one_receive_is_handled_as_a_batch_with_repeats_and_foreign_claims(chain
     mine, foreign = create_sighting(chain["url"]), create_sighting(chain["url"])
     marker = uuid.uuid4().hex
     other_bridge = Deduplicator(redis_of(settings), claim_ttl_s=60, done_ttl_s=600)
+    other_alive = Liveness(redis_of(settings), other_bridge.owner, 60)
+    other_alive.start()  # a live bridge: its claim is left alone
     assert other_bridge.claim(foreign["key"], "etag-foreign") is Claim.NEW
     bodies = [_event_body(settings, mine["key"], 10, "etag-mine"), _event_body(settings, mine["key"], 10, "etag-mine"),
               _event_body(settings, foreign["key"], 10, "etag-foreign"), f"not json {marker}"]
@@ -234,5 +237,29 @@ def test_one_receive_is_handled_as_a_batch_with_repeats_and_foreign_claims(chain
         time.sleep(1.2)
         assert bridge.poll_once() == 1
         assert len(chain["uploaded"].matching(_for(foreign["sighting_id"]), expected=1, settle=0.3)) == 1
+    finally:
+        other_alive.stop()
+        bridge.producer.close()
+
+
+def test_a_dead_bridges_claim_is_taken_over_and_produced_at_once(chain):
+    """kill_bridge's case: a bridge claimed an upload and died (SIGKILL) before marking it done; its liveness key is
+    gone, so the next bridge takes the claim over at once (outcome taken_over) instead of waiting bridge_claim_ttl_s."""
+    settings = chain["settings"].with_overrides(upload_events_queue=f"bridge-dead-{uuid.uuid4().hex[:8]}")
+    sqs = aws(settings, "sqs")
+    queue_url = sqs.create_queue(QueueName=settings.upload_events_queue,
+                                 Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    created = create_sighting(chain["url"])
+    dead_bridge = Deduplicator(redis_of(settings), claim_ttl_s=120, done_ttl_s=600)
+    assert dead_bridge.claim(created["key"], "etag-dead") is Claim.NEW  # and no bridge:alive:<its owner> key
+    _send(settings, _event_body(settings, created["key"], 10, "etag-dead"))
+
+    bridge = UploadBridge(settings, sqs, queue_url, redis_of(settings), kafka_producer(settings))
+    try:
+        assert bridge.poll_once() == 1
+        assert {k: bridge.totals[k] for k in ("produced", "taken_over", "in_flight")} == {
+            "produced": 1, "taken_over": 1, "in_flight": 0}
+        assert len(chain["uploaded"].matching(_for(created["sighting_id"]), expected=1, settle=0.3)) == 1
+        assert redis_of(settings).get(keys.bridge_seen_key(created["key"], "etag-dead")) == b"done"
     finally:
         bridge.producer.close()

@@ -6,7 +6,8 @@ produces a SightingUploaded keyed by sighting id per new upload (malformed or re
 records, stage=bridge, `reason` = short code, `detail` = text), flushes the producer once (acks=all), marks the
 claims done and deletes the handled messages with one `delete_message_batch`. Nothing is deleted before the
 flush succeeded, so a crash or a Kafka outage leaves the messages in the queue to be delivered again; the
-(key, etag) claims make that redelivery, and the two events of a multipart upload, produce one record.
+(key, etag) claims make that redelivery, and the two events of a multipart upload, produce one record; a claim
+left by a bridge that died (its `bridge:alive:<owner>` key expired, `liveness.py`) is taken over at once.
 
 `UploadBridge.process` is those decisions alone, for any source of parsed events: the SQS loop here, and the
 SeaweedFS filer events read from Kafka (`seaweedfs_source.py`, `bridge_source = "seaweedfs"`).
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from services.chain.bridge.dedupe import Claim, Deduplicator
 from services.chain.bridge.events import Ignored, Malformed, ObjectCreated, ParsedRecord, parse_message
+from services.chain.bridge.liveness import Liveness
 from services.chain.failures import Backoff, TransientFailure
 from services.chain.markers import record_failure
 from services.chain.sighting_records import decode_hash, open_sighting, sighting_metadata
@@ -73,6 +75,7 @@ class UploadBridge:
         self.redis = redis
         self.producer = producer
         self.dedupe = Deduplicator(redis, settings.bridge_claim_ttl_s, settings.bridge_dedupe_ttl_s)
+        self.liveness = Liveness(redis, self.dedupe.owner, settings.bridge_liveness_ttl_s)  # started by run_bridge
         self.totals: collections.Counter = collections.Counter()
         self._last_progress = time.monotonic()
         self._logged_totals: dict = {}
@@ -138,7 +141,8 @@ class UploadBridge:
 
     def _claim(self, batch: _Batch) -> None:
         """Claim every distinct (key, etag) of the batch at once; a repeat inside the batch (the second event of
-        a multipart upload, a redelivery) shares the fate of its first occurrence."""
+        a multipart upload, a redelivery) shares the fate of its first occurrence. A claim taken over from a bridge
+        that is no longer alive (outcome `taken_over`, logged) is produced as a new one."""
         first: dict[tuple[str, str], Claim] = {}
         distinct = list(dict.fromkeys(upload.claim_key for upload in batch.pending))
         with timed(STEP_LATENCY, stage=STAGE, step="claim"):
@@ -150,10 +154,15 @@ class UploadBridge:
             if claim is Claim.IN_FLIGHT:
                 batch.outcomes["in_flight"] += 1
                 batch.kept.add(upload.message)
+            elif claim is Claim.TAKEN_OVER and not repeat:
+                batch.outcomes["taken_over"] += 1
+                batch.claimed.append(upload)
             elif claim is Claim.DUPLICATE or repeat:
                 batch.outcomes["duplicate"] += 1
             else:
                 batch.claimed.append(upload)
+        if batch.outcomes["taken_over"]:
+            log.info("bridge: took over %d claim(s) of bridges no longer alive", batch.outcomes["taken_over"])
 
     def _attach_metadata(self, batch: _Batch) -> None:
         """Read the sightings of the claimed uploads in one pipeline and turn each into its record."""

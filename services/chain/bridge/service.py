@@ -68,10 +68,11 @@ def run_bridge(settings: Settings, stop: threading.Event | None = None, metrics_
     _stop_on_signals(stop)
     try:
         bridge = UploadBridge(settings, sqs, queue_url, redis, producer)
-        if consumer is not None:
-            SeaweedFSEventSource(bridge, consumer, settings.upload_events_topic).run(stop)
-        else:
-            bridge.run(stop)
+        with bridge.liveness:  # bridge:alive:<owner> while this process runs, deleted on a clean stop
+            if consumer is not None:
+                SeaweedFSEventSource(bridge, consumer, settings.upload_events_topic).run(stop)
+            else:
+                bridge.run(stop)
     finally:
         if consumer is not None:
             consumer.close()
