@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import redis
 
 from services.chain.bridge.dedupe import Claim, Deduplicator
 from services.chain.bridge.liveness import Liveness
@@ -107,6 +108,26 @@ def test_liveness_is_refreshed_while_running_and_deleted_on_a_clean_stop(redis_c
     assert not redis_client.exists(name)
     assert bridge(redis_client, "a").claim(KEY, "e1") is Claim.NEW
     assert bridge(redis_client, "b").claim(KEY, "e1") is Claim.TAKEN_OVER  # a stopped: free at once
+
+
+def test_liveness_is_refreshed_while_redis_refuses_writes_at_maxmemory(redis_client):
+    """chaos redis_maxmemory: Redis refuses SET (noeviction) for seconds; the refresh must still extend the key."""
+    liveness = Liveness(redis_client, "a", 5)
+    name = keys.bridge_alive_key("a")
+    assert liveness.beat()
+    redis_client.pexpire(name, 1000)
+    previous = redis_client.config_get("maxmemory")["maxmemory"], redis_client.config_get("maxmemory-policy")[
+        "maxmemory-policy"]
+    redis_client.config_set("maxmemory-policy", "noeviction")
+    redis_client.config_set("maxmemory", 1)  # every write that may use memory is refused
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+            redis_client.set("other", b"x")
+        assert liveness.beat()
+        assert 1000 < redis_client.pttl(name) <= 5000
+    finally:
+        redis_client.config_set("maxmemory", previous[0])
+        redis_client.config_set("maxmemory-policy", previous[1])
 
 
 def test_liveness_needs_a_positive_ttl():

@@ -4,7 +4,8 @@ A daemon thread sets the key (TTL `bridge_liveness_ttl_s`) at start and every th
 loop that blocks (a flush waiting through a broker restart, a Redis call timing out) does not let it lapse while
 the process is alive. A SIGKILLed bridge's key expires within the TTL; a bridge that stops cleanly deletes it, so
 its claims (none should be left: each batch releases or finishes its own) are free at once. A refresh that
-fails (Redis down) is retried at the next tick, logged once per outage.
+fails (Redis down) is retried at the next tick, logged once per outage; a refresh is a PEXPIRE, which Redis
+still takes while it refuses writes at `maxmemory` (chaos redis_maxmemory refused SET for 7 s of a 10 s TTL).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class Liveness:
         self._failing = False
 
     def beat(self) -> bool:
-        """Set the key with its TTL; False (logged once per outage) when Redis did not take it."""
+        """Extend the key's TTL (PEXPIRE: allowed while Redis refuses writes at `maxmemory`, where SET is not), or
+        set it when it is missing; False (logged once per outage) when Redis did not take it."""
         try:
-            self.redis.set(self.key, self.value, px=self.ttl_ms)
+            if not self.redis.pexpire(self.key, self.ttl_ms):
+                self.redis.set(self.key, self.value, px=self.ttl_ms)
         except Exception as exc:  # noqa: BLE001 - retried at the next tick; the claims wait meanwhile
             if not self._failing:
                 log.warning("bridge: could not refresh %s (retried every %.1f s): %s", self.key, self.interval_s, exc)
