@@ -57,7 +57,9 @@ class RecreatingProducer:
         self._producer = self._made()
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None):
-        if self._failed or self._lost:
+        if self._lost:
+            self.recreate("the broker lost its data")
+        elif self._failed:
             self.recreate()
         future = self._producer.send(topic, key=key, value=value)
         future.add_errback(self._record_failed)
@@ -88,7 +90,7 @@ class RecreatingProducer:
     def close(self, timeout: float | None = None) -> None:
         self._producer.close(timeout=timeout)
 
-    def recreate(self) -> None:
+    def recreate(self, why: str = "after a failed record") -> None:
         old, self._failed, self._lost = self._producer, False, False
         try:
             old.close(timeout=0)
@@ -96,7 +98,7 @@ class RecreatingProducer:
             log.debug("closing the failed producer: %s", exc)
         self._producer = self._made()
         self.recreated += 1
-        log.warning("Kafka producer replaced after a failed record (%d so far)", self.recreated)
+        log.warning("Kafka producer replaced (%s; %d so far)", why, self.recreated)
 
     def _made(self):
         producer = self._make()

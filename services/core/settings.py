@@ -133,6 +133,7 @@ class Settings:
     bridge_source: str = "auto"  # where the bridge reads upload events: sqs (S3 event JSON: AWS S3, moto) | seaweedfs (filer EventNotifications on Kafka) | auto (the embedded stack's S3 server decides, from its state file; without one: sqs)
     upload_events_topic: str = "seaweedfs.events"  # Kafka topic SeaweedFS's filer publishes its events to (bridge_source = seaweedfs)
     bridge_events_group: str = "whaleid-bridge"  # Kafka consumer group of the bridges reading upload_events_topic
+    bridge_group_instance_id: str = ""  # static membership of this bridge in bridge_events_group (one value per bridge process; two bridges with one value fence each other): a bridge restarted after a SIGKILL takes the killed one's place in one join instead of waiting out its session and a second rebalance; empty: dynamic membership. `whaleid up`, the demo and chaos give their one bridge a value per stack
     # --- webhooks per app for finished identifications
     webhook_urls: str = ""  # app=https://host/path[,app=...]: where each app's identifications and new individuals are POSTed (apps as the gateway names them); empty: no webhooks
     webhook_secrets: str = field(default="", repr=False)  # app=secret[,app=secret]: each app's HMAC-SHA256 key (X-WhaleId-Signature), at least 16 characters

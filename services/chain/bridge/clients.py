@@ -55,7 +55,11 @@ def seaweedfs_events_consumer(settings: Settings):
     """kafka-python consumer of SeaweedFS's filer events (`upload_events_topic`) in group `bridge_events_group`:
     offsets committed by the bridge after each batch (never automatically), a new group starting at the earliest
     record (events published before the bridge first ran are not skipped), the session timeout and heartbeat of
-    the Faust consumers (the local profile's short ones make Tansu's group join quick), and their fetch wait."""
+    the Faust consumers (the local profile's short ones make Tansu's group join quick), and their fetch wait.
+    With `bridge_group_instance_id` it is a static member: a bridge restarted after a SIGKILL takes the killed one's
+    place in one join, where a new dynamic member waits until the killed one's session expires and the group
+    rebalances again (tests/integration/test_bridge_membership.py; Tansu holds that one join for about half the
+    session timeout, a Kafka broker answers it at once)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -70,6 +74,7 @@ def seaweedfs_events_consumer(settings: Settings):
             session_timeout_ms=int(settings.faust_broker_session_timeout * 1000),
             heartbeat_interval_ms=int(settings.faust_broker_heartbeat_interval * 1000),
             fetch_max_wait_ms=settings.faust_fetch_max_wait_ms or 500,  # Tansu answers a fetch when it expires
+            group_instance_id=settings.bridge_group_instance_id or None,
         )
     except KafkaError as exc:
         raise BridgeUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None

@@ -20,7 +20,7 @@ from services.devtools.chaos.probe_model import (
     write_probe_repository,
 )
 from services.devtools.chaos.proxy import FaultProxy
-from services.devtools.demo.processes import ServiceProcess, service_env
+from services.devtools.demo.processes import ServiceProcess, identity_env, service_env
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class ChaosEnvironment:
             settings["s3_endpoint"] = f"http://{self.proxy.address}"
         if name in S3_VIA_UPLOAD_PROXY:
             settings["s3_endpoint"] = f"http://{self.upload_proxy.address}"
-        return service_env(self.overrides["run_dir"], **settings)
+        return {**service_env(self.overrides["run_dir"], **settings), **identity_env(self.overrides["run_dir"], name)}
 
     def start_service(self, name: str, extra: dict | None = None) -> ServiceProcess:
         """Start `whaleid serve <name>` (`extra`: settings for this service only)."""

@@ -109,3 +109,15 @@ def service_env(run_dir: Path, **settings) -> dict[str, str]:
                 "TF_CPP_MIN_LOG_LEVEL": "2"})
     env.update({f"WHALEID_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+def identity_env(run_dir: Path, name: str) -> dict[str, str]:
+    """Settings that make a service the one `name` of the stack in `run_dir`: the bridge's static membership in its
+    consumer group (`bridge_group_instance_id`), so a restarted bridge takes the killed one's place in one join. Unique
+    per stack; a second bridge started by hand on the same stack must not copy it (the two would fence each other)."""
+    if name != "bridge":
+        return {}
+    import hashlib
+
+    stack = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:10]
+    return {"WHALEID_BRIDGE_GROUP_INSTANCE_ID": f"whaleid-bridge-{stack}"}

@@ -23,7 +23,7 @@ from services.chain.gateway.client import STATE_FILE, AppClient, review_url, up_
 from services.core.errors import WhaleIdError
 from services.core.service_ports import default_port
 from services.core.settings import Settings, load_settings
-from services.devtools.demo.processes import ServiceProcess, service_env
+from services.devtools.demo.processes import ServiceProcess, identity_env, service_env
 from services.devtools.stack.process import OWNER_ENV, pid_alive, pid_owned_by, stop_pid
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class System:
         env = service_env(self.stack_dir, **{k: str(v) for k, v in self.overrides.items() if k != "run_dir"},
                           **self.extra_env)
         for name in names:
-            service_environment = {**env, OWNER_ENV: service_owner(self.stack_dir, name)}
+            service_environment = {**env, **identity_env(self.stack_dir, name),
+                                   OWNER_ENV: service_owner(self.stack_dir, name)}
             self.services.append(ServiceProcess(name, service_environment, self.log_dir, metrics_port=None).start())
             port = self.gateway_port if name == "gateway" else default_port(self.overrides["metrics_port_base"], name)
             self.stack.add_scrape_target(f"whaleid-{name}", f"127.0.0.1:{port}")
