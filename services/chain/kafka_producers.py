@@ -68,7 +68,7 @@ class RecreatingProducer:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every record sent so far is acknowledged or failed, at most `timeout` seconds in all.
         Raises kafka.errors.KafkaTimeoutError at the deadline, or as soon as the broker is seen to have lost its
-        data; the producer is then marked failed and the next send goes through a new one."""
+        data; the next send then goes through a new producer."""
         if timeout is None:
             self._producer.flush()
             return
@@ -90,7 +90,7 @@ class RecreatingProducer:
     def close(self, timeout: float | None = None) -> None:
         self._producer.close(timeout=timeout)
 
-    def recreate(self, why: str = "after a failed record") -> None:
+    def recreate(self, why: str = "a record failed or was not acknowledged in time") -> None:
         old, self._failed, self._lost = self._producer, False, False
         try:
             old.close(timeout=0)
