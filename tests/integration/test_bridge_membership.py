@@ -26,13 +26,6 @@ while True:
 """
 
 
-def _settings(kafka_only, **overrides):
-    from services.core.settings import load_settings
-
-    return load_settings(profile="local", environ={}, run_dir=kafka_only.run_dir,
-                         model_repository=kafka_only.model_repository, **overrides)
-
-
 def _assigned_within(consumer, seconds: float) -> float | None:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -48,6 +41,7 @@ def test_a_bridge_restarted_after_a_sigkill_takes_its_partitions_back_before_the
 
     from services.chain.bridge.clients import seaweedfs_events_consumer
     from services.chain.kafka_producers import kafka_options
+    from services.core.settings import load_settings
 
     suffix = uuid.uuid4().hex[:8]
     overrides = {"run_dir": str(kafka_only.run_dir), "model_repository": str(kafka_only.model_repository),
@@ -65,8 +59,7 @@ def test_a_bridge_restarted_after_a_sigkill_takes_its_partitions_back_before_the
         child.kill()  # SIGKILL: no LeaveGroup, its session lives on in the broker
         child.wait(10)
 
-        consumer = seaweedfs_events_consumer(_settings(kafka_only, **{
-            k: v for k, v in overrides.items() if k not in ("run_dir", "model_repository")}))
+        consumer = seaweedfs_events_consumer(load_settings(profile="local", environ={}, **overrides))  # as the child
         took = _assigned_within(consumer, SESSION_TIMEOUT_S + 15)
         assert took is not None, "the restarted bridge never got its partitions"
         assert {tp.partition for tp in consumer.assignment()} == {0, 1, 2, 3}
