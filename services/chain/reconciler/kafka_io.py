@@ -167,6 +167,12 @@ class PartitionReader:
                 found.setdefault(record.partition, record)
         return found
 
+    def fetched_ends(self, partitions: list[int]) -> dict[int, int]:
+        """{partition: the high-water mark the last fetch reported} for the partitions of the last `first_records`
+        that a fetch answered (none for the others). Unlike ListOffsets on Tansu, this is the log's true end."""
+        highs = {p: self.consumer.highwater(self._tp(p)) for p in partitions}
+        return {p: high for p, high in highs.items() if high is not None}
+
     def read(self, starts: dict[int, int], ends: dict[int, int], timeout_s: float):
         """Read each partition from `starts` until its position reaches `ends` (a fetch returns whole batches, so
         records beyond are read too). Returns (records, {partition: next offset}, complete)."""

@@ -7,8 +7,9 @@ Per topic:
    records were acknowledged before its announcement, has been read: consumer lag cannot look like a loss.
 2. Reset: the topic's partitions changed, or the record before a stored position is not the one read there (the
    topic was emptied and maybe refilled), or the state partly expired -> the seen set, positions and check cursor
-   are dropped and the topic is read again from the beginning. When that record cannot be read back at all
-   although the topic's end is past it ("unverified": after a broker restart, docs/chaos.md) the check waits,
+   are dropped and the topic is read again from the beginning; so is a topic whose end, as a fetch reports it,
+   is before a stored position. When that record cannot be read back at all and no fetch says the topic ended
+   before it ("unverified": after a broker restart, docs/chaos.md) the check waits,
    for at most `reconciler_unverified_passes_before_reset` passes in a row, then the topic is treated as reset.
    A reset is safe whenever it comes: a record produced again has the same key and content, and only sighting
    ids not read from the topic are produced again, after a read that reached the topic's end.
@@ -144,8 +145,11 @@ class TopicAudit:
                         f"not {pos.key!r} written at {pos.ts}")
         unread = [p for p in expected if p not in found]
         if unread:
-            ends = self.reader.end_offsets(unread)
-            shorter = [p for p in unread if ends[p] < expected[p].next]
+            # The end a fetch reported, not ListOffsets: Tansu lists the base offset of the last batch + 1, short
+            # of the true end whenever a producer batched, which made a topic whose record merely did not come
+            # back in time look emptied. A partition no fetch answered stays unverified.
+            ends = self.reader.fetched_ends(unread)
+            shorter = [p for p in unread if p in ends and ends[p] < expected[p].next]
             if shorter:
                 return f"partition(s) {shorter} end before the offsets read earlier"
             return UNVERIFIED
