@@ -133,9 +133,9 @@ class RecreatingProducer:
 
 
 def acks_all_producer(settings, client_id: str, idempotent: bool | None = None) -> RecreatingProducer:
-    """The chain's kafka-python producer: acks=all, 5 retries, idempotent (setting `bridge_producer_idempotence`:
-    the broker drops duplicates of the producer's own retries), replaced after a failed record. Raises
-    kafka.errors.KafkaError when Kafka cannot be reached."""
+    """The chain's kafka-python producer: acks=all, 5 retries, idempotent where `bridge_producer_idempotence` says
+    so (the broker drops duplicates of the producer's own retries; off in the local profile), replaced after a
+    failed record. Raises kafka.errors.KafkaError when Kafka cannot be reached."""
     from kafka import KafkaProducer
 
     options = {**kafka_options(settings), "acks": "all", "retries": 5, "client_id": client_id,

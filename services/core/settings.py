@@ -104,7 +104,7 @@ class Settings:
     event_loop: str = "uvloop"  # the asyncio event loop of the worker and the matcher (Faust): uvloop (libuv; less CPU per message, docs/benchmarks.md) | asyncio (the standard library's)
     # --- delivery and bounded state
     faust_producer_idempotence: bool = True  # idempotent aiokafka producer in the worker/matcher (Tansu refuses it: off locally)
-    bridge_producer_idempotence: bool = True  # idempotent kafka-python producer in the bridge (Tansu accepts it)
+    bridge_producer_idempotence: bool = True  # idempotent kafka-python producers (bridge, reconciler, gateway confirmations); off locally: after an empty restart Tansu answers UnknownProducerId, which kafka-python retries as retention for its whole delivery timeout
     redis_result_ttl_s: int = 30 * 24 * 3600  # identification:<id> (what apps and confirmations read) expires after this; 0 = never
     redis_embedding_ttl_s: int = 30 * 24 * 3600  # embedding:<id>: a sighting must be confirmed within this to enter a re-index; 0 = never
     redis_marker_ttl_s: int = 30 * 24 * 3600  # embedded:/failure:/announced: markers against re-delivery (keep >= Kafka retention); 0 = never
@@ -158,6 +158,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
         "faust_broker_heartbeat_interval": 1.0,
         "faust_fetch_max_wait_ms": 100,  # Tansu answers a fetch only when this wait expires (~550 ms per hop at 1500)
         "faust_producer_idempotence": False,  # Tansu 0.6 fails aiokafka's InitProducerId (v0): UNKNOWN error
+        "bridge_producer_idempotence": False,  # Tansu restarted empty: kafka-python's retention retry loop (docs/chaos.md)
         "aws_access_key_id": "testing",
         "aws_secret_access_key": "testing",
         "gateway_token": "local-dev-token",

@@ -208,16 +208,38 @@ def test_embedding_client_errors_carry_the_classification(probe_triton):
 
 
 # ============================================================================ idempotent producers
-def test_the_bridge_producer_is_idempotent_against_tansu(stack):
+def test_the_bridge_producer_can_be_idempotent_against_tansu(stack):
+    """Tansu answers kafka-python's InitProducerId (the local profile still turns idempotence off, for what an
+    empty restart does to it: test_kafka_python_producers_are_idempotent_in_production_and_not_on_tansu)."""
     from services.chain.bridge.clients import kafka_producer
 
-    producer = kafka_producer(stack.settings)
+    producer = kafka_producer(stack.settings.with_overrides(bridge_producer_idempotence=True))
     try:
         assert producer.config["enable_idempotence"] is True
         producer.send("delivery.idempotence", key=b"k", value=b"v").get(timeout=30)
         assert producer._transaction_manager.producer_id_and_epoch.producer_id >= 0  # InitProducerId answered
     finally:
         producer.close()
+
+
+def test_kafka_python_producers_are_idempotent_in_production_and_not_on_tansu(stack, tmp_path):
+    """After a restart that lost its data, Tansu answers an idempotent kafka-python producer's records with
+    UnknownProducerId, which kafka-python 3.0.12 takes for retention and retries until its delivery timeout: the
+    restart_kafka scenario's 40 s-and-longer stalls (docs/chaos.md). The bridge, the reconciler and the gateway's
+    confirmations therefore produce without idempotence on the local profile, and with it in production."""
+    from services.chain.bridge.clients import kafka_producer
+    from services.chain.reconciler.kafka_io import kafka_producer as reconciler_producer
+    from services.core.settings import load_settings
+
+    for profile, idempotent in (("production", True), ("local", False)):
+        settings = load_settings(profile=profile, environ={}, kafka_bootstrap=stack.settings.kafka_bootstrap,
+                                 run_dir=tmp_path / profile)
+        for make in (kafka_producer, reconciler_producer):
+            producer = make(settings)
+            try:
+                assert producer.config["enable_idempotence"] is idempotent, (profile, make)
+            finally:
+                producer.close()
 
 
 def test_faust_producers_are_idempotent_in_production_and_not_on_tansu(tmp_path):

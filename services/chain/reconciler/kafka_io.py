@@ -11,8 +11,8 @@ offset beyond the last one a fetch ever returns (an offset taken by a produce th
 high-water mark the fetch reports. (e) A group's lag is that mark minus its committed offset, on every partition:
 a group that committed inside a partition's last batch is behind although the listed end says it is not.
 
-The producer is idempotent like the bridge's (same kafka-python client, same setting
-`bridge_producer_idempotence`); every record it writes is keyed by its sighting id.
+The producer is idempotent where the bridge's is (same kafka-python client, same setting
+`bridge_producer_idempotence`, off in the local profile); every record it writes is keyed by its sighting id.
 """
 
 from __future__ import annotations
