@@ -42,7 +42,8 @@ def upload_queue_url(sqs, settings: Settings) -> str:
 def kafka_producer(settings: Settings):
     """kafka-python producer: acks=all, idempotent where `bridge_producer_idempotence` says so (the broker drops
     duplicates of the producer's own retries; off in the local profile, docs/interfaces.md); the bridge flushes
-    before deleting a message. Replaced after a failed record (services.chain.kafka_producers: a broker restart breaks its session)."""
+    before deleting a message. Replaced after a failed record (services.chain.kafka_producers: a broker restart
+    breaks its session)."""
     from kafka.errors import KafkaError
 
     try:
