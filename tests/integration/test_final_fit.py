@@ -17,8 +17,8 @@ FINAL_FIT_EPOCHS = {"epochs": 2, "snapshot_every": 2, "validate_every": 0}
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_run):
     """(data_dir, fold run dir, final fit dir, fold summary, final summary + its epoch lines). The fold run is the
-    session's read-only `tiny_run`: a second fold-0 training here would cost another ~45 s (a train() call's
-    first epoch alone is ~40 s on this host)."""
+    session's read-only `tiny_run`: a second fold-0 training here would cost another ~35 s (a train() call's
+    first epoch, which traces the train step, is ~30 s on this host)."""
     from training.train import final_fit_config, train
 
     final_dir = tmp_path_factory.mktemp("final_fit") / "final"
